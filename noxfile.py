@@ -1,0 +1,131 @@
+"""Servelab sessions. ``nox -l`` lists them; ``nox -s NAME -- ARGS`` runs one.
+
+Every session runs in one shared virtual environment, ``.nox/servelab``, so torch is installed
+once, not per session. It is (re)installed only when ``pyproject.toml`` changes.
+
+Torch is installed before the project so that no dependency pulls an unpinned (CUDA, multi-GB)
+build: ``torch==2.13.0`` from a wheel already on the machine if pip can find one offline, else
+the CPU-only build from PyTorch's CPU index when the machine has no NVIDIA GPU, else the
+default (CUDA) build. ``SERVELAB_TORCH="<pip arguments>"`` overrides all of this, e.g.
+``SERVELAB_TORCH="torch==2.13.0 --index-url <PyTorch CUDA 12.x index>"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".nox" / "servelab"
+BIN = VENV / ("Scripts" if sys.platform == "win32" else "bin")
+PY = BIN / "python"
+STAMP = VENV / ".servelab-installed"
+TORCH_PIN = "torch==2.13.0"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_OVERRIDE = os.environ.get("SERVELAB_TORCH", "")
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "none"
+
+
+def _install_key() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH_OVERRIDE.encode()).hexdigest()
+
+
+def _env(session: nox.Session) -> None:
+    """Create or update the shared environment; cheap when nothing changed."""
+    if not PY.exists():
+        session.run(sys.executable, "-m", "venv", str(VENV), external=True)
+    if STAMP.exists() and STAMP.read_text() == _install_key():
+        return
+    pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    if TORCH_OVERRIDE:
+        session.run(*pip, *shlex.split(TORCH_OVERRIDE), external=True)
+    elif subprocess.run([str(PY), "-c", "import torch"], capture_output=True).returncode != 0:
+        _install_torch(session, pip)
+    session.run(*pip, "-e", ".[test,ray]", external=True)
+    STAMP.write_text(_install_key())
+
+
+def _install_torch(session: nox.Session, pip: list[str]) -> None:
+    offline = subprocess.run([*pip, "--no-index", TORCH_PIN], capture_output=True)
+    if offline.returncode == 0:
+        session.log(f"installed {TORCH_PIN} from a wheel on this machine")
+    elif shutil.which("nvidia-smi") is None:
+        session.log(f"no NVIDIA GPU found: installing the CPU build of {TORCH_PIN}")
+        session.run(*pip, TORCH_PIN, "--index-url", TORCH_CPU_INDEX, external=True)
+    else:
+        session.run(*pip, TORCH_PIN, external=True)
+
+
+def _py(session: nox.Session, *args: str, **kwargs) -> None:
+    env = {"PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0", **kwargs.pop("env", {})}
+    session.run(str(PY), *args, external=True, env=env, **kwargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole pytest suite (what CI runs); pass pytest options after --."""
+    _env(session)
+    _py(session, "-m", "pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and common bugs with ruff."""
+    _env(session)
+    _py(session, "-m", "ruff", "check", ".", *session.posargs)
+
+
+def _artifact_names() -> list[str]:
+    base = ROOT / "artifacts"
+    return sorted(
+        p.name for p in base.iterdir()
+        if p.is_dir() and (p / "__main__.py").exists() and not p.name.startswith("_")
+    )
+
+
+def _title(name: str) -> str:
+    readme = ROOT / "artifacts" / name / "README.md"
+    if readme.exists():
+        for line in readme.read_text().splitlines():
+            if line.startswith("# "):
+                return re.sub(r"\s+", " ", line[2:]).strip()
+    return name
+
+
+def _make_artifact_session(name: str) -> None:
+    def run(session: nox.Session) -> None:
+        _env(session)
+        _py(session, "-m", f"artifacts.{name}", *session.posargs)
+
+    run.__doc__ = f"Reproduce {_title(name)}; options after -- (--scale, --trace, --out, --jobs)."
+    nox.session(name=f"artifact-{name}")(run)
+
+
+for _name in _artifact_names():
+    _make_artifact_session(_name)
+
+
+@nox.session
+def artifacts(session: nox.Session) -> None:
+    """Run every artifact at its default scale (options after -- go to each artifact)."""
+    _env(session)
+    for name in _artifact_names():
+        session.log(f"artifact {name}")
+        _py(session, "-m", f"artifacts.{name}", *session.posargs)
+
+
+@nox.session
+def checklist(session: nox.Session) -> None:
+    """Gather every artifact's latest claims into results/CHECKLIST.md."""
+    _env(session)
+    _py(session, "-m", "core.artifact.checklist", *session.posargs)
