@@ -318,6 +318,8 @@ def run_sweep(
             todo.append(p)
     failed: list[PointResult] = []
     computed = 0
+    if progress is not None and stored:
+        progress(len(stored))
     if todo:
         for res in executor.map(todo):
             if res.error is None:

@@ -186,7 +186,7 @@ def test_cli_run_and_strict_exit(tmp_path, capsys):
 
 
 def test_help_documents_every_option():
-    code = "from core.artifact import main; from tests.artifact.toy_artifact import TOY; main(TOY)"
+    code = "from core.artifact import main; from tests.harness.toy_artifact import TOY; main(TOY)"
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True,
                          cwd=root, check=True).stdout
