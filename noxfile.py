@@ -56,9 +56,11 @@ def _env(session: nox.Session) -> None:
 
 
 def _install_torch(session: nox.Session, pip: list[str]) -> None:
-    offline = subprocess.run([*pip, "--no-index", TORCH_PIN], capture_output=True)
+    # a wheel already on this machine (pip's find-links) holds torch only, not its dependencies
+    offline = subprocess.run([*pip, "--no-index", "--no-deps", TORCH_PIN], capture_output=True)
     if offline.returncode == 0:
         session.log(f"installed {TORCH_PIN} from a wheel on this machine")
+        session.run(*pip, TORCH_PIN, external=True)  # its dependencies, from the index
     elif shutil.which("nvidia-smi") is None:
         session.log(f"no NVIDIA GPU found: installing the CPU build of {TORCH_PIN}")
         session.run(*pip, TORCH_PIN, "--index-url", TORCH_CPU_INDEX, external=True)
