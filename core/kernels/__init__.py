@@ -1,0 +1,45 @@
+"""Kernels: a torch reference for each (attention over paged KV, SSD scan), optional fast
+kernels tested against it.
+
+- :mod:`core.kernels.attention`: paged attention over flattened varlen batches, the
+  :class:`AttentionBackend` contract and its registry (``SERVELAB_ATTENTION_BACKEND``).
+- :mod:`core.kernels.ssd`: the Mamba2 chunked SSD scan, its recurrent step, and the causal
+  conv1d with carried state.
+
+Optional backends (Triton, CUDA) register themselves on import; import them here inside a
+``try`` so machines without their dependencies still import ``core.kernels``.
+"""
+
+from .attention import (
+    ATTENTION_BACKEND_ENV,
+    AttentionBackend,
+    PagedAttentionMetadata,
+    TorchPagedAttention,
+    attention_backends,
+    get_attention_backend,
+    paged_attention,
+    register_attention_backend,
+)
+from .ssd import (
+    causal_conv1d,
+    causal_conv1d_step,
+    ssd_chunk_scan,
+    ssd_scan_naive,
+    ssd_state_step,
+)
+
+__all__ = [
+    "ATTENTION_BACKEND_ENV",
+    "AttentionBackend",
+    "PagedAttentionMetadata",
+    "TorchPagedAttention",
+    "attention_backends",
+    "causal_conv1d",
+    "causal_conv1d_step",
+    "get_attention_backend",
+    "paged_attention",
+    "register_attention_backend",
+    "ssd_chunk_scan",
+    "ssd_scan_naive",
+    "ssd_state_step",
+]

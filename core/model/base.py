@@ -1,0 +1,194 @@
+"""CausalLM: the interface every architecture offers the engine, and the shared skeleton
+(embedding, a stack of layers, final norm, LM head, cache allocation)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.kernels.attention import AttentionBackend, get_attention_backend
+
+from .batch import ForwardBatch, ForwardContext
+from .cache import KVCache, StatePool
+from .config import ModelConfig
+from .layers import HFWeights, RMSNorm, RotaryEmbedding
+
+__all__ = ["CausalLM"]
+
+
+class CausalLM(nn.Module):
+    """A decoder-only language model that runs flattened varlen batches over paged caches.
+
+    Contract with the engine:
+
+    - ``forward(batch, kv_cache, state_pool)`` embeds ``batch.input_ids``, runs every layer and
+      returns the final-normed hidden states ``[T, hidden]``. As side effects it writes each new
+      token's K/V at ``batch.slot_mapping`` in every attention layer and, in hybrid models,
+      leaves each sequence's conv and SSM state after its new tokens in its slot
+      ``batch.state_indices[b]``. Nothing else in the caches changes.
+    - ``compute_logits(hidden)`` applies the LM head to the rows that need logits (usually the
+      last row of each sequence) and returns fp32 ``[N, vocab]``.
+    - Caches come from ``allocate_kv_cache`` and ``allocate_state_pool``; their size in bytes
+      per block / per slot from ``kv_cache_bytes_per_block`` / ``state_bytes_per_slot``.
+
+    Subclasses build ``self.layers`` (modules called as ``layer(hidden, ctx)``) and say how
+    their layers' weights are named in Hugging Face checkpoints (``hf_weights`` on each layer).
+    Inference only: call under ``torch.inference_mode()``.
+    """
+
+    # HF model_type -> the transformers class name written to config.json "architectures"
+    hf_architectures: ClassVar[dict[str, str]] = {}
+    # the HF name of the final norm under "model."
+    hf_final_norm: ClassVar[str] = "norm"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(self.build_layers(config))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Tied models reuse the embedding matrix as the LM head.
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        )
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope)
+        self.attention_backend_name: str | None = None  # None: $SERVELAB_ATTENTION_BACKEND or auto
+        self._backends: dict[tuple[str | None, torch.device], AttentionBackend] = {}
+
+    # -- what subclasses provide ---------------------------------------------------------
+    def build_layers(self, config: ModelConfig) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @classmethod
+    def config_from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
+        """Parse a ``config.json`` dict of one of this class's ``hf_architectures``."""
+        raise NotImplementedError
+
+    # -- the forward ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def set_attention_backend(self, name: str | None) -> None:
+        """Use the attention backend ``name`` (None: ``$SERVELAB_ATTENTION_BACKEND`` or auto)."""
+        get_attention_backend(name, self.device)  # fail now on an unknown or unavailable name
+        self.attention_backend_name = name
+
+    def attention_backend(self) -> AttentionBackend:
+        key = (self.attention_backend_name, self.device)
+        if key not in self._backends:
+            self._backends[key] = get_attention_backend(self.attention_backend_name, self.device)
+        return self._backends[key]
+
+    def forward(
+        self,
+        batch: ForwardBatch,
+        kv_cache: KVCache | None = None,
+        state_pool: StatePool | None = None,
+    ) -> torch.Tensor:
+        if self.config.attention_layers and kv_cache is None:
+            raise ValueError("this model has attention layers: pass kv_cache")
+        if self.config.mamba_layers and (state_pool is None or batch.state_indices is None):
+            raise ValueError("this model has Mamba layers: pass state_pool and state_indices")
+        ctx = ForwardContext(
+            batch, kv_cache, state_pool, self.attention_backend(),
+            rope=self.rotary_emb(batch.positions),
+        )
+        hidden = self.embed_tokens(batch.input_ids)
+        for layer in self.layers:
+            hidden = layer(hidden, ctx)
+        return self.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    # -- caches --------------------------------------------------------------------------
+    def allocate_kv_cache(
+        self,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> KVCache:
+        """Zeroed K and V ``[num_blocks, block_size, num_kv_heads, head_dim]`` per attention
+        layer (model dtype and device unless given)."""
+        c = self.config
+        shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
+        kw = {"dtype": dtype or self.dtype, "device": device or self.device}
+        n = len(c.attention_layers)
+        return KVCache(
+            k=[torch.zeros(shape, **kw) for _ in range(n)],
+            v=[torch.zeros(shape, **kw) for _ in range(n)],
+        )
+
+    def allocate_state_pool(
+        self,
+        num_slots: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        ssm_dtype: torch.dtype = torch.float32,
+    ) -> StatePool:
+        """Zeroed conv states ``[num_slots, conv_dim, d_conv - 1]`` (``dtype``, default the
+        model's) and SSM states ``[num_slots, n_heads, head_dim, d_state]`` (``ssm_dtype``,
+        fp32 by default: the recurrence accumulates over the whole sequence) per Mamba layer.
+        Empty for models without Mamba layers."""
+        m, n = self.config.mamba, len(self.config.mamba_layers)
+        device = device or self.device
+        if m is None or n == 0:
+            return StatePool(conv=[], ssm=[])
+        conv_shape = (num_slots, m.conv_dim, m.d_conv - 1)
+        ssm_shape = (num_slots, m.n_heads, m.head_dim, m.d_state)
+        conv_dtype = dtype or self.dtype
+        return StatePool(
+            conv=[torch.zeros(conv_shape, dtype=conv_dtype, device=device) for _ in range(n)],
+            ssm=[torch.zeros(ssm_shape, dtype=ssm_dtype, device=device) for _ in range(n)],
+        )
+
+    @staticmethod
+    def copy_state_slot(pool: StatePool, src: int | torch.Tensor, dst: int | torch.Tensor) -> None:
+        """Copy state slot(s) ``src`` to ``dst`` in every Mamba layer: the engine's
+        copy-on-write step before a sequence continues from a cached checkpoint."""
+        pool.copy_(src, dst)
+
+    def kv_cache_bytes_per_block(self, block_size: int, dtype: torch.dtype | None = None) -> int:
+        """Bytes one block takes across all attention layers, K and V."""
+        c = self.config
+        itemsize = torch.empty(0, dtype=dtype or self.dtype).element_size()
+        return 2 * len(c.attention_layers) * block_size * c.num_kv_heads * c.head_dim * itemsize
+
+    def state_bytes_per_slot(
+        self, dtype: torch.dtype | None = None, ssm_dtype: torch.dtype = torch.float32
+    ) -> int:
+        """Bytes one state slot takes across all Mamba layers (0 without Mamba layers)."""
+        m = self.config.mamba
+        if m is None:
+            return 0
+        conv_item = torch.empty(0, dtype=dtype or self.dtype).element_size()
+        ssm_item = torch.empty(0, dtype=ssm_dtype).element_size()
+        conv = m.conv_dim * (m.d_conv - 1) * conv_item
+        ssm = m.n_heads * m.head_dim * m.d_state * ssm_item
+        return len(self.config.mamba_layers) * (conv + ssm)
+
+    # -- checkpoint names ----------------------------------------------------------------
+    def hf_weight_map(self) -> HFWeights:
+        """Each of our parameters -> the HF tensors that, concatenated along dim 0, form it."""
+        out: HFWeights = {
+            "embed_tokens.weight": [("model.embed_tokens.weight", None)],
+            "norm.weight": [(f"model.{self.hf_final_norm}.weight", None)],
+        }
+        if self.lm_head is not None:
+            out["lm_head.weight"] = [("lm_head.weight", None)]
+        for i, layer in enumerate(self.layers):
+            for name, parts in layer.hf_weights(f"model.layers.{i}.").items():
+                out[f"layers.{i}.{name}"] = parts
+        return out

@@ -1,0 +1,232 @@
+"""Building blocks shared by the architectures: RMSNorm, RoPE, the SiLU-gated MLP and paged
+attention with grouped-query heads.
+
+Every module works on flattened batches (``[T, ...]``, no batch axis) and reproduces the
+arithmetic of transformers' modeling code (where a norm upcasts, where RoPE is computed in
+fp32), so fp32 logits match it to rounding. Fused projections (``qkv_proj``, ``gate_up_proj``)
+save matmul launches; ``hf_weights(prefix)`` on each module says which Hugging Face tensors,
+concatenated along dim 0, make up each of its parameters (the checkpoint loader and saver read
+it in both directions).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batch import ForwardContext
+from .config import ModelConfig, RopeConfig
+
+__all__ = [
+    "Attention",
+    "GatedMLP",
+    "GatedRMSNorm",
+    "HFWeights",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "rope_inv_freq",
+]
+
+# our parameter name -> [(HF tensor name, rows it contributes along dim 0, None = all)]
+HFWeights = dict[str, list[tuple[str, int | None]]]
+
+
+def _same(prefix: str, *names: str) -> HFWeights:
+    """Parameters stored under the same relative name in HF checkpoints."""
+    return {n: [(prefix + n, None)] for n in names}
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x^2) + eps)``, normalized in fp32, over the last axis."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+    def hf_weights(self, prefix: str) -> HFWeights:
+        return _same(prefix, "weight")
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba2's output norm: ``x * silu(gate)``, then RMSNorm within groups of channels."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.group_size = group_size
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        xf = x.float() * F.silu(gate.float())
+        groups = xf.view(*xf.shape[:-1], -1, self.group_size)
+        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * groups.view_as(xf).to(out_dtype)
+
+    def hf_weights(self, prefix: str) -> HFWeights:
+        return _same(prefix, "weight")
+
+
+def rope_inv_freq(rope: RopeConfig, rotary_dim: int) -> torch.Tensor:
+    """Inverse frequencies (fp32, CPU) of the ``rotary_dim / 2`` rotated channel pairs."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float() / rotary_dim
+    inv_freq = 1.0 / (rope.theta ** exponents)
+    if rope.rope_type == "linear":
+        return inv_freq / rope.factor
+    if rope.rope_type == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
+        old_len = rope.original_max_position_embeddings
+        low_wavelen = old_len / rope.low_freq_factor
+        high_wavelen = old_len / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        smooth = (old_len / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor
+        )
+        blended = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for absolute ``positions``, in fp32: ``[T, rotary_dim]`` each.
+
+    The inverse frequencies are a plain CPU tensor, not a buffer, so a model built on the meta
+    device and materialized with ``to_empty`` still has them.
+    """
+
+    def __init__(self, head_dim: int, rope: RopeConfig) -> None:
+        super().__init__()
+        self.rotary_dim = int(head_dim * rope.partial_rotary_factor)
+        self._inv_freq = rope_inv_freq(rope, self.rotary_dim)
+        self._on_device: dict[torch.device, torch.Tensor] = {}
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = positions.device
+        if dev not in self._on_device:
+            self._on_device[dev] = self._inv_freq.to(dev)
+        freqs = positions.float()[:, None] * self._on_device[dev][None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+    def extra_repr(self) -> str:
+        return f"rotary_dim={self.rotary_dim}"
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` channels of ``x`` ``[T, heads, head_dim]``
+    (rotate-half convention, as Llama checkpoints expect); the rest pass through."""
+    rot = cos.shape[-1]
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    xr, xpass = x[..., :rot], x[..., rot:]
+    x1, x2 = xr[..., : rot // 2], xr[..., rot // 2:]
+    rotated = xr * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return torch.cat([rotated, xpass], dim=-1) if xpass.shape[-1] else rotated
+
+
+class GatedMLP(nn.Module):
+    """``down(silu(gate(x)) * up(x))`` with gate and up fused into one matmul.
+
+    ``hf_names`` are the checkpoint names of (gate, up, down): Llama's ``gate_proj``,
+    ``up_proj``, ``down_proj``; Mixtral experts' ``w1``, ``w3``, ``w2``.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False,
+                 hf_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> None:
+        super().__init__()
+        self.intermediate_size = intermediate_size
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.hf_names = hf_names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+    def hf_weights(self, prefix: str) -> HFWeights:
+        gate, up, down = (prefix + n for n in self.hf_names)
+        rows = self.intermediate_size
+        out: HFWeights = {
+            "gate_up_proj.weight": [(f"{gate}.weight", rows), (f"{up}.weight", rows)],
+            "down_proj.weight": [(f"{down}.weight", None)],
+        }
+        if self.down_proj.bias is not None:
+            out["gate_up_proj.bias"] = [(f"{gate}.bias", rows), (f"{up}.bias", rows)]
+            out["down_proj.bias"] = [(f"{down}.bias", None)]
+        return out
+
+
+class Attention(nn.Module):
+    """Causal self-attention over the paged KV cache, with grouped-query heads.
+
+    Covers the Llama family: optional q/k/v bias (Qwen2), o bias (Llama ``attention_bias``),
+    per-head q/k RMSNorm before RoPE (Qwen3), a sliding window (Mistral), partial RoPE (Bamba).
+    ``cache_index`` picks this layer's tensors in :class:`~core.model.cache.KVCache`.
+    Input and output are ``[T, hidden]``; the new K/V are written to the cache first.
+    """
+
+    def __init__(self, config: ModelConfig, layer_id: int, cache_index: int) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.cache_index = cache_index
+        self.sliding_window = config.sliding_windows[layer_id]
+        self.scale = self.head_dim**-0.5
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
+        )
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(n, self.num_heads, self.head_dim)
+        k = k.view(n, self.num_kv_heads, self.head_dim)
+        v = v.view(n, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = ctx.rope
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        k_cache = ctx.kv_cache.k[self.cache_index]
+        v_cache = ctx.kv_cache.v[self.cache_index]
+        backend, meta = ctx.attn_backend, ctx.attn_metadata()
+        backend.write_kv(k, v, k_cache, v_cache, meta)
+        out = backend.forward(
+            q, k_cache, v_cache, meta, scale=self.scale, sliding_window=self.sliding_window
+        )
+        return self.o_proj(out.reshape(n, self.q_size))
+
+    def hf_weights(self, prefix: str) -> HFWeights:
+        q, k, v = (f"{prefix}{p}_proj" for p in "qkv")
+        sizes = [(q, self.q_size), (k, self.kv_size), (v, self.kv_size)]
+        out: HFWeights = {
+            "qkv_proj.weight": [(f"{name}.weight", rows) for name, rows in sizes],
+            "o_proj.weight": [(f"{prefix}o_proj.weight", None)],
+        }
+        if self.qkv_proj.bias is not None:
+            out["qkv_proj.bias"] = [(f"{name}.bias", rows) for name, rows in sizes]
+        if self.o_proj.bias is not None:
+            out["o_proj.bias"] = [(f"{prefix}o_proj.bias", None)]
+        if self.q_norm is not None:
+            out["q_norm.weight"] = [(f"{prefix}q_norm.weight", None)]
+            out["k_norm.weight"] = [(f"{prefix}k_norm.weight", None)]
+        return out

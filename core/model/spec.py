@@ -1,0 +1,1352 @@
+"""ModelSpec: a model's shapes, and from them its bytes and FLOPs.
+
+A :class:`ModelSpec` describes a decoder-only LLM well enough for memory planning (weights, KV
+cache, SSM state) and for cost models (FLOPs and bytes moved per operator of a serving step). It is
+built from a Hugging Face config (a dict, a ``transformers.PretrainedConfig`` or a path to a
+``config.json``) or from a hand-written preset with published shapes; no weights are needed.
+
+Supported families (``model_type``): ``llama``, ``mistral``, ``qwen2`` (q/k/v bias), ``qwen3``
+(q/k RMSNorm), ``mixtral`` (MoE, top-k routing), ``bamba`` (attention or Mamba2 mixer per layer,
+each followed by a gated MLP; attention layers listed in ``attn_layer_indices``) and
+``nemotron_h`` (each layer is exactly one block: Mamba2 ``M``, attention ``*``, MLP ``-`` or MoE
+``E``, from ``hybrid_override_pattern`` or transformers 5's ``layers_block_type``). Anything else
+stops with a ``ValueError`` naming the ``model_type`` and ``architectures``.
+
+Units, everywhere in this module:
+
+- parameter counts are numbers of scalars (``int``);
+- memory sizes are bytes (``int``, rounded up when a dtype packs several values per byte);
+- FLOPs count one multiply and one add as 2 FLOPs (``float``);
+- a *dtype* is a name (``"bfloat16"``, ``"bf16"``, ``"fp8"``, ``"int4"``, ...), a
+  ``torch.dtype``, or a number of bytes per value (``2``, ``0.5``); see :func:`dtype_bytes`.
+
+The FLOP and byte model, in one place (see :meth:`ModelSpec.operators` for the per-operator list):
+
+- every linear layer costs ``2 * params`` FLOPs per token that goes through it (biases counted as
+  parameters); MoE layers count the router, the shared experts and ``top_k`` routed experts, so
+  linear FLOPs are ``2 * active matmul params * tokens``. The lm_head runs on one token per
+  sequence in the step (the one whose next token is sampled) unless ``all_logits=True``.
+- causal attention: a token at position ``p`` (1-based) attends ``p`` tokens (``min(p, window)``
+  with a sliding window) and costs ``4 * n_heads * head_dim * attended`` FLOPs (QK^T and PV);
+  softmax FLOPs are left out (``~5 / (4 * head_dim)`` of that).
+- Mamba2 scan: counted as the recurrence computes it, per token: ``5 * H * P * N`` (decay of the
+  state, ``dt*x (outer) B`` added, readout by ``C``) plus ``3 * d_inner`` (``dt*x`` and the ``D``
+  skip), for both prefill and decode, so a prefill costs exactly what the same tokens cost one by
+  one. (The chunked SSD kernel used for prefill does a different but same-order amount of
+  arithmetic; at these sizes the scan is ~2-3% of a Mamba2 layer's FLOPs.)
+- the short causal conv: ``2 * conv_kernel`` FLOPs per channel per token plus 4 for bias and SiLU.
+- elementwise work (RMSNorm, RoPE, SiLU-gating, q/k-norm) has small per-element constants given
+  where they are computed; they make the list complete, not precise.
+
+The paper formulas of Marconi (MLSys'25), which its artifact must use exactly, are separate
+functions: :func:`marconi_attn_flops`, :func:`marconi_mlp_flops`, :func:`marconi_mamba_flops`,
+:func:`marconi_kv_bytes_per_token`, :func:`marconi_ssm_state_bytes`. On the ``marconi-hybrid-7b``
+preset they agree with this module's counts on KV bytes, on the attention and MLP linear FLOPs and
+on Mamba2 FLOPs (within 0.1%), and differ on two points: the paper's attention term ``4*L^2*d`` is
+the full L x L square (twice our causal count), and its SSM state is about half the exact size
+(408.75 tokens of KV per checkpoint by the paper, 786.6 exact in fp16, 1554.6 with the state in
+fp32 as engines keep it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "DType",
+    "AttentionSpec",
+    "DenseMLPSpec",
+    "LayerSpec",
+    "Mamba2Spec",
+    "MLPKind",
+    "Mixer",
+    "ModelSpec",
+    "MoESpec",
+    "Operator",
+    "OpKind",
+    "PRESETS",
+    "SUPPORTED_MODEL_TYPES",
+    "dtype_bytes",
+    "marconi_attn_flops",
+    "marconi_kv_bytes_per_token",
+    "marconi_mamba_flops",
+    "marconi_mlp_flops",
+    "marconi_ssm_state_bytes",
+    "preset_config",
+    "preset_names",
+]
+
+DType = str | int | float | Any
+"""A dtype: a name (``"bf16"``), a ``torch.dtype``, or bytes per value (``2``, ``0.5``)."""
+
+_DTYPE_BYTES: dict[str, float] = {
+    "float64": 8, "fp64": 8, "double": 8,
+    "float32": 4, "fp32": 4, "float": 4, "tf32": 4,
+    "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2,
+    "float8": 1, "fp8": 1, "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1,
+    "float8_e5m2fnuz": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1, "uint8": 1,
+    "int4": 0.5, "uint4": 0.5, "fp4": 0.5, "nf4": 0.5, "float4_e2m1fn_x2": 1,
+}  # fmt: skip
+
+
+def dtype_bytes(dtype: DType) -> float:
+    """Bytes per value of ``dtype``.
+
+    Accepts a name (case-insensitive, ``torch.`` prefix allowed: ``"bfloat16"``, ``"bf16"``,
+    ``"fp8"``, ``"int4"`` -> 0.5, ...), a ``torch.dtype`` (``torch.float16`` -> 2;
+    ``float4_e2m1fn_x2`` packs two values in its one byte, so it counts 1 per element of the
+    packed tensor), or a positive
+    number of bytes per value, returned as is. Raises ``ValueError`` for anything else.
+    """
+    if isinstance(dtype, bool):
+        raise ValueError(f"not a dtype: {dtype!r}")
+    if isinstance(dtype, (int, float)):
+        if dtype <= 0 or not math.isfinite(dtype):
+            raise ValueError(f"bytes per value must be a positive number, got {dtype!r}")
+        return float(dtype)
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in _DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(sorted(_DTYPE_BYTES))}")
+    return float(_DTYPE_BYTES[key])
+
+
+def _ceil_bytes(x: float) -> int:
+    # Sizes are exact products of integers and bytes per value (multiples of 0.5): ceil is exact.
+    return math.ceil(x - 1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Marconi's simplified per-layer formulas (paper, Section on FLOP-aware eviction), verbatim.
+# --------------------------------------------------------------------------------------------
+
+
+def marconi_attn_flops(seq_len: int | float, d: int) -> float:
+    """Marconi's FLOPs of one attention layer over a sequence of ``seq_len`` tokens:
+    ``8*L*d^2 + 4*L^2*d`` (QKVO projections, then scores and values over the full L x L square,
+    i.e. without causal halving). ``d`` is the model dimension."""
+    L = seq_len
+    return 8 * L * d**2 + 4 * L**2 * d
+
+
+def marconi_mlp_flops(seq_len: int | float, d: int) -> float:
+    """Marconi's FLOPs of one MLP layer over ``seq_len`` tokens: ``16*L*d^2`` (two d x 4d
+    matrices)."""
+    return 16 * seq_len * d**2
+
+
+def marconi_mamba_flops(seq_len: int | float, d: int, n: int) -> float:
+    """Marconi's FLOPs of one Mamba2 layer over ``seq_len`` tokens: ``12*L*d^2 + 16*L*d*n +
+    10*L*d`` (``d`` model dimension, ``n`` SSM state dimension)."""
+    L = seq_len
+    return 12 * L * d**2 + 16 * L * d * n + 10 * L * d
+
+
+def marconi_kv_bytes_per_token(d: int) -> int:
+    """Marconi's KV bytes per token per attention layer in fp16: ``2*2*d`` (K and V, 2 bytes)."""
+    return 2 * 2 * d
+
+
+def marconi_ssm_state_bytes(d: int, n: int) -> int:
+    """Marconi's bytes of one SSM layer's state in fp16: ``d*n*2 + (2d+2n)*4*2`` (SSM state plus
+    conv state with kernel 4 and expand 2), as the paper writes it. Note it counts ``d*n`` state
+    values although a Mamba2 layer with expand 2 holds ``2d*n``, and ``conv_kernel`` conv columns
+    where engines keep ``conv_kernel - 1``; :meth:`ModelSpec.ssm_state_bytes` gives the exact
+    size (~1.9x this for Marconi's 7B hybrid)."""
+    return d * n * 2 + (2 * d + 2 * n) * 4 * 2
+
+
+# --------------------------------------------------------------------------------------------
+# Layer kinds and block shapes
+# --------------------------------------------------------------------------------------------
+
+
+class Mixer(str, Enum):
+    """The token mixer of a layer: causal self-attention, a Mamba2 (SSD) mixer, or none (a
+    NemotronH MLP-only layer)."""
+
+    ATTENTION = "attention"
+    MAMBA2 = "mamba2"
+    NONE = "none"
+
+
+class MLPKind(str, Enum):
+    """The channel mixer of a layer: a dense MLP, a mixture of experts, or none (a NemotronH
+    mixer-only layer)."""
+
+    DENSE = "dense"
+    MOE = "moe"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One decoder layer: its mixer and its MLP (either may be ``NONE``, not both). Each present
+    sub-block has its own pre-RMSNorm of ``hidden_size`` weights and a residual add."""
+
+    mixer: Mixer
+    mlp: MLPKind
+
+    def __post_init__(self) -> None:
+        if self.mixer is Mixer.NONE and self.mlp is MLPKind.NONE:
+            raise ValueError("a layer needs a mixer or an MLP")
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Shapes of the (grouped-query) attention blocks, shared by all attention layers.
+
+    ``head_dim`` is the config's explicit ``head_dim`` when it has one, else
+    ``hidden_size // n_heads``. ``qkv_bias``/``o_bias``: whether those projections have biases.
+    ``qk_norm``: per-head RMSNorm on q and k (Qwen3). ``sliding_window``: tokens a query attends at
+    most (``None``: full causal attention).
+    """
+
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the query projection output: ``n_heads * head_dim``."""
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of each of the key and value projection outputs: ``n_kv_heads * head_dim``."""
+        return self.n_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class Mamba2Spec:
+    """Shapes of the Mamba2 mixers, shared by all SSM layers.
+
+    ``n_heads`` (H) x ``head_dim`` (P) = ``d_inner``; ``d_state`` (N) is the SSM state size per
+    channel; B and C are shared by the heads of each of ``n_groups`` groups; ``conv_kernel`` is the
+    width of the causal depthwise conv over ``conv_dim = d_inner + 2 * n_groups * d_state``
+    channels; ``expand`` is as the config states it (``d_inner = expand * hidden_size`` for Bamba;
+    NemotronH sets ``d_inner`` by heads x head_dim); ``chunk_size`` is the SSD kernel's chunk.
+
+    Per sequence and layer an engine keeps the SSM state (``H*P*N`` values) and the conv state
+    (``conv_dim * (conv_kernel - 1)`` values: the last inputs the conv needs).
+    """
+
+    n_heads: int
+    head_dim: int
+    d_state: int
+    n_groups: int
+    conv_kernel: int
+    expand: float
+    chunk_size: int
+    conv_bias: bool = True
+    proj_bias: bool = False
+
+    @property
+    def d_inner(self) -> int:
+        """Inner (expanded) width: ``n_heads * head_dim``."""
+        return self.n_heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the causal conv: ``d_inner + 2 * n_groups * d_state`` (x, B, C)."""
+        return self.d_inner + 2 * self.n_groups * self.d_state
+
+    @property
+    def in_proj_dim(self) -> int:
+        """Output width of ``in_proj``: z (``d_inner``), xBC (``conv_dim``) and dt (``n_heads``)."""
+        return self.d_inner + self.conv_dim + self.n_heads
+
+    @property
+    def state_numel(self) -> int:
+        """Values in one layer's SSM state for one sequence: ``n_heads * head_dim * d_state``."""
+        return self.n_heads * self.head_dim * self.d_state
+
+    @property
+    def conv_state_numel(self) -> int:
+        """Values in one layer's conv state for one sequence: ``conv_dim * (conv_kernel - 1)``."""
+        return self.conv_dim * (self.conv_kernel - 1)
+
+
+@dataclass(frozen=True)
+class DenseMLPSpec:
+    """Shapes of the dense MLP blocks: ``intermediate_size``; ``gated`` (SwiGLU: gate, up, down
+    projections) or not (NemotronH's ReLU^2: up, down); ``bias`` on its projections."""
+
+    intermediate_size: int
+    gated: bool = True
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Shapes of the mixture-of-experts blocks.
+
+    ``num_experts`` routed experts of ``expert_intermediate_size`` each (``gated`` like
+    :class:`DenseMLPSpec`), ``top_k`` of them per token, chosen by a linear router
+    (``num_experts x hidden``, no bias). NemotronH also has an always-on shared expert MLP of
+    ``shared_intermediate_size`` (0: none) and optional latent projections (``latent_size``:
+    experts then work in that width). ``bias`` applies to the shared expert and latent projections.
+    """
+
+    num_experts: int
+    top_k: int
+    expert_intermediate_size: int
+    gated: bool = True
+    shared_intermediate_size: int = 0
+    latent_size: int | None = None
+    bias: bool = False
+
+
+class OpKind(str, Enum):
+    """What kind of work an :class:`Operator` is, for a roofline model to pick its ceiling."""
+
+    GEMM = "gemm"
+    ATTENTION = "attention"
+    SCAN = "scan"
+    ELEMENTWISE = "elementwise"
+    MEMORY = "memory"
+    COMM = "comm"
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One operator of a serving step, summed over the ``count`` layers that run it.
+
+    ``flops``, ``bytes_read`` and ``bytes_written`` are totals over those layers, for one
+    tensor-parallel rank; ``comm_bytes`` is the payload of a collective (the size of the tensor
+    being all-reduced or all-gathered, per rank, summed over layers), 0 for compute operators.
+    """
+
+    name: str
+    kind: OpKind
+    flops: float
+    bytes_read: float
+    bytes_written: float
+    comm_bytes: float = 0.0
+    count: int = 1
+
+    @property
+    def bytes(self) -> float:
+        """Bytes moved to or from memory: ``bytes_read + bytes_written``."""
+        return self.bytes_read + self.bytes_written
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity in FLOPs per byte moved (``inf`` if no bytes move)."""
+        return self.flops / self.bytes if self.bytes else math.inf
+
+
+# --------------------------------------------------------------------------------------------
+# ModelSpec
+# --------------------------------------------------------------------------------------------
+
+
+def _attended_sum(new: int, before: int, window: int | None) -> int:
+    """Sum over the chunk's tokens (positions ``before+1 .. before+new``) of the keys each
+    attends: ``min(position, window)``."""
+    if new <= 0:
+        return 0
+    lo, hi = before + 1, before + new
+    if window is None or hi <= window:
+        return (lo + hi) * new // 2
+    if lo > window:
+        return new * window
+    return (lo + window) * (window - lo + 1) // 2 + (hi - window) * window
+
+
+def _kv_tokens_read(new: int, before: int, window: int | None) -> int:
+    """Distinct cached + new tokens whose K/V a chunk's queries read (each read once)."""
+    total = before + new
+    return total if window is None else min(total, window + new - 1)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only model's shapes, and its parameter, memory and FLOP counts.
+
+    Build one with :meth:`from_hf_config` or :meth:`from_preset`. The per-layer structure is
+    ``layers`` (a mixer and an MLP kind per layer); the block shapes shared by all layers of a
+    kind are ``attention``, ``mamba``, ``mlp`` and ``moe`` (``None`` when no layer uses them).
+
+    Contract of the counting methods: parameters are exactly those of the transformers (5.x)
+    ``*ForCausalLM`` module built from the same config (``nn.Parameter`` scalars), with two
+    deliberate NemotronH exceptions: ``tie_word_embeddings=true`` is honoured (transformers
+    ignores it for NemotronH) and ``n_shared_experts=0`` means no shared expert (transformers
+    builds one anyway); the router's correction-bias buffer is not a parameter and not counted.
+    Memory sizes are bytes; FLOPs follow the module docstring's model and are whole-model totals
+    (tensor parallelism only splits them in :meth:`operators`). Specs are frozen and hashable;
+    two specs are equal when all shapes and the name are.
+    """
+
+    name: str
+    family: str
+    vocab_size: int
+    hidden_size: int
+    layers: tuple[LayerSpec, ...]
+    attention: AttentionSpec | None = None
+    mamba: Mamba2Spec | None = None
+    mlp: DenseMLPSpec | None = None
+    moe: MoESpec | None = None
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+
+    def __post_init__(self) -> None:
+        kinds = {(layer.mixer, layer.mlp) for layer in self.layers}
+        need = {
+            "attention": any(m is Mixer.ATTENTION for m, _ in kinds),
+            "mamba": any(m is Mixer.MAMBA2 for m, _ in kinds),
+            "mlp": any(f is MLPKind.DENSE for _, f in kinds),
+            "moe": any(f is MLPKind.MOE for _, f in kinds),
+        }
+        for field_name, needed in need.items():
+            if needed and getattr(self, field_name) is None:
+                raise ValueError(f"{self.name}: layers use {field_name} but its spec is missing")
+        if not self.layers:
+            raise ValueError(f"{self.name}: a model needs at least one layer")
+
+    # ---- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_hf_config(
+        cls, config: Mapping[str, Any] | Any | str | os.PathLike[str], *, name: str | None = None
+    ) -> ModelSpec:
+        """Build a spec from a Hugging Face config.
+
+        ``config`` is a ``config.json`` dict, a ``transformers.PretrainedConfig`` (anything with
+        ``to_dict()``), or a path to a checkpoint directory or to its ``config.json``. Keys the
+        config leaves out take the defaults of the transformers (5.x) config class of its family,
+        so a dict and the config object built from it give equal specs. ``name`` defaults to the
+        config's ``_name_or_path``, then the directory name for a path, then the ``model_type``.
+
+        Raises ``FileNotFoundError`` for a missing path, ``ValueError`` for unreadable JSON, an
+        unsupported ``model_type``/``architectures`` (the message names them and lists the
+        supported families), or inconsistent shapes.
+        """
+        default_name = None
+        if isinstance(config, (str, os.PathLike)):
+            path = Path(config)
+            file = path / "config.json" if path.is_dir() else path
+            if not file.is_file():
+                raise FileNotFoundError(f"no config.json at {path}")
+            try:
+                cfg = json.loads(file.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}: not valid JSON ({exc})") from None
+            default_name = file.parent.name
+        elif isinstance(config, Mapping):
+            cfg = dict(config)
+        elif hasattr(config, "to_dict"):
+            cfg = config.to_dict()
+        else:
+            raise TypeError(f"expected a config dict, PretrainedConfig or path, got {type(config)}")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"a config must be a JSON object, got {type(cfg).__name__}")
+        family = _family(cfg)
+        name = name or cfg.get("_name_or_path") or default_name or family
+        return _PARSERS[family](cfg, name)
+
+    @classmethod
+    def from_preset(cls, name: str) -> ModelSpec:
+        """The spec of a hand-written preset (see :data:`PRESETS`). ``name`` is a preset name,
+        case-insensitive, ``_`` and ``-`` alike, or the preset's Hugging Face repo id; unknown names
+        raise ``ValueError`` listing the known ones."""
+        key = _preset_key(name)
+        return cls.from_hf_config(PRESETS[key], name=key)
+
+    # ---- structure ------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder layers (for NemotronH each block is its own layer)."""
+        return len(self.layers)
+
+    @property
+    def attention_layer_indices(self) -> tuple[int, ...]:
+        """Indices of the layers whose mixer is attention."""
+        return tuple(i for i, lyr in enumerate(self.layers) if lyr.mixer is Mixer.ATTENTION)
+
+    @property
+    def ssm_layer_indices(self) -> tuple[int, ...]:
+        """Indices of the layers whose mixer is Mamba2."""
+        return tuple(i for i, lyr in enumerate(self.layers) if lyr.mixer is Mixer.MAMBA2)
+
+    @property
+    def n_attention_layers(self) -> int:
+        """Number of attention layers (Marconi's N_attn)."""
+        return len(self.attention_layer_indices)
+
+    @property
+    def n_ssm_layers(self) -> int:
+        """Number of Mamba2 layers (Marconi's N_ssm)."""
+        return len(self.ssm_layer_indices)
+
+    @property
+    def n_mlp_layers(self) -> int:
+        """Number of layers with an MLP, dense or MoE (Marconi's N_mlp)."""
+        return sum(lyr.mlp is not MLPKind.NONE for lyr in self.layers)
+
+    @property
+    def n_moe_layers(self) -> int:
+        """Number of layers whose MLP is a mixture of experts."""
+        return sum(lyr.mlp is MLPKind.MOE for lyr in self.layers)
+
+    @property
+    def is_hybrid(self) -> bool:
+        """True if the model has SSM layers."""
+        return self.n_ssm_layers > 0
+
+    @property
+    def is_moe(self) -> bool:
+        """True if the model has MoE layers."""
+        return self.n_moe_layers > 0
+
+    @property
+    def n_heads(self) -> int:
+        """Attention query heads (0 without attention layers)."""
+        return self.attention.n_heads if self.attention else 0
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Attention key/value heads (0 without attention layers)."""
+        return self.attention.n_kv_heads if self.attention else 0
+
+    @property
+    def head_dim(self) -> int:
+        """Attention head dimension (0 without attention layers)."""
+        return self.attention.head_dim if self.attention else 0
+
+    @property
+    def intermediate_size(self) -> int:
+        """Dense MLP intermediate size, else the MoE expert's (0 if neither)."""
+        if self.mlp:
+            return self.mlp.intermediate_size
+        return self.moe.expert_intermediate_size if self.moe else 0
+
+    @property
+    def num_experts(self) -> int:
+        """Routed experts per MoE layer (0 for dense models)."""
+        return self.moe.num_experts if self.moe else 0
+
+    @property
+    def top_k(self) -> int:
+        """Routed experts per token per MoE layer (0 for dense models)."""
+        return self.moe.top_k if self.moe else 0
+
+    # ---- parameters -----------------------------------------------------------------------
+
+    def _attn_params(self) -> tuple[int, int]:
+        """(matmul params incl. biases, other params) of one attention block."""
+        a, d = self.attention, self.hidden_size
+        assert a is not None
+        qkv = d * (a.q_dim + 2 * a.kv_dim) + (a.q_dim + 2 * a.kv_dim if a.qkv_bias else 0)
+        o = a.q_dim * d + (d if a.o_bias else 0)
+        return qkv + o, (2 * a.head_dim if a.qk_norm else 0)
+
+    def _mamba_params(self) -> tuple[int, int]:
+        """(matmul params incl. biases, other params) of one Mamba2 mixer."""
+        m, d = self.mamba, self.hidden_size
+        assert m is not None
+        in_proj = d * m.in_proj_dim + (m.in_proj_dim if m.proj_bias else 0)
+        out_proj = m.d_inner * d + (d if m.proj_bias else 0)
+        conv = m.conv_dim * m.conv_kernel + (m.conv_dim if m.conv_bias else 0)
+        # dt_bias, A_log, D: one per head; the gated RMSNorm: d_inner weights.
+        return in_proj + out_proj, conv + 3 * m.n_heads + m.d_inner
+
+    @staticmethod
+    def _mlp_params(d: int, inter: int, gated: bool, bias: bool) -> int:
+        up = (2 if gated else 1) * inter
+        return d * up + inter * d + ((up + d) if bias else 0)
+
+    def _moe_params(self) -> dict[str, int]:
+        """Params of one MoE block by part: router, routed experts (all), one expert, shared
+        expert plus latent projections."""
+        e, d = self.moe, self.hidden_size
+        assert e is not None
+        width = e.latent_size or d
+        one = self._mlp_params(width, e.expert_intermediate_size, e.gated, False)
+        shared = (
+            self._mlp_params(d, e.shared_intermediate_size, e.gated, e.bias)
+            if e.shared_intermediate_size
+            else 0
+        )
+        if e.latent_size:  # fc1: d -> latent, fc2: latent -> d
+            shared += 2 * d * e.latent_size + ((e.latent_size + d) if e.bias else 0)
+        return {"router": e.num_experts * d, "experts": e.num_experts * one, "expert": one,
+                "shared": shared}  # fmt: skip
+
+    def param_breakdown(self) -> dict[str, int]:
+        """Total parameters by part: ``embedding``, ``lm_head`` (0 when tied), ``attention``
+        (projections, biases, q/k-norm), ``ssm`` (projections, conv, dt/A/D, gated norm),
+        ``mlp`` (dense), ``moe_router``, ``moe_experts`` (all routed experts), ``moe_shared``
+        (shared expert and latent projections), ``norms`` (per-block pre-norms and the final
+        norm)."""
+        d = self.hidden_size
+        out = dict.fromkeys(("embedding", "lm_head", "attention", "ssm", "mlp", "moe_router",
+                             "moe_experts", "moe_shared", "norms"), 0)  # fmt: skip
+        out["embedding"] = self.vocab_size * d
+        out["lm_head"] = 0 if self.tie_word_embeddings else self.vocab_size * d
+        if self.attention:
+            out["attention"] = self.n_attention_layers * sum(self._attn_params())
+        if self.mamba:
+            out["ssm"] = self.n_ssm_layers * sum(self._mamba_params())
+        if self.mlp:
+            n_dense = sum(lyr.mlp is MLPKind.DENSE for lyr in self.layers)
+            out["mlp"] = n_dense * self._mlp_params(
+                d, self.mlp.intermediate_size, self.mlp.gated, self.mlp.bias
+            )
+        if self.moe:
+            p = self._moe_params()
+            out["moe_router"] = self.n_moe_layers * p["router"]
+            out["moe_experts"] = self.n_moe_layers * p["experts"]
+            out["moe_shared"] = self.n_moe_layers * p["shared"]
+        sub_blocks = sum((lyr.mixer is not Mixer.NONE) + (lyr.mlp is not MLPKind.NONE)
+                         for lyr in self.layers)  # fmt: skip
+        out["norms"] = (sub_blocks + 1) * d
+        return out
+
+    @property
+    def num_params(self) -> int:
+        """Total parameters (embedding and, if untied, lm_head included)."""
+        return sum(self.param_breakdown().values())
+
+    @property
+    def num_active_params(self) -> int:
+        """Parameters used per token: all but the routed experts, plus ``top_k`` of them per MoE
+        layer (Mixtral-8x7B: ~12.9e9 of 46.7e9). Equals :attr:`num_params` for dense models."""
+        if not self.moe:
+            return self.num_params
+        return (
+            self.num_params
+            - self.param_breakdown()["moe_experts"]
+            + self.n_moe_layers * self.moe.top_k * self._moe_params()["expert"]
+        )
+
+    def weight_bytes(self, dtype: DType) -> int:
+        """Bytes of all weights stored in ``dtype`` (a tied embedding is stored once)."""
+        return _ceil_bytes(self.num_params * dtype_bytes(dtype))
+
+    # ---- state memory ---------------------------------------------------------------------
+
+    def kv_bytes_per_token(self, dtype: DType) -> int:
+        """KV-cache bytes one token holds over all attention layers:
+        ``n_attention_layers * 2 (K, V) * n_kv_heads * head_dim * bytes(dtype)``. 0 without
+        attention. (A sliding window bounds how many tokens are needed, not this size.)"""
+        if not self.attention:
+            return 0
+        per = 2 * self.attention.kv_dim * dtype_bytes(dtype)
+        return _ceil_bytes(self.n_attention_layers * per)
+
+    def ssm_state_bytes(self, dtype: DType = "float32", conv_dtype: DType | None = None) -> int:
+        """Bytes of one sequence's recurrent state over all Mamba2 layers, independent of its
+        length: per layer ``n_heads * head_dim * d_state`` SSM-state values in ``dtype`` plus
+        ``conv_dim * (conv_kernel - 1)`` conv-state values in ``conv_dtype`` (default: ``dtype``).
+
+        The dtype is separate from the KV cache's because engines usually keep the SSM state in
+        float32 (transformers' NemotronH ``mamba_ssm_cache_dtype``; vLLM's
+        ``mamba_ssm_cache_dtype``) and the conv state in the model dtype:
+        ``ssm_state_bytes("float32", conv_dtype="bfloat16")``. 0 without SSM layers.
+        """
+        if not self.mamba:
+            return 0
+        m = self.mamba
+        conv = dtype_bytes(dtype if conv_dtype is None else conv_dtype)
+        per = m.state_numel * dtype_bytes(dtype) + m.conv_state_numel * conv
+        return _ceil_bytes(self.n_ssm_layers * per)
+
+    # ---- FLOPs ----------------------------------------------------------------------------
+
+    def prefill_flops(
+        self, new_tokens: int, context_before: int = 0, *, all_logits: bool = False
+    ) -> float:
+        """FLOPs of prefilling a chunk of ``new_tokens`` tokens of one sequence whose first
+        ``context_before`` tokens are already cached (KV and SSM state).
+
+        Equal to the sum of :meth:`operators` for that chunk (computed in O(1)): linear layers
+        ``2 * active matmul params`` per token, attention ``4 * n_heads * head_dim`` per attended
+        key, the SSM conv and scan per token, elementwise work; the lm_head on the chunk's last
+        token only, or on all of them with ``all_logits=True``. So
+        ``prefill_flops(n, 0, all_logits=True)`` equals ``sum(decode_flops(c) for c in
+        range(n))``, and chunking a prefill changes only the lm_head term.
+        """
+        if new_tokens < 0 or context_before < 0:
+            raise ValueError(f"token counts must be >= 0, got ({new_tokens}, {context_before})")
+        if new_tokens == 0:
+            return 0.0
+        per_token, per_key, per_logit_row = self._flop_coefficients
+        window = self.attention.sliding_window if self.attention else None
+        return (
+            per_token * new_tokens
+            + per_key * _attended_sum(new_tokens, context_before, window)
+            + per_logit_row * (new_tokens if all_logits else 1)
+        )
+
+    def decode_flops(self, context_len: int) -> float:
+        """FLOPs of generating one token for a sequence with ``context_len`` tokens already
+        cached: the new token attends ``context_len + 1`` keys (capped by a sliding window)."""
+        return self.prefill_flops(1, context_len)
+
+    @cached_property
+    def _flop_coefficients(self) -> tuple[float, float, float]:
+        """(FLOPs per token outside attention and lm_head, per attended key, per logits row).
+
+        Every operator's FLOPs are linear in exactly one of these three counts, so these
+        coefficients, read off a one-token step, give :meth:`prefill_flops` in O(1) and equal to
+        the sum of :meth:`operators`."""
+        ops = self.operators(prefill_chunks=[(1, 0)])  # 1 token, 1 attended key, 1 logits row
+        per_key = sum(o.flops for o in ops if o.kind is OpKind.ATTENTION)
+        per_row = sum(o.flops for o in ops if o.name == "lm_head")
+        return sum(o.flops for o in ops) - per_key - per_row, per_key, per_row
+
+    def operators(
+        self,
+        prefill_chunks: Sequence[tuple[int, int]] = (),
+        decode_contexts: Sequence[int] = (),
+        *,
+        tp: int = 1,
+        dtype: DType = "bfloat16",
+        kv_dtype: DType | None = None,
+        ssm_dtype: DType = "float32",
+        conv_dtype: DType | None = None,
+        all_logits: bool = False,
+    ) -> list[Operator]:
+        """The operators of one forward step over a batch, for a roofline cost model.
+
+        Batch: ``prefill_chunks`` lists ``(new_tokens, context_before)`` per sequence being
+        prefilled, ``decode_contexts`` lists ``context_len`` per sequence decoding one token (the
+        same as a chunk ``(1, context_len)``). Each entry is a distinct sequence.
+
+        Returns one :class:`Operator` per kind of operator (summed over the ``count`` layers of
+        that kind), in forward order, with FLOPs and bytes **per tensor-parallel rank** for a
+        ``tp``-way Megatron-style split: column/row-parallel projections, attention heads, SSM
+        heads and MLP/expert columns divided by ``tp`` (KV heads replicated when fewer than
+        ``tp``: ``ceil(n_kv_heads / tp)`` per rank); norms, residuals and the MoE router
+        replicated. With ``tp > 1`` the list has ``*_allreduce`` operators (``comm_bytes`` =
+        payload ``tokens * hidden * bytes(dtype)`` after each attention/SSM/MLP/MoE block and
+        after the vocab-parallel embedding) and an ``lm_head_allgather`` of the logits.
+
+        Byte model (``dtype`` for weights and activations, ``kv_dtype`` for the KV cache, default
+        ``dtype``; ``ssm_dtype`` for the SSM state, ``conv_dtype`` for the conv state, default
+        ``dtype``):
+
+        - weights are read once per step, whatever the number of tokens;
+        - MoE reads only the experts hit: with uniform independent routing (what the
+          load-balancing loss aims at), ``E * (1 - (1 - k/E)^T)`` distinct experts per layer
+          for ``T`` tokens;
+        - GEMMs read their input activations and write their output once;
+        - attention reads Q, reads the K/V of every token each sequence attends once (the whole
+          cached context, or the window), writes its output and the new tokens' K/V;
+        - SSM conv and scan read and write each sequence's conv/SSM state once per step;
+        - an RMSNorm is fused with the residual add: reads hidden and residual, writes both.
+
+        Elementwise FLOP constants per element: RMSNorm+residual 5, RoPE 3, q/k-norm 4,
+        SiLU-gate 5 (SwiGLU) or ReLU^2 2, conv 2*kernel+4, Mamba gate+gated-norm 9, MoE combine
+        2 per expert output.
+
+        Not modelled: softmax FLOPs, K/V re-reads by attention kernels that tile long query
+        chunks, partial RoPE (Bamba rotates half of each head: RoPE counted in full), sampling,
+        expert parallelism, and kernel launch or fusion effects (a cost model adds those).
+
+        Operator names, in order (those of blocks the model lacks are absent): ``embedding``,
+        ``norm`` (all RMSNorms), ``qkv_proj``, ``qk_norm``, ``rope``, ``attention``, ``o_proj``,
+        ``ssm_in_proj``, ``ssm_conv``, ``ssm_scan``, ``ssm_gated_norm``, ``ssm_out_proj``,
+        ``mlp_up`` (gate+up), ``mlp_act``, ``mlp_down``, ``moe_router``, ``moe_latent_in``,
+        ``moe_experts_up``/``_act``/``_down``, ``moe_combine``, ``moe_latent_out``,
+        ``moe_shared_up``/``_act``/``_down``, ``lm_head``; with ``tp > 1`` also
+        ``embedding_allreduce``, ``attention_allreduce``, ``ssm_allreduce``, ``mlp_allreduce``,
+        ``moe_allreduce``, ``lm_head_allgather``.
+        """
+        if tp < 1 or int(tp) != tp:
+            raise ValueError(f"tp must be a positive integer, got {tp!r}")
+        chunks = [(int(n), int(c)) for n, c in prefill_chunks]
+        chunks += [(1, int(c)) for c in decode_contexts]
+        for n, c in chunks:
+            if n < 0 or c < 0:
+                raise ValueError(f"token counts must be >= 0, got chunk (new={n}, context={c})")
+        chunks = [(n, c) for n, c in chunks if n > 0]
+        T = sum(n for n, _ in chunks)
+        if T == 0:
+            return []  # an empty batch runs no step
+        S = len(chunks)
+        logit_rows = T if all_logits else S
+        d, V = self.hidden_size, self.vocab_size
+        a = dtype_bytes(dtype)
+        w = a
+        kvb = dtype_bytes(kv_dtype if kv_dtype is not None else dtype)
+        ops: list[Operator] = []
+
+        def add(name: str, kind: OpKind, count: int, flops: float, rd: float, wr: float,
+                comm: float = 0.0) -> None:  # fmt: skip
+            if count > 0:
+                ops.append(Operator(name, kind, count * flops, count * rd, count * wr,
+                                    count * comm, count))  # fmt: skip
+
+        def allreduce(name: str, count: int) -> None:
+            if tp > 1:
+                add(name, OpKind.COMM, count, 0.0, 0.0, 0.0, T * d * a)
+
+        def gemm(name: str, count: int, tokens: float, k_in: int, n_out: int, bias: bool,
+                 out_sharded: bool, weight_sets: float = 1.0) -> None:  # fmt: skip
+            """tokens x k_in @ k_in x n_out (+bias), split by tp on n_out (column-parallel,
+            output sharded) or on k_in (row-parallel, input sharded, full output); reads
+            ``weight_sets`` copies of such a weight (distinct MoE experts hit)."""
+            params = k_in * n_out + (n_out if bias else 0)
+            in_b = tokens * k_in * a / (1 if out_sharded else tp)
+            out_b = tokens * n_out * a / (tp if out_sharded else 1)
+            add(name, OpKind.GEMM, count, 2 * tokens * params / tp,
+                weight_sets * params * w / tp + in_b, out_b)  # fmt: skip
+
+        def mlp_ops(prefix: str, count: int, tokens: float, width: int, inter: int, gated: bool,
+                    bias: bool, weight_sets: float = 1.0) -> None:  # fmt: skip
+            up = (2 if gated else 1) * inter
+            gemm(f"{prefix}_up", count, tokens, width, up, bias, True, weight_sets)
+            per = 5 if gated else 2
+            add(f"{prefix}_act", OpKind.ELEMENTWISE, count, per * tokens * inter / tp,
+                tokens * up * a / tp, tokens * inter * a / tp)  # fmt: skip
+            gemm(f"{prefix}_down", count, tokens, inter, width, bias, False, weight_sets)
+
+        layers = self.layers
+        n_attn, n_ssm = self.n_attention_layers, self.n_ssm_layers
+        n_dense = sum(lyr.mlp is MLPKind.DENSE for lyr in layers)
+        n_moe = self.n_moe_layers
+        n_norms = sum((lyr.mixer is not Mixer.NONE) + (lyr.mlp is not MLPKind.NONE)
+                      for lyr in layers) + 1  # fmt: skip
+
+        # Embedding: a gather of T rows; vocab-parallel, so each rank finds ~T/tp of them.
+        add("embedding", OpKind.MEMORY, 1, 0.0, T * d * a / tp, T * d * a)
+        allreduce("embedding_allreduce", 1)
+        add("norm", OpKind.ELEMENTWISE, n_norms, 5 * T * d, 2 * T * d * a + d * w, 2 * T * d * a)
+
+        if self.attention and n_attn:
+            at = self.attention
+            qkv_out = at.q_dim + 2 * at.kv_dim
+            heads = at.n_heads / tp
+            kv_heads = math.ceil(at.n_kv_heads / tp)
+            gemm("qkv_proj", n_attn, T, d, qkv_out, at.qkv_bias, True)
+            rot = T * (heads + kv_heads) * at.head_dim
+            if at.qk_norm:
+                add("qk_norm", OpKind.ELEMENTWISE, n_attn, 4 * rot, rot * a + 2 * at.head_dim * w,
+                    rot * a)  # fmt: skip
+            add("rope", OpKind.ELEMENTWISE, n_attn, 3 * rot, rot * a, rot * a)
+            win = at.sliding_window
+            attended = sum(_attended_sum(n, c, win) for n, c in chunks)
+            kv_read = sum(_kv_tokens_read(n, c, win) for n, c in chunks)
+            kv_row = 2 * kv_heads * at.head_dim * kvb  # K and V of one token, one layer
+            q_bytes = T * heads * at.head_dim * a
+            add("attention", OpKind.ATTENTION, n_attn, 4 * heads * at.head_dim * attended,
+                q_bytes + kv_read * kv_row, q_bytes + T * kv_row)  # fmt: skip
+            gemm("o_proj", n_attn, T, at.q_dim, d, at.o_bias, False)
+            allreduce("attention_allreduce", n_attn)
+
+        if self.mamba and n_ssm:
+            m = self.mamba
+            sb = dtype_bytes(ssm_dtype)
+            cb = dtype_bytes(conv_dtype if conv_dtype is not None else dtype)
+            gemm("ssm_in_proj", n_ssm, T, d, m.in_proj_dim, m.proj_bias, True)
+            cd = m.conv_dim / tp
+            conv_w = (m.conv_kernel + (1 if m.conv_bias else 0)) * cd * w
+            conv_state = S * cd * (m.conv_kernel - 1) * cb
+            add("ssm_conv", OpKind.ELEMENTWISE, n_ssm, (2 * m.conv_kernel + 4) * T * cd,
+                T * cd * a + conv_w + conv_state, T * cd * a + conv_state)  # fmt: skip
+            hpn = m.state_numel / tp
+            di = m.d_inner / tp
+            state = S * hpn * sb
+            scan_in = T * (di + 2 * m.n_groups * m.d_state + m.n_heads / tp) * a
+            add("ssm_scan", OpKind.SCAN, n_ssm, T * (5 * hpn + 3 * di),
+                scan_in + 3 * (m.n_heads / tp) * w + state, T * di * a + state)  # fmt: skip
+            add("ssm_gated_norm", OpKind.ELEMENTWISE, n_ssm, 9 * T * di,
+                2 * T * di * a + di * w, T * di * a)  # fmt: skip
+            gemm("ssm_out_proj", n_ssm, T, m.d_inner, d, m.proj_bias, False)
+            allreduce("ssm_allreduce", n_ssm)
+
+        if self.mlp and n_dense:
+            mlp_ops("mlp", n_dense, T, d, self.mlp.intermediate_size, self.mlp.gated,
+                    self.mlp.bias)  # fmt: skip
+            allreduce("mlp_allreduce", n_dense)
+
+        if self.moe and n_moe:
+            e = self.moe
+            E, k = e.num_experts, e.top_k
+            # Router: replicated on every rank (small), fp32 logits not distinguished.
+            add("moe_router", OpKind.GEMM, n_moe, 2 * T * d * E, d * E * w + T * d * a, T * E * a)
+            width = e.latent_size or d
+            if e.latent_size:
+                gemm("moe_latent_in", n_moe, T, d, e.latent_size, e.bias, False)
+            hits = E * (1 - (1 - k / E) ** T)  # expected distinct experts hit per layer
+            mlp_ops("moe_experts", n_moe, T * k, width, e.expert_intermediate_size, e.gated,
+                    False, weight_sets=hits)  # fmt: skip
+            # The weighted combine of the k expert outputs of each token.
+            add("moe_combine", OpKind.ELEMENTWISE, n_moe, 2 * T * k * width,
+                T * k * width * a, T * width * a)  # fmt: skip
+            if e.latent_size:
+                gemm("moe_latent_out", n_moe, T, e.latent_size, d, e.bias, False)
+            if e.shared_intermediate_size:
+                mlp_ops("moe_shared", n_moe, T, d, e.shared_intermediate_size, e.gated, e.bias)
+            allreduce("moe_allreduce", n_moe)
+
+        if logit_rows:
+            gemm("lm_head", 1, logit_rows, d, V, False, True)
+            if tp > 1:
+                add("lm_head_allgather", OpKind.COMM, 1, 0.0, 0.0, 0.0, logit_rows * V * a)
+        return ops
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing Hugging Face configs
+# --------------------------------------------------------------------------------------------
+
+# Defaults of the transformers 5.x config classes, for keys a config.json leaves out. ``None`` for
+# num_key_value_heads / head_dim means "derive it" (n_heads; hidden_size // n_heads).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None,
+                  max_position_embeddings=2048),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                    max_position_embeddings=131072, sliding_window=4096),
+    "mixtral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                    max_position_embeddings=131072, sliding_window=None, num_local_experts=8,
+                    num_experts_per_tok=2),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                  max_position_embeddings=32768),
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                  head_dim=128, max_position_embeddings=32768),
+    "bamba": dict(vocab_size=128000, hidden_size=4096, intermediate_size=14336,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                  max_position_embeddings=262144),
+    "nemotron_h": dict(vocab_size=131072, hidden_size=4096, intermediate_size=21504,
+                       num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                       max_position_embeddings=4096),
+}  # fmt: skip
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_DEFAULTS))
+"""The ``model_type`` values :meth:`ModelSpec.from_hf_config` understands."""
+
+_ARCH_TO_TYPE = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "BambaForCausalLM": "bamba",
+    "NemotronHForCausalLM": "nemotron_h",
+}
+
+
+def _family(cfg: Mapping[str, Any]) -> str:
+    model_type = cfg.get("model_type")
+    archs = cfg.get("architectures") or []
+    if model_type in _DEFAULTS:
+        return str(model_type)
+    if not model_type:
+        for arch in archs:
+            if arch in _ARCH_TO_TYPE:
+                return _ARCH_TO_TYPE[arch]
+    raise ValueError(
+        f"unsupported model: model_type={model_type!r}, architectures={list(archs)!r}; "
+        f"ModelSpec supports model_type in {list(SUPPORTED_MODEL_TYPES)} "
+        f"(architectures {sorted(_ARCH_TO_TYPE)})"
+    )
+
+
+class _Cfg:
+    """Typed reads of a config dict with its family's defaults; errors name the key."""
+
+    def __init__(self, cfg: Mapping[str, Any], family: str, name: str) -> None:
+        self.cfg, self.family, self.name = cfg, family, name
+        self.defaults = _DEFAULTS[family]
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``; the family default if missing; ``default`` if that is None."""
+        value = self.cfg[key] if key in self.cfg else self.defaults.get(key)
+        return default if value is None else value
+
+    def int(self, key: str, default: Any = None, *, minimum: int = 1) -> int:
+        value = self.raw(key, default)
+        if value is None:
+            raise ValueError(f"{self.name} ({self.family}): config has no {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{self.name} ({self.family}): {key}={value!r} is not an integer")
+        if value < minimum:
+            raise ValueError(f"{self.name} ({self.family}): {key}={value!r} must be >= {minimum}")
+        return int(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self.raw(key, default))
+
+    def attention(self, *, qkv_bias: bool, o_bias: bool, qk_norm: bool = False,
+                  sliding_window: int | None = None, head_dim_keys: Sequence[str] = ("head_dim",),
+                  ) -> AttentionSpec:  # fmt: skip
+        d = self.int("hidden_size")
+        heads = self.int("num_attention_heads")
+        kv_heads = self.int("num_key_value_heads", heads)
+        head_dim = next((self.int(k) for k in head_dim_keys if self.raw(k) is not None), None)
+        if head_dim is None:
+            if d % heads:
+                raise ValueError(f"{self.name}: hidden_size {d} is not a multiple of "
+                                 f"num_attention_heads {heads}; give head_dim")  # fmt: skip
+            head_dim = d // heads
+        if heads % kv_heads:
+            raise ValueError(f"{self.name}: num_attention_heads {heads} is not a multiple of "
+                             f"num_key_value_heads {kv_heads}")  # fmt: skip
+        return AttentionSpec(heads, kv_heads, head_dim, qkv_bias, o_bias, qk_norm, sliding_window)
+
+    def common(self) -> dict[str, Any]:
+        return dict(
+            vocab_size=self.int("vocab_size"),
+            hidden_size=self.int("hidden_size"),
+            tie_word_embeddings=self.flag("tie_word_embeddings", False),
+            max_position_embeddings=self.int("max_position_embeddings"),
+        )
+
+
+def _parse_transformer(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    """llama, mistral, qwen2, qwen3 (dense) and mixtral (MoE): attention + MLP in every layer."""
+    family = _family(cfg)
+    c = _Cfg(cfg, family, name)
+    n_layers = c.int("num_hidden_layers")
+    window = None
+    if family in ("mistral", "mixtral"):
+        window = cfg.get("sliding_window", c.defaults["sliding_window"])
+        window = None if window is None else c.int("sliding_window")
+    elif family in ("qwen2", "qwen3") and c.flag("use_sliding_window", False):
+        raise ValueError(f"{name} ({family}): use_sliding_window=true (sliding attention on only "
+                         "some layers) is not supported")  # fmt: skip
+    bias = c.flag("attention_bias", False)
+    attn_kwargs = {
+        "llama": dict(qkv_bias=bias, o_bias=bias),
+        "mistral": dict(qkv_bias=False, o_bias=False),
+        "mixtral": dict(qkv_bias=False, o_bias=False),
+        "qwen2": dict(qkv_bias=True, o_bias=False),
+        "qwen3": dict(qkv_bias=bias, o_bias=bias, qk_norm=True),
+    }[family]
+    attention = c.attention(sliding_window=window, **attn_kwargs)
+    inter = c.int("intermediate_size")
+    if family == "mixtral":
+        experts, top_k = c.int("num_local_experts"), c.int("num_experts_per_tok")
+        if top_k > experts:
+            raise ValueError(f"{name}: num_experts_per_tok {top_k} > num_local_experts {experts}")
+        moe = MoESpec(num_experts=experts, top_k=top_k, expert_intermediate_size=inter)
+        layers = (LayerSpec(Mixer.ATTENTION, MLPKind.MOE),) * n_layers
+        return ModelSpec(name, family, layers=layers, attention=attention, moe=moe, **c.common())
+    mlp = DenseMLPSpec(inter, gated=True, bias=family == "llama" and c.flag("mlp_bias", False))
+    layers = (LayerSpec(Mixer.ATTENTION, MLPKind.DENSE),) * n_layers
+    return ModelSpec(name, family, layers=layers, attention=attention, mlp=mlp, **c.common())
+
+
+def _parse_bamba(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    """Bamba: each layer is attention (indices in ``attn_layer_indices``) or Mamba2, then a gated
+    MLP."""
+    c = _Cfg(cfg, "bamba", name)
+    n_layers = c.int("num_hidden_layers")
+    attn_idx = sorted(set(c.raw("attn_layer_indices", [])))
+    bad = [i for i in attn_idx if not (isinstance(i, int) and 0 <= i < n_layers)]
+    if bad:
+        raise ValueError(f"{name} (bamba): attn_layer_indices {bad} outside 0..{n_layers - 1}")
+    d = c.int("hidden_size")
+    n_heads = c.int("mamba_n_heads", 128)
+    expand = c.raw("mamba_expand", 2)
+    d_inner = int(expand * d)
+    head_dim = c.raw("mamba_d_head", "auto")
+    head_dim = d_inner // n_heads if head_dim == "auto" else c.int("mamba_d_head")
+    if n_heads * head_dim != d_inner:
+        raise ValueError(f"{name} (bamba): mamba_n_heads {n_heads} x mamba_d_head {head_dim} != "
+                         f"mamba_expand * hidden_size = {d_inner}")  # fmt: skip
+    mamba = Mamba2Spec(
+        n_heads=n_heads, head_dim=head_dim, d_state=c.int("mamba_d_state", 256),
+        n_groups=c.int("mamba_n_groups", 1), conv_kernel=c.int("mamba_d_conv", 4, minimum=2),
+        expand=expand, chunk_size=c.int("mamba_chunk_size", 256),
+        conv_bias=c.flag("mamba_conv_bias", True), proj_bias=c.flag("mamba_proj_bias", False),
+    )  # fmt: skip
+    bias = c.flag("attention_bias", False)
+    layers = tuple(
+        LayerSpec(Mixer.ATTENTION if i in attn_idx else Mixer.MAMBA2, MLPKind.DENSE)
+        for i in range(n_layers)
+    )
+    return ModelSpec(
+        name, "bamba", layers=layers,
+        attention=c.attention(qkv_bias=bias, o_bias=bias) if attn_idx else None,
+        mamba=mamba if len(attn_idx) < n_layers else None,
+        mlp=DenseMLPSpec(c.int("intermediate_size"), gated=True, bias=c.flag("mlp_bias", False)),
+        **c.common(),
+    )  # fmt: skip
+
+
+# NemotronH block names: hybrid_override_pattern characters, transformers 5 layers_block_type
+# values, and their legacy spellings.
+_NEMOTRON_BLOCKS = {
+    "M": LayerSpec(Mixer.MAMBA2, MLPKind.NONE),
+    "*": LayerSpec(Mixer.ATTENTION, MLPKind.NONE),
+    "-": LayerSpec(Mixer.NONE, MLPKind.DENSE),
+    "E": LayerSpec(Mixer.NONE, MLPKind.MOE),
+    "linear_attention": LayerSpec(Mixer.MAMBA2, MLPKind.NONE),
+    "mamba": LayerSpec(Mixer.MAMBA2, MLPKind.NONE),
+    "full_attention": LayerSpec(Mixer.ATTENTION, MLPKind.NONE),
+    "attention": LayerSpec(Mixer.ATTENTION, MLPKind.NONE),
+    "mlp": LayerSpec(Mixer.NONE, MLPKind.DENSE),
+    "moe": LayerSpec(Mixer.NONE, MLPKind.MOE),
+}
+
+
+def _parse_nemotron_h(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    """NemotronH: each layer is one block (Mamba2, attention, ReLU^2 MLP or MoE) with its own
+    pre-norm, from ``hybrid_override_pattern`` (``M * - E``) or ``layers_block_type``."""
+    c = _Cfg(cfg, "nemotron_h", name)
+    blocks = cfg.get("layers_block_type") or cfg.get("layer_types")
+    key = "layers_block_type"
+    if blocks is None and cfg.get("hybrid_override_pattern") is not None:
+        blocks, key = list(cfg["hybrid_override_pattern"]), "hybrid_override_pattern"
+    if not blocks:
+        raise ValueError(f"{name} (nemotron_h): config has neither hybrid_override_pattern nor "
+                         "layers_block_type")  # fmt: skip
+    unknown = sorted({b for b in blocks if b not in _NEMOTRON_BLOCKS})
+    if unknown:
+        raise ValueError(f"{name} (nemotron_h): unknown block types {unknown} in {key}; "
+                         f"known: {sorted(_NEMOTRON_BLOCKS)}")  # fmt: skip
+    layers = tuple(_NEMOTRON_BLOCKS[b] for b in blocks)
+    kinds = {(lyr.mixer, lyr.mlp) for lyr in layers}
+
+    def alias(new: str, old: str) -> str:  # transformers accepts the old mamba_* names
+        return old if new not in cfg and old in cfg else new
+
+    mamba = attention = mlp = moe = None
+    if (Mixer.MAMBA2, MLPKind.NONE) in kinds:
+        mamba = Mamba2Spec(
+            n_heads=c.int("mamba_num_heads", 128), head_dim=c.int("mamba_head_dim", 64),
+            d_state=c.int("ssm_state_size", 128),
+            n_groups=c.int(alias("n_groups", "mamba_n_groups"), 8),
+            conv_kernel=c.int(alias("conv_kernel", "mamba_d_conv"), 4, minimum=2),
+            expand=c.raw(alias("expand", "mamba_expand"), 2),
+            chunk_size=c.int(alias("chunk_size", "mamba_chunk_size"), 128),
+            conv_bias=c.flag(alias("use_conv_bias", "mamba_conv_bias"), True),
+            proj_bias=c.flag("use_bias", False),
+        )  # fmt: skip
+    if (Mixer.ATTENTION, MLPKind.NONE) in kinds:
+        attention = c.attention(qkv_bias=False, o_bias=False,
+                                head_dim_keys=("head_dim", "attention_head_dim"))  # fmt: skip
+    mlp_bias = c.flag("mlp_bias", False)
+    if (Mixer.NONE, MLPKind.DENSE) in kinds:
+        mlp = DenseMLPSpec(c.int("intermediate_size"), gated=False, bias=mlp_bias)
+    if (Mixer.NONE, MLPKind.MOE) in kinds:
+        experts = c.int(alias("n_routed_experts", "num_local_experts"), 8)
+        top_k = c.int("num_experts_per_tok", 2)
+        if top_k > experts:
+            raise ValueError(f"{name}: num_experts_per_tok {top_k} > n_routed_experts {experts}")
+        shared = c.int("moe_shared_expert_intermediate_size", 7688, minimum=0)
+        moe = MoESpec(
+            num_experts=experts, top_k=top_k,
+            expert_intermediate_size=c.int("moe_intermediate_size", 7688), gated=False,
+            shared_intermediate_size=shared if c.int("n_shared_experts", 1, minimum=0) else 0,
+            latent_size=c.int("moe_latent_size") if c.raw("moe_latent_size") else None,
+            bias=mlp_bias,
+        )  # fmt: skip
+    return ModelSpec(name, "nemotron_h", layers=layers, attention=attention, mamba=mamba,
+                     mlp=mlp, moe=moe, **c.common())  # fmt: skip
+
+
+_PARSERS = {
+    "llama": _parse_transformer,
+    "mistral": _parse_transformer,
+    "mixtral": _parse_transformer,
+    "qwen2": _parse_transformer,
+    "qwen3": _parse_transformer,
+    "bamba": _parse_bamba,
+    "nemotron_h": _parse_nemotron_h,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: config.json dicts written by hand with the published shapes
+# --------------------------------------------------------------------------------------------
+
+
+def _llama(vocab: int, hidden: int, inter: int, layers: int, heads: int, kv: int, max_pos: int,
+           rope_theta: float, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    return {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab,
+        "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "hidden_act": "silu",
+        "max_position_embeddings": max_pos, "rms_norm_eps": 1e-5, "rope_theta": rope_theta,
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False, **extra,
+    }  # fmt: skip
+
+
+def _marconi_pattern() -> str:
+    # 28 (mixer, MLP) pairs: 24 Mamba2 and 4 attention mixers, attention every 7th pair from the
+    # 4th. Where the attention layers sit changes no count or formula.
+    return "".join(("*" if i % 7 == 3 else "M") + "-" for i in range(28))
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # meta-llama/Meta-Llama-3-8B: 8,030,261,248 parameters.
+    "llama-3-8b": _llama(128256, 4096, 14336, 32, 32, 8, 8192, 500000.0),
+    # meta-llama/Llama-2-7b-hf: 6,738,415,616 parameters (MHA).
+    "llama-2-7b": _llama(32000, 4096, 11008, 32, 32, 32, 4096, 10000.0),
+    # meta-llama/Llama-2-70b-hf: 68,976,648,192 parameters.
+    "llama-2-70b": _llama(32000, 8192, 28672, 80, 64, 8, 4096, 10000.0),
+    # meta-llama/Meta-Llama-3-70B: 70,553,706,496 parameters.
+    "llama-3-70b": _llama(128256, 8192, 28672, 80, 64, 8, 8192, 500000.0),
+    # mistralai/Mistral-7B-v0.1: 7,241,732,096 parameters, 4096-token sliding window.
+    "mistral-7b": {
+        "model_type": "mistral", "architectures": ["MistralForCausalLM"], "vocab_size": 32000,
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu",
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "sliding_window": 4096, "tie_word_embeddings": False,
+    },
+    # mistralai/Mixtral-8x7B-v0.1: 46,702,792,704 parameters, ~12.9e9 active (top-2 of 8).
+    "mixtral-8x7b": {
+        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "vocab_size": 32000,
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu",
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
+        "sliding_window": None, "num_local_experts": 8, "num_experts_per_tok": 2,
+        "tie_word_embeddings": False,
+    },
+    # Qwen/Qwen2-7B: 7,615,616,512 parameters; q/k/v biases.
+    "qwen2-7b": {
+        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 152064,
+        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu",
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "use_sliding_window": False, "sliding_window": 131072, "max_window_layers": 28,
+        "tie_word_embeddings": False,
+    },
+    # Qwen/Qwen3-8B: 8,190,735,360 parameters; q/k RMSNorm, explicit head_dim.
+    "qwen3-8b": {
+        "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936,
+        "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "hidden_act": "silu", "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "attention_bias": False, "use_sliding_window": False,
+        "sliding_window": None, "max_window_layers": 36, "tie_word_embeddings": False,
+    },
+    # ibm-ai-platform/Bamba-9B: 32 layers, attention at 9, 18, 27, Mamba2 elsewhere, each
+    # followed by a SwiGLU MLP; ~9.78e9 parameters.
+    "bamba-9b": {
+        "model_type": "bamba", "architectures": ["BambaForCausalLM"], "vocab_size": 128256,
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "attn_layer_indices": [9, 18, 27],
+        "mamba_n_heads": 128, "mamba_d_head": 64, "mamba_d_state": 128, "mamba_n_groups": 1,
+        "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 256, "mamba_conv_bias": True,
+        "mamba_proj_bias": False, "hidden_act": "silu", "max_position_embeddings": 262144,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+    },
+    # Marconi's default 7B Attention-Mamba2 hybrid (MLSys'25): 4 attention, 24 Mamba2 and 28 MLP
+    # layers, d = 4096, state n = 128, written NemotronH-style (one block per layer). Chosen to
+    # match the paper's formulas: multi-head attention (32 KV heads: KV = 2*2*d bytes per token
+    # per layer in fp16), a non-gated 4d MLP (16*d^2 FLOPs per token), Mamba2 with expand 2,
+    # 1 group, conv kernel 4. The vocabulary (32000) is our assumption (the paper's formulas do
+    # not involve it); with it the model has ~6.7e9 parameters.
+    "marconi-hybrid-7b": {
+        "model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"],
+        "vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 56,
+        "hybrid_override_pattern": _marconi_pattern(), "num_attention_heads": 32,
+        "num_key_value_heads": 32, "head_dim": 128, "intermediate_size": 16384,
+        "mlp_hidden_act": "relu2", "mamba_num_heads": 128, "mamba_head_dim": 64,
+        "ssm_state_size": 128, "n_groups": 1, "conv_kernel": 4, "expand": 2, "chunk_size": 128,
+        "use_conv_bias": True, "use_bias": False, "mlp_bias": False,
+        "max_position_embeddings": 32768, "tie_word_embeddings": False,
+    },
+    # A ~125M Llama for real-mode CPU runs: 124,668,672 parameters.
+    "tiny-llama-125m": _llama(32000, 768, 2048, 12, 12, 4, 2048, 10000.0, head_dim=64),
+    # Tiny configs for tests (random-initialised models build in milliseconds).
+    "tiny-mixtral": {
+        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "vocab_size": 256,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+        "sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2,
+        "tie_word_embeddings": False,
+    },
+    "tiny-bamba": {
+        "model_type": "bamba", "architectures": ["BambaForCausalLM"], "vocab_size": 256,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_indices": [1],
+        "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_d_state": 16, "mamba_n_groups": 1,
+        "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 16,
+        "max_position_embeddings": 512, "tie_word_embeddings": False,
+    },
+    "tiny-nemotron-h": {
+        "model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "vocab_size": 256,
+        "hidden_size": 64, "num_hidden_layers": 6, "hybrid_override_pattern": "M-*-ME",
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "intermediate_size": 128, "mlp_hidden_act": "relu2", "mamba_num_heads": 8,
+        "mamba_head_dim": 16, "ssm_state_size": 16, "n_groups": 2, "conv_kernel": 4,
+        "expand": 2, "chunk_size": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 64,
+        "n_shared_experts": 1, "max_position_embeddings": 512, "tie_word_embeddings": False,
+    },
+}  # fmt: skip
+
+_PRESET_HF_IDS = {
+    "meta-llama/meta-llama-3-8b": "llama-3-8b",
+    "meta-llama/llama-2-7b-hf": "llama-2-7b",
+    "meta-llama/llama-2-70b-hf": "llama-2-70b",
+    "meta-llama/meta-llama-3-70b": "llama-3-70b",
+    "mistralai/mistral-7b-v0.1": "mistral-7b",
+    "mistralai/mixtral-8x7b-v0.1": "mixtral-8x7b",
+    "qwen/qwen2-7b": "qwen2-7b",
+    "qwen/qwen3-8b": "qwen3-8b",
+    "ibm-ai-platform/bamba-9b": "bamba-9b",
+    "ibm-fms/bamba-9b": "bamba-9b",
+}
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+PRESETS: Mapping[str, Mapping[str, Any]] = _freeze(_PRESETS)
+"""Read-only ``config.json`` contents of the presets, by name (lists appear as tuples). Use
+:func:`preset_config` for a mutable ``dict`` to pass to transformers or to write to disk."""
+del _PRESETS
+
+
+def preset_names() -> list[str]:
+    """The names of the presets, sorted."""
+    return sorted(PRESETS)
+
+
+def _preset_key(name: str) -> str:
+    key = str(name).strip().lower().replace("_", "-")
+    if key in PRESETS:
+        return key
+    hf = str(name).strip().lower()
+    if hf in _PRESET_HF_IDS:
+        return _PRESET_HF_IDS[hf]
+    raise ValueError(
+        f"unknown preset {name!r}; known presets: {', '.join(preset_names())} "
+        f"(or their Hugging Face ids: {', '.join(sorted(_PRESET_HF_IDS))})"
+    )
+
+
+def preset_config(name: str) -> dict[str, Any]:
+    """A fresh ``config.json`` dict of preset ``name`` (as :meth:`ModelSpec.from_preset` accepts
+    it), e.g. for ``transformers.AutoConfig.for_model(**cfg)`` or ``json.dump``."""
+    return _thaw(PRESETS[_preset_key(name)])
