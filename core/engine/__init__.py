@@ -1,0 +1,21 @@
+"""The inference engine: model runner, step loop, offline API and sampling.
+
+``from core.engine import LLM, SamplingParams``::
+
+    llm = LLM("path/to/hf-checkpoint")            # or a config dict: random weights
+    outs = llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=16))
+    outs[0].token_ids
+
+``Engine`` (add_request / step / abort / pause / resume) is the streaming interface the
+simulator also drives, with a cost-model runner in place of :class:`ModelRunner`.
+"""
+
+from .engine import Engine, RequestOutput, StepStats
+from .llm import LLM
+from .runner import ModelRunner, Runner, StepResult
+from .sampling import Sampler, SamplingParams
+
+__all__ = [
+    "LLM", "Engine", "ModelRunner", "RequestOutput", "Runner", "Sampler", "SamplingParams",
+    "StepResult", "StepStats",
+]

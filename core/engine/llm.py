@@ -1,0 +1,154 @@
+"""``LLM``: the offline API, vLLM's shape. ``LLM(model=...).generate(prompts, params)``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from core.kv.backend import KVBackend, PagedKVBackend, RadixKVBackend
+from core.kv.policies import AdmissionPolicy, EvictionPolicy
+from core.model import load_model
+from core.model.checkpoint import load_tokenizer
+from core.sched.policies import QueuePolicy
+from core.sched.scheduler import Scheduler, SchedulerConfig
+
+from .engine import Engine, RequestOutput
+from .runner import ModelRunner
+from .sampling import Sampler, SamplingParams
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def _dtype(d: str | torch.dtype) -> torch.dtype:
+    if isinstance(d, torch.dtype):
+        return d
+    if d not in _DTYPES:
+        raise ValueError(f"unknown dtype {d!r} (use one of {', '.join(_DTYPES)})")
+    return _DTYPES[d]
+
+
+class LLM:
+    """Load a model and serve batches of prompts with continuous batching.
+
+    - ``model``: a Hugging Face checkpoint directory (config.json + safetensors; a
+      tokenizer.json is used when present) or a config (dict / transformers config) for a
+      random-initialized model seeded by ``seed``.
+    - memory: ``kv_cache_memory`` bytes of KV blocks of ``block_size`` tokens (or exactly
+      ``num_kv_blocks``); ``num_host_blocks`` host blocks for swapping;
+      ``num_state_slots`` SSM-state slots for hybrid models (live states + checkpoints).
+    - prefix caching: ``enable_prefix_caching``; ``prefix_cache="block"`` (vLLM block hashing,
+      dense models) or ``"radix"`` (radix tree; the only choice for hybrid models, whose
+      checkpoint ``admission`` and ``eviction`` policies plug in here); ``"auto"`` picks.
+    - batching: ``max_num_seqs``, ``max_num_batched_tokens``, ``enable_chunked_prefill``,
+      ``preemption_mode`` (``"recompute"`` / ``"swap"``), ``queue_policy``.
+    """
+
+    def __init__(
+        self, model: str | os.PathLike[str] | dict[str, Any] | Any, *, dtype: str | torch.dtype = "float32",
+        device: str | torch.device | None = None, seed: int = 0, block_size: int = 16,
+        kv_cache_memory: int = 512 * 2**20, num_kv_blocks: int | None = None,
+        num_host_blocks: int = 0, num_state_slots: int | None = None,
+        enable_prefix_caching: bool = True, prefix_cache: str = "auto",
+        admission: AdmissionPolicy | None = None, eviction: EvictionPolicy | None = None,
+        max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
+        max_model_len: int | None = None, enable_chunked_prefill: bool = True,
+        preemption_mode: str = "recompute", queue_policy: str | QueuePolicy = "fcfs",
+        attention_backend: str | None = None,
+    ) -> None:
+        torch_dtype = _dtype(dtype)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.config = load_model(model, dtype=torch_dtype, device=device, seed=seed)
+        if attention_backend is not None:
+            self.model.set_attention_backend(attention_backend)
+        self.tokenizer = (load_tokenizer(model) if isinstance(model, (str, os.PathLike))
+                          and Path(model).is_dir() else None)
+        eos = self.config.eos_token_id
+        self.eos_token_id = eos[0] if isinstance(eos, list) and eos else eos
+        hybrid = bool(self.config.mamba) if hasattr(self.config, "mamba") else False
+
+        per_block = self.model.kv_cache_bytes_per_block(block_size, torch_dtype)
+        if num_kv_blocks is None:
+            num_kv_blocks = kv_cache_memory // per_block if per_block else 1
+        if num_kv_blocks < 1:
+            raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes holds no block of {per_block}")
+        max_len = max_model_len or self.config.max_position_embeddings
+        sched_cfg = SchedulerConfig(
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+            max_model_len=max_len, enable_chunked_prefill=enable_chunked_prefill,
+            preemption_mode=preemption_mode, vocab_size=self.config.vocab_size,
+        )
+        kv_bytes_per_token = per_block // block_size
+        if prefix_cache == "auto":
+            prefix_cache = "radix" if hybrid else "block"
+        if prefix_cache == "block":
+            if hybrid:
+                raise ValueError("hybrid (SSM) models need prefix_cache='radix'")
+            backend: KVBackend = PagedKVBackend(
+                num_kv_blocks, block_size, enable_prefix_caching=enable_prefix_caching,
+                kv_bytes_per_token=kv_bytes_per_token, num_host_blocks=num_host_blocks)
+        elif prefix_cache == "radix":
+            slots = num_state_slots if num_state_slots is not None else 2 * max_num_seqs + 32
+            backend = RadixKVBackend(
+                num_kv_blocks, block_size, hybrid=hybrid, num_state_slots=slots if hybrid else 0,
+                kv_bytes_per_token=kv_bytes_per_token,
+                ssm_state_bytes=self.model.state_bytes_per_slot(torch_dtype) if hybrid else 0,
+                eviction=eviction, admission=admission, enable_prefix_caching=enable_prefix_caching)
+        else:
+            raise ValueError(f"prefix_cache must be 'auto', 'block' or 'radix', got {prefix_cache!r}")
+        kv_cache = self.model.allocate_kv_cache(num_kv_blocks, block_size, torch_dtype, device)
+        host_kv = (self.model.allocate_kv_cache(num_host_blocks, block_size, torch_dtype, "cpu")
+                   if num_host_blocks else None)
+        state_pool = (self.model.allocate_state_pool(backend.states.num_slots, torch_dtype, device)
+                      if hybrid else None)
+        runner = ModelRunner(self.model, kv_cache, block_size, Sampler(seed=seed),
+                             state_pool=state_pool, host_kv=host_kv)
+        self.engine = Engine(Scheduler(sched_cfg, backend, queue_policy), runner)
+        self._counter = 0
+
+    def _encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("string prompts need a tokenizer.json in the model directory; "
+                                 "pass token ids instead")
+            return list(self.tokenizer.encode(prompt).ids)
+        return [int(t) for t in prompt]
+
+    def generate(
+        self, prompts: Sequence[str | Sequence[int]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *, use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt; outputs in prompt order. Invalid sampling parameters raise
+        ValueError before anything runs; a bad prompt (empty, too long) gets an output with
+        ``finish_reason == "error"`` while the others complete."""
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        plist = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError(f"{len(plist)} sampling params for {len(prompts)} prompts")
+        ids = []
+        for prompt, sp in zip(prompts, plist, strict=True):
+            if not isinstance(sp, SamplingParams):
+                raise ValueError(f"sampling params must be SamplingParams, got {type(sp).__name__}")
+            rid = f"req-{self._counter}"
+            self._counter += 1
+            self.engine.add_request(rid, self._encode(prompt), sp, eos_token_id=self.eos_token_id)
+            ids.append(rid)
+        bar = tqdm(total=len(ids), desc="generate", unit="req", disable=not use_tqdm)
+        bar.update(sum(self.engine.request(r).is_finished for r in ids))
+        while self.engine.has_unfinished_requests():
+            bar.update(len(self.engine.step()))
+        bar.close()
+        outputs = []
+        for rid in ids:
+            out = RequestOutput.from_request(self.engine.request(rid))
+            if self.tokenizer is not None:
+                out.text = self.tokenizer.decode(out.token_ids)
+            outputs.append(out)
+            self.engine.drop(rid)
+        return outputs

@@ -1,0 +1,141 @@
+"""Model runners: the one narrow interface between a scheduler step and model execution.
+
+:class:`ModelRunner` runs a real forward pass over the paged KV cache; the simulator plugs in a
+runner that returns a cost model's time instead. Either way the engine loop is the same:
+``out = scheduler.schedule(now); result = runner.execute(out); scheduler.update(out, ...)``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from core.kv.backend import PendingCopies
+from core.kv.swap import copy_blocks
+from core.model import ForwardBatch
+from core.model.base import CausalLM
+from core.model.cache import KVCache, StatePool
+from core.sched.scheduler import SchedulerOutput
+
+from .sampling import Sampler
+
+
+@dataclass
+class StepResult:
+    """What executing one step produced: a sampled token per request that needed one,
+    optional logprobs, and how long the model part took (seconds)."""
+
+    sampled: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, Any] = field(default_factory=dict)
+    forward_s: float = 0.0
+
+
+class Runner(Protocol):
+    """Executes a :class:`SchedulerOutput`: applies its copies, computes its chunks, samples."""
+
+    def execute(self, out: SchedulerOutput) -> StepResult: ...
+
+
+class ModelRunner:
+    """Runs steps of a :class:`CausalLM` over its KV cache, SSM state pool and host swap pool.
+
+    Contract: the block and state-slot ids in a step come from the scheduler's KV backend and
+    index ``kv_cache``/``state_pool`` directly; host block ids index ``host_kv``. Copies queued
+    by the backend are applied in a safe order: device->host swaps, host->device swaps, state
+    forks, the forward, then state checkpoints.
+    """
+
+    def __init__(self, model: CausalLM, kv_cache: KVCache, block_size: int, sampler: Sampler,
+                 *, state_pool: StatePool | None = None, host_kv: KVCache | None = None) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = block_size
+        self.state_pool = state_pool
+        self.host_kv = host_kv
+        self.sampler = sampler
+        self.device = model.device
+        self._generators: dict[str, torch.Generator] = {}
+
+    def apply_copies(self, copies: PendingCopies, *, after: bool) -> None:
+        if after:
+            if copies.states_after:
+                self._copy_states(copies.states_after)
+            return
+        if copies.swap_out or copies.swap_in:
+            if self.host_kv is None:
+                raise RuntimeError("a swap was scheduled but the runner has no host KV pool")
+            dev = [*self.kv_cache.k, *self.kv_cache.v]
+            host = [*self.host_kv.k, *self.host_kv.v]
+            if copies.swap_out:
+                copy_blocks(dev, host, copies.swap_out)
+            if copies.swap_in:
+                copy_blocks(host, dev, copies.swap_in)
+        if copies.states_before:
+            self._copy_states(copies.states_before)
+
+    def _copy_states(self, pairs: list[tuple[int, int]]) -> None:
+        if self.state_pool is None:
+            raise RuntimeError("an SSM state copy was scheduled for a model without SSM layers")
+        src, dst = zip(*pairs, strict=True)
+        self.state_pool.copy_(list(src), list(dst))
+
+    def build_batch(self, out: SchedulerOutput, block_tables: list[list[int]],
+                    state_slots: list[int] | None) -> ForwardBatch:
+        chunks = out.chunks
+        return ForwardBatch.build(
+            [c.request.token_ids[c.start:c.end] for c in chunks],
+            [c.start for c in chunks],
+            block_tables,
+            self.block_size,
+            state_indices=state_slots,
+            has_initial_state=[c.start > 0 for c in chunks] if state_slots is not None else None,
+            device=self.device,
+        )
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput, block_tables: list[list[int]] | None = None,
+                state_slots: list[int] | None = None) -> StepResult:
+        """Run one step. ``block_tables``/``state_slots`` (one per chunk) come from the KV
+        backend; the engine passes them."""
+        result = StepResult()
+        self.apply_copies(out.copies, after=False)
+        if out.chunks:
+            assert block_tables is not None
+            t0 = time.perf_counter()
+            batch = self.build_batch(out, block_tables, state_slots)
+            hidden = self.model(batch, self.kv_cache, self.state_pool)
+            rows = [i for i, c in enumerate(out.chunks) if c.sample]
+            if rows:
+                last = batch.last_token_rows()[torch.tensor(rows, device=hidden.device)]
+                logits = self.model.compute_logits(hidden[last])
+                reqs = [out.chunks[i].request for i in rows]
+                sampled = self.sampler.sample(
+                    logits, [r.sampling for r in reqs], [self._generator(r) for r in reqs],
+                    output_lens=[r.num_output_tokens for r in reqs],
+                    eos_token_id=reqs[0].eos_token_id,  # one model, one EOS
+                )
+                tokens = sampled.sampled_token_ids.tolist()
+                for i, r in enumerate(reqs):
+                    result.sampled[r.request_id] = tokens[i]
+                    if sampled.logprobs[i] is not None:
+                        result.logprobs[r.request_id] = sampled.logprobs[i]
+            result.forward_s = time.perf_counter() - t0
+        self.apply_copies(out.copies, after=True)
+        return result
+
+    def _generator(self, req: Any) -> torch.Generator | None:
+        seed = getattr(req.sampling, "seed", None)
+        if seed is None:
+            return None
+        gen = self._generators.get(req.request_id)
+        if gen is None:
+            gen = req.sampling.new_generator(self.device)
+            self._generators[req.request_id] = gen
+        return gen
+
+    def forget(self, request_id: str) -> None:
+        """Drop per-request state (its sampling generator) once it finished."""
+        self._generators.pop(request_id, None)

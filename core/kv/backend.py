@@ -1,0 +1,393 @@
+"""The scheduler's view of KV memory: one interface, two prefix-caching designs.
+
+- :class:`PagedKVBackend`: vLLM-style block hashing over a :class:`KVCacheManager` (dense
+  models; supports swapping).
+- :class:`RadixKVBackend`: SGLang/Marconi-style radix tree whose pages are the KV blocks, with
+  SSM-state slots and checkpoints for hybrid models (dense models work too).
+
+Both are pure bookkeeping. Tensor work the step needs (copying an SSM state slot, moving swapped
+blocks) is queued as copies that the runner applies: :meth:`KVBackend.take_copies`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.kv.errors import KVCacheError, OutOfBlocksError
+from core.kv.manager import ComputedBlocks, KVCacheManager
+from core.kv.policies import AdmissionPolicy, EvictionPolicy
+from core.kv.radix import MatchResult, RadixCache
+from core.kv.slots import SlotAllocator
+
+
+@dataclass
+class PendingCopies:
+    """Tensor copies for the runner: SSM state slots (before / after the forward) and KV
+    block moves between device and host (``swap_out``: device->host, ``swap_in``: host->device)."""
+
+    states_before: list[tuple[int, int]] = field(default_factory=list)
+    states_after: list[tuple[int, int]] = field(default_factory=list)
+    swap_out: dict[int, int] = field(default_factory=dict)
+    swap_in: dict[int, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.states_before or self.states_after or self.swap_out or self.swap_in)
+
+
+@dataclass
+class Lookup:
+    """A prefix-cache hit found for a waiting request, valid until :meth:`KVBackend.allocate`
+    or :meth:`KVBackend.cancel` consumes it."""
+
+    num_cached_tokens: int
+    handle: Any = None
+    stops: tuple[int, ...] = ()  # positions where prefill must stop for an SSM checkpoint
+
+
+class KVBackend(ABC):
+    """KV memory as the scheduler sees it.
+
+    Contract: a request is *admitted* by its first successful :meth:`allocate` (with the
+    :class:`Lookup` from :meth:`lookup`), grows by later calls, and leaves by :meth:`free`.
+    ``allocate`` returns False and changes nothing when memory is short (after evicting
+    unlocked cache entries); the scheduler then preempts someone or waits. Requests are keyed by
+    ``request_id``; token ids come from the request object.
+    """
+
+    block_size: int
+    hybrid: bool = False
+    supports_swap: bool = False
+
+    def __init__(self) -> None:
+        self._copies = PendingCopies()
+
+    @abstractmethod
+    def lookup(self, req: Any, now: float) -> Lookup: ...
+
+    def cancel(self, lookup: Lookup) -> None:  # noqa: B027 - optional hook
+        """Give up a lookup that was not used (releases any lock it holds)."""
+
+    @abstractmethod
+    def allocate(self, req: Any, num_new_tokens: int, lookup: Lookup | None, now: float) -> bool: ...
+
+    @abstractmethod
+    def free(self, req: Any, now: float, *, cache: bool) -> None:
+        """Release the request's KV; ``cache`` offers its computed tokens to the prefix cache."""
+
+    @abstractmethod
+    def block_table(self, req: Any) -> list[int]: ...
+
+    @abstractmethod
+    def slot_mapping(self, req: Any, start: int, end: int) -> list[int]: ...
+
+    def state_slot(self, req: Any) -> int | None:
+        return None
+
+    def next_stop(self, req: Any) -> int | None:
+        """The next position where the request's prefill chunk must end (a checkpoint)."""
+        return None
+
+    def on_scheduled(self, req: Any, start: int, num_tokens: int, now: float) -> None:  # noqa: B027
+        """Called when a chunk ``[start, start + num_tokens)`` of ``req`` is scheduled; a hybrid
+        backend queues the checkpoint copies due at its end (applied after this forward)."""
+
+    def swap_out(self, req: Any) -> None:
+        raise KVCacheError(f"{type(self).__name__} cannot swap")
+
+    def swap_in(self, req: Any) -> bool:
+        raise KVCacheError(f"{type(self).__name__} cannot swap")
+
+    def can_swap_out(self, req: Any) -> bool:
+        return False
+
+    def take_copies(self) -> PendingCopies:
+        """The tensor copies queued since the last call, for the runner to apply."""
+        out, self._copies = self._copies, PendingCopies()
+        return out
+
+    @property
+    @abstractmethod
+    def num_free_blocks(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_blocks(self) -> int: ...
+
+    @property
+    def capacity_tokens(self) -> int:
+        """Tokens the device KV can hold at all: a request needing more can never run."""
+        return self.num_blocks * self.block_size
+
+    @property
+    @abstractmethod
+    def usage(self) -> float: ...
+
+    @property
+    @abstractmethod
+    def hit_rate(self) -> float: ...
+
+
+class PagedKVBackend(KVBackend):
+    """Block-hash prefix caching (vLLM v1) on a :class:`KVCacheManager`; dense models only."""
+
+    supports_swap = True
+
+    def __init__(
+        self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True,
+        kv_bytes_per_token: int = 0, num_host_blocks: int = 0,
+    ) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.manager = KVCacheManager(
+            num_blocks, block_size, enable_prefix_caching=enable_prefix_caching,
+            kv_bytes_per_token=kv_bytes_per_token, num_host_blocks=num_host_blocks,
+        )
+
+    def lookup(self, req: Any, now: float) -> Lookup:
+        hit = self.manager.get_computed_blocks(req.token_ids)
+        return Lookup(hit.num_tokens, hit)
+
+    def allocate(self, req: Any, num_new_tokens: int, lookup: Lookup | None, now: float) -> bool:
+        computed: ComputedBlocks | None = lookup.handle if lookup is not None else None
+        got = self.manager.allocate_slots(
+            req.request_id, num_new_tokens, computed, token_ids=req.token_ids
+        )
+        return got is not None
+
+    def free(self, req: Any, now: float, *, cache: bool) -> None:
+        # finished blocks stay hashed in the pool's free queue: that *is* the prefix cache
+        if self.manager.has_request(req.request_id):
+            self.manager.free(req.request_id)
+
+    def block_table(self, req: Any) -> list[int]:
+        return self.manager.block_ids(req.request_id)
+
+    def slot_mapping(self, req: Any, start: int, end: int) -> list[int]:
+        return self.manager.slot_mapping(req.request_id, start, end)
+
+    def can_swap_out(self, req: Any) -> bool:
+        return self.manager.can_swap_out(req.request_id)
+
+    def swap_out(self, req: Any) -> None:
+        self._copies.swap_out.update(self.manager.swap_out(req.request_id))
+
+    def swap_in(self, req: Any) -> bool:
+        mapping = self.manager.swap_in(req.request_id)
+        if mapping is None:
+            return False
+        self._copies.swap_in.update(mapping)
+        return True
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.manager.num_free_blocks
+
+    @property
+    def num_blocks(self) -> int:
+        return self.manager.num_blocks
+
+    @property
+    def usage(self) -> float:
+        return self.manager.usage
+
+    @property
+    def hit_rate(self) -> float:
+        return self.manager.stats.hit_rate
+
+
+@dataclass
+class _RadixHold:
+    match: MatchResult
+    own_blocks: list[int] = field(default_factory=list)
+    state: int | None = None
+    stops: list[int] = field(default_factory=list)
+    captured: dict[int, int] = field(default_factory=dict)
+
+
+class RadixKVBackend(KVBackend):
+    """A radix prefix cache whose pages are the KV blocks (``page_size == block_size``), with
+    SSM-state slots for hybrid models.
+
+    - Hits are page-aligned; a hybrid hit stops at the deepest cached SSM checkpoint and the
+      request resumes from a *copy* of it (the copy is queued before the forward).
+    - Prefill chunks end at the admission policy's checkpoint positions; when a request reaches
+      one, its live state is copied into a new slot after the forward and offered to the tree
+      when the request finishes. Token-level checkpoints (Marconi) need ``block_size = 1``.
+    - Memory: ``num_blocks`` KV blocks and ``num_state_slots`` SSM-state slots (live states of
+      running requests plus cached checkpoints); unlocked tree entries are evicted on demand.
+    - No swapping (hybrid SSM states have no host pool); preemption is by recompute.
+    """
+
+    def __init__(
+        self, num_blocks: int, block_size: int, *, hybrid: bool = False, num_state_slots: int = 0,
+        kv_bytes_per_token: int = 0, ssm_state_bytes: int = 0,
+        eviction: EvictionPolicy | None = None, admission: AdmissionPolicy | None = None,
+        enable_prefix_caching: bool = True,
+    ) -> None:
+        super().__init__()
+        if hybrid and num_state_slots <= 0:
+            raise ValueError("a hybrid model needs num_state_slots > 0")
+        self.block_size = block_size
+        self.hybrid = hybrid
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = SlotAllocator(num_blocks, bytes_per_slot=kv_bytes_per_token * block_size,
+                                    name="KV block")
+        self.states = SlotAllocator(num_state_slots, bytes_per_slot=ssm_state_bytes,
+                                    name="SSM state slot")
+        self.cache = RadixCache(
+            page_size=block_size, hybrid=hybrid, kv_bytes_per_token=kv_bytes_per_token,
+            ssm_state_bytes=ssm_state_bytes, eviction=eviction, admission=admission,
+            free_kv=self._free_values, free_checkpoints=self.states.free,
+            copy_checkpoint=self._copy_state,
+        )
+        self._held: dict[str, _RadixHold] = {}
+        self._query_tokens = 0
+        self._hit_tokens = 0
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def _free_values(self, values: Sequence[int]) -> None:
+        self.blocks.free(sorted({v // self.block_size for v in values}))
+
+    def _copy_state(self, src: int) -> int:
+        dst = self._alloc_states(1)[0]
+        self._copies.states_before.append((src, dst))
+        return dst
+
+    def _alloc_blocks(self, n: int, now: float) -> list[int] | None:
+        if n > self.blocks.num_free:
+            self.cache.evict(num_tokens=(n - self.blocks.num_free) * self.block_size, now=now)
+        if n > self.blocks.num_free:
+            return None
+        return self.blocks.alloc(n)
+
+    def _alloc_states(self, n: int, now: float | None = None) -> list[int]:
+        if n > self.states.num_free:
+            self.cache.evict(num_checkpoints=n - self.states.num_free, now=now)
+        if n > self.states.num_free:
+            raise OutOfBlocksError(
+                f"no free SSM state slot ({self.states.num_slots} in all): raise num_state_slots"
+            )
+        return self.states.alloc(n)
+
+    # -- the interface --------------------------------------------------------------------------
+
+    def lookup(self, req: Any, now: float) -> Lookup:
+        ids = req.token_ids
+        if self.enable_prefix_caching:
+            m = self.cache.match_prefix(ids[:-1], now)  # leave >= 1 token to compute
+        else:
+            m = self.cache.match_prefix([], now, record=False)
+        self.cache.lock(m.hit_node)
+        stops = tuple(p for p in self.cache.checkpoint_positions(ids, m) if m.hit_len < p < len(ids))
+        return Lookup(m.hit_len, m, stops)
+
+    def cancel(self, lookup: Lookup) -> None:
+        self.cache.unlock(lookup.handle.hit_node)
+
+    def allocate(self, req: Any, num_new_tokens: int, lookup: Lookup | None, now: float) -> bool:
+        rid = req.request_id
+        hold = self._held.get(rid)
+        if hold is None:
+            if lookup is None:
+                raise KVCacheError(f"request {rid!r}: first allocate needs its lookup")
+            m: MatchResult = lookup.handle
+            hold = _RadixHold(m, stops=list(lookup.stops))
+            start = m.hit_len
+        else:
+            start = req.num_computed_tokens
+        have = (len(hold.match.hit_values) // self.block_size) + len(hold.own_blocks)
+        need = max(0, -(-(start + num_new_tokens) // self.block_size) - have)
+        new = self._alloc_blocks(need, now)
+        if new is None:
+            return False
+        hold.own_blocks.extend(new)
+        if rid not in self._held:
+            if self.hybrid:
+                m = hold.match
+                hold.state = (self.cache.fork_checkpoint(m) if m.checkpoint is not None
+                              else self._alloc_states(1, now)[0])
+            self._held[rid] = hold
+            self._query_tokens += req.num_tokens
+            self._hit_tokens += hold.match.hit_len
+        return True
+
+    def _hold(self, req: Any) -> _RadixHold:
+        hold = self._held.get(req.request_id)
+        if hold is None:
+            raise KVCacheError(f"request {req.request_id!r} holds no KV")
+        return hold
+
+    def block_table(self, req: Any) -> list[int]:
+        hold = self._hold(req)
+        hit = hold.match.hit_values[:: self.block_size]
+        return [v // self.block_size for v in hit] + hold.own_blocks
+
+    def slot_mapping(self, req: Any, start: int, end: int) -> list[int]:
+        table, bs = self.block_table(req), self.block_size
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def state_slot(self, req: Any) -> int | None:
+        return self._hold(req).state
+
+    def next_stop(self, req: Any) -> int | None:
+        stops = self._held[req.request_id].stops if req.request_id in self._held else ()
+        return next((p for p in stops if p > req.num_computed_tokens), None)
+
+    def on_scheduled(self, req: Any, start: int, num_tokens: int, now: float) -> None:
+        hold = self._hold(req)
+        end = start + num_tokens
+        while hold.stops and hold.stops[0] <= end:
+            pos = hold.stops.pop(0)
+            if pos == end and self.hybrid and hold.state is not None:
+                # the live state after this step's forward is the state at ``pos``: copy it then
+                ckpt = self._alloc_states(1, now)[0]
+                self._copies.states_after.append((hold.state, ckpt))
+                hold.captured[pos] = ckpt
+
+    def free(self, req: Any, now: float, *, cache: bool) -> None:
+        hold = self._held.pop(req.request_id, None)
+        if hold is None:
+            return
+        bs = self.block_size
+        n = req.num_computed_tokens
+        if cache and self.enable_prefix_caching and n > 0:
+            seq = req.token_ids[:n]
+            table = [v // bs for v in hold.match.hit_values[::bs]] + hold.own_blocks
+            values = [table[p // bs] * bs + p % bs for p in range(n)]
+            ckpts = dict(hold.captured)
+            offered_live = False
+            if self.hybrid and hold.state is not None and self.cache.admit_leaf(seq) and n not in ckpts:
+                ckpts[n] = hold.state
+                offered_live = True
+            r = self.cache.insert(seq, values, now, checkpoints=ckpts)
+            kept = {v // bs for v in values} - {v // bs for v in r.unused_values}
+            self.blocks.free([b for b in hold.own_blocks if b not in kept])
+            self.states.free(list(r.unused_checkpoints))
+            if self.hybrid and hold.state is not None and not offered_live:
+                self.states.free([hold.state])
+        else:
+            self.blocks.free(hold.own_blocks)
+            self.states.free(list(hold.captured.values()))
+            if hold.state is not None:
+                self.states.free([hold.state])
+        self.cache.unlock(hold.match.hit_node)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.blocks.num_free
+
+    @property
+    def num_blocks(self) -> int:
+        return self.blocks.num_slots
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.blocks.num_free / max(1, self.blocks.num_slots)
+
+    @property
+    def hit_rate(self) -> float:
+        return self._hit_tokens / self._query_tokens if self._query_tokens else 0.0

@@ -1,0 +1,387 @@
+"""Token-budget continuous batching with chunked prefill, preemption, and pause/resume.
+
+One :class:`Scheduler` serves both worlds: the engine executes its :class:`SchedulerOutput`
+with a real forward pass, the simulator with a cost model. It never reads a clock (``now`` is
+passed in) and never touches a tensor (copies are queued by the KV backend).
+
+A step (vLLM v1's shape):
+
+1. paused requests whose external call has returned rejoin (their returned tokens appended);
+2. running requests get their next tokens (one to decode, or the next prefill chunk), within
+   the token budget; when KV memory runs out, the request the queue policy ranks last is
+   preempted (recompute: its KV is freed and it waits again; swap: its KV moves to the host);
+3. swapped-out requests are swapped back in while memory allows;
+4. waiting requests are admitted in policy order, starting after their prefix-cache hit.
+
+:meth:`Scheduler.update` then records the sampled tokens and finishes, pauses or continues
+each request.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.kv.backend import KVBackend, PendingCopies
+from core.sched.policies import QueuePolicy, make_policy
+from core.sched.request import EngineRequest, PauseMode, RequestStatus
+
+
+@dataclass
+class SchedulerConfig:
+    """Batching limits.
+
+    - ``max_num_batched_tokens``: tokens computed per step (prefill chunks + decodes);
+    - ``max_num_seqs``: requests holding KV at once (running, including mid-prefill);
+    - ``max_model_len``: prompt + output limit; longer prompts are rejected with an error;
+    - ``enable_chunked_prefill``: split prompts across steps (else a prompt waits for a step
+      with room for all of it, and prompts longer than the budget are rejected);
+    - ``preemption_mode``: ``"recompute"`` or ``"swap"`` (falls back to recompute when the
+      backend cannot swap or the host pool is full);
+    - ``discard_requeue``: where a request whose KV was discarded during a pause waits on
+      resume: ``"tail"`` (vLLM: as if it had just arrived) or ``"head"`` (its original place);
+    - ``vocab_size``: range for filler tokens of interceptions that return no token ids.
+    """
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 128
+    max_model_len: int = 4096
+    enable_chunked_prefill: bool = True
+    preemption_mode: str = "recompute"
+    discard_requeue: str = "tail"
+    vocab_size: int = 32000
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.preemption_mode not in ("recompute", "swap"):
+            raise ValueError(f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}")
+        if self.discard_requeue not in ("tail", "head"):
+            raise ValueError(f"discard_requeue must be 'tail' or 'head', got {self.discard_requeue!r}")
+
+
+@dataclass
+class ScheduledChunk:
+    """``num_tokens`` tokens of ``request`` computed this step, from position ``start``;
+    ``sample`` when the chunk ends at the request's last known token (a new token follows)."""
+
+    request: EngineRequest
+    start: int
+    num_tokens: int
+    sample: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    """What one step computes, and the tensor copies it needs first/after."""
+
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    copies: PendingCopies = field(default_factory=PendingCopies)
+    preempted: list[str] = field(default_factory=list)
+    now: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks
+
+    def decode_chunks(self) -> list[ScheduledChunk]:
+        return [c for c in self.chunks if c.num_tokens == 1 and c.start > 0 and c.sample]
+
+
+class Scheduler:
+    """Continuous batching over a :class:`~core.kv.backend.KVBackend`; see the module doc."""
+
+    def __init__(self, config: SchedulerConfig, kv: KVBackend,
+                 policy: QueuePolicy | str = "fcfs") -> None:
+        self.config = config
+        self.kv = kv
+        self.policy = make_policy(policy)
+        self.requests: dict[str, EngineRequest] = {}
+        self.waiting: list[EngineRequest] = []  # sorted by policy key
+        self.running: list[EngineRequest] = []  # in admission order
+        self.swapped: list[EngineRequest] = []  # sorted by policy key
+        self.paused: list[EngineRequest] = []
+        self._seq = 0
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def add_request(self, req: EngineRequest) -> None:
+        """Queue a request; an invalid one finishes at once with an error status."""
+        if req.request_id in self.requests:
+            raise ValueError(f"request id {req.request_id!r} is already in the scheduler")
+        self._seq += 1
+        req.seq_no = self._seq
+        self.requests[req.request_id] = req
+        error = self._validate(req)
+        if error:
+            req.error = error
+            self._finish(req, RequestStatus.FINISHED_ERROR, req.arrival_time)
+            return
+        self._enqueue(self.waiting, req)
+
+    def _validate(self, req: EngineRequest) -> str | None:
+        n, cfg = req.num_prompt_tokens, self.config
+        if n == 0:
+            return "empty prompt"
+        if n >= cfg.max_model_len:
+            return f"prompt of {n} tokens does not fit max_model_len={cfg.max_model_len}"
+        need = n + req.max_tokens + sum(i.returned_tokens for i in req.interceptions)
+        if need > self.kv.capacity_tokens:
+            return (f"needs KV for {need} tokens (prompt + max_tokens + tool returns), the "
+                    f"cache holds {self.kv.capacity_tokens}")
+        if not cfg.enable_chunked_prefill and n > cfg.max_num_batched_tokens:
+            return (f"prompt of {n} tokens exceeds max_num_batched_tokens="
+                    f"{cfg.max_num_batched_tokens} without chunked prefill")
+        return None
+
+    def _enqueue(self, queue: list[EngineRequest], req: EngineRequest) -> None:
+        bisect.insort(queue, req, key=self.policy.key)
+
+    def abort(self, request_id: str, now: float) -> bool:
+        """Stop a request wherever it is; False if unknown or already finished."""
+        req = self.requests.get(request_id)
+        if req is None or req.is_finished:
+            return False
+        self._finish(req, RequestStatus.FINISHED_ABORTED, now)
+        return True
+
+    def pause(self, request_id: str, now: float, mode: PauseMode = PauseMode.PRESERVE,
+              resume_time: float | None = None) -> None:
+        """Stop a running request mid-generation (an external call); :meth:`resume` continues it.
+
+        ``resume_time``: when the call returns (the scheduler resumes it then by itself);
+        None waits for an explicit :meth:`resume`.
+        """
+        req = self.requests[request_id]
+        if req.status != RequestStatus.RUNNING:
+            raise ValueError(f"request {request_id!r} is {req.status.value}, not running")
+        self.running.remove(req)
+        req.timeline.num_pauses += 1
+        req.pause_mode, req.resume_time = mode, resume_time
+        if mode == PauseMode.SWAP and self.kv.supports_swap and self.kv.can_swap_out(req):
+            self.kv.swap_out(req)
+        elif mode != PauseMode.PRESERVE:
+            if mode == PauseMode.SWAP:  # no host room or no swap support: discard instead
+                req.pause_mode = PauseMode.DISCARD
+            self.kv.free(req, now, cache=False)
+            req.num_computed_tokens = 0
+        req.status = RequestStatus.PAUSED
+        self.paused.append(req)
+
+    def resume(self, request_id: str, returned_token_ids: list[int], now: float) -> None:
+        """The external call returned: append its tokens and let the request continue."""
+        req = self.requests[request_id]
+        if req.status != RequestStatus.PAUSED:
+            raise ValueError(f"request {request_id!r} is {req.status.value}, not paused")
+        self.paused.remove(req)
+        req.token_ids.extend(returned_token_ids)
+        req.resume_time = None
+        mode, req.pause_mode = req.pause_mode, None
+        if mode == PauseMode.PRESERVE:
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+        elif mode == PauseMode.SWAP:
+            req.status = RequestStatus.SWAPPED
+            self._enqueue(self.swapped, req)
+        else:
+            req.status = RequestStatus.WAITING
+            if self.config.discard_requeue == "tail":
+                self._seq += 1
+                req.seq_no, req.arrival_time = self._seq, now
+            self._enqueue(self.waiting, req)
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running or self.swapped or self.paused)
+
+    def next_event_time(self) -> float | None:
+        """When a paused request's call returns next (None if none is pending)."""
+        times = [r.resume_time for r in self.paused if r.resume_time is not None]
+        return min(times) if times else None
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        """Pick this step's work; see the module docstring for the order."""
+        cfg = self.config
+        out = SchedulerOutput(now=now)
+        for req in [r for r in self.paused if r.resume_time is not None and r.resume_time <= now]:
+            self.resume(req.request_id, self._returned_tokens(req), now)
+        budget = cfg.max_num_batched_tokens
+        scheduled: set[str] = set()
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = self._chunk_size(req, budget)
+            if n == 0:
+                i += 1
+                continue
+            while not self.kv.allocate(req, n, None, now):
+                # never a request already scheduled in this step: its chunk is in the batch
+                candidates = [r for r in self.running if r.request_id not in scheduled]
+                victim = max(candidates, key=self.policy.key)
+                self._preempt(victim, now, out)
+                if victim is req:
+                    break
+            else:
+                self._add_chunk(out, req, n, now)
+                scheduled.add(req.request_id)
+                budget -= n
+                i += 1
+                continue
+            # req itself was preempted: the same index now holds the next request
+
+        while self.swapped and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            req = self.swapped[0]
+            if not self.kv.swap_in(req):
+                break
+            self.swapped.pop(0)
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            n = self._chunk_size(req, budget)
+            if n and self.kv.allocate(req, n, None, now):
+                self._add_chunk(out, req, n, now)
+                budget -= n
+
+        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            req = self.waiting[0]
+            if self.swapped:
+                break  # swapped requests come back first
+            hit = self.kv.lookup(req, now)
+            req.num_computed_tokens = hit.num_cached_tokens
+            n = self._chunk_size(req, budget, stops=hit.stops)
+            if n == 0 or not self.kv.allocate(req, n, hit, now):
+                self.kv.cancel(hit)
+                req.num_computed_tokens = 0
+                break
+            self.waiting.pop(0)
+            req.num_cached_tokens = hit.num_cached_tokens
+            req.status = RequestStatus.RUNNING
+            if req.timeline.first_scheduled_time is None:
+                req.timeline.first_scheduled_time = now
+            self.running.append(req)
+            self._add_chunk(out, req, n, now)
+            budget -= n
+
+        out.copies = self.kv.take_copies()
+        return out
+
+    def _chunk_size(self, req: EngineRequest, budget: int,
+                    stops: tuple[int, ...] | None = None) -> int:
+        remaining = req.num_uncomputed_tokens
+        n = min(remaining, budget)
+        if not self.config.enable_chunked_prefill and n < remaining:
+            return 0
+        stop = (next((p for p in stops if p > req.num_computed_tokens), None)
+                if stops is not None else self.kv.next_stop(req))
+        if stop is not None:
+            n = min(n, stop - req.num_computed_tokens)
+        return max(n, 0)
+
+    def _add_chunk(self, out: SchedulerOutput, req: EngineRequest, n: int, now: float) -> None:
+        start = req.num_computed_tokens
+        out.chunks.append(ScheduledChunk(req, start, n, sample=start + n == req.num_tokens))
+        self.kv.on_scheduled(req, start, n, now)
+
+    def _preempt(self, req: EngineRequest, now: float, out: SchedulerOutput) -> None:
+        self.running.remove(req)
+        req.timeline.num_preemptions += 1
+        out.preempted.append(req.request_id)
+        if (self.config.preemption_mode == "swap" and self.kv.supports_swap
+                and self.kv.can_swap_out(req)):
+            self.kv.swap_out(req)
+            req.status = RequestStatus.SWAPPED
+            self._enqueue(self.swapped, req)
+            return
+        # recompute: what it computed may survive in the prefix cache
+        self.kv.free(req, now, cache=True)
+        req.num_computed_tokens = 0
+        req.status = RequestStatus.WAITING
+        self._enqueue(self.waiting, req)
+
+    def _returned_tokens(self, req: EngineRequest) -> list[int]:
+        icp = req.interceptions[req.next_interception - 1]
+        if icp.returned_token_ids is not None:
+            return list(icp.returned_token_ids)
+        # no ids in the workload: deterministic filler tokens of the right count
+        rng = random.Random(f"{req.request_id}:{req.next_interception}")
+        return [rng.randrange(1, self.config.vocab_size) for _ in range(icp.returned_tokens)]
+
+    # -- after the forward ----------------------------------------------------------------------
+
+    def update(self, out: SchedulerOutput, sampled: dict[str, int], now: float,
+               logprobs: dict[str, Any] | None = None) -> list[EngineRequest]:
+        """Advance every scheduled request by its chunk and append its sampled token; returns
+        the requests that finished in this step."""
+        finished: list[EngineRequest] = []
+        for chunk in out.chunks:
+            req = chunk.request
+            if req.is_finished or req.status != RequestStatus.RUNNING:
+                continue  # aborted while the step ran
+            # tokens below the high-water mark were computed before and dropped: recomputation
+            req.timeline.recomputed_tokens += max(0, min(chunk.end, req.max_computed_tokens) - chunk.start)
+            req.num_computed_tokens = chunk.end
+            req.max_computed_tokens = max(req.max_computed_tokens, chunk.end)
+            if not chunk.sample:
+                continue
+            token = sampled[req.request_id]
+            req.token_ids.append(token)
+            req.output_token_ids.append(token)
+            if logprobs is not None and req.request_id in logprobs:
+                req.logprobs.append(logprobs[req.request_id])
+            tl = req.timeline
+            if tl.first_token_time is None:
+                tl.first_token_time = now
+            tl.token_times.append(now)
+            status = self._stop_status(req, token)
+            if status is not None:
+                self._finish(req, status, now)
+                finished.append(req)
+                continue
+            icp = req.interception_due()
+            if icp is not None:
+                req.next_interception += 1
+                self.pause(req.request_id, now, self._pause_mode(req), now + icp.duration_s)
+        return finished
+
+    def _pause_mode(self, req: EngineRequest) -> PauseMode:
+        """How a request's KV is handled while it waits for a tool (InferCept replaces this)."""
+        return PauseMode.PRESERVE
+
+    def _stop_status(self, req: EngineRequest, token: int) -> RequestStatus | None:
+        sp = req.sampling
+        min_tokens = getattr(sp, "min_tokens", 0)
+        if req.num_output_tokens >= min_tokens:
+            if not getattr(sp, "ignore_eos", False) and token == req.eos_token_id:
+                return RequestStatus.FINISHED_STOPPED
+            if token in (getattr(sp, "stop_token_ids", None) or ()):
+                return RequestStatus.FINISHED_STOPPED
+        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.config.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _finish(self, req: EngineRequest, status: RequestStatus, now: float) -> None:
+        prev = req.status
+        for queue in (self.waiting, self.running, self.swapped, self.paused):
+            if req in queue:
+                queue.remove(req)
+        holds_kv = prev == RequestStatus.RUNNING or (
+            prev == RequestStatus.PAUSED and req.pause_mode == PauseMode.PRESERVE)
+        if holds_kv:
+            self.kv.free(req, now, cache=status != RequestStatus.FINISHED_ERROR)
+        elif prev in (RequestStatus.SWAPPED,) or (
+                prev == RequestStatus.PAUSED and req.pause_mode == PauseMode.SWAP):
+            self.kv.free(req, now, cache=False)
+        req.status = status
+        req.timeline.finish_time = now

@@ -1,0 +1,44 @@
+"""Tiny transformers checkpoints the engine tests load with ``LLM(model=dir)``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.model.conftest import build_hf
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """``checkpoint(arch)`` -> (transformers model, directory with its save_pretrained)."""
+    cache: dict[str, tuple] = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            model = build_hf(arch)
+            path = tmp_path_factory.mktemp(f"engine-{arch}")
+            model.save_pretrained(path)
+            cache[arch] = (model, path)
+        return cache[arch]
+
+    return get
+
+
+def prompts(lengths, seed=0, vocab=512):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+@torch.inference_mode()
+def hf_greedy(model, prompt, n):
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n,
+                         do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
