@@ -87,6 +87,13 @@ def lint(session: nox.Session) -> None:
     _py(session, "-m", "ruff", "check", ".", *session.posargs)
 
 
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run a benchmark (nox -s bench -- engine); results in results/bench/."""
+    _env(session)
+    _py(session, "-m", "scripts.bench", *(session.posargs or ["--help"]))
+
+
 def _artifact_names() -> list[str]:
     base = ROOT / "artifacts"
     return sorted(

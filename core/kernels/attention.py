@@ -30,6 +30,9 @@ with the highest ``priority``. To add a backend: subclass :class:`AttentionBacke
 ``name``, a ``priority`` above 0 and an ``is_available(device)`` that checks its imports and the
 device, decorate it with :func:`register_attention_backend`, and import its module from
 ``core/kernels/__init__.py`` inside a ``try`` so a machine without Triton still imports.
+``"auto"`` skips backends whose ``auto_selectable(device)`` is False (Triton on CPU runs only in
+its interpreter). :mod:`core.kernels.triton_attention` imports Triton lazily, so it is imported
+at the end of this module and registers wherever the registry is used.
 """
 
 from __future__ import annotations
@@ -71,11 +74,11 @@ class PagedAttentionMetadata:
     write_rows: torch.Tensor | None  # [T'] rows of k/v to write; None: all rows, in order
     # decode group: one row per sequence with a single new token
     decode_rows: torch.Tensor  # [Bd] long: the token row of each decode sequence
-    decode_slots: torch.Tensor  # [Bd, Lmax] long: flat cache slot of each context position
-    decode_key_pos: torch.Tensor  # [Lmax] long: 0..Lmax-1
+    decode_blocks: torch.Tensor  # [Bd, Nb] long: cache blocks of each context (padded with 0)
+    decode_key_pos: torch.Tensor  # [Nb * block_size] long: 0..Nb*block_size-1
     decode_seq_lens: torch.Tensor  # [Bd] long
-    # prefill group: (first row, end row, flat cache slots of the whole context)
-    prefills: list[tuple[int, int, torch.Tensor]]
+    # prefill group: (first row, end row, cache blocks of the context, context length)
+    prefills: list[tuple[int, int, torch.Tensor, int]]
     # (sliding window) -> boolean masks, built on first use and shared by the layers
     _decode_masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
     _prefill_masks: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
@@ -107,29 +110,28 @@ class PagedAttentionMetadata:
             starts.append(starts[-1] + n)
         tables = block_tables.long()
 
-        def slots(b: int, pos: torch.Tensor) -> torch.Tensor:
-            blocks = tables[b, pos // block_size]
-            return blocks * block_size + pos % block_size
+        def nblocks(n: int) -> int:
+            return -(-n // block_size)
 
+        # contexts are gathered block by block (contiguous block_size * heads * dim copies),
+        # far cheaper on CPU than gathering token slots one by one
         decode = [b for b, n in enumerate(query_lens_host) if n == 1]
         prefills = [
-            (starts[b], starts[b + 1], slots(b, torch.arange(seq_lens_host[b], device=device)))
+            (starts[b], starts[b + 1], tables[b, : nblocks(seq_lens_host[b])], seq_lens_host[b])
             for b, n in enumerate(query_lens_host)
             if n > 1
         ]
-        lmax = max((seq_lens_host[b] for b in decode), default=0)
-        key_pos = torch.arange(lmax, device=device)
+        nb = max((nblocks(seq_lens_host[b]) for b in decode), default=0)
+        key_pos = torch.arange(nb * block_size, device=device)
         if decode:
             idx = torch.tensor(decode, device=device)
-            # Pad every decode row to the longest context; padded positions read slot 0 (any
+            # Pad every decode row to the longest context; padded blocks read block 0 (any
             # valid memory) and are masked out.
-            cols = (key_pos // block_size).clamp(max=tables.shape[1] - 1)
-            blocks = tables[idx][:, cols]
-            decode_slots = (blocks * block_size + key_pos % block_size).clamp(min=0)
+            decode_blocks = tables[idx][:, :nb].clamp(min=0)
             decode_lens = torch.tensor([seq_lens_host[b] for b in decode], device=device)
             decode_rows = torch.tensor([starts[b] for b in decode], device=device)
         else:
-            decode_slots = torch.zeros(0, 0, dtype=torch.long, device=device)
+            decode_blocks = torch.zeros(0, 0, dtype=torch.long, device=device)
             decode_lens = torch.zeros(0, dtype=torch.long, device=device)
             decode_rows = torch.zeros(0, dtype=torch.long, device=device)
         write_slots, write_rows = slot_mapping.long(), None
@@ -137,7 +139,7 @@ class PagedAttentionMetadata:
         if not bool(keep.all()):  # padding rows: one host sync per batch
             write_rows = keep.nonzero().squeeze(1)
             write_slots = write_slots[write_rows]
-        return cls(block_size, write_slots, write_rows, decode_rows, decode_slots, key_pos,
+        return cls(block_size, write_slots, write_rows, decode_rows, decode_blocks, key_pos,
                    decode_lens, prefills)
 
     def decode_mask(self, sliding_window: int | None) -> torch.Tensor:
@@ -154,10 +156,10 @@ class PagedAttentionMetadata:
         """``[Tq, L]``: causal (bottom-right aligned) mask of prefill sequence ``i``."""
         key = (i, sliding_window)
         if key not in self._prefill_masks:
-            start, end, ctx_slots = self.prefills[i]
-            n_ctx, n_q = ctx_slots.numel(), end - start
-            q_pos = torch.arange(n_ctx - n_q, n_ctx, device=ctx_slots.device)[:, None]
-            k_pos = torch.arange(n_ctx, device=ctx_slots.device)[None, :]
+            start, end, ctx_blocks, n_ctx = self.prefills[i]
+            n_q = end - start
+            q_pos = torch.arange(n_ctx - n_q, n_ctx, device=ctx_blocks.device)[:, None]
+            k_pos = torch.arange(n_ctx, device=ctx_blocks.device)[None, :]
             mask = k_pos <= q_pos
             if sliding_window is not None:
                 mask &= k_pos > q_pos - sliding_window
@@ -182,6 +184,12 @@ class AttentionBackend(ABC):
     @classmethod
     def is_available(cls, device: torch.device) -> bool:
         """Whether this backend can run on ``device`` (imports present, device supported)."""
+        return True
+
+    @classmethod
+    def auto_selectable(cls, device: torch.device) -> bool:
+        """Whether ``"auto"`` may pick this backend on ``device`` when it is available (False
+        for a backend that runs there only to be tested, e.g. Triton's CPU interpreter)."""
         return True
 
     @abstractmethod
@@ -250,7 +258,7 @@ def get_attention_backend(
     name = name or os.environ.get(ATTENTION_BACKEND_ENV) or "auto"
     available = attention_backends(device)
     if name == "auto":
-        return _BACKENDS[available[0]]()
+        return _BACKENDS[next(n for n in available if _BACKENDS[n].auto_selectable(device))]()
     if name not in _BACKENDS:
         raise ValueError(
             f"unknown attention backend {name!r}; registered: {', '.join(attention_backends())}"
@@ -318,8 +326,6 @@ class TorchPagedAttention(AttentionBackend):
         num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[2]
         group = num_heads // num_kv_heads
-        flat_k = k_cache.view(-1, num_kv_heads, head_dim)
-        flat_v = v_cache.view(-1, num_kv_heads, head_dim)
         out = torch.zeros_like(q)  # padding rows stay zero rather than uninitialized
 
         if metadata.decode_rows.numel():
@@ -327,20 +333,23 @@ class TorchPagedAttention(AttentionBackend):
             bd = rows.numel()
             # [Bd, Hkv, group, D] queries against [Bd, Hkv, Lmax, D] keys
             qd = q[rows].view(bd, num_kv_heads, group, head_dim)
-            kd = flat_k[metadata.decode_slots].transpose(1, 2).to(q.dtype)
-            vd = flat_v[metadata.decode_slots].transpose(1, 2).to(q.dtype)
+            blocks = metadata.decode_blocks
+            shape = (bd, -1, num_kv_heads, head_dim)  # [Bd, Nb * block_size, Hkv, D]
+            kd = k_cache[blocks].view(shape).transpose(1, 2).to(q.dtype)
+            vd = v_cache[blocks].view(shape).transpose(1, 2).to(q.dtype)
             od = F.scaled_dot_product_attention(
                 qd, kd, vd, attn_mask=metadata.decode_mask(sliding_window), scale=scale
             )
             out[rows] = od.reshape(bd, num_heads, head_dim)
 
-        for i, (start, end, ctx_slots) in enumerate(metadata.prefills):
+        for i, (start, end, ctx_blocks, n_ctx) in enumerate(metadata.prefills):
             n_q = end - start
             # [Hkv, group * Tq, D]: each kv head's query heads stacked along the query axis
             qp = q[start:end].view(n_q, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
             qp = qp.reshape(num_kv_heads, group * n_q, head_dim)
-            kp = flat_k[ctx_slots].transpose(0, 1).to(q.dtype)
-            vp = flat_v[ctx_slots].transpose(0, 1).to(q.dtype)
+            kp = k_cache[ctx_blocks].view(-1, num_kv_heads, head_dim)[:n_ctx]
+            vp = v_cache[ctx_blocks].view(-1, num_kv_heads, head_dim)[:n_ctx]
+            kp, vp = kp.transpose(0, 1).to(q.dtype), vp.transpose(0, 1).to(q.dtype)
             mask = metadata.prefill_mask(i, sliding_window).repeat(group, 1)
             op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale)
             op = op.view(num_kv_heads, group, n_q, head_dim).permute(2, 0, 1, 3)
@@ -376,3 +385,7 @@ def paged_attention(
     backend.write_kv(k, v, k_cache, v_cache, meta)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return backend.forward(q, k_cache, v_cache, meta, scale=scale, sliding_window=sliding_window)
+
+
+# Optional backends that register themselves; each imports its own dependencies lazily.
+from . import triton_attention  # noqa: E402, F401

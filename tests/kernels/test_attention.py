@@ -129,8 +129,9 @@ def test_decode_rows_are_batched_not_looped():
         block_size=4,
     )
     assert meta.decode_rows.tolist() == [0, 1, 2]
-    assert meta.decode_slots.shape == (3, 9)  # one padded gather for all decode rows
-    assert [(s, e) for s, e, _ in meta.prefills] == [(3, 7)]
+    # one padded, block-wise gather for all decode rows: 3 blocks of the longest context
+    assert meta.decode_blocks.tolist() == [[0, 1, 0], [2, 3, 4], [5, 0, 0]]
+    assert [(s, e, b.tolist(), n) for s, e, b, n in meta.prefills] == [(3, 7, [6], 4)]
     assert meta.write_rows.tolist() == [0, 1, 2, 3, 4, 5]  # the -1 row is never written
 
 
