@@ -10,12 +10,15 @@
 simulator also drives, with a cost-model runner in place of :class:`ModelRunner`.
 """
 
+from core.sched.runner import Runner, StepResult
+
 from .engine import Engine, RequestOutput, StepStats
 from .llm import LLM
-from .runner import ModelRunner, Runner, StepResult
+from .runner import ModelRunner
 from .sampling import Sampler, SamplingParams
+from .serve import greedy_for, replay
 
 __all__ = [
     "LLM", "Engine", "ModelRunner", "RequestOutput", "Runner", "Sampler", "SamplingParams",
-    "StepResult", "StepStats",
+    "StepResult", "StepStats", "greedy_for", "replay",
 ]

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.sched.request import EngineRequest, PauseMode, RequestStatus
-from core.sched.scheduler import Scheduler, SchedulerOutput
-
-from .runner import ModelRunner, Runner, StepResult
+from core.sched.runner import Runner
+from core.sched.scheduler import Scheduler
 
 
 @dataclass
@@ -117,7 +116,7 @@ class Engine:
         """One iteration; returns the requests that finished during it."""
         t0 = time.perf_counter()
         out = self.scheduler.schedule(self.clock())
-        result = self._execute(out)
+        result = self.runner.execute(out)
         finished = self.scheduler.update(out, result.sampled, self.clock(), result.logprobs)
         for req in finished:
             forget = getattr(self.runner, "forget", None)
@@ -126,15 +125,6 @@ class Engine:
         self.last_step = StepStats(time.perf_counter() - t0, result.forward_s, out.num_tokens,
                                    len(out.chunks))
         return finished
-
-    def _execute(self, out: SchedulerOutput) -> StepResult:
-        if isinstance(self.runner, ModelRunner):
-            kv = self.scheduler.kv
-            tables = [kv.block_table(c.request) for c in out.chunks]
-            states = ([kv.state_slot(c.request) for c in out.chunks]
-                      if self.runner.state_pool is not None else None)
-            return self.runner.execute(out, tables, states)
-        return self.runner.execute(out)
 
     def run(self, *, idle_sleep: Callable[[float], None] = time.sleep) -> None:
         """Step until every request finished, waiting while only paused requests remain."""

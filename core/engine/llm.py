@@ -106,7 +106,7 @@ class LLM:
                    if num_host_blocks else None)
         state_pool = (self.model.allocate_state_pool(backend.states.num_slots, torch_dtype, device)
                       if hybrid else None)
-        runner = ModelRunner(self.model, kv_cache, block_size, Sampler(seed=seed),
+        runner = ModelRunner(self.model, kv_cache, backend, Sampler(seed=seed),
                              state_pool=state_pool, host_kv=host_kv)
         self.engine = Engine(Scheduler(sched_cfg, backend, queue_policy), runner)
         self._counter = 0

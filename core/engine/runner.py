@@ -8,51 +8,36 @@ runner that returns a cost model's time instead. Either way the engine loop is t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from core.kv.backend import PendingCopies
+from core.kv.backend import KVBackend, PendingCopies
 from core.kv.swap import copy_blocks
 from core.model import ForwardBatch
 from core.model.base import CausalLM
 from core.model.cache import KVCache, StatePool
+from core.sched.runner import StepResult
 from core.sched.scheduler import SchedulerOutput
 
 from .sampling import Sampler
 
 
-@dataclass
-class StepResult:
-    """What executing one step produced: a sampled token per request that needed one,
-    optional logprobs, and how long the model part took (seconds)."""
-
-    sampled: dict[str, int] = field(default_factory=dict)
-    logprobs: dict[str, Any] = field(default_factory=dict)
-    forward_s: float = 0.0
-
-
-class Runner(Protocol):
-    """Executes a :class:`SchedulerOutput`: applies its copies, computes its chunks, samples."""
-
-    def execute(self, out: SchedulerOutput) -> StepResult: ...
-
-
 class ModelRunner:
     """Runs steps of a :class:`CausalLM` over its KV cache, SSM state pool and host swap pool.
 
-    Contract: the block and state-slot ids in a step come from the scheduler's KV backend and
-    index ``kv_cache``/``state_pool`` directly; host block ids index ``host_kv``. Copies queued
+    Contract: the block and state-slot ids in a step come from the scheduler's KV backend
+    ``kv`` and index ``kv_cache``/``state_pool`` directly; host block ids index ``host_kv``. Copies queued
     by the backend are applied in a safe order: device->host swaps, host->device swaps, state
     forks, the forward, then state checkpoints.
     """
 
-    def __init__(self, model: CausalLM, kv_cache: KVCache, block_size: int, sampler: Sampler,
+    def __init__(self, model: CausalLM, kv_cache: KVCache, kv: KVBackend, sampler: Sampler,
                  *, state_pool: StatePool | None = None, host_kv: KVCache | None = None) -> None:
         self.model = model
         self.kv_cache = kv_cache
-        self.block_size = block_size
+        self.kv = kv
+        self.block_size = kv.block_size
         self.state_pool = state_pool
         self.host_kv = host_kv
         self.sampler = sampler
@@ -82,13 +67,14 @@ class ModelRunner:
         src, dst = zip(*pairs, strict=True)
         self.state_pool.copy_(list(src), list(dst))
 
-    def build_batch(self, out: SchedulerOutput, block_tables: list[list[int]],
-                    state_slots: list[int] | None) -> ForwardBatch:
+    def build_batch(self, out: SchedulerOutput) -> ForwardBatch:
         chunks = out.chunks
+        state_slots = ([self.kv.state_slot(c.request) for c in chunks]
+                       if self.state_pool is not None else None)
         return ForwardBatch.build(
             [c.request.token_ids[c.start:c.end] for c in chunks],
             [c.start for c in chunks],
-            block_tables,
+            [self.kv.block_table(c.request) for c in chunks],
             self.block_size,
             state_indices=state_slots,
             has_initial_state=[c.start > 0 for c in chunks] if state_slots is not None else None,
@@ -96,16 +82,13 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, block_tables: list[list[int]] | None = None,
-                state_slots: list[int] | None = None) -> StepResult:
-        """Run one step. ``block_tables``/``state_slots`` (one per chunk) come from the KV
-        backend; the engine passes them."""
+    def execute(self, out: SchedulerOutput) -> StepResult:
+        """Run one step: copies, forward, sampling of the chunks that end a sequence."""
         result = StepResult()
         self.apply_copies(out.copies, after=False)
         if out.chunks:
-            assert block_tables is not None
             t0 = time.perf_counter()
-            batch = self.build_batch(out, block_tables, state_slots)
+            batch = self.build_batch(out)
             hidden = self.model(batch, self.kv_cache, self.state_pool)
             rows = [i for i, c in enumerate(out.chunks) if c.sample]
             if rows:

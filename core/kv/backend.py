@@ -67,6 +67,11 @@ class KVBackend(ABC):
     @abstractmethod
     def lookup(self, req: Any, now: float) -> Lookup: ...
 
+    @abstractmethod
+    def peek_prefix(self, token_ids: Sequence[int]) -> int:
+        """Tokens of ``token_ids`` a request would find cached now, changing nothing (for
+        routers comparing replicas' caches)."""
+
     def cancel(self, lookup: Lookup) -> None:  # noqa: B027 - optional hook
         """Give up a lookup that was not used (releases any lock it holds)."""
 
@@ -149,6 +154,9 @@ class PagedKVBackend(KVBackend):
     def lookup(self, req: Any, now: float) -> Lookup:
         hit = self.manager.get_computed_blocks(req.token_ids)
         return Lookup(hit.num_tokens, hit)
+
+    def peek_prefix(self, token_ids: Sequence[int]) -> int:
+        return self.manager.get_computed_blocks(token_ids).num_tokens
 
     def allocate(self, req: Any, num_new_tokens: int, lookup: Lookup | None, now: float) -> bool:
         computed: ComputedBlocks | None = lookup.handle if lookup is not None else None
@@ -287,6 +295,11 @@ class RadixKVBackend(KVBackend):
 
     def cancel(self, lookup: Lookup) -> None:
         self.cache.unlock(lookup.handle.hit_node)
+
+    def peek_prefix(self, token_ids: Sequence[int]) -> int:
+        if not self.enable_prefix_caching or not token_ids:
+            return 0
+        return self.cache.peek(token_ids[:-1])[1]
 
     def allocate(self, req: Any, num_new_tokens: int, lookup: Lookup | None, now: float) -> bool:
         rid = req.request_id

@@ -1,0 +1,31 @@
+"""The one narrow interface between a scheduler step and whatever executes it.
+
+The engine's :class:`~core.engine.runner.ModelRunner` runs a real forward pass; the
+simulator's :class:`~core.sim.simulator.SimulatedRunner` asks a cost model. Both return a
+:class:`StepResult`, and the loop around them is the same: ``schedule -> execute -> update``.
+Kept free of torch so the simulator imports light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from core.sched.scheduler import SchedulerOutput
+
+
+@dataclass
+class StepResult:
+    """What executing one step produced: a sampled token per request that needed one,
+    optional logprobs, and how long the model part took (seconds: measured for a real
+    forward, the cost model's answer for a simulated one)."""
+
+    sampled: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, Any] = field(default_factory=dict)
+    forward_s: float = 0.0
+
+
+class Runner(Protocol):
+    """Executes a :class:`SchedulerOutput`: applies its copies, computes its chunks, samples."""
+
+    def execute(self, out: SchedulerOutput) -> StepResult: ...
