@@ -174,8 +174,9 @@ class SimResult:
         return sum(self.steps)
 
 
-# event kinds, in the order they are handled at equal times
-_STEP_DONE, _ARRIVAL, _WAKE = 0, 1, 2
+# event kinds, in the order they are handled at equal times: an arrival at t joins before the
+# step scheduled at t, as in the real engine (which admits every request with arrival <= now)
+_ARRIVAL, _STEP_DONE, _WAKE = 0, 1, 2
 
 
 def to_engine_request(req: Request, index: int) -> EngineRequest:
