@@ -1,0 +1,581 @@
+"""Cost models: how long one serving step takes, behind one interface.
+
+A :class:`CostModel` turns a batch (prefill chunks with their cached contexts, and decode
+tokens with theirs) into seconds. The simulator asks it once per scheduler step through
+:meth:`CostModel.step_time_for`. Two kinds are planned: :class:`RooflineCostModel` (here:
+from the model's shapes and a GPU's datasheet) and a profiled model from a measured table
+(later, same interface).
+
+The roofline model
+------------------
+The step's operators come from :meth:`core.model.spec.ModelSpec.operators` (FLOPs and bytes per
+tensor-parallel rank, summed over the layers that run each operator). Each operator costs
+
+    time = max(flops / (peak * compute_eff), bytes / (bandwidth * memory_eff))
+           + count * kernel_launch_s        (the max is smoothed by ``ridge_blend``, below)
+
+with the ceilings by kind (:func:`op_ceilings`):
+
+==============================  ===============================  ==============================
+operator kind                   compute ceiling                  memory ceiling
+==============================  ===============================  ==============================
+GEMM (projections, MLP, head)   peak(dtype) * gemm_compute       bandwidth * memory
+attention                       peak(dtype) * attention_compute  bandwidth * memory
+elementwise, SSM scan           peak(fp32) * vector_compute      bandwidth * elementwise_memory
+embedding gather                peak(fp32) * vector_compute      bandwidth * gather_memory
+==============================  ===============================  ==============================
+
+With ``ridge_blend = b > 0`` the ``max`` becomes the smooth ``(t_c^(1/b) + t_m^(1/b))^b`` of the
+compute time ``t_c`` and the memory time ``t_m``: ``b = 0`` is the classic roofline (compute and
+memory overlap perfectly), ``b = 1`` their sum (no overlap). Measured GEMMs near the ridge
+point reach neither ceiling (Vidur's A100/H100 data: up to ~30% slower than ``max`` predicts
+at 128-1024 tokens); the fitted ``b`` is 0.65 (A100) and 0.70 (H100). The default, 0, keeps the
+classic roofline for GPUs without measurements.
+
+A collective over ``p = tp`` ranks (ring algorithm; :func:`ring_seconds`) costs, per call,
+
+    all-reduce:  2 (p-1)/p * payload / (link_bw * comm) + 2 (p-1) * link_latency + collective_launch_s
+    all-gather:    (p-1)/p * payload / (link_bw * comm) +   (p-1) * link_latency + collective_launch_s
+
+(the link is NVLink/PCIe within a node, the inter-node network beyond ``devices_per_node``).
+A step adds ``step_overhead_s`` (scheduler, input preparation, sampling on the CPU) once; an
+empty batch costs 0. Operators run one after another: no overlap of communication and compute.
+
+Efficiency factors
+------------------
+All are fields of :class:`Efficiency`, with documented defaults. For a GPU that has an entry in
+``data/profiles/gpu-efficiency.json`` (written by ``python -m scripts.bench gpu-cost-model``,
+which fits the factors to operator times Vidur measured on real A100 and H100 GPUs), the
+model uses the fitted factors instead of the defaults, unless ``efficiency=`` is given; the
+attribute :attr:`RooflineCostModel.efficiency_source` says which were used. Factors the file
+does not fit (``step_overhead_s``, ``attention_compute``, ...) keep their defaults.
+
+Validation
+----------
+Bad configurations stop in the constructor with one ``ValueError`` naming the values: unknown
+model or hardware names, a dtype the GPU has no peak for, a tensor-parallel degree that does
+not divide the attention heads (KV heads may be fewer than ``tp`` if ``tp`` is a multiple of
+them: they are then replicated, as vLLM does), a ``tp`` spanning nodes without an inter-node
+link, and a model whose weights per GPU plus the least KV cache do not fit in memory.
+
+Not modelled: kernel fusion beyond what the operator list assumes (RMSNorm fused with the
+residual add; one kernel per operator and layer), CUDA graphs (lower launch costs: use a
+smaller ``kernel_launch_s``), overlap of communication with compute, pipeline parallelism,
+sampling, and the lm_head of mid-prefill chunks (the operator list gives every sequence one
+logits row).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.model.spec import ModelSpec, Operator, OpKind, dtype_bytes
+from core.sim.hardware import Hardware, dtype_key, get_hardware
+
+__all__ = [
+    "EFFICIENCY_FILE",
+    "CostModel",
+    "Efficiency",
+    "OpTime",
+    "RooflineCostModel",
+    "chunks_of",
+    "combine",
+    "load_efficiency",
+    "op_ceilings",
+    "ring_seconds",
+    "roofline_seconds",
+]
+
+GiB = 1 << 30
+
+
+# --------------------------------------------------------------------------------------------
+# Efficiency factors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """The named factors that turn datasheet peaks into achieved rates.
+
+    Fractions (``0 < f <= 1``) of a ceiling:
+
+    - ``gemm_compute`` (0.70): of the dense tensor-core peak that large GEMMs reach (cuBLAS on
+      A100/H100 reaches ~70-75% on LLM shapes in Vidur's measurements);
+    - ``attention_compute`` (0.50): of that peak reached by attention kernels (FlashAttention-2
+      reports ~50-70% on A100 in the forward pass; decode attention is memory-bound anyway);
+    - ``vector_compute`` (0.50): of the non-tensor FP32 peak reached by elementwise and scan
+      kernels (almost never the binding ceiling);
+    - ``memory`` (0.80): of the memory bandwidth reached by GEMMs streaming their weights and
+      by attention reading the KV cache (STREAM-like kernels reach 80-90% of HBM peak);
+    - ``elementwise_memory`` (0.50): of the memory bandwidth reached by elementwise kernels
+      (norms, RoPE, activation), lower because they are short (Vidur: ~40-60%);
+    - ``gather_memory`` (0.15): of the memory bandwidth reached by the embedding lookup
+      (PyTorch's embedding kernel: ~10-20% of HBM bandwidth in Vidur's A100/H100 data);
+    - ``comm`` (0.70): of the one-way link bandwidth a ring collective reaches (NCCL's bus
+      bandwidth on large messages).
+
+    Shape of the roofline:
+
+    - ``ridge_blend`` (0.0): how compute and memory time combine, from 0 (``max``: the classic
+      roofline) to 1 (their sum); see the module doc.
+
+    Fixed costs, seconds:
+
+    - ``kernel_launch_s`` (4e-6): per kernel (one per operator and layer): the smallest time a
+      kernel takes on the GPU plus the gap to the next; a floor for tiny operators;
+    - ``collective_launch_s`` (20e-6): per collective call, on top of the per-step latencies
+      (NCCL's fixed cost: ~10-40 us in Vidur's all-reduce data);
+    - ``step_overhead_s`` (1e-3): once per scheduler step: scheduling, input preparation and
+      sampling on the CPU (vLLM-like engines spend ~0.5-2 ms; 0 for a pure-GPU bound).
+    """
+
+    gemm_compute: float = 0.70
+    attention_compute: float = 0.50
+    vector_compute: float = 0.50
+    memory: float = 0.80
+    elementwise_memory: float = 0.50
+    gather_memory: float = 0.15
+    comm: float = 0.70
+    ridge_blend: float = 0.0
+    kernel_launch_s: float = 4e-6
+    collective_launch_s: float = 20e-6
+    step_overhead_s: float = 1e-3
+
+    FRACTIONS = ("gemm_compute", "attention_compute", "vector_compute", "memory",
+                 "elementwise_memory", "gather_memory", "comm")  # fmt: skip
+    SECONDS = ("kernel_launch_s", "collective_launch_s", "step_overhead_s")
+
+    def __post_init__(self) -> None:
+        for name in self.FRACTIONS:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 < v <= 1):
+                raise ValueError(f"Efficiency.{name} must be in (0, 1], got {v!r}")
+        if not (isinstance(self.ridge_blend, (int, float)) and 0 <= self.ridge_blend <= 1):
+            raise ValueError(f"Efficiency.ridge_blend must be in [0, 1], got {self.ridge_blend!r}")
+        for name in self.SECONDS:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
+                raise ValueError(f"Efficiency.{name} must be a finite number >= 0, got {v!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "efficiency") -> Efficiency:
+        """Defaults overridden by ``values``; unknown keys raise ``ValueError`` naming them and
+        ``where``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown efficiency factors {unknown}; known: {sorted(known)}")
+        return cls(**{k: float(v) for k, v in values.items()})
+
+    def with_(self, **changes: float) -> Efficiency:
+        """A copy with some factors changed."""
+        return replace(self, **changes)
+
+
+EFFICIENCY_FILE = "profiles/gpu-efficiency.json"
+"""Where fitted factors live, under the data folder (``data/`` or ``$SERVELAB_DATA``)."""
+
+
+def _default_efficiency_file() -> Path:
+    from core.data import DATA_DIR
+
+    return Path(DATA_DIR) / EFFICIENCY_FILE
+
+_efficiency_cache: dict[tuple[str, float], dict[str, Any]] = {}
+
+
+def load_efficiency(
+    hardware: str | Hardware, path: str | Path | None = None
+) -> tuple[Efficiency, str] | None:
+    """The fitted :class:`Efficiency` of ``hardware`` from the efficiency file and a text
+    naming its source, or ``None`` if the file or the hardware's entry is absent.
+
+    ``path`` defaults to ``<data>/profiles/gpu-efficiency.json``. The file is JSON:
+    ``{"schema": "servelab.gpu-efficiency/1", "hardware": {"<name>": {"efficiency": {factor:
+    value, ...}, "fitted_on": "...", ...}}}``; factors an entry leaves out keep their
+    defaults. The file is opened through :func:`core.data.open_data_file` (recorded for
+    provenance). A malformed file raises ``ValueError`` naming it."""
+    name = hardware.name if isinstance(hardware, Hardware) else str(hardware)
+    file = Path(path) if path is not None else _default_efficiency_file()
+    if not file.is_file():
+        return None
+    key = (str(file.resolve()), file.stat().st_mtime)
+    doc = _efficiency_cache.get(key)
+    if doc is None:
+        from core.data import open_data_file
+
+        with open_data_file(file) as f:
+            try:
+                doc = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("hardware"), dict):
+            raise ValueError(f"{file}: expected an object with a 'hardware' object")
+        _efficiency_cache[key] = doc
+    entry = doc["hardware"].get(name)
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("efficiency"), dict):
+        raise ValueError(f"{file}: hardware[{name!r}] needs an 'efficiency' object")
+    eff = Efficiency.from_dict(entry["efficiency"], where=f"{file}: hardware[{name!r}]")
+    how = entry.get("fitted_on", "fitted")
+    return eff, f"{file.name} [{name}]: {how}"
+
+
+# --------------------------------------------------------------------------------------------
+# The per-operator formulas (work on floats and on numpy arrays alike)
+# --------------------------------------------------------------------------------------------
+
+
+def combine(t_compute: float, t_memory: float, ridge_blend: float = 0.0) -> float:
+    """Time of work whose compute takes ``t_compute`` and memory traffic ``t_memory`` alone:
+    ``max`` for ``ridge_blend == 0``, else ``(t_c^(1/b) + t_m^(1/b))^b`` (``b = 1``: the sum).
+    Monotone in both times."""
+    m = t_compute if t_compute > t_memory else t_memory
+    if ridge_blend <= 0 or m <= 0:
+        return m
+    n = 1.0 / ridge_blend
+    return m * ((t_compute / m) ** n + (t_memory / m) ** n) ** ridge_blend
+
+
+def roofline_seconds(flops: Any, nbytes: Any, *, peak: Any, bandwidth: Any, compute_eff: Any,
+                     memory_eff: Any, ridge_blend: float = 0.0, launches: Any = 1,
+                     launch_s: Any = 0.0) -> Any:  # fmt: skip
+    """:func:`combine` of ``flops / (peak * compute_eff)`` and ``nbytes / (bandwidth *
+    memory_eff)``, plus ``launches * launch_s``; broadcasts over numpy arrays (returns a float
+    for scalar inputs)."""
+    t_c = np.asarray(flops, dtype=float) / (np.asarray(peak) * compute_eff)
+    t_m = np.asarray(nbytes, dtype=float) / (np.asarray(bandwidth) * memory_eff)
+    m = np.maximum(t_c, t_m)
+    if ridge_blend > 0:
+        n = 1.0 / ridge_blend
+        safe = np.where(m > 0, m, 1.0)
+        m = m * ((t_c / safe) ** n + (t_m / safe) ** n) ** ridge_blend
+    out = m + np.asarray(launches) * launch_s
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def ring_seconds(nbytes: Any, tp: Any, *, bandwidth: Any, latency_s: Any, comm_eff: Any,
+                 launches: Any = 1, launch_s: Any = 0.0, collective: str = "all_reduce") -> Any:  # fmt: skip
+    """Seconds of ``launches`` ring collectives over ``tp`` ranks moving ``nbytes`` of payload
+    in total (all-reduce: ``2 (p-1)/p`` of it crosses each link in ``2 (p-1)`` steps;
+    all-gather: ``(p-1)/p`` in ``p-1`` steps; payload = the full tensor); 0 when ``tp == 1``.
+    Broadcasts over numpy arrays."""
+    if collective not in ("all_reduce", "all_gather"):
+        raise ValueError(f"collective must be 'all_reduce' or 'all_gather', got {collective!r}")
+    p = np.asarray(tp, dtype=float)
+    k = 2.0 if collective == "all_reduce" else 1.0
+    volume = k * (p - 1) / p * np.asarray(nbytes, dtype=float)
+    t = volume / (np.asarray(bandwidth) * comm_eff)
+    t = t + np.asarray(launches) * (k * (p - 1) * latency_s + launch_s)
+    t = np.where(p > 1, t, 0.0)
+    return float(t) if np.ndim(t) == 0 else t
+
+
+def op_ceilings(kind: OpKind, hardware: Hardware, dtype: Any,
+                efficiency: Efficiency) -> tuple[float, float, float, float]:  # fmt: skip
+    """``(peak FLOP/s, compute efficiency, bandwidth, memory efficiency)`` for an operator of
+    ``kind`` (see the module doc's table). ``COMM`` operators use :func:`ring_seconds`."""
+    bw = hardware.memory_bandwidth
+    if kind is OpKind.GEMM:
+        return hardware.peak(dtype), efficiency.gemm_compute, bw, efficiency.memory
+    if kind is OpKind.ATTENTION:
+        return hardware.peak(dtype), efficiency.attention_compute, bw, efficiency.memory
+    if kind in (OpKind.ELEMENTWISE, OpKind.SCAN):
+        return hardware.peak("fp32"), efficiency.vector_compute, bw, efficiency.elementwise_memory
+    if kind is OpKind.MEMORY:
+        return hardware.peak("fp32"), efficiency.vector_compute, bw, efficiency.gather_memory
+    raise ValueError(f"no roofline ceilings for operator kind {kind!r} (collectives use ring_seconds)")
+
+
+# --------------------------------------------------------------------------------------------
+# The interface
+# --------------------------------------------------------------------------------------------
+
+
+def chunks_of(out: Any) -> tuple[list[tuple[int, int]], list[int]]:
+    """``(prefill_chunks, decode_contexts)`` of a scheduler step
+    (:class:`core.sched.scheduler.SchedulerOutput`): a chunk of one token after ``start > 0``
+    cached ones is a decode with context ``start``; any other chunk is a prefill chunk
+    ``(num_tokens, start)``."""
+    prefill: list[tuple[int, int]] = []
+    decode: list[int] = []
+    for c in out.chunks:
+        if c.num_tokens == 1 and c.start > 0:
+            decode.append(int(c.start))
+        elif c.num_tokens > 0:
+            prefill.append((int(c.num_tokens), int(c.start)))
+    return prefill, decode
+
+
+class CostModel(ABC):
+    """Seconds one serving step takes on one replica.
+
+    Contract: :meth:`step_time` is a pure function of the batch (same batch, same time), is 0
+    for an empty batch, and does not decrease when a token or a cached context token is
+    added. ``prefill_chunks`` lists ``(new_tokens, cached_context)`` per sequence being
+    prefilled this step; ``decode_contexts`` lists the cached context of each sequence
+    decoding one token. Each entry is a distinct sequence.
+    """
+
+    @abstractmethod
+    def step_time(self, prefill_chunks: Sequence[tuple[int, int]] = (),
+                  decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+        """Seconds of one step over the batch."""
+
+    def step_time_for(self, out: Any) -> float:
+        """Seconds of the step a scheduler planned (a ``SchedulerOutput``); see
+        :func:`chunks_of`."""
+        prefill, decode = chunks_of(out)
+        return self.step_time(prefill, decode)
+
+
+@dataclass(frozen=True)
+class OpTime:
+    """The cost of one :class:`~core.model.spec.Operator` of a step: ``seconds`` in total over
+    its ``count`` layers, split into the roofline terms (``compute_s`` and ``memory_s`` are
+    the two sides of the ``max``, ``comm_s`` the collective's time, ``overhead_s`` the
+    launches), and which one bound it."""
+
+    name: str
+    kind: OpKind
+    count: int
+    seconds: float
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+
+    @property
+    def per_layer(self) -> float:
+        """Seconds of one instance (one layer's worth): ``seconds / count``."""
+        return self.seconds / self.count if self.count else 0.0
+
+    @property
+    def bound(self) -> str:
+        """``"comm"``, ``"compute"``, ``"memory"``, or ``"overhead"`` when the launches cost
+        more than the work."""
+        if self.kind is OpKind.COMM:
+            return "comm"
+        work = max(self.compute_s, self.memory_s)
+        if self.overhead_s > work:
+            return "overhead"
+        return "compute" if self.compute_s >= self.memory_s else "memory"
+
+
+# --------------------------------------------------------------------------------------------
+# The roofline model
+# --------------------------------------------------------------------------------------------
+
+
+class RooflineCostModel(CostModel):
+    """Step time of ``spec`` on ``tp`` devices of ``hardware`` from the roofline of each
+    operator; see the module doc for the formulas and the validation.
+
+    ``spec``: a :class:`ModelSpec` or a preset name; ``hardware``: a :class:`Hardware` or a
+    name (:func:`core.sim.hardware.get_hardware`); ``dtype``: weights and activations
+    (``"bf16"``, ``"fp16"``, ``"fp8"``, ...); ``kv_dtype``: the KV cache (default ``dtype``);
+    ``ssm_dtype``: the SSM state of hybrids. ``efficiency``: the factors; ``None`` loads the
+    fitted ones for this hardware from ``efficiency_file`` (default
+    ``data/profiles/gpu-efficiency.json``) when it has an entry, else the defaults.
+    ``memory_utilization``: the fraction of device memory the engine may use (vLLM's
+    ``gpu_memory_utilization``); ``min_kv_tokens``: KV the replica must hold besides the
+    weights to be a valid configuration (default one 16-token block; pass the longest
+    sequence to serve for vLLM's stricter check).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec | str,
+        hardware: Hardware | str,
+        tp: int = 1,
+        dtype: str = "bf16",
+        efficiency: Efficiency | None = None,
+        *,
+        kv_dtype: str | None = None,
+        ssm_dtype: str = "float32",
+        memory_utilization: float = 0.9,
+        min_kv_tokens: int = 16,
+        efficiency_file: str | Path | None = None,
+    ) -> None:
+        self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_preset(spec)
+        self.hardware = get_hardware(hardware)
+        if isinstance(tp, bool) or not isinstance(tp, (int, np.integer)) or tp < 1:
+            raise ValueError(f"tp must be a positive integer, got {tp!r}")
+        self.tp = int(tp)
+        self.dtype = dtype_key(dtype)
+        self.hardware.peak(self.dtype)  # a dtype the device has no peak for stops here
+        self.kv_dtype = kv_dtype if kv_dtype is not None else dtype
+        dtype_bytes(self.kv_dtype)
+        self.ssm_dtype = ssm_dtype
+        if not 0 < memory_utilization <= 1:
+            raise ValueError(f"memory_utilization must be in (0, 1], got {memory_utilization}")
+        self.memory_utilization = float(memory_utilization)
+        if min_kv_tokens < 0:
+            raise ValueError(f"min_kv_tokens must be >= 0, got {min_kv_tokens}")
+        self.min_kv_tokens = int(min_kv_tokens)
+        self._check_tp()
+        self.link_bandwidth, self.link_latency_s = self.hardware.collective_link(self.tp)
+        if efficiency is not None:
+            if not isinstance(efficiency, Efficiency):
+                raise TypeError(f"efficiency must be an Efficiency, got {type(efficiency).__name__}")
+            self.efficiency, self.efficiency_source = efficiency, "given"
+        else:
+            loaded = load_efficiency(self.hardware, efficiency_file)
+            self.efficiency, self.efficiency_source = (
+                loaded if loaded is not None else (Efficiency(), "defaults")
+            )
+        self._check_memory()
+
+    # ---- validation and memory planning -----------------------------------------------------
+
+    def _check_tp(self) -> None:
+        s, tp = self.spec, self.tp
+        if tp == 1:
+            return
+        problems = []
+        if s.attention is not None:
+            h, kv = s.attention.n_heads, s.attention.n_kv_heads
+            kv_ok = kv % tp == 0 or tp % kv == 0
+            if h % tp or not kv_ok:
+                problems.append(f"{h} attention heads and {kv} KV heads (tp must divide the heads, "
+                                "and divide the KV heads or be a multiple of them)")  # fmt: skip
+        if s.mamba is not None and s.mamba.n_heads % tp:
+            problems.append(f"{s.mamba.n_heads} SSM heads")
+        if problems:
+            raise ValueError(f"tp={tp} does not split {s.name}: it has {'; '.join(problems)}")
+
+    @property
+    def weight_bytes_per_device(self) -> int:
+        """Weight bytes one rank holds: embedding, lm_head, attention, SSM, MLP and experts split
+        ``tp`` ways (Megatron-style, vocab-parallel embedding); norms and the MoE router
+        replicated."""
+        parts = self.spec.param_breakdown()
+        replicated = parts["norms"] + parts["moe_router"]
+        sharded = sum(parts.values()) - replicated
+        return math.ceil((sharded / self.tp + replicated) * dtype_bytes(self.dtype))
+
+    @property
+    def kv_bytes_per_token_per_device(self) -> int:
+        """KV-cache bytes one token holds on one rank (KV heads split, or replicated when fewer
+        than ``tp``)."""
+        s = self.spec
+        if not s.attention:
+            return 0
+        kv_heads = math.ceil(s.attention.n_kv_heads / self.tp)
+        per = s.n_attention_layers * 2 * kv_heads * s.attention.head_dim * dtype_bytes(self.kv_dtype)
+        return math.ceil(per)
+
+    @property
+    def ssm_state_bytes_per_device(self) -> int:
+        """Bytes of one sequence's SSM and conv state on one rank (0 without SSM layers)."""
+        return math.ceil(self.spec.ssm_state_bytes(self.ssm_dtype, self.dtype) / self.tp)
+
+    def _usable_bytes(self, memory_utilization: float | None) -> float:
+        util = self.memory_utilization if memory_utilization is None else memory_utilization
+        if not 0 < util <= 1:
+            raise ValueError(f"memory_utilization must be in (0, 1], got {util}")
+        return self.hardware.memory_bytes * util
+
+    def _check_memory(self) -> None:
+        need = (self.weight_bytes_per_device + self.min_kv_tokens * self.kv_bytes_per_token_per_device
+                + self.ssm_state_bytes_per_device)  # fmt: skip
+        have = self._usable_bytes(None)
+        if need > have:
+            raise ValueError(
+                f"{self.spec.name} does not fit on {self.hardware.name} with tp={self.tp} in "
+                f"{self.dtype}: each device needs {self.weight_bytes_per_device:,} bytes of weights "
+                f"({self.weight_bytes_per_device / GiB:.1f} GiB) + {self.min_kv_tokens} tokens of KV "
+                f"({self.min_kv_tokens * self.kv_bytes_per_token_per_device:,} bytes) = {need:,} "
+                f"bytes, but {self.memory_utilization:.0%} of its {self.hardware.memory_bytes:,} "
+                f"bytes is {have:,.0f} ({have / GiB:.1f} GiB); use more tensor parallelism, a "
+                "smaller dtype or a larger GPU"
+            )
+
+    def max_kv_tokens(self, memory_utilization: float | None = None) -> int:
+        """Tokens of KV cache that fit on each rank next to the weights, with
+        ``memory_utilization`` (default: the model's, 0.9) of device memory usable (activations
+        and workspace are not subtracted: lower the utilisation to leave room for them).
+        Raises ``ValueError`` for a model without attention layers (KV is not what bounds it)."""
+        per = self.kv_bytes_per_token_per_device
+        if per == 0:
+            raise ValueError(f"{self.spec.name} has no attention layers: no KV cache to plan")
+        free = self._usable_bytes(memory_utilization) - self.weight_bytes_per_device
+        return max(0, int(free // per))
+
+    def max_kv_blocks(self, block_size: int = 16, memory_utilization: float | None = None) -> int:
+        """:meth:`max_kv_tokens` in whole blocks of ``block_size`` tokens (for a KV manager's
+        ``num_kv_blocks``)."""
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        return self.max_kv_tokens(memory_utilization) // block_size
+
+    # ---- timing -----------------------------------------------------------------------------
+
+    def operators(self, prefill_chunks: Sequence[tuple[int, int]] = (),
+                  decode_contexts: Sequence[int] = ()) -> list[Operator]:  # fmt: skip
+        """The step's operators per rank (:meth:`ModelSpec.operators` with this model's ``tp``
+        and dtypes)."""
+        return self.spec.operators(prefill_chunks, decode_contexts, tp=self.tp, dtype=self.dtype,
+                                   kv_dtype=self.kv_dtype, ssm_dtype=self.ssm_dtype)  # fmt: skip
+
+    def op_time(self, op: Operator) -> OpTime:
+        """The cost of one operator (see the module doc)."""
+        eff = self.efficiency
+        if op.kind is OpKind.COMM:
+            collective = "all_gather" if op.name.endswith("allgather") else "all_reduce"
+            t = ring_seconds(op.comm_bytes, self.tp, bandwidth=self.link_bandwidth,
+                             latency_s=self.link_latency_s, comm_eff=eff.comm, launches=op.count,
+                             launch_s=eff.collective_launch_s, collective=collective)  # fmt: skip
+            return OpTime(op.name, op.kind, op.count, t, 0.0, 0.0, t, 0.0)
+        peak, ce, bw, me = op_ceilings(op.kind, self.hardware, self.dtype, eff)
+        compute = op.flops / (peak * ce)
+        memory = op.bytes / (bw * me)
+        overhead = op.count * eff.kernel_launch_s
+        work = combine(compute, memory, eff.ridge_blend)
+        return OpTime(op.name, op.kind, op.count, work + overhead, compute, memory, 0.0, overhead)
+
+    def per_layer_times(self, prefill_chunks: Sequence[tuple[int, int]] = (),
+                        decode_contexts: Sequence[int] = ()) -> list[OpTime]:  # fmt: skip
+        """The cost of each operator of the step, in forward order (``OpTime.per_layer`` is one
+        layer's share). The step time is their sum plus ``step_overhead_s``."""
+        return [self.op_time(op) for op in self.operators(prefill_chunks, decode_contexts)]
+
+    def step_time(self, prefill_chunks: Sequence[tuple[int, int]] = (),
+                  decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+        ops = self.per_layer_times(prefill_chunks, decode_contexts)
+        if not ops:
+            return 0.0
+        return sum(o.seconds for o in ops) + self.efficiency.step_overhead_s
+
+    def describe(self) -> dict[str, Any]:
+        """What the model is, for provenance: model, hardware, tp, dtypes, the factors and
+        their source, memory plan."""
+        out: dict[str, Any] = {
+            "cost_model": "roofline", "model": self.spec.name, "hardware": self.hardware.name,
+            "hardware_source": self.hardware.source, "tp": self.tp, "dtype": self.dtype,
+            "kv_dtype": str(self.kv_dtype), "efficiency": self.efficiency.to_dict(),
+            "efficiency_source": self.efficiency_source,
+            "weight_bytes_per_device": self.weight_bytes_per_device,
+            "kv_bytes_per_token_per_device": self.kv_bytes_per_token_per_device,
+            "memory_utilization": self.memory_utilization,
+        }  # fmt: skip
+        if self.kv_bytes_per_token_per_device:
+            out["max_kv_tokens"] = self.max_kv_tokens()
+        return out
+
+    def __repr__(self) -> str:
+        return (f"RooflineCostModel({self.spec.name!r}, {self.hardware.name!r}, tp={self.tp}, "
+                f"dtype={self.dtype!r}, efficiency={self.efficiency_source})")  # fmt: skip
