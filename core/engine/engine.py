@@ -146,5 +146,5 @@ class Engine:
     def drop(self, request_id: str) -> None:
         """Forget a finished request (the LLM API does so after returning its output)."""
         req = self.scheduler.requests.get(request_id)
-        if req is not None and req.status != RequestStatus.WAITING and req.is_finished:
+        if req is not None and req.is_finished:
             del self.scheduler.requests[request_id]

@@ -205,7 +205,6 @@ class AttentionBackend(ABC):
         seq_lens_host: Sequence[int] | None = None,
     ) -> Any: ...
 
-    @abstractmethod
     def write_kv(
         self,
         k: torch.Tensor,
@@ -213,7 +212,15 @@ class AttentionBackend(ABC):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         metadata: Any,
-    ) -> None: ...
+    ) -> None:
+        """Scatter this step's K/V into the paged caches. The default reads
+        ``metadata.write_slots`` (flat slots) and ``metadata.write_rows`` (rows of ``k``/``v``
+        to write, None for all) and uses ``index_copy_``; a backend may fuse it instead."""
+        if metadata.write_rows is not None:
+            k, v = k[metadata.write_rows], v[metadata.write_rows]
+        for cache, new in ((k_cache, k), (v_cache, v)):
+            flat = cache.view(-1, *cache.shape[2:])
+            flat.index_copy_(0, metadata.write_slots, new.to(cache.dtype))
 
     @abstractmethod
     def forward(
@@ -298,20 +305,6 @@ class TorchPagedAttention(AttentionBackend):
             query_start_loc, seq_lens, block_tables, slot_mapping, block_size,
             query_lens_host=query_lens_host, seq_lens_host=seq_lens_host,
         )
-
-    def write_kv(
-        self,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        metadata: PagedAttentionMetadata,
-    ) -> None:
-        if metadata.write_rows is not None:
-            k, v = k[metadata.write_rows], v[metadata.write_rows]
-        for cache, new in ((k_cache, k), (v_cache, v)):
-            flat = cache.view(-1, *cache.shape[2:])
-            flat.index_copy_(0, metadata.write_slots, new.to(cache.dtype))
 
     def forward(
         self,

@@ -346,20 +346,6 @@ class TritonPagedAttention(AttentionBackend):
             num_rows=sum(query_lens_host),
         )
 
-    def write_kv(
-        self,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        metadata: TritonAttentionMetadata,
-    ) -> None:
-        if metadata.write_rows is not None:
-            k, v = k[metadata.write_rows], v[metadata.write_rows]
-        for cache, new in ((k_cache, k), (v_cache, v)):
-            flat = cache.view(-1, *cache.shape[2:])
-            flat.index_copy_(0, metadata.write_slots, new.to(cache.dtype))
-
     def forward(
         self,
         q: torch.Tensor,
