@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.sched.request import EngineRequest, PauseMode, RequestStatus
+from core.sched.request import EngineRequest, PauseMode
 from core.sched.runner import Runner
 from core.sched.scheduler import Scheduler
 

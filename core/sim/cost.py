@@ -58,6 +58,26 @@ not divide the attention heads (KV heads may be fewer than ``tp`` if ``tp`` is a
 them: they are then replicated, as vLLM does), a ``tp`` spanning nodes without an inter-node
 link, and a model whose weights per GPU plus the least KV cache do not fit in memory.
 
+Fast path
+---------
+The simulator asks for millions of steps, so :meth:`RooflineCostModel.step_time` does not build
+the operator list each time. Every operator's FLOPs, bytes and collective payload are linear in
+a few *features* of the batch (:data:`FEATURES`): 1, the new tokens ``T``, the sequences ``S``
+(= logits rows), the attended keys ``A`` (summed over tokens, sliding window applied), the
+distinct K/V tokens read ``K`` and, for MoE models, the expected distinct experts hit ``H(T)``.
+The coefficients are read off :meth:`ModelSpec.operators` once per model, by evaluating it on
+a few small batches and solving the linear system exactly (in rationals); they are then checked
+against the operator list on larger batches (sliding windows included), and if any operator
+disagrees by more than 1e-12 the model keeps using the operator list
+(:attr:`RooflineCostModel.fast_path` is False and ``fast_path_reason`` says why). A step then
+costs its features plus a few multiply-adds per operator; the operators that do not depend on
+``A`` or ``K`` are summed once per ``(T, S)`` and memoized. The result equals
+:meth:`RooflineCostModel.step_time_reference` (the operator list, as before) to ~1e-15
+relative (float rounding in a different order). :meth:`RooflineCostModel.decode_run_times`
+gives the times of ``k`` consecutive pure-decode steps in one vectorized call, bit-identical
+to asking :meth:`~RooflineCostModel.step_time_for` for each of them (the simulator's decode
+fast-forward relies on that).
+
 Not modelled: kernel fusion beyond what the operator list assumes (RMSNorm fused with the
 residual add; one kernel per operator and layer), CUDA graphs (lower launch costs: use a
 smaller ``kernel_launch_s``), overlap of communication with compute, pipeline parallelism,
@@ -72,16 +92,25 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.model.spec import ModelSpec, Operator, OpKind, dtype_bytes
+from core.model.spec import (
+    ModelSpec,
+    Operator,
+    OpKind,
+    _attended_sum,
+    _kv_tokens_read,
+    dtype_bytes,
+)
 from core.sim.hardware import Hardware, dtype_key, get_hardware
 
 __all__ = [
     "EFFICIENCY_FILE",
+    "FEATURES",
     "CostModel",
     "Efficiency",
     "OpTime",
@@ -341,6 +370,20 @@ class CostModel(ABC):
         prefill, decode = chunks_of(out)
         return self.step_time(prefill, decode)
 
+    def decode_run_times(self, context_lens: Sequence[int], k: int) -> np.ndarray:
+        """Seconds of ``k`` consecutive pure-decode steps over the same sequences: step ``i``
+        (0-based) decodes one token of each sequence, whose cached context is
+        ``context_lens[j] + i`` (a context of 0 is a one-token prefill, as in
+        :func:`chunks_of`). Element ``i`` equals :meth:`step_time_for` of that step exactly
+        (here by asking it; subclasses may vectorize, keeping that equality)."""
+        ctx = [int(c) for c in context_lens]
+        out = np.empty(max(0, int(k)))
+        for i in range(out.size):
+            prefill = [(1, 0) for c in ctx if c + i == 0]
+            decode = [c + i for c in ctx if c + i > 0]
+            out[i] = self.step_time(prefill, decode)
+        return out
+
 
 @dataclass(frozen=True)
 class OpTime:
@@ -376,6 +419,273 @@ class OpTime:
 
 
 # --------------------------------------------------------------------------------------------
+# The fast path: operators as linear functions of a few batch features
+# --------------------------------------------------------------------------------------------
+
+FEATURES = ("one", "tokens", "seqs", "attended", "kv_read", "moe_hits")
+"""The batch features every operator's FLOPs, bytes and payload are linear in (see the module
+doc): 1, new tokens ``T``, sequences ``S``, attended keys ``A``, distinct K/V tokens read
+``K``, expected distinct MoE experts hit per layer ``H(T)``."""
+
+# Small batches whose features span the feature space (no position beyond 3, so no sliding
+# window clips them unless it is tiny; a singular system turns the fast path off).
+_BASIS = ([(1, 0)], [(1, 1)], [(2, 0)], [(1, 0), (1, 0)], [(3, 0)], [(1, 0), (1, 0), (1, 0)])
+# Larger batches the coefficients are checked on: long prompts, long contexts (beyond common
+# sliding windows), mixed batches.
+_CHECKS = (
+    [(7, 0)],
+    [(1, 100), (1, 5000), (300, 2000), (2048, 0)],
+    [(1, 9000), (1, 1), (1, 2), (1, 4095), (1, 4096), (1, 4097), (5, 4093)],
+    [(1, c) for c in range(1, 400, 7)],
+    [(8192, 10000), (100, 40000)],
+)
+_SNAP = 1e-12  # coefficients that contribute less than this, relatively, are rounding noise
+_CHECK_RTOL = 1e-12
+
+
+def _batch_features(chunks: Sequence[tuple[int, int]], window: int | None) -> tuple[int, int, int, int]:
+    """``(T, S, A, K)`` of a batch of ``(new_tokens, context_before)`` chunks (chunks with no
+    new tokens do not count), exactly as :meth:`ModelSpec.operators` sums them."""
+    T = S = A = K = 0
+    for n, c in chunks:
+        if n <= 0:
+            continue
+        T += n
+        S += 1
+        if window is None:
+            A += (2 * c + n + 1) * n // 2
+            K += c + n
+        else:
+            A += _attended_sum(n, c, window)
+            K += _kv_tokens_read(n, c, window)
+    return T, S, A, K
+
+
+def _lin(terms: tuple[tuple[int, float], ...], x: Sequence[Any]) -> Any:
+    """``sum(coef * x[i])`` over ``terms``, left to right from 0.0; the same float operations
+    for scalars and for numpy arrays in ``x`` (so both give bit-identical values)."""
+    v: Any = 0.0
+    for i, c in terms:
+        v = v + c * x[i]
+    return v
+
+
+def _solve_exact(rows: list[list[Fraction]], rhs: list[list[Fraction]]) -> list[list[Fraction]] | None:
+    """Solve ``rows @ X = rhs`` (square, exact rationals) for every right-hand column; None if
+    singular."""
+    n = len(rows)
+    m = [list(r) + list(b) for r, b in zip(rows, rhs, strict=True)]
+    for col in range(n):
+        piv = next((r for r in range(col, n) if m[r][col] != 0), None)
+        if piv is None:
+            return None
+        m[col], m[piv] = m[piv], m[col]
+        p = m[col][col]
+        m[col] = [v / p for v in m[col]]
+        for r in range(n):
+            if r != col and m[r][col] != 0:
+                f = m[r][col]
+                m[r] = [a - f * b for a, b in zip(m[r], m[col], strict=True)]
+    return [row[n:] for row in m]
+
+
+def _combine_arrays(t_compute: Any, t_memory: Any, ridge_blend: float) -> np.ndarray:
+    """:func:`combine` elementwise, with exactly its float operations (so each element is
+    bit-identical to calling it on that pair: the power is Python's, not numpy's, whose SIMD
+    versions may round differently)."""
+    if not isinstance(t_compute, np.ndarray) or not isinstance(t_memory, np.ndarray):
+        t_compute, t_memory = np.broadcast_arrays(np.asarray(t_compute, dtype=float),
+                                                  np.asarray(t_memory, dtype=float))  # fmt: skip
+    if ridge_blend <= 0:
+        return np.maximum(t_compute, t_memory)
+    n, b = 1.0 / ridge_blend, ridge_blend
+    return np.array([
+        m * ((c / m) ** n + (t / m) ** n) ** b if m > 0 else m
+        for c, t in zip(t_compute.tolist(), t_memory.tolist(), strict=True)
+        for m in (c if c > t else t,)
+    ])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _LinearOp:
+    """One operator of the fast path: its quantities as ``(feature index, coefficient)`` terms,
+    and the constants of its roofline."""
+
+    name: str
+    kind: OpKind
+    count: int
+    flops: tuple[tuple[int, float], ...]
+    nbytes: tuple[tuple[int, float], ...]
+    comm: tuple[tuple[int, float], ...]
+    compute_rate: float  # peak * compute efficiency (0 for collectives)
+    memory_rate: float  # bandwidth * memory efficiency (0 for collectives)
+    launch_s: float  # count * kernel_launch_s
+    dynamic: bool  # depends on A or K (changes from one decode step to the next)
+
+
+class _FastRoofline:
+    """The fast path of one :class:`RooflineCostModel` (see the module doc)."""
+
+    def __init__(self, model: RooflineCostModel, ops: list[_LinearOp], moe: tuple[int, int] | None,
+                 window: int | None) -> None:  # fmt: skip
+        self.model = model
+        self.efficiency = model.efficiency
+        self.blend = model.efficiency.ridge_blend
+        self.overhead = model.efficiency.step_overhead_s
+        self.window = window
+        self.moe = moe
+        self.static_ops = [o for o in ops if not o.dynamic]
+        self.dynamic_ops = [o for o in ops if o.dynamic]
+        self._static: dict[tuple[int, int], float] = {}
+
+    # -- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, model: RooflineCostModel) -> tuple[_FastRoofline | None, str]:
+        """The fast path of ``model``, or ``(None, reason)`` when the operator list is not
+        linear in :data:`FEATURES` (then the model keeps using the operator list)."""
+        spec = model.spec
+        window = spec.attention.sliding_window if spec.attention else None
+        moe = (spec.moe.num_experts, spec.moe.top_k) if spec.is_moe and spec.moe else None
+        nfeat = 6 if moe else 5
+        basis = _BASIS[:nfeat]
+        probe = cls(model, [], moe, window)
+        rows = [[Fraction(v) for v in probe.features(b)[:nfeat]] for b in basis]
+        ref_ops = [model.operators(b) for b in basis]
+        names = [(o.name, o.kind, o.count) for o in ref_ops[0]]
+        if any([(o.name, o.kind, o.count) for o in r] != names for r in ref_ops):
+            return None, "the operator list changes with the batch"
+        quantities = ("flops", "bytes", "comm_bytes")
+        rhs = [[Fraction(getattr(o, q)) for o in ops for q in quantities] for ops in ref_ops]
+        sol = _solve_exact(rows, rhs)
+        if sol is None:
+            return None, "the basis batches do not determine the coefficients"
+        scale_col = [max(abs(r[j]) for r in rows) for j in range(nfeat)]
+        eff = model.efficiency
+        lin_ops: list[_LinearOp] = []
+        for i, (name, kind, count) in enumerate(names):
+            terms = []
+            for qi in range(len(quantities)):
+                col = i * len(quantities) + qi
+                coefs = [sol[j][col] for j in range(nfeat)]
+                big = max(abs(r[col]) for r in rhs)
+                terms.append(tuple(
+                    (j, float(c)) for j, c in enumerate(coefs)
+                    if c != 0 and abs(c) * scale_col[j] > _SNAP * big
+                ))  # fmt: skip
+            flops, nbytes, comm = terms
+            if kind is OpKind.COMM:
+                c_rate = m_rate = 0.0
+                launch = 0.0
+            else:
+                peak, ce, bw, me = op_ceilings(kind, model.hardware, model.dtype, eff)
+                c_rate, m_rate, launch = peak * ce, bw * me, count * eff.kernel_launch_s
+            dynamic = any(j in (3, 4) for t in terms for j, _ in t)
+            if dynamic and kind is OpKind.COMM:
+                return None, f"collective {name} depends on the attended context"
+            lin_ops.append(_LinearOp(name, kind, count, flops, nbytes, comm, c_rate, m_rate,
+                                     launch, dynamic))  # fmt: skip
+        fast = cls(model, lin_ops, moe, window)
+        problem = fast.check(_CHECKS)
+        return (None, problem) if problem else (fast, "")
+
+    def check(self, batches: Sequence[Sequence[tuple[int, int]]]) -> str:
+        """'' when every operator's quantities and the step time agree with the operator list
+        on ``batches``; else what disagrees."""
+        m = self.model
+        for b in batches:
+            ref = m.operators(b)
+            x = self.features(b)
+            ops = self.static_ops + self.dynamic_ops
+            by_name = {o.name: o for o in ops}
+            if sorted(by_name) != sorted(o.name for o in ref):
+                return f"operators differ on batch {b}"
+            for o in ref:
+                lo = by_name[o.name]
+                for q, terms in (("flops", lo.flops), ("bytes", lo.nbytes), ("comm_bytes", lo.comm)):
+                    want, got = float(getattr(o, q)), float(_lin(terms, x))
+                    if abs(got - want) > _CHECK_RTOL * max(abs(want), abs(got)):
+                        return f"{o.name}.{q} is not linear in the features ({got!r} != {want!r})"
+            fast, slow = self.step_time(x), m.step_time_reference(b)
+            if abs(fast - slow) > _CHECK_RTOL * 10 * slow:
+                return f"step time {fast!r} != {slow!r} on batch {b}"
+        return ""
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def hits(self, tokens: int) -> float:
+        """Expected distinct experts hit per MoE layer by ``tokens`` tokens (the formula of
+        :meth:`ModelSpec.operators`)."""
+        if self.moe is None:
+            return 0.0
+        E, k = self.moe
+        return E * (1 - (1 - k / E) ** tokens)
+
+    def features(self, chunks: Sequence[tuple[int, int]]) -> tuple[Any, ...]:
+        T, S, A, K = _batch_features(chunks, self.window)
+        return (1, T, S, A, K, self.hits(T))
+
+    def _op_seconds(self, op: _LinearOp, x: Sequence[Any]) -> Any:
+        if op.kind is OpKind.COMM:
+            m, eff = self.model, self.efficiency
+            collective = "all_gather" if op.name.endswith("allgather") else "all_reduce"
+            return ring_seconds(_lin(op.comm, x), m.tp, bandwidth=m.link_bandwidth,
+                                latency_s=m.link_latency_s, comm_eff=eff.comm, launches=op.count,
+                                launch_s=eff.collective_launch_s, collective=collective)  # fmt: skip
+        tc = _lin(op.flops, x) / op.compute_rate
+        tm = _lin(op.nbytes, x) / op.memory_rate
+        if isinstance(tc, np.ndarray) or isinstance(tm, np.ndarray):
+            work = _combine_arrays(tc, tm, self.blend)
+        else:
+            work = combine(tc, tm, self.blend)
+        return work + op.launch_s
+
+    def static_seconds(self, T: int, S: int) -> float:
+        """Seconds of the operators that do not depend on ``A``/``K``, memoized per ``(T, S)``."""
+        key = (T, S)
+        v = self._static.get(key)
+        if v is None:
+            x = (1, T, S, 0, 0, self.hits(T))
+            v = 0.0
+            for op in self.static_ops:
+                v = v + self._op_seconds(op, x)
+            if len(self._static) >= 200_000:
+                self._static.clear()
+            self._static[key] = v
+        return v
+
+    def step_time(self, x: Sequence[Any]) -> Any:
+        """Seconds of a step with features ``x`` (``A`` and ``K`` may be arrays: one step each)."""
+        if not x[1]:
+            return 0.0
+        dyn: Any = 0.0
+        for op in self.dynamic_ops:
+            dyn = dyn + self._op_seconds(op, x)
+        return (self.static_seconds(x[1], x[2]) + dyn) + self.overhead
+
+    def decode_run_times(self, ctx: np.ndarray, k: int) -> np.ndarray:
+        n = int(ctx.size)
+        if n == 0 or k <= 0:
+            return np.zeros(max(0, k))
+        i = np.arange(1, k + 1, dtype=np.int64)  # step i-1 attends context + i keys
+        W = self.window
+        if W is None:
+            A = int(ctx.sum()) + n * i
+        else:
+            srt = np.sort(ctx)
+            pref = np.concatenate(([0], np.cumsum(srt)))
+            unclipped = np.searchsorted(srt, W - i, side="left")  # contexts + i < W
+            A = pref[unclipped] + unclipped * i + W * (n - unclipped)
+        Af = A.astype(np.float64)
+        # one-token chunks: the K/V tokens read equal the attended keys
+        x = (1, n, n, Af, Af, self.hits(n))
+        out = self.step_time(x)
+        if isinstance(out, np.ndarray):
+            return out
+        return np.full(k, out)
+
+
+# --------------------------------------------------------------------------------------------
 # The roofline model
 # --------------------------------------------------------------------------------------------
 
@@ -395,6 +705,9 @@ class RooflineCostModel(CostModel):
     weights to be a valid configuration (default one 16-token block; pass the longest
     sequence to serve for vLLM's stricter check).
     """
+
+    fast_path_reason: str = ""
+    """Why :attr:`fast_path` is off ('' when it is on or not yet built)."""
 
     def __init__(
         self,
@@ -553,12 +866,52 @@ class RooflineCostModel(CostModel):
         layer's share). The step time is their sum plus ``step_overhead_s``."""
         return [self.op_time(op) for op in self.operators(prefill_chunks, decode_contexts)]
 
-    def step_time(self, prefill_chunks: Sequence[tuple[int, int]] = (),
-                  decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+    def step_time_reference(self, prefill_chunks: Sequence[tuple[int, int]] = (),
+                            decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+        """:meth:`step_time` from the operator list (the definition; slow: it builds every
+        :class:`Operator`). The fast path agrees with it to ~1e-15 relative."""
         ops = self.per_layer_times(prefill_chunks, decode_contexts)
         if not ops:
             return 0.0
         return sum(o.seconds for o in ops) + self.efficiency.step_overhead_s
+
+    def _fast_model(self) -> _FastRoofline | None:
+        fast = self.__dict__.get("_fast")
+        if fast is None or (fast is not False and fast.efficiency is not self.efficiency):
+            built, self.fast_path_reason = _FastRoofline.build(self)
+            fast = self._fast = built if built is not None else False
+        return fast or None
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether :meth:`step_time` uses the fast path (see the module doc); if not,
+        ``fast_path_reason`` says why."""
+        return self._fast_model() is not None
+
+    def step_time(self, prefill_chunks: Sequence[tuple[int, int]] = (),
+                  decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+        fast = self._fast_model()
+        if fast is None:
+            return self.step_time_reference(prefill_chunks, decode_contexts)
+        chunks = [(int(n), int(c)) for n, c in prefill_chunks]
+        chunks += [(1, int(c)) for c in decode_contexts]
+        if any(n < 0 or c < 0 for n, c in chunks):
+            return self.step_time_reference(prefill_chunks, decode_contexts)  # raises
+        return float(fast.step_time(fast.features(chunks)))
+
+    def step_time_for(self, out: Any) -> float:
+        fast = self._fast_model()
+        if fast is None:
+            return super().step_time_for(out)
+        return float(fast.step_time(fast.features([(c.num_tokens, c.start) for c in out.chunks])))
+
+    def decode_run_times(self, context_lens: Sequence[int], k: int) -> np.ndarray:
+        """See :meth:`CostModel.decode_run_times`; vectorized over the ``k`` steps on the fast
+        path (bit-identical to :meth:`step_time_for` of each step)."""
+        fast = self._fast_model()
+        if fast is None:
+            return super().decode_run_times(context_lens, k)
+        return fast.decode_run_times(np.asarray(context_lens, dtype=np.int64), int(k))
 
     def describe(self) -> dict[str, Any]:
         """What the model is, for provenance: model, hardware, tp, dtypes, the factors and

@@ -6,10 +6,42 @@ from ``core.sched``/``core.kv``), driven by :class:`SimulatedRunner`. :class:`Si
 discrete-event loop over request arrivals, replica step completions and tool-call returns,
 with a global :class:`~core.cluster.Router` choosing replicas. No policy is re-implemented
 here: only time is.
+
+Event order
+-----------
+Events are ordered by time, then kind (arrivals, then step completions, then tool-call
+returns: an arrival at ``t`` joins before the step scheduled at ``t``, as in the real engine),
+then arrivals by the order they were created and step completions and tool-call returns by
+replica index. (Breaking ties by replica rather than by when the event was created makes the
+order independent of how many intermediate events a replica created, which decode
+fast-forward needs; it only matters when two replicas finish steps at exactly the same time.)
+
+Decode fast-forward
+-------------------
+Most steps decode one token of the same requests as the step before. When
+:meth:`Scheduler.decode_run_limit <core.sched.scheduler.Scheduler.decode_run_limit>` proves
+that the next ``k`` steps of a replica are such a *run* (nothing waiting that could be
+admitted, no request finishing, pausing or resuming before step ``k``, free KV blocks for
+all of it), the replica computes the ``k`` step times at once
+(``cost.decode_run_times``, vectorized by the roofline model) and posts one completion event
+for the end of step ``k``. The run is applied lazily
+(:meth:`Scheduler.advance_decode_run <core.sched.scheduler.Scheduler.advance_decode_run>`):
+
+- when a request arrives at ``T``, a replica whose state the router reads (through the
+  :class:`~core.cluster.router.ReplicaView` methods; every replica for routers other than the
+  built-in ones) is first brought to what a step-by-step simulation would show at ``T``: the
+  steps that ended before ``T`` applied, the step in flight scheduled;
+- the replica the request goes to ends its run with the step in flight at ``T`` (a stale
+  completion event is recognised by a per-replica version and skipped).
+
+The results (every token time, finish, replica, cache hit, step count, busy time) are
+identical to stepping one step at a time (``Simulator(..., fast_forward=False)``); the tests
+check that on many workloads.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import time
@@ -17,17 +49,34 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core.cluster.router import Router, RouteRequest, make_router
+from core.cluster.router import (
+    LeastOutstandingWork,
+    PrefixAffinity,
+    RoundRobin,
+    Router,
+    RouteRequest,
+    make_router,
+)
 from core.kv.backend import KVBackend, PagedKVBackend, RadixKVBackend
 from core.kv.policies import AdmissionPolicy, EvictionPolicy
 from core.sched.request import EngineRequest
 from core.sched.runner import StepResult
-from core.sched.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from core.sched.scheduler import (
+    DecodeRun,
+    ScheduledChunk,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerOutput,
+)
+from core.sim.cost import CostModel
 from core.workload.schema import Request, Workload
 
 
 class StepCost(Protocol):
-    """A cost model: seconds one scheduler step takes (see ``core.sim.cost``)."""
+    """A cost model: seconds one scheduler step takes (see ``core.sim.cost``). It may also have
+    ``decode_run_times(context_lens, k)`` (the times of ``k`` consecutive decode steps, each
+    equal to ``step_time_for`` of that step: :class:`core.sim.cost.CostModel` has it); without
+    it decode fast-forward asks ``step_time_for`` for every step of a run."""
 
     def step_time_for(self, out: SchedulerOutput) -> float: ...
 
@@ -63,6 +112,39 @@ class SimulatedRunner:
                 k = req.num_output_tokens
                 sampled[req.request_id] = ref[k] if ref is not None and k < len(ref) else FILLER_TOKEN
         return StepResult(sampled=sampled, forward_s=self.cost.step_time_for(out))
+
+    # -- decode runs ----------------------------------------------------------------------------
+
+    def run_tokens(self, out: SchedulerOutput, k: int) -> dict[str, list[int]]:
+        """The tokens each request of ``out`` samples in ``k`` consecutive decode steps (what
+        :meth:`execute` would return step by step)."""
+        tokens: dict[str, list[int]] = {}
+        for c in out.chunks:
+            req = c.request
+            ref = getattr(req.sampling, "reference", None)
+            o = req.num_output_tokens
+            toks = list(ref[o : o + k]) if ref is not None else []
+            if len(toks) < k:
+                toks += [FILLER_TOKEN] * (k - len(toks))
+            tokens[req.request_id] = toks
+        return tokens
+
+    def run_times(self, out: SchedulerOutput, k: int) -> list[float]:
+        """Seconds of ``k`` consecutive decode steps starting with ``out``, each exactly what
+        ``cost.step_time_for`` says for it: ``cost.decode_run_times`` when the cost model
+        defines it consistently with its ``step_time_for``, else one call per step."""
+        cost = self.cost
+        cls = type(cost)
+        runs = getattr(cost, "decode_run_times", None)
+        if runs is not None and (not isinstance(cost, CostModel)
+                                 or cls.decode_run_times is not CostModel.decode_run_times
+                                 or cls.step_time_for is CostModel.step_time_for):
+            times = runs([c.start for c in out.chunks], k)
+            return times.tolist() if hasattr(times, "tolist") else [float(t) for t in times]
+        chunks = out.chunks
+        return [cost.step_time_for(out) if i == 0 else cost.step_time_for(SchedulerOutput(
+                    chunks=[ScheduledChunk(c.request, c.start + i, 1, True) for c in chunks]))
+                for i in range(k)]  # fmt: skip
 
 
 @dataclass
@@ -103,26 +185,44 @@ class ReplicaConfig:
 
 
 class SimReplica:
-    """A replica in virtual time: a real :class:`Scheduler` and KV backend, a simulated runner."""
+    """A replica in virtual time: a real :class:`Scheduler` and KV backend, a simulated runner.
 
-    def __init__(self, index: int, config: ReplicaConfig) -> None:
+    With ``fast_forward`` a step that starts a decode run (see the module doc) stands for the
+    whole run: :attr:`run` holds it, :attr:`busy_until` is the end of its last step, and
+    :meth:`materialize` / :meth:`end_run_at` apply it lazily. :attr:`version` changes whenever
+    the end of the work in flight changes (so a simulator can drop stale completion events).
+    """
+
+    RUN_CAP = 1024
+    """The most steps one run covers (longer ones continue as a new run): bounds the step
+    times computed ahead for a run that an arrival may cut short."""
+
+    def __init__(self, index: int, config: ReplicaConfig, *, fast_forward: bool = False) -> None:
         self.index = index
         self.config = config
         self.scheduler = Scheduler(config.scheduler, config.make_backend(), config.queue_policy)
         self.runner = SimulatedRunner(config.cost)
-        self.busy_until: float | None = None  # end of the step in flight
+        self.fast_forward = fast_forward
+        self.busy_until: float | None = None  # end of the step (or run) in flight
         self.in_flight: tuple[SchedulerOutput, dict[str, int]] | None = None
+        self.run: DecodeRun | None = None
+        self._run_times: list[float] = []
+        self.version = 0
+        self.view_time: float | None = None  # lazily materialize a run up to here on a view
         self.steps = 0
+        self.fast_forwarded_steps = 0  # steps 2..k of runs (counted in ``steps`` too)
         self.busy_time = 0.0
         self._outstanding_tokens = 0
 
     # -- ReplicaView ----------------------------------------------------------------------------
 
     def outstanding_requests(self) -> int:
+        self._sync_view()
         s = self.scheduler
         return len(s.waiting) + len(s.running) + len(s.swapped) + len(s.paused)
 
     def outstanding_tokens(self) -> int:
+        self._sync_view()
         s = self.scheduler
         total = 0
         for q in (s.waiting, s.running, s.swapped, s.paused):
@@ -131,16 +231,24 @@ class SimReplica:
         return total
 
     def cached_prefix(self, token_ids: Sequence[int]) -> int:
+        self._sync_view()
         return self.scheduler.kv.peek_prefix(token_ids)
+
+    def _sync_view(self) -> None:
+        if self.run is not None and self.view_time is not None:
+            self.materialize(self.view_time)
 
     # -- stepping -------------------------------------------------------------------------------
 
     def start_step(self, now: float) -> float | None:
-        """Schedule a step at ``now``; its end time, or None when there is nothing to run."""
+        """Schedule a step (or a decode run) at ``now``; when it ends, or None when there is
+        nothing to run."""
         out = self.scheduler.schedule(now)
         if out.is_empty:
             self.in_flight = None
             return None
+        if self.fast_forward and self._start_run(out, now):
+            return self.busy_until
         result = self.runner.execute(out)
         dt = result.forward_s
         self.in_flight = (out, result.sampled)
@@ -149,12 +257,73 @@ class SimReplica:
         self.busy_time += dt
         return self.busy_until
 
+    def _start_run(self, out: SchedulerOutput, now: float) -> bool:
+        times: list[float] = []
+        ends: list[float] = []
+
+        def step_ends(k: int) -> list[float]:
+            if len(ends) < k:
+                times[:] = self.runner.run_times(out, k)
+                ends[:] = itertools.accumulate(times, initial=now)
+                del ends[0]
+            return ends[:k]
+
+        k = self.scheduler.decode_run_limit(out, self.RUN_CAP, step_ends)
+        if k <= 1:
+            return False
+        step_ends(k)
+        self.run = DecodeRun(out, k, ends, self.runner.run_tokens(out, k))
+        self._run_times = times
+        self.busy_until = ends[k - 1]
+        return True
+
     def finish_step(self) -> list[EngineRequest]:
-        assert self.in_flight is not None and self.busy_until is not None
+        """Apply the step (or the rest of the run) that ended at :attr:`busy_until`; the
+        requests that finished."""
+        assert self.busy_until is not None
+        run = self.run
+        if run is not None:
+            self.run = None
+            done = self.scheduler.advance_decode_run(run, run.steps)
+            for dt in self._run_times[: run.steps]:
+                self.busy_time += dt
+            self.steps += run.steps
+            self.fast_forwarded_steps += run.steps - 1
+            self.busy_until = None
+            return done
+        assert self.in_flight is not None
         out, sampled = self.in_flight
         now = self.busy_until
         self.in_flight, self.busy_until = None, None
         return self.scheduler.update(out, sampled, now)
+
+    def materialize(self, t: float) -> None:
+        """Apply the steps of the run in flight that ended before ``t`` (and schedule the next):
+        the state a step-by-step simulation shows at ``t``, before events at ``t``."""
+        run = self.run
+        if run is None:
+            return
+        m = bisect.bisect_left(run.step_ends, t, 0, run.steps)  # steps that ended before t
+        if m >= run.steps:
+            raise RuntimeError(f"replica {self.index}: its run ended at {run.step_ends[run.steps - 1]} "
+                               f"but was not applied before {t}")  # fmt: skip
+        if m > run.updated:
+            self.scheduler.advance_decode_run(run, m)
+
+    def end_run_at(self, t: float) -> float | None:
+        """Something changes the replica at ``t`` (a request arrives): end its run with the step
+        in flight at ``t``. The new end time if it moved (the version changes), else None."""
+        run = self.run
+        if run is None:
+            return None
+        self.materialize(t)
+        last = run.updated + 1
+        if last >= run.steps:
+            return None
+        run.truncate(last)
+        self.version += 1
+        self.busy_until = run.step_ends[last - 1]
+        return self.busy_until
 
 
 @dataclass
@@ -168,6 +337,7 @@ class SimResult:
     busy_time: list[float]
     makespan: float
     wall_s: float
+    fast_forwarded_steps: int = 0  # steps applied in decode runs without their own event
 
     @property
     def total_steps(self) -> int:
@@ -177,6 +347,9 @@ class SimResult:
 # event kinds, in the order they are handled at equal times: an arrival at t joins before the
 # step scheduled at t, as in the real engine (which admits every request with arrival <= now)
 _ARRIVAL, _STEP_DONE, _WAKE = 0, 1, 2
+
+# routers known to read replicas only through the ReplicaView methods (which materialize runs)
+_VIEW_ROUTERS = (RoundRobin, LeastOutstandingWork, PrefixAffinity)
 
 
 def to_engine_request(req: Request, index: int) -> EngineRequest:
@@ -203,15 +376,20 @@ class Simulator:
 
     ``sessions="open"`` uses every request's ``arrival_time``; ``"closed"`` sends a session's
     first turn at its arrival time and each later turn ``think_time_s`` after the previous
-    turn finished (a user waits for the answer). Deterministic: ties are broken by event kind,
-    then by insertion order.
+    turn finished (a user waits for the answer). Deterministic: see the module doc for the
+    order of simultaneous events.
+
+    ``fast_forward`` (default on) applies runs of identical decode steps in one go (see the
+    module doc); the results are the same as without it, only faster.
     """
 
     def __init__(self, replicas: Sequence[ReplicaConfig], router: Router | str = "round-robin",
-                 ) -> None:
+                 *, fast_forward: bool = True) -> None:
         if not replicas:
             raise ValueError("a simulation needs at least one replica")
-        self.replicas = [SimReplica(i, c) for i, c in enumerate(replicas)]
+        self.fast_forward = bool(fast_forward)
+        self.replicas = [SimReplica(i, c, fast_forward=self.fast_forward)
+                         for i, c in enumerate(replicas)]  # fmt: skip
         self.router = make_router(router)
 
     def run(self, workload: Workload | Iterable[Request], *, sessions: str = "open",
@@ -221,7 +399,10 @@ class Simulator:
         wall0 = time.perf_counter()
         reqs = list(workload)
         engine_reqs = {r.request_id: to_engine_request(r, i) for i, r in enumerate(reqs)}
+        # tie-breakers: arrivals by creation, step completions by (replica, version), tool-call
+        # returns by (replica, creation); see the module doc
         order = itertools.count()
+        wakes = itertools.count()
         events: list[tuple[float, int, int, Any]] = []
         next_turn: dict[str, Request] = {}
         if sessions == "closed":
@@ -240,6 +421,8 @@ class Simulator:
         replica_of: dict[str, int] = {}
         now = 0.0
         idle = set(range(len(self.replicas)))
+        replicas = self.replicas
+        lazy_views = type(self.router) in _VIEW_ROUTERS
 
         def kick(rep: SimReplica, t: float) -> None:
             end = rep.start_step(t)
@@ -247,42 +430,56 @@ class Simulator:
                 idle.add(rep.index)
                 wake = rep.scheduler.next_event_time()
                 if wake is not None:
-                    heapq.heappush(events, (max(wake, t), _WAKE, next(order), rep.index))
+                    heapq.heappush(events, (max(wake, t), _WAKE, rep.index, next(wakes)))
             else:
                 idle.discard(rep.index)
-                heapq.heappush(events, (end, _STEP_DONE, next(order), rep.index))
+                heapq.heappush(events, (end, _STEP_DONE, rep.index, rep.version))
 
         while events:
-            now, kind, _, payload = heapq.heappop(events)
+            t, kind, key, payload = heapq.heappop(events)
+            if kind == _STEP_DONE and payload != replicas[key].version:
+                continue  # a run that an arrival cut short: its new end has its own event
+            now = t
             if kind == _ARRIVAL:
                 wreq: Request = payload
                 ereq = engine_reqs[wreq.request_id]
                 ereq.arrival_time = now
                 ereq.timeline.arrival_time = now
+                if self.fast_forward:  # routers must see what step-by-step would show at now
+                    for r in replicas:
+                        if r.run is not None:
+                            if lazy_views:
+                                r.view_time = now
+                            else:
+                                r.materialize(now)
                 i = self.router.route(
                     RouteRequest(ereq.request_id, ereq.token_ids, ereq.max_tokens, wreq.session_id),
-                    self.replicas, now)
+                    replicas, now)
                 replica_of[ereq.request_id] = i
-                rep = self.replicas[i]
+                rep = replicas[i]
+                end = rep.end_run_at(now)
+                if end is not None:
+                    heapq.heappush(events, (end, _STEP_DONE, i, rep.version))
                 rep.scheduler.add_request(ereq)
                 if ereq.is_finished:  # rejected at admission
                     self._after_finish(ereq, i, now, next_turn, events, order, progress)
                 if i in idle:
                     kick(rep, now)
             elif kind == _STEP_DONE:
-                rep = self.replicas[payload]
+                rep = replicas[key]
                 for done in rep.finish_step():
                     self._after_finish(done, rep.index, now, next_turn, events, order, progress)
                 kick(rep, now)
             else:  # a paused request's tool call returns on an idle replica
-                rep = self.replicas[payload]
+                rep = replicas[key]
                 if rep.index in idle:
                     kick(rep, now)
         return SimResult(
             requests=[engine_reqs[r.request_id] for r in reqs if r.request_id in replica_of],
-            replica_of=replica_of, steps=[r.steps for r in self.replicas],
-            busy_time=[r.busy_time for r in self.replicas], makespan=now,
+            replica_of=replica_of, steps=[r.steps for r in replicas],
+            busy_time=[r.busy_time for r in replicas], makespan=now,
             wall_s=time.perf_counter() - wall0,
+            fast_forwarded_steps=sum(r.fast_forwarded_steps for r in replicas),
         )
 
     def _after_finish(self, req: EngineRequest, replica: int, now: float,

@@ -83,7 +83,10 @@ def test_simulated_replica_makes_the_engines_decisions(tmp_path):
     real = replay(eng, reqs, sleep=sleep)
 
     sim_sched = SchedulerConfig(**SCHED, vocab_size=512)
-    sim = Simulator([ReplicaConfig(cost, num_kv_blocks=24, block_size=4, scheduler=sim_sched)])
+    # step by step: the recorder sees every step (fast-forward gives the same results, see
+    # test_fast_forward.py, but skips the runner for the decode steps it fast-forwards)
+    sim = Simulator([ReplicaConfig(cost, num_kv_blocks=24, block_size=4, scheduler=sim_sched)],
+                    fast_forward=False)
     srec = []
     rep = sim.replicas[0]
     orig = rep.runner.execute
