@@ -1,0 +1,32 @@
+"""Benchmarks: ``python -m scripts.bench <name> [options]`` (``--help`` lists them).
+
+Each benchmark is a module here with ``main(argv, prog) -> int``, registered in
+:data:`BENCHMARKS`; it writes ``<out>/<name>.json`` (default ``results/bench/``) with the layout
+of :mod:`scripts.bench.report` and prints a table. Shared pieces:
+
+- :mod:`scripts.bench.roofline`: measure this machine's GEMM peak and memory bandwidth; turn
+  FLOPs and bytes into lower bounds on time and "% of roofline";
+- :mod:`scripts.bench.report`: provenance, targets with pass flags, tables, JSON files.
+
+Benchmarks are measurements, never tests: the test suite runs them only at ``--quick`` scale to
+check they work, and never asserts on their speed.
+"""
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    # name: (module, one-line description)
+    "engine": (
+        "scripts.bench.engine",
+        "our engine vs transformers generate / continuous batching on a ~125M Llama: roofline, "
+        "offline tokens/s, decode step vs batch, scheduler overhead, TTFT with a prefix hit",
+    ),
+    "gpu-cost-model": (
+        "scripts.bench.gpu_cost_model",
+        "roofline cost model vs Vidur A100/H100 operator and all-reduce times: MAPE, fitted "
+        "efficiency factors",
+    ),
+    "sim-speed": (
+        "scripts.bench.sim_speed",
+        "simulator speed: the full Azure conversation trace (19,366 requests) on 8 simulated "
+        "Llama-3-8B/H100 replicas; simulated requests per wall-clock second (target < 60 s)",
+    ),
+}
