@@ -226,7 +226,8 @@ def nucleus_bounds(probs: np.ndarray, top_p: float, tol: float = 1e-5):
             must_keep.add(j)
         if strictly >= top_p + tol:
             must_drop.add(j)
-    must_keep.add(int(np.argmax(probs)))  # the top token is always kept
+    if (probs == probs.max()).sum() == 1:  # a unique top token is always kept; among exact
+        must_keep.add(int(np.argmax(probs)))  # ties the logits decide (checked by the caller)
     return must_keep, must_drop
 
 
