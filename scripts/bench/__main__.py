@@ -11,7 +11,8 @@ from . import BENCHMARKS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    listing = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in BENCHMARKS.items())
+    width = max(map(len, BENCHMARKS))
+    listing = "\n".join(f"  {name:<{width}}  {desc}" for name, (_, desc) in BENCHMARKS.items())
     parser = argparse.ArgumentParser(
         prog="python -m scripts.bench",
         description="Servelab benchmarks. Each writes <out>/<benchmark>.json and prints a table.",
