@@ -140,9 +140,6 @@ class Engine:
     def request(self, request_id: str) -> EngineRequest:
         return self.scheduler.requests[request_id]
 
-    def finished_requests(self) -> list[EngineRequest]:
-        return [r for r in self.scheduler.requests.values() if r.status.finished]
-
     def drop(self, request_id: str) -> None:
         """Forget a finished request (the LLM API does so after returning its output)."""
         req = self.scheduler.requests.get(request_id)

@@ -96,9 +96,6 @@ class SchedulerOutput:
     def is_empty(self) -> bool:
         return not self.chunks
 
-    def decode_chunks(self) -> list[ScheduledChunk]:
-        return [c for c in self.chunks if c.num_tokens == 1 and c.start > 0 and c.sample]
-
 
 @dataclass
 class DecodeRun:

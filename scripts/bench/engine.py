@@ -1248,16 +1248,6 @@ def _parts(text: str) -> tuple[str, ...]:
     return vals
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def build_parser(prog: str = "python -m scripts.bench engine") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -1280,12 +1270,12 @@ def build_parser(prog: str = "python -m scripts.bench engine") -> argparse.Argum
                    help="comma-separated dtypes: fp32,bf16 (default: both; --quick: fp32)")
     p.add_argument("--parts", type=_parts, default=PARTS,
                    help=f"measurements besides the roofline (default all: {','.join(PARTS)})")
-    p.add_argument("--requests", type=_positive_int, default=None,
+    p.add_argument("--requests", type=rep.positive_int, default=None,
                    help="number of offline requests (default 64; --quick 8)")
     p.add_argument("--hf-batch-sizes", type=_int_list, default=None,
                    help="static batch sizes tried for HF generate (default 8,16,32,64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model weights and workload")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=rep.positive_int, default=None,
                    help="torch intra-op threads (default: torch's default, all cores)")
     return p  # fmt: skip
 

@@ -300,3 +300,16 @@ def targets_table(targets: Sequence[dict[str, Any]], title: str = "Targets") -> 
         status = t["status"] if t["status"] != STATUS_NOT_CHECKED else f"{t['status']}: {t['reason']}"
         rows.append([t["id"], goal, measured, status])
     return format_table(["target", "goal", "measured", "status"], rows, title=title)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: an integer >= 1, else a one-line error."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v

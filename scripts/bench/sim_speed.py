@@ -40,16 +40,6 @@ MODEL, GPU, DTYPE, BLOCK_SIZE = "llama-3-8b", "h100-sxm", "bf16", 16
 SCHEDULER = dict(max_num_batched_tokens=8192, max_num_seqs=256, max_model_len=16384)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def build_parser(prog: str = "python -m scripts.bench sim-speed") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -59,13 +49,13 @@ def build_parser(prog: str = "python -m scripts.bench sim-speed") -> argparse.Ar
             f"writes <out>/{BENCHMARK}.json. Target: the full trace in under {TARGET_S:.0f} s."
         ),
     )
-    p.add_argument("--limit", type=_positive_int, default=None,
+    p.add_argument("--limit", type=rep.positive_int, default=None,
                    help="simulate only the first N requests of the trace (default: all)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_LIMIT} requests and --compare: seconds; for tests, not for numbers")
     p.add_argument("--router", choices=("round-robin", "least-work"), default="round-robin",
                    help="global router (default round-robin)")
-    p.add_argument("--replicas", type=_positive_int, default=8, help="replicas (default 8)")
+    p.add_argument("--replicas", type=rep.positive_int, default=8, help="replicas (default 8)")
     p.add_argument("--prefix-cache", choices=("none", "block", "radix"), default="none",
                    help="prefix cache of each replica (default none: the trace has no token ids)")
     p.add_argument("--no-fast-forward", dest="fast_forward", action="store_false",
