@@ -15,6 +15,8 @@ Loaders (a malformed record raises ``TraceFormatError("<file>:<line>: <what>")``
     ``load_toolbench(root=None, *, groups=("G1", "G2", "G3"), tool_duration_s=1.0, max_trajectories=None, tokenizer=None)``
     ``load_toolbench_queries(root=None, *, groups=..., output_len=128, tokenizer=None)``
     ``save_jsonl(workload, path)``, ``load_jsonl(path, *, limit=None)``: our exact-round-trip format
+    ``load_marconi_jsonl(path, *, limit=None)``, ``save_marconi_jsonl(workload, path)``: the
+    Marconi authors' session traces (``session_id, turn_id, ts, input_tokens, output_tokens``)
     ``load_trace(path, **kwargs)``, ``detect_format(path)``: any of the above, detected by content
     ``azure_trace_path(kind)``, ``mooncake_trace_path()``, ``loogle_path(task)``, ``toolbench_root()``
     ``expand_block_tokens(hash_ids, length, block_size=512, vocab_size=32000)``, ``block_token_ids(...)``
@@ -34,6 +36,15 @@ Generators (same params + seed -> identical workload)
     ``generate_chat_sessions(ChatSessionParams(...), seed)``
     ``generate_agentic_sessions(AgenticParams(...), seed)``
     helpers: ``lognormal_lengths``, ``zipf_weights``, ``random_tokens``
+
+Marconi's session workloads (``core.workload.sessions``)
+    ``lmsys_like(num_sessions=100, session_rate=1.0, seed=0, **overrides)``,
+    ``sharegpt_like(...)``, ``swebench_like(num_sessions=100, session_rate=1.0,
+    response_time_mean_s=5.0, seed=0, **overrides)``; underneath
+    ``generate_chat_trace(ChatTraceParams(...), seed)`` and
+    ``generate_swe_agent_trace(SWEAgentTraceParams(...), seed)`` with the presets
+    ``LMSYS_LIKE``, ``SHAREGPT_LIKE``, ``SWEBENCH_LIKE``
+    ``session_stats(workload) -> dict``: turns, lengths, think times, prefix reuse
 
 Transforms
     ``sessions_to_interceptions(workload, *, kind="tool")``: one pausing request per session
@@ -78,18 +89,38 @@ from core.workload.loaders import (
 )
 from core.workload.mooncake import block_token_ids, expand_block_tokens
 from core.workload.schema import Interception, Request, Workload
+from core.workload.sessions import (
+    LMSYS_LIKE,
+    SHAREGPT_LIKE,
+    SWEBENCH_LIKE,
+    ChatTraceParams,
+    SWEAgentTraceParams,
+    generate_chat_trace,
+    generate_swe_agent_trace,
+    lmsys_like,
+    load_marconi_jsonl,
+    save_marconi_jsonl,
+    session_stats,
+    sharegpt_like,
+    swebench_like,
+)
 from core.workload.tokenize import HashTokenizer, Tokenizer
 from core.workload.transforms import sessions_to_interceptions
 
 __all__ = [
+    "LMSYS_LIKE",
+    "SHAREGPT_LIKE",
+    "SWEBENCH_LIKE",
     "AgenticParams",
     "ArrivalProcess",
     "ChatSessionParams",
+    "ChatTraceParams",
     "GammaProcess",
     "HashTokenizer",
     "Interception",
     "PoissonProcess",
     "Request",
+    "SWEAgentTraceParams",
     "SharedPrefixParams",
     "Tokenizer",
     "TraceFormatError",
@@ -103,22 +134,30 @@ __all__ = [
     "gamma_arrivals",
     "generate_agentic_sessions",
     "generate_chat_sessions",
+    "generate_chat_trace",
     "generate_shared_prefix",
+    "generate_swe_agent_trace",
     "load_azure",
     "load_jsonl",
     "load_loogle",
+    "load_marconi_jsonl",
     "load_mooncake",
     "load_toolbench",
     "load_toolbench_queries",
     "load_trace",
+    "lmsys_like",
     "lognormal_lengths",
     "loogle_path",
     "mooncake_trace_path",
     "poisson_arrivals",
     "random_tokens",
     "save_jsonl",
+    "save_marconi_jsonl",
     "scale_arrivals",
+    "session_stats",
     "sessions_to_interceptions",
+    "sharegpt_like",
+    "swebench_like",
     "toolbench_root",
     "zipf_weights",
 ]

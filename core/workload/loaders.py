@@ -1,7 +1,8 @@
 """One entry point for every trace format: :func:`load_trace` detects the format by content.
 
 The per-format loaders live in their own modules (``azure``, ``mooncake``, ``loogle``,
-``toolbench``, ``jsonl``) and are re-exported here and from :mod:`core.workload`.
+``toolbench``, ``jsonl``, ``sessions`` for the Marconi authors' traces) and are re-exported
+here and from :mod:`core.workload`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from core.workload.jsonl import is_header, load_jsonl, save_jsonl
 from core.workload.loogle import load_loogle, loogle_path
 from core.workload.mooncake import load_mooncake, mooncake_trace_path
 from core.workload.schema import Workload
+from core.workload.sessions import is_marconi_record, load_marconi_jsonl
 from core.workload.toolbench import load_toolbench, load_toolbench_queries, toolbench_root
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "load_azure",
     "load_jsonl",
     "load_loogle",
+    "load_marconi_jsonl",
     "load_mooncake",
     "load_toolbench",
     "load_toolbench_queries",
@@ -39,6 +42,7 @@ _MOONCAKE_KEYS = {"timestamp", "input_length", "output_length", "hash_ids"}
 _LOADERS = {
     "azure": load_azure,
     "mooncake": load_mooncake,
+    "marconi": load_marconi_jsonl,
     "servelab": load_jsonl,
     "loogle": load_loogle,
     "toolbench": load_toolbench,
@@ -46,13 +50,15 @@ _LOADERS = {
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """The format of ``path``: ``"azure"``, ``"mooncake"``, ``"servelab"``, ``"loogle"`` or ``"toolbench"``.
+    """The format of ``path``: ``"azure"``, ``"mooncake"``, ``"marconi"``, ``"servelab"``, ``"loogle"`` or ``"toolbench"``.
 
     Decided by content, not by name: a folder with ``answer/`` is ToolBench; otherwise the
     first non-blank line is read: a CSV header with ``TIMESTAMP,ContextTokens,GeneratedTokens``
     is Azure; a JSON object is our format (a ``servelab-workload`` header, or a request with
-    ``request_id``), Mooncake (``timestamp, input_length, output_length, hash_ids``) or LooGLE
-    (``input``, ``qa_pairs``). Anything else raises TraceFormatError at that line.
+    ``request_id``), Mooncake (``timestamp, input_length, output_length, hash_ids``), the
+    Marconi authors' sessions (``session_id, turn_id, ts`` and ``input_tokens`` or
+    ``num_input_tokens``) or LooGLE (``input``, ``qa_pairs``). Anything else raises
+    TraceFormatError at that line.
     """
     p = Path(path)
     if p.is_dir():
@@ -81,6 +87,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
                 return "servelab"
             if _MOONCAKE_KEYS <= obj.keys():
                 return "mooncake"
+            if is_marconi_record(obj):
+                return "marconi"
             if {"input", "qa_pairs"} <= obj.keys():
                 return "loogle"
             raise TraceFormatError(
@@ -92,15 +100,17 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise TraceFormatError(
         p,
         lineno,
-        "unrecognised trace format (expected an Azure CSV, Mooncake JSONL, LooGLE JSONL, a "
-        f"servelab workload JSONL or a ToolBench folder); first line starts {text[:60]!r}",
+        "unrecognised trace format (expected an Azure CSV, Mooncake JSONL, Marconi JSONL, "
+        "LooGLE JSONL, a servelab workload JSONL or a ToolBench folder); first line starts "
+        f"{text[:60]!r}",
     )
 
 
 def load_trace(path: str | os.PathLike[str], **kwargs: Any) -> Workload:
     """Load any supported trace, detecting its format with :func:`detect_format`.
 
-    ``kwargs`` go to the format's loader (e.g. ``limit=`` for Azure, Mooncake and our JSONL);
+    ``kwargs`` go to the format's loader (e.g. ``limit=`` for Azure, Mooncake, Marconi and our
+    JSONL);
     our own format comes back exactly as :func:`save_jsonl` wrote it.
     """
     return _LOADERS[detect_format(path)](path, **kwargs)
