@@ -82,6 +82,10 @@ class PagedAttentionMetadata:
     # (sliding window) -> boolean masks, built on first use and shared by the layers
     _decode_masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
     _prefill_masks: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
+    # (dtype, row width) -> K and V gather buffers, allocated once per batch, reused by layers
+    _decode_buffers: dict[tuple[torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def build(
@@ -151,6 +155,29 @@ class PagedAttentionMetadata:
                 mask &= self.decode_key_pos[None, :] >= lens - sliding_window
             self._decode_masks[sliding_window] = mask[:, None, None, :]
         return self._decode_masks[sliding_window]
+
+    def gather_decode_context(
+        self, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[Bd, Nb * block_size, Hkv, D]`` K and V of the decode contexts, padded blocks included.
+
+        Whole blocks are copied with ``index_select`` into buffers allocated once per batch:
+        on CPU, advanced indexing of the 4-d cache and a fresh multi-megabyte allocation per
+        layer each cost several times the copy itself.
+        """
+        num_blocks, width = k_cache.shape[0], k_cache[0].numel()
+        key = (k_cache.dtype, width)
+        if key not in self._decode_buffers:
+            n = self.decode_blocks.numel()
+            self._decode_buffers[key] = (
+                k_cache.new_empty(n, width), v_cache.new_empty(n, width)
+            )
+        k_buf, v_buf = self._decode_buffers[key]
+        ids = self.decode_blocks.view(-1)
+        torch.index_select(k_cache.view(num_blocks, width), 0, ids, out=k_buf)
+        torch.index_select(v_cache.view(num_blocks, width), 0, ids, out=v_buf)
+        shape = (self.decode_blocks.shape[0], -1, *k_cache.shape[2:])
+        return k_buf.view(shape), v_buf.view(shape)
 
     def prefill_mask(self, i: int, sliding_window: int | None) -> torch.Tensor:
         """``[Tq, L]``: causal (bottom-right aligned) mask of prefill sequence ``i``."""
@@ -326,10 +353,8 @@ class TorchPagedAttention(AttentionBackend):
             bd = rows.numel()
             # [Bd, Hkv, group, D] queries against [Bd, Hkv, Lmax, D] keys
             qd = q[rows].view(bd, num_kv_heads, group, head_dim)
-            blocks = metadata.decode_blocks
-            shape = (bd, -1, num_kv_heads, head_dim)  # [Bd, Nb * block_size, Hkv, D]
-            kd = k_cache[blocks].view(shape).transpose(1, 2).to(q.dtype)
-            vd = v_cache[blocks].view(shape).transpose(1, 2).to(q.dtype)
+            kd, vd = metadata.gather_decode_context(k_cache, v_cache)
+            kd, vd = kd.transpose(1, 2).to(q.dtype), vd.transpose(1, 2).to(q.dtype)
             od = F.scaled_dot_product_attention(
                 qd, kd, vd, attn_mask=metadata.decode_mask(sliding_window), scale=scale
             )
@@ -340,8 +365,8 @@ class TorchPagedAttention(AttentionBackend):
             # [Hkv, group * Tq, D]: each kv head's query heads stacked along the query axis
             qp = q[start:end].view(n_q, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)
             qp = qp.reshape(num_kv_heads, group * n_q, head_dim)
-            kp = k_cache[ctx_blocks].view(-1, num_kv_heads, head_dim)[:n_ctx]
-            vp = v_cache[ctx_blocks].view(-1, num_kv_heads, head_dim)[:n_ctx]
+            kp = k_cache.index_select(0, ctx_blocks).view(-1, num_kv_heads, head_dim)[:n_ctx]
+            vp = v_cache.index_select(0, ctx_blocks).view(-1, num_kv_heads, head_dim)[:n_ctx]
             kp, vp = kp.transpose(0, 1).to(q.dtype), vp.transpose(0, 1).to(q.dtype)
             mask = metadata.prefill_mask(i, sliding_window).repeat(group, 1)
             op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=scale)
