@@ -16,9 +16,9 @@ from .engine import Engine, RequestOutput, StepStats
 from .llm import LLM
 from .runner import ModelRunner
 from .sampling import Sampler, SamplingParams
-from .serve import greedy_for, replay
+from .serve import greedy_for, replay, serve_sessions
 
 __all__ = [
     "LLM", "Engine", "ModelRunner", "RequestOutput", "Runner", "Sampler", "SamplingParams",
-    "StepResult", "StepStats", "greedy_for", "replay",
+    "StepResult", "StepStats", "greedy_for", "replay", "serve_sessions",
 ]
