@@ -226,6 +226,9 @@ class RadixKVBackend(KVBackend):
       when the request finishes. Token-level checkpoints (Marconi) need ``block_size = 1``.
     - Memory: ``num_blocks`` KV blocks and ``num_state_slots`` SSM-state slots (live states of
       running requests plus cached checkpoints); unlocked tree entries are evicted on demand.
+      A checkpoint that finds no slot even after eviction is skipped (counted in
+      ``skipped_checkpoints``); a request that finds no slot for its live state waits, as
+      for blocks.
     - No swapping (hybrid SSM states have no host pool); preemption is by recompute.
     """
 
@@ -252,6 +255,7 @@ class RadixKVBackend(KVBackend):
             copy_checkpoint=self._copy_state,
         )
         self._held: dict[str, _RadixHold] = {}
+        self.skipped_checkpoints = 0  # wanted but dropped for lack of a free state slot
         self._query_tokens = 0
         self._hit_tokens = 0
 
@@ -317,12 +321,18 @@ class RadixKVBackend(KVBackend):
         new = self._alloc_blocks(need, now)
         if new is None:
             return False
-        hold.own_blocks.extend(new)
-        if rid not in self._held:
-            if self.hybrid:
-                m = hold.match
+        if rid not in self._held and self.hybrid:
+            m = hold.match
+            try:
                 hold.state = (self.cache.fork_checkpoint(m) if m.checkpoint is not None
                               else self._alloc_states(1, now)[0])
+            except OutOfBlocksError:
+                # every slot is a live state or a checkpoint a running request captured: the
+                # request waits (like a lack of blocks) until one finishes and frees its own
+                self.blocks.free(new)
+                return False
+        hold.own_blocks.extend(new)
+        if rid not in self._held:
             self._held[rid] = hold
             self._query_tokens += req.num_tokens
             self._hit_tokens += hold.match.hit_len
@@ -356,8 +366,15 @@ class RadixKVBackend(KVBackend):
         while hold.stops and hold.stops[0] <= end:
             pos = hold.stops.pop(0)
             if pos == end and self.hybrid and hold.state is not None:
-                # the live state after this step's forward is the state at ``pos``: copy it then
-                ckpt = self._alloc_states(1, now)[0]
+                # the live state after this step's forward is the state at ``pos``: copy it then.
+                # A checkpoint is optional: with every slot taken by live states and locked
+                # checkpoints (e.g. one per 32 tokens of a long running prompt), skip it.
+                if self.states.num_free == 0:
+                    self.cache.evict(num_checkpoints=1, now=now)
+                if self.states.num_free == 0:
+                    self.skipped_checkpoints += 1
+                    continue
+                ckpt = self.states.alloc(1)[0]
                 self._copies.states_after.append((hold.state, ckpt))
                 hold.captured[pos] = ckpt
 

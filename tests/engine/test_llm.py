@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.engine import LLM, SamplingParams
-from core.kv import CheckpointAtBranchesAndLeaves
+from core.kv import CheckpointAtBranchesAndLeaves, CheckpointEveryK
 from core.model.errors import MissingCheckpointFileError
 
 from .conftest import hf_greedy, prompts
@@ -54,6 +54,20 @@ def test_hybrid_hit_at_a_mid_prompt_checkpoint(checkpoint):
     assert got[0].num_cached_tokens == 0
     assert got[1].num_cached_tokens == 0  # a's leaf checkpoint is past the branch point
     assert got[2].num_cached_tokens == len(p)  # the branch-point checkpoint
+
+
+def test_checkpoints_beyond_the_state_slots_are_skipped_not_fatal(checkpoint):
+    """Checkpoints every 4 tokens of a 30-token prompt want 7 slots; with 3 the engine skips
+    the ones it cannot hold, and the tokens still equal a cold run."""
+    _, path = checkpoint("bamba")
+    ps = prompts([30, 29], seed=6)
+    cold = LLM(path, enable_prefix_caching=False, block_size=4, num_kv_blocks=128)
+    want = [o.token_ids for o in cold.generate(ps, GREEDY, use_tqdm=False)]
+    warm = LLM(path, block_size=4, num_kv_blocks=128, num_state_slots=3, max_num_seqs=1,
+               admission=CheckpointEveryK(4))
+    got = [warm.generate([p], GREEDY, use_tqdm=False)[0].token_ids for p in ps]
+    assert got == want
+    assert warm.engine.scheduler.kv.skipped_checkpoints > 0
 
 
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
