@@ -12,7 +12,7 @@ blocks) is queued as copies that the runner applies: :meth:`KVBackend.take_copie
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +206,12 @@ class PagedKVBackend(KVBackend):
         return self.manager.stats.hit_rate
 
 
+RequestObserver = Callable[[RadixCache, Sequence[int], Sequence[int], float], Any]
+"""Called by :class:`RadixKVBackend` after a finished request's tokens were inserted into its
+cache: ``(cache, prompt_ids, output_ids, now)``, e.g. :meth:`core.kv.marconi.AlphaTuner.observe`
+(Marconi's alpha tuning watches the requests the engine serves)."""
+
+
 @dataclass
 class _RadixHold:
     match: MatchResult
@@ -230,13 +236,15 @@ class RadixKVBackend(KVBackend):
       ``skipped_checkpoints``); a request that finds no slot for its live state waits, as
       for blocks.
     - No swapping (hybrid SSM states have no host pool); preemption is by recompute.
+    - ``request_observer`` (optional, settable): called after each finished request's tokens
+      are inserted into the cache (:data:`RequestObserver`); not for preempted or aborted ones.
     """
 
     def __init__(
         self, num_blocks: int, block_size: int, *, hybrid: bool = False, num_state_slots: int = 0,
         kv_bytes_per_token: int = 0, ssm_state_bytes: int = 0,
         eviction: EvictionPolicy | None = None, admission: AdmissionPolicy | None = None,
-        enable_prefix_caching: bool = True,
+        enable_prefix_caching: bool = True, request_observer: RequestObserver | None = None,
     ) -> None:
         super().__init__()
         if hybrid and num_state_slots <= 0:
@@ -254,6 +262,7 @@ class RadixKVBackend(KVBackend):
             free_kv=self._free_values, free_checkpoints=self.states.free,
             copy_checkpoint=self._copy_state,
         )
+        self.request_observer = request_observer
         self._held: dict[str, _RadixHold] = {}
         self.skipped_checkpoints = 0  # wanted but dropped for lack of a free state slot
         self._query_tokens = 0
@@ -384,6 +393,7 @@ class RadixKVBackend(KVBackend):
             return
         bs = self.block_size
         n = req.num_computed_tokens
+        seq: list[int] | None = None
         if cache and self.enable_prefix_caching and n > 0:
             seq = req.token_ids[:n]
             table = [v // bs for v in hold.match.hit_values[::bs]] + hold.own_blocks
@@ -405,6 +415,9 @@ class RadixKVBackend(KVBackend):
             if hold.state is not None:
                 self.states.free([hold.state])
         self.cache.unlock(hold.match.hit_node)
+        if seq is not None and self.request_observer is not None:
+            p = min(n, len(req.prompt_token_ids))
+            self.request_observer(self.cache, seq[:p], seq[p:], now)
 
     @property
     def num_free_blocks(self) -> int:

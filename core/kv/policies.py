@@ -49,11 +49,21 @@ class EvictionPolicy(ABC):
       gives exact one-at-a-time re-scoring; returning none stops the eviction.
     - ``refresh_path`` tells the cache how a match refreshes ``last_access``: ``True``
       refreshes every node on the matched path (SGLang), ``False`` only the deepest matched
-      node (Marconi). Insertion always refreshes the inserted path.
+      node (Marconi).
+    - ``refresh_on_insert`` tells the cache how an insertion refreshes it: ``True`` (default)
+      refreshes every node on the inserted path; ``False`` only stamps the nodes the insertion
+      creates (Marconi: a conversation's older turns keep the time of their last use as the
+      deepest match, so their checkpoints age and become eviction candidates).
+    - ``trim_leaves`` (default ``False``): when ``True``, a chosen leaf without a checkpoint
+      may be evicted in part: whole pages from its tail, as few as the cache's target needs
+      (the leaf stays, shorter, with its ``last_access``). When all pages of a leaf share one
+      timestamp, this is LRU over pages (vLLM's blocks) at the cost of one node.
     """
 
     candidates: CandidateKind = "leaves"
     refresh_path: bool = True
+    refresh_on_insert: bool = True
+    trim_leaves: bool = False
 
     @abstractmethod
     def select(

@@ -187,6 +187,7 @@ class EvictResult:
     num_bytes: int = 0
     nodes_removed: int = 0  # leaves deleted + one-child nodes merged into their child
     nodes_merged: int = 0  # of which one-child nodes merged (only their checkpoint freed)
+    nodes_trimmed: int = 0  # leaves cut short, not removed (``trim_leaves`` policies)
 
     @property
     def num_tokens(self) -> int:
@@ -198,6 +199,7 @@ class EvictResult:
         self.num_bytes += other.num_bytes
         self.nodes_removed += other.nodes_removed
         self.nodes_merged += other.nodes_merged
+        self.nodes_trimmed += other.nodes_trimmed
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ class RadixCacheStats:
     evicted_checkpoints: int = 0
     evicted_nodes: int = 0  # leaves removed + one-child nodes merged
     merged_nodes: int = 0  # one-child nodes merged into their child (Marconi's rule)
+    trimmed_nodes: int = 0  # leaves whose tail pages alone were evicted (``trim_leaves``)
     checkpoint_forks: int = 0
 
     @property
@@ -543,13 +546,29 @@ class RadixCache:
             pos += k
             node = child
         prefix_len = pos
+        pending: set[RadixNode] = set()
         if pos < n:
-            leaf = self._new_node(tokens[pos:n], vals[pos:n], node, n, now)
-            node.children[self._ckey(leaf.key)] = leaf
-            path.append(leaf)
+            # The new edge is cut at the checkpoint positions inside it right away, without
+            # re-slicing its tail at every cut (quadratic for vLLM+'s checkpoint per block).
+            # The result is the same as one new leaf split once per position in the loop
+            # below: the upper parts take their ids there, in that order ("pending").
+            starts = [pos, *(p for p, _ in ckpts if pos < p < n and p % self.page_size == 0)]
+            ends = [*starts[1:], n]
+            parent = node
+            for a, b in zip(starts, ends, strict=True):
+                if b == n:
+                    seg = self._new_node(tokens[a:b], vals[a:b], parent, b, now)
+                else:
+                    seg = RadixNode(-1, tokens[a:b], vals[a:b], parent, b, now)
+                    self._num_nodes += 1
+                    pending.add(seg)
+                parent.children[self._ckey(seg.key)] = seg
+                path.append(seg)
+                parent = seg
             self._num_tokens += n - pos
-        for p in path:
-            p.last_access = now
+        if getattr(self.eviction, "refresh_on_insert", True):  # else only the new nodes carry now
+            for p in path:
+                p.last_access = now
 
         unused_ck: list[int] = []
         added = 0
@@ -564,6 +583,10 @@ class RadixCache:
             if target.depth != p:
                 target = self._split(target, p - target.start)
                 path.insert(i, target)
+            elif target in pending:  # a cut made above: it takes its id now, as a split would
+                pending.discard(target)
+                target.node_id = self._next_id
+                self._next_id += 1
             if target.checkpoint is None:
                 target.checkpoint = slot
                 self._num_checkpoints += 1
@@ -649,8 +672,21 @@ class RadixCache:
 
     def evictable_nodes(self, kind: str | None = None) -> list[RadixNode]:
         """Current candidates of ``kind`` (default: the policy's), in tree order."""
-        kind = kind or self.eviction.candidates
-        return [n for n in self.iter_nodes() if self.is_evictable(n, kind)]
+        single = (kind or self.eviction.candidates) == "single_child"
+        # is_evictable inlined over iter_nodes' pre-order walk: this runs once per eviction round
+        out: list[RadixNode] = []
+        stack = list(reversed(self.root.children.values()))
+        while stack:
+            node = stack.pop()
+            ch = node.children
+            if not ch:
+                if not node.lock_ref:
+                    out.append(node)
+                continue
+            if single and not node.lock_ref and len(ch) == 1 and node.checkpoint is not None:
+                out.append(node)
+            stack.extend(reversed(ch.values()))
+        return out
 
     def evict(
         self,
@@ -666,8 +702,10 @@ class RadixCache:
         The eviction policy picks the victims; the cache frees them: a leaf gives back its
         values and checkpoint, a one-child node (``"single_child"`` policies) its checkpoint,
         its values merging into its child (which keeps the newer ``last_access`` and the larger
-        ``hit_count``). Freed values and checkpoints go to the callbacks and the result.
-        Evicting nothing (all targets 0) is a no-op.
+        ``hit_count``). With a ``trim_leaves`` policy, a chosen leaf without a checkpoint
+        gives back only as many whole pages from its tail as the remaining targets need (it
+        stays, a shorter leaf, with its ``last_access``). Freed values and checkpoints go to the
+        callbacks and the result. Evicting nothing (all targets 0) is a no-op.
         """
         now = self._now(now)
         res = EvictResult()
@@ -682,6 +720,21 @@ class RadixCache:
         if done():
             return res
         policy, kind = self.eviction, self.eviction.candidates
+        trim = getattr(policy, "trim_leaves", False)
+
+        def trim_len(node: RadixNode) -> int:
+            """Tokens to cut from a trimmable leaf's tail (a page multiple), 0 = evict it all."""
+            if node.children or node.checkpoint is not None or len(res.checkpoints) < num_checkpoints:
+                return 0
+            page, tok_short, byte_short = self.page_size, num_tokens - len(res.values), num_bytes - res.num_bytes
+            pages = -(-max(tok_short, 0) // page)
+            if byte_short > 0:
+                if not self.kv_bytes_per_token:
+                    return 0
+                pages = max(pages, -(-byte_short // (page * self.kv_bytes_per_token)))
+            k = pages * page
+            return k if k < len(node.key) else 0
+
         if isinstance(policy, KeyedEvictionPolicy):
             heap = [(policy.key(n, now, self), n.node_id, n.version, n) for n in self.evictable_nodes(kind)]
             heapq.heapify(heap)
@@ -689,24 +742,38 @@ class RadixCache:
                 _, _, version, node = heapq.heappop(heap)
                 if version != node.version or not self.is_evictable(node, kind):
                     continue
+                k = trim_len(node) if trim else 0
+                if k:
+                    self._trim_leaf(node, k, res)  # still a candidate, now shorter
+                    heapq.heappush(heap, (policy.key(node, now, self), node.node_id, node.version, node))
+                    continue
                 exposed = self._evict_node(node, res)
                 if exposed is not None and self.is_evictable(exposed, kind):
                     exposed.version += 1
                     heapq.heappush(heap, (policy.key(exposed, now, self), exposed.node_id, exposed.version, exposed))
         else:
+            # The candidate list is scanned once, then kept in tree order as victims go (the
+            # scan dominates the cost of policies that re-select after every victim).
+            candidates = self.evictable_nodes(kind)
             while not done():
-                candidates = self.evictable_nodes(kind)
                 if not candidates:
                     break
                 progressed = False
-                for node in policy.select(candidates, now, self):
+                for node in policy.select(list(candidates), now, self):
                     if done():
                         break
                     if not self.is_evictable(node, kind):
                         continue
-                    exposed = self._evict_node(node, res)
                     progressed = True
+                    k = trim_len(node) if trim else 0
+                    if k:
+                        self._trim_leaf(node, k, res)
+                        break  # the candidate changed: ask the policy again
+                    idx = candidates.index(node)
+                    del candidates[idx]
+                    exposed = self._evict_node(node, res)
                     if exposed is not None and self.is_evictable(exposed, kind):
+                        self._place_exposed(candidates, exposed, idx, kind)
                         break  # the candidate set changed: ask the policy again
                 if not progressed:
                     break
@@ -715,6 +782,7 @@ class RadixCache:
         s.evicted_checkpoints += len(res.checkpoints)
         s.evicted_nodes += res.nodes_removed
         s.merged_nodes += res.nodes_merged
+        s.trimmed_nodes += res.nodes_trimmed
         if res.values and self.free_kv is not None:
             self.free_kv(list(res.values))
         if res.checkpoints and self.free_checkpoints is not None:
@@ -750,6 +818,39 @@ class RadixCache:
         res.nodes_removed += 1
         res.nodes_merged += 1
         return child
+
+    def _place_exposed(self, candidates: list[RadixNode], node: RadixNode, idx: int, kind: str) -> None:
+        """Keep ``candidates`` (tree order) exact after an eviction at ``idx`` exposed ``node``.
+
+        A merged child keeps its candidacy, and a parent that already was a candidate keeps its
+        place. A parent that just became one (its child at ``idx`` was removed) goes before the
+        candidates of its remaining subtree, which are contiguous in tree order, or at ``idx``.
+        """
+        if node in candidates:  # identity: RadixNode has no __eq__
+            return
+        pos = idx
+        for child in node.children.values():  # at most one remains
+            stack = [child]
+            while stack:  # the first candidate of the child's subtree in pre-order
+                n = stack.pop()
+                if self.is_evictable(n, kind):
+                    pos = min(pos, candidates.index(n))
+                    break
+                stack.extend(reversed(n.children.values()))
+        candidates.insert(pos, node)
+
+    def _trim_leaf(self, node: RadixNode, k: int, res: EvictResult) -> None:
+        """Evict the last ``k`` tokens (whole pages) of a leaf without a checkpoint."""
+        assert not node.children and node.checkpoint is None and 0 < k < len(node.key)
+        assert k % self.page_size == 0 and node.lock_ref == 0
+        res.values.extend(node.value[-k:])
+        res.num_bytes += k * self.kv_bytes_per_token
+        res.nodes_trimmed += 1
+        node.key = node.key[:-k]  # its first page, the parent's key for it, is kept
+        node.value = node.value[:-k]
+        node.depth -= k
+        node.version += 1
+        self._num_tokens -= k
 
     def _detach(self, node: RadixNode) -> None:
         node.parent = None
@@ -815,6 +916,7 @@ class RadixCache:
         admission: AdmissionPolicy | None = None,
         clock: Clock | None = None,
         keep_callbacks: bool = False,
+        unlocked: bool = False,
     ) -> RadixCache:
         """An independent deep copy of the tree, counters and stats (Marconi's snapshot).
 
@@ -822,7 +924,9 @@ class RadixCache:
         policies (or the given ones: replay a window with several alphas), a copy of a
         :class:`LogicalClock`/:class:`ManualClock` (any other clock is shared), and no
         callbacks unless ``keep_callbacks`` (a replay must not free the engine's slots).
-        Iterative, so deep trees are fine.
+        ``unlocked`` drops every lock in the copy (a replay from an engine's snapshot: the
+        in-flight requests holding those locks never finish there). Iterative, so deep trees
+        are fine.
         """
         if clock is None:
             clock = copy.copy(self.clock) if isinstance(self.clock, (LogicalClock, ManualClock)) else self.clock
@@ -844,7 +948,8 @@ class RadixCache:
             src, dst = stack.pop()
             for ck, c in src.children.items():
                 d = RadixNode(c.node_id, c.key, c.value, dst, c.depth, c.last_access)
-                d.lock_ref, d.hit_count, d.checkpoint = c.lock_ref, c.hit_count, c.checkpoint
+                d.lock_ref = 0 if unlocked else c.lock_ref
+                d.hit_count, d.checkpoint = c.hit_count, c.checkpoint
                 d.meta = dict(c.meta) if c.meta is not None else None
                 dst.children[ck] = d
                 stack.append((c, d))
@@ -852,8 +957,8 @@ class RadixCache:
         other._num_nodes = self._num_nodes
         other._num_tokens = self._num_tokens
         other._num_checkpoints = self._num_checkpoints
-        other._protected_tokens = self._protected_tokens
-        other._protected_checkpoints = self._protected_checkpoints
+        other._protected_tokens = 0 if unlocked else self._protected_tokens
+        other._protected_checkpoints = 0 if unlocked else self._protected_checkpoints
         other.stats = replace(self.stats)
         return other
 
