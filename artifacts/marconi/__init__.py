@@ -1,0 +1,1 @@
+"""Marconi (MLSys'25): prefix caching for hybrid (attention + SSM) LLMs; see README.md."""
