@@ -104,12 +104,16 @@ def _ttft_bars(frame: pd.DataFrame, workloads: list[str], policies: list[str]) -
 
 
 def _alpha(frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str]) -> plt.Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-    tuned = frame[frame["policy"] == "marconi"]
-    sns.stripplot(data=tuned, x="workload", y="tuned_alpha", hue="cache_gb", order=workloads,
-                  ax=axes[0], palette="crest", dodge=False)
-    axes[0].set_ylabel("Tuned alpha")
-    axes[0].legend(title="GB", fontsize=7)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    tuned = frame[frame["policy"] == "marconi"].copy()
+    # cache sizes differ by workload: label each by its rank within its workload
+    rank = tuned.groupby("workload")["cache_gb"].rank(method="dense").astype(int)
+    names = {1: "smallest cache", 2: "middle cache", 3: "largest cache"}
+    tuned["cache"] = rank.map(lambda k: names.get(k, f"cache #{k}"))
+    sns.stripplot(data=tuned, x="workload", y="tuned_alpha", hue="cache", order=workloads,
+                  ax=axes[0], palette="crest", dodge=True)
+    axes[0].set_ylabel("Tuned alpha (none: window not over)")
+    axes[0].legend(title=None, fontsize=7)
     sns.barplot(data=cmp, x="workload", y="alpha_gain_pp", order=workloads, ax=axes[1],
                 color=color_map(["marconi"])["marconi"], errorbar=None)
     axes[1].axhline(0, color="black", lw=0.8)
