@@ -94,6 +94,13 @@ def bench(session: nox.Session) -> None:
     _py(session, "-m", "scripts.bench", *(session.posargs or ["--help"]))
 
 
+@nox.session
+def calibrate(session: nox.Session) -> None:
+    """Calibrate the simulator's profiled cost model on this device (data/profiles/)."""
+    _env(session)
+    _py(session, "-m", "scripts.calibrate", *session.posargs)
+
+
 def _artifact_names() -> list[str]:
     base = ROOT / "artifacts"
     return sorted(

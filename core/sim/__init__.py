@@ -1,6 +1,8 @@
 """The simulator: the engine's scheduler and caches on a virtual clock, a cost model in place of
-the forward pass, and clusters of replicas behind a router."""
+the forward pass, and clusters of replicas behind a router. Cost models: ``core.sim.cost``
+(roofline) and ``core.sim.profiled`` (measured step times of the real engine)."""
 
+from core.sim.profiled import ProfiledCostModel, ProfileError
 from core.sim.simulator import (
     ReplicaConfig,
     SimReplica,
@@ -13,6 +15,6 @@ from core.sim.simulator import (
 )
 
 __all__ = [
-    "ReplicaConfig", "SimReplica", "SimResult", "SimSampling", "SimulatedRunner", "Simulator",
-    "StepCost", "to_engine_request",
+    "ProfileError", "ProfiledCostModel", "ReplicaConfig", "SimReplica", "SimResult", "SimSampling",
+    "SimulatedRunner", "Simulator", "StepCost", "to_engine_request",
 ]

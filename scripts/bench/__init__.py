@@ -24,6 +24,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "roofline cost model vs Vidur A100/H100 operator and all-reduce times: MAPE, fitted "
         "efficiency factors",
     ),
+    "fidelity": (
+        "scripts.bench.fidelity",
+        "simulator vs real engine on this machine: 200 Azure conversation requests at 30/60/90% "
+        "load, profiled cost model; relative error of mean/p90 TTFT, TPOT, E2E (target <= 5%)",
+    ),
     "sim-speed": (
         "scripts.bench.sim_speed",
         "simulator speed: the full Azure conversation trace (19,366 requests) on 8 simulated "

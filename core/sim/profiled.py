@@ -1,0 +1,763 @@
+"""The profiled cost model: measured engine step times, interpolated.
+
+A :class:`ProfiledCostModel` answers :meth:`~core.sim.cost.CostModel.step_time` from tables of
+*whole engine steps* (``Engine.step()``: scheduling, input preparation, forward, sampling and
+bookkeeping, i.e. the time the simulator's clock must advance) measured on one device by
+``python -m scripts.calibrate``, which drives the real engine with crafted batches. No formula of
+the hardware is assumed: what the device does (Python overhead, memory-bound decode, padded
+attention, ...) is in the numbers.
+
+Tables (seconds, the expected time of repeated steps)
+-----------------------------------------------------
+On the grid ``N`` (``prefill_tokens``, >= 1), ``C`` (``prefill_contexts``, starting at 0),
+``B`` (``decode_batches``, >= 1) and ``L`` (``decode_contexts``, >= 1; ``L[0]`` is the
+reference context ``L0``); contexts are the cached tokens *before* the step, as in
+:func:`~core.sim.cost.chunks_of`:
+
+- ``prefill[i][j]``: one prefill chunk of ``N[i]`` new tokens after ``C[j]`` cached ones, alone;
+- ``decode[i][j]``: ``B[i]`` sequences decoding one token each, all with context ``L[j]``;
+- ``mixed[i][j]``: a prefill chunk of ``N[i]`` tokens (context 0) with ``B[j]`` decodes at
+  context ``L0``;
+- ``extra_chunk_s`` (``eps``): what a second, third, ... prefill chunk costs beyond its tokens
+  and its sampled row (>= 0);
+- ``decode_padding_weight`` (``w``, in [0, 1]): how decode contexts of unequal length combine.
+
+A step with ``P`` prefill chunks ``(n_k, c_k)`` (``Tp`` tokens in all) and ``b`` decodes with
+contexts ``l_j`` costs
+
+    t = M(Tp - (P - 1), b + (P - 1)) + D(b, E) + sum_k Xp(n_k, c_k) + eps (P - 1)
+
+- ``M`` is the table over ``([0] + N) x ([0] + B)`` whose edges are the pure steps
+  (``M(n, 0) = prefill[n][C=0]``, ``M(0, b) = decode[b][L0]``, ``M(0, 0) = 0``) and whose
+  inside is ``mixed``: the dense part of a mixed batch comes from measured mixed steps, not from
+  adding a prefill to a decode (which would pay the weight reads twice). Its arguments count
+  the step's tokens (``Tp + b``) and the rows it samples (``b + P``: every chunk is counted as
+  one that samples): a chunk beyond the first is looked up as one more sampling row, which is
+  what it costs in the dense layers and the LM head (on a CPU, one sampled row takes a
+  matrix-vector path and two a slower matrix-matrix one, so a second chunk costs far more
+  without decodes than with them);
+- ``Xp(n, c) = prefill(n, c) - prefill(n, 0)``: what a chunk's cached context adds;
+- ``D(b, E)`` is what the decode contexts add, as a function of the *extra keys*
+  ``E = (1 - w) sum_j (l_j - L0)+ + w b (max_j l_j - L0)+``. With equal contexts ``l`` both
+  sums are ``b (l - L0)`` and ``D(b, b (l - L0)) = decode(b, l) - decode(b, L0)``; with unequal
+  ones, ``w = 1`` is attention padded to the longest context (what the torch reference's
+  arithmetic does) and ``w = 0`` attention over the real keys only (what memory traffic does:
+  the padding re-reads one block). The calibration fits ``w`` on decode batches with unequal
+  contexts.
+
+Each term is interpolated (bi)linearly on its grid (``D`` on ``B`` x the extra keys of every
+decode cell) and extrapolated linearly beyond it, with the last segment's slope made
+non-decreasing along the other axis so that monotone tables stay monotone there. So the model
+is *exact at every grid point* of each table (a pure prefill at ``(N[i], C[j])`` returns
+``prefill[i][j]``, a pure decode at ``(B[i], L[j])`` returns ``decode[i][j]``, and so on).
+
+Guarantees
+----------
+- Monotone: the tables are repaired at calibration time to be non-decreasing along every axis
+  (``M`` in tokens and rows; ``Xp`` in tokens and context and ``D`` in batch and extra keys,
+  both >= 0) and :meth:`ProfiledCostModel.load` refuses a file whose tables are not;
+  interpolation and the extrapolation keep that, and ``E`` grows with every context and
+  sequence, so adding a token to a prefill chunk, a cached context token to any sequence, or a
+  sequence to the batch never makes a step cheaper (a new chunk of ``m`` tokens moves ``M``'s
+  arguments by ``m - 1 >= 0`` and ``1``). Not promised: that a decode turned into a two-token
+  chunk costs no less (the engine runs the two on different paths).
+- Deterministic: a pure function of the batch (no state, no randomness).
+- Fast-forward exact: :meth:`ProfiledCostModel.decode_run_times` evaluates the same expression
+  as :meth:`~ProfiledCostModel.step_time` with the same numpy operations on an array of
+  contexts, so each element is bit-identical to the step-by-step time.
+
+Not modelled: a chunk that does not sample (the middle of a long prompt) is counted as one that
+does, as in the roofline model; the engine stamps a step's tokens before its bookkeeping
+(``Scheduler.update``, 0.1-0.6 ms on a CPU) while the simulator stamps them at the end of the
+step, so simulated token times are that much later; time outside ``Engine.step()`` (the serving
+loop) is not in the tables.
+
+File format (JSON, ``schema: servelab.step-profile/1``)
+-------------------------------------------------------
+``{"schema", "created", "device": {"name", "type", ...}, "model": {"name", "config",
+"parameters"}, "dtype", "threads", "torch_version", "engine": {block_size,
+max_num_batched_tokens, max_num_seqs, max_model_len, enable_prefix_caching, num_kv_blocks,
+attention_backend, seed}, "calibration": {...}, "grid": {"prefill_tokens", "prefill_contexts",
+"decode_batches", "decode_contexts"}, "tables": {"prefill", "decode", "mixed", "extra_chunk_s",
+"decode_padding_weight"}, "samples": [...], "checks": {...}, "provenance": {...}}``.
+``samples`` are the raw measured steps (``cell``, ``prefill`` chunks, ``decode`` contexts,
+``seconds``, ``cpu_seconds``, ``disturbed``); :func:`fit_tables` turns them into ``tables``. A
+missing file raises ``FileNotFoundError`` and a malformed one :class:`ProfileError` (a
+``ValueError``), each naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.sim.cost import CostModel
+
+__all__ = [
+    "PROFILE_SCHEMA",
+    "ProfileError",
+    "ProfiledCostModel",
+    "extra_keys",
+    "fit_tables",
+    "keys_table",
+    "monotone_repair",
+    "robust_mean",
+    "utc_now",
+    "write_profile",
+]
+
+PROFILE_SCHEMA = "servelab.step-profile/1"
+Sample = Mapping[str, Any]  # one measured step of a profile's "samples"
+GRID_KEYS = ("prefill_tokens", "prefill_contexts", "decode_batches", "decode_contexts")
+TABLE_SHAPES = {  # table -> (row axis, column axis)
+    "prefill": ("prefill_tokens", "prefill_contexts"),
+    "decode": ("decode_batches", "decode_contexts"),
+    "mixed": ("prefill_tokens", "decode_batches"),
+}
+
+
+class ProfileError(ValueError):
+    """A step profile that cannot be used; the message names the file (or object) and what is
+    wrong with it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Interpolation (the same numpy operations for one step and for a run of steps)
+# --------------------------------------------------------------------------------------------
+
+
+def _segment(grid: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the grid segment holding each ``x`` (within the grid) and the position within
+    it (0 at its left end, 1 at its right)."""
+    i = np.clip(np.searchsorted(grid, x, side="right") - 1, 0, grid.size - 2)
+    lo = grid[i]
+    return i, (x - lo) / (grid[i + 1] - lo)
+
+
+class _Surface:
+    """A table on a ``rows x cols`` grid as a function: bilinear inside the grid; beyond the
+    last row (column), linear with the slope of the last segment, made non-decreasing along
+    the other axis (a running maximum), so that a table non-decreasing along both axes gives a
+    function non-decreasing in both arguments everywhere; below the first row (column), the
+    first one's values. Exact at grid points."""
+
+    def __init__(self, table: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+        self.t, self.rows, self.cols = np.asarray(table, dtype=float), rows, cols
+        t = self.t
+        # slope beyond the last row, per column; beyond the last column, per row
+        self.s_rows = np.maximum.accumulate((t[-1] - t[-2]) / (rows[-1] - rows[-2]))
+        self.s_cols = np.maximum.accumulate((t[:, -1] - t[:, -2]) / (cols[-1] - cols[-2]))
+
+    def __call__(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        rows, cols, t = self.rows, self.cols, self.t
+        rc = np.clip(r, rows[0], rows[-1])
+        cc = np.clip(c, cols[0], cols[-1])
+        i, wr = _segment(rows, rc)
+        j, wc = _segment(cols, cc)
+        a, b = t[i, j], t[i, j + 1]
+        lo = a + wc * (b - a)
+        a, b = t[i + 1, j], t[i + 1, j + 1]
+        hi = a + wc * (b - a)
+        v = lo + wr * (hi - lo)
+        beyond_r, beyond_c = r - rc, c - cc  # > 0 only past the last row / column
+        if np.any(beyond_r > 0):
+            a, b = self.s_rows[j], self.s_rows[j + 1]
+            v = v + np.maximum(beyond_r, 0.0) * (a + wc * (b - a))
+        if np.any(beyond_c > 0):
+            a, b = self.s_cols[i], self.s_cols[i + 1]
+            v = v + np.maximum(beyond_c, 0.0) * (a + wr * (b - a))
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Building tables from samples
+# --------------------------------------------------------------------------------------------
+
+
+def _isotonic(values: Sequence[float], weights: Sequence[float] | None = None) -> list[float]:
+    """The closest non-decreasing sequence in weighted least squares (pool adjacent
+    violators); a very heavy element keeps its value."""
+    w_in = [1.0] * len(values) if weights is None else [float(w) for w in weights]
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, w in zip(values, w_in, strict=True):
+        blocks.append([float(v), w, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    out: list[float] = []
+    for m, _, n in blocks:
+        out += [m] * int(n)
+    return out
+
+
+def monotone_repair(table: np.ndarray, passes: int = 4, weights: np.ndarray | None = None
+                    ) -> np.ndarray:  # fmt: skip
+    """A copy of the 2-D ``table`` made non-decreasing along both axes: a few alternating
+    passes of (weighted) isotonic regression along rows and columns, so measurement noise is
+    averaged out rather than pushed up, then a running maximum along each axis, which
+    guarantees the property. Cells with a very large weight keep their values."""
+    t = np.array(table, dtype=float)
+    w = np.ones_like(t) if weights is None else np.asarray(weights, dtype=float)
+    for _ in range(passes):
+        t = np.array([_isotonic(row, wr) for row, wr in zip(t, w, strict=True)])
+        t = np.array([_isotonic(col, wc) for col, wc in zip(t.T, w.T, strict=True)]).T
+    t = np.maximum.accumulate(t, axis=1)
+    return np.maximum.accumulate(t, axis=0)
+
+
+def _fill_linear(row: np.ndarray, grid: np.ndarray, where: str) -> np.ndarray:
+    """``row`` with its missing (NaN) entries extrapolated linearly from the nearest two
+    measured ones along ``grid``."""
+    ok = np.flatnonzero(np.isfinite(row))
+    if ok.size == row.size:
+        return row
+    if ok.size < 2:
+        raise ProfileError(f"{where}: fewer than two measured cells, cannot fill {row.tolist()}")
+    out = row.copy()
+    for k in np.flatnonzero(~np.isfinite(row)):
+        a, b = (ok[-2], ok[-1]) if k > ok[-1] else (ok[0], ok[1]) if k < ok[0] else (None, None)
+        if a is None:  # a hole inside: interpolate between its neighbours
+            a, b = ok[ok < k][-1], ok[ok > k][0]
+        slope = (row[b] - row[a]) / (grid[b] - grid[a])
+        out[k] = row[a] + slope * (grid[k] - grid[a])
+    return out
+
+
+def robust_mean(values: Sequence[float]) -> float:
+    """The mean without the smallest and the largest value (when there are at least 5): the
+    expected step time, which is what simulated latencies add up, but not moved by one stall
+    or one lucky step."""
+    v = sorted(float(x) for x in values)
+    if len(v) >= 5:
+        v = v[1:-1]
+    return statistics.fmean(v)
+
+
+def _usable(group: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The samples of one cell to use: those not marked ``disturbed`` (the process waited for
+    a core during the step), or all of them when every one is."""
+    quiet = [s for s in group if not s.get("disturbed")]
+    return quiet or group
+
+
+def _cell_table(samples: Iterable[Mapping[str, Any]], kind: str, rows: Sequence[int],
+                cols: Sequence[int], value: Any = None
+                ) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], list[Sample]]]:  # fmt: skip
+    """:func:`robust_mean` of the seconds (or ``value(sample)``) per ``(row, col)`` cell of the
+    :func:`_usable` samples whose ``cell`` is ``[kind, row, col]``; NaN where there is none.
+    Also each cell's relative spread (median absolute deviation over the median) and the
+    samples each cell used (by grid index)."""
+    groups: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
+    for s in samples:
+        cell = s["cell"]
+        if cell[0] == kind:
+            groups.setdefault((int(cell[1]), int(cell[2])), []).append(s)
+    ri = {v: i for i, v in enumerate(rows)}
+    ci = {v: i for i, v in enumerate(cols)}
+    med = np.full((len(rows), len(cols)), np.nan)
+    spread = np.full_like(med, np.nan)
+    used: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
+    for (r, c), group in groups.items():
+        if r in ri and c in ci:
+            use = _usable(group)
+            vals = [float(s["seconds"]) if value is None else float(value(s)) for s in use]
+            m = statistics.median(vals)
+            med[ri[r], ci[c]] = robust_mean(vals)
+            spread[ri[r], ci[c]] = statistics.median(abs(v - m) for v in vals) / m if m else 0.0
+            used[(ri[r], ci[c])] = use
+    return med, spread, used
+
+
+def _disturbed(name: str, used: Mapping[tuple[int, int], list[Mapping[str, Any]]],
+               rows: np.ndarray, cols: np.ndarray) -> list[list[Any]]:
+    """The cells of table ``name`` whose every sample was disturbed."""
+    return [[name, int(rows[i]), int(cols[j])] for (i, j), use in sorted(used.items())
+            if use and all(s.get("disturbed") for s in use)]
+
+
+def _max_rel_change(before: np.ndarray, after: np.ndarray) -> float:
+    den = np.maximum(np.abs(before), 1e-12)
+    return float(np.max(np.abs(after - before) / den)) if before.size else 0.0
+
+
+def keys_table(xd: np.ndarray, batches: np.ndarray, contexts: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``D`` of the module doc on its grid: ``(E grid, table)`` from ``xd[i][j] = decode(B[i],
+    L[j]) - decode(B[i], L0)``. The grid holds the extra keys of every decode cell
+    (``B[i] (L[j] - L0)``); row ``i`` at ``E`` is ``xd`` of batch ``B[i]`` at context ``L0 + E /
+    B[i]`` (linear along ``L``, and beyond its last value with the last slope)."""
+    L0 = contexts[0]
+    grid = np.unique(np.concatenate([b * (contexts - L0) for b in batches]))
+    table = np.empty((batches.size, grid.size))
+    last = contexts[-1]
+    for i, b in enumerate(batches):
+        lq = L0 + grid / b
+        j, w = _segment(contexts, np.minimum(lq, last))
+        row = xd[i]
+        slope = (row[-1] - row[-2]) / (contexts[-1] - contexts[-2])
+        table[i] = row[j] + w * (row[j + 1] - row[j]) + np.maximum(lq - last, 0.0) * slope
+    return grid, table
+
+
+def extra_keys(contexts: Sequence[int], L0: float, w: float) -> float:
+    """``E`` of the module doc for one decode batch (an exact integer sum, then the blend)."""
+    total = sum(max(int(c) - L0, 0) for c in contexts)
+    padded = len(contexts) * max(max(contexts) - L0, 0)
+    return (1.0 - w) * float(total) + w * float(padded)
+
+
+def _interp1(grid: np.ndarray, values: np.ndarray, x: float) -> float:
+    """``values`` on ``grid`` at ``x``, linear, extrapolated with the end segments."""
+    i, w = _segment(grid, np.array([float(x)]))
+    return float((values[i] + w * (values[i + 1] - values[i]))[0])
+
+
+def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[int]]
+               ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """The tables of a profile from its raw ``samples`` (see the module doc), and notes on how
+    they were made.
+
+    Every table cell is the :func:`robust_mean` of its samples' seconds. Sample ``cell`` kinds:
+
+    - ``["prefill", n, c]``; ``["decode", b, L]`` (equal contexts that may drift around ``L``:
+      each cell is moved from its samples' mean longest context to ``L`` along the row's slope);
+    - ``["mixed", n, b]`` (each sample's decodes moved back to context ``L0`` with ``D``);
+    - ``["decode-mix", b, name]``: decodes with unequal contexts; ``decode_padding_weight`` is
+      the ``w`` in 0, 0.05, ..., 1 that predicts them best (relative squared error; 1 without
+      such samples);
+    - ``["chunks", n, p]``: ``p`` chunks of ``n / p`` tokens at context 0; ``extra_chunk_s`` is
+      the :func:`robust_mean` of what they cost beyond the model without it (``M(n - p + 1, p -
+      1)``), per extra chunk, floored at 0.
+
+    Samples marked ``disturbed`` (the calibration saw the process wait for a core during the
+    step) are left out of a cell that has others (``notes["disturbed_cells"]`` lists the cells
+    that had none). Cells without samples (beyond the calibrated KV or context range) are
+    extrapolated linearly along the context axis (``notes["extrapolated"]``). Every table is
+    made monotone by :func:`monotone_repair` (``notes["repair_max_rel_change"]`` says how much
+    that moved any cell).
+    """
+    g = {k: [int(v) for v in grid[k]] for k in GRID_KEYS}
+    N, C, B, L = (np.asarray(g[k], dtype=float) for k in GRID_KEYS)
+    L0 = float(L[0])
+    notes: dict[str, Any] = {"extrapolated": [], "repair_max_rel_change": {}, "spread": {}}
+
+    def filled(table: np.ndarray, name: str, axis_grid: np.ndarray,
+               labels: Sequence[int]) -> np.ndarray:  # fmt: skip
+        out = table.copy()
+        for i in range(out.shape[0]):
+            missing = [int(x) for x, v in zip(axis_grid, out[i], strict=True) if not np.isfinite(v)]
+            if missing:
+                notes["extrapolated"].append({"table": name, "row": labels[i], "columns": missing})
+                out[i] = _fill_linear(out[i], axis_grid, f"table {name!r} row {labels[i]}")
+        return out
+
+    # prefill: the context-0 column, then what context adds (>= 0, monotone in n and c)
+    pre, notes["spread"]["prefill"], used = _cell_table(samples, "prefill", g["prefill_tokens"],
+                                                        g["prefill_contexts"])  # fmt: skip
+    notes["disturbed_cells"] = _disturbed("prefill", used, N, C)
+    pre = filled(pre, "prefill", C, g["prefill_tokens"])
+    pre0 = np.asarray(_isotonic(pre[:, 0]))
+    xp = monotone_repair(np.maximum(pre - pre[:, :1], 0.0))
+    new_pre = pre0[:, None] + xp
+    notes["repair_max_rel_change"]["prefill"] = _max_rel_change(pre, new_pre)
+
+    # decode: the L0 column, then what longer contexts add
+    dec, notes["spread"]["decode"], used = _cell_table(samples, "decode", g["decode_batches"],
+                                                       g["decode_contexts"])  # fmt: skip
+    notes["disturbed_cells"] += _disturbed("decode", used, B, L)
+    # a cell's samples may sit off its context (steps repeated after a disturbed one): move
+    # each cell's value from its samples' mean longest context to L along the row's slope
+    slope = np.full_like(dec, np.nan)
+    for i in range(dec.shape[0]):
+        ok = np.isfinite(dec[i])
+        if ok.sum() >= 2:
+            slope[i, ok] = np.gradient(dec[i, ok], L[ok])
+    for (i, j), use in used.items():
+        off = statistics.fmean(float(max(s["decode"])) for s in use) - L[j]
+        if off and np.isfinite(slope[i, j]):
+            dec[i, j] -= max(0.0, slope[i, j]) * off
+    dec = filled(dec, "decode", L, g["decode_batches"])
+    dec0 = np.asarray(_isotonic(dec[:, 0]))
+    xd = monotone_repair(np.maximum(dec - dec[:, :1], 0.0))
+    # D must also not fall when the same extra keys spread over more sequences: repair it on
+    # its own grid and read each decode cell back from it (a few rounds settle it)
+    for _ in range(8):
+        egrid, kt = keys_table(xd, B, L)
+        rep_kt = monotone_repair(kt)
+        if np.allclose(rep_kt, kt, rtol=0, atol=1e-12):
+            break
+        idx = {float(e): k for k, e in enumerate(egrid)}
+        xd = np.array([[rep_kt[i, idx[float(b * (ctx - L0))]] for ctx in L]
+                       for i, b in enumerate(B)])  # fmt: skip
+    # then exactly what the model will use (a running maximum on D's grid) read back into the
+    # decode cells until that changes nothing, so a pure decode at a grid point is exact
+    for _ in range(100):
+        egrid, kt = keys_table(xd, B, L)
+        kt = np.maximum.accumulate(np.maximum.accumulate(kt, axis=0), axis=1)
+        idx = {float(e): k for k, e in enumerate(egrid)}
+        back = np.array([[kt[i, idx[float(b * (ctx - L0))]] for ctx in L]
+                         for i, b in enumerate(B)])  # fmt: skip
+        if np.allclose(back, xd, rtol=0.0, atol=1e-13):
+            break
+        xd = back
+    new_dec = dec0[:, None] + xd
+    notes["repair_max_rel_change"]["decode"] = _max_rel_change(dec, new_dec)
+    d_fn = _Surface(kt, B, egrid)
+
+    def d_term(batch: int, contexts: Sequence[int], w: float) -> float:
+        e = extra_keys(contexts, L0, w)
+        return float(d_fn(np.array([float(batch)]), np.array([e]))[0])
+
+    # how unequal decode contexts combine
+    mix = [s for group in _groups(samples, "decode-mix").values() for s in _usable(group)]
+    weights = np.linspace(0.0, 1.0, 21)
+    if mix:
+        def loss(w: float) -> float:
+            err = 0.0
+            for s in mix:
+                ctx = s["decode"]
+                pred = _interp1(B, dec0, len(ctx)) + d_term(len(ctx), ctx, w)
+                err += ((pred - float(s["seconds"])) / float(s["seconds"])) ** 2
+            return err
+
+        losses = [loss(float(w)) for w in weights]
+        w_fit = float(weights[int(np.argmin(losses))])
+        notes["decode_padding_weight_loss"] = {f"{w:.2f}": v
+                                               for w, v in zip(weights, losses, strict=True)}
+    else:
+        w_fit = 1.0
+
+    # mixed: each sample's decode contexts brought back to L0
+    def at_l0(s: Mapping[str, Any]) -> float:
+        ctx = s["decode"]
+        return float(s["seconds"]) - d_term(len(ctx), ctx, w_fit)
+
+    mixed, notes["spread"]["mixed"], used = _cell_table(samples, "mixed", g["prefill_tokens"],
+                                                        g["decode_batches"], at_l0)  # fmt: skip
+    notes["disturbed_cells"] += _disturbed("mixed", used, N, B)
+    if not np.all(np.isfinite(mixed)):
+        missing = [[int(N[i]), int(B[j])]
+                   for i, j in zip(*np.nonzero(~np.isfinite(mixed)), strict=True)]
+        raise ProfileError(f"mixed steps not measured for (prefill tokens, decode batch) {missing}")
+    full = np.zeros((N.size + 1, B.size + 1))
+    full[1:, 0], full[0, 1:], full[1:, 1:] = pre0, dec0, mixed
+    fixed = np.ones_like(full)
+    fixed[0, :] = fixed[:, 0] = 1e12  # the pure-step edges stay as measured (exact there)
+    rep = monotone_repair(full, weights=fixed)
+    notes["repair_max_rel_change"]["mixed"] = _max_rel_change(full[1:, 1:], rep[1:, 1:])
+
+    # further prefill chunks: p chunks of n / p tokens, against the model without eps
+    per_chunk = []
+    m_fn = _Surface(rep, np.concatenate(([0.0], N)), np.concatenate(([0.0], B)))
+    for s in (x for group in _groups(samples, "chunks").values() for x in _usable(group)):
+        n, p = int(s["cell"][1]), int(s["cell"][2])
+        base = float(m_fn(np.array([float(n - p + 1)]), np.array([float(p - 1)]))[0])
+        per_chunk.append((float(s["seconds"]) - base) / max(1, p - 1))
+    raw_extra = robust_mean(per_chunk) if per_chunk else 0.0
+    notes["extra_chunk_s_measured"] = raw_extra
+    tables = {
+        "prefill": new_pre.tolist(),
+        "decode": new_dec.tolist(),
+        "mixed": rep[1:, 1:].tolist(),
+        "extra_chunk_s": max(0.0, raw_extra),
+        "decode_padding_weight": w_fit,
+    }
+    for k in ("prefill", "decode", "mixed"):
+        sp = notes["spread"][k]
+        notes["spread"][k] = float(np.nanmedian(sp)) if np.any(np.isfinite(sp)) else None
+    return tables, notes
+
+
+def _groups(samples: Iterable[Sample], kind: str) -> dict[tuple[Any, ...], list[Sample]]:
+    """The samples of ``kind``, by cell."""
+    out: dict[tuple[Any, ...], list[Sample]] = {}
+    for s in samples:
+        if s["cell"][0] == kind:
+            out.setdefault(tuple(s["cell"]), []).append(s)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The cost model
+# --------------------------------------------------------------------------------------------
+
+
+def _check_grid(grid: Any, where: str) -> dict[str, np.ndarray]:
+    if not isinstance(grid, Mapping):
+        raise ProfileError(f"{where}: 'grid' must be an object with {list(GRID_KEYS)}")
+    out = {}
+    for k in GRID_KEYS:
+        v = grid.get(k)
+        if (not isinstance(v, list) or len(v) < 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):  # fmt: skip
+            raise ProfileError(f"{where}: grid.{k} must be a list of at least two integers, "
+                               f"got {v!r}")
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ProfileError(f"{where}: grid.{k} must be strictly increasing, got {v}")
+        lowest = 0 if k == "prefill_contexts" else 1
+        if v[0] < lowest:
+            raise ProfileError(f"{where}: grid.{k} must start at >= {lowest}, got {v}")
+        out[k] = np.asarray(v, dtype=float)
+    if out["prefill_contexts"][0] != 0:
+        raise ProfileError(f"{where}: grid.prefill_contexts must start at 0, got "
+                           f"{grid['prefill_contexts']}")  # fmt: skip
+    return out
+
+
+def _check_table(tables: Mapping[str, Any], name: str, shape: tuple[int, int], where: str,
+                 axes: tuple[str, str]) -> np.ndarray:  # fmt: skip
+    raw = tables.get(name)
+    try:
+        t = np.asarray(raw, dtype=float)
+    except (TypeError, ValueError):
+        t = np.asarray([])
+    if t.shape != shape:
+        raise ProfileError(f"{where}: tables.{name} must be a {shape[0]} x {shape[1]} list of "
+                           f"seconds ({axes[0]} x {axes[1]}), got {_describe_shape(raw)}")  # fmt: skip
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise ProfileError(f"{where}: tables.{name} holds a value that is not a finite number "
+                           "of seconds >= 0")  # fmt: skip
+    return t
+
+
+def _check_number(tables: Mapping[str, Any], name: str, where: str, lo: float, hi: float) -> float:
+    v = tables.get(name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+            math.isfinite(v) and lo <= v <= hi):  # fmt: skip
+        span = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
+        raise ProfileError(f"{where}: tables.{name} must be a finite number {span}, got {v!r}")
+    return float(v)
+
+
+def _describe_shape(raw: Any) -> str:
+    if not isinstance(raw, list):
+        return repr(type(raw).__name__) if raw is not None else "nothing"
+    try:
+        return f"shape {np.asarray(raw, dtype=float).shape}"
+    except (TypeError, ValueError):
+        return "a ragged or non-numeric list"
+
+
+def _monotone(t: np.ndarray, name: str, where: str, axes: tuple[tuple[str, np.ndarray], ...]
+              ) -> np.ndarray:  # fmt: skip
+    """``t`` if it is non-decreasing along both axes (``(label, grid)`` each) up to float
+    rounding (1 ns), made exactly so (a running maximum only moves rounding noise); else
+    :class:`ProfileError` naming the two cells."""
+    for axis in (0, 1):
+        d = np.diff(t, axis=axis)
+        if np.any(d < -1e-9):
+            i, j = (int(x) for x in np.unravel_index(int(np.argmin(d)), d.shape))
+            (label, grid), (other, ogrid) = axes[axis], axes[1 - axis]
+            a, b = (i, i + 1) if axis == 0 else (j, j + 1)
+            at = j if axis == 0 else i
+            raise ProfileError(
+                f"{where}: {name} decreases from {label} {int(grid[a])} to {int(grid[b])} (at "
+                f"{other} {int(ogrid[at])}); a step must not get cheaper with more tokens, context "
+                "or sequences: re-run the calibration")
+    return np.maximum.accumulate(np.maximum.accumulate(t, axis=0), axis=1)
+
+
+class ProfiledCostModel(CostModel):
+    """Step times interpolated from a calibrated profile of the real engine (module doc).
+
+    Contract: pure (same batch, same time), 0 for an empty batch, non-decreasing when a prefill
+    chunk gains a token, any sequence gains cached context, or a sequence joins the batch;
+    exact at every grid point of each table; :meth:`decode_run_times` bit-identical to
+    :meth:`~core.sim.cost.CostModel.step_time_for` of each step. (The one part of the
+    :class:`~core.sim.cost.CostModel` contract it does not promise: a decode turned into a
+    two-token chunk takes another path through the engine and may cost less.) ``profile`` is
+    the parsed JSON document (the layout in the module doc); ``source`` names where it came
+    from in error messages and in :meth:`describe`. Use :meth:`load` for a file.
+    """
+
+    def __init__(self, profile: Mapping[str, Any], *, source: str = "<profile>") -> None:
+        where = source
+        if not isinstance(profile, Mapping):
+            raise ProfileError(f"{where}: expected a JSON object, got {type(profile).__name__}")
+        if profile.get("schema") != PROFILE_SCHEMA:
+            raise ProfileError(f"{where}: schema is {profile.get('schema')!r}, expected "
+                               f"{PROFILE_SCHEMA!r} (a step profile written by scripts.calibrate)")  # fmt: skip
+        grid = _check_grid(profile.get("grid"), where)
+        tables = profile.get("tables")
+        if not isinstance(tables, Mapping):
+            raise ProfileError(f"{where}: 'tables' must be an object with {list(TABLE_SHAPES)}, "
+                               "extra_chunk_s and decode_padding_weight")  # fmt: skip
+        t: dict[str, np.ndarray] = {}
+        for name, axes in TABLE_SHAPES.items():
+            shape = (grid[axes[0]].size, grid[axes[1]].size)
+            t[name] = _check_table(tables, name, shape, where, axes)
+        extra = _check_number(tables, "extra_chunk_s", where, 0.0, math.inf)
+        w = _check_number(tables, "decode_padding_weight", where, 0.0, 1.0)
+        self.profile = dict(profile)
+        self.source = source
+        self.grid = {k: [int(x) for x in v] for k, v in grid.items()}
+        N0 = np.concatenate(([0.0], grid["prefill_tokens"]))
+        B0 = np.concatenate(([0.0], grid["decode_batches"]))
+        C, L = grid["prefill_contexts"], grid["decode_contexts"]
+        N, B = grid["prefill_tokens"], grid["decode_batches"]
+        pre, dec = t["prefill"], t["decode"]
+        m = np.zeros((N0.size, B0.size))
+        m[1:, 0], m[0, 1:], m[1:, 1:] = pre[:, 0], dec[:, 0], t["mixed"]
+        m = _monotone(m, "the base table (tables.mixed with the context-0 prefill and first-"
+                      "context decode edges)", where, (("prefill tokens", N0), ("decode batch", B0)))
+        # column 0 of both is 0, so non-decreasing along the context axis also means >= 0
+        xp = _monotone(pre - pre[:, :1], "tables.prefill minus its context-0 column", where,
+                       (("prefill tokens", N), ("prefill context", C)))
+        xd = _monotone(dec - dec[:, :1], "tables.decode minus its first-context column", where,
+                       (("decode batch", B), ("decode context", L)))
+        egrid, kt = keys_table(xd, B, L)
+        # the calibration made D monotone; a running maximum only moves rounding noise
+        kt = np.maximum.accumulate(np.maximum.accumulate(kt, axis=0), axis=1)
+        self.extra_chunk_s = extra
+        self.decode_padding_weight = w
+        self._L0 = float(L[0])
+        self._m = _Surface(m, N0, B0)
+        self._xp = _Surface(xp, N, C)
+        self._d = _Surface(kt, B, egrid)
+
+    # ---- files -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ProfiledCostModel:
+        """The model of the profile at ``path`` (opened through :func:`core.data.open_data_file`,
+        so runs record its sha256). ``FileNotFoundError`` or :class:`ProfileError` name the
+        file."""
+        from core.data import open_data_file
+
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no such step profile (make one with "
+                                    "`nox -s calibrate` / `python -m scripts.calibrate`)")  # fmt: skip
+        with open_data_file(file) as f:
+            try:
+                doc = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ProfileError(f"{file}: not valid JSON ({exc})") from None
+            except UnicodeDecodeError as exc:
+                raise ProfileError(f"{file}: not a text file ({exc})") from None
+        return cls(doc, source=str(file))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the profile as JSON to ``path`` atomically (creating the folder)."""
+        return write_profile(self.profile, path)
+
+    # ---- timing ------------------------------------------------------------------------------
+
+    def _times(self, prefill: np.ndarray, b: int, extra_keys: np.ndarray) -> np.ndarray:
+        """Seconds of steps with the prefill chunks ``prefill`` (``[P, 2]``: tokens, context)
+        and ``b`` decodes with extra keys ``E`` = each element of ``extra_keys``. The one
+        expression both :meth:`step_time` and :meth:`decode_run_times` evaluate."""
+        one = np.ones(1)
+        more = max(0, prefill.shape[0] - 1)  # chunks beyond the first: sampled rows
+        tp = float(np.sum(prefill[:, 0])) if prefill.shape[0] else 0.0
+        t = self._m(one * (tp - more), one * (b + more))
+        if b:
+            t = t + self._d(one * b, extra_keys)
+        if prefill.shape[0]:
+            t = t + float(np.sum(self._xp(prefill[:, 0], prefill[:, 1])))
+            t = t + self.extra_chunk_s * more
+        return t
+
+    def step_time(self, prefill_chunks: Sequence[tuple[int, int]] = (),
+                  decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+        chunks = []
+        for n, c in prefill_chunks:
+            n, c = int(n), int(c)
+            if n < 0 or c < 0:
+                raise ValueError(f"prefill chunk ({n}, {c}): tokens and context must be >= 0")
+            if n:
+                chunks.append((n, c))
+        ctx = [int(c) for c in decode_contexts]
+        if any(c < 0 for c in ctx):
+            raise ValueError(f"decode contexts must be >= 0, got {min(ctx)}")
+        if not chunks and not ctx:
+            return 0.0
+        pre = np.asarray(sorted(chunks), dtype=float).reshape(-1, 2)  # sums in one order
+        e = np.array([extra_keys(ctx, self._L0, self.decode_padding_weight) if ctx else 0.0])
+        return float(self._times(pre, len(ctx), e)[0])
+
+    def decode_run_times(self, context_lens: Sequence[int], k: int) -> np.ndarray:
+        """See :meth:`CostModel.decode_run_times`: one vectorized evaluation of the step-time
+        expression over the run's growing contexts (bit-identical to asking
+        :meth:`step_time_for` for each step)."""
+        ctx = np.asarray([int(c) for c in context_lens], dtype=np.int64)
+        k = int(k)
+        if ctx.size == 0 or k <= 0:
+            return np.zeros(max(0, k))
+        if ctx.min() <= 0:  # a one-token prefill in the first step: the generic loop
+            return super().decode_run_times(ctx.tolist(), k)
+        i = np.arange(k, dtype=np.int64)[:, None]
+        L0, w = self._L0, self.decode_padding_weight
+        # the same exact integer sums as extra_keys, then the same float blend
+        total = np.maximum(ctx[None, :] + i - L0, 0).sum(axis=1).astype(np.float64)
+        padded = (ctx.size * np.maximum(ctx.max() + i[:, 0] - L0, 0)).astype(np.float64)
+        e = (1.0 - w) * total + w * padded
+        return self._times(np.zeros((0, 2)), int(ctx.size), e)
+
+    # ---- description -------------------------------------------------------------------------
+
+    @property
+    def engine_settings(self) -> dict[str, Any]:
+        """The engine configuration the profile was measured with (block size, token budget,
+        sequence limit, KV blocks, prefix caching, ...): a simulation is only calibrated for
+        these."""
+        return dict(self.profile.get("engine") or {})
+
+    @property
+    def model_config(self) -> dict[str, Any] | None:
+        """The model's config dict (a random-initialized model is rebuilt from it)."""
+        model = self.profile.get("model") or {}
+        cfg = model.get("config")
+        return dict(cfg) if isinstance(cfg, Mapping) else None
+
+    def describe(self) -> dict[str, Any]:
+        """What the model is, for provenance: source file, device, model, dtype, threads,
+        torch version, when it was made, the engine settings and the grid."""
+        p = self.profile
+        return {
+            "cost_model": "profiled", "source": self.source, "device": p.get("device"),
+            "model": (p.get("model") or {}).get("name"), "dtype": p.get("dtype"),
+            "threads": p.get("threads"), "torch_version": p.get("torch_version"),
+            "created": p.get("created"), "engine": self.engine_settings, "grid": self.grid,
+            "extra_chunk_s": self.extra_chunk_s,
+            "decode_padding_weight": self.decode_padding_weight,
+        }  # fmt: skip
+
+    def __repr__(self) -> str:
+        dev = (self.profile.get("device") or {}).get("name", "?")
+        model = (self.profile.get("model") or {}).get("name", "?")
+        return f"ProfiledCostModel({self.source!r}, device={dev!r}, model={model!r})"
+
+
+def write_profile(profile: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a profile document as indented JSON to ``path`` atomically (a temporary file in
+    the same folder, then a rename); validates it first (:class:`ProfileError`)."""
+    path = Path(path)
+    ProfiledCostModel(profile, source=str(path))  # never write a file that cannot be loaded
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(profile, indent=1, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # a shipped data file, not a private temporary one
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (for ``created``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,288 @@
+"""The profiled cost model: exact at grid points, linear between and beyond them, monotone,
+deterministic, a faithful file round trip, one clear error per bad file, and decode
+fast-forward bit-identical to stepping."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.sched import SchedulerConfig
+from core.sim import ProfiledCostModel, ProfileError, ReplicaConfig, Simulator
+from core.sim.profiled import PROFILE_SCHEMA, fit_tables, monotone_repair, robust_mean
+from core.workload import Request, poisson_arrivals
+
+GRID = {"prefill_tokens": [1, 16, 64, 256], "prefill_contexts": [0, 128, 512],
+        "decode_batches": [1, 4, 16], "decode_contexts": [16, 128, 1024]}  # fmt: skip
+
+
+def truth(prefill=(), decode=()):
+    """A made-up engine: 5 ms a step, 0.1 ms a token, 0.2 ms a sequence, attention 0.2 us per
+    query x cached key of each prefill chunk, 0.3 us per real decode key plus 0.2 us per padded
+    one (decode rows padded to the longest), 0.7 ms per extra prefill chunk."""
+    if not prefill and not decode:
+        return 0.0
+    tokens = sum(n for n, _ in prefill) + len(decode)
+    seqs = len(prefill) + len(decode)
+    attn = sum(n * c for n, c in prefill) * 0.2e-6
+    attn += sum(decode) * 0.3e-6 + len(decode) * (max(decode) if decode else 0) * 0.2e-6
+    return 5e-3 + 1e-4 * tokens + 2e-4 * seqs + attn + 7e-4 * max(0, len(prefill) - 1)
+
+
+MIXES = {4: [[16, 16, 16, 1024], [16, 16, 1024, 1024]], 16: [[16] * 15 + [1024], [16, 128] * 8]}
+
+
+def samples(noise=0.0, seed=0, repeats=3):
+    """What a calibration records for ``truth`` on GRID (times scaled by noise if any)."""
+    rng = random.Random(seed)
+    out = []
+
+    def rec(cell, pre, dec):
+        for _ in range(repeats):
+            t = truth(pre, dec) * (1 + rng.uniform(-noise, noise))
+            out.append({"cell": cell, "prefill": [list(c) for c in pre], "decode": list(dec),
+                        "seconds": t})  # fmt: skip
+
+    for n in GRID["prefill_tokens"]:
+        for c in GRID["prefill_contexts"]:
+            rec(["prefill", n, c], [(n, c)], [])
+    for b in GRID["decode_batches"]:
+        for L in GRID["decode_contexts"]:
+            rec(["decode", b, L], [], [L] * b)
+        for n in GRID["prefill_tokens"]:
+            rec(["mixed", n, b], [(n, 0)], [GRID["decode_contexts"][0]] * b)
+    for b, mixes in MIXES.items():
+        for k, ctx in enumerate(mixes):
+            rec(["decode-mix", b, k], [], ctx)
+    rec(["chunks", 64, 2], [(32, 0), (32, 0)], [])
+    return out
+
+
+def profile(noise=0.0, seed=0):
+    tables, notes = fit_tables(samples(noise, seed), GRID)
+    return {
+        "schema": PROFILE_SCHEMA, "created": "2025-01-01T00:00:00Z",
+        "device": {"type": "cpu", "name": "test cpu", "threads": 1},
+        "model": {"name": "made-up", "config": {"vocab_size": 512}, "parameters": 1},
+        "dtype": "float32", "threads": 1, "torch_version": "x",
+        "engine": {"block_size": 16, "num_kv_blocks": 512, "max_num_batched_tokens": 256,
+                   "max_num_seqs": 16, "max_model_len": 2048, "enable_prefix_caching": False},
+        "grid": GRID, "tables": tables, "samples": [], "calibration": {"notes": notes},
+    }  # fmt: skip
+
+
+EXACT = ProfiledCostModel(profile(), source="exact")
+NOISY = ProfiledCostModel(profile(noise=0.3, seed=1), source="noisy")
+
+
+# ---- values ---------------------------------------------------------------------------------
+
+
+def test_exact_at_every_grid_point():
+    L0 = GRID["decode_contexts"][0]
+    for n in GRID["prefill_tokens"]:
+        for c in GRID["prefill_contexts"]:
+            assert EXACT.step_time([(n, c)]) == pytest.approx(truth([(n, c)]), rel=1e-12)
+        for b in GRID["decode_batches"]:
+            want = truth([(n, 0)], [L0] * b)
+            assert EXACT.step_time([(n, 0)], [L0] * b) == pytest.approx(want, rel=1e-12)
+    for b in GRID["decode_batches"]:
+        for L in GRID["decode_contexts"]:
+            assert EXACT.step_time([], [L] * b) == pytest.approx(truth([], [L] * b), rel=1e-12)
+    # the tables hold the fitted values verbatim
+    tables = profile()["tables"]
+    assert EXACT.step_time([(64, 128)]) == pytest.approx(tables["prefill"][2][1], rel=1e-12)
+    assert EXACT.step_time([], [1024] * 4) == pytest.approx(tables["decode"][1][2], rel=1e-12)
+    assert EXACT.step_time([(16, 0)], [16] * 4) == pytest.approx(tables["mixed"][1][1], rel=1e-12)
+
+
+def test_linear_between_and_beyond_grid_points():
+    # decode: linear in the longest context between 128 and 1024, and beyond 1024
+    a, b = EXACT.step_time([], [128] * 4), EXACT.step_time([], [1024] * 4)
+    assert EXACT.step_time([], [576] * 4) == pytest.approx((a + b) / 2, rel=1e-12)
+    assert EXACT.step_time([], [1920] * 4) == pytest.approx(b + (b - a), rel=1e-12)
+    # prefill: beyond the largest chunk, the last segment's slope
+    p1, p2 = EXACT.step_time([(64, 0)]), EXACT.step_time([(256, 0)])
+    assert EXACT.step_time([(448, 0)]) == pytest.approx(p2 + (p2 - p1), rel=1e-12)
+    # mixed: the chord between the two nearest measured chunk sizes
+    lo, hi = EXACT.step_time([(64, 0)], [16] * 4), EXACT.step_time([(256, 0)], [16] * 4)
+    w = (100 - 64) / (256 - 64)
+    assert EXACT.step_time([(100, 0)], [16] * 4) == pytest.approx(lo + w * (hi - lo), rel=1e-12)
+
+
+def test_composition_of_the_tables():
+    """Steps no table holds, where ``truth`` is exactly what the model composes: decodes with
+    unequal contexts (the fitted padding weight), a prefill chunk with cached context among
+    decodes, several prefill chunks (each with its own attention, plus the extra-chunk cost)."""
+    assert EXACT.decode_padding_weight == pytest.approx(0.4)  # 0.2 / (0.3 + 0.2)
+    for dec in ([16, 50, 128], [16] * 9 + [1000], [300, 700, 20, 1024, 1024]):
+        assert EXACT.step_time([], dec) == pytest.approx(truth([], dec), rel=1e-9)
+    step = ([(64, 128)], [128] * 4)
+    assert EXACT.step_time(*step) == pytest.approx(truth(*step), rel=1e-9)
+    # a chunk beyond the first is looked up as one more sampled row (a decode at L0), plus
+    # extra_chunk_s: here the 0.7 ms the made-up engine charges less that decode's attention
+    assert EXACT.extra_chunk_s == pytest.approx(7e-4 - 16 * 0.5e-6, rel=1e-9)
+    for batch in (([(16, 0), (64, 128), (1, 0)], []), ([(256, 0), (16, 512)], [16, 1024, 128]),
+                  ([(32, 0), (32, 0)], [])):  # fmt: skip
+        assert EXACT.step_time(*batch) == pytest.approx(truth(*batch), rel=1e-9)
+
+
+def test_empty_zero_deterministic_and_bad_values():
+    assert EXACT.step_time() == 0.0 and EXACT.step_time([(0, 5)]) == 0.0
+    batch = ([(37, 200), (5, 0)], [17, 300, 999])
+    assert EXACT.step_time(*batch) == EXACT.step_time(*batch)
+    assert ProfiledCostModel(profile(), source="again").step_time(*batch) == EXACT.step_time(*batch)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        EXACT.step_time([(-1, 0)])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        EXACT.step_time([], [-3])
+
+
+# ---- monotone -------------------------------------------------------------------------------
+
+
+chunk = st.tuples(st.integers(1, 600), st.integers(0, 2000))
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefill=st.lists(chunk, max_size=3), decode=st.lists(st.integers(1, 3000), max_size=20),
+       which=st.integers(0, 30), extra=st.integers(1, 300), noisy=st.booleans())  # fmt: skip
+def test_monotone_in_tokens_context_and_sequences(prefill, decode, which, extra, noisy):
+    m = NOISY if noisy else EXACT
+    base = m.step_time(prefill, decode)
+    assert base >= 0
+    entries = len(prefill) + len(decode)
+    if entries:
+        i = which % entries
+        p, d = list(prefill), list(decode)
+        if i < len(p):
+            n, c = p[i]
+            assert m.step_time(p[:i] + [(n + extra, c)] + p[i + 1:], d) >= base  # tokens
+            assert m.step_time(p[:i] + [(n, c + extra)] + p[i + 1:], d) >= base  # context
+        else:
+            j = i - len(p)
+            assert m.step_time(p, d[:j] + [d[j] + extra] + d[j + 1:]) >= base  # context
+    assert m.step_time(prefill, [*decode, extra]) >= base  # another decoding sequence
+    assert m.step_time([*prefill, (extra, 0)], decode) >= base  # another prefill chunk
+
+
+def test_fit_repairs_noise_into_monotone_tables():
+    p = profile(noise=0.3, seed=1)
+    for name in ("prefill", "decode", "mixed"):
+        t = np.asarray(p["tables"][name])
+        assert np.all(np.diff(t, axis=0) >= -1e-15) and np.all(np.diff(t, axis=1) >= -1e-15)
+    noisy = np.array([[1.0, 3.0, 2.0], [0.5, 2.5, 4.0]])
+    fixed = monotone_repair(noisy)
+    assert np.all(np.diff(fixed, axis=0) >= 0) and np.all(np.diff(fixed, axis=1) >= 0)
+    assert robust_mean([1, 2, 3, 4, 100]) == 3.0 and robust_mean([1.0, 3.0]) == 2.0
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path):
+    path = EXACT.save(tmp_path / "sub" / "p.json")
+    loaded = ProfiledCostModel.load(path)
+    batch = ([(37, 200), (5, 0)], [17, 300, 999])
+    assert loaded.step_time(*batch) == EXACT.step_time(*batch)
+    assert loaded.profile == json.loads(path.read_text())
+    d = loaded.describe()
+    assert d["cost_model"] == "profiled" and d["source"] == str(path)
+    assert d["device"]["name"] == "test cpu" and d["engine"]["block_size"] == 16
+    assert loaded.model_config == {"vocab_size": 512}
+
+
+def _broken(tmp_path, edit):
+    doc = copy.deepcopy(profile())
+    edit(doc)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d.update(schema="other/1"), "schema"),
+    (lambda d: d["tables"].pop("decode"), "tables.decode"),
+    (lambda d: d["tables"]["mixed"].pop(), "tables.mixed must be a 4 x 3"),
+    (lambda d: d["grid"].update(decode_contexts=[128, 16, 1024]), "strictly increasing"),
+    (lambda d: d["grid"].update(prefill_contexts=[5, 128, 512]), "start at 0"),
+    (lambda d: d["tables"]["prefill"][0].__setitem__(0, -1.0), "finite number of seconds"),
+    (lambda d: d["tables"]["decode"][2].__setitem__(2, 0.0), "decreases"),
+    (lambda d: d["tables"].update(extra_chunk_s="x"), "extra_chunk_s"),
+    (lambda d: d["tables"].update(decode_padding_weight=1.5), "decode_padding_weight must be"),
+    (lambda d: d.pop("grid"), "'grid'"),
+])  # fmt: skip
+def test_malformed_profile_names_the_file(tmp_path, edit, words):
+    path = _broken(tmp_path, edit)
+    with pytest.raises(ProfileError) as err:
+        ProfiledCostModel.load(path)
+    assert str(path) in str(err.value) and words in str(err.value)
+
+
+def test_missing_or_non_json_profile(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json.*calibrate"):
+        ProfiledCostModel.load(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ProfileError, match=f"{bad}: not valid JSON"):
+        ProfiledCostModel.load(bad)
+
+
+# ---- decode fast-forward -----------------------------------------------------------------------
+
+
+def test_decode_run_times_bit_identical_to_steps():
+    for m in (EXACT, NOISY):
+        for ctx in ([16], [5, 900, 77], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17],
+                    [0, 40]):  # fmt: skip
+            run = m.decode_run_times(ctx, 40)
+            for i in range(40):
+                step = m.step_time([(1, 0)] * sum(c + i == 0 for c in ctx),
+                                   [c + i for c in ctx if c + i > 0])  # fmt: skip
+                assert run[i] == step  # exactly, not approximately
+
+
+def _workload(n=40, seed=0):
+    rng = random.Random(seed)
+    times = poisson_arrivals(n, rate=20.0, seed=seed)
+    reqs = []
+    for i in range(n):
+        prompt = [rng.randrange(3, 500) for _ in range(rng.randint(2, 300))]
+        reqs.append(Request(f"r{i}", float(times[i]), len(prompt), rng.randint(1, 90),
+                            prompt_token_ids=prompt))  # fmt: skip
+    return reqs
+
+
+def _fingerprint(res):
+    return ([(r.request_id, r.timeline.to_dict(), r.num_output_tokens) for r in res.requests],
+            res.steps, res.busy_time, res.makespan)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", [EXACT, NOISY], ids=["exact", "noisy"])
+def test_fast_forward_is_bit_identical(model):
+    sched = SchedulerConfig(max_num_batched_tokens=128, max_num_seqs=12, max_model_len=2048)
+    reps = [ReplicaConfig(model, num_kv_blocks=400, block_size=16, scheduler=sched,
+                          prefix_cache="none")]  # fmt: skip
+    slow = Simulator(reps, fast_forward=False).run(_workload())
+    fast = Simulator(reps, fast_forward=True).run(_workload())
+    assert fast.fast_forwarded_steps > 0
+    assert _fingerprint(fast) == _fingerprint(slow)
+
+
+def test_the_shipped_profile_loads_and_is_exact_at_its_grid():
+    from core.data import DATA_DIR
+
+    path = DATA_DIR / "profiles" / "cpu-amd-epyc-1t-tiny-llama-20m.json"
+    model = ProfiledCostModel.load(path)
+    assert model.model_config["hidden_size"] == 256 and model.profile["threads"] == 1
+    g, t = model.grid, model.profile["tables"]
+    n, c = g["prefill_tokens"][-1], g["prefill_contexts"][1]
+    assert model.step_time([(n, c)]) == pytest.approx(t["prefill"][-1][1], rel=1e-12)
+    b, L = g["decode_batches"][2], g["decode_contexts"][1]
+    assert model.step_time([], [L] * b) == pytest.approx(t["decode"][2][1], rel=1e-12)
