@@ -3,22 +3,29 @@
 Each point replays one request stream through one policy's radix cache of a given size
 (:func:`core.kv.replay.replay_requests`, the engine-free driver that uses the same policy
 objects as the engine) and reports the token hit rate, the prefill FLOPs saved, the tuned
-alpha, and TTFT: the prefill time of each prompt's uncached part on an H100 for the paper's
-7B hybrid, from the roofline cost model (the paper applies a TTFT-vs-length curve measured on
-Jamba-1.5-Mini the same way).
+alpha, and TTFT: the prefill time of each prompt's uncached part (the paper applies a
+TTFT-vs-length curve measured on Jamba-1.5-Mini the same way), twice:
+
+- on an H100 for the paper's 7B hybrid, from the roofline cost model;
+- on this CPU for the real mode's tiny hybrid, from its profiled cost model (engine steps
+  measured by ``scripts.calibrate``, shipped in ``data/profiles/``): the uncached part is
+  prefilled in chunks of the profile's token budget, each after the tokens before it.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from core.artifact import RunContext, Scale
+from core.data import data_path, open_data_file
 from core.kv.marconi import MarconiCosts
 from core.kv.replay import replay_requests
-from core.sim.cost import RooflineCostModel
+from core.sim.cost import CostModel, RooflineCostModel
+from core.sim.profiled import ProfiledCostModel
 
 from .workloads import MOONCAKE, NUM_SESSIONS, session_workload, trace_workload
 
@@ -27,6 +34,10 @@ POLICIES = ("marconi", "sglang+", "vllm+", "marconi-alpha0")
 MODEL = "marconi-hybrid-7b"
 GPU = "h100"
 MOONCAKE_PATH = "data/traces/mooncake/synthetic_trace.jsonl"
+# the real mode's tiny hybrid, calibrated on the machine the artifact was developed on; run
+# `nox -s calibrate -- --model <its config.json> --max-num-batched-tokens 512
+# --max-model-len 4096 --out <this file>` to measure yours
+CPU_PROFILE = "profiles/cpu-amd-epyc-1t-marconi-hybrid-tiny.json"
 
 # The paper's grid as the note gives it (cache sizes per workload, session rates, SWE-bench
 # response times): 5 x 6 + 6 x 6 + 4 x 6 x 3 = 138 configurations.
@@ -100,11 +111,27 @@ def _gpu_cost() -> RooflineCostModel:
     return RooflineCostModel(MODEL, GPU, dtype="fp16")
 
 
-def ttft_seconds(cost: RooflineCostModel, prompt_len: int, hit: int) -> float:
+@lru_cache(maxsize=1)
+def _cpu_cost() -> ProfiledCostModel:
+    path = data_path(CPU_PROFILE)
+    with open_data_file(path) as f:  # recorded in provenance.json with its sha256
+        profile = json.load(f)
+    return ProfiledCostModel(profile, source=str(path))
+
+
+def ttft_seconds(cost: CostModel, prompt_len: int, hit: int, chunk: int | None = None) -> float:
     """Prefill time of the prompt's uncached part: at least its last token is computed, since
-    the first output token needs its logits."""
+    the first output token needs its logits. With ``chunk``, the part is prefilled in chunks of
+    at most that many tokens (chunked prefill), each after the tokens before it."""
     cached = min(hit, prompt_len - 1)
-    return cost.step_time([(prompt_len - cached, cached)])
+    if chunk is None:
+        return cost.step_time([(prompt_len - cached, cached)])
+    total = 0.0
+    while cached < prompt_len:
+        n = min(chunk, prompt_len - cached)
+        total += cost.step_time([(n, cached)])
+        cached += n
+    return total
 
 
 def run_point(config: dict[str, Any]) -> dict[str, Any]:
@@ -115,8 +142,11 @@ def run_point(config: dict[str, Any]) -> dict[str, Any]:
     res = replay_requests(reqs, capacity_bytes=int(config["cache_gb"] * GB),
                           policy=config["policy"], costs=MarconiCosts.paper_7b(),
                           window_factor=window)
-    cost = _gpu_cost()
-    ttft = np.array([ttft_seconds(cost, o.prompt_len, o.hit_tokens) for o in res.requests])
+    gpu, cpu = _gpu_cost(), _cpu_cost()
+    chunk = int(cpu.profile["engine"]["max_num_batched_tokens"])
+    ttft = np.array([ttft_seconds(gpu, o.prompt_len, o.hit_tokens) for o in res.requests])
+    ttft_cpu = np.array([ttft_seconds(cpu, o.prompt_len, o.hit_tokens, chunk)
+                         for o in res.requests])
     return {
         "requests": res.num_requests,
         "prompt_tokens": res.prompt_tokens,
@@ -130,5 +160,7 @@ def run_point(config: dict[str, Any]) -> dict[str, Any]:
         "ttft_mean_ms": 1e3 * float(ttft.mean()),
         "ttft_p50_ms": 1e3 * float(np.percentile(ttft, 50)),
         "ttft_p95_ms": 1e3 * float(np.percentile(ttft, 95)),
+        "ttft_cpu_mean_s": float(ttft_cpu.mean()),
+        "ttft_cpu_p95_s": float(np.percentile(ttft_cpu, 95)),
         "replay_s": res.wall_seconds,
     }

@@ -30,6 +30,9 @@ def comparisons(frame: pd.DataFrame) -> pd.DataFrame:
     out["p95_cut_vs_vllm_pct"] = 100 * (1 - p95["marconi"] / p95["vllm+"])
     out["p95_cut_vs_sglang_pct"] = 100 * (1 - p95["marconi"] / p95["sglang+"])
     out["p95_cut_vs_vllm_ms"] = p95["vllm+"] - p95["marconi"]
+    if "ttft_cpu_p95_s" in frame:
+        cpu = by_policy(frame, "ttft_cpu_p95_s")
+        out["cpu_p95_cut_vs_vllm_pct"] = 100 * (1 - cpu["marconi"] / cpu["vllm+"])
     if "marconi-alpha0" in flops:
         out["alpha_gain_pp"] = 100 * (flops["marconi"] - flops["marconi-alpha0"])
     return out
@@ -84,21 +87,25 @@ def plot_hitrate(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
 
 
 def _ttft_bars(frame: pd.DataFrame, workloads: list[str], policies: list[str]) -> plt.Figure:
-    fig, axes = plt.subplots(1, len(workloads), figsize=(3.2 * len(workloads), 3), squeeze=False)
+    rows = [("ttft_p95_ms", "P95 TTFT (ms)\n7B hybrid, H100 roofline")]
+    if "ttft_cpu_p95_s" in frame:
+        rows.append(("ttft_cpu_p95_s", "P95 TTFT (s)\ntiny hybrid, this CPU"))
+    fig, axes = plt.subplots(len(rows), len(workloads), figsize=(3.2 * len(workloads),
+                                                                  2.8 * len(rows)), squeeze=False)
     colors = color_map(policies)
-    for ax, w in zip(axes[0], workloads, strict=True):
-        sub = frame[frame["workload"] == w]
-        sns.barplot(data=sub, x="cache_gb", y="ttft_p95_ms", hue="policy", hue_order=policies,
-                    palette=colors, ax=ax, errorbar=None)
-        ax.set_title(w)
-        ax.set_xlabel("Cache size (GB)")
-        ax.set_ylabel("P95 TTFT (ms, H100 roofline)")
-        if ax is not axes[0][-1]:
-            ax.get_legend().remove()
-        else:
-            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title=None)
-    fig.suptitle("Fig. 9: P95 time to first token of the 7B hybrid on an H100 "
-                 "(mean over arrival rates)")
+    for r, (column, label) in enumerate(rows):
+        for ax, w in zip(axes[r], workloads, strict=True):
+            sub = frame[frame["workload"] == w]
+            sns.barplot(data=sub, x="cache_gb", y=column, hue="policy", hue_order=policies,
+                        palette=colors, ax=ax, errorbar=None)
+            ax.set_title(w if r == 0 else "")
+            ax.set_xlabel("Cache size (GB)" if r == len(rows) - 1 else "")
+            ax.set_ylabel(label if ax is axes[r][0] else "")
+            if (r, ax) != (0, axes[0][-1]):
+                ax.get_legend().remove()
+            else:
+                sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title=None)
+    fig.suptitle("Fig. 9: P95 time to first token (mean over arrival rates)")
     fig.tight_layout()
     return fig
 

@@ -248,7 +248,7 @@ def build_llm(config: dict[str, Any], settings: EngineSettings, *, dtype: str = 
     return LLM(
         dict(config), dtype=dtype, device=device, seed=settings.seed,
         block_size=settings.block_size, num_kv_blocks=settings.num_kv_blocks,
-        enable_prefix_caching=settings.enable_prefix_caching, prefix_cache="block",
+        enable_prefix_caching=settings.enable_prefix_caching, prefix_cache="auto",  # radix for hybrid models
         max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
         max_model_len=settings.max_model_len, enable_chunked_prefill=True,
         attention_backend=settings.attention_backend,

@@ -81,7 +81,7 @@ def _results(rows: list[dict], real_rows: list[dict] | None = None) -> Results:
 
 def _row(workload, gb, policy, hit, p95=100.0, flops=None):
     return {"workload": workload, "rate": 1.0, "response_s": 0.0, "sessions": 10, "cache_gb": gb,
-            "policy": policy, "token_hit_rate": hit, "ttft_p95_ms": p95,
+            "policy": policy, "token_hit_rate": hit, "ttft_p95_ms": p95, "ttft_cpu_p95_s": p95 / 50,
             "flops_saved_fraction": hit if flops is None else flops}
 
 
@@ -97,6 +97,7 @@ def test_claim_measures_on_hand_made_results():
     # lmsys: 6 / 2 = 3; swebench: 3 / (0.7 / 0.6)
     assert mc.vllm_gap_narrows(r) == pytest.approx((3 + 3 / (0.7 / 0.6)) / 2)
     assert mc.max_p95_cut_vs_vllm(r) == pytest.approx(60.0)
+    assert mc.max_cpu_p95_cut_vs_vllm(r) == pytest.approx(60.0)
     # agent gains 10 and 1 points, chat 2 and 0
     assert mc.agentic_gap_minus_chat_gap(r) == pytest.approx(5.5 - 1.0)
     assert mc.small_cache_gap_minus_large(r) == pytest.approx(((2 - 0) + (10 - 1)) / 2)
