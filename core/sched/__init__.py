@@ -4,12 +4,19 @@ The same :class:`Scheduler` object is driven by the real engine (``core.engine``
 simulator; it reads no clock and touches no tensor.
 """
 
-from core.sched.policies import FCFS, POLICIES, PriorityPolicy, QueuePolicy, make_policy
+from core.sched.policies import (
+    FCFS,
+    POLICIES,
+    PrebleGroupPolicy,
+    PriorityPolicy,
+    QueuePolicy,
+    make_policy,
+)
 from core.sched.request import EngineRequest, PauseMode, RequestStatus, RequestTimeline
 from core.sched.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
 
 __all__ = [
-    "FCFS", "POLICIES", "EngineRequest", "PauseMode", "PriorityPolicy", "QueuePolicy",
-    "RequestStatus", "RequestTimeline", "ScheduledChunk", "Scheduler", "SchedulerConfig",
-    "SchedulerOutput", "make_policy",
+    "FCFS", "POLICIES", "EngineRequest", "PauseMode", "PrebleGroupPolicy", "PriorityPolicy",
+    "QueuePolicy", "RequestStatus", "RequestTimeline", "ScheduledChunk", "Scheduler",
+    "SchedulerConfig", "SchedulerOutput", "make_policy",
 ]

@@ -11,7 +11,9 @@ A step (vLLM v1's shape):
    the token budget; when KV memory runs out, the request the queue policy ranks last is
    preempted (recompute: its KV is freed and it waits again; swap: its KV moves to the host);
 3. swapped-out requests are swapped back in while memory allows;
-4. waiting requests are admitted in policy order, starting after their prefix-cache hit.
+4. waiting requests are admitted in policy order (its key, or the order its
+   :meth:`~core.sched.policies.QueuePolicy.admission_order` gives for this step), starting
+   after their prefix-cache hit.
 
 :meth:`Scheduler.update` then records the sampled tokens and finishes, pauses or continues
 each request.
@@ -139,6 +141,7 @@ class Scheduler:
         self.config = config
         self.kv = kv
         self.policy = make_policy(policy)
+        self._dynamic_order = type(self.policy).admission_order is not QueuePolicy.admission_order
         self.requests: dict[str, EngineRequest] = {}
         self.waiting: list[EngineRequest] = []  # sorted by policy key
         self.running: list[EngineRequest] = []  # in admission order
@@ -286,8 +289,11 @@ class Scheduler:
                 self._add_chunk(out, req, n, now)
                 budget -= n
 
-        while self.waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
-            req = self.waiting[0]
+        order = self._admission_order(budget) if self._dynamic_order else None
+        queue = self.waiting if order is None else order
+        admitted = 0
+        while admitted < len(queue) and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            req = queue[admitted]
             if self.swapped:
                 break  # swapped requests come back first
             hit = self.kv.lookup(req, now)
@@ -297,7 +303,7 @@ class Scheduler:
                 self.kv.cancel(hit)
                 req.num_computed_tokens = 0
                 break
-            self.waiting.pop(0)
+            admitted += 1
             req.num_cached_tokens = hit.num_cached_tokens
             req.status = RequestStatus.RUNNING
             if req.timeline.first_scheduled_time is None:
@@ -305,9 +311,26 @@ class Scheduler:
             self.running.append(req)
             self._add_chunk(out, req, n, now)
             budget -= n
+        if order is None:
+            del self.waiting[:admitted]
+        elif admitted:
+            taken = {r.request_id for r in order[:admitted]}
+            self.waiting[:] = [r for r in self.waiting if r.request_id not in taken]
 
         out.copies = self.kv.take_copies()
         return out
+
+    def _admission_order(self, budget: int) -> list[EngineRequest] | None:
+        """The policy's order for this step's admissions, asked only when one will be tried:
+        the steps a decode run skips would not ask it, so a stateful policy sees the same calls
+        with the simulator's fast-forward on or off."""
+        if not (self.waiting and budget > 0 and not self.swapped
+                and len(self.running) < self.config.max_num_seqs):
+            return None
+        return self.policy.admission_order(self.waiting, self._cached_tokens)
+
+    def _cached_tokens(self, req: EngineRequest) -> int:
+        return self.kv.peek_prefix(req.token_ids)
 
     def _chunk_size(self, req: EngineRequest, budget: int,
                     stops: tuple[int, ...] | None = None) -> int:
