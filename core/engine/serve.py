@@ -60,7 +60,7 @@ def replay(engine: Engine, requests: Iterable[Request], *,
                 progress(1)
             i += 1
         s = engine.scheduler
-        if s.running or s.waiting or s.swapped:
+        if _has_work(s, now):
             done = engine.step()
             if progress is not None and done:
                 progress(len(done))
@@ -76,6 +76,15 @@ def replay(engine: Engine, requests: Iterable[Request], *,
 
 
 _FAILED = (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR)
+
+
+def _has_work(s: Any, now: float) -> bool:
+    """Whether a step would do something now: a request to run, or a paused one whose call
+    has returned (only a step resumes it; waiting for it would spin forever)."""
+    if s.running or s.waiting or s.swapped:
+        return True
+    nxt = s.next_event_time()
+    return nxt is not None and nxt <= now
 
 
 def _user_delta(prev: Request, req: Request) -> list[int] | None:
@@ -158,7 +167,7 @@ def serve_sessions(engine: Engine, requests: Iterable[Request], *,
         while ready and ready[0][0] <= now:
             submit(*heapq.heappop(ready))
         s = engine.scheduler
-        if s.running or s.waiting or s.swapped:
+        if _has_work(s, now):
             done = engine.step()
             if done:
                 finished(done)

@@ -94,3 +94,17 @@ def test_failed_turn_ends_its_session_and_bad_input_is_named(llama_dir):
         serve_sessions(eng, [Request("x", 0.0, 3, 1)], sleep=sleep)
     with pytest.raises(ValueError, match="think_time_scale"):
         serve_sessions(eng, [], think_time_scale=-1)
+
+
+def test_replay_resumes_a_request_paused_alone(llama_dir):
+    """With only a paused request left, replay steps once its call returned (it used to spin)."""
+    from core.engine import replay
+    from core.workload import Interception
+
+    eng, sleep = _virtual(LLM(model=str(llama_dir), num_kv_blocks=64))
+    req = Request("r0", 0.0, prompt_len=6, output_len=5, prompt_token_ids=[1, 2, 3, 4, 5, 6],
+                  interceptions=[Interception(after_output_tokens=2, duration_s=0.3,
+                                              returned_tokens=3)])
+    [done] = replay(eng, [req], sleep=sleep)
+    assert done.is_finished and done.num_output_tokens == 5
+    assert done.timeline.finish_time >= 0.3
