@@ -46,6 +46,18 @@ Marconi's session workloads (``core.workload.sessions``)
     ``LMSYS_LIKE``, ``SHAREGPT_LIKE``, ``SWEBENCH_LIKE``
     ``session_stats(workload) -> dict``: turns, lengths, think times, prefix reuse
 
+Preble's five workloads (``core.workload.preble``)
+    ``generate_preble_workload(name, num_requests, rate, seed=0, *, arrivals="poisson"|"azure",
+    length_scale=1.0, vocab_size=32000, **overrides)`` for ``name`` in ``PREBLE_WORKLOADS``
+    (``"toolbench"``, ``"embodied"``, ``"programming"``, ``"videoqa"``, ``"loogle"``; each a
+    ``PrebleSpec`` with the paper's statistics); underneath ``generate_preble_<name>(params,
+    seed)`` with ``PrebleParams`` and its subclasses ``PrebleToolBenchParams``,
+    ``PrebleEmbodiedParams``, ``PrebleProgrammingParams``, ``PrebleVideoQAParams``,
+    ``PrebleLooGLEParams``
+    ``shared_fraction(workload)``: prompt tokens an infinite prefix cache would hit;
+    ``preble_workload_stats(workload) -> dict``: ``session_stats`` + prompt mean/std, output
+    mean, shared fraction
+
 Transforms
     ``sessions_to_interceptions(workload, *, kind="tool")``: one pausing request per session
 """
@@ -88,6 +100,24 @@ from core.workload.loaders import (
     toolbench_root,
 )
 from core.workload.mooncake import block_token_ids, expand_block_tokens
+from core.workload.preble import (
+    PREBLE_WORKLOADS,
+    PrebleEmbodiedParams,
+    PrebleLooGLEParams,
+    PrebleParams,
+    PrebleProgrammingParams,
+    PrebleSpec,
+    PrebleToolBenchParams,
+    PrebleVideoQAParams,
+    generate_preble_embodied,
+    generate_preble_loogle,
+    generate_preble_programming,
+    generate_preble_toolbench,
+    generate_preble_videoqa,
+    generate_preble_workload,
+    preble_workload_stats,
+    shared_fraction,
+)
 from core.workload.schema import Interception, Request, Workload
 from core.workload.sessions import (
     LMSYS_LIKE,
@@ -109,6 +139,7 @@ from core.workload.transforms import sessions_to_interceptions
 
 __all__ = [
     "LMSYS_LIKE",
+    "PREBLE_WORKLOADS",
     "SHAREGPT_LIKE",
     "SWEBENCH_LIKE",
     "AgenticParams",
@@ -119,6 +150,13 @@ __all__ = [
     "HashTokenizer",
     "Interception",
     "PoissonProcess",
+    "PrebleEmbodiedParams",
+    "PrebleLooGLEParams",
+    "PrebleParams",
+    "PrebleProgrammingParams",
+    "PrebleSpec",
+    "PrebleToolBenchParams",
+    "PrebleVideoQAParams",
     "Request",
     "SWEAgentTraceParams",
     "SharedPrefixParams",
@@ -135,6 +173,12 @@ __all__ = [
     "generate_agentic_sessions",
     "generate_chat_sessions",
     "generate_chat_trace",
+    "generate_preble_embodied",
+    "generate_preble_loogle",
+    "generate_preble_programming",
+    "generate_preble_toolbench",
+    "generate_preble_videoqa",
+    "generate_preble_workload",
     "generate_shared_prefix",
     "generate_swe_agent_trace",
     "load_azure",
@@ -150,12 +194,14 @@ __all__ = [
     "loogle_path",
     "mooncake_trace_path",
     "poisson_arrivals",
+    "preble_workload_stats",
     "random_tokens",
     "save_jsonl",
     "save_marconi_jsonl",
     "scale_arrivals",
     "session_stats",
     "sessions_to_interceptions",
+    "shared_fraction",
     "sharegpt_like",
     "swebench_like",
     "toolbench_root",
