@@ -45,15 +45,20 @@ class Router(ABC):
 
     Contract: ``route`` is deterministic given the request, the replicas' observable state and
     the router's own state; it returns an index into ``replicas``. ``on_finish`` lets stateful
-    routers track completions (default: nothing).
+    routers track completions (default: nothing); callers may pass the request's number of
+    generated tokens as ``output_tokens`` (None when unknown).
     """
 
     name = "router"
+    views_only = False
+    """True when ``route`` reads replicas only through the :class:`ReplicaView` methods (the
+    simulator may then bring a replica up to date only when a method is called)."""
 
     @abstractmethod
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaView], now: float) -> int: ...
 
-    def on_finish(self, replica: int, request_id: str, now: float) -> None:  # noqa: B027
+    def on_finish(self, replica: int, request_id: str, now: float, *,  # noqa: B027
+                  output_tokens: int | None = None) -> None:  # fmt: skip
         pass
 
 
@@ -61,6 +66,7 @@ class RoundRobin(Router):
     """Replicas in turn, ignoring load and caches."""
 
     name = "round-robin"
+    views_only = True
 
     def __init__(self) -> None:
         self._next = 0
@@ -75,6 +81,7 @@ class LeastOutstandingWork(Router):
     """The replica with the fewest outstanding tokens (ties: fewer requests, lower index)."""
 
     name = "least-work"
+    views_only = True
 
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaView], now: float) -> int:
         return min(range(len(replicas)),
@@ -91,6 +98,7 @@ class PrefixAffinity(Router):
     """
 
     name = "prefix-affinity"
+    views_only = True
 
     def __init__(self, min_fraction: float = 0.0) -> None:
         if not 0.0 <= min_fraction <= 1.0:

@@ -50,9 +50,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.cluster.router import (
-    LeastOutstandingWork,
-    PrefixAffinity,
-    RoundRobin,
     Router,
     RouteRequest,
     make_router,
@@ -348,9 +345,6 @@ class SimResult:
 # step scheduled at t, as in the real engine (which admits every request with arrival <= now)
 _ARRIVAL, _STEP_DONE, _WAKE = 0, 1, 2
 
-# routers known to read replicas only through the ReplicaView methods (which materialize runs)
-_VIEW_ROUTERS = (RoundRobin, LeastOutstandingWork, PrefixAffinity)
-
 
 def to_engine_request(req: Request, index: int) -> EngineRequest:
     """The engine-side request for a workload request. Prompts without token ids get
@@ -422,7 +416,7 @@ class Simulator:
         now = 0.0
         idle = set(range(len(self.replicas)))
         replicas = self.replicas
-        lazy_views = type(self.router) in _VIEW_ROUTERS
+        lazy_views = self.router.views_only
 
         def kick(rep: SimReplica, t: float) -> None:
             end = rep.start_step(t)
@@ -485,7 +479,7 @@ class Simulator:
     def _after_finish(self, req: EngineRequest, replica: int, now: float,
                       next_turn: dict[str, Request], events: list, order: Iterable[int],
                       progress: Callable[[int], Any] | None) -> None:
-        self.router.on_finish(replica, req.request_id, now)
+        self.router.on_finish(replica, req.request_id, now, output_tokens=req.num_output_tokens)
         if progress is not None:
             progress(1)
         nxt = next_turn.pop(req.request_id, None)
