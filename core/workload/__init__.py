@@ -58,6 +58,18 @@ Preble's five workloads (``core.workload.preble``)
     ``preble_workload_stats(workload) -> dict``: ``session_stats`` + prompt mean/std, output
     mean, shared fraction
 
+InferCept's augmentation workloads (``core.workload.infercept``)
+    ``generate_infercept_workload(kind, num_requests, rate, seed=0, *, length_scale=1.0,
+    duration_scale=1.0, vocab_size=32000, mix=None)`` for ``kind`` in ``AUGMENTATIONS``
+    (``"arithmetic"``, ``"qa"``, ``"virtual_env"``, ``"chatbot"``, ``"image"``, ``"tts"``; each
+    an ``AugmentationProfile``), ``SYNTHETIC_PROFILES`` (the authors' ``synthetic-<shape>``
+    sweeps) or ``"mixed"``; ``toolbench_interceptions(num_requests=None, rate=1.0, seed=0, *,
+    duration="toolbench", ...)``: pausing requests from the shipped ToolBench trajectories;
+    ``infercept_workload_stats(workload) -> dict``: per-kind calls, lengths, durations;
+    call durations: ``AUTHORS_DURATIONS``, ``TOOLBENCH_DURATION``, the ``Duration`` protocol and
+    ``LogNormalDuration``, ``AbsNormalDuration``, ``UniformDuration``, ``GammaDuration``,
+    ``MixtureDuration``
+
 Transforms
     ``sessions_to_interceptions(workload, *, kind="tool")``: one pausing request per session
 """
@@ -83,6 +95,23 @@ from core.workload.generators import (
     lognormal_lengths,
     random_tokens,
     zipf_weights,
+)
+from core.workload.infercept import (
+    AUGMENTATIONS,
+    AUTHORS_DURATIONS,
+    INFERCEPT_PROFILES,
+    SYNTHETIC_PROFILES,
+    TOOLBENCH_DURATION,
+    AbsNormalDuration,
+    AugmentationProfile,
+    Duration,
+    GammaDuration,
+    LogNormalDuration,
+    MixtureDuration,
+    UniformDuration,
+    generate_infercept_workload,
+    infercept_workload_stats,
+    toolbench_interceptions,
 )
 from core.workload.loaders import (
     azure_trace_path,
@@ -138,17 +167,28 @@ from core.workload.tokenize import HashTokenizer, Tokenizer
 from core.workload.transforms import sessions_to_interceptions
 
 __all__ = [
+    "AUGMENTATIONS",
+    "AUTHORS_DURATIONS",
+    "INFERCEPT_PROFILES",
     "LMSYS_LIKE",
     "PREBLE_WORKLOADS",
     "SHAREGPT_LIKE",
     "SWEBENCH_LIKE",
+    "SYNTHETIC_PROFILES",
+    "TOOLBENCH_DURATION",
+    "AbsNormalDuration",
     "AgenticParams",
     "ArrivalProcess",
+    "AugmentationProfile",
     "ChatSessionParams",
     "ChatTraceParams",
+    "Duration",
+    "GammaDuration",
     "GammaProcess",
     "HashTokenizer",
     "Interception",
+    "LogNormalDuration",
+    "MixtureDuration",
     "PoissonProcess",
     "PrebleEmbodiedParams",
     "PrebleLooGLEParams",
@@ -163,6 +203,7 @@ __all__ = [
     "Tokenizer",
     "TraceFormatError",
     "TraceReplay",
+    "UniformDuration",
     "Workload",
     "assign_arrivals",
     "azure_trace_path",
@@ -173,6 +214,7 @@ __all__ = [
     "generate_agentic_sessions",
     "generate_chat_sessions",
     "generate_chat_trace",
+    "generate_infercept_workload",
     "generate_preble_embodied",
     "generate_preble_loogle",
     "generate_preble_programming",
@@ -181,6 +223,7 @@ __all__ = [
     "generate_preble_workload",
     "generate_shared_prefix",
     "generate_swe_agent_trace",
+    "infercept_workload_stats",
     "load_azure",
     "load_jsonl",
     "load_loogle",
@@ -204,6 +247,7 @@ __all__ = [
     "shared_fraction",
     "sharegpt_like",
     "swebench_like",
+    "toolbench_interceptions",
     "toolbench_root",
     "zipf_weights",
 ]
