@@ -97,7 +97,7 @@ def build_points(artifact: Artifact, ctx: RunContext, names: Sequence[str]) -> l
             if h in seen:
                 raise ArtifactInputError(f"experiment {name}: point {config!r} appears twice")
             seen.add(h)
-            points.append(Point(name, config, h, exp.run))
+            points.append(Point(name, config, h, exp.run, exp.exclusive))
     return points
 
 

@@ -68,6 +68,9 @@ class Experiment:
       keys.
     - ``plot(frame, ctx)`` receives this experiment's rows (config columns + metric columns) and
       returns ``{name: figure}``; each is saved as ``fig-<name>.png`` and ``.pdf``.
+    - ``exclusive``: its points measure wall-clock time with all the machine's cores (real
+      engine replicas, say); they run after every other point, one at a time, in the main
+      process.
     """
 
     name: str
@@ -75,6 +78,7 @@ class Experiment:
     points: Callable[[RunContext], Sequence[dict[str, Any]]]
     run: PointFn
     plot: PlotFn | None = None
+    exclusive: bool = False
 
 
 class Results:

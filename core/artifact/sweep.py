@@ -48,6 +48,7 @@ class Point:
     config: dict[str, Any]
     hash: str
     run: PointFn
+    exclusive: bool = False
 
 
 @dataclass
@@ -320,8 +321,15 @@ def run_sweep(
     computed = 0
     if progress is not None and stored:
         progress(len(stored))
-    if todo:
-        for res in executor.map(todo):
+    # exclusive points measure wall-clock time on this machine: they run after the others,
+    # one at a time in this process, with no other point competing for the cores
+    shared = [p for p in todo if not p.exclusive]
+    alone = [p for p in todo if p.exclusive]
+    batches = [(executor, shared), (SerialExecutor(), alone)]
+    for runner, batch in batches:
+        if not batch:
+            continue
+        for res in runner.map(batch):
             if res.error is None:
                 store.save(res)
                 stored[res.hash] = res

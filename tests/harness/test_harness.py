@@ -194,3 +194,24 @@ def test_help_documents_every_option():
                 "--experiments", "--fresh", "--no-plots", "--strict"):
         assert opt in out, opt
     assert "squares: y = x^2 over x" in out
+
+
+def test_exclusive_points_run_alone_after_the_others_in_this_process(tmp_path):
+    import os
+
+    from core.artifact.sweep import LocalPoolExecutor, Point, PointStore, run_sweep
+
+    from .toy_artifact import where
+
+    points = [Point("shared", {"i": i}, f"s{i}", where) for i in range(4)]
+    points += [Point("alone", {"i": i}, f"a{i}", where, exclusive=True) for i in range(2)]
+    pool = LocalPoolExecutor(2)
+    try:
+        outcome = run_sweep(points, PointStore(tmp_path / "points"), pool)
+    finally:
+        pool.close()
+    rows = {r.hash: r.rows[0] for r in outcome.results}
+    assert {rows[f"a{i}"]["pid"] for i in range(2)} == {os.getpid()}
+    assert all(rows[f"s{i}"]["pid"] != os.getpid() for i in range(4))
+    assert min(rows[f"a{i}"]["finished_ns"] for i in range(2)) > max(
+        rows[f"s{i}"]["finished_ns"] for i in range(4))

@@ -88,3 +88,10 @@ TOY = Artifact(
     ],
     trace=TraceOption(help="a .txt file; its line count is reported", check=check_trace),
 )
+
+
+def where(config: dict) -> dict:
+    """Which process ran the point, and when (tests of exclusive points)."""
+    import time
+
+    return {"pid": os.getpid(), "finished_ns": time.time_ns()}
