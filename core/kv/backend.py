@@ -108,6 +108,10 @@ class KVBackend(ABC):
     def can_swap_out(self, req: Any) -> bool:
         return False
 
+    def swapped_blocks(self, req: Any) -> int:
+        """Blocks the request holds in the host pool (0 when it is not swapped out)."""
+        return 0
+
     def take_copies(self) -> PendingCopies:
         """The tensor copies queued since the last call, for the runner to apply."""
         out, self._copies = self._copies, PendingCopies()
@@ -181,6 +185,9 @@ class PagedKVBackend(KVBackend):
 
     def swap_out(self, req: Any) -> None:
         self._copies.swap_out.update(self.manager.swap_out(req.request_id))
+
+    def swapped_blocks(self, req: Any) -> int:
+        return self.manager.host.num_blocks_of(req.request_id)
 
     def swap_in(self, req: Any) -> bool:
         mapping = self.manager.swap_in(req.request_id)

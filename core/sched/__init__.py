@@ -1,9 +1,18 @@
-"""Scheduling: the request lifecycle, token-budget continuous batching, queue policies.
+"""Scheduling: the request lifecycle, token-budget continuous batching, queue policies,
+interception policies (what paused requests' KV does: ``core.sched.intercept``).
 
 The same :class:`Scheduler` object is driven by the real engine (``core.engine``) and by the
 simulator; it reads no clock and touches no tensor.
 """
 
+from core.sched.intercept import (
+    INTERCEPT_POLICIES,
+    InterceptPolicy,
+    IterationPlan,
+    LinearIterationCost,
+    MinWastePolicy,
+    make_intercept_policy,
+)
 from core.sched.policies import (
     FCFS,
     POLICIES,
@@ -16,7 +25,8 @@ from core.sched.request import EngineRequest, PauseMode, RequestStatus, RequestT
 from core.sched.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
 
 __all__ = [
-    "FCFS", "POLICIES", "EngineRequest", "PauseMode", "PrebleGroupPolicy", "PriorityPolicy",
+    "FCFS", "INTERCEPT_POLICIES", "POLICIES", "EngineRequest", "InterceptPolicy", "IterationPlan",
+    "LinearIterationCost", "MinWastePolicy", "PauseMode", "PrebleGroupPolicy", "PriorityPolicy",
     "QueuePolicy", "RequestStatus", "RequestTimeline", "ScheduledChunk", "Scheduler",
-    "SchedulerConfig", "SchedulerOutput", "make_policy",
+    "SchedulerConfig", "SchedulerOutput", "make_intercept_policy", "make_policy",
 ]

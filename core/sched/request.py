@@ -112,6 +112,8 @@ class EngineRequest:
     logprobs: list[Any] = field(default_factory=list)
     resume_time: float | None = None  # paused: when the external call returns
     pause_mode: PauseMode | None = None
+    pause_time: float | None = None  # paused: when it paused
+    paused_by: Interception | None = None  # paused: the interception, if one fired
     pending_return: list[int] = field(default_factory=list)  # tokens the call will return
     next_interception: int = 0
     timeline: RequestTimeline = field(init=False)

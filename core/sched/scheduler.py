@@ -6,28 +6,38 @@ passed in) and never touches a tensor (copies are queued by the KV backend).
 
 A step (vLLM v1's shape):
 
-1. paused requests whose external call has returned rejoin (their returned tokens appended);
+1. paused requests whose external call has returned rejoin (their returned tokens appended),
+   and the interception policy (:mod:`core.sched.intercept`) decides what happens to the KV of
+   those still paused;
 2. running requests get their next tokens (one to decode, or the next prefill chunk), within
    the token budget; when KV memory runs out, the request the queue policy ranks last is
-   preempted (recompute: its KV is freed and it waits again; swap: its KV moves to the host);
-3. swapped-out requests are swapped back in while memory allows;
+   preempted (recompute: its KV is freed and it waits again; swap: its KV moves to the host),
+   unless the policy names a paused request to swap out or discard first;
+3. swapped-out requests are swapped back in while memory (and the policy's per-iteration
+   host-link budget) allows;
 4. waiting requests are admitted in policy order (its key, or the order its
    :meth:`~core.sched.policies.QueuePolicy.admission_order` gives for this step), starting
    after their prefix-cache hit.
 
 :meth:`Scheduler.update` then records the sampled tokens and finishes, pauses or continues
 each request.
+
+Recomputation (tokens a request computed before and lost) is capped per step when the policy
+chunks it (``recompute_saturation``). KV moved over the host link is reported per step
+(:attr:`SchedulerOutput.swap_out_tokens` / ``swap_in_tokens``) for a simulator to time.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.kv.backend import KVBackend, PendingCopies
+from core.sched.intercept import InterceptPolicy, make_intercept_policy
 from core.sched.policies import QueuePolicy, make_policy
 from core.sched.request import EngineRequest, PauseMode, RequestStatus
 
@@ -42,9 +52,10 @@ class SchedulerConfig:
     - ``enable_chunked_prefill``: split prompts across steps (else a prompt waits for a step
       with room for all of it, and prompts longer than the budget are rejected);
     - ``preemption_mode``: ``"recompute"`` or ``"swap"`` (falls back to recompute when the
-      backend cannot swap or the host pool is full);
+      backend cannot swap or the host pool is full), unless the interception policy says;
     - ``discard_requeue``: where a request whose KV was discarded during a pause waits on
-      resume: ``"tail"`` (vLLM: as if it had just arrived) or ``"head"`` (its original place);
+      resume: ``"tail"`` (vLLM: as if it had just arrived) or ``"head"`` (its original place),
+      unless the interception policy says (``InterceptPolicy.requeue``);
     - ``vocab_size``: range for filler tokens of interceptions that return no token ids.
     """
 
@@ -83,12 +94,25 @@ class ScheduledChunk:
 
 @dataclass
 class SchedulerOutput:
-    """What one step computes, and the tensor copies it needs first/after."""
+    """What one step computes, and the tensor copies it needs first/after.
+
+    ``swap_out_tokens`` / ``swap_in_tokens``: KV tokens (whole blocks) that cross the host link
+    for this step, each way: swaps queued since the previous step was scheduled, and the part
+    of a longer swap-in done in this step; ``swap_overlaps_forward``: the transfer runs beside
+    the forward (pipelined) rather than before it. ``num_recompute_tokens``: tokens of the
+    chunks that were computed before (recomputation); ``recompute_budget``: the cap on the
+    chunks of recomputing requests this step (None: no cap).
+    """
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
     copies: PendingCopies = field(default_factory=PendingCopies)
     preempted: list[str] = field(default_factory=list)
     now: float = 0.0
+    swap_out_tokens: int = 0
+    swap_in_tokens: int = 0
+    swap_overlaps_forward: bool = False
+    num_recompute_tokens: int = 0
+    recompute_budget: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -96,7 +120,8 @@ class SchedulerOutput:
 
     @property
     def is_empty(self) -> bool:
-        return not self.chunks
+        """Nothing to compute and nothing crossing the host link."""
+        return not self.chunks and not self.swap_out_tokens and not self.swap_in_tokens
 
 
 @dataclass
@@ -134,13 +159,19 @@ class DecodeRun:
 
 
 class Scheduler:
-    """Continuous batching over a :class:`~core.kv.backend.KVBackend`; see the module doc."""
+    """Continuous batching over a :class:`~core.kv.backend.KVBackend`; see the module doc.
+
+    ``intercept``: the :class:`~core.sched.intercept.InterceptPolicy` (or its name) for paused
+    requests' KV; None keeps it (``"preserve"``). It may be replaced between steps.
+    """
 
     def __init__(self, config: SchedulerConfig, kv: KVBackend,
-                 policy: QueuePolicy | str = "fcfs") -> None:
+                 policy: QueuePolicy | str = "fcfs",
+                 intercept: InterceptPolicy | str | None = None) -> None:
         self.config = config
         self.kv = kv
         self.policy = make_policy(policy)
+        self.intercept = make_intercept_policy(intercept)
         self._dynamic_order = type(self.policy).admission_order is not QueuePolicy.admission_order
         self.requests: dict[str, EngineRequest] = {}
         self.waiting: list[EngineRequest] = []  # sorted by policy key
@@ -148,6 +179,13 @@ class Scheduler:
         self.swapped: list[EngineRequest] = []  # sorted by policy key
         self.paused: list[EngineRequest] = []
         self._seq = 0
+        # per iteration (set by _begin_iteration): the policy's swap targets, the host-link
+        # budgets left each way, the recompute tokens left
+        self._swap_targets: list[EngineRequest] = []
+        self._link_left = [math.inf, math.inf]
+        self._recompute_left: int | None = None
+        self._link_used = [0, 0]  # KV tokens moved out / in since the last step was scheduled
+        self._swap_in_moved: dict[str, int] = {}  # swap-ins in progress: tokens moved so far
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -192,11 +230,12 @@ class Scheduler:
         return True
 
     def pause(self, request_id: str, now: float, mode: PauseMode = PauseMode.PRESERVE,
-              resume_time: float | None = None) -> None:
+              resume_time: float | None = None, interception: Any = None) -> None:
         """Stop a running request mid-generation (an external call); :meth:`resume` continues it.
 
         ``resume_time``: when the call returns (the scheduler resumes it then by itself);
-        None waits for an explicit :meth:`resume`.
+        None waits for an explicit :meth:`resume`. ``interception``: the
+        :class:`~core.workload.schema.Interception` that fired, if any (policies read its kind).
         """
         req = self.requests[request_id]
         if req.status != RequestStatus.RUNNING:
@@ -204,7 +243,9 @@ class Scheduler:
         self.running.remove(req)
         req.timeline.num_pauses += 1
         req.pause_mode, req.resume_time = mode, resume_time
+        req.pause_time, req.paused_by = now, interception
         if mode == PauseMode.SWAP and self.kv.supports_swap and self.kv.can_swap_out(req):
+            self._link_used[0] += self._kv_tokens(req)
             self.kv.swap_out(req)
         elif mode != PauseMode.PRESERVE:
             if mode == PauseMode.SWAP:  # no host room or no swap support: discard instead
@@ -221,7 +262,7 @@ class Scheduler:
             raise ValueError(f"request {request_id!r} is {req.status.value}, not paused")
         self.paused.remove(req)
         req.token_ids.extend(returned_token_ids)
-        req.resume_time = None
+        req.resume_time = req.pause_time = req.paused_by = None
         mode, req.pause_mode = req.pause_mode, None
         if mode == PauseMode.PRESERVE:
             req.status = RequestStatus.RUNNING
@@ -231,7 +272,7 @@ class Scheduler:
             self._enqueue(self.swapped, req)
         else:
             req.status = RequestStatus.WAITING
-            if self.config.discard_requeue == "tail":
+            if (self.intercept.requeue or self.config.discard_requeue) == "tail":
                 self._seq += 1
                 req.seq_no, req.arrival_time = self._seq, now
             self._enqueue(self.waiting, req)
@@ -252,17 +293,21 @@ class Scheduler:
         out = SchedulerOutput(now=now)
         for req in [r for r in self.paused if r.resume_time is not None and r.resume_time <= now]:
             self.resume(req.request_id, self._returned_tokens(req), now)
+        self._begin_iteration(now)
+        out.recompute_budget = self._recompute_left
         budget = cfg.max_num_batched_tokens
         scheduled: set[str] = set()
 
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = self._chunk_size(req, budget)
+            n = self._cap_recompute(req, self._chunk_size(req, budget))
             if n == 0:
                 i += 1
                 continue
             while not self.kv.allocate(req, n, None, now):
+                if self._relieve(now):
+                    continue  # a paused request's KV went first
                 # never a request already scheduled in this step: its chunk is in the batch
                 candidates = [r for r in self.running if r.request_id not in scheduled]
                 victim = max(candidates, key=self.policy.key)
@@ -279,12 +324,19 @@ class Scheduler:
 
         while self.swapped and budget > 0 and len(self.running) < cfg.max_num_seqs:
             req = self.swapped[0]
+            blocks = self.kv.swapped_blocks(req)
+            if blocks > self.kv.num_free_blocks:
+                if self._relieve(now):
+                    continue
+                break
+            if not self._transfer_in(req, blocks * self.kv.block_size):
+                break  # the rest of its KV crosses the host link in later steps
             if not self.kv.swap_in(req):
                 break
             self.swapped.pop(0)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
-            n = self._chunk_size(req, budget)
+            n = self._cap_recompute(req, self._chunk_size(req, budget))
             if n and self.kv.allocate(req, n, None, now):
                 self._add_chunk(out, req, n, now)
                 budget -= n
@@ -298,10 +350,12 @@ class Scheduler:
                 break  # swapped requests come back first
             hit = self.kv.lookup(req, now)
             req.num_computed_tokens = hit.num_cached_tokens
-            n = self._chunk_size(req, budget, stops=hit.stops)
+            n = self._cap_recompute(req, self._chunk_size(req, budget, stops=hit.stops))
             if n == 0 or not self.kv.allocate(req, n, hit, now):
                 self.kv.cancel(hit)
                 req.num_computed_tokens = 0
+                if n and self._relieve(now):
+                    continue  # look it up again: the freed blocks may have held its prefix
                 break
             admitted += 1
             req.num_cached_tokens = hit.num_cached_tokens
@@ -318,7 +372,84 @@ class Scheduler:
             self.waiting[:] = [r for r in self.waiting if r.request_id not in taken]
 
         out.copies = self.kv.take_copies()
+        out.swap_out_tokens, out.swap_in_tokens = self._link_used
+        out.swap_overlaps_forward = self.intercept.pipelined_swap
+        self._link_used = [0, 0]
         return out
+
+    # -- interception policy --------------------------------------------------------------------
+
+    def _begin_iteration(self, now: float) -> None:
+        """Apply the policy's plan for paused requests and set this iteration's budgets."""
+        pol = self.intercept
+        plan = pol.plan(self, now)
+        for req in plan.discard:
+            self._discard_paused(req, now)
+        self._swap_targets = list(plan.swap_targets)
+        self._link_left = [math.inf if b is None else b
+                           for b in (pol.swap_out_budget_tokens, pol.swap_in_budget_tokens)]
+        if pol.recompute_saturation is None:
+            self._recompute_left = None
+        else:
+            decode = sum(r.num_uncomputed_tokens for r in self.running if not self._recomputing(r))
+            self._recompute_left = pol.recompute_budget(decode)
+
+    @staticmethod
+    def _recomputing(req: EngineRequest) -> bool:
+        return req.num_computed_tokens < req.max_computed_tokens
+
+    def _cap_recompute(self, req: EngineRequest, n: int) -> int:
+        """``n`` tokens of ``req``, cut to the recompute tokens left when it is recomputing
+        (the whole chunk counts: recomputed and new tokens alike). Chunking applies even
+        without chunked prefill: the policy asked for it."""
+        left = self._recompute_left
+        if left is None or n == 0 or not self._recomputing(req):
+            return n
+        return min(n, left)
+
+    def _kv_tokens(self, req: EngineRequest) -> int:
+        """Tokens of KV (whole blocks) the request holds on the device."""
+        return len(self.kv.block_table(req)) * self.kv.block_size
+
+    def _discard_paused(self, req: EngineRequest, now: float) -> None:
+        self.kv.free(req, now, cache=False)
+        req.num_computed_tokens = 0
+        req.pause_mode = PauseMode.DISCARD
+
+    def _relieve(self, now: float) -> bool:
+        """Memory ran short: free the next swap target of the policy's plan, swapped out if its
+        KV fits in this iteration's swap-out budget and the host pool, else discarded. False
+        when no target is left (the caller preempts or waits, as without a policy)."""
+        while self._swap_targets:
+            req = self._swap_targets.pop(0)
+            if req.status != RequestStatus.PAUSED or req.pause_mode != PauseMode.PRESERVE:
+                continue
+            tokens = self._kv_tokens(req)
+            if (self.kv.supports_swap and tokens <= self._link_left[0]
+                    and self.kv.can_swap_out(req)):
+                self.kv.swap_out(req)
+                req.pause_mode = PauseMode.SWAP
+                self._link_left[0] -= tokens
+                self._link_used[0] += tokens
+            else:
+                self._discard_paused(req, now)
+            return True
+        return False
+
+    def _transfer_in(self, req: EngineRequest, tokens: int) -> bool:
+        """Move what this iteration's swap-in budget allows of the request's ``tokens`` KV
+        tokens; True once all of them have crossed (then it may be swapped in)."""
+        rid = req.request_id
+        moved = self._swap_in_moved.get(rid, 0)
+        step = min(tokens - moved, self._link_left[1])
+        self._link_left[1] -= step
+        self._link_used[1] += step
+        moved += step
+        if moved < tokens:
+            self._swap_in_moved[rid] = moved
+            return False
+        self._swap_in_moved.pop(rid, None)
+        return True
 
     def _admission_order(self, budget: int) -> list[EngineRequest] | None:
         """The policy's order for this step's admissions, asked only when one will be tried:
@@ -347,14 +478,22 @@ class Scheduler:
     def _add_chunk(self, out: SchedulerOutput, req: EngineRequest, n: int, now: float) -> None:
         start = req.num_computed_tokens
         out.chunks.append(ScheduledChunk(req, start, n, sample=start + n == req.num_tokens))
+        if start < req.max_computed_tokens:
+            out.num_recompute_tokens += min(start + n, req.max_computed_tokens) - start
+            if self._recompute_left is not None:
+                self._recompute_left -= n
         self.kv.on_scheduled(req, start, n, now)
 
     def _preempt(self, req: EngineRequest, now: float, out: SchedulerOutput) -> None:
         self.running.remove(req)
         req.timeline.num_preemptions += 1
         out.preempted.append(req.request_id)
-        if (self.config.preemption_mode == "swap" and self.kv.supports_swap
-                and self.kv.can_swap_out(req)):
+        mode = self.intercept.preemption_mode or self.config.preemption_mode
+        if mode == "swap" and self.kv.supports_swap and self.kv.can_swap_out(req):
+            # memory is needed now: the swap goes even beyond the policy's budget
+            tokens = self._kv_tokens(req)
+            self._link_left[0] = max(0, self._link_left[0] - tokens)
+            self._link_used[0] += tokens
             self.kv.swap_out(req)
             req.status = RequestStatus.SWAPPED
             self._enqueue(self.swapped, req)
@@ -407,7 +546,8 @@ class Scheduler:
             icp = req.interception_due()
             if icp is not None:
                 req.next_interception += 1
-                self.pause(req.request_id, now, self._pause_mode(req), now + icp.duration_s)
+                mode = self.intercept.pause_mode(req, icp, now)
+                self.pause(req.request_id, now, mode, now + icp.duration_s, interception=icp)
         return finished
 
     # -- decode runs (the simulator's fast-forward) ---------------------------------------------
@@ -428,11 +568,13 @@ class Scheduler:
         running request; no request could be admitted or swapped in (nothing waits or is
         swapped, or the batch is at ``max_num_seqs`` or uses the whole token budget); no
         request can stop on a token (``ignore_eos`` or no EOS id, no ``stop_token_ids``); no
-        prefill stop (SSM checkpoint) is pending. Then ``k`` is the smallest of ``max_steps``,
-        the first step after which some request reaches ``max_tokens`` or ``max_model_len`` or
-        an interception is due, and the most steps the free KV blocks cover (the backend
-        allocates ``block_size``-token blocks as a request grows, as both shipped backends do;
-        a paged backend reusing a free block drops its cached hash, the same as step by step).
+        prefill stop (SSM checkpoint) is pending; no KV crosses the host link; the
+        interception policy is :meth:`~core.sched.intercept.InterceptPolicy.quiet`. Then ``k``
+        is the smallest of ``max_steps``, the first step after which some request reaches
+        ``max_tokens`` or ``max_model_len`` or an interception is due, and the most steps the
+        free KV blocks cover (the backend allocates ``block_size``-token blocks as a request
+        grows, as both shipped backends do; a paged backend reusing a free block drops its
+        cached hash, the same as step by step).
         ``step_ends(k)`` (optional, the end times of steps ``1..k``) is needed to also stop
         before a step that starts at or after a paused request's ``resume_time``; without it
         no run is allowed while a request is paused with a resume time.
@@ -444,6 +586,10 @@ class Scheduler:
         n = len(chunks)
         if n == 0 or n != len(running) or out.copies:
             return 1
+        if out.swap_out_tokens or out.swap_in_tokens or self._swap_in_moved:
+            return 1  # host-link transfers are under way
+        if self.paused and not self.intercept.quiet(self, out.now):
+            return 1  # the interception policy would act in a later step
         k = cfg.max_model_len if max_steps is None else max_steps  # any finite bound
         for c, req in zip(chunks, running, strict=True):
             if c.request is not req or c.num_tokens != 1 or not c.sample:
@@ -598,10 +744,6 @@ class Scheduler:
             raise RuntimeError(f"decode run: KV for request {req.request_id!r} ran out although "
                                "decode_run_limit said it fits")  # fmt: skip
 
-    def _pause_mode(self, req: EngineRequest) -> PauseMode:
-        """How a request's KV is handled while it waits for a tool (InferCept replaces this)."""
-        return PauseMode.PRESERVE
-
     def _stop_status(self, req: EngineRequest, token: int) -> RequestStatus | None:
         sp = req.sampling
         min_tokens = getattr(sp, "min_tokens", 0)
@@ -626,5 +768,6 @@ class Scheduler:
         elif prev in (RequestStatus.SWAPPED,) or (
                 prev == RequestStatus.PAUSED and req.pause_mode == PauseMode.SWAP):
             self.kv.free(req, now, cache=False)
+        self._swap_in_moved.pop(req.request_id, None)
         req.status = status
         req.timeline.finish_time = now

@@ -95,10 +95,20 @@ FILLER_TOKEN = 0
 
 class SimulatedRunner:
     """A runner whose "forward" is a cost model: returns the step's time and the reference
-    tokens of the requests that sample."""
+    tokens of the requests that sample.
 
-    def __init__(self, cost: StepCost) -> None:
+    ``host_link`` (default: the cost model, if it has ``swap_s``): ``swap_s(tokens)``, seconds
+    to move ``tokens`` tokens' KV one way between device and host. The step's swaps (both ways
+    at once: the link is full duplex) overlap the forward when the scheduler pipelines them
+    (the step takes the longer of the two), else they come first (the step takes the sum).
+    Without a host link swaps take no time.
+    """
+
+    def __init__(self, cost: StepCost, host_link: Any = None) -> None:
         self.cost = cost
+        if host_link is None and callable(getattr(cost, "swap_s", None)):
+            host_link = cost
+        self.host_link = host_link
 
     def execute(self, out: SchedulerOutput) -> StepResult:
         sampled: dict[str, int] = {}
@@ -108,7 +118,12 @@ class SimulatedRunner:
                 ref = getattr(req.sampling, "reference", None)
                 k = req.num_output_tokens
                 sampled[req.request_id] = ref[k] if ref is not None and k < len(ref) else FILLER_TOKEN
-        return StepResult(sampled=sampled, forward_s=self.cost.step_time_for(out))
+        dt = self.cost.step_time_for(out)
+        swapped = max(out.swap_out_tokens, out.swap_in_tokens)
+        if swapped and self.host_link is not None:
+            t_swap = self.host_link.swap_s(swapped)
+            dt = max(dt, t_swap) if out.swap_overlaps_forward else dt + t_swap
+        return StepResult(sampled=sampled, forward_s=dt)
 
     # -- decode runs ----------------------------------------------------------------------------
 
@@ -149,7 +164,8 @@ class ReplicaConfig:
     """One replica: its cost model, KV memory and batching limits.
 
     ``prefix_cache``: ``"block"`` (vLLM hashing), ``"radix"`` (needed for hybrids and for
-    Marconi/Preble policies) or ``"none"``.
+    Marconi/Preble policies) or ``"none"``. ``intercept``: the scheduler's interception policy
+    (:mod:`core.sched.intercept`); ``host_link``: times swaps (see :class:`SimulatedRunner`).
     """
 
     cost: StepCost
@@ -165,6 +181,8 @@ class ReplicaConfig:
     num_host_blocks: int = 0
     eviction: EvictionPolicy | None = None
     admission: AdmissionPolicy | None = None
+    intercept: Any = None
+    host_link: Any = None
 
     def make_backend(self) -> KVBackend:
         if self.prefix_cache == "radix" or self.hybrid:
@@ -197,8 +215,9 @@ class SimReplica:
     def __init__(self, index: int, config: ReplicaConfig, *, fast_forward: bool = False) -> None:
         self.index = index
         self.config = config
-        self.scheduler = Scheduler(config.scheduler, config.make_backend(), config.queue_policy)
-        self.runner = SimulatedRunner(config.cost)
+        self.scheduler = Scheduler(config.scheduler, config.make_backend(), config.queue_policy,
+                                   intercept=config.intercept)
+        self.runner = SimulatedRunner(config.cost, config.host_link)
         self.fast_forward = fast_forward
         self.busy_until: float | None = None  # end of the step (or run) in flight
         self.in_flight: tuple[SchedulerOutput, dict[str, int]] | None = None
