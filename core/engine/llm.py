@@ -14,6 +14,7 @@ from core.kv.backend import KVBackend, PagedKVBackend, RadixKVBackend
 from core.kv.policies import AdmissionPolicy, EvictionPolicy
 from core.model import load_model
 from core.model.checkpoint import load_tokenizer
+from core.sched.intercept import InterceptPolicy
 from core.sched.policies import QueuePolicy
 from core.sched.scheduler import Scheduler, SchedulerConfig
 
@@ -47,6 +48,9 @@ class LLM:
       checkpoint ``admission`` and ``eviction`` policies plug in here); ``"auto"`` picks.
     - batching: ``max_num_seqs``, ``max_num_batched_tokens``, ``enable_chunked_prefill``,
       ``preemption_mode`` (``"recompute"`` / ``"swap"``), ``queue_policy``.
+    - interceptions (requests that pause for a tool call): ``intercept``, a policy or its name
+      (``"preserve"`` by default, ``"vllm"``, ``"improved-discard"``, ``"swap"``,
+      ``"infercept"``; see :mod:`core.sched.intercept`).
     """
 
     def __init__(
@@ -59,7 +63,7 @@ class LLM:
         max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
         max_model_len: int | None = None, enable_chunked_prefill: bool = True,
         preemption_mode: str = "recompute", queue_policy: str | QueuePolicy = "fcfs",
-        attention_backend: str | None = None,
+        attention_backend: str | None = None, intercept: InterceptPolicy | str | None = None,
     ) -> None:
         torch_dtype = _dtype(dtype)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -108,7 +112,7 @@ class LLM:
                       if hybrid else None)
         runner = ModelRunner(self.model, kv_cache, backend, Sampler(seed=seed),
                              state_pool=state_pool, host_kv=host_kv)
-        self.engine = Engine(Scheduler(sched_cfg, backend, queue_policy), runner)
+        self.engine = Engine(Scheduler(sched_cfg, backend, queue_policy, intercept), runner)
         self._counter = 0
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:

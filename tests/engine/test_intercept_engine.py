@@ -35,9 +35,10 @@ def run_pair(path, policy, arch="llama", on_step=None):
     decodes 40 tokens; 14 blocks cannot hold both, so ``r`` runs out of KV while ``p`` waits.
     A fake clock advances 0.25 s per step."""
     kw = {"num_host_blocks": 16, "prefix_cache": "block"} if arch == "llama" else {}
-    llm = LLM(path, num_kv_blocks=14, block_size=BS, enable_prefix_caching=False, **kw)
+    llm = LLM(path, num_kv_blocks=14, block_size=BS, enable_prefix_caching=False,
+              intercept=policy, **kw)
     eng = llm.engine
-    eng.scheduler.intercept = policy
+    assert eng.scheduler.intercept is policy
     now = [0.0]
     eng.clock = lambda: now[0]
     p_prompt, r_prompt = prompts([11, 8], seed=9)
