@@ -54,10 +54,11 @@ class ModelRunner:
                 raise RuntimeError("a swap was scheduled but the runner has no host KV pool")
             dev = [*self.kv_cache.k, *self.kv_cache.v]
             host = [*self.host_kv.k, *self.host_kv.v]
-            if copies.swap_out:
-                copy_blocks(dev, host, copies.swap_out)
-            if copies.swap_in:
-                copy_blocks(host, dev, copies.swap_in)
+            for direction, mapping in copies.swaps:  # in order: see PendingCopies
+                if direction == "out":
+                    copy_blocks(dev, host, mapping)
+                else:
+                    copy_blocks(host, dev, mapping)
         if copies.states_before:
             self._copy_states(copies.states_before)
 

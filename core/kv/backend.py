@@ -26,12 +26,25 @@ from core.kv.slots import SlotAllocator
 @dataclass
 class PendingCopies:
     """Tensor copies for the runner: SSM state slots (before / after the forward) and KV
-    block moves between device and host (``swap_out``: device->host, ``swap_in``: host->device)."""
+    block moves between device and host (``swap_out``: device->host, ``swap_in``: host->device,
+    every block moved this step).
+
+    ``swaps`` holds the same moves in the order they were made, as ``("out" | "in", mapping)``;
+    the runner must apply them in that order. A swap-in releases its host blocks and a swap-out
+    its device blocks at once, so a later move of the same step may reuse them: applying every
+    swap-out before every swap-in would let a swap-out overwrite host blocks a swap-in has not
+    read yet (and the reverse order has the mirror problem)."""
 
     states_before: list[tuple[int, int]] = field(default_factory=list)
     states_after: list[tuple[int, int]] = field(default_factory=list)
     swap_out: dict[int, int] = field(default_factory=dict)
     swap_in: dict[int, int] = field(default_factory=dict)
+    swaps: list[tuple[str, dict[int, int]]] = field(default_factory=list)
+
+    def add_swap(self, direction: str, mapping: dict[int, int]) -> None:
+        """Queue one request's block moves (``"out"``: device->host, ``"in"``: host->device)."""
+        (self.swap_out if direction == "out" else self.swap_in).update(mapping)
+        self.swaps.append((direction, dict(mapping)))
 
     def __bool__(self) -> bool:
         return bool(self.states_before or self.states_after or self.swap_out or self.swap_in)
@@ -184,7 +197,7 @@ class PagedKVBackend(KVBackend):
         return self.manager.can_swap_out(req.request_id)
 
     def swap_out(self, req: Any) -> None:
-        self._copies.swap_out.update(self.manager.swap_out(req.request_id))
+        self._copies.add_swap("out", self.manager.swap_out(req.request_id))
 
     def swapped_blocks(self, req: Any) -> int:
         return self.manager.host.num_blocks_of(req.request_id)
@@ -193,7 +206,7 @@ class PagedKVBackend(KVBackend):
         mapping = self.manager.swap_in(req.request_id)
         if mapping is None:
             return False
-        self._copies.swap_in.update(mapping)
+        self._copies.add_swap("in", mapping)
         return True
 
     @property

@@ -129,3 +129,50 @@ def test_a_swap_round_trip_keeps_the_kv_bit_exact(checkpoint):
     assert before is not None and after is not None
     assert seen["tables"][0] != seen["tables"][-1]  # it came back into other blocks
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("first", ["in-then-out", "out-then-in"])
+def test_swaps_of_one_step_apply_in_order(first):
+    """A swap-in releases its host blocks (a swap-out its device blocks) at once, so a later
+    move of the same step may reuse them; the runner must copy in the order the moves were
+    made, or the request swapped in receives the other request's KV."""
+    from core.sched.request import EngineRequest
+    from core.sim import SimSampling
+
+    tiny = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 512,
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+    # in-then-out: b's swap-out needs the host blocks a's swap-in frees; out-then-in: a's
+    # swap-in needs the device blocks b's swap-out frees
+    blocks = (4, 2) if first == "in-then-out" else (2, 4)
+    llm = LLM(tiny, num_kv_blocks=blocks[0], num_host_blocks=blocks[1], block_size=16,
+              enable_prefix_caching=False)
+    kv, runner = llm.engine.scheduler.kv, llm.engine.runner
+    a = EngineRequest("a", list(range(4, 36)), SimSampling(1))
+    b = EngineRequest("b", list(range(40, 72)), SimSampling(1))
+    caches = (*runner.kv_cache.k, *runner.kv_cache.v)
+    if first == "in-then-out":  # a comes back from the host, then b leaves into a's host blocks
+        for req, value in ((a, 1.0), (b, 2.0)):
+            assert kv.allocate(req, 32, None, 0.0)
+            for t in caches:
+                t[kv.block_table(req)] = value
+        kv.swap_out(a)
+        runner.apply_copies(kv.take_copies(), after=False)
+        assert kv.swap_in(a)
+        kv.swap_out(b)
+        back, value = a, 1.0
+    else:  # b leaves, then a comes back into b's device blocks
+        assert kv.allocate(a, 32, None, 0.0)
+        for t in caches:
+            t[kv.block_table(a)] = 1.0
+        kv.swap_out(a)
+        runner.apply_copies(kv.take_copies(), after=False)
+        assert kv.allocate(b, 32, None, 0.0)
+        for t in caches:
+            t[kv.block_table(b)] = 2.0
+        kv.swap_out(b)
+        assert kv.swap_in(a)
+        back, value = a, 1.0
+        assert set(kv.block_table(a)) == {0, 1}  # b's device blocks
+    runner.apply_copies(kv.take_copies(), after=False)
+    assert all(bool((t[kv.block_table(back)] == value).all()) for t in caches)
