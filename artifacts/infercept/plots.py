@@ -11,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from core.artifact import RunContext, color_map
+from core.metrics import highest_rate_within
 
 from .sim import AUGMENTATIONS, ESTIMATED, POLICIES, SETUPS
 
@@ -38,18 +39,11 @@ def slo_rates(frame: pd.DataFrame) -> pd.DataFrame:
     for (setup, policy), g in frame.groupby(["setup", "policy"]):
         g = g.sort_values("rate")
         bound = SLO_FACTOR * float(g["unloaded_norm_latency"].iloc[0])
-        lat, rate = g["norm_latency_mean"].to_numpy(), g["rate"].to_numpy()
-        ok = lat <= bound
-        if not ok[0]:
-            best = 0.0
-        elif ok.all():
-            best = float(rate[-1])
-        else:
-            j = int(np.argmin(ok))  # first rate over the bound; the one before meets it
-            best = float(np.interp(bound, [lat[j - 1], lat[j]], [rate[j - 1], rate[j]]))
+        best, saturated = highest_rate_within(g["rate"], g["norm_latency_mean"], bound)
+        ok = g["norm_latency_mean"].to_numpy() <= bound
         rows.append({"setup": setup, "policy": policy, "slo_rate": best, "slo_bound": bound,
-                     "saturated": not ok.all(),
-                     "last_ok_rate": float(rate[ok].max()) if ok.any() else np.nan})
+                     "saturated": saturated,
+                     "last_ok_rate": float(g["rate"].to_numpy()[ok].max()) if ok.any() else np.nan})
     return pd.DataFrame(rows)
 
 

@@ -4,11 +4,11 @@ Table 1 (the ablation ladder), plus the highest rate under the latency SLO and t
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from core.artifact import RunContext, color_map
+from core.metrics import highest_rate_within
 
 from .fleet import FLEET_ROUTERS, LADDER, WORKLOADS
 
@@ -27,19 +27,10 @@ def slo_rates(frame: pd.DataFrame) -> pd.DataFrame:
     first that does not."""
     rows = []
     for key, g in frame.groupby(["setup", "gpus", "workload", "router"]):
-        g = g.sort_values("rate")
         bound = SLO_FACTOR * g["unloaded_latency_s"].iloc[0]
-        lat, rate = g["avg_latency_s"].to_numpy(), g["rate"].to_numpy()
-        ok = lat <= bound
-        if not ok[0]:
-            best = 0.0
-        elif ok.all():
-            best = float(rate[-1])
-        else:
-            j = int(np.argmin(ok))  # first rate over the bound; the one before meets it
-            best = float(np.interp(bound, [lat[j - 1], lat[j]], [rate[j - 1], rate[j]]))
+        best, saturated = highest_rate_within(g["rate"], g["avg_latency_s"], bound)
         rows.append(dict(zip(["setup", "gpus", "workload", "router"], key, strict=True),
-                         slo_rate=best, slo_bound_s=bound, saturated=not ok.all()))
+                         slo_rate=best, slo_bound_s=bound, saturated=saturated))
     return pd.DataFrame(rows)
 
 

@@ -17,6 +17,8 @@ API (all times in seconds of the producing clock; TPOT and normalized latency in
 - :func:`to_frame` ``(records) -> pandas.DataFrame``: one row per request.
 - :func:`compare` ``(a, b) -> dict``: signed relative errors of ``b``'s statistics against the
   reference ``a``, requests matched by id (the simulator fidelity report).
+- :func:`highest_rate_within` ``(rates, latencies, bound)``: the highest rate of a sweep that
+  meets a latency bound (interpolated), and whether the sweep saturated.
 
 Aborted (``abort``), rejected (``error``) and unfinished requests are counted but never enter
 latency statistics. See :mod:`core.metrics.record` for the metric definitions and
@@ -24,6 +26,7 @@ latency statistics. See :mod:`core.metrics.record` for the metric definitions an
 torch), so the simulator can use it.
 """
 
+from core.metrics.capacity import highest_rate_within
 from core.metrics.compare import compare, relative_error
 from core.metrics.record import COMPLETED, EXCLUDED_REASONS, RequestRecord, records_by_id
 from core.metrics.stats import PERCENTILE_METHOD, PERCENTILES, STAT_NAMES, Stats, percentile
@@ -39,5 +42,5 @@ from core.metrics.summary import (
 __all__ = [
     "COMPLETED", "EXCLUDED_REASONS", "FRAME_COLUMNS", "LATENCY_METRICS", "PERCENTILES",
     "PERCENTILE_METHOD", "SLO", "STAT_NAMES", "MetricsSummary", "RequestRecord", "Stats",
-    "compare", "percentile", "records_by_id", "relative_error", "summarize", "to_frame",
+    "compare", "highest_rate_within", "percentile", "records_by_id", "relative_error", "summarize", "to_frame",
 ]
