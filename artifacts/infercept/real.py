@@ -26,7 +26,6 @@ differs). Latencies are wall-clock on a shared 2-core machine: a few percent of 
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from typing import Any
 
@@ -34,12 +33,14 @@ import numpy as np
 import torch
 
 from core.artifact import RunContext, Scale
-from core.data import data_path, open_data_file
+from core.data import data_path
 from core.engine import LLM
 from core.engine.serve import replay
 from core.metrics import RequestRecord, summarize
+from core.model.spec import ModelSpec
 from core.sched import make_intercept_policy
 from core.sched.intercept import InterceptPolicy, LinearIterationCost
+from core.sim.profiled import ProfiledCostModel
 from core.workload import Workload
 from core.workload.infercept import generate_infercept_workload, infercept_workload_stats
 
@@ -64,25 +65,25 @@ KV_BLOCKS = REAL_SCALE[Scale.DEFAULT]["kv_blocks"]
 
 
 @lru_cache(maxsize=1)
-def _profile() -> dict[str, Any]:
-    with open_data_file(data_path(PROFILE)) as f:  # recorded in provenance.json
-        return json.load(f)
+def cpu_cost() -> ProfiledCostModel:
+    """This CPU's step times for the tiny model (the file's sha256 goes into provenance.json)."""
+    return ProfiledCostModel.load(data_path(PROFILE))
 
 
 def model_config() -> dict[str, Any]:
-    return dict(_profile()["model"]["config"])
+    cfg = cpu_cost().model_config
+    assert cfg is not None, f"{PROFILE} names no model config"
+    return cfg
 
 
 def kv_bytes_per_token() -> int:
-    c = model_config()
-    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    return 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * head_dim * 4  # float32
+    return ModelSpec.from_hf_config(model_config(), name="real-tiny").kv_bytes_per_token("float32")
 
 
 def fitted_cost() -> tuple[LinearIterationCost, int]:
     """``a*tokens + c`` fitted to the profile's prefill steps without context (the authors'
     ``f_ch``), and the saturation point ``round(c / a)``."""
-    p = _profile()
+    p = cpu_cost().profile
     tokens = np.asarray(p["grid"]["prefill_tokens"], dtype=float)
     seconds = np.asarray([row[0] for row in p["tables"]["prefill"]], dtype=float)
     a, c = np.polyfit(tokens, seconds, 1)

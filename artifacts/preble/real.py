@@ -19,14 +19,13 @@ fleet (cold caches).
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from typing import Any
 
 from core.artifact import RunContext, Scale
 from core.cluster import E2Costs, E2Router, Router, make_router
 from core.cluster.serving import Fleet, ReplicaSpec
-from core.data import data_path, open_data_file
+from core.data import data_path
 from core.metrics import RequestRecord, summarize
 from core.sim.profiled import ProfiledCostModel
 from core.workload import Workload, generate_preble_workload, preble_workload_stats
@@ -45,13 +44,15 @@ LENGTH_SCALE = 0.1
 
 
 @lru_cache(maxsize=1)
-def _profile() -> dict[str, Any]:
-    with open_data_file(data_path(PROFILE)) as f:  # recorded in provenance.json
-        return json.load(f)
+def cpu_cost() -> ProfiledCostModel:
+    """This CPU's step times for the tiny model (the file's sha256 goes into provenance.json)."""
+    return ProfiledCostModel.load(data_path(PROFILE))
 
 
 def model_config() -> dict[str, Any]:
-    return dict(_profile()["model"]["config"])
+    cfg = cpu_cost().model_config
+    assert cfg is not None, f"{PROFILE} names no model config"
+    return cfg
 
 
 def real_workload(config: dict[str, Any]) -> Workload:
@@ -63,8 +64,7 @@ def real_workload(config: dict[str, Any]) -> Workload:
 
 def _router(name: str, kv_tokens: int) -> Router:
     if name == "e2":
-        cost = ProfiledCostModel(_profile(), source=PROFILE)
-        return E2Router(kv_tokens, E2Costs.from_cost_model(cost, decode_context=1024))
+        return E2Router(kv_tokens, E2Costs.from_cost_model(cpu_cost(), decode_context=1024))
     return make_router(name)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +10,7 @@ from core.kv.backend import PagedKVBackend
 from core.metrics import RequestRecord
 from core.sched import EngineRequest, RequestStatus, Scheduler, SchedulerConfig
 from core.workload.schema import Interception
+from tests.fakes import Params
 from tests.metrics.util import make
 
 
@@ -86,12 +86,6 @@ def test_without_pauses_clamps_instead_of_going_back_in_time():
 # -- constructors from the engine's objects --------------------------------------------------
 
 
-@dataclass
-class Params:
-    max_tokens: int
-    ignore_eos: bool = True
-    stop_token_ids: tuple = ()
-    min_tokens: int = 0
 
 
 def _run(sched: Scheduler, now: float) -> None:

@@ -15,16 +15,11 @@ from core.kv.backend import PagedKVBackend, RadixKVBackend
 from core.sched import EngineRequest, Scheduler, SchedulerConfig
 from core.sched.scheduler import DecodeRun
 from core.workload import Interception
+from tests.fakes import Params
 
 DT = 1 / 64  # every step takes this long: exact times
 
 
-@dataclass
-class Params:
-    max_tokens: int
-    ignore_eos: bool = True
-    stop_token_ids: tuple = ()
-    min_tokens: int = 0
 
 
 def token(rid: str, k: int, shared: bool) -> int:

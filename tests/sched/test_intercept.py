@@ -38,6 +38,7 @@ from core.sched.intercept import (
 )
 from core.sim import ReplicaConfig, SimulatedRunner, Simulator
 from core.workload import Interception, Request
+from tests.fakes import Params, fake_token
 from tests.sim.test_fast_forward import LinearCost, explicit_tools, fingerprint, kv_state
 
 # 1 ms per token + 10 ms per iteration; 1 ms per token over the host link
@@ -45,16 +46,8 @@ COST = LinearIterationCost(a_s=0.001, c_s=0.010, kv_bytes_per_token=1000, host_b
 FREE_LINK = LinearIterationCost(a_s=0.001, c_s=0.010)  # no KV bytes: swaps are free, unlimited
 
 
-@dataclass
-class Params:
-    max_tokens: int
-    ignore_eos: bool = True
-    stop_token_ids: tuple = ()
-    min_tokens: int = 0
 
 
-def token(req: EngineRequest) -> int:
-    return (len(req.token_ids) * 7 + len(req.request_id)) % 50 + 3
 
 
 def make(policy, blocks=64, bs=4, host=0, budget=256, seqs=16, prefix=False) -> Scheduler:
@@ -75,7 +68,7 @@ def add(sched, rid, n_prompt, n_out, icps=(), arrival=0.0) -> EngineRequest:
 
 def step(sched, now) -> SchedulerOutput:
     out = sched.schedule(now)
-    sched.update(out, {c.request.request_id: token(c.request) for c in out.chunks if c.sample}, now)
+    sched.update(out, {c.request.request_id: fake_token(c.request) for c in out.chunks if c.sample}, now)
     return out
 
 
@@ -285,7 +278,7 @@ def run_all(sched, max_steps=5000):
     while sched.has_unfinished():
         out = sched.schedule(now)
         outs.append((out, recompute_chunk_tokens(out)))
-        sampled = {c.request.request_id: token(c.request) for c in out.chunks if c.sample}
+        sampled = {c.request.request_id: fake_token(c.request) for c in out.chunks if c.sample}
         sched.update(out, sampled, now)
         now += 0.25
         assert len(outs) < max_steps, "no progress"

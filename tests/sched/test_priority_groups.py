@@ -5,7 +5,6 @@ FCFS untouched; the simulator's decode fast-forward still exact; engine outputs 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -24,14 +23,7 @@ from core.sched import (
 )
 from core.sim import ReplicaConfig, Simulator
 from core.workload import Request
-
-
-@dataclass
-class Params:
-    max_tokens: int
-    ignore_eos: bool = True
-    stop_token_ids: tuple = ()
-    min_tokens: int = 0
+from tests.fakes import Params
 
 
 def req(rid: str, n: int = 100, arrival: float = 0.0, seq: int = 0, prompt=None) -> EngineRequest:

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.kv.backend import PagedKVBackend, RadixKVBackend
 from core.sched import EngineRequest, RequestStatus, Scheduler, SchedulerConfig
-
-
-@dataclass
-class Params:
-    max_tokens: int
-    ignore_eos: bool = True
-    stop_token_ids: tuple = ()
-    min_tokens: int = 0
-
-
-def fake_token(req: EngineRequest) -> int:
-    return (len(req.token_ids) * 7 + len(req.request_id)) % 50 + 3
+from tests.fakes import Params, fake_token
 
 
 def run(sched: Scheduler, max_steps: int = 10_000) -> list:
