@@ -3,6 +3,8 @@ kernels tested against it.
 
 - :mod:`core.kernels.attention`: paged attention over flattened varlen batches, the
   :class:`AttentionBackend` contract and its registry (``SERVELAB_ATTENTION_BACKEND``).
+- :mod:`core.kernels.linear`: ``F.linear`` and a oneDNN path over prepacked weights for CPU
+  (the :class:`Linear` layer every model uses; ``SERVELAB_LINEAR_BACKEND``).
 - :mod:`core.kernels.ssd`: the Mamba2 chunked SSD scan, its recurrent step, and the causal
   conv1d with carried state.
 
@@ -20,6 +22,14 @@ from .attention import (
     paged_attention,
     register_attention_backend,
 )
+from .linear import (
+    LINEAR_BACKEND_ENV,
+    Linear,
+    PackedWeight,
+    linear,
+    onednn_supported,
+    resolve_linear_backend,
+)
 from .ssd import (
     causal_conv1d,
     causal_conv1d_step,
@@ -31,14 +41,20 @@ from .ssd import (
 __all__ = [
     "ATTENTION_BACKEND_ENV",
     "AttentionBackend",
+    "LINEAR_BACKEND_ENV",
+    "Linear",
+    "PackedWeight",
     "PagedAttentionMetadata",
     "TorchPagedAttention",
     "attention_backends",
     "causal_conv1d",
     "causal_conv1d_step",
     "get_attention_backend",
+    "linear",
+    "onednn_supported",
     "paged_attention",
     "register_attention_backend",
+    "resolve_linear_backend",
     "ssd_chunk_scan",
     "ssd_scan_naive",
     "ssd_state_step",

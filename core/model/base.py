@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.kernels.attention import AttentionBackend, get_attention_backend
+from core.kernels.linear import Linear, PackedWeight, linear, resolve_linear_backend
 
 from .batch import ForwardBatch, ForwardContext
 from .cache import KVCache, StatePool
@@ -54,8 +54,10 @@ class CausalLM(nn.Module):
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            else Linear(config.hidden_size, config.vocab_size, bias=False)
         )
+        self.linear_backend = "torch"  # set_linear_backend packs the weights for another
+        self._tied_head_pack: PackedWeight | None = None
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope)
         self.attention_backend_name: str | None = None  # None: $SERVELAB_ATTENTION_BACKEND or auto
         self._backends: dict[tuple[str | None, torch.device], AttentionBackend] = {}
@@ -83,6 +85,19 @@ class CausalLM(nn.Module):
         get_attention_backend(name, self.device)  # fail now on an unknown or unavailable name
         self.attention_backend_name = name
 
+    def set_linear_backend(self, name: str | None) -> str:
+        """Run every linear layer (and the LM head) on backend ``name`` (None:
+        ``$SERVELAB_LINEAR_BACKEND`` or auto; see :mod:`core.kernels.linear`); returns the one
+        chosen. Packs the current weights, so call it after loading them."""
+        backend = resolve_linear_backend(name, self.device, self.dtype)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.set_backend(backend)
+        tied = self.lm_head is None and backend == "onednn"
+        self._tied_head_pack = PackedWeight(self.embed_tokens.weight) if tied else None
+        self.linear_backend = backend
+        return backend
+
     def attention_backend(self) -> AttentionBackend:
         key = (self.attention_backend_name, self.device)
         if key not in self._backends:
@@ -109,8 +124,9 @@ class CausalLM(nn.Module):
         return self.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        return linear(hidden, self.embed_tokens.weight, None, self._tied_head_pack).float()
 
     # -- caches --------------------------------------------------------------------------
     def allocate_kv_cache(

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.kernels.linear import Linear
 from core.kernels.ssd import causal_conv1d, causal_conv1d_step, ssd_chunk_scan, ssd_state_step
 
 from .base import CausalLM
@@ -92,7 +93,7 @@ class Mamba2Mixer(nn.Module):
         self.m = m
         self.state_index = state_index
         inner = m.intermediate_size
-        self.in_proj = nn.Linear(
+        self.in_proj = Linear(
             config.hidden_size, inner + m.conv_dim + m.n_heads, bias=m.proj_bias
         )
         # nn.Conv1d only holds weight [conv_dim, 1, d_conv] and bias under the HF names; the
@@ -103,7 +104,7 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, m.n_heads + 1, dtype=torch.float32)))
         self.D = nn.Parameter(torch.ones(m.n_heads))
         self.norm = GatedRMSNorm(inner, inner // m.n_groups, config.rms_norm_eps)
-        self.out_proj = nn.Linear(inner, config.hidden_size, bias=m.proj_bias)
+        self.out_proj = Linear(inner, config.hidden_size, bias=m.proj_bias)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         m = self.m

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.kernels.linear import Linear
+
 from .base import CausalLM
 from .batch import ForwardContext
 from .config import ModelConfig, MoEConfig, decode_floats, require
@@ -32,7 +34,7 @@ class SparseMoE(nn.Module):
     def __init__(self, hidden_size: int, moe: MoEConfig) -> None:
         super().__init__()
         self.top_k = moe.top_k
-        self.gate = nn.Linear(hidden_size, moe.num_experts, bias=False)
+        self.gate = Linear(hidden_size, moe.num_experts, bias=False)
         self.experts = nn.ModuleList(
             GatedMLP(hidden_size, moe.intermediate_size, hf_names=("w1", "w3", "w2"))
             for _ in range(moe.num_experts)

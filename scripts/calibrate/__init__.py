@@ -97,7 +97,8 @@ def model_config(name: str) -> dict[str, Any]:
 class EngineSettings:
     """The engine configuration a profile is measured with, and that a simulation must use to
     be calibrated: KV block size and blocks, token budget and sequence limit of a step, context
-    limit, prefix caching, attention backend (``None``: the engine's default), seed."""
+    limit, prefix caching, attention and linear backends (``None``: the engine's default; a
+    profile records the linear backend the engine resolved), seed."""
 
     block_size: int = 16
     num_kv_blocks: int = 2048
@@ -106,6 +107,7 @@ class EngineSettings:
     max_model_len: int = 2048
     enable_prefix_caching: bool = False
     attention_backend: str | None = None
+    linear_backend: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -251,7 +253,7 @@ def build_llm(config: dict[str, Any], settings: EngineSettings, *, dtype: str = 
         enable_prefix_caching=settings.enable_prefix_caching, prefix_cache="auto",  # radix for hybrid models
         max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
         max_model_len=settings.max_model_len, enable_chunked_prefill=True,
-        attention_backend=settings.attention_backend,
+        attention_backend=settings.attention_backend, linear_backend=settings.linear_backend,
     )  # fmt: skip
 
 

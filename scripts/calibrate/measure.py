@@ -487,7 +487,7 @@ def run_calibration(model: str, *, settings: EngineSettings, grid: Grid, dtype: 
         "dtype": dtype,
         "threads": int(torch.get_num_threads()),
         "torch_version": torch.__version__,
-        "engine": settings.to_dict(),
+        "engine": {**settings.to_dict(), "linear_backend": llm.model.linear_backend},
         "decode_context": "max",
         "calibration": {
             "what": "seconds of one Engine.step() (schedule, forward, sample, update), "

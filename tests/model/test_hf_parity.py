@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+from core.kernels.linear import onednn_supported
 from core.model import load_model, save_model
 
 from .conftest import VOCAB, build_hf, hf_logits
@@ -23,14 +24,21 @@ TOL = {"llama": 2e-5, "mistral": 2e-5, "qwen2": 2e-5, "qwen3": 2e-5, "mixtral": 
        "bamba": 3e-5}
 
 
+# every linear backend that runs here: "onednn" is the engine's default on CPU fp32
+BACKENDS = ["torch", pytest.param("onednn", marks=pytest.mark.skipif(
+    not onednn_supported("cpu", torch.float32), reason="oneDNN cannot pack fp32 weights here"))]
+
+
 def _tokens(n: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (n,), generator=g).tolist()
 
 
-def test_logits_match_through_prefill_chunks_and_decode(hf_checkpoint):
+@pytest.mark.parametrize("linear_backend", BACKENDS)
+def test_logits_match_through_prefill_chunks_and_decode(hf_checkpoint, linear_backend):
     arch, hf, path = hf_checkpoint
     model, _ = load_model(path)
+    model.set_linear_backend(linear_backend)
     runner = PagedRunner(model, block_size=4)
     a, b, c = _tokens(11, 1), _tokens(9, 2), _tokens(6, 3)
     decode = iter(_tokens(12, 4))
@@ -47,12 +55,14 @@ def test_logits_match_through_prefill_chunks_and_decode(hf_checkpoint):
         for key, new in work.items():
             ref = hf_logits(hf, runner.seqs[key].tokens)[-len(new):]
             worst = max(worst, (got[key] - ref).abs().max().item())
-    assert worst < TOL[arch], f"{arch}: max |dlogits| = {worst:.2e}"
+    assert worst < TOL[arch], f"{arch} ({linear_backend}): max |dlogits| = {worst:.2e}"
 
 
-def test_greedy_batch_matches_generate(hf_checkpoint):
+@pytest.mark.parametrize("linear_backend", BACKENDS)
+def test_greedy_batch_matches_generate(hf_checkpoint, linear_backend):
     arch, hf, path = hf_checkpoint
     model, _ = load_model(path)
+    model.set_linear_backend(linear_backend)
     prompts = [_tokens(3, 10), _tokens(14, 11), _tokens(8, 12)]
     n_new = 6
     ours = PagedRunner(model, block_size=4).generate(prompts, n_new)
