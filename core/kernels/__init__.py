@@ -4,7 +4,8 @@ kernels tested against it.
 - :mod:`core.kernels.attention`: paged attention over flattened varlen batches, the
   :class:`AttentionBackend` contract and its registry (``SERVELAB_ATTENTION_BACKEND``).
 - :mod:`core.kernels.linear`: ``F.linear`` and a oneDNN path over prepacked weights for CPU
-  (the :class:`Linear` layer every model uses; ``SERVELAB_LINEAR_BACKEND``).
+  (the :class:`Linear` layer every model uses; ``SERVELAB_LINEAR_BACKEND``). Its function
+  ``linear`` is not re-exported here: that name stays the module's.
 - :mod:`core.kernels.ssd`: the Mamba2 chunked SSD scan, its recurrent step, and the causal
   conv1d with carried state.
 
@@ -26,7 +27,6 @@ from .linear import (
     LINEAR_BACKEND_ENV,
     Linear,
     PackedWeight,
-    linear,
     onednn_supported,
     resolve_linear_backend,
 )
@@ -50,7 +50,6 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_step",
     "get_attention_backend",
-    "linear",
     "onednn_supported",
     "paged_attention",
     "register_attention_backend",

@@ -8,6 +8,12 @@ layout (2-5x for 4-37 rows, 15-25% for 256+; ``python -m scripts.bench engine`` 
 effect end to end). vLLM's CPU backend takes the same route. The oneDNN op is the one
 ``torch.compile``'s CPU backend emits for frozen linears (``torch.ops.mkldnn``).
 
+oneDNN pays a fixed cost per call (~50 us here) that MKL does not, so products smaller than
+:data:`PACKED_MIN_MACS` multiply-adds still go to ``F.linear``: with one thread, a tiny model's
+``[1, 256] x [256, 256]`` ran 5x slower through oneDNN, while from ~1.5M multiply-adds up
+(the 125M model's 1-row MLP and LM head, any of its products at 4+ rows) oneDNN was as fast or
+faster.
+
 Contract: :func:`linear` returns ``F.linear(x, weight, bias)`` up to fp32 rounding (oneDNN
 accumulates in another order), whatever it is given. A :class:`PackedWeight` is a reordered copy
 of one weight tensor; it is used only while that tensor is unchanged (same storage, same
@@ -35,6 +41,7 @@ from torch import nn
 __all__ = [
     "LINEAR_BACKEND_ENV",
     "LINEAR_BACKENDS",
+    "PACKED_MIN_MACS",
     "Linear",
     "PackedWeight",
     "linear",
@@ -44,6 +51,8 @@ __all__ = [
 
 LINEAR_BACKEND_ENV = "SERVELAB_LINEAR_BACKEND"
 LINEAR_BACKENDS = ("auto", "torch", "onednn")
+# below this many multiply-adds (rows x in x out) a product goes to F.linear (see above)
+PACKED_MIN_MACS = 1_500_000
 
 
 @functools.cache
@@ -120,10 +129,12 @@ def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
     packed: PackedWeight | None = None,
 ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, through ``packed`` when it is valid for this call."""
+    """``F.linear(x, weight, bias)``, through ``packed`` when it is valid for this call and
+    large enough to gain from it."""
     if (
         packed is not None
         and x.device.type == "cpu"
+        and x.numel() // max(x.shape[-1], 1) * weight.numel() >= PACKED_MIN_MACS
         and x.dtype == packed.dtype
         and packed.valid_for(weight)
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))

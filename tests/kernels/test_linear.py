@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import core.kernels.linear as linear_module
 from core.engine import LLM, SamplingParams
 from core.kernels.linear import (
     LINEAR_BACKEND_ENV,
@@ -19,6 +20,12 @@ from core.kernels.linear import (
 
 needs_onednn = pytest.mark.skipif(
     not onednn_supported("cpu", torch.float32), reason="oneDNN cannot pack fp32 weights here")
+
+
+@pytest.fixture
+def any_size(monkeypatch):
+    """Send every product, however small, through a valid pack (these tests use small ones)."""
+    monkeypatch.setattr(linear_module, "PACKED_MIN_MACS", 0)
 
 
 def _counting(monkeypatch) -> list[int]:
@@ -37,7 +44,7 @@ def _counting(monkeypatch) -> list[int]:
 @needs_onednn
 @pytest.mark.parametrize("rows", [1, 3, 16, 64, 300])
 @pytest.mark.parametrize("bias", [False, True])
-def test_packed_matches_reference(rows, bias, monkeypatch):
+def test_packed_matches_reference(rows, bias, monkeypatch, any_size):
     calls = _counting(monkeypatch)
     g = torch.Generator().manual_seed(rows)
     w = torch.randn(200, 96, generator=g)
@@ -49,7 +56,7 @@ def test_packed_matches_reference(rows, bias, monkeypatch):
 
 
 @needs_onednn
-def test_leading_axes_and_non_contiguous_inputs():
+def test_leading_axes_and_non_contiguous_inputs(any_size):
     w = torch.randn(40, 24)
     x = torch.randn(3, 5, 48)[..., ::2]  # [3, 5, 24], strided
     got = linear(x, w, None, PackedWeight(w))
@@ -58,7 +65,7 @@ def test_leading_axes_and_non_contiguous_inputs():
 
 
 @needs_onednn
-def test_a_stale_pack_is_never_used(monkeypatch):
+def test_a_stale_pack_is_never_used(monkeypatch, any_size):
     calls = _counting(monkeypatch)
     layer = Linear(16, 8)
     layer.requires_grad_(False)
@@ -78,12 +85,25 @@ def test_a_stale_pack_is_never_used(monkeypatch):
 
 
 @needs_onednn
-def test_autograd_falls_back_to_the_reference():
+def test_autograd_falls_back_to_the_reference(any_size):
     layer = Linear(16, 8)  # parameters require grad
     layer.set_backend("onednn")
     x = torch.randn(4, 16, requires_grad=True)
     layer(x).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
+
+
+@needs_onednn
+def test_small_products_stay_on_the_reference(monkeypatch):
+    calls = _counting(monkeypatch)
+    w = torch.randn(256, 256)
+    pack = PackedWeight(w)
+    small = torch.randn(linear_module.PACKED_MIN_MACS // w.numel() - 1, 256)
+    assert torch.equal(linear(small, w, None, pack), F.linear(small, w))
+    assert calls[0] == 0
+    large = torch.randn(linear_module.PACKED_MIN_MACS // w.numel() + 1, 256)
+    linear(large, w, None, pack)
+    assert calls[0] == 1
 
 
 def test_torch_backend_and_state_dict_are_nn_linear():
@@ -109,7 +129,7 @@ def test_resolve_backend(monkeypatch):
 
 @needs_onednn
 @pytest.mark.parametrize("tied", [False, True])
-def test_engine_packs_by_default_and_generates_the_same_tokens(tied, monkeypatch):
+def test_engine_packs_by_default_and_generates_the_same_tokens(tied, monkeypatch, any_size):
     monkeypatch.delenv(LINEAR_BACKEND_ENV, raising=False)
     config = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=256,
                   hidden_size=64, intermediate_size=128, num_hidden_layers=2,
