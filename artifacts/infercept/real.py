@@ -26,21 +26,19 @@ differs). Latencies are wall-clock on a shared 2-core machine: a few percent of 
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from core.artifact import RunContext, Scale
-from core.data import data_path
 from core.engine import LLM
 from core.engine.serve import replay
 from core.metrics import RequestRecord, summarize
 from core.model.spec import ModelSpec
 from core.sched import make_intercept_policy
 from core.sched.intercept import InterceptPolicy, LinearIterationCost
-from core.sim.profiled import ProfiledCostModel
+from core.sim.profiled import ProfiledCostModel, shipped_profile
 from core.workload import Workload
 from core.workload.infercept import generate_infercept_workload, infercept_workload_stats
 
@@ -64,16 +62,13 @@ REAL_SCALE = {
 KV_BLOCKS = REAL_SCALE[Scale.DEFAULT]["kv_blocks"]
 
 
-@lru_cache(maxsize=1)
 def cpu_cost() -> ProfiledCostModel:
     """This CPU's step times for the tiny model (the file's sha256 goes into provenance.json)."""
-    return ProfiledCostModel.load(data_path(PROFILE))
+    return shipped_profile(PROFILE)
 
 
 def model_config() -> dict[str, Any]:
-    cfg = cpu_cost().model_config
-    assert cfg is not None, f"{PROFILE} names no model config"
-    return cfg
+    return cpu_cost().require_model_config()
 
 
 def kv_bytes_per_token() -> int:

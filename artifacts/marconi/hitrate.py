@@ -14,18 +14,16 @@ TTFT-vs-length curve measured on Jamba-1.5-Mini the same way), twice:
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from core.artifact import RunContext, Scale
-from core.data import data_path, open_data_file
 from core.kv.marconi import MarconiCosts
 from core.kv.replay import replay_requests
 from core.sim.cost import CostModel, RooflineCostModel
-from core.sim.profiled import ProfiledCostModel
+from core.sim.profiled import ProfiledCostModel, shipped_profile
 
 from .workloads import MOONCAKE, NUM_SESSIONS, session_workload, trace_workload
 
@@ -111,12 +109,8 @@ def _gpu_cost() -> RooflineCostModel:
     return RooflineCostModel(MODEL, GPU, dtype="fp16")
 
 
-@lru_cache(maxsize=1)
 def _cpu_cost() -> ProfiledCostModel:
-    path = data_path(CPU_PROFILE)
-    with open_data_file(path) as f:  # recorded in provenance.json with its sha256
-        profile = json.load(f)
-    return ProfiledCostModel(profile, source=str(path))
+    return shipped_profile(CPU_PROFILE)  # recorded in provenance.json with its sha256
 
 
 def ttft_seconds(cost: CostModel, prompt_len: int, hit: int, chunk: int | None = None) -> float:

@@ -19,15 +19,13 @@ fleet (cold caches).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from core.artifact import RunContext, Scale
 from core.cluster import E2Costs, E2Router, Router, make_router
 from core.cluster.serving import Fleet, ReplicaSpec
-from core.data import data_path
 from core.metrics import RequestRecord, summarize
-from core.sim.profiled import ProfiledCostModel
+from core.sim.profiled import ProfiledCostModel, shipped_profile
 from core.workload import Workload, generate_preble_workload, preble_workload_stats
 
 PROFILE = "profiles/cpu-amd-epyc-1t-tiny-llama-20m.json"
@@ -43,16 +41,13 @@ WORKLOAD = "videoqa"
 LENGTH_SCALE = 0.1
 
 
-@lru_cache(maxsize=1)
 def cpu_cost() -> ProfiledCostModel:
     """This CPU's step times for the tiny model (the file's sha256 goes into provenance.json)."""
-    return ProfiledCostModel.load(data_path(PROFILE))
+    return shipped_profile(PROFILE)
 
 
 def model_config() -> dict[str, Any]:
-    cfg = cpu_cost().model_config
-    assert cfg is not None, f"{PROFILE} names no model config"
-    return cfg
+    return cpu_cost().require_model_config()
 
 
 def real_workload(config: dict[str, Any]) -> Workload:

@@ -89,6 +89,7 @@ missing file raises ``FileNotFoundError`` and a malformed one :class:`ProfileErr
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -111,6 +112,7 @@ __all__ = [
     "keys_table",
     "monotone_repair",
     "robust_mean",
+    "shipped_profile",
     "utc_now",
     "write_profile",
 ]
@@ -720,6 +722,13 @@ class ProfiledCostModel(CostModel):
         cfg = model.get("config")
         return dict(cfg) if isinstance(cfg, Mapping) else None
 
+    def require_model_config(self) -> dict[str, Any]:
+        """:attr:`model_config`, or :class:`ProfileError` naming the file when there is none."""
+        cfg = self.model_config
+        if cfg is None:
+            raise ProfileError(f"{self.source}: the profile names no model config")
+        return cfg
+
     def describe(self) -> dict[str, Any]:
         """What the model is, for provenance: source file, device, model, dtype, threads,
         torch version, when it was made, the engine settings and the grid."""
@@ -737,6 +746,16 @@ class ProfiledCostModel(CostModel):
         dev = (self.profile.get("device") or {}).get("name", "?")
         model = (self.profile.get("model") or {}).get("name", "?")
         return f"ProfiledCostModel({self.source!r}, device={dev!r}, model={model!r})"
+
+
+@functools.lru_cache(maxsize=8)
+def shipped_profile(relative: str) -> ProfiledCostModel:
+    """The profile shipped at ``data/<relative>`` (e.g. ``"profiles/<device>-<model>.json"``),
+    loaded once per process through :meth:`ProfiledCostModel.load`, so the first run that
+    reads it records its sha256."""
+    from core.data import data_path
+
+    return ProfiledCostModel.load(data_path(relative))
 
 
 def write_profile(profile: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -13,9 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.data import DATA_DIR
 from core.sched import SchedulerConfig
 from core.sim import ProfiledCostModel, ProfileError, ReplicaConfig, Simulator
-from core.sim.profiled import PROFILE_SCHEMA, fit_tables, monotone_repair, robust_mean
+from core.sim.profiled import (
+    PROFILE_SCHEMA,
+    fit_tables,
+    monotone_repair,
+    robust_mean,
+    shipped_profile,
+)
 from core.workload import Request, poisson_arrivals
 
 GRID = {"prefill_tokens": [1, 16, 64, 256], "prefill_contexts": [0, 128, 512],
@@ -275,14 +282,25 @@ def test_fast_forward_is_bit_identical(model):
     assert _fingerprint(fast) == _fingerprint(slow)
 
 
-def test_the_shipped_profile_loads_and_is_exact_at_its_grid():
-    from core.data import DATA_DIR
+SHIPPED = DATA_DIR / "profiles" / "cpu-amd-epyc-1t-tiny-llama-20m.json"
 
-    path = DATA_DIR / "profiles" / "cpu-amd-epyc-1t-tiny-llama-20m.json"
-    model = ProfiledCostModel.load(path)
-    assert model.model_config["hidden_size"] == 256 and model.profile["threads"] == 1
+
+def test_the_shipped_profile_loads_and_is_exact_at_its_grid():
+    model = shipped_profile("profiles/cpu-amd-epyc-1t-tiny-llama-20m.json")
+    assert shipped_profile("profiles/cpu-amd-epyc-1t-tiny-llama-20m.json") is model  # loaded once
+    assert model.require_model_config()["hidden_size"] == 256 and model.profile["threads"] == 1
     g, t = model.grid, model.profile["tables"]
     n, c = g["prefill_tokens"][-1], g["prefill_contexts"][1]
     assert model.step_time([(n, c)]) == pytest.approx(t["prefill"][-1][1], rel=1e-12)
     b, L = g["decode_batches"][2], g["decode_contexts"][1]
     assert model.step_time([], [L] * b) == pytest.approx(t["decode"][2][1], rel=1e-12)
+
+
+def test_a_profile_without_a_model_config_says_so():
+    model = ProfiledCostModel.load(SHIPPED)
+    doc = copy.deepcopy(model.profile)
+    del doc["model"]["config"]
+    bare = ProfiledCostModel(doc, source="bare.json")
+    assert bare.model_config is None
+    with pytest.raises(ProfileError, match="bare.json: the profile names no model config"):
+        bare.require_model_config()
