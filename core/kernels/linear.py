@@ -4,7 +4,8 @@ Why: PyTorch's CPU ``F.linear`` goes to MKL's sgemm, which on AMD CPUs (no Intel
 at the small row counts of decoding (1-64 tokens) runs far below the machine's peak; on the
 2-core AVX2 EPYC this was written on, a ``[16, 768] x [768, 32000]`` product ran at 16 GFLOP/s
 through MKL and at 55 GFLOP/s through oneDNN with the weight reordered once into its blocked
-layout (2-5x for 4-37 rows, 15-25% for 256+; ``python -m scripts.bench engine`` measures the
+layout (1.1-5x for 4-37 rows, most at 4 rows and on the wide MLP and LM-head products;
+10-30% for 256+; ``python -m scripts.bench engine`` measures the
 effect end to end). vLLM's CPU backend takes the same route. The oneDNN op is the one
 ``torch.compile``'s CPU backend emits for frozen linears (``torch.ops.mkldnn``).
 
@@ -46,6 +47,7 @@ __all__ = [
     "PackedWeight",
     "linear",
     "onednn_supported",
+    "pack_weight",
     "resolve_linear_backend",
 ]
 
@@ -125,6 +127,13 @@ class PackedWeight:
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def pack_weight(weight: torch.Tensor, backend: str) -> PackedWeight | None:
+    """``weight`` packed for ``backend``; None for ``"torch"`` or where oneDNN cannot take this
+    weight's device and dtype (that weight then runs on ``F.linear``)."""
+    usable = backend == "onednn" and onednn_supported(weight.device.type, weight.dtype)
+    return PackedWeight(weight) if usable else None
+
+
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
     packed: PackedWeight | None = None,
@@ -153,9 +162,7 @@ class Linear(nn.Linear):
     packed: PackedWeight | None = None
 
     def set_backend(self, backend: str) -> None:
-        w = self.weight
-        usable = backend == "onednn" and onednn_supported(w.device.type, w.dtype)
-        self.packed = PackedWeight(w) if usable else None
+        self.packed = pack_weight(self.weight, backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, self.packed)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from core.kernels.attention import AttentionBackend, get_attention_backend
-from core.kernels.linear import Linear, PackedWeight, linear, resolve_linear_backend
+from core.kernels.linear import Linear, PackedWeight, linear, pack_weight, resolve_linear_backend
 
 from .batch import ForwardBatch, ForwardContext
 from .cache import KVCache, StatePool
@@ -93,8 +93,8 @@ class CausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.set_backend(backend)
-        tied = self.lm_head is None and backend == "onednn"
-        self._tied_head_pack = PackedWeight(self.embed_tokens.weight) if tied else None
+        tied = self.lm_head is None
+        self._tied_head_pack = pack_weight(self.embed_tokens.weight, backend) if tied else None
         self.linear_backend = backend
         return backend
 

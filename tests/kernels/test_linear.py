@@ -145,4 +145,5 @@ def test_engine_packs_by_default_and_generates_the_same_tokens(tied, monkeypatch
         assert (calls[0] > 0) == (backend is None), backend
     assert llm.model.linear_backend == "onednn"
     assert all(m.packed is not None for m in llm.model.modules() if isinstance(m, Linear))
+    assert (llm.model._tied_head_pack is not None) == tied  # the embedding as LM head, packed too
     assert outputs["torch"] == outputs[None]
