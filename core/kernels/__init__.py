@@ -16,10 +16,13 @@ Optional backends (Triton, CUDA) register themselves on import; import them here
 from .attention import (
     ATTENTION_BACKEND_ENV,
     AttentionBackend,
+    DecodeGroup,
+    GatherWorkspace,
     PagedAttentionMetadata,
     TorchPagedAttention,
     attention_backends,
     get_attention_backend,
+    group_by_length,
     paged_attention,
     register_attention_backend,
 )
@@ -41,6 +44,8 @@ from .ssd import (
 __all__ = [
     "ATTENTION_BACKEND_ENV",
     "AttentionBackend",
+    "DecodeGroup",
+    "GatherWorkspace",
     "LINEAR_BACKEND_ENV",
     "Linear",
     "PackedWeight",
@@ -50,6 +55,7 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_step",
     "get_attention_backend",
+    "group_by_length",
     "onednn_supported",
     "paged_attention",
     "register_attention_backend",

@@ -373,6 +373,35 @@ class _StepClock:
         return scores
 
 
+def linear_only_step(model: Any, rows: int, repeats: int = 5) -> dict[str, Any]:
+    """Best time of a decode step's linear layers alone, through the model's own kernels.
+
+    Every ``core.kernels.Linear`` of ``model`` runs once in module order on a ``rows``-row
+    input, then the LM head (``model.compute_logits``), so all the weights are streamed as in
+    a step but nothing else runs: no attention, norms, sampling or Python around them. With
+    ~400 MB of weights per step nothing stays in cache between runs. A step of the whole model
+    cannot beat this on these kernels, so its % of the step roofline is the ceiling those
+    kernels put on the engine's own.
+    """
+    import torch
+
+    from core.kernels.linear import Linear
+
+    gen = torch.Generator().manual_seed(0)
+    layers = [m for m in model.modules() if isinstance(m, Linear) and m is not model.lm_head]
+    inputs = [torch.randn(rows, m.in_features, generator=gen).to(model.dtype) for m in layers]
+    head_in = torch.randn(rows, model.config.hidden_size, generator=gen).to(model.dtype)
+
+    def step() -> None:
+        with torch.inference_mode():
+            for m, x in zip(layers, inputs, strict=True):
+                m(x)
+            model.compute_logits(head_in)
+
+    return {"step_s": rf.time_best(step, repeats), "linear_layers": len(layers) + 1,
+            "linear_backend": model.linear_backend}  # fmt: skip
+
+
 def hf_decode_step(model: Any, prompts: list[list[int]], steps: int) -> dict[str, Any]:
     """One ``generate`` call over equal-length prompts (no padding) for ``steps + 1`` tokens;
     TPOT = (last token time - first token time) / steps, and the median step."""
@@ -700,7 +729,7 @@ def annotate(res: dict[str, Any]) -> None:
         row["roofline_memory_s"] = rf.memory_time(row["bytes_per_step"], bw)
         row["roofline_step_s"] = max(row["roofline_compute_s"], row["roofline_memory_s"])
         row["bound_by"] = "memory" if row["roofline_memory_s"] >= row["roofline_compute_s"] else "compute"
-        for key in ("engine", "hf_generate"):
+        for key in ("engine", "hf_generate", "engine_linear_only"):
             if _ok(row.get(key)):
                 row[key]["pct_of_roofline"] = rf.percent_of_roofline(
                     row[key]["step_s"], row["roofline_step_s"]
@@ -940,6 +969,9 @@ class Bench:
             prompts = [self.tokens.prompt(plen) for _ in range(b)]  # fresh: no prefix-cache hit
             row["hf_generate"] = _guard(lambda p=prompts: hf_decode_step(self.get_hf(), p, steps))
             row["engine"] = self.engine_part(lambda p=prompts: self._engine_decode(p, steps))
+            row["engine_linear_only"] = self.engine_part(
+                lambda b=b: linear_only_step(self.get_engine().llm.model, b)
+            )
             dec["rows"].append(row)
             annotate(self.res)
             self.done()
@@ -1166,17 +1198,21 @@ def render(report: dict[str, Any]) -> str:
             rows = []
             for row in dec["rows"]:
                 e, h = row["engine"], row["hf_generate"]
+                lin = row.get("engine_linear_only")
                 rows.append([
                     row["batch"], _ms(row.get("roofline_step_s")), row.get("bound_by"),
                     _ms(_get(e, "step_s")), _get(e, "pct_of_roofline"),
+                    _ms(_get(lin, "step_s")), _get(lin, "pct_of_roofline"),
                     _ms(_get(h, "step_s")), _get(h, "pct_of_roofline"),
                 ])  # fmt: skip
             note = _why(dec["rows"][0]["engine"])
             blocks.append(rep.format_table(
-                ["batch", "roofline ms", "bound", "engine ms", "engine %", "HF ms", "HF %"], rows,
+                ["batch", "roofline ms", "bound", "engine ms", "engine %", "linears ms",
+                 "linears %", "HF ms", "HF %"], rows,
                 title=(f"== {dtype}: decode step, context ~{dec['context']}"
-                       + (f" (engine: {note})" if note else "")),
-                formats=[None, ".2f", None, ".2f", ".1f", ".2f", ".1f"],
+                       + (f" (engine: {note})" if note else "")
+                       + "; linears: the engine's linear layers and LM head alone"),
+                formats=[None, ".2f", None, ".2f", ".1f", ".2f", ".1f", ".2f", ".1f"],
             ))  # fmt: skip
         lines = []
         sched = r.get("scheduler")

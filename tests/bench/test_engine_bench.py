@@ -216,7 +216,8 @@ def _results(engine_status="ok"):
         },
         "decode": {"rows": [{"batch": 1, "flops_per_step": 1e8, "bytes_per_step": 5e8,
                              "engine": {"status": "ok", "step_s": 0.1} if engine_status == "ok"
-                             else eng, "hf_generate": {"status": "ok", "step_s": 0.2}}]},
+                             else eng, "hf_generate": {"status": "ok", "step_s": 0.2},
+                             "engine_linear_only": {"status": "ok", "step_s": 0.08}}]},
         "scheduler": {"status": "ok", "outside_share_pct": 4.0} if engine_status == "ok" else eng,
     }  # fmt: skip
     eb.annotate(res)
@@ -234,6 +235,7 @@ def test_annotate_computes_every_roofline_number():
     assert row["roofline_step_s"] == pytest.approx(0.05) and row["bound_by"] == "memory"
     assert row["engine"]["pct_of_roofline"] == pytest.approx(50.0)
     assert row["hf_generate"]["pct_of_roofline"] == pytest.approx(25.0)
+    assert row["engine_linear_only"]["pct_of_roofline"] == pytest.approx(62.5)
 
 
 def test_targets_pass_flags():
@@ -323,11 +325,14 @@ def test_quick_run_end_to_end(tmp_path, capsys, restore_threads):
     assert len(targets) == len(eb.TARGETS)
     _, _, reason = eb.import_engine()
     engine_entries = [off["engine"], *(row["engine"] for row in r["decode"]["rows"]),
+                      *(row["engine_linear_only"] for row in r["decode"]["rows"]),
                       r["scheduler"], r["ttft"]]  # fmt: skip
     if reason is None:
         for entry in engine_entries:
             assert entry["status"] == "ok", entry
         assert off["engine"]["output_lengths_ok"]
+        for row in r["decode"]["rows"]:  # the linears alone take less than the whole step
+            assert 0 < row["engine_linear_only"]["step_s"] < row["engine"]["step_s"]
         assert r["scheduler"]["share_from"] == "engine_stats"
         assert 0 <= r["scheduler"]["outside_share_pct"] <= 100
         assert r["ttft"]["hit_num_cached_tokens"][0] >= eb.QUICK.ttft_prefix - eb.QUICK.block_size

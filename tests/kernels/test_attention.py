@@ -3,6 +3,7 @@ for every attention backend available on this machine."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -16,6 +17,7 @@ from core.kernels import (
     TorchPagedAttention,
     attention_backends,
     get_attention_backend,
+    group_by_length,
     paged_attention,
     register_attention_backend,
 )
@@ -128,11 +130,92 @@ def test_decode_rows_are_batched_not_looped():
         torch.tensor([4, 8, 0, 24, 25, 26, -1]),
         block_size=4,
     )
-    assert meta.decode_rows.tolist() == [0, 1, 2]
-    # one padded, block-wise gather for all decode rows: 3 blocks of the longest context
-    assert meta.decode_blocks.tolist() == [[0, 1, 0], [2, 3, 4], [5, 0, 0]]
+    # one padded, block-wise gather for all decode rows (shortest context first): 3 blocks of
+    # the longest context, padding reads block 0
+    [group] = meta.decode_groups
+    assert group.rows.tolist() == [2, 0, 1]
+    assert group.blocks.tolist() == [[5, 0, 0], [0, 1, 0], [2, 3, 4]]
+    assert group.seq_lens.tolist() == [1, 5, 9]
+    assert meta.num_decode == 3
     assert [(s, e, b.tolist(), n) for s, e, b, n in meta.prefills] == [(3, 7, [6], 4)]
     assert meta.write_rows.tolist() == [0, 1, 2, 3, 4, 5]  # the -1 row is never written
+
+
+def test_decode_groups_split_by_length_when_padding_costs_more_than_a_call():
+    lens = [1, 2, 30, 31, 32]  # blocks of 4: 1, 1, 8, 8, 8
+    tables = torch.arange(5 * 8, dtype=torch.int32).view(5, 8)
+    meta = PagedAttentionMetadata.build(
+        torch.arange(6, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32), tables,
+        torch.arange(5), block_size=4, group_cost=4,
+    )  # fmt: skip
+    assert [g.rows.tolist() for g in meta.decode_groups] == [[0, 1], [2, 3, 4]]
+    assert [g.blocks.shape[1] for g in meta.decode_groups] == [1, 8]
+    assert [g.offset for g in meta.decode_groups] == [0, 2]  # packed in one workspace
+    mask = meta.decode_mask(0, None)
+    assert mask.shape == (2, 1, 1, 4) and mask[:, 0, 0].sum(1).tolist() == [1, 2]
+
+
+def _padded_cost(nblocks, groups, cost):
+    return sum((e - s) * nblocks[e - 1] + cost for s, e in groups)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nblocks=st.lists(st.integers(1, 12), min_size=1, max_size=8).map(sorted),
+    cost=st.sampled_from([0, 1, 3, 16, math.inf]),
+)
+def test_group_by_length_is_optimal(nblocks, cost):
+    groups = group_by_length(nblocks, cost)
+    assert groups[0][0] == 0 and groups[-1][1] == len(nblocks)
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(groups, groups[1:], strict=False))
+    # brute force over every set of cut points
+    n, best = len(nblocks), math.inf
+    for mask in range(2 ** (n - 1)):
+        cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        best = min(best, _padded_cost(nblocks, list(zip(cuts, cuts[1:], strict=False)), cost))
+    assert _padded_cost(nblocks, groups, cost) == best
+
+
+def test_group_by_length_extremes_and_bad_input():
+    assert group_by_length([2, 2, 5, 9], math.inf) == [(0, 4)]
+    assert group_by_length([2, 2, 5, 9], 0) == [(0, 2), (2, 3), (3, 4)]  # equal lengths stay
+    with pytest.raises(ValueError, match="ascending"):
+        group_by_length([3, 1], 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    specs=st.lists(st.tuples(st.integers(0, 20), st.just(1)), min_size=2, max_size=6),
+    block_size=st.sampled_from([1, 2, 4]),
+    window=st.sampled_from([None, 3]),
+    seed=st.integers(0, 1000),
+)
+def test_decode_split_into_many_groups_matches_dense(specs, block_size, window, seed):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TorchPagedAttention, "decode_group_cost", 0)
+        assert run_case(specs, 4, 2, block_size=block_size, window=window, seed=seed) < 1e-5
+
+
+def test_gather_workspace_is_reused_across_batches_and_grows():
+    backend = TorchPagedAttention()
+    k_cache = torch.randn(16, 4, 2, 8)
+    v_cache = torch.randn_like(k_cache)
+
+    def gather(lens):
+        b = len(lens)
+        meta = backend.build_metadata(
+            torch.arange(b + 1, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32),
+            torch.arange(b * 4, dtype=torch.int32).view(b, 4), torch.arange(b), 4,
+        )  # fmt: skip
+        k, v = meta.gather_decode_context(0, k_cache, v_cache)
+        blocks = meta.decode_groups[0].blocks
+        assert torch.equal(k, k_cache[blocks].view(b, -1, 2, 8))
+        assert torch.equal(v, v_cache[blocks].view(b, -1, 2, 8))
+        return k
+
+    first = gather([8, 8])
+    assert gather([4, 3]).data_ptr() == first.data_ptr()  # smaller: same memory
+    assert gather([16, 16, 16]).shape == (3, 16, 2, 8)  # larger: grown
 
 
 def test_padding_rows_are_not_written():
