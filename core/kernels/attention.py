@@ -66,8 +66,9 @@ __all__ = [
 ATTENTION_BACKEND_ENV = "SERVELAB_ATTENTION_BACKEND"
 
 
-# What one more decode group costs (its own gather and SDPA call, about 150 us a layer on a
-# 2-core CPU), in padded context blocks of one sequence (about 8 us each: gather plus attend).
+# What one more decode group costs (its own gather and SDPA call: roughly 150 us a layer on a
+# 2-core CPU, estimated from per-op times), in padded context blocks of one sequence (about
+# 8 us each, gather plus attend, in a microbenchmark of 64 sequences).
 DECODE_GROUP_COST_BLOCKS = 16
 
 
@@ -460,7 +461,7 @@ class TorchPagedAttention(AttentionBackend):
         for i, (start, end, ctx_blocks, n_ctx) in enumerate(metadata.prefills):
             n_q = end - start
             # [1, H, Tq, D] against [1, Hkv, L, D]: batched 4-d inputs take torch's fused CPU
-            # kernel (3-d ones fell back to the unfused math path, 1.5-2.5x slower), and
+            # kernel (3-d ones fell back to the unfused math path, 1.8-3.3x slower), and
             # enable_gqa reads each kv head for its query heads without repeating it
             qp = q[start:end].transpose(0, 1)[None]
             kp = k_cache.index_select(0, ctx_blocks).view(-1, num_kv_heads, head_dim)[:n_ctx]
