@@ -158,7 +158,6 @@ class PagedAttentionMetadata:
     write_slots: torch.Tensor  # [T'] long
     write_rows: torch.Tensor | None  # [T'] rows of k/v to write; None: all rows, in order
     decode_groups: list[DecodeGroup]
-    decode_key_pos: torch.Tensor  # [Nb_max * block_size] long: 0..Nb_max*block_size-1
     # prefill group: (first row, end row, cache blocks of the context, context length)
     prefills: list[tuple[int, int, torch.Tensor, int]]
     workspace: GatherWorkspace = field(default_factory=GatherWorkspace)
@@ -221,19 +220,13 @@ class PagedAttentionMetadata:
                 offset=offset,
             ))  # fmt: skip
             offset += len(members) * nb
-        key_pos = torch.arange(max(decode_nb, default=0) * block_size, device=device)
         write_slots, write_rows = slot_mapping.long(), None
         keep = write_slots >= 0
         if not bool(keep.all()):  # padding rows: one host sync per batch
             write_rows = keep.nonzero().squeeze(1)
             write_slots = write_slots[write_rows]
-        return cls(block_size, write_slots, write_rows, groups, key_pos, prefills,
+        return cls(block_size, write_slots, write_rows, groups, prefills,
                    workspace if workspace is not None else GatherWorkspace())
-
-    @property
-    def num_decode(self) -> int:
-        """How many sequences of the batch decode (one new token each)."""
-        return sum(g.rows.numel() for g in self.decode_groups)
 
     def decode_mask(self, group: int, sliding_window: int | None) -> torch.Tensor:
         """``[n, 1, 1, L]``: which padded context positions each query of decode group
@@ -242,7 +235,7 @@ class PagedAttentionMetadata:
         if key not in self._decode_masks:
             g = self.decode_groups[group]
             lens = g.seq_lens[:, None]
-            pos = self.decode_key_pos[: g.blocks.shape[1] * self.block_size][None, :]
+            pos = torch.arange(g.blocks.shape[1] * self.block_size, device=lens.device)[None, :]
             mask = pos < lens
             if sliding_window is not None:
                 mask &= pos >= lens - sliding_window

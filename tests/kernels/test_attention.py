@@ -136,7 +136,6 @@ def test_decode_rows_are_batched_not_looped():
     assert group.rows.tolist() == [2, 0, 1]
     assert group.blocks.tolist() == [[5, 0, 0], [0, 1, 0], [2, 3, 4]]
     assert group.seq_lens.tolist() == [1, 5, 9]
-    assert meta.num_decode == 3
     assert [(s, e, b.tolist(), n) for s, e, b, n in meta.prefills] == [(3, 7, [6], 4)]
     assert meta.write_rows.tolist() == [0, 1, 2, 3, 4, 5]  # the -1 row is never written
 
