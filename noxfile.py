@@ -131,6 +131,57 @@ for _name in _artifact_names():
     _make_artifact_session(_name)
 
 
+def _requested_sessions(argv: list[str]) -> list[str]:
+    """Session names given to nox with -s/--session/--sessions/-e (nox reads them itself; this
+    only looks, to help with a mistyped artifact)."""
+    names: list[str] = []
+    taking = False
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg in ("-s", "-e", "--session", "--sessions"):
+            taking = True
+            continue
+        for flag in ("--sessions=", "--session=", "-s=", "-e="):
+            if arg.startswith(flag):
+                names += [x for x in arg[len(flag):].split(",") if x]
+                break
+        else:
+            if taking and not arg.startswith("-"):
+                names += [x for x in arg.split(",") if x]
+                continue
+        taking = False
+    return names
+
+
+def _explain_unknown_artifacts(argv: list[str]) -> None:
+    known = _artifact_names()
+    for name in _requested_sessions(argv):
+        if name.startswith("artifact-") and name[len("artifact-"):] not in known:
+            sys.stderr.write(
+                f"nox: no artifact {name[len('artifact-'):]!r}; the artifacts are: "
+                + ", ".join(f"artifact-{n}" for n in known) + "\n"
+            )
+
+
+_explain_unknown_artifacts(sys.argv[1:])
+
+
+@nox.session
+def dev(session: nox.Session) -> None:
+    """Build the shared environment where `import core` works; `-- CMD ...` runs CMD in it."""
+    _env(session)
+    if session.posargs:
+        cmd, *args = session.posargs
+        if (BIN / cmd).exists():  # nox resolves a bare name on its own PATH, not the env's
+            cmd = str(BIN / cmd)
+        path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        session.run(cmd, *args, external=True, env={"PATH": path, "PYTHONHASHSEED": "0"})
+        return
+    session.log(f"ready: run `source {VENV.relative_to(ROOT)}/bin/activate`; its python imports "
+                "core (the project is installed there in editable mode)")
+
+
 @nox.session
 def artifacts(session: nox.Session) -> None:
     """Run every artifact at its default scale (options after -- go to each artifact)."""

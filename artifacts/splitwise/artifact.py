@@ -17,6 +17,7 @@ from core.artifact import (
     Artifact,
     Claim,
     Experiment,
+    NotApplicable,
     Paper,
     Results,
     RunContext,
@@ -86,10 +87,25 @@ def arrivals_per_bin(config: dict) -> list[dict]:
 
 def _median(results: Results, service: str, column: str) -> float:
     f = results["lengths"]
+    if results.ctx.trace is not None:
+        raise NotApplicable(f"--trace {results.ctx.trace.name} is characterized on its own; the "
+                            f"paper's number is about Azure's {service} service")
     row = f[(f["service"] == service) & (f["quantile"] == 0.5)]
     if len(row) != 1:
         raise KeyError(f"no median row for service {service!r}")
     return float(row[column].iloc[0])
+
+
+def describe_input(results: Results) -> str:
+    """What the lengths were measured over, from this run's own rows."""
+    f = results["lengths"]
+    counts = f.groupby("service")["requests"].first()
+    sizes = ", ".join(f"{name} {int(n):,} requests" for name, n in counts.items())
+    if results.ctx.trace is not None:
+        return f"Measured over --trace {results.ctx.trace.name} ({sizes})."
+    limit = ROW_LIMIT[results.ctx.scale]
+    part = f"the first {limit:,} rows of each" if limit else "the whole of each"
+    return f"Measured over {part} released one-hour sample ({sizes})."
 
 
 def _check_trace(path: Path) -> None:
@@ -103,8 +119,8 @@ def _median_claim(cid: str, service: str, column: str, words: str, paper: float)
         cid, words, f"{paper:g} tokens",
         measure=lambda r: _median(r, service, column),
         expect=close_to(paper, tol), unit="tokens", experiments=("lengths",),
-        note="Paper number from Splitwise's trace characterization (unverified: quoted from the "
-        "paper's text, not re-read from the PDF here); measured over the released one-hour sample.",
+        note=lambda r: "Paper number from Splitwise's trace characterization (unverified: quoted "
+        "from the paper's text, not re-read from the PDF here). " + describe_input(r),
     )
 
 
@@ -143,11 +159,13 @@ ARTIFACT = Artifact(
             / _median(r, "coding", "output_tokens"),
             expect=at_least(5.0), unit="x", experiments=("lengths",),
             expected="median output ratio conversation/coding >= 5x",
+            note=describe_input,
         ),
     ],
     trace=TraceOption(
         help="an Azure-LLM-format CSV (TIMESTAMP,ContextTokens,GeneratedTokens) to characterize "
-        "instead of the shipped traces (claims then compare it with the paper's services)",
+        "instead of the shipped traces (its CDFs and arrivals are drawn; the paper's claims about "
+        "Azure's coding and conversation services are then not applicable)",
         check=_check_trace,
     ),
 )

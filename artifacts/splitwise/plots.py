@@ -21,7 +21,7 @@ def plot_lengths(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
         ax.set_xlabel(label)
         ax.set_ylabel("CDF")
         ax.legend(title=None)
-    fig.suptitle("Azure LLM inference trace 2023: token distributions")
+    fig.suptitle(f"{_source(ctx)}: token distributions")
     return {"token-cdfs": fig}
 
 
@@ -36,4 +36,11 @@ def plot_arrivals(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]
     axes[1].set_ylabel("Prompt tokens / min")
     axes[1].set_xlabel("Minute of trace")
     axes[0].legend(title=None)
+    fig.suptitle(f"{_source(ctx)}: arrivals")
     return {"arrivals": fig}
+
+
+def _source(ctx: RunContext) -> str:
+    if ctx.trace is not None:
+        return f"Trace {ctx.trace.name}"
+    return "Azure LLM inference trace 2023" + (" (first rows)" if ctx.scale.value == "smoke" else "")

@@ -14,6 +14,7 @@ from .spec import (
     Claim,
     Expect,
     Experiment,
+    NotApplicable,
     Paper,
     Results,
     RunContext,
@@ -27,7 +28,7 @@ from .spec import (
 from .sweep import PointStore, config_hash
 
 __all__ = [
-    "Artifact", "ArtifactInputError", "Claim", "Expect", "Experiment", "Paper", "PointStore",
+    "Artifact", "ArtifactInputError", "Claim", "Expect", "Experiment", "NotApplicable", "Paper", "PointStore",
     "Results", "RunContext", "RunOptions", "RunSummary", "Scale", "SweepFailed", "TraceOption",
     "at_least", "at_most", "between", "close_to", "color_map", "config_hash", "figure_style",
     "main", "run_artifact", "save_figure",

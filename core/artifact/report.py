@@ -9,16 +9,19 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .spec import Artifact, Claim, Results
+from .spec import Artifact, Claim, NotApplicable, Results
 
 STATUS_PASS, STATUS_FAIL, STATUS_NOT_CHECKED = "pass", "FAIL", "not checked"
+STATUS_NOT_APPLICABLE = "n/a"
 
 
 def evaluate_claim(claim: Claim, results: Results) -> dict[str, Any]:
     """One claims.json entry: the claim, what this scale must show, the measurement, pass/fail.
 
-    A claim whose experiments were not run is ``not checked`` (passed is None); a measure that
-    raises fails the claim with the error as its note, so a broken check is never a pass.
+    A claim whose experiments were not run is ``not checked`` and one whose measure raises
+    :class:`NotApplicable` is ``n/a`` with the reason (passed is None for both); a measure that
+    raises anything else fails the claim with the error as its note, so a broken check is never
+    a pass.
     """
     entry: dict[str, Any] = {
         "id": claim.id,
@@ -28,18 +31,27 @@ def evaluate_claim(claim: Claim, results: Results) -> dict[str, Any]:
         "tolerance": claim.expect.tolerance,
         "unit": claim.unit,
         "experiments": list(claim.experiments),
-        "note": claim.note,
+        "note": "",
         "measured": None,
         "passed": None,
         "status": STATUS_NOT_CHECKED,
+        "reason": None,
         "error": None,
     }
+    try:
+        entry["note"] = claim.note_for(results)
+    except Exception as exc:  # noqa: BLE001 - a broken note must not hide the claim
+        entry["note"] = f"(note failed: {type(exc).__name__}: {exc})"
     missing = [e for e in claim.experiments if e not in results]
     if missing:
-        entry["error"] = f"experiments not run: {', '.join(missing)}"
+        entry["reason"] = f"experiments not run: {', '.join(missing)}"
         return entry
     try:
         measured = float(claim.measure(results))
+    except NotApplicable as exc:
+        entry["status"] = STATUS_NOT_APPLICABLE
+        entry["reason"] = str(exc) or "not measurable in this run"
+        return entry
     except Exception as exc:  # noqa: BLE001 - a broken measure is reported, never a pass
         entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["traceback"] = traceback.format_exc(limit=-2)
@@ -53,7 +65,9 @@ def evaluate_claim(claim: Claim, results: Results) -> dict[str, Any]:
 def _fmt_measured(entry: dict[str, Any]) -> str:
     m = entry["measured"]
     if m is None:
-        return "—" if entry["status"] == STATUS_NOT_CHECKED else "no value"
+        if entry["status"] in (STATUS_NOT_CHECKED, STATUS_NOT_APPLICABLE):
+            return "—"
+        return "no value"
     unit = f" {entry['unit']}" if entry.get("unit") else ""
     return f"{m:.4g}{unit}"
 
@@ -79,12 +93,27 @@ def claims_table(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def count_statuses(entries: list[dict[str, Any]]) -> dict[str, int]:
+    """How many claims passed, failed, were not applicable and were not checked."""
+    counts = dict.fromkeys((STATUS_PASS, STATUS_FAIL, STATUS_NOT_APPLICABLE, STATUS_NOT_CHECKED), 0)
+    for e in entries:
+        # entries written before the n/a status existed carry passed=None and "not checked"
+        status = e.get("status") or STATUS_NOT_CHECKED
+        counts[status if status in counts else STATUS_NOT_CHECKED] += 1
+    return counts
+
+
 def summary_line(entries: list[dict[str, Any]]) -> str:
-    checked = [e for e in entries if e["status"] != STATUS_NOT_CHECKED]
-    passed = sum(1 for e in checked if e["passed"])
-    skipped = len(entries) - len(checked)
-    tail = f"; {skipped} not checked" if skipped else ""
-    return f"{passed} of {len(checked)} checked claims reproduced{tail}"
+    """``"8 of 10 checked claims reproduced; 1 not applicable; 1 not checked"``: claims that a
+    run could not measure count apart from passes and failures."""
+    n = count_statuses(entries)
+    checked = n[STATUS_PASS] + n[STATUS_FAIL]
+    tail = ""
+    if n[STATUS_NOT_APPLICABLE]:
+        tail += f"; {n[STATUS_NOT_APPLICABLE]} not applicable to this run"
+    if n[STATUS_NOT_CHECKED]:
+        tail += f"; {n[STATUS_NOT_CHECKED]} not checked"
+    return f"{n[STATUS_PASS]} of {checked} checked claims reproduced{tail}"
 
 
 def render_checklist(
@@ -108,11 +137,15 @@ def render_checklist(
         claims_table(entries),
         "",
     ]
-    notes = [e for e in entries if e.get("note") or e.get("error")]
+    notes = [e for e in entries if e.get("note") or e.get("error") or e.get("reason")]
     if notes:
         out += ["## Notes", ""]
         for e in notes:
-            text = " ".join(x for x in (e.get("note"), e.get("error") and f"[{e['error']}]") if x)
+            label = {STATUS_NOT_APPLICABLE: "Not applicable", STATUS_NOT_CHECKED: "Not checked"}
+            reason = e.get("reason") and f"{label.get(e['status'], e['status'])}: {e['reason']}."
+            text = " ".join(
+                x for x in (reason, e.get("note"), e.get("error") and f"[{e['error']}]") if x
+            )
             out.append(f"- **{e['id']}**: {text}")
         out.append("")
     out += [
@@ -125,6 +158,7 @@ def render_checklist(
         "## Reproduce",
         "",
         "```",
+        run.get("command") or
         f"nox -s artifact-{artifact.name} -- --scale {run['scale']} --seed {run['seed']}",
         "```",
         "",

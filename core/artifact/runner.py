@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -74,7 +75,47 @@ class SweepFailed(RuntimeError):
 
 
 def _default_jobs() -> int:
-    return os.cpu_count() or 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: int | None) -> int:
+    """``--jobs``: a positive count, or 0 (and None) for every core this process may use."""
+    if jobs is None or jobs == 0:
+        return _default_jobs()
+    if jobs < 0:
+        raise ArtifactInputError(f"--jobs must be a positive number of workers, or 0 for all "
+                                 f"cores, got {jobs}")
+    return jobs
+
+
+def check_trace_path(trace: Path) -> Path:
+    """The ``--trace`` file, or one clear error saying why it cannot be read."""
+    if trace.is_dir():
+        raise ArtifactInputError(f"--trace {trace}: is a directory; give the trace file inside it")
+    if not trace.exists():
+        raise ArtifactInputError(f"--trace {trace}: no such file")
+    if not trace.is_file():
+        raise ArtifactInputError(f"--trace {trace}: not a regular file")
+    if not os.access(trace, os.R_OK):
+        raise ArtifactInputError(f"--trace {trace}: not readable (permission denied)")
+    return trace
+
+
+def reproduce_command(artifact: Artifact, scale: Scale, seed: int, *, trace: Path | None = None,
+                      experiments: Sequence[str] = (), out: Path | None = None) -> str:
+    """The command line that reproduces a run (the checklist's Reproduce line and provenance)."""
+    args = ["nox", "-s", f"artifact-{artifact.name}", "--", "--scale", scale.value,
+            "--seed", str(seed)]
+    if trace is not None:
+        args += ["--trace", str(trace)]
+    if experiments and list(experiments) != [e.name for e in artifact.experiments]:
+        args += ["--experiments", ",".join(experiments)]
+    if out is not None:
+        args += ["--out", str(out)]
+    return shlex.join(args)
 
 
 def build_points(artifact: Artifact, ctx: RunContext, names: Sequence[str]) -> list[Point]:
@@ -124,9 +165,7 @@ def run_artifact(artifact: Artifact, opts: RunOptions) -> RunSummary:
     started = time.time()
     seed = artifact.default_seed if opts.seed is None else opts.seed
     out = Path(opts.out) if opts.out else REPO_ROOT / "results" / artifact.name
-    jobs = opts.jobs or _default_jobs()
-    if jobs < 1:
-        raise ArtifactInputError(f"--jobs must be >= 1, got {jobs}")
+    jobs = resolve_jobs(opts.jobs)
     names = list(opts.experiments) or [e.name for e in artifact.experiments]
     unknown = [n for n in names if n not in {e.name for e in artifact.experiments}]
     if unknown:
@@ -136,9 +175,7 @@ def run_artifact(artifact: Artifact, opts: RunOptions) -> RunSummary:
     if opts.trace is not None:
         if artifact.trace is None:
             raise ArtifactInputError(f"artifact {artifact.name} takes no --trace")
-        trace = Path(opts.trace)
-        if not trace.is_file():
-            raise ArtifactInputError(f"--trace {trace}: no such file")
+        trace = check_trace_path(Path(opts.trace))
         if artifact.trace.check is not None:
             try:
                 artifact.trace.check(trace)
@@ -198,7 +235,9 @@ def run_artifact(artifact: Artifact, opts: RunOptions) -> RunSummary:
         "seed": seed,
         "config": run_config,
         "config_hash": config_hash(artifact.name, artifact.version, "*run*", run_config),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": reproduce_command(artifact, ctx.scale, seed, trace=trace, experiments=names,
+                                     out=Path(opts.out) if opts.out else None),
+        "invocation": list(getattr(sys, "orig_argv", sys.argv)),
         "executor": {"kind": executor.name, "jobs": jobs, "ray_address": opts.ray_address},
         "points": [{"experiment": p.experiment, "hash": p.hash, "config": p.config}
                    for p in points],
@@ -260,7 +299,8 @@ def build_parser(artifact: Artifact) -> argparse.ArgumentParser:
     parser.add_argument("--trace", type=Path, default=None, metavar="PATH",
                         help=f"replay this trace file: {trace_help}")
     parser.add_argument("--jobs", type=int, default=0, metavar="N",
-                        help="parallel worker processes or Ray CPUs (default: all cores)")
+                        help="parallel worker processes or Ray CPUs; 0 (the default) uses every "
+                        "core this process may use; 1 runs the points in this process")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="local process pool, or Ray (started locally unless --ray-address)")
     parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), metavar="ADDR",
@@ -306,7 +346,8 @@ def main(artifact: Artifact, argv: Sequence[str] | None = None) -> int:
         m = "—" if c["measured"] is None else f"{c['measured']:.4g}"
         if isinstance(c["measured"], float) and math.isnan(c["measured"]):
             m = "nan"
-        print(f"  [{c['status']}] {c['id']}: measured {m}; expected {c['expected']}")
+        why = f" ({c['reason']})" if c.get("reason") else ""
+        print(f"  [{c['status']}] {c['id']}: measured {m}; expected {c['expected']}{why}")
     if args.strict and not summary.all_passed:
         return 1
     return 0

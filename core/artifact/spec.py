@@ -50,6 +50,12 @@ class RunContext:
 
 
 Row = dict[str, Any]
+
+
+class NotApplicable(Exception):  # noqa: N818 - reads as what it says: raise NotApplicable(reason)
+    """Raised by a claim's ``measure`` when this run cannot measure the claim (the scale sweeps
+    too few points, the ``--trace`` lacks what the claim compares, ...). The claim is reported
+    as not applicable with the message as its reason, counted apart from passes and failures."""
 PointFn = Callable[[dict[str, Any]], "Row | Sequence[Row]"]
 PlotFn = Callable[["pd.DataFrame", RunContext], "Mapping[str, Figure]"]
 
@@ -181,7 +187,10 @@ class Claim:
       generated description when words say it better.
     - ``experiments``: the experiments the measure reads; when one of them did not run (a
       filtered run), the claim is reported as not checked instead of failing.
-    - ``note``: an honest word on how this check differs from the paper's setting.
+    - ``note``: an honest word on how this check differs from the paper's setting; a callable
+      ``note(results)`` when the words depend on the run's inputs (the trace, the profile).
+    - ``measure`` raises :class:`NotApplicable` (with the reason) when the run cannot measure the
+      claim at all; that is not a failure.
     """
 
     id: str
@@ -192,11 +201,15 @@ class Claim:
     experiments: tuple[str, ...]
     expected: str = ""
     unit: str = ""
-    note: str = ""
+    note: str | Callable[[Results], str] = ""
 
     @property
     def expected_text(self) -> str:
         return self.expected or self.expect.describe(self.unit)
+
+    def note_for(self, results: Results) -> str:
+        """The note as it reads for this run."""
+        return self.note(results) if callable(self.note) else self.note
 
 
 @dataclass(frozen=True)

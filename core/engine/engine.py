@@ -22,8 +22,10 @@ class RequestOutput:
 
     ``token_ids`` are the generated tokens; ``finished`` with ``finish_reason`` one of
     ``stop``, ``length``, ``abort``, ``error`` (then ``error`` says why). ``metrics`` holds the
-    timeline (arrival, first token, each token, finish; seconds of the engine clock), cached
-    and recomputed tokens, preemptions and pauses.
+    timeline as absolute readings of the engine's clock (``time.perf_counter()`` unless the
+    engine was given another; ``arrival_time``, ``first_token_time``, ``token_times``,
+    ``finish_time``), plus recomputed tokens, preemptions and pauses. The latencies people
+    want are properties: :attr:`ttft`, :attr:`tpot`, :attr:`e2e` (seconds, None until known).
     """
 
     request_id: str
@@ -36,6 +38,29 @@ class RequestOutput:
     logprobs: list[Any] | None = None
     num_cached_tokens: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    def _since_arrival(self, key: str) -> float | None:
+        t, arrival = self.metrics.get(key), self.metrics.get("arrival_time")
+        return None if t is None or arrival is None else t - arrival
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first token (s): first token minus arrival."""
+        return self._since_arrival("first_token_time")
+
+    @property
+    def e2e(self) -> float | None:
+        """End-to-end latency (s): finish minus arrival; None while unfinished."""
+        return self._since_arrival("finish_time")
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first (s/token): ``(e2e - ttft) / (n - 1)``, as
+        :class:`core.metrics.RequestRecord` defines it; None below two tokens or unfinished."""
+        first, finish = self.metrics.get("first_token_time"), self.metrics.get("finish_time")
+        if len(self.token_ids) < 2 or first is None or finish is None:
+            return None
+        return (finish - first) / (len(self.token_ids) - 1)
 
     @classmethod
     def from_request(cls, req: EngineRequest) -> RequestOutput:

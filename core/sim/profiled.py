@@ -107,10 +107,14 @@ __all__ = [
     "PROFILE_SCHEMA",
     "ProfileError",
     "ProfiledCostModel",
+    "cpu_device_slug",
+    "cpu_model_name",
+    "cpu_profile_path",
     "extra_keys",
     "fit_tables",
     "keys_table",
     "monotone_repair",
+    "profile_origin",
     "robust_mean",
     "shipped_profile",
     "utc_now",
@@ -746,6 +750,73 @@ class ProfiledCostModel(CostModel):
         dev = (self.profile.get("device") or {}).get("name", "?")
         model = (self.profile.get("model") or {}).get("name", "?")
         return f"ProfiledCostModel({self.source!r}, device={dev!r}, model={model!r})"
+
+
+@functools.cache
+def cpu_model_name() -> str:
+    """This machine's CPU model as ``/proc/cpuinfo`` names it (the platform's word elsewhere)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_device_slug(name: str, threads: int) -> str:
+    """The file-name part of a CPU profile: ``cpu-amd-epyc-1t`` (CPU model and torch threads)."""
+    import re
+
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+    return f"cpu-{slug}-{threads}t"
+
+
+def cpu_profile_path(model: str, *, threads: int = 1, fallback: str | None = None) -> Path:
+    """The step profile of ``model`` for this machine's CPU: ``data/profiles/<this CPU's
+    slug>-<model>.json`` when one exists (``nox -s calibrate`` writes it there), else the shipped
+    ``data/<fallback>``, which was measured on another host (:func:`profile_origin` says which).
+    Raises FileNotFoundError naming both when neither exists."""
+    from core.data import DATA_DIR
+
+    own = Path(DATA_DIR) / "profiles" / f"{cpu_device_slug(cpu_model_name(), threads)}-{model}.json"
+    if own.is_file() or fallback is None:
+        if not own.is_file():
+            raise FileNotFoundError(f"{own}: no step profile of {model} for this CPU "
+                                    f"(run: nox -s calibrate -- --model {model})")
+        return own
+    shipped = Path(DATA_DIR) / fallback
+    if not shipped.is_file():
+        raise FileNotFoundError(f"neither {own} (this CPU) nor the shipped {shipped} exists")
+    return shipped
+
+
+def profile_origin(model: ProfiledCostModel) -> str:
+    """Where a profile's step times were measured, in words for notes and captions: the file,
+    the device, the date and commit, and whether this machine has the same CPU."""
+    from core.data import REPO_ROOT
+
+    doc = model.profile
+    dev = doc.get("device") or {}
+    src = Path(model.source)
+    try:
+        where = str(src.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        where = src.name
+    commit = ((doc.get("provenance") or {}).get("git") or {}).get("commit") or ""
+    measured = (f"measured on {dev.get('name', '?')} ({dev.get('cpu_capability') or dev.get('type')}"
+                f", {doc.get('threads', dev.get('threads', '?'))} thread(s), torch "
+                f"{doc.get('torch_version', '?')}) on {str(doc.get('created', '?'))[:10]}")
+    if commit:
+        measured += f" at commit {commit[:7]}"
+    if dev.get("type", "cpu") == "cpu":
+        here = cpu_model_name()
+        same = here == dev.get("name")
+        measured += ("; this machine has the same CPU model" if same else
+                     f"; this machine is a different CPU ({here}): its times differ")
+    return f"{where}, {measured}"
 
 
 @functools.lru_cache(maxsize=8)

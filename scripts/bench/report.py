@@ -148,16 +148,10 @@ def provenance(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
     return info
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+def _cpu_model() -> str:
+    from core.sim.profiled import cpu_model_name
 
-    return platform.processor() or None
+    return cpu_model_name()
 
 
 def _now() -> str:

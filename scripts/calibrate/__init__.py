@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.sim.profiled import cpu_device_slug, cpu_model_name
+
 __all__ = [
     "DEFAULT_GRID",
     "DEFAULT_MODEL",
@@ -192,16 +194,6 @@ QUICK_GRID = Grid(
 """A few seconds with ``tiny-llama-smoke``: for tests, not for numbers."""
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def device_info(device: Any, threads: int) -> dict[str, Any]:
     """What the timings depend on: device type and name (the CPU model or the GPU), torch
     threads, cores this process may use, CPU capability, host name."""
@@ -212,7 +204,7 @@ def device_info(device: Any, threads: int) -> dict[str, Any]:
     if dev.type == "cuda":
         info["name"] = torch.cuda.get_device_name(dev)
     else:
-        info["name"] = _cpu_model()
+        info["name"] = cpu_model_name()
     info["threads"] = int(threads)
     try:
         info["usable_cpus"] = len(os.sched_getaffinity(0))
@@ -224,11 +216,12 @@ def device_info(device: Any, threads: int) -> dict[str, Any]:
 
 
 def device_slug(info: dict[str, Any]) -> str:
-    """A file-name part for a device: ``cpu-amd-epyc-1t`` (CPU name and threads) or the GPU's
-    name (``cuda-nvidia-a100-sxm4-80gb``)."""
-    name = re.sub(r"[^a-z0-9]+", "-", str(info.get("name", "")).lower()).strip("-") or "unknown"
+    """A file-name part for a device: ``cpu-amd-epyc-1t`` (CPU name and threads, the name
+    :func:`core.sim.profiled.cpu_profile_path` looks for) or the GPU's name
+    (``cuda-nvidia-a100-sxm4-80gb``)."""
     if info.get("type") == "cpu":
-        return f"cpu-{name}-{info.get('threads', 1)}t"
+        return cpu_device_slug(str(info.get("name", "")), int(info.get("threads", 1)))
+    name = re.sub(r"[^a-z0-9]+", "-", str(info.get("name", "")).lower()).strip("-") or "unknown"
     return f"{info.get('type', 'dev')}-{name}"
 
 

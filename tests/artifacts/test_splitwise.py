@@ -56,6 +56,11 @@ def test_foreign_trace_and_malformed_trace(tmp_path, capsys):
     assert set(m.service) == {"mine"}
     med = m[(m.experiment == "lengths") & (m["quantile"] == 0.5)]
     assert med.prompt_tokens.item() == 200 and med.output_tokens.item() == 20
+    claims = json.loads((out / "claims.json").read_text())
+    assert {c["status"] for c in claims} == {"n/a"}
+    assert all("mine.csv" in c["reason"] for c in claims)
+    assert all("mine.csv (mine 3 requests)" in c["note"] for c in claims)
+    assert not any("one-hour sample" in c["note"] for c in claims)
     bad = tmp_path / "bad.csv"
     bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-01-01 00:00:00.0,100,ten\n")
     assert main(ARTIFACT, ["--trace", str(bad), "--out", str(tmp_path / "o2"), "--quiet"]) == 2

@@ -114,3 +114,19 @@ def test_seeded_sampling_is_reproducible_across_batches(checkpoint):
     alone = llm.generate([ps[1]], sp, use_tqdm=False)[0].token_ids
     batched = llm.generate(ps, sp, use_tqdm=False)[1].token_ids
     assert alone == batched
+
+
+def test_request_output_gives_latencies_from_its_timeline():
+    from core.engine.engine import RequestOutput
+    from core.metrics import RequestRecord
+
+    out = RequestOutput("r", [1, 2], [5, 6, 7], True, "length", metrics={
+        "arrival_time": 100.0, "first_token_time": 100.5, "token_times": [100.5, 100.7, 101.1],
+        "finish_time": 101.1})
+    assert out.ttft == pytest.approx(0.5) and out.e2e == pytest.approx(1.1)
+    assert out.tpot == pytest.approx(0.3)
+    rec = RequestRecord.from_output(out)
+    assert (rec.ttft, rec.tpot, rec.e2e) == pytest.approx((out.ttft, out.tpot, out.e2e))
+    running = RequestOutput("r", [1], [5], False, metrics={"arrival_time": 1.0,
+                                                         "first_token_time": 2.0})
+    assert running.e2e is None and running.tpot is None and running.ttft == 1.0

@@ -6,6 +6,7 @@ import pytest
 from core.artifact import (
     Claim,
     Expect,
+    NotApplicable,
     Results,
     RunContext,
     Scale,
@@ -14,7 +15,7 @@ from core.artifact import (
     between,
     close_to,
 )
-from core.artifact.report import evaluate_claim, gather_checklists
+from core.artifact.report import evaluate_claim, gather_checklists, render_checklist, summary_line
 
 CTX = RunContext(scale=Scale.SMOKE, seed=0, out=None)  # type: ignore[arg-type]
 
@@ -80,6 +81,52 @@ def test_nan_measure_fails():
 def test_claim_of_an_experiment_not_run_is_not_checked():
     entry = evaluate_claim(claim(lambda r: 1.0, at_least(0), ("other",)), results([1]))
     assert entry["passed"] is None and entry["status"] == "not checked"
+
+
+def test_claim_the_run_cannot_measure_is_not_applicable_with_its_reason():
+    def measure(r):
+        raise NotApplicable("the trace has no agentic sessions")
+
+    entry = evaluate_claim(claim(measure, at_least(0)), results([1]))
+    assert (entry["status"], entry["passed"], entry["measured"]) == ("n/a", None, None)
+    assert entry["reason"] == "the trace has no agentic sessions" and entry["error"] is None
+
+
+def test_summary_counts_not_applicable_apart_from_passes_and_failures():
+    entries = [
+        evaluate_claim(claim(lambda r: 3.0, at_least(2)), results([1])),
+        evaluate_claim(claim(lambda r: 1.0, at_least(2)), results([1])),
+        evaluate_claim(claim(lambda r: (_ for _ in ()).throw(NotApplicable("x")), at_least(2)),
+                       results([1])),
+        evaluate_claim(claim(lambda r: 1.0, at_least(0), ("other",)), results([1])),
+    ]
+    assert summary_line(entries) == (
+        "1 of 2 checked claims reproduced; 1 not applicable to this run; 1 not checked"
+    )
+
+
+def test_note_may_depend_on_the_run():
+    c = Claim("c", "w", "1x", measure=lambda r: 1.0, expect=at_least(0), experiments=("e",),
+              note=lambda r: f"scale {r.ctx.scale.value}")
+    assert evaluate_claim(c, results([1]))["note"] == "scale smoke"
+
+
+def test_checklist_shows_the_reason_of_a_claim_not_applicable():
+    from core.artifact import Artifact, Experiment, Paper
+
+    def measure(r):
+        raise NotApplicable("only one workload at this scale")
+
+    c = Claim("smallest", "w", "1x", measure=measure, expect=at_least(1), experiments=("e",))
+    art = Artifact("a", Paper("T", "V"), "s", [Experiment("e", "d", lambda ctx: [], lambda c: {})],
+                   [c])
+    entry = evaluate_claim(c, results([1]))
+    run = {"scale": "smoke", "seed": 0, "finished_at": "now", "elapsed_s": 1.0,
+           "points_computed": 0, "points_reused": 0}
+    page = render_checklist(art, [entry], run)
+    assert "| n/a | smallest |" in page
+    assert "Not applicable: only one workload at this scale." in page
+    assert "0 of 0 checked claims reproduced; 1 not applicable to this run" in page
 
 
 def test_gather_empty_results(tmp_path):

@@ -1,6 +1,7 @@
 """The harness end to end on the toy artifact: outputs, resume, failures, provenance, CLI."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,7 +160,7 @@ def test_bad_option_fails_with_one_line(argv, message, capsys):
     [
         (["--trace", "/no/such/file.txt"], "--trace /no/such/file.txt: no such file"),
         (["--experiments", "nope"], "unknown experiment 'nope'"),
-        (["--jobs", "-1"], "--jobs must be >= 1"),
+        (["--jobs", "-1"], "--jobs must be a positive number of workers, or 0 for all cores"),
     ],
 )
 def test_bad_input_fails_with_one_line_and_writes_nothing(argv, message, capsys, tmp_path):
@@ -168,6 +169,37 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(argv, message, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not out.exists()
+
+
+def test_trace_that_is_a_directory_says_so(capsys, tmp_path):
+    out = tmp_path / "toy"
+    assert main(TOY, ["--trace", str(tmp_path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--trace {tmp_path}: is a directory" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_jobs_zero_means_every_usable_core(tmp_path):
+    from core.artifact.runner import resolve_jobs
+
+    assert resolve_jobs(0) == resolve_jobs(None) == len(os.sched_getaffinity(0))
+    assert resolve_jobs(3) == 3
+    s = run_artifact(TOY, RunOptions(scale=Scale.SMOKE, out=tmp_path / "t", jobs=0, progress=False))
+    assert json.loads((s.out / "provenance.json").read_text())["executor"]["jobs"] == resolve_jobs(0)
+
+
+def test_provenance_and_checklist_give_the_command_that_reproduces_the_run(tmp_path):
+    trace = tmp_path / "t.txt"
+    trace.write_text("a\n")
+    out = tmp_path / "toy"
+    assert main(TOY, ["--scale", "smoke", "--seed", "4", "--trace", str(trace), "--out", str(out),
+                      "--experiments", "squares", "--jobs", "1", "--quiet"]) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    expected = (f"nox -s artifact-toy -- --scale smoke --seed 4 --trace {trace} "
+                f"--experiments squares --out {out}")
+    assert prov["command"] == expected
+    assert prov["invocation"] and prov["invocation"] != ["__main__.py"]
+    assert expected in (out / "CHECKLIST.md").read_text()
 
 
 def test_trace_check_names_the_file(capsys, tmp_path):

@@ -304,3 +304,30 @@ def test_a_profile_without_a_model_config_says_so():
     assert bare.model_config is None
     with pytest.raises(ProfileError, match="bare.json: the profile names no model config"):
         bare.require_model_config()
+
+
+def test_cpu_profile_path_prefers_a_profile_of_this_cpu(tmp_path, monkeypatch):
+    import core.data
+    from core.sim.profiled import cpu_device_slug, cpu_model_name, cpu_profile_path
+
+    monkeypatch.setattr(core.data, "DATA_DIR", tmp_path)
+    (tmp_path / "profiles").mkdir()
+    shipped = tmp_path / "profiles" / "cpu-other-1t-m.json"
+    shipped.write_text("{}")
+    assert cpu_profile_path("m", fallback="profiles/cpu-other-1t-m.json") == shipped
+    own = tmp_path / "profiles" / f"{cpu_device_slug(cpu_model_name(), 1)}-m.json"
+    own.write_text("{}")
+    assert cpu_profile_path("m", fallback="profiles/cpu-other-1t-m.json") == own
+    with pytest.raises(FileNotFoundError, match="nox -s calibrate -- --model x"):
+        cpu_profile_path("x")
+
+
+def test_profile_origin_names_the_file_the_host_and_the_commit():
+    from core.sim.profiled import cpu_model_name, profile_origin
+
+    model = shipped_profile("profiles/cpu-amd-epyc-1t-tiny-llama-20m.json")
+    words = profile_origin(model)
+    assert words.startswith("data/profiles/cpu-amd-epyc-1t-tiny-llama-20m.json, measured on AMD EPYC")
+    assert "2026-11-23" in words and "commit " in words
+    same = cpu_model_name() == model.profile["device"]["name"]
+    assert ("same CPU model" in words) is same and ("different CPU" in words) is not same
