@@ -1,10 +1,12 @@
 """Scheduling: the request lifecycle, token-budget continuous batching, queue policies,
-interception policies (what paused requests' KV does: ``core.sched.intercept``).
+interception policies (what paused requests' KV does: ``core.sched.intercept``), and decode
+runs, the simulator's fast-forward over steps that only decode (``core.sched.decode_run``).
 
 The same :class:`Scheduler` object is driven by the real engine (``core.engine``) and by the
 simulator; it reads no clock and touches no tensor.
 """
 
+from core.sched.decode_run import DecodeRun, decode_run_limit
 from core.sched.intercept import (
     INTERCEPT_POLICIES,
     InterceptPolicy,
@@ -25,8 +27,9 @@ from core.sched.request import EngineRequest, PauseMode, RequestStatus, RequestT
 from core.sched.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
 
 __all__ = [
-    "FCFS", "INTERCEPT_POLICIES", "POLICIES", "EngineRequest", "InterceptPolicy", "IterationPlan",
-    "LinearIterationCost", "MinWastePolicy", "PauseMode", "PrebleGroupPolicy", "PriorityPolicy",
-    "QueuePolicy", "RequestStatus", "RequestTimeline", "ScheduledChunk", "Scheduler",
-    "SchedulerConfig", "SchedulerOutput", "make_intercept_policy", "make_policy",
+    "FCFS", "INTERCEPT_POLICIES", "POLICIES", "DecodeRun", "EngineRequest", "InterceptPolicy",
+    "IterationPlan", "LinearIterationCost", "MinWastePolicy", "PauseMode", "PrebleGroupPolicy",
+    "PriorityPolicy", "QueuePolicy", "RequestStatus", "RequestTimeline", "ScheduledChunk",
+    "Scheduler", "SchedulerConfig", "SchedulerOutput", "decode_run_limit",
+    "make_intercept_policy", "make_policy",
 ]

@@ -19,13 +19,13 @@ fast-forward needs; it only matters when two replicas finish steps at exactly th
 Decode fast-forward
 -------------------
 Most steps decode one token of the same requests as the step before. When
-:meth:`Scheduler.decode_run_limit <core.sched.scheduler.Scheduler.decode_run_limit>` proves
+:func:`~core.sched.decode_run.decode_run_limit` proves
 that the next ``k`` steps of a replica are such a *run* (nothing waiting that could be
 admitted, no request finishing, pausing or resuming before step ``k``, free KV blocks for
 all of it), the replica computes the ``k`` step times at once
 (``cost.decode_run_times``, vectorized by the roofline model) and posts one completion event
 for the end of step ``k``. The run is applied lazily
-(:meth:`Scheduler.advance_decode_run <core.sched.scheduler.Scheduler.advance_decode_run>`):
+(:meth:`DecodeRun.advance <core.sched.decode_run.DecodeRun.advance>`):
 
 - when a request arrives at ``T``, a replica whose state the router reads (through the
   :class:`~core.cluster.router.ReplicaView` methods; every replica for routers other than the
@@ -56,15 +56,10 @@ from core.cluster.router import (
 )
 from core.kv.backend import KVBackend, PagedKVBackend, RadixKVBackend
 from core.kv.policies import AdmissionPolicy, EvictionPolicy
+from core.sched.decode_run import DecodeRun, decode_run_limit
 from core.sched.request import EngineRequest
 from core.sched.runner import StepResult
-from core.sched.scheduler import (
-    DecodeRun,
-    ScheduledChunk,
-    Scheduler,
-    SchedulerConfig,
-    SchedulerOutput,
-)
+from core.sched.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
 from core.sim.cost import CostModel
 from core.workload.schema import Request, Workload
 
@@ -284,11 +279,11 @@ class SimReplica:
                 del ends[0]
             return ends[:k]
 
-        k = self.scheduler.decode_run_limit(out, self.RUN_CAP, step_ends)
+        k = decode_run_limit(self.scheduler, out, self.RUN_CAP, step_ends)
         if k <= 1:
             return False
         step_ends(k)
-        self.run = DecodeRun(out, k, ends, self.runner.run_tokens(out, k))
+        self.run = DecodeRun(self.scheduler, out, k, ends, self.runner.run_tokens(out, k))
         self._run_times = times
         self.busy_until = ends[k - 1]
         return True
@@ -300,7 +295,7 @@ class SimReplica:
         run = self.run
         if run is not None:
             self.run = None
-            done = self.scheduler.advance_decode_run(run, run.steps)
+            done = run.advance(run.steps)
             for dt in self._run_times[: run.steps]:
                 self.busy_time += dt
             self.steps += run.steps
@@ -324,7 +319,7 @@ class SimReplica:
             raise RuntimeError(f"replica {self.index}: its run ended at {run.step_ends[run.steps - 1]} "
                                f"but was not applied before {t}")  # fmt: skip
         if m > run.updated:
-            self.scheduler.advance_decode_run(run, m)
+            run.advance(m)
 
     def end_run_at(self, t: float) -> float | None:
         """Something changes the replica at ``t`` (a request arrives): end its run with the step

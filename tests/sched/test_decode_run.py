@@ -1,6 +1,6 @@
-"""Decode runs: ``Scheduler.decode_run_limit`` and ``Scheduler.advance_decode_run`` leave the
-scheduler, its requests and its KV backend (block ids, hashes, free-queue order) exactly as
-stepping one step at a time does, at every point a simulator may look at them."""
+"""Decode runs: ``decode_run_limit`` and ``DecodeRun.advance`` leave the scheduler, its requests
+and its KV backend (block ids, hashes, free-queue order) exactly as stepping one step at a time
+does, at every point a simulator may look at them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from core.kv.backend import PagedKVBackend, RadixKVBackend
 from core.sched import EngineRequest, Scheduler, SchedulerConfig
-from core.sched.scheduler import DecodeRun
+from core.sched.decode_run import DecodeRun, decode_run_limit
 from core.workload import Interception
 from tests.fakes import Params
 
@@ -125,7 +125,7 @@ def drive(specs, backend, use_runs, rng=None, bump=None, **cfg):
         k = 1
         if use_runs:
             ends_of = lambda k, t=now: [t + DT * (i + 1) for i in range(k)]  # noqa: E731
-            k = sched.decode_run_limit(out, step_ends=ends_of)
+            k = decode_run_limit(sched, out, step_ends=ends_of)
             # an arrival during the run cuts it: the run may not cover steps starting after it
             if pending and k > 1:
                 first = pending[0].arrival_step * DT
@@ -142,17 +142,17 @@ def drive(specs, backend, use_runs, rng=None, bump=None, **cfg):
             r = c.request
             toks[r.request_id] = [token(r.request_id, r.num_output_tokens + i, shared[r.request_id])
                                   for i in range(k)]  # fmt: skip
-        run = DecodeRun(out, k, ends, toks)
+        run = DecodeRun(sched, out, k, ends, toks)
         while run.updated < run.steps:
             m = rng.randint(run.updated, run.steps)
             if m < run.steps:
-                sched.advance_decode_run(run, m)
+                run.advance(m)
                 if m:
                     assert snapshot(sched) == snaps_ref_hook(ends[m - 1], sched)
                 if rng.random() < 0.3:
                     run.truncate(run.updated + 1)
             else:
-                sched.advance_decode_run(run, m)
+                run.advance(m)
         now = ends[run.steps - 1]
     else:
         raise AssertionError("no progress")
@@ -292,18 +292,18 @@ def test_limit_is_the_first_finish_or_interception():
     sched, out = decoding(max_tokens=20)
     assert [c.num_tokens for c in out.chunks] == [1, 1]
     # 1 token sampled by the prefill; the run's step s samples token 1 + s: the 19th finishes
-    assert sched.decode_run_limit(out) == 19
-    assert sched.decode_run_limit(out, max_steps=5) == 5
+    assert decode_run_limit(sched, out) == 19
+    assert decode_run_limit(sched, out, max_steps=5) == 5
     sched, out = decoding(icps=[Interception(after_output_tokens=7, duration_s=1.0, returned_tokens=2)])
-    assert sched.decode_run_limit(out) == 6
+    assert decode_run_limit(sched, out) == 6
     sched, out = decoding(max_tokens=50, model_len=20)  # 6 + 1 tokens now; 20 after step 13
-    assert sched.decode_run_limit(out) == 13
+    assert decode_run_limit(sched, out) == 13
 
 
 def test_limit_stops_before_kv_runs_out():
     sched, out = decoding(max_tokens=40, blocks=12, bs=4)  # 2 requests hold 2 blocks each
     free = sched.kv.num_free_blocks
-    k = sched.decode_run_limit(out)
+    k = decode_run_limit(sched, out)
     assert 1 < k < 39
     # contexts are 6 in step 1: after step s a request holds ceil((6 + s) / 4) blocks
     need = lambda j: 2 * ((6 + j + 3) // 4 - (6 + 1 + 3) // 4)  # noqa: E731
@@ -312,18 +312,18 @@ def test_limit_stops_before_kv_runs_out():
 
 def test_no_run_when_something_could_change_the_batch():
     sched, out = decoding(ignore_eos=False)
-    assert sched.decode_run_limit(out) == 1  # EOS could end a request any step
+    assert decode_run_limit(sched, out) == 1  # EOS could end a request any step
     sched, out = decoding(stop=(60,))
-    assert sched.decode_run_limit(out) == 1
+    assert decode_run_limit(sched, out) == 1
     sched, out = decoding(waiting=1)
-    assert sched.decode_run_limit(out) == 1  # the next step would admit it
+    assert decode_run_limit(sched, out) == 1  # the next step would admit it
     sched, out = decoding(waiting=1, seqs=2)
-    assert sched.decode_run_limit(out) == 19  # no room for it while these run
+    assert decode_run_limit(sched, out) == 19  # no room for it while these run
     sched, out = decoding(waiting=1, budget_after=2)
-    assert sched.decode_run_limit(out) == 19  # no token budget left for it
+    assert decode_run_limit(sched, out) == 19  # no token budget left for it
     sched = Scheduler(SchedulerConfig(max_num_batched_tokens=32), PagedKVBackend(50, 4))
     sched.add_request(EngineRequest("p", list(range(3, 13)), Params(5)))
-    assert sched.decode_run_limit(sched.schedule(0.0)) == 1  # a prefill
+    assert decode_run_limit(sched, sched.schedule(0.0)) == 1  # a prefill
 
 
 def test_limit_stops_before_a_paused_request_resumes():
@@ -331,10 +331,10 @@ def test_limit_stops_before_a_paused_request_resumes():
     sched.update(out, {c.request.request_id: 50 for c in out.chunks}, 2 * DT)
     sched.pause("r2", 2 * DT, resume_time=10 * DT)
     out = sched.schedule(2 * DT)
-    assert sched.decode_run_limit(out) == 1  # no step times: cannot tell
+    assert decode_run_limit(sched, out) == 1  # no step times: cannot tell
     ends = lambda k: [2 * DT + DT * (i + 1) for i in range(k)]  # noqa: E731
     # steps start at 2, 3, ..., 9 DT before the resume at 10 DT; the step at 10 DT resumes it
-    assert sched.decode_run_limit(out, step_ends=ends) == 8
+    assert decode_run_limit(sched, out, step_ends=ends) == 8
 
 
 def test_subclasses_that_change_the_step_get_no_runs():
@@ -344,4 +344,4 @@ def test_subclasses_that_change_the_step_get_no_runs():
 
     sched, out = decoding()
     sched.__class__ = Custom
-    assert sched.decode_run_limit(out) == 1
+    assert decode_run_limit(sched, out) == 1
