@@ -327,18 +327,22 @@ def main(artifact: Artifact, argv: Sequence[str] | None = None) -> int:
         plots=not args.no_plots, progress=not args.quiet,
     )
     prog = parser.prog
+    from core.shutdown import exit_code, interrupt_on_signals
+
     try:
-        summary = run_artifact(artifact, opts)
+        # SIGTERM and SIGHUP stop the run as Ctrl-C does (workers stopped, finished points kept)
+        with interrupt_on_signals():
+            summary = run_artifact(artifact, opts)
     except ArtifactInputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except SweepFailed as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or core.shutdown.Terminated (SIGTERM, SIGHUP)
         print(f"{prog}: interrupted; finished points are stored, run the same command to resume",
               file=sys.stderr)
-        return 130
+        return exit_code(exc)
     o = summary.outcome
     print(f"{artifact.name}: {summary_line(summary.claims)} "
           f"({o.computed} points computed, {o.reused} reused) -> {summary.out}")

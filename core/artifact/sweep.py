@@ -2,6 +2,11 @@
 
 Every finished point is written at once to ``<out>/points/<hash>.json`` (atomically), so an
 interrupted or repeated run finds it there and recomputes nothing.
+
+Stopping leaves no process behind (see :mod:`core.shutdown`): during :func:`run_sweep`, SIGTERM
+and SIGHUP interrupt like Ctrl-C; an interrupted pool terminates its workers mid-point and
+waits for them; pool workers die with their parent even when it is SIGKILLed; a Ray instance
+the executor started is shut down. Points running when the sweep stops are lost, not stored.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import signal
 import socket
 import sys
 import tempfile
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data import files_read, reset_files_read
+from core.shutdown import die_with_parent, interrupt_on_signals, keep_handlers, start_local_ray
 
 from .spec import PointFn, Row
 
@@ -106,9 +113,16 @@ class PointStore:
         text = json.dumps(result.to_json(), indent=1, sort_keys=True, allow_nan=True)
         # write-then-rename: a crash mid-write never leaves a half point behind
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, self.path(result.hash))
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, self.path(result.hash))
+        except BaseException:  # an interrupt mid-write leaves no temporary file either
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
 
 def seed_everything(seed: int) -> None:
@@ -164,6 +178,41 @@ def _limit_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
+def _no_op(signum: int, frame: Any) -> None:
+    pass
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
+    """Pool initializer: die with the parent (even SIGKILLed), leave Ctrl-C to the parent (a
+    terminal sends SIGINT to the whole process group; the parent terminates its workers). A
+    no-op handler, not SIG_IGN, which processes a point starts would inherit."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, _no_op)
+    _limit_threads(threads)
+
+
+def _stop_pool(pool: cf.ProcessPoolExecutor, grace_s: float = 1.0) -> None:
+    """Cancel what has not started, SIGTERM the workers (running points are abandoned), wait
+    up to ``grace_s`` for them, SIGKILL the rest. Their exit also ends multiprocessing's
+    resource tracker, which stays only while a process holding its pipe lives."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # private, stable since 3.2
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        try:
+            p.terminate()
+        except (OSError, ValueError):  # already gone (or reaped and closed by the pool)
+            pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+        except (OSError, ValueError):
+            pass
+
+
 class Executor:
     """Runs points and yields their results as they finish."""
 
@@ -190,7 +239,10 @@ class LocalPoolExecutor(Executor):
     """Runs points on a pool of ``jobs`` fresh processes on this machine.
 
     Processes are spawned, not forked: a forked child of a process that already runs torch's
-    thread pools can deadlock.
+    thread pools can deadlock. When :meth:`map` ends early (an interrupt, the consumer stops)
+    or :meth:`close` is called before it finished, the workers are terminated mid-point and
+    joined; workers are killed by the kernel if this process dies (Linux; see
+    :mod:`core.shutdown`), so start :meth:`map` from the main thread.
     """
 
     name = "local"
@@ -201,27 +253,31 @@ class LocalPoolExecutor(Executor):
 
     def map(self, points: Sequence[Point]) -> Iterator[PointResult]:
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        self._pool = cf.ProcessPoolExecutor(
+        pool = self._pool = cf.ProcessPoolExecutor(
             max_workers=min(self.jobs, len(points)) or 1,
             mp_context=mp.get_context("spawn"),
-            initializer=_limit_threads,
-            initargs=(threads,),
+            initializer=_init_worker,
+            initargs=(threads, os.getpid()),
         )
-        futures = {self._pool.submit(execute_point, p): p for p in points}
         try:
+            futures = {pool.submit(execute_point, p): p for p in points}
             for fut in cf.as_completed(futures):
                 p = futures[fut]
                 try:
                     yield fut.result()
                 except Exception as exc:  # noqa: BLE001 - the worker itself died
                     yield PointResult(p.experiment, p.config, p.hash, error=f"worker failed: {exc!r}")
-        finally:
+            pool.shutdown(wait=True)  # every point is done: the workers exit at once
+        except BaseException:  # interrupted, or the consumer stopped (GeneratorExit)
             self.close()
+            raise
+        self._pool = None
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop at once: terminate the workers, running points included, and wait for them."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            _stop_pool(pool)
 
 
 class RayExecutor(Executor):
@@ -229,7 +285,10 @@ class RayExecutor(Executor):
     this machine with ``jobs`` CPUs when no address is given.
 
     Every node must be able to import ``core`` and the artifact (install this repository on each
-    node, e.g. ``pip install -e .`` from a shared checkout).
+    node, e.g. ``pip install -e .`` from a shared checkout). When :meth:`map` ends early, tasks
+    not finished are force-cancelled (their worker processes killed). :meth:`close` shuts down a
+    Ray instance started here; what is left if this process is SIGKILLed instead is stated in
+    :mod:`core.shutdown` (a reaper kills it within ~0.5 s, on Linux).
     """
 
     name = "ray"
@@ -242,27 +301,30 @@ class RayExecutor(Executor):
                 "--executor ray needs Ray: pip install 'ray>=2.30' (or pip install -e '.[ray]')"
             ) from exc
         self._ray = ray
-        self._started_here = False
+        self._shutdown: Callable[[], None] | None = None
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, log_to_driver=False)
+                keep_handlers()  # ray.init replaced SIGTERM's handler
             else:
                 # workers must import the same modules as this process, including test modules
                 path = os.pathsep.join(p for p in sys.path if p)
-                ray.init(
+                self._shutdown = start_local_ray(
+                    ray,
                     num_cpus=jobs,
                     include_dashboard=False,
                     log_to_driver=False,
                     runtime_env={"env_vars": {"PYTHONPATH": path}},
                 )
-                self._started_here = True
         self._remote = ray.remote(num_cpus=1)(execute_point)
 
     def map(self, points: Sequence[Point]) -> Iterator[PointResult]:
         ray = self._ray
-        refs = {self._remote.remote(p): p for p in points}
-        pending = list(refs)
+        refs: dict[Any, Point] = {}
+        pending: list[Any] = []
         try:
+            refs = {self._remote.remote(p): p for p in points}
+            pending = list(refs)
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
@@ -271,14 +333,18 @@ class RayExecutor(Executor):
                         yield ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - task or node lost
                         yield PointResult(p.experiment, p.config, p.hash, error=f"ray task failed: {exc!r}")
-        finally:
+        except BaseException:  # interrupted, or the consumer stopped (GeneratorExit)
             for ref in pending:
-                ray.cancel(ref)
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - best effort; close() stops a local Ray anyway
+                    pass
+            raise
 
     def close(self) -> None:
-        if self._started_here:
-            self._ray.shutdown()
-            self._started_here = False
+        shutdown, self._shutdown = self._shutdown, None
+        if shutdown is not None:
+            shutdown()
 
 
 def make_executor(kind: str, jobs: int, address: str | None = None) -> Executor:
@@ -308,7 +374,23 @@ def run_sweep(
     progress: Callable[[int], Any] | None = None,
 ) -> SweepOutcome:
     """Compute the points not yet in ``store`` (all of them with ``fresh``), storing each as it
-    finishes; failed points are returned, never stored."""
+    finishes; failed points are returned, never stored.
+
+    SIGTERM and SIGHUP raise :class:`core.shutdown.Terminated` (a KeyboardInterrupt) meanwhile
+    (main thread only; the previous handlers are restored); on any interrupt the executor's
+    running points are stopped and the finished ones are already stored."""
+    with interrupt_on_signals():
+        return _run_sweep(points, store, executor, fresh=fresh, progress=progress)
+
+
+def _run_sweep(
+    points: Sequence[Point],
+    store: PointStore,
+    executor: Executor,
+    *,
+    fresh: bool,
+    progress: Callable[[int], Any] | None,
+) -> SweepOutcome:
     stored: dict[str, PointResult] = {}
     todo: list[Point] = []
     for p in points:
@@ -329,14 +411,21 @@ def run_sweep(
     for runner, batch in batches:
         if not batch:
             continue
-        for res in runner.map(batch):
-            if res.error is None:
-                store.save(res)
-                stored[res.hash] = res
-                computed += 1
-            else:
-                failed.append(res)
-            if progress is not None:
-                progress(1)
+        results = runner.map(batch)
+        try:
+            for res in results:
+                if res.error is None:
+                    store.save(res)
+                    stored[res.hash] = res
+                    computed += 1
+                else:
+                    failed.append(res)
+                if progress is not None:
+                    progress(1)
+        finally:
+            # an interrupt raised here, outside the generator, stops its workers now, not
+            # whenever the generator is collected
+            if hasattr(results, "close"):
+                results.close()
     ordered = [stored[p.hash] for p in points if p.hash in stored]
     return SweepOutcome(ordered, computed, len(points) - len(todo), failed)

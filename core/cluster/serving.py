@@ -15,6 +15,8 @@ Backends
   replicas run in parallel. A local Ray instance (with one logical CPU per replica CPU, no
   dashboard, a 100 MiB object store, worker logs not forwarded) is started and shut down by
   :meth:`Fleet.close`, unless Ray is already initialized or ``address`` names a cluster to join.
+  Inside :func:`core.shutdown.interrupt_on_signals` (as in an artifact run) SIGTERM closes it as
+  Ctrl-C does; if this process is SIGKILLed, :mod:`core.shutdown` states what is left.
 
 Requests and routing
 --------------------
@@ -70,6 +72,7 @@ from typing import Any, Protocol
 
 from core.engine.serve import greedy_for
 from core.sched.request import EngineRequest
+from core.shutdown import keep_handlers, start_local_ray
 from core.workload.schema import Request
 
 from .replica import (
@@ -260,7 +263,7 @@ class _Ray:
         except ImportError as exc:
             raise RuntimeError("backend='ray' needs Ray: pip install -e '.[ray]'") from exc
         self._ray = ray
-        self._started = False
+        self._shutdown: Callable[[], None] | None = None
         self.poll_interval_s, self.replica_timeout_s = poll_interval_s, replica_timeout_s
         self.replicas: list[_RemoteReplica] = []
         self._dead: set[int] = set()
@@ -273,10 +276,13 @@ class _Ray:
                             include_dashboard=False, object_store_memory=100 * 2**20,
                             runtime_env={"env_vars": {"PYTHONPATH": path}})
             try:
-                ray.init(address=address, **{**opts, **init_options})
+                if address is None:  # ours: shut down by close(), reaped if we are killed
+                    self._shutdown = start_local_ray(ray, **{**opts, **init_options})
+                else:
+                    ray.init(address=address, **{**opts, **init_options})
+                    keep_handlers()  # ray.init replaced SIGTERM's handler
             except Exception as exc:
                 raise RuntimeError(f"Ray could not start: {_describe(exc)}") from exc
-            self._started = address is None
         starting = "the Ray replicas"
         try:
             cls = ray.remote(ReplicaServer).options(
@@ -285,8 +291,10 @@ class _Ray:
             for rep in self.replicas:
                 starting = f"replica {rep.index}"
                 rep.sync_clock(start_timeout_s)
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too: stop what started
             self.close()
+            if not isinstance(exc, Exception):
+                raise
             raise RuntimeError(f"{starting} could not start: {_describe(exc)}") from exc
         self.offsets = [r.offset for r in self.replicas]
         self.errors = [r.error for r in self.replicas]
@@ -364,9 +372,9 @@ class _Ray:
             except Exception:  # noqa: BLE001 - already dead
                 pass
         self.replicas = []
-        if self._started:
-            self._ray.shutdown()
-            self._started = False
+        shutdown, self._shutdown = self._shutdown, None
+        if shutdown is not None:
+            shutdown()
 
 
 def _accepts_output_tokens(router: Router) -> bool:
