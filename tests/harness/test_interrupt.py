@@ -24,7 +24,7 @@ from core.shutdown import Terminated, exit_code, interrupt_on_signals, keep_hand
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 REPO = Path(__file__).resolve().parents[2]
-RUN = "from core.artifact import main; from tests.artifact.sleepy import SLEEPY; raise SystemExit(main(SLEEPY))"
+RUN = "from core.artifact import main; from tests.harness.sleepy import SLEEPY; raise SystemExit(main(SLEEPY))"
 
 
 def _stat(pid: int) -> list[bytes] | None:
