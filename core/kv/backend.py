@@ -73,6 +73,16 @@ class KVBackend(ABC):
     block_size: int
     hybrid: bool = False
     supports_swap: bool = False
+    mergeable_decode_calls = False
+    """Whether, while a request decodes one token per step, only the steps that start or fill
+    one of its blocks matter here: the 1-token :meth:`allocate` calls between them change
+    nothing but its slot count and :meth:`on_scheduled` does nothing for them. A decode run
+    (:mod:`core.sched.decode_run`) then merges those calls into the next one; otherwise it
+    makes every call a step loop would. Not inherited: each class that can declares it."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.mergeable_decode_calls = bool(cls.__dict__.get("mergeable_decode_calls", False))
 
     def __init__(self) -> None:
         self._copies = PendingCopies()
@@ -156,6 +166,7 @@ class PagedKVBackend(KVBackend):
     """Block-hash prefix caching (vLLM v1) on a :class:`KVCacheManager`; dense models only."""
 
     supports_swap = True
+    mergeable_decode_calls = True
 
     def __init__(
         self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True,

@@ -14,12 +14,8 @@ import bisect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core.kv.backend import KVBackend
 from core.sched.request import EngineRequest
 from core.sched.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
-
-# The Scheduler methods a run skips for its steps 2..k; a subclass overriding one gets no runs.
-RUN_SKIPS = ("schedule", "update", "_chunk_size", "_add_chunk", "_stop_status")
 
 
 def decode_run_limit(sched: Scheduler, out: SchedulerOutput, max_steps: int | None = None,
@@ -31,9 +27,9 @@ def decode_run_limit(sched: Scheduler, out: SchedulerOutput, max_steps: int | No
     swap-in, resume, preemption, prefix-cache eviction by the backend, finish or pause) except
     possibly in step ``k``'s update. 1 when ``out`` starts no such run.
 
-    Conditions: the scheduler's class overrides none of :data:`RUN_SKIPS`; every chunk of
-    ``out`` is one sampled token and ``out`` schedules every running request; no request could
-    be admitted or swapped in (nothing waits or is swapped, or the batch is at
+    Conditions: the scheduler's class declares :attr:`Scheduler.supports_decode_runs`; every
+    chunk of ``out`` is one sampled token and ``out`` schedules every running request; no
+    request could be admitted or swapped in (nothing waits or is swapped, or the batch is at
     ``max_num_seqs`` or uses the whole token budget); no request can stop on a token
     (``ignore_eos`` or no EOS id, no ``stop_token_ids``); no prefill stop (SSM checkpoint) is
     pending; no KV crosses the host link; the interception policy is
@@ -46,8 +42,7 @@ def decode_run_limit(sched: Scheduler, out: SchedulerOutput, max_steps: int | No
     stop before a step that starts at or after a paused request's ``resume_time``; without it
     no run is allowed while a request is paused with a resume time.
     """
-    cls = type(sched)
-    if any(getattr(cls, name) is not getattr(Scheduler, name) for name in RUN_SKIPS):
+    if not sched.supports_decode_runs:
         return 1
     chunks, running, cfg = out.chunks, sched.running, sched.config
     n = len(chunks)
@@ -151,10 +146,9 @@ class DecodeRun:
         (finishes, interceptions) and its finished requests are returned.
 
         The KV backend sees the same calls, in the same order (by step, then by request), as a
-        step loop would make, except that calls which would change nothing but the request's
-        slot count are merged into the next one: a 1-token growth that neither starts a block
-        nor fills one (when a block is filled a prefix-caching backend registers its hash),
-        unless the backend overrides ``on_scheduled``."""
+        step loop would make, except that, when the backend declares
+        :attr:`~core.kv.backend.KVBackend.mergeable_decode_calls`, calls that would change
+        nothing but the request's slot count are merged into the next one."""
         if not self.updated <= steps <= self.steps:
             raise ValueError(f"run of {self.steps} steps, {self.updated} applied: cannot advance "
                              f"to step {steps}")  # fmt: skip
@@ -210,7 +204,7 @@ class DecodeRun:
         would ask the backend, in its order (see :meth:`advance`)."""
         kv = self.scheduler.kv
         bs = kv.block_size
-        every_step = type(kv).on_scheduled is not KVBackend.on_scheduled
+        every_step = not kv.mergeable_decode_calls
         chunks = self.out.chunks
         # step s grows the request from c + s - 1 to c + s slots: a call matters when it starts
         # a block ((c + s - 1) % bs == 0) or fills one ((c + s) % bs == 0)

@@ -17,10 +17,14 @@ class QueuePolicy(ABC):
     waiting queue can stay sorted by insertion.
 
     A policy whose admission order depends on the cache may also override
-    :meth:`admission_order`; ``key`` still sorts the queues and picks preemption victims.
+    :meth:`admission_order` and set :attr:`custom_admission_order`; ``key`` still sorts the
+    queues and picks preemption victims.
     """
 
     name = "policy"
+    custom_admission_order = False
+    """True when :meth:`admission_order` gives an order of its own: the scheduler asks it only
+    then (otherwise it admits in ``key`` order without the call)."""
 
     @abstractmethod
     def key(self, req: EngineRequest) -> tuple[Any, ...]: ...
@@ -33,12 +37,12 @@ class QueuePolicy(ABC):
 
         The scheduler calls it once per step in which it will try to admit (something waits,
         token budget and a sequence slot are left, nothing is swapped out), before admitting
-        anyone, and only when a subclass overrides it. ``waiting`` is the queue in ``key``
-        order and must not be changed; ``cached_tokens(req)`` is how many of the request's
-        tokens the prefix cache holds now (read-only). Return a subset of ``waiting``: the
-        scheduler admits in that order and stops at the first that does not fit, as in ``key``
-        order; requests left out wait. An overriding policy may keep state across calls, so
-        one instance serves one scheduler.
+        anyone, and only when :attr:`custom_admission_order` is set. ``waiting`` is the queue
+        in ``key`` order and must not be changed; ``cached_tokens(req)`` is how many of the
+        request's tokens the prefix cache holds now (read-only). Return a subset of ``waiting``:
+        the scheduler admits in that order and stops at the first that does not fit, as in
+        ``key`` order; requests left out wait. An overriding policy may keep state across
+        calls, so one instance serves one scheduler.
         """
         return None
 
@@ -88,6 +92,7 @@ class PrebleGroupPolicy(QueuePolicy):
     """
 
     name = "preble-priority"
+    custom_admission_order = True
 
     def __init__(self, num_groups: int = 10, base: int = 10) -> None:
         if num_groups < 1 or base < 1:

@@ -130,6 +130,16 @@ class Scheduler:
     requests' KV; None keeps it (``"preserve"``). It may be replaced between steps.
     """
 
+    supports_decode_runs = True
+    """Whether a decode run (:mod:`core.sched.decode_run`, the simulator's fast-forward) may
+    stand for this class's pure-decode steps: it applies what :meth:`schedule` and
+    :meth:`update` would do without calling them. Not inherited: a subclass whose steps are
+    still this class's declares it again, any other gets no runs."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.supports_decode_runs = bool(cls.__dict__.get("supports_decode_runs", False))
+
     def __init__(self, config: SchedulerConfig, kv: KVBackend,
                  policy: QueuePolicy | str = "fcfs",
                  intercept: InterceptPolicy | str | None = None) -> None:
@@ -137,7 +147,6 @@ class Scheduler:
         self.kv = kv
         self.policy = make_policy(policy)
         self.intercept = make_intercept_policy(intercept)
-        self._dynamic_order = type(self.policy).admission_order is not QueuePolicy.admission_order
         self.requests: dict[str, EngineRequest] = {}
         self.waiting: list[EngineRequest] = []  # sorted by policy key
         self.running: list[EngineRequest] = []  # in admission order
@@ -311,7 +320,7 @@ class Scheduler:
                 self._add_chunk(out, req, n, now)
                 budget -= n
 
-        order = self._admission_order(budget) if self._dynamic_order else None
+        order = self._admission_order(budget) if self.policy.custom_admission_order else None
         queue = self.waiting if order is None else order
         admitted = 0
         while admitted < len(queue) and budget > 0 and len(self.running) < cfg.max_num_seqs:

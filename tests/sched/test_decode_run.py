@@ -337,11 +337,72 @@ def test_limit_stops_before_a_paused_request_resumes():
     assert decode_run_limit(sched, out, step_ends=ends) == 8
 
 
-def test_subclasses_that_change_the_step_get_no_runs():
-    class Custom(Scheduler):
+def test_a_scheduler_class_gets_runs_only_if_it_declares_them():
+    class Declares(Scheduler):
+        supports_decode_runs = True
+
+    class Refuses(Scheduler):
+        supports_decode_runs = False
+
+    class Silent(Scheduler):  # changes what a step does and does not say: no runs
         def update(self, out, sampled, now, logprobs=None):
             return super().update(out, sampled, now, logprobs)
 
-    sched, out = decoding()
-    sched.__class__ = Custom
-    assert decode_run_limit(sched, out) == 1
+    class Inherits(Declares):  # the capability is declared per class
+        pass
+
+    for cls, runs in ((Scheduler, True), (Declares, True), (Refuses, False), (Silent, False),
+                      (Inherits, False)):  # fmt: skip
+        assert cls.supports_decode_runs is runs
+        sched, out = decoding()
+        sched.__class__ = cls
+        assert decode_run_limit(sched, out) == (19 if runs else 1), cls.__name__
+
+
+class Calls(PagedKVBackend):
+    """Records the calls a decode run makes (undeclared: gets every call)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def allocate(self, req, num_new_tokens, lookup, now):
+        self.calls.append(("allocate", req.request_id, num_new_tokens, now))
+        return super().allocate(req, num_new_tokens, lookup, now)
+
+    def on_scheduled(self, req, start, num_tokens, now):
+        self.calls.append(("on_scheduled", req.request_id, start, now))
+
+
+class MergedCalls(Calls):
+    mergeable_decode_calls = True
+
+
+class EveryCall(Calls):
+    mergeable_decode_calls = False
+
+
+def test_a_backend_gets_merged_calls_only_if_it_declares_them():
+    assert PagedKVBackend.mergeable_decode_calls and not RadixKVBackend.mergeable_decode_calls
+    assert not Calls.mergeable_decode_calls
+    results = {}
+    for cls in (MergedCalls, EveryCall, Calls):
+        sched = Scheduler(SchedulerConfig(max_num_batched_tokens=32), cls(100, 4))
+        for i in range(2):
+            sched.add_request(EngineRequest(f"r{i}", list(range(3 + i, 9 + i)), Params(20)))
+        out = sched.schedule(0.0)
+        sched.update(out, {c.request.request_id: 50 for c in out.chunks}, DT)
+        out = sched.schedule(DT)
+        k = decode_run_limit(sched, out)
+        assert k == 19
+        sched.kv.calls.clear()
+        DecodeRun(sched, out, k, [DT * (i + 2) for i in range(k)],
+                  {c.request.request_id: [60] * k for c in out.chunks}).advance(k)  # fmt: skip
+        results[cls] = sched.kv.calls, snapshot(sched)
+    merged, every, undeclared = (results[c][0] for c in (MergedCalls, EveryCall, Calls))
+    # steps 2..19 of each request: one call each, or only those that start or fill a block
+    assert len(every) == 2 * 2 * (k - 1) and undeclared == every
+    assert not any(c[0] == "on_scheduled" for c in merged)
+    assert len(merged) < len([c for c in every if c[0] == "allocate"])
+    assert sum(c[2] for c in merged) == sum(c[2] for c in every if c[0] == "allocate")
+    assert len({results[c][1] for c in results}) == 1  # the same state either way

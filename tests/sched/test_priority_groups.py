@@ -16,7 +16,6 @@ from core.sched import (
     POLICIES,
     EngineRequest,
     PrebleGroupPolicy,
-    QueuePolicy,
     Scheduler,
     SchedulerConfig,
     make_policy,
@@ -188,24 +187,31 @@ def test_scheduler_admits_the_quota_of_one_group_per_step():
 
 
 def test_fcfs_takes_the_static_path():
-    """FCFS keeps the key order without asking the cache; a policy whose per-step order is the
-    key order (and that reads the cache) schedules exactly as FCFS does."""
+    """FCFS keeps the key order without asking the cache; a policy that declares an order of
+    its own is asked (here one that is the key order and reads the cache: it schedules exactly
+    as FCFS does); one that does not declare it is not asked."""
 
     class SameOrder(FCFS):
+        custom_admission_order = True
+
         def admission_order(self, waiting, cached_tokens):
             for r in waiting:
                 cached_tokens(r)
             return list(waiting)
 
+    class Undeclared(FCFS):
+        def admission_order(self, waiting, cached_tokens):
+            raise AssertionError("asked without custom_admission_order")
+
     assert FCFS().admission_order([], lambda r: 0) is None
+    assert not FCFS.custom_admission_order and PrebleGroupPolicy.custom_admission_order
     results = []
-    for policy in (FCFS(), SameOrder()):
+    for policy in (FCFS(), SameOrder(), Undeclared()):
         kv = PagedKVBackend(48, 4)
         peeks = []
         peek = kv.peek_prefix
         kv.peek_prefix = lambda ids, peek=peek, peeks=peeks: peeks.append(1) or peek(ids)
         sched = Scheduler(SchedulerConfig(max_num_seqs=3, max_num_batched_tokens=24), kv, policy)
-        assert sched._dynamic_order is (type(policy) is SameOrder)
         rng = random.Random(2)
         for i in range(12):
             n = rng.randint(1, 20)
@@ -220,10 +226,9 @@ def test_fcfs_takes_the_static_path():
             sched.update(out, {c.request.request_id: 4 for c in out.chunks if c.sample}, now)
             now += 1.0
         results.append(trace)
-        assert (len(peeks) == 0) is (type(policy) is FCFS)
-    assert results[0] == results[1]
+        assert (len(peeks) == 0) is (type(policy) is not SameOrder)
+    assert results[0] == results[1] == results[2]
     assert any(out[1:] for out in results[0])  # several requests share steps
-    assert QueuePolicy.admission_order is FCFS.admission_order
 
 
 # ---- the simulator's decode fast-forward ------------------------------------------------------
