@@ -14,13 +14,35 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from core.kv.errors import KVCacheError, OutOfBlocksError
 from core.kv.manager import ComputedBlocks, KVCacheManager
 from core.kv.policies import AdmissionPolicy, EvictionPolicy
 from core.kv.radix import MatchResult, RadixCache
 from core.kv.slots import SlotAllocator
+
+
+class KVRequest(Protocol):
+    """What a :class:`KVBackend` reads from a request, which it never changes
+    (:class:`~core.sched.request.EngineRequest` is one). ``token_ids``: the prompt and every
+    token appended since (``num_tokens`` of them); ``num_computed_tokens``: the leading ones
+    whose KV is in the cache, where the next chunk starts."""
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def prompt_token_ids(self) -> Sequence[int]: ...
+
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    @property
+    def num_computed_tokens(self) -> int: ...
 
 
 @dataclass
@@ -67,7 +89,7 @@ class KVBackend(ABC):
     :class:`Lookup` from :meth:`lookup`), grows by later calls, and leaves by :meth:`free`.
     ``allocate`` returns False and changes nothing when memory is short (after evicting
     unlocked cache entries); the scheduler then preempts someone or waits. Requests are keyed by
-    ``request_id``; token ids come from the request object.
+    ``request_id``; what else is read from them is :class:`KVRequest`.
     """
 
     block_size: int
@@ -88,7 +110,7 @@ class KVBackend(ABC):
         self._copies = PendingCopies()
 
     @abstractmethod
-    def lookup(self, req: Any, now: float) -> Lookup: ...
+    def lookup(self, req: KVRequest, now: float) -> Lookup: ...
 
     @abstractmethod
     def peek_prefix(self, token_ids: Sequence[int]) -> int:
@@ -99,39 +121,41 @@ class KVBackend(ABC):
         """Give up a lookup that was not used (releases any lock it holds)."""
 
     @abstractmethod
-    def allocate(self, req: Any, num_new_tokens: int, lookup: Lookup | None, now: float) -> bool: ...
+    def allocate(self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None,
+                 now: float) -> bool: ...
 
     @abstractmethod
-    def free(self, req: Any, now: float, *, cache: bool) -> None:
+    def free(self, req: KVRequest, now: float, *, cache: bool) -> None:
         """Release the request's KV; ``cache`` offers its computed tokens to the prefix cache."""
 
     @abstractmethod
-    def block_table(self, req: Any) -> list[int]: ...
+    def block_table(self, req: KVRequest) -> list[int]: ...
 
     @abstractmethod
-    def slot_mapping(self, req: Any, start: int, end: int) -> list[int]: ...
+    def slot_mapping(self, req: KVRequest, start: int, end: int) -> list[int]: ...
 
-    def state_slot(self, req: Any) -> int | None:
+    def state_slot(self, req: KVRequest) -> int | None:
         return None
 
-    def next_stop(self, req: Any) -> int | None:
+    def next_stop(self, req: KVRequest) -> int | None:
         """The next position where the request's prefill chunk must end (a checkpoint)."""
         return None
 
-    def on_scheduled(self, req: Any, start: int, num_tokens: int, now: float) -> None:  # noqa: B027
+    def on_scheduled(self, req: KVRequest, start: int, num_tokens: int,  # noqa: B027
+                     now: float) -> None:
         """Called when a chunk ``[start, start + num_tokens)`` of ``req`` is scheduled; a hybrid
         backend queues the checkpoint copies due at its end (applied after this forward)."""
 
-    def swap_out(self, req: Any) -> None:
+    def swap_out(self, req: KVRequest) -> None:
         raise KVCacheError(f"{type(self).__name__} cannot swap")
 
-    def swap_in(self, req: Any) -> bool:
+    def swap_in(self, req: KVRequest) -> bool:
         raise KVCacheError(f"{type(self).__name__} cannot swap")
 
-    def can_swap_out(self, req: Any) -> bool:
+    def can_swap_out(self, req: KVRequest) -> bool:
         return False
 
-    def swapped_blocks(self, req: Any) -> int:
+    def swapped_blocks(self, req: KVRequest) -> int:
         """Blocks the request holds in the host pool (0 when it is not swapped out)."""
         return 0
 
@@ -163,7 +187,9 @@ class KVBackend(ABC):
 
 
 class PagedKVBackend(KVBackend):
-    """Block-hash prefix caching (vLLM v1) on a :class:`KVCacheManager`; dense models only."""
+    """Block-hash prefix caching (vLLM v1) on a :class:`KVCacheManager`; dense models only.
+    The manager keys requests by id and returns block moves; this adapter reads them from the
+    request (:class:`KVRequest`) and queues the moves as copies."""
 
     supports_swap = True
     mergeable_decode_calls = True
@@ -179,41 +205,42 @@ class PagedKVBackend(KVBackend):
             kv_bytes_per_token=kv_bytes_per_token, num_host_blocks=num_host_blocks,
         )
 
-    def lookup(self, req: Any, now: float) -> Lookup:
+    def lookup(self, req: KVRequest, now: float) -> Lookup:
         hit = self.manager.get_computed_blocks(req.token_ids)
         return Lookup(hit.num_tokens, hit)
 
     def peek_prefix(self, token_ids: Sequence[int]) -> int:
         return self.manager.get_computed_blocks(token_ids).num_tokens
 
-    def allocate(self, req: Any, num_new_tokens: int, lookup: Lookup | None, now: float) -> bool:
+    def allocate(self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None,
+                 now: float) -> bool:
         computed: ComputedBlocks | None = lookup.handle if lookup is not None else None
         got = self.manager.allocate_slots(
             req.request_id, num_new_tokens, computed, token_ids=req.token_ids
         )
         return got is not None
 
-    def free(self, req: Any, now: float, *, cache: bool) -> None:
+    def free(self, req: KVRequest, now: float, *, cache: bool) -> None:
         # finished blocks stay hashed in the pool's free queue: that *is* the prefix cache
         if self.manager.has_request(req.request_id):
             self.manager.free(req.request_id)
 
-    def block_table(self, req: Any) -> list[int]:
+    def block_table(self, req: KVRequest) -> list[int]:
         return self.manager.block_ids(req.request_id)
 
-    def slot_mapping(self, req: Any, start: int, end: int) -> list[int]:
+    def slot_mapping(self, req: KVRequest, start: int, end: int) -> list[int]:
         return self.manager.slot_mapping(req.request_id, start, end)
 
-    def can_swap_out(self, req: Any) -> bool:
+    def can_swap_out(self, req: KVRequest) -> bool:
         return self.manager.can_swap_out(req.request_id)
 
-    def swap_out(self, req: Any) -> None:
+    def swap_out(self, req: KVRequest) -> None:
         self._copies.add_swap("out", self.manager.swap_out(req.request_id))
 
-    def swapped_blocks(self, req: Any) -> int:
+    def swapped_blocks(self, req: KVRequest) -> int:
         return self.manager.host.num_blocks_of(req.request_id)
 
-    def swap_in(self, req: Any) -> bool:
+    def swap_in(self, req: KVRequest) -> bool:
         mapping = self.manager.swap_in(req.request_id)
         if mapping is None:
             return False
@@ -327,7 +354,7 @@ class RadixKVBackend(KVBackend):
 
     # -- the interface --------------------------------------------------------------------------
 
-    def lookup(self, req: Any, now: float) -> Lookup:
+    def lookup(self, req: KVRequest, now: float) -> Lookup:
         ids = req.token_ids
         if self.enable_prefix_caching:
             m = self.cache.match_prefix(ids[:-1], now)  # leave >= 1 token to compute
@@ -345,7 +372,8 @@ class RadixKVBackend(KVBackend):
             return 0
         return self.cache.peek(token_ids[:-1])[1]
 
-    def allocate(self, req: Any, num_new_tokens: int, lookup: Lookup | None, now: float) -> bool:
+    def allocate(self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None,
+                 now: float) -> bool:
         rid = req.request_id
         hold = self._held.get(rid)
         if hold is None:
@@ -378,29 +406,29 @@ class RadixKVBackend(KVBackend):
             self._hit_tokens += hold.match.hit_len
         return True
 
-    def _hold(self, req: Any) -> _RadixHold:
+    def _hold(self, req: KVRequest) -> _RadixHold:
         hold = self._held.get(req.request_id)
         if hold is None:
             raise KVCacheError(f"request {req.request_id!r} holds no KV")
         return hold
 
-    def block_table(self, req: Any) -> list[int]:
+    def block_table(self, req: KVRequest) -> list[int]:
         hold = self._hold(req)
         hit = hold.match.hit_values[:: self.block_size]
         return [v // self.block_size for v in hit] + hold.own_blocks
 
-    def slot_mapping(self, req: Any, start: int, end: int) -> list[int]:
+    def slot_mapping(self, req: KVRequest, start: int, end: int) -> list[int]:
         table, bs = self.block_table(req), self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, end)]
 
-    def state_slot(self, req: Any) -> int | None:
+    def state_slot(self, req: KVRequest) -> int | None:
         return self._hold(req).state
 
-    def next_stop(self, req: Any) -> int | None:
+    def next_stop(self, req: KVRequest) -> int | None:
         stops = self._held[req.request_id].stops if req.request_id in self._held else ()
         return next((p for p in stops if p > req.num_computed_tokens), None)
 
-    def on_scheduled(self, req: Any, start: int, num_tokens: int, now: float) -> None:
+    def on_scheduled(self, req: KVRequest, start: int, num_tokens: int, now: float) -> None:
         hold = self._hold(req)
         end = start + num_tokens
         while hold.stops and hold.stops[0] <= end:
@@ -418,7 +446,7 @@ class RadixKVBackend(KVBackend):
                 self._copies.states_after.append((hold.state, ckpt))
                 hold.captured[pos] = ckpt
 
-    def free(self, req: Any, now: float, *, cache: bool) -> None:
+    def free(self, req: KVRequest, now: float, *, cache: bool) -> None:
         hold = self._held.pop(req.request_id, None)
         if hold is None:
             return
