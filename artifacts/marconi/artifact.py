@@ -5,12 +5,15 @@ Two experiments:
 - ``hitrate``: every request stream (LMSys-, ShareGPT-, SWE-bench-like sessions, the Mooncake
   trace, or ``--trace``) replayed through each policy's radix cache at each cache size, with
   the paper's 7B hybrid's FLOP and byte formulas: token hit rate, FLOPs saved, alpha tuning, and
-  TTFT from the H100 roofline applied to each prompt's uncached part (Figs. 7, 8, 9);
+  TTFT applied to each prompt's uncached part, from the H100 roofline of the 7B hybrid and from
+  a step profile of the real mode's tiny hybrid on a CPU (Figs. 7, 8, 9);
 - ``real``: a tiny hybrid model served by the real engine on this CPU with each policy:
   measured hit rate and TTFT, outputs checked against an uncached run, and the ordering set
   beside the cache replay of the same sequences.
 
-The policies live in :mod:`core.kv.marconi`; the replay in :mod:`core.kv.replay`.
+The policies live in :mod:`core.kv.marconi`; the replay in :mod:`core.kv.replay`. Claim notes
+and figure titles are built from the run's own rows (:mod:`.describe`); a measure raises
+:class:`~core.artifact.NotApplicable` only when its quantity does not exist in the run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from core.artifact import (
     Artifact,
     Claim,
     Experiment,
+    NotApplicable,
     Paper,
     Results,
     RunContext,
@@ -32,9 +36,11 @@ from core.artifact import (
     TraceOption,
     at_least,
 )
+from core.sim.profiled import cpu_model_name
 
 from . import hitrate, real
-from .plots import comparisons, plot_hitrate, plot_real
+from .describe import NAMES, profile_words, stream_title, stream_words, tuning_words
+from .plots import KEY, comparisons, plot_hitrate, plot_real
 from .workloads import check_trace
 
 REAL_SCALE = {
@@ -49,10 +55,22 @@ def real_points(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------- measures
+#
+# A measure raises NotApplicable only when the quantity does not exist in this run (a --trace
+# run has no agent sessions to set beside chat sessions; no configuration finished tuning
+# alpha); a quantity that exists but misses the expectation is a failure, never n/a.
 
 
 def _cmp(r: Results) -> pd.DataFrame:
     return comparisons(r["hitrate"])
+
+
+def _what_ran(r: Results) -> str:
+    """The replayed streams in a few words, for n/a reasons."""
+    if r.ctx.trace is not None:
+        return f"only the trace {r.ctx.trace.name}"
+    names = [NAMES.get(w, w) for w in dict.fromkeys(r["hitrate"]["workload"])]
+    return "only " + ", ".join(names)
 
 
 def share_marconi_at_least_sglang(r: Results) -> float:
@@ -63,8 +81,16 @@ def share_marconi_at_least_sglang(r: Results) -> float:
 
 
 def max_ratio_vs_vllm(r: Results) -> float:
-    ratio = _cmp(r)["ratio_vs_vllm"].replace([np.inf, -np.inf], np.nan)
-    return float(ratio.max())
+    """The largest Marconi/vLLM+ hit-rate ratio; n/a when vLLM+ hit nothing anywhere (the ratio
+    does not exist; the reason gives Marconi's hit rates)."""
+    c = _cmp(r)
+    ratio = c["ratio_vs_vllm"].replace([np.inf, -np.inf], np.nan)
+    if ratio.notna().any():
+        return float(ratio.max())
+    hit = r["hitrate"]
+    best = hit[hit["policy"] == "marconi"]["token_hit_rate"].max()
+    raise NotApplicable(f"vLLM+ hit no token on any configuration, so Marconi/vLLM+ has no value "
+                        f"(Marconi's best hit rate: {100 * best:.2f}%)")
 
 
 def vllm_gap_narrows(r: Results) -> float:
@@ -77,7 +103,10 @@ def vllm_gap_narrows(r: Results) -> float:
         small, large = g["ratio_vs_vllm"].iloc[0], g["ratio_vs_vllm"].iloc[-1]
         if len(g) > 1 and math.isfinite(small) and math.isfinite(large) and large > 0:
             vals.append(small / large)
-    return float(np.mean(vals)) if vals else float("nan")
+    if not vals:
+        raise NotApplicable("no stream has two cache sizes with a finite Marconi/vLLM+ ratio at "
+                            "both ends (vLLM+ hit nothing at one of them, or one size only)")
+    return float(np.mean(vals))
 
 
 def max_p95_cut_vs_vllm(r: Results) -> float:
@@ -90,12 +119,16 @@ def max_cpu_p95_cut_vs_vllm(r: Results) -> float:
 
 def agentic_gap_minus_chat_gap(r: Results) -> float:
     """Marconi's mean hit-rate gain over SGLang+ on SWE-bench-like sessions minus its mean gain
-    on the chat workloads (points)."""
+    on the chat workloads (points); n/a when the run lacks either kind."""
     c = _cmp(r)
     agent = c[c["workload"] == "swebench"]["gain_vs_sglang_pp"]
     chat = c[c["workload"].isin(["lmsys", "sharegpt"])]["gain_vs_sglang_pp"]
     if agent.empty or chat.empty:
-        return float("nan")
+        missing = " and no ".join(x for x, e in (("SWE-bench-like agent sessions", agent.empty),
+                                                  ("LMSys-/ShareGPT-like chat sessions",
+                                                   chat.empty)) if e)  # fmt: skip
+        raise NotApplicable(f"the claim compares agent sessions with chat sessions; this run "
+                            f"replayed {_what_ran(r)}: it has no {missing} to compare")
     return float(agent.mean() - chat.mean())
 
 
@@ -108,13 +141,26 @@ def small_cache_gap_minus_large(r: Results) -> float:
         g = g.sort_values("cache_gb")
         if len(g) > 1:
             vals.append(g["gain_vs_sglang_pp"].iloc[0] - g["gain_vs_sglang_pp"].iloc[-1])
-    return float(np.mean(vals)) if vals else float("nan")
+    if not vals:
+        raise NotApplicable("no stream was replayed at more than one cache size")
+    return float(np.mean(vals))
 
 
 def alpha_tuning_gain(r: Results) -> float:
-    """Mean FLOPs-saved gain (points) of the tuned alpha over alpha = 0."""
+    """Mean FLOPs-saved gain (points) of the tuned alpha over alpha = 0, over the configurations
+    where tuning finished (elsewhere Marconi ran with alpha = 0 throughout, the same policy as
+    the baseline: a gain of 0 by construction, not a measurement); n/a when none finished."""
     c = _cmp(r)
-    return float(c["alpha_gain_pp"].mean()) if "alpha_gain_pp" in c else float("nan")
+    hit = r["hitrate"]
+    m = hit[hit["policy"] == "marconi"]
+    if "alpha_status" in m:
+        tuned = m[m["alpha_status"] == "tuned"][KEY]
+    else:  # rows of a run that did not record why
+        tuned = m[m["tuned_alpha"].notna()][KEY]
+    if tuned.empty:
+        raise NotApplicable(f"alpha tuning finished on none of the {len(m)} configurations "
+                            f"({tuning_words(hit)})")
+    return float(c.merge(tuned, on=KEY)["alpha_gain_pp"].mean())
 
 
 def real_identical(r: Results) -> float:
@@ -140,9 +186,74 @@ def real_ordering_agreement(r: Results) -> float:
     return float(np.mean(agree))
 
 
-SIM_NOTE = ("Cache-level replay of synthetic sessions with the statistics of the authors' traces "
-            "(100 sessions per trace, as theirs; fewer SWE-bench sessions at default scale), "
-            "not the LMSys/ShareGPT/SWE-bench traces themselves.")
+# ------------------------------------------------------------------------------------- notes
+# Each note is built from the run's rows and context (describe.py), so it names what was
+# replayed (the --trace file and its size, or the generated sessions) and which profile timed
+# the CPU TTFT.
+
+
+def _hit(r: Results) -> pd.DataFrame:
+    return r["hitrate"] if "hitrate" in r else pd.DataFrame()
+
+
+def sim_note(r: Results) -> str:
+    frame = _hit(r)
+    return stream_words(frame, r.ctx) if not frame.empty else "Cache-level replay (not run)."
+
+
+def _replayed(r: Results) -> str:
+    frame = _hit(r)
+    return f" Replayed: {stream_title(frame, r.ctx)}." if not frame.empty else ""
+
+
+def ttft_note(r: Results) -> str:
+    return ("TTFT from the H100 roofline cost model of the 7B hybrid applied to each prompt's "
+            "uncached part (the paper applies a TTFT curve measured on Jamba-1.5-Mini the same "
+            "way); reduction against vLLM+, the larger of the paper's two baselines."
+            + _replayed(r))
+
+
+def ttft_cpu_note(r: Results) -> str:
+    frame = _hit(r)
+    if frame.empty:
+        return "(hit-rate replay not run)"
+    beyond = 100 * frame["ttft_cpu_beyond_profile"].max()
+    return ("The same uncached parts timed by a step profile of the real mode's tiny hybrid, "
+            f"prefilled in chunks of the profile's token budget; {profile_words(frame)}. "
+            "Prompts longer than the profile's grid (its largest context plus its largest chunk) "
+            f"are extrapolated along the context: up to {beyond:.0f}% of a configuration's "
+            "prompts." + _replayed(r))
+
+
+def alpha_note(r: Results) -> str:
+    frame = _hit(r)
+    if frame.empty:
+        return sim_note(r)
+    return (f"Averaged over the configurations that tuned alpha: {tuning_words(frame)}. "
+            f"{sim_note(r)}")
+
+
+def _real_words(r: Results) -> str:
+    if "real" not in r:
+        return "the real mode (not run)"
+    f = r["real"]
+    return (f"a tiny hybrid model served by the engine on this CPU ({cpu_model_name()}), "
+            f"{int(f['sessions'].iloc[0])} LMSys-like sessions made for the tiny model "
+            f"({int(f['requests'].iloc[0])} turns) with a shared 256-token system prompt; the "
+            "real mode does not read --trace")
+
+
+def real_exact_note(r: Results) -> str:
+    return (f"Every turn of every session, each policy, against prefix caching off: "
+            f"{_real_words(r)}.")
+
+
+def real_ordering_note(r: Results) -> str:
+    return (f"{_real_words(r)[0].upper()}{_real_words(r)[1:]}; alpha fixed at 0 in both; the "
+            "replay uses one byte budget equal to the engine's KV and SSM-slot pools. Which turns "
+            "share a batch depends on the machine's speed, so the engine's hit rates move by a "
+            "point or two between runs; differences under 1 point count as ties.")
+
 
 ARTIFACT = Artifact(
     name="marconi",
@@ -156,8 +267,9 @@ ARTIFACT = Artifact(
     "attention/SSM models, against vLLM+ and SGLang+: token hit rate, FLOPs saved and TTFT by "
     "replay, and a tiny hybrid model in the real engine.",
     experiments=[
-        Experiment("hitrate", "token hit rate, FLOPs saved, alpha and H100 TTFT of each policy "
-                   "over cache sizes and session rates (Figs. 7-9)", hitrate.points,
+        Experiment("hitrate", "token hit rate, FLOPs saved, alpha, and TTFT (H100 roofline and a "
+                   "CPU step profile) of each policy over cache sizes and session rates "
+                   "(Figs. 7-9)", hitrate.points,
                    hitrate.run_point, plot_hitrate),
         Experiment("real", "a tiny hybrid model served by the engine on this CPU with each "
                    "policy; outputs checked against an uncached run", real_points,
@@ -169,7 +281,7 @@ ARTIFACT = Artifact(
             "Marconi's token hit rate is at least SGLang+'s on (nearly) every configuration.",
             "higher on nearly all configurations (Fig. 8)",
             measure=share_marconi_at_least_sglang, expect=at_least(0.9), unit="of configs",
-            experiments=("hitrate",), note=SIM_NOTE,
+            experiments=("hitrate",), note=sim_note,
         ),
         Claim(
             "marconi-vs-vllm",
@@ -178,14 +290,14 @@ ARTIFACT = Artifact(
             measure=max_ratio_vs_vllm, expect=at_least(3.0), unit="x",
             experiments=("hitrate",),
             expected=">= 3x on some configuration (the note: several-fold at small caches)",
-            note=SIM_NOTE,
+            note=sim_note,
         ),
         Claim(
             "vllm-gap-narrows",
             "The gap to vLLM+ is largest at small caches and narrows as the cache grows.",
             "Fig. 7 trend",
             measure=vllm_gap_narrows, expect=at_least(1.0), unit="x (small / large cache)",
-            experiments=("hitrate",), note=SIM_NOTE,
+            experiments=("hitrate",), note=sim_note,
         ),
         Claim(
             "ttft-p95",
@@ -193,9 +305,7 @@ ARTIFACT = Artifact(
             "up to 71.1% (Fig. 9)",
             measure=max_p95_cut_vs_vllm, expect=at_least(30.0), unit="% vs vLLM+",
             experiments=("hitrate",),
-            note="TTFT from the H100 roofline cost model of the 7B hybrid applied to each "
-            "prompt's uncached part (the paper applies a TTFT curve measured on Jamba-1.5-Mini "
-            "the same way); reduction against vLLM+, the larger of the paper's two baselines.",
+            note=ttft_note,
         ),
         Claim(
             "ttft-p95-cpu",
@@ -203,30 +313,28 @@ ARTIFACT = Artifact(
             "up to 71.1% (Fig. 9)",
             measure=max_cpu_p95_cut_vs_vllm, expect=at_least(30.0), unit="% vs vLLM+",
             experiments=("hitrate",),
-            note="The same uncached parts timed by this CPU's profiled cost model of the real "
-            "mode's tiny hybrid (engine steps measured by scripts.calibrate, chunks of 512 "
-            "tokens; prompts beyond the profile's 1.5K-token context are extrapolated).",
+            note=ttft_cpu_note,
         ),
         Claim(
             "gap-largest-agentic",
             "Marconi's gain over SGLang+ is largest on long agentic (SWE-bench) sessions.",
             "largest on SWE-bench (Fig. 8)",
             measure=agentic_gap_minus_chat_gap, expect=at_least(0.0),
-            unit="points (agent gain - chat gain)", experiments=("hitrate",), note=SIM_NOTE,
+            unit="points (agent gain - chat gain)", experiments=("hitrate",), note=sim_note,
         ),
         Claim(
             "gap-largest-small-cache",
             "Marconi's gain over SGLang+ is largest at small caches.",
             "largest at small caches (Fig. 8)",
             measure=small_cache_gap_minus_large, expect=at_least(0.0),
-            unit="points (small - large cache)", experiments=("hitrate",), note=SIM_NOTE,
+            unit="points (small - large cache)", experiments=("hitrate",), note=sim_note,
         ),
         Claim(
             "alpha-tuning-helps",
             "Tuning alpha once by replay saves more FLOPs than recency alone (alpha = 0).",
             "tuned alpha >= alpha 0 (Sec. 4)",
             measure=alpha_tuning_gain, expect=at_least(0.0), unit="points of FLOPs saved",
-            experiments=("hitrate",), note=SIM_NOTE,
+            experiments=("hitrate",), note=alpha_note,
         ),
         Claim(
             "real-exact",
@@ -234,7 +342,7 @@ ARTIFACT = Artifact(
             "(correctness, implied)",
             measure=real_identical, expect=at_least(1.0), unit="of requests",
             experiments=("real",),
-            note="Every turn of every session, each policy, against prefix caching off.",
+            note=real_exact_note,
         ),
         Claim(
             "real-ordering",
@@ -242,10 +350,12 @@ ARTIFACT = Artifact(
             "(this artifact's check of its simulator)",
             measure=real_ordering_agreement, expect=at_least(1.0), unit="of policy pairs",
             experiments=("real",),
-            note="Tiny hybrid model on this CPU, alpha fixed at 0 in both; the replay uses one "
-            "byte budget equal to the engine's KV and SSM-slot pools.",
+            note=real_ordering_note,
         ),
     ],
+    # 2: points name the CPU step profile (and its sha256) and record the stream's size and why
+    # alpha was or was not tuned; alpha-tuning-helps averages the configurations that tuned
+    version="2",
     trace=TraceOption(
         help="a trace in the Marconi JSONL schema, the Mooncake schema or Servelab JSONL to "
         "replay instead of the built-in workloads (outputs without token ids get random ones)",

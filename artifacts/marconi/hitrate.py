@@ -7,35 +7,43 @@ alpha, and TTFT: the prefill time of each prompt's uncached part (the paper appl
 TTFT-vs-length curve measured on Jamba-1.5-Mini the same way), twice:
 
 - on an H100 for the paper's 7B hybrid, from the roofline cost model;
-- on this CPU for the real mode's tiny hybrid, from its profiled cost model (engine steps
-  measured by ``scripts.calibrate``, shipped in ``data/profiles/``): the uncached part is
-  prefilled in chunks of the profile's token budget, each after the tokens before it.
+- for the real mode's tiny hybrid on a CPU, from a step profile (engine steps measured by
+  ``scripts.calibrate``): this CPU's own profile when ``nox -s calibrate`` has made one, else
+  the shipped one, measured where the artifact was developed (:func:`cpu_profile`). The uncached part is
+  prefilled in chunks of the profile's token budget, each after the tokens before it. Every
+  point's config names the profile file and its sha256, so stored points are never reused
+  across profiles.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.artifact import RunContext, Scale
+from core.data import DATA_DIR, REPO_ROOT, files_read, sha256_file, track_data_file
 from core.kv.marconi import MarconiCosts
 from core.kv.replay import replay_requests
 from core.sim.cost import CostModel, RooflineCostModel
-from core.sim.profiled import ProfiledCostModel, shipped_profile
+from core.sim.profiled import ProfiledCostModel, cpu_profile_path
 
-from .workloads import MOONCAKE, NUM_SESSIONS, session_workload, trace_workload
+from .workloads import MOONCAKE, NUM_SESSIONS, session_workload, stream_stats, trace_workload
 
 GB = 2**30
 POLICIES = ("marconi", "sglang+", "vllm+", "marconi-alpha0")
 MODEL = "marconi-hybrid-7b"
 GPU = "h100"
 MOONCAKE_PATH = "data/traces/mooncake/synthetic_trace.jsonl"
-# the real mode's tiny hybrid, calibrated on the machine the artifact was developed on; run
-# `nox -s calibrate -- --model <its config.json> --max-num-batched-tokens 512
-# --max-model-len 4096 --out <this file>` to measure yours
-CPU_PROFILE = "profiles/cpu-amd-epyc-1t-marconi-hybrid-tiny.json"
+# The real mode's tiny hybrid: `nox -s calibrate -- --model <dir>/marconi-hybrid-tiny.json
+# --max-num-batched-tokens 512 --max-model-len 4096` (README: "TTFT on your CPU") writes
+# data/profiles/<this CPU>-1t-marconi-hybrid-tiny.json, which cpu_profile() then prefers to the
+# shipped fallback, calibrated on the host the artifact was developed on.
+CPU_PROFILE_MODEL = "marconi-hybrid-tiny"
+CPU_PROFILE_THREADS = 1
+CPU_PROFILE_FALLBACK = "profiles/cpu-amd-epyc-1t-marconi-hybrid-tiny.json"
 
 # The paper's grid as the note gives it (cache sizes per workload, session rates, SWE-bench
 # response times): 5 x 6 + 6 x 6 + 4 x 6 x 3 = 138 configurations.
@@ -93,15 +101,61 @@ def _configs(ctx: RunContext) -> list[dict[str, Any]]:
     return out
 
 
+def cpu_profile() -> dict[str, str]:
+    """The step profile that times TTFT on a CPU: this CPU's own (``data/profiles/<this CPU's
+    slug>-marconi-hybrid-tiny.json``, from ``nox -s calibrate``) when it exists, else the shipped
+    fallback. Returns the config entries every hit-rate point carries: the file (relative to
+    ``data/`` when it is under it) and its sha256. Raises :class:`ArtifactInputError` when the
+    profile was measured on another model than the real mode's tiny hybrid."""
+    from core.artifact import ArtifactInputError
+
+    from .real import model_config  # the main process only: it loads torch
+
+    path = cpu_profile_path(CPU_PROFILE_MODEL, threads=CPU_PROFILE_THREADS,
+                            fallback=CPU_PROFILE_FALLBACK)
+    measured = ((ProfiledCostModel.load(path).profile.get("model") or {}).get("config")) or {}
+    want = model_config()
+    differ = sorted(k for k in set(want) | set(measured) if want.get(k) != measured.get(k))
+    if differ:
+        raise ArtifactInputError(
+            f"{path}: the step profile was measured on another model than the real mode's tiny "
+            f"hybrid (config keys differ: {', '.join(differ)}); recalibrate it (README: TTFT on "
+            "your CPU)")
+    try:
+        name = path.resolve().relative_to(Path(DATA_DIR).resolve()).as_posix()
+    except ValueError:
+        name = str(path)
+    return {"cpu_profile": name, "cpu_profile_sha256": sha256_file(path)}
+
+
 def points(ctx: RunContext) -> list[dict[str, Any]]:
-    return [{**c, "policy": p} for c in _configs(ctx) for p in POLICIES]
+    profile = cpu_profile()
+    return [{**c, **profile, "policy": p} for c in _configs(ctx) for p in POLICIES]
 
 
-def _requests(config: dict[str, Any]) -> list[Any]:
+def _workload(config: dict[str, Any]) -> Any:
     if "path" in config:
-        return trace_workload(config["path"], config["limit"], config["seed"]).requests
+        path = Path(config["path"])  # the shipped Mooncake trace is named from the checkout
+        path = path if path.is_absolute() or path.exists() else REPO_ROOT / path
+        return trace_workload(str(path), config["limit"], config["seed"])
     return session_workload(config["workload"], config["rate"], config["sessions"], config["seed"],
-                            config["response_s"] or 5.0).requests
+                            config["response_s"] or 5.0)
+
+
+def window_factor(workload: str) -> int:
+    """Alpha tuning's window in multiples of N0: 15 for the LMSys-like trace (the note), else 5."""
+    return 15 if workload == "lmsys" else 5
+
+
+def alpha_status(policy: str, n0: int | None, tuned: float | None) -> str:
+    """Why a point's alpha is what it is: ``tuned``; ``no eviction`` (the cache never filled, so
+    tuning never started); ``window not over`` (the window of ``factor x N0`` requests after the
+    first eviction ran past the end of the stream); ``fixed`` for the policies that do not tune."""
+    if policy != "marconi":
+        return "fixed"
+    if tuned is not None:
+        return "tuned"
+    return "no eviction" if n0 is None else "window not over"
 
 
 @lru_cache(maxsize=1)
@@ -109,8 +163,23 @@ def _gpu_cost() -> RooflineCostModel:
     return RooflineCostModel(MODEL, GPU, dtype="fp16")
 
 
-def _cpu_cost() -> ProfiledCostModel:
-    return shipped_profile(CPU_PROFILE)  # recorded in provenance.json with its sha256
+def load_cpu_profile(name: str, sha256: str | None = None) -> ProfiledCostModel:
+    """The profile a point names (relative to ``data/`` or absolute), recorded for provenance on
+    every call; with ``sha256``, refuses a file whose content changed since the sweep was
+    planned."""
+    path = Path(name) if Path(name).is_absolute() else Path(DATA_DIR) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such step profile")
+    resolved = track_data_file(path)  # hashes it once per process (per provenance reset)
+    if sha256 is not None and files_read()[str(resolved)] != sha256:
+        raise RuntimeError(f"{path}: the step profile changed since this sweep was planned "
+                           f"(sha256 {sha256[:12]} expected); run again")
+    return _load_profile(str(resolved), files_read()[str(resolved)])
+
+
+@lru_cache(maxsize=2)
+def _load_profile(path: str, sha256: str) -> ProfiledCostModel:  # sha256: a new file, a new load
+    return ProfiledCostModel.load(path)
 
 
 def ttft_seconds(cost: CostModel, prompt_len: int, hit: int, chunk: int | None = None) -> float:
@@ -130,18 +199,23 @@ def ttft_seconds(cost: CostModel, prompt_len: int, hit: int, chunk: int | None =
 
 def run_point(config: dict[str, Any]) -> dict[str, Any]:
     """Replay one stream through one policy's cache; hit rate, FLOPs saved, alpha and TTFT."""
-    reqs = _requests(config)
-    # the LMSys-like trace tunes over a longer window (the note: 15 x N0 instead of 5 x N0)
-    window = 15 if config["workload"] == "lmsys" else 5
+    wl = _workload(config)
+    reqs = wl.requests
+    window = window_factor(config["workload"])
     res = replay_requests(reqs, capacity_bytes=int(config["cache_gb"] * GB),
                           policy=config["policy"], costs=MarconiCosts.paper_7b(),
                           window_factor=window)
-    gpu, cpu = _gpu_cost(), _cpu_cost()
+    gpu = _gpu_cost()
+    cpu = load_cpu_profile(config["cpu_profile"], config.get("cpu_profile_sha256"))
     chunk = int(cpu.profile["engine"]["max_num_batched_tokens"])
     ttft = np.array([ttft_seconds(gpu, o.prompt_len, o.hit_tokens) for o in res.requests])
     ttft_cpu = np.array([ttft_seconds(cpu, o.prompt_len, o.hit_tokens, chunk)
                          for o in res.requests])
+    # the profile's grid ends at its largest context plus its largest chunk: beyond, the
+    # profiled model extrapolates along the context
+    reach = max(cpu.grid["prefill_contexts"]) + max(cpu.grid["prefill_tokens"])
     return {
+        **stream_stats(wl),
         "requests": res.num_requests,
         "prompt_tokens": res.prompt_tokens,
         "hit_tokens": res.hit_tokens,
@@ -151,10 +225,15 @@ def run_point(config: dict[str, Any]) -> dict[str, Any]:
         "evicted_checkpoints": res.evicted_checkpoints,
         "n0": res.n0 if res.n0 is not None else -1,
         "tuned_alpha": res.tuned_alpha if res.tuned_alpha is not None else float("nan"),
+        "alpha_status": alpha_status(config["policy"], res.n0, res.tuned_alpha),
+        # requests the tuner waits for after the first eviction (-1: no tuner, or no eviction)
+        "tuning_window": (window * res.n0 if res.n0 is not None and config["policy"] == "marconi"
+                          else -1),
         "ttft_mean_ms": 1e3 * float(ttft.mean()),
         "ttft_p50_ms": 1e3 * float(np.percentile(ttft, 50)),
         "ttft_p95_ms": 1e3 * float(np.percentile(ttft, 95)),
         "ttft_cpu_mean_s": float(ttft_cpu.mean()),
         "ttft_cpu_p95_s": float(np.percentile(ttft_cpu, 95)),
+        "ttft_cpu_beyond_profile": float(np.mean([o.prompt_len > reach for o in res.requests])),
         "replay_s": res.wall_seconds,
     }

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.patches import Patch
 
 from core.artifact import RunContext, color_map
 
@@ -39,118 +43,197 @@ def comparisons(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _label(frame: pd.DataFrame) -> pd.Series:
-    return frame["rate"].map(lambda r: f"{r:g} sess/s" if r else "trace")
+    return frame["rate"].map(lambda r: f"{r:g} sess/s" if r else "trace order")
+
+
+def _annotate(ax: plt.Axes, text: str, y: float = 0.5) -> None:
+    ax.text(0.5, y, text, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            color="0.25", bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7",
+                                "alpha": 0.9})  # fmt: skip
+
+
+def _title(fig: plt.Figure, title: str, subtitle: str) -> None:
+    """A title and a subtitle saying what the run replayed, above the panels (wrapped to about
+    the figure's width)."""
+    width = max(50, int(13 * fig.get_figwidth()))
+    text = "\n".join(textwrap.wrap(title, width) + textwrap.wrap(subtitle, width))
+    fig.suptitle(text, y=1.0, va="bottom", fontsize=11)
 
 
 def plot_hitrate(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     """Fig. 7 (vs vLLM+), Fig. 8 (vs SGLang+), the absolute hit rates, Fig. 9 (P95 TTFT) and
-    the tuned alphas."""
+    the tuned alphas. Titles name what was replayed (describe.stream_title)."""
+    from .describe import stream_title
+
     cmp = comparisons(frame)
     cmp["arrivals"] = _label(cmp)
     frame = frame.assign(arrivals=_label(frame))
     workloads = list(dict.fromkeys(frame["workload"]))
+    subtitle = stream_title(frame, ctx)
     figs: dict[str, plt.Figure] = {}
 
     def grid(data: pd.DataFrame, y: str, ylabel: str, title: str, hue: str = "arrivals",
-             kind: str = "line", order: list[str] | None = None) -> plt.Figure:
+             order: list[str] | None = None, ref: float | None = None) -> sns.FacetGrid:
         palette = color_map(order or sorted(data[hue].unique()))
-        common = dict(data=data, x="cache_gb", y=y, hue=hue, col="workload", col_order=workloads,
-                      kind=kind, palette=palette, facet_kws={"sharex": False, "sharey": False},
-                      height=2.8, aspect=1.0)  # fmt: skip
-        if kind == "line":
-            common["marker"] = "o"
-        if order is not None:
-            common["hue_order"] = order
-        g = sns.relplot(**common)
+        g = sns.relplot(data=data, x="cache_gb", y=y, hue=hue, col="workload",
+                        col_order=workloads, kind="line", marker="o", palette=palette,
+                        hue_order=order, facet_kws={"sharex": False, "sharey": False},
+                        height=2.8, aspect=1.0)  # fmt: skip
         g.set_axis_labels("Cache size (GB)", ylabel)
         g.set_titles("{col_name}")
-        g.figure.suptitle(title, y=1.03)
-        return g.figure
+        if ref is not None:
+            for ax in g.axes.flat:
+                ax.axhline(ref, color="black", lw=0.9, ls="--", zorder=2)
+        _title(g.figure, title, subtitle)
+        return g
 
-    figs["fig7-vs-vllm"] = grid(
-        cmp, "ratio_vs_vllm", "Hit rate: Marconi / vLLM+",
-        "Fig. 7: token hit rate of Marconi relative to vLLM+ (paper: up to 34.4x)")
-    figs["fig8-vs-sglang"] = grid(
-        cmp, "gain_vs_sglang_pp", "Marconi - SGLang+ (points)",
-        "Fig. 8: token hit rate gain of Marconi over SGLang+")
-    policies = [p for p in POLICY_ORDER if p in set(frame["policy"])]
-    shown = frame[frame["policy"] != "marconi-alpha0"]
-    figs["hit-rates"] = grid(
-        shown.assign(token_hit_pct=100 * shown["token_hit_rate"]), "token_hit_pct",
-        "Token hit rate (%)", "Token hit rate by policy (mean over arrival rates)", hue="policy",
-        order=[p for p in policies if p != "marconi-alpha0"])
-    figs["fig9-ttft"] = _ttft_bars(shown, workloads,
-                                   [p for p in policies if p != "marconi-alpha0"])
+    g7 = grid(cmp, "ratio_vs_vllm", "Hit rate: Marconi / vLLM+",
+              "Fig. 7: token hit rate of Marconi relative to vLLM+ (paper: up to 34.4x)", ref=1.0)
+    for w, ax in g7.axes_dict.items():
+        if (cmp[cmp["workload"] == w]["ratio_vs_vllm"] < 1).any():
+            ax.axhspan(ax.get_ylim()[0], 1.0, color="0.85", alpha=0.5, zorder=0, lw=0)
+            _annotate(ax, "shaded: vLLM+ hits more", y=0.08)
+    figs["fig7-vs-vllm"] = g7.figure
+
+    g8 = grid(cmp, "gain_vs_sglang_pp", "Marconi - SGLang+ (points)",
+              "Fig. 8: token hit rate gain of Marconi over SGLang+", ref=0.0)
+    hit = by_policy(frame, "hit_tokens")
+    for w, ax in g8.axes_dict.items():
+        h = hit[hit["workload"] == w]
+        if not h.empty and (h["marconi"] == h["sglang+"]).all():
+            _annotate(ax, "Marconi and SGLang+ hit\nthe same tokens at every size", y=0.75)
+    figs["fig8-vs-sglang"] = g8.figure
+
+    policies = [p for p in POLICY_ORDER if p in set(frame["policy"]) and p != "marconi-alpha0"]
+    shown = frame[frame["policy"].isin(policies)]
+    gh = grid(shown.assign(token_hit_pct=100 * shown["token_hit_rate"]), "token_hit_pct",
+              "Token hit rate (%)", "Token hit rate by policy (line: mean over arrival rates)",
+              hue="policy", order=policies)
+    for w, ax in gh.axes_dict.items():
+        h = hit[hit["workload"] == w]
+        if not h.empty and (h["marconi"] == h["sglang+"]).all():
+            _annotate(ax, "marconi = sglang+\n(the lines coincide)", y=0.5)
+    figs["hit-rates"] = gh.figure
+    figs["fig9-ttft"] = _ttft_bars(shown, workloads, policies, subtitle)
     if "alpha_gain_pp" in cmp:
-        figs["alpha"] = _alpha(frame, cmp, workloads)
+        figs["alpha"] = _alpha(frame, cmp, workloads, subtitle)
     return figs
 
 
-def _ttft_bars(frame: pd.DataFrame, workloads: list[str], policies: list[str]) -> plt.Figure:
+def _ttft_bars(frame: pd.DataFrame, workloads: list[str], policies: list[str],
+               subtitle: str) -> plt.Figure:
+    from .describe import profile_title
+
     rows = [("ttft_p95_ms", "P95 TTFT (ms)\n7B hybrid, H100 roofline")]
     if "ttft_cpu_p95_s" in frame:
-        rows.append(("ttft_cpu_p95_s", "P95 TTFT (s)\ntiny hybrid, this CPU"))
-    fig, axes = plt.subplots(len(rows), len(workloads), figsize=(3.2 * len(workloads),
-                                                                  2.8 * len(rows)), squeeze=False)
+        rows.append(("ttft_cpu_p95_s", "P95 TTFT (s), tiny hybrid,\n"
+                     + profile_title(frame)))
+    fig, axes = plt.subplots(len(rows), len(workloads), squeeze=False,
+                             figsize=(max(3.2 * len(workloads), 4.5) + 0.6, 3.0 * len(rows)))
     colors = color_map(policies)
+    frame = frame.assign(cache=frame["cache_gb"].map(lambda g: f"{g:,.0f}" if g >= 10 else f"{g:.3g}"))
     for r, (column, label) in enumerate(rows):
         for ax, w in zip(axes[r], workloads, strict=True):
-            sub = frame[frame["workload"] == w]
-            sns.barplot(data=sub, x="cache_gb", y=column, hue="policy", hue_order=policies,
-                        palette=colors, ax=ax, errorbar=None)
+            sub = frame[frame["workload"] == w].sort_values("cache_gb")
+            sns.barplot(data=sub, x="cache", y=column, hue="policy", hue_order=policies,
+                        palette=colors, ax=ax, errorbar=None, legend=False)
             ax.set_title(w if r == 0 else "")
             ax.set_xlabel("Cache size (GB)" if r == len(rows) - 1 else "")
-            ax.set_ylabel(label if ax is axes[r][0] else "")
-            if (r, ax) != (0, axes[0][-1]):
-                ax.get_legend().remove()
-            else:
-                sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title=None)
-    fig.suptitle("Fig. 9: P95 time to first token (mean over arrival rates)")
+            ax.set_ylabel(label if ax is axes[r][0] else "", fontsize=9 if r else None)
+    handles = [Patch(facecolor=colors[p], label=p) for p in policies]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False)
     fig.tight_layout()
+    _title(fig, "Fig. 9: P95 time to first token (mean over arrival rates)", subtitle)
     return fig
 
 
-def _alpha(frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str]) -> plt.Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+def _alpha(frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str],
+           subtitle: str) -> plt.Figure:
+    from .describe import untuned_reason
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     tuned = frame[frame["policy"] == "marconi"].copy()
     # cache sizes differ by workload: label each by its rank within its workload
     rank = tuned.groupby("workload")["cache_gb"].rank(method="dense").astype(int)
     names = {1: "smallest cache", 2: "middle cache", 3: "largest cache"}
     tuned["cache"] = rank.map(lambda k: names.get(k, f"cache #{k}"))
     sns.stripplot(data=tuned, x="workload", y="tuned_alpha", hue="cache", order=workloads,
-                  ax=axes[0], palette="crest", dodge=True)
-    axes[0].set_ylabel("Tuned alpha (none: window not over)")
-    axes[0].legend(title=None, fontsize=7)
-    sns.barplot(data=cmp, x="workload", y="alpha_gain_pp", order=workloads, ax=axes[1],
-                color=color_map(["marconi"])["marconi"], errorbar=None)
+                  ax=axes[0], palette="crest", dodge=True, size=7)
+    axes[0].set_ylabel("Tuned alpha")
+    # alpha's grid is 0, 0.1, ..., 2.0; the band above it holds the notes on untuned configs
+    axes[0].set_ylim(-0.1, 3.3)
+    axes[0].set_yticks(np.arange(0, 2.01, 0.5))
+    axes[0].legend(title=None, loc="upper left", bbox_to_anchor=(0.0, -0.12), ncol=3)
+    # right: per workload, the mean gain over the configurations that tuned (untuned ones run
+    # alpha = 0 throughout, the baseline itself: their gain is 0 by construction, not measured)
+    status = tuned.set_index(KEY)["alpha_status"]
+    gains = cmp.set_index(KEY).join(status)
+    gains = gains[gains["alpha_status"] == "tuned"].reset_index()
+    color = color_map(["marconi"])["marconi"]
+    for i, w in enumerate(workloads):
+        g = gains[gains["workload"] == w]["alpha_gain_pp"]
+        if g.empty:
+            axes[1].text(i, 0, "not tuned", ha="center", va="center", fontsize=9, color="0.25",
+                         bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7"})
+            continue
+        axes[1].bar(i, g.mean(), 0.6, color=color)
+        axes[1].scatter(np.full(len(g), i), g, color="black", s=14, zorder=3)
+        up = g.mean() >= 0
+        axes[1].annotate(f"{g.mean():+.2f}\n({len(g)} tuned)", (i, g.max() if up else g.min()),
+                         xytext=(0, 6 if up else -6), textcoords="offset points",
+                         ha="center", va="bottom" if up else "top", fontsize=9)
+    axes[1].set_xticks(range(len(workloads)), workloads)
+    axes[1].set_xlim(-0.5, len(workloads) - 0.5)
+    axes[1].grid(axis="x", visible=False)
     axes[1].axhline(0, color="black", lw=0.8)
-    axes[1].set_ylabel("FLOPs saved: tuned - alpha 0 (points)")
-    fig.suptitle("Alpha tuning by replay: the chosen alpha and what it gains over recency only")
+    lo, hi = axes[1].get_ylim()
+    pad = 0.25 * max(hi - lo, 1.0)
+    axes[1].set_ylim(lo - pad, hi + pad)
+    axes[1].set_ylabel("FLOPs saved (points):\ntuned alpha - alpha 0")
+    for i, w in enumerate(workloads):
+        why = untuned_reason(tuned[tuned["workload"] == w])
+        if why:
+            axes[0].text(i, 2.7, why, ha="center", va="center", fontsize=8, color="0.25",
+                         bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7"})
+    for ax in axes:
+        ax.set_xlabel("")
+    axes[0].set_title("The alpha each configuration chose")
+    axes[1].set_title("Gain over alpha = 0 where tuned (bar: mean; dots: configs)")
     fig.tight_layout()
+    _title(fig, "Alpha tuning by replay", subtitle)
     return fig
 
 
 def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
-    """Real engine on this CPU: hit rate (real vs cache replay) and TTFT per policy."""
+    """Real engine on this CPU: hit rate (engine vs cache replay) and TTFT per policy. Colour is
+    the policy in every panel; the replay's bars are hatched."""
+    from core.sim.profiled import cpu_model_name
+
     policies = [p for p in POLICY_ORDER if p in set(frame["policy"])]
     colors = color_map(policies)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    long = frame.melt(id_vars=["policy"], value_vars=["real_hit_rate", "replay_hit_rate"],
-                      var_name="source", value_name="hit")
-    long["source"] = long["source"].map({"real_hit_rate": "real engine",
-                                         "replay_hit_rate": "cache replay"})
-    sns.barplot(data=long, x="policy", y="hit", hue="source", order=policies, ax=axes[0],
-                errorbar=None)
-    axes[0].set_ylabel("Token hit rate")
-    sns.barplot(data=frame, x="policy", y="ttft_mean_ms", order=policies, palette=colors,
-                hue="policy", ax=axes[1], errorbar=None, legend=False)
-    axes[1].set_ylabel("Mean TTFT (ms, this CPU)")
-    sns.barplot(data=frame, x="policy", y="ttft_p95_ms", order=policies, palette=colors,
-                hue="policy", ax=axes[2], errorbar=None, legend=False)
-    axes[2].set_ylabel("P95 TTFT (ms, this CPU)")
+    f = frame.set_index("policy").loc[policies]
+    x = np.arange(len(policies))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    w = 0.4
+    ax = axes[0]
+    ax.bar(x - w / 2, f["real_hit_rate"], w, color=[colors[p] for p in policies])
+    ax.bar(x + w / 2, f["replay_hit_rate"], w, color=[colors[p] for p in policies], alpha=0.45,
+           hatch="//", edgecolor="0.3", linewidth=0)
+    ax.set_ylabel("Token hit rate")
+    ax.legend(handles=[Patch(facecolor="0.5", label="real engine"),
+                       Patch(facecolor="0.5", alpha=0.45, hatch="//", edgecolor="0.3",
+                             label="cache replay")],
+              loc="upper right")  # fmt: skip
+    ax.set_ylim(0, 1.15)
+    for ax, col, label in ((axes[1], "ttft_mean_ms", "Mean TTFT (ms)"),
+                           (axes[2], "ttft_p95_ms", "P95 TTFT (ms)")):
+        ax.bar(x, f[col], 0.6, color=[colors[p] for p in policies])
+        ax.set_ylabel(label)
     for ax in axes:
-        ax.set_xlabel("")
-    axes[0].legend(title=None, fontsize=8)
-    fig.suptitle("Real mode: a tiny hybrid model served by the engine on this CPU")
+        ax.set_xticks(x, policies)
+    sessions, requests = int(frame["sessions"].iloc[0]), int(frame["requests"].iloc[0])
     fig.tight_layout()
+    _title(fig, "Real mode: a tiny hybrid model served by the engine, measured on this machine",
+           f"{cpu_model_name()}; {sessions} LMSys-like sessions ({requests} turns) made for the "
+           "tiny model")
     return {"real-mode": fig}

@@ -69,10 +69,31 @@ def with_outputs(workload: Workload, seed: int, vocab_size: int = 32000) -> Work
 @lru_cache(maxsize=2)
 def trace_workload(path: str, limit: int | None, seed: int) -> Workload:
     """A trace file (Marconi JSONL, Mooncake JSONL or ours, detected) ready to replay; prompts
-    longer than Marconi's 32K cap are dropped, as the authors' traces exclude them."""
-    wl = load_trace(Path(path), limit=limit)
+    longer than Marconi's 32K cap are dropped, as the authors' traces exclude them.
+
+    ``params`` gains ``format``, ``read`` (requests read, at most ``limit``) and
+    ``dropped_over_cap`` (of those, requests over the cap), so reports can say what was replayed.
+    """
+    p = Path(path)
+    wl = load_trace(p, limit=limit)
     kept = [r for r in wl.requests if r.prompt_len + r.output_len <= MAX_CONTEXT]
-    return with_outputs(Workload(wl.name, kept, list(wl.sources), dict(wl.params)), seed)
+    params = {**wl.params, "format": detect_format(p), "read": len(wl.requests),
+              "dropped_over_cap": len(wl.requests) - len(kept)}  # fmt: skip
+    return with_outputs(Workload(wl.name, kept, list(wl.sources), params), seed)
+
+
+def stream_stats(workload: Workload) -> dict[str, int]:
+    """What a replayed stream is: sessions (distinct session ids, 0 when requests carry none),
+    requests read from the source (all of them for generated sessions), requests dropped over
+    the 32K cap (0 for generated sessions, which respect it), and prompt + output tokens
+    replayed."""
+    reqs = workload.requests
+    return {
+        "stream_sessions": len({r.session_id for r in reqs if r.session_id is not None}),
+        "stream_read": int(workload.params.get("read", len(reqs))),
+        "stream_dropped": int(workload.params.get("dropped_over_cap", 0)),
+        "stream_tokens": sum(r.prompt_len + r.output_len for r in reqs),
+    }
 
 
 def check_trace(path: Path) -> None:

@@ -4,13 +4,23 @@ claim measures on hand-made results."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
 from artifacts.marconi import artifact as mc
+from artifacts.marconi import hitrate
 from artifacts.marconi.artifact import ARTIFACT
-from core.artifact import Results, RunContext, RunOptions, Scale, main, run_artifact
+from artifacts.marconi.plots import plot_hitrate
+from artifacts.marconi.workloads import with_outputs
+from core.artifact import NotApplicable, Results, RunContext, RunOptions, Scale, main, run_artifact
+from core.artifact.runner import build_points
+from core.data import sha256_file
+from core.kv.replay import replay_requests
+from core.workload import Workload
+from core.workload.mooncake import load_mooncake
 
 
 def test_smoke_scale_end_to_end(tmp_path):
@@ -53,6 +63,7 @@ def test_a_never_seen_mooncake_trace(tmp_path):
     assert code == 0
     m = pd.read_csv(out / "metrics.csv")
     assert set(m.workload) == {"trace"} and (m.requests == 12).all()
+    assert (m.stream_sessions == 0).all() and (m.stream_read == 12).all()
     big = m[m.cache_gb == m.cache_gb.max()].set_index("policy")
     # the second request finds the shared 3 blocks (1,536 tokens) without a state there and
     # checkpoints that branch point; every later one reuses it
@@ -60,6 +71,42 @@ def test_a_never_seen_mooncake_trace(tmp_path):
     assert big.hit_tokens["vllm+"] >= 11 * 1536
     prov = json.loads((out / "provenance.json").read_text())
     assert any(p.endswith("mine.jsonl") for p in prov["data_files"])
+    # the profile that timed the CPU TTFT is in provenance and in every point's config
+    profile = hitrate.cpu_profile()
+    assert (m.cpu_profile == profile["cpu_profile"]).all()
+    assert (m.cpu_profile_sha256 == profile["cpu_profile_sha256"]).all()
+    assert any(p.endswith(Path(profile["cpu_profile"]).name) for p in prov["data_files"])
+
+    # what a --trace run reports: the agent-vs-chat claim does not exist here (n/a, with the
+    # reason), and no note describes the generated sessions a trace run did not replay
+    claims = {c["id"]: c for c in json.loads((out / "claims.json").read_text())}
+    agentic = claims["gap-largest-agentic"]
+    assert agentic["status"] == "n/a" and agentic["passed"] is None
+    assert "mine.jsonl" in agentic["reason"] and "chat" in agentic["reason"]
+    for c in claims.values():
+        assert "synthetic" not in c["note"].lower(), c["id"]
+        assert "statistics of the authors' traces" not in c["note"], c["id"]
+    for cid in ("marconi-ge-sglang", "marconi-vs-vllm", "ttft-p95", "ttft-p95-cpu"):
+        assert "mine.jsonl" in claims[cid]["note"] and "12 requests" in claims[cid]["note"], cid
+    assert "no sessions" in claims["marconi-vs-vllm"]["note"]
+    cpu = claims["ttft-p95-cpu"]["note"]
+    assert Path(profile["cpu_profile"]).name in cpu and "host" in cpu and "this CPU's" not in cpu
+    checklist = (out / "CHECKLIST.md").read_text()
+    assert "1 not applicable to this run" in checklist and "mine.jsonl" in checklist
+
+    # the figures say the same: titles name the trace, never generated sessions
+    frame = m[m.experiment == "hitrate"].drop(columns="experiment")
+    ctx = RunContext(Scale.SMOKE, 0, out=out, trace=trace)
+    figs = plot_hitrate(frame, ctx)
+    try:
+        for name, fig in figs.items():
+            title = fig._suptitle.get_text()
+            assert "mine.jsonl" in title and "synthetic" not in title.lower(), name
+        cpu_label = figs["fig9-ttft"].axes[len(set(frame.workload))].get_ylabel()
+        assert Path(profile["cpu_profile"]).name in cpu_label and "this CPU" not in cpu_label
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
 
 
 def test_malformed_trace_is_one_line_naming_the_line(tmp_path, capsys):
@@ -79,10 +126,14 @@ def _results(rows: list[dict], real_rows: list[dict] | None = None) -> Results:
     return Results(frames, RunContext(Scale.SMOKE, 0, out=None))  # type: ignore[arg-type]
 
 
-def _row(workload, gb, policy, hit, p95=100.0, flops=None):
+def _row(workload, gb, policy, hit, p95=100.0, flops=None, status=None):
+    if status is None:
+        status = "tuned" if policy == "marconi" else "fixed"
     return {"workload": workload, "rate": 1.0, "response_s": 0.0, "sessions": 10, "cache_gb": gb,
             "policy": policy, "token_hit_rate": hit, "ttft_p95_ms": p95, "ttft_cpu_p95_s": p95 / 50,
-            "flops_saved_fraction": hit if flops is None else flops}
+            "flops_saved_fraction": hit if flops is None else flops, "alpha_status": status,
+            "tuned_alpha": 0.5 if status == "tuned" else float("nan"), "n0": 10,
+            "requests": 100, "tuning_window": 50 if policy == "marconi" else -1}
 
 
 def test_claim_measures_on_hand_made_results():
@@ -104,6 +155,65 @@ def test_claim_measures_on_hand_made_results():
     assert mc.alpha_tuning_gain(r) == pytest.approx(1.0)
     worse = [dict(x, token_hit_rate=0.1) if x["policy"] == "marconi" else x for x in rows]
     assert mc.share_marconi_at_least_sglang(_results(worse)) == 0.0
+
+
+def test_alpha_gain_averages_the_tuned_configurations_and_is_na_without_any():
+    rows = []
+    for gb, status, gain in ((1, "tuned", 0.02), (2, "window not over", 0.0), (3, "no eviction", 0.0)):
+        rows += [_row("lmsys", gb, "marconi", 0.5, flops=0.3 + gain, status=status),
+                 _row("lmsys", gb, "sglang+", 0.4), _row("lmsys", gb, "vllm+", 0.1),
+                 _row("lmsys", gb, "marconi-alpha0", 0.5, flops=0.3)]
+    # the untuned configurations ran alpha = 0 throughout: they are not measurements of tuning
+    assert mc.alpha_tuning_gain(_results(rows)) == pytest.approx(2.0)
+    untuned = [dict(x, alpha_status="window not over") if x["policy"] == "marconi" else x
+               for x in rows]
+    with pytest.raises(NotApplicable, match="none of the 3 configurations"):
+        mc.alpha_tuning_gain(_results(untuned))
+    # an agent-vs-chat comparison needs both kinds of sessions
+    with pytest.raises(NotApplicable, match="no SWE-bench-like agent sessions"):
+        mc.agentic_gap_minus_chat_gap(_results(rows))
+    # a failure stays a failure: a measurable quantity below the expectation is not n/a
+    worse = [dict(x, flops_saved_fraction=0.1) if x["policy"] == "marconi" else x for x in rows]
+    assert mc.alpha_tuning_gain(_results(worse)) < 0
+
+
+def test_pairwise_reuse_pays_off_for_vllm_plus_at_once_and_for_marconi_from_the_third_request(
+        tmp_path):
+    """Why Marconi trails vLLM+ on the Mooncake trace: a prefix shared by two requests is a hit
+    for vLLM+ (a state every 32 tokens) but not for Marconi, whose state at the branch point is
+    taken by the second request's prefill and pays off from the third request on."""
+    lines = [json.dumps({"timestamp": 0, "input_length": 4 * 512, "output_length": 4,
+                         "hash_ids": [0, 1, 2, 10 + i]}) for i in range(3)]  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    wl = load_mooncake(path)
+    reqs = with_outputs(Workload(wl.name, wl.requests, [], {}), seed=0).requests
+    hits = {p: [o.hit_tokens for o in replay_requests(reqs, capacity_bytes=2**40, policy=p).requests]
+            for p in ("marconi", "sglang+", "vllm+")}  # fmt: skip
+    assert hits["vllm+"] == [0, 1536, 1536]
+    assert hits["marconi"] == hits["sglang+"] == [0, 0, 1536]
+
+
+def test_points_carry_the_profile_so_a_new_profile_recomputes_them(tmp_path, monkeypatch):
+    ctx = RunContext(Scale.SMOKE, 0, out=tmp_path)
+    chosen = hitrate.cpu_profile_path(hitrate.CPU_PROFILE_MODEL, threads=1,
+                                      fallback=hitrate.CPU_PROFILE_FALLBACK)
+    before = build_points(ARTIFACT, ctx, ["hitrate"])
+    assert {p.config["cpu_profile_sha256"] for p in before} == {sha256_file(chosen)}
+    # a recalibrated profile (same model, new times) gives new point hashes
+    doc = json.loads(chosen.read_text())
+    doc["created"] = "2099-01-01T00:00:00Z"
+    mine = tmp_path / chosen.name
+    mine.write_text(json.dumps(doc))
+    monkeypatch.setattr(hitrate, "cpu_profile_path", lambda *a, **k: mine)
+    after = build_points(ARTIFACT, ctx, ["hitrate"])
+    assert {p.config["cpu_profile"] for p in after} == {str(mine)}
+    assert not {p.hash for p in before} & {p.hash for p in after}
+    # a profile of another model is refused with the file named
+    doc["model"]["config"]["hidden_size"] = 256
+    mine.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=f"{mine}.*hidden_size"):
+        build_points(ARTIFACT, ctx, ["hitrate"])
 
 
 def test_real_ordering_agreement_counts_pairs():
