@@ -51,7 +51,7 @@ def _env(session: nox.Session) -> None:
         session.run(*pip, *shlex.split(TORCH_OVERRIDE), external=True)
     elif subprocess.run([str(PY), "-c", "import torch"], capture_output=True).returncode != 0:
         _install_torch(session, pip)
-    session.run(*pip, "-e", ".[test,ray,triton]", external=True)
+    session.run(*pip, "-e", ".[engine,test,ray,triton]", external=True)
     STAMP.write_text(_install_key())
 
 

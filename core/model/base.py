@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from core.kernels.linear import Linear, PackedWeight, linear, pack_weight, resol
 from .batch import ForwardBatch, ForwardContext
 from .cache import KVCache, StatePool
 from .config import ModelConfig
+from .errors import ConfigError
 from .layers import HFWeights, RMSNorm, RotaryEmbedding
 
 __all__ = ["CausalLM"]
@@ -46,6 +47,9 @@ class CausalLM(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.hidden_act not in ("silu", "swish"):  # our MLPs are SiLU-gated
+            raise ConfigError(f"config.json: hidden_act={config.hidden_act!r} is not supported "
+                              "(only silu)")  # fmt: skip
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(self.build_layers(config))
@@ -64,11 +68,6 @@ class CausalLM(nn.Module):
 
     # -- what subclasses provide ---------------------------------------------------------
     def build_layers(self, config: ModelConfig) -> list[nn.Module]:
-        raise NotImplementedError
-
-    @classmethod
-    def config_from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
-        """Parse a ``config.json`` dict of one of this class's ``hf_architectures``."""
         raise NotImplementedError
 
     # -- the forward ---------------------------------------------------------------------

@@ -25,10 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .base import CausalLM
-from .config import ModelConfig
+from .config import ModelConfig, load_config, read_json
 from .errors import ConfigError, MissingCheckpointFileError, MissingWeightError
 from .layers import GatedRMSNorm, RMSNorm
-from .registry import config_from_hf, model_class
+from .registry import model_class
 
 __all__ = [
     "CONFIG_FILE",
@@ -58,28 +58,6 @@ def _checkpoint_dir(path: PathLike) -> Path:
     if not d.is_dir():
         raise MissingCheckpointFileError(f"checkpoint directory not found: {d}")
     return d
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise MissingCheckpointFileError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-
-
-def load_config(source: ConfigSource) -> ModelConfig:
-    """A :class:`ModelConfig` from a checkpoint directory, a ``config.json`` dict, a
-    transformers config object, or a ModelConfig (returned as is)."""
-    if isinstance(source, ModelConfig):
-        return source
-    if isinstance(source, dict):
-        return config_from_hf(source)
-    if hasattr(source, "to_json_string"):  # transformers.PretrainedConfig
-        return config_from_hf(json.loads(source.to_json_string(use_diff=False)))
-    path = _checkpoint_dir(source) / CONFIG_FILE
-    return config_from_hf(_read_json(path), source=str(path))
 
 
 def load_model(
@@ -142,7 +120,7 @@ class _WeightFiles:
         single = directory / SINGLE_FILE
         if index.is_file():
             self.source = INDEX_FILE
-            self.file_of: dict[str, str] = _read_json(index).get("weight_map", {})
+            self.file_of: dict[str, str] = read_json(index).get("weight_map", {})
         elif single.is_file():
             self.source = SINGLE_FILE
             with safe_open(single, framework="pt") as f:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,16 +27,7 @@ from core.kernels.ssd import causal_conv1d, causal_conv1d_step, ssd_chunk_scan, 
 
 from .base import CausalLM
 from .batch import ForwardBatch, ForwardContext
-from .config import (
-    ATTENTION,
-    MAMBA,
-    MambaConfig,
-    ModelConfig,
-    check_activation,
-    decode_floats,
-    parse_rope,
-    require,
-)
+from .config import ATTENTION, MAMBA, ModelConfig
 from .layers import Attention, GatedMLP, GatedRMSNorm, HFWeights, RMSNorm, _same
 
 __all__ = ["BambaDecoderLayer", "BambaForCausalLM", "Mamba2Mixer"]
@@ -92,7 +82,7 @@ class Mamba2Mixer(nn.Module):
         m = config.mamba
         self.m = m
         self.state_index = state_index
-        inner = m.intermediate_size
+        inner = m.d_inner
         self.in_proj = Linear(
             config.hidden_size, inner + m.conv_dim + m.n_heads, bias=m.proj_bias
         )
@@ -108,7 +98,7 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         m = self.m
-        inner, gn = m.intermediate_size, m.n_groups * m.d_state
+        inner, gn = m.d_inner, m.n_groups * m.d_state
         conv_pool = ctx.state_pool.conv[self.state_index]
         ssm_pool = ctx.state_pool.ssm[self.state_index]
         plan: _SSMSplit = ctx.batch.memo("ssm_split", lambda: _SSMSplit.of(ctx.batch))
@@ -222,56 +212,3 @@ class BambaForCausalLM(CausalLM):
             n_attn += kind == ATTENTION
             n_mamba += kind == MAMBA
         return layers
-
-    @classmethod
-    def config_from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
-        raw, hf = hf, decode_floats(hf)
-        check_activation(hf)
-        hidden = require(hf, "hidden_size")
-        heads = require(hf, "num_attention_heads")
-        layers = require(hf, "num_hidden_layers")
-        attn = set(hf.get("attn_layer_indices") or [])
-        n_heads = hf.get("mamba_n_heads", 128)
-        expand = hf.get("mamba_expand", 2)
-        d_head = hf.get("mamba_d_head", "auto")
-        if d_head in (None, "auto"):
-            d_head = expand * hidden // n_heads
-        limit = hf.get("time_step_limit") or (0.0, math.inf)
-        mamba = MambaConfig(
-            n_heads=n_heads,
-            head_dim=d_head,
-            d_state=hf.get("mamba_d_state", 256),
-            n_groups=hf.get("mamba_n_groups", 1),
-            d_conv=hf.get("mamba_d_conv", 4),
-            chunk_size=hf.get("mamba_chunk_size", 256),
-            conv_bias=bool(hf.get("mamba_conv_bias", True)),
-            proj_bias=bool(hf.get("mamba_proj_bias", False)),
-            time_step_limit=(float(limit[0]), float(limit[1])),
-        )
-        attention_bias = bool(hf.get("attention_bias", False))
-        return ModelConfig(
-            model_type="bamba",
-            vocab_size=require(hf, "vocab_size"),
-            hidden_size=hidden,
-            intermediate_size=require(hf, "intermediate_size"),
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads") or 8,
-            head_dim=hf.get("head_dim") or hidden // heads,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            # transformers hard-codes half-rotary RoPE for Bamba
-            rope=parse_rope(hf, 10000.0, partial_rotary_factor=0.5),
-            layer_types=tuple(ATTENTION if i in attn else MAMBA for i in range(layers)),
-            sliding_windows=(None,) * layers,
-            max_position_embeddings=hf.get("max_position_embeddings", 262144),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            qkv_bias=attention_bias,
-            o_bias=attention_bias,
-            mlp_bias=bool(hf.get("mlp_bias", False)),
-            mamba=mamba,
-            initializer_range=float(hf.get("initializer_range", 0.02)),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=hf.get("eos_token_id"),
-            pad_token_id=hf.get("pad_token_id"),
-            hf_config=dict(raw),
-        )

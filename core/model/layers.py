@@ -21,6 +21,7 @@ from core.kernels.linear import Linear
 
 from .batch import ForwardContext
 from .config import ModelConfig, RopeConfig
+from .errors import ConfigError
 
 __all__ = [
     "Attention",
@@ -79,7 +80,11 @@ class GatedRMSNorm(nn.Module):
 
 
 def rope_inv_freq(rope: RopeConfig, rotary_dim: int) -> torch.Tensor:
-    """Inverse frequencies (fp32, CPU) of the ``rotary_dim / 2`` rotated channel pairs."""
+    """Inverse frequencies (fp32, CPU) of the ``rotary_dim / 2`` rotated channel pairs; an
+    unsupported ``rope_type`` raises ConfigError."""
+    if rope.rope_type not in ("default", "linear", "llama3"):
+        raise ConfigError(f"config.json: rope type {rope.rope_type!r} is not supported "
+                          "(default, linear, llama3)")  # fmt: skip
     exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float() / rotary_dim
     inv_freq = 1.0 / (rope.theta ** exponents)
     if rope.rope_type == "linear":

@@ -7,9 +7,6 @@ add up the chosen experts' outputs with those weights.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -17,9 +14,8 @@ from core.kernels.linear import Linear
 
 from .base import CausalLM
 from .batch import ForwardContext
-from .config import ModelConfig, MoEConfig, decode_floats, require
+from .config import ModelConfig, MoEConfig
 from .layers import Attention, GatedMLP, HFWeights, RMSNorm
-from .llama import dense_config_from_hf
 
 __all__ = ["MixtralDecoderLayer", "MixtralForCausalLM", "SparseMoE"]
 
@@ -95,14 +91,3 @@ class MixtralForCausalLM(CausalLM):
 
     def build_layers(self, config: ModelConfig) -> list[nn.Module]:
         return [MixtralDecoderLayer(config, i, cache_index=i) for i in range(config.num_layers)]
-
-    @classmethod
-    def config_from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
-        base = dense_config_from_hf(hf, "mixtral")
-        d = decode_floats(hf)
-        moe = MoEConfig(
-            num_experts=require(d, "num_local_experts"),
-            top_k=d.get("num_experts_per_tok", 2),
-            intermediate_size=require(d, "intermediate_size"),
-        )
-        return replace(base, moe=moe)

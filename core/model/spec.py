@@ -2,15 +2,18 @@
 
 A :class:`ModelSpec` describes a decoder-only LLM well enough for memory planning (weights, KV
 cache, SSM state) and for cost models (FLOPs and bytes moved per operator of a serving step). It is
-built from a Hugging Face config (a dict, a ``transformers.PretrainedConfig`` or a path to a
-``config.json``) or from a hand-written preset with published shapes; no weights are needed.
+derived from a :class:`~core.model.config.ModelConfig`, the one parse of a Hugging Face config
+that the torch models are built from too (a dict, a ``transformers.PretrainedConfig``, a path to a
+``config.json``, or a preset of :mod:`core.model.presets`); no weights are needed.
 
 Supported families (``model_type``): ``llama``, ``mistral``, ``qwen2`` (q/k/v bias), ``qwen3``
 (q/k RMSNorm), ``mixtral`` (MoE, top-k routing), ``bamba`` (attention or Mamba2 mixer per layer,
 each followed by a gated MLP; attention layers listed in ``attn_layer_indices``) and
 ``nemotron_h`` (each layer is exactly one block: Mamba2 ``M``, attention ``*``, MLP ``-`` or MoE
 ``E``, from ``hybrid_override_pattern`` or transformers 5's ``layers_block_type``). Anything else
-stops with a ``ValueError`` naming the ``model_type`` and ``architectures``.
+stops with an ``UnknownArchitectureError`` (a ``ValueError``) naming the ``model_type`` and
+``architectures``. Attention windows must be the same on every attention layer (Qwen's
+``use_sliding_window`` on only some layers stops with a ``ConfigError``).
 
 Units, everywhere in this module:
 
@@ -34,7 +37,7 @@ The FLOP and byte model, in one place (see :meth:`ModelSpec.operators` for the p
   skip), for both prefill and decode, so a prefill costs exactly what the same tokens cost one by
   one. (The chunked SSD kernel used for prefill does a different but same-order amount of
   arithmetic; at these sizes the scan is ~2-3% of a Mamba2 layer's FLOPs.)
-- the short causal conv: ``2 * conv_kernel`` FLOPs per channel per token plus 4 for bias and SiLU.
+- the short causal conv: ``2 * d_conv`` FLOPs per channel per token plus 4 for bias and SiLU.
 - elementwise work (RMSNorm, RoPE, SiLU-gating, q/k-norm) has small per-element constants given
   where they are computed; they make the list complete, not precise.
 
@@ -50,16 +53,26 @@ fp32 as engines keep it).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
-from pathlib import Path
-from types import MappingProxyType
 from typing import Any
+
+from .config import (
+    ATTENTION,
+    MAMBA,
+    SUPPORTED_MODEL_TYPES,
+    MambaConfig,
+    ModelConfig,
+    MoEConfig,
+    config_from_hf,
+    read_hf_config,
+)
+from .errors import ConfigError
+from .presets import PRESETS, preset_config, preset_key, preset_names
 
 __all__ = [
     "DType",
@@ -84,6 +97,11 @@ __all__ = [
     "preset_config",
     "preset_names",
 ]
+
+Mamba2Spec = MambaConfig
+"""The Mamba2 mixer shapes (:class:`~core.model.config.MambaConfig`, the same class)."""
+MoESpec = MoEConfig
+"""The mixture-of-experts shapes (:class:`~core.model.config.MoEConfig`, the same class)."""
 
 DType = str | int | float | Any
 """A dtype: a name (``"bf16"``), a ``torch.dtype``, or bytes per value (``2``, ``0.5``)."""
@@ -158,8 +176,8 @@ def marconi_kv_bytes_per_token(d: int) -> int:
 def marconi_ssm_state_bytes(d: int, n: int) -> int:
     """Marconi's bytes of one SSM layer's state in fp16: ``d*n*2 + (2d+2n)*4*2`` (SSM state plus
     conv state with kernel 4 and expand 2), as the paper writes it. Note it counts ``d*n`` state
-    values although a Mamba2 layer with expand 2 holds ``2d*n``, and ``conv_kernel`` conv columns
-    where engines keep ``conv_kernel - 1``; :meth:`ModelSpec.ssm_state_bytes` gives the exact
+    values although a Mamba2 layer with expand 2 holds ``2d*n``, and ``d_conv`` conv columns
+    where engines keep ``d_conv - 1``; :meth:`ModelSpec.ssm_state_bytes` gives the exact
     size (~1.9x this for Marconi's 7B hybrid)."""
     return d * n * 2 + (2 * d + 2 * n) * 4 * 2
 
@@ -230,82 +248,12 @@ class AttentionSpec:
 
 
 @dataclass(frozen=True)
-class Mamba2Spec:
-    """Shapes of the Mamba2 mixers, shared by all SSM layers.
-
-    ``n_heads`` (H) x ``head_dim`` (P) = ``d_inner``; ``d_state`` (N) is the SSM state size per
-    channel; B and C are shared by the heads of each of ``n_groups`` groups; ``conv_kernel`` is the
-    width of the causal depthwise conv over ``conv_dim = d_inner + 2 * n_groups * d_state``
-    channels; ``expand`` is as the config states it (``d_inner = expand * hidden_size`` for Bamba;
-    NemotronH sets ``d_inner`` by heads x head_dim); ``chunk_size`` is the SSD kernel's chunk.
-
-    Per sequence and layer an engine keeps the SSM state (``H*P*N`` values) and the conv state
-    (``conv_dim * (conv_kernel - 1)`` values: the last inputs the conv needs).
-    """
-
-    n_heads: int
-    head_dim: int
-    d_state: int
-    n_groups: int
-    conv_kernel: int
-    expand: float
-    chunk_size: int
-    conv_bias: bool = True
-    proj_bias: bool = False
-
-    @property
-    def d_inner(self) -> int:
-        """Inner (expanded) width: ``n_heads * head_dim``."""
-        return self.n_heads * self.head_dim
-
-    @property
-    def conv_dim(self) -> int:
-        """Channels of the causal conv: ``d_inner + 2 * n_groups * d_state`` (x, B, C)."""
-        return self.d_inner + 2 * self.n_groups * self.d_state
-
-    @property
-    def in_proj_dim(self) -> int:
-        """Output width of ``in_proj``: z (``d_inner``), xBC (``conv_dim``) and dt (``n_heads``)."""
-        return self.d_inner + self.conv_dim + self.n_heads
-
-    @property
-    def state_numel(self) -> int:
-        """Values in one layer's SSM state for one sequence: ``n_heads * head_dim * d_state``."""
-        return self.n_heads * self.head_dim * self.d_state
-
-    @property
-    def conv_state_numel(self) -> int:
-        """Values in one layer's conv state for one sequence: ``conv_dim * (conv_kernel - 1)``."""
-        return self.conv_dim * (self.conv_kernel - 1)
-
-
-@dataclass(frozen=True)
 class DenseMLPSpec:
     """Shapes of the dense MLP blocks: ``intermediate_size``; ``gated`` (SwiGLU: gate, up, down
     projections) or not (NemotronH's ReLU^2: up, down); ``bias`` on its projections."""
 
     intermediate_size: int
     gated: bool = True
-    bias: bool = False
-
-
-@dataclass(frozen=True)
-class MoESpec:
-    """Shapes of the mixture-of-experts blocks.
-
-    ``num_experts`` routed experts of ``expert_intermediate_size`` each (``gated`` like
-    :class:`DenseMLPSpec`), ``top_k`` of them per token, chosen by a linear router
-    (``num_experts x hidden``, no bias). NemotronH also has an always-on shared expert MLP of
-    ``shared_intermediate_size`` (0: none) and optional latent projections (``latent_size``:
-    experts then work in that width). ``bias`` applies to the shared expert and latent projections.
-    """
-
-    num_experts: int
-    top_k: int
-    expert_intermediate_size: int
-    gated: bool = True
-    shared_intermediate_size: int = 0
-    latent_size: int | None = None
     bias: bool = False
 
 
@@ -376,7 +324,8 @@ def _kv_tokens_read(new: int, before: int, window: int | None) -> int:
 class ModelSpec:
     """A decoder-only model's shapes, and its parameter, memory and FLOP counts.
 
-    Build one with :meth:`from_hf_config` or :meth:`from_preset`. The per-layer structure is
+    Build one with :meth:`from_config` (a parsed :class:`~core.model.config.ModelConfig`),
+    :meth:`from_hf_config` or :meth:`from_preset`. The per-layer structure is
     ``layers`` (a mixer and an MLP kind per layer); the block shapes shared by all layers of a
     kind are ``attention``, ``mamba``, ``mlp`` and ``moe`` (``None`` when no layer uses them).
 
@@ -419,51 +368,76 @@ class ModelSpec:
     # ---- construction ---------------------------------------------------------------------
 
     @classmethod
+    def from_config(cls, config: ModelConfig, *, name: str | None = None) -> ModelSpec:
+        """The spec of a parsed config. ``name`` defaults to the config's ``_name_or_path``,
+        then its ``model_type``. Raises ConfigError if attention layers have different sliding
+        windows (the FLOP model has one window)."""
+        c = config
+        name = name or c.hf_config.get("_name_or_path") or c.model_type
+        mixers = {ATTENTION: Mixer.ATTENTION, MAMBA: Mixer.MAMBA2}
+        layers = tuple(
+            LayerSpec(mixers.get(m, Mixer.NONE), MLPKind(f))
+            for m, f in zip(c.layer_types, c.mlp_types, strict=True)
+        )
+        windows = {c.sliding_windows[i] for i in c.attention_layers}
+        if len(windows) > 1:
+            raise ConfigError(
+                f"{name} ({c.model_type}): attention layers have different sliding windows "
+                f"{sorted(windows, key=str)}; ModelSpec counts one window for all"
+            )
+        attention = None
+        if windows:
+            attention = AttentionSpec(
+                n_heads=c.num_heads, n_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+                qkv_bias=c.qkv_bias, o_bias=c.o_bias, qk_norm=c.qk_norm,
+                sliding_window=windows.pop(),
+            )  # fmt: skip
+        dense = DenseMLPSpec(c.intermediate_size, gated=c.mlp_gated, bias=c.mlp_bias)
+        kinds = {layer.mlp for layer in layers}
+        return cls(
+            name=name,
+            family=c.model_type,
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            layers=layers,
+            attention=attention,
+            mamba=c.mamba if c.mamba_layers else None,
+            mlp=dense if MLPKind.DENSE in kinds else None,
+            moe=c.moe if MLPKind.MOE in kinds else None,
+            tie_word_embeddings=c.tie_word_embeddings,
+            max_position_embeddings=c.max_position_embeddings,
+        )
+
+    @classmethod
     def from_hf_config(
         cls, config: Mapping[str, Any] | Any | str | os.PathLike[str], *, name: str | None = None
     ) -> ModelSpec:
-        """Build a spec from a Hugging Face config.
+        """Build a spec from a Hugging Face config, parsed by
+        :func:`~core.model.config.config_from_hf` as for the torch models.
 
-        ``config`` is a ``config.json`` dict, a ``transformers.PretrainedConfig`` (anything with
-        ``to_dict()``), or a path to a checkpoint directory or to its ``config.json``. Keys the
+        ``config`` is a ``config.json`` dict, a ``transformers.PretrainedConfig``, a path to a
+        checkpoint directory or to its ``config.json``, or a parsed ``ModelConfig``. Keys the
         config leaves out take the defaults of the transformers (5.x) config class of its family,
         so a dict and the config object built from it give equal specs. ``name`` defaults to the
         config's ``_name_or_path``, then the directory name for a path, then the ``model_type``.
 
-        Raises ``FileNotFoundError`` for a missing path, ``ValueError`` for unreadable JSON, an
-        unsupported ``model_type``/``architectures`` (the message names them and lists the
-        supported families), or inconsistent shapes.
+        Raises ``MissingCheckpointFileError`` (a ``FileNotFoundError``) for a missing path,
+        ``ConfigError`` (a ``ValueError``) for unreadable JSON or inconsistent shapes, and
+        ``UnknownArchitectureError`` (a ``ConfigError``) for an unsupported ``model_type``.
         """
-        default_name = None
-        if isinstance(config, (str, os.PathLike)):
-            path = Path(config)
-            file = path / "config.json" if path.is_dir() else path
-            if not file.is_file():
-                raise FileNotFoundError(f"no config.json at {path}")
-            try:
-                cfg = json.loads(file.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}: not valid JSON ({exc})") from None
-            default_name = file.parent.name
-        elif isinstance(config, Mapping):
-            cfg = dict(config)
-        elif hasattr(config, "to_dict"):
-            cfg = config.to_dict()
-        else:
-            raise TypeError(f"expected a config dict, PretrainedConfig or path, got {type(config)}")
-        if not isinstance(cfg, dict):
-            raise ValueError(f"a config must be a JSON object, got {type(cfg).__name__}")
-        family = _family(cfg)
-        name = name or cfg.get("_name_or_path") or default_name or family
-        return _PARSERS[family](cfg, name)
+        if isinstance(config, ModelConfig):
+            return cls.from_config(config, name=name)
+        hf, file = read_hf_config(config)
+        name = name or hf.get("_name_or_path") or (file.parent.name if file else None)
+        return cls.from_config(config_from_hf(hf, str(file or name or "config.json")), name=name)
 
     @classmethod
     def from_preset(cls, name: str) -> ModelSpec:
-        """The spec of a hand-written preset (see :data:`PRESETS`). ``name`` is a preset name,
-        case-insensitive, ``_`` and ``-`` alike, or the preset's Hugging Face repo id; unknown names
-        raise ``ValueError`` listing the known ones."""
-        key = _preset_key(name)
-        return cls.from_hf_config(PRESETS[key], name=key)
+        """The spec of a preset (see :data:`~core.model.presets.PRESETS`). ``name`` is a preset
+        name, case-insensitive, ``_`` and ``-`` alike, or the preset's Hugging Face repo id;
+        unknown names raise ``ValueError`` listing the known ones."""
+        key = preset_key(name)
+        return cls.from_config(config_from_hf(preset_config(key), source=key), name=key)
 
     # ---- structure ------------------------------------------------------------------------
 
@@ -532,7 +506,7 @@ class ModelSpec:
         """Dense MLP intermediate size, else the MoE expert's (0 if neither)."""
         if self.mlp:
             return self.mlp.intermediate_size
-        return self.moe.expert_intermediate_size if self.moe else 0
+        return self.moe.intermediate_size if self.moe else 0
 
     @property
     def num_experts(self) -> int:
@@ -560,7 +534,7 @@ class ModelSpec:
         assert m is not None
         in_proj = d * m.in_proj_dim + (m.in_proj_dim if m.proj_bias else 0)
         out_proj = m.d_inner * d + (d if m.proj_bias else 0)
-        conv = m.conv_dim * m.conv_kernel + (m.conv_dim if m.conv_bias else 0)
+        conv = m.conv_dim * m.d_conv + (m.conv_dim if m.conv_bias else 0)
         # dt_bias, A_log, D: one per head; the gated RMSNorm: d_inner weights.
         return in_proj + out_proj, conv + 3 * m.n_heads + m.d_inner
 
@@ -575,7 +549,7 @@ class ModelSpec:
         e, d = self.moe, self.hidden_size
         assert e is not None
         width = e.latent_size or d
-        one = self._mlp_params(width, e.expert_intermediate_size, e.gated, False)
+        one = self._mlp_params(width, e.intermediate_size, e.gated, False)
         shared = (
             self._mlp_params(d, e.shared_intermediate_size, e.gated, e.bias)
             if e.shared_intermediate_size
@@ -651,7 +625,7 @@ class ModelSpec:
     def ssm_state_bytes(self, dtype: DType = "float32", conv_dtype: DType | None = None) -> int:
         """Bytes of one sequence's recurrent state over all Mamba2 layers, independent of its
         length: per layer ``n_heads * head_dim * d_state`` SSM-state values in ``dtype`` plus
-        ``conv_dim * (conv_kernel - 1)`` conv-state values in ``conv_dtype`` (default: ``dtype``).
+        ``conv_dim * (d_conv - 1)`` conv-state values in ``conv_dtype`` (default: ``dtype``).
 
         The dtype is separate from the KV cache's because engines usually keep the SSM state in
         float32 (transformers' NemotronH ``mamba_ssm_cache_dtype``; vLLM's
@@ -855,9 +829,9 @@ class ModelSpec:
             cb = dtype_bytes(conv_dtype if conv_dtype is not None else dtype)
             gemm("ssm_in_proj", n_ssm, T, d, m.in_proj_dim, m.proj_bias, True)
             cd = m.conv_dim / tp
-            conv_w = (m.conv_kernel + (1 if m.conv_bias else 0)) * cd * w
-            conv_state = S * cd * (m.conv_kernel - 1) * cb
-            add("ssm_conv", OpKind.ELEMENTWISE, n_ssm, (2 * m.conv_kernel + 4) * T * cd,
+            conv_w = (m.d_conv + (1 if m.conv_bias else 0)) * cd * w
+            conv_state = S * cd * (m.d_conv - 1) * cb
+            add("ssm_conv", OpKind.ELEMENTWISE, n_ssm, (2 * m.d_conv + 4) * T * cd,
                 T * cd * a + conv_w + conv_state, T * cd * a + conv_state)  # fmt: skip
             hpn = m.state_numel / tp
             di = m.d_inner / tp
@@ -884,7 +858,7 @@ class ModelSpec:
             if e.latent_size:
                 gemm("moe_latent_in", n_moe, T, d, e.latent_size, e.bias, False)
             hits = E * (1 - (1 - k / E) ** T)  # expected distinct experts hit per layer
-            mlp_ops("moe_experts", n_moe, T * k, width, e.expert_intermediate_size, e.gated,
+            mlp_ops("moe_experts", n_moe, T * k, width, e.intermediate_size, e.gated,
                     False, weight_sets=hits)  # fmt: skip
             # The weighted combine of the k expert outputs of each token.
             add("moe_combine", OpKind.ELEMENTWISE, n_moe, 2 * T * k * width,
@@ -900,453 +874,3 @@ class ModelSpec:
             if tp > 1:
                 add("lm_head_allgather", OpKind.COMM, 1, 0.0, 0.0, 0.0, logit_rows * V * a)
         return ops
-
-
-# --------------------------------------------------------------------------------------------
-# Parsing Hugging Face configs
-# --------------------------------------------------------------------------------------------
-
-# Defaults of the transformers 5.x config classes, for keys a config.json leaves out. ``None`` for
-# num_key_value_heads / head_dim means "derive it" (n_heads; hidden_size // n_heads).
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None,
-                  max_position_embeddings=2048),
-    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
-                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                    max_position_embeddings=131072, sliding_window=4096),
-    "mixtral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
-                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                    max_position_embeddings=131072, sliding_window=None, num_local_experts=8,
-                    num_experts_per_tok=2),
-    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                  max_position_embeddings=32768),
-    "qwen3": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                  head_dim=128, max_position_embeddings=32768),
-    "bamba": dict(vocab_size=128000, hidden_size=4096, intermediate_size=14336,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                  max_position_embeddings=262144),
-    "nemotron_h": dict(vocab_size=131072, hidden_size=4096, intermediate_size=21504,
-                       num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                       max_position_embeddings=4096),
-}  # fmt: skip
-
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_DEFAULTS))
-"""The ``model_type`` values :meth:`ModelSpec.from_hf_config` understands."""
-
-_ARCH_TO_TYPE = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "MixtralForCausalLM": "mixtral",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-    "BambaForCausalLM": "bamba",
-    "NemotronHForCausalLM": "nemotron_h",
-}
-
-
-def _family(cfg: Mapping[str, Any]) -> str:
-    model_type = cfg.get("model_type")
-    archs = cfg.get("architectures") or []
-    if model_type in _DEFAULTS:
-        return str(model_type)
-    if not model_type:
-        for arch in archs:
-            if arch in _ARCH_TO_TYPE:
-                return _ARCH_TO_TYPE[arch]
-    raise ValueError(
-        f"unsupported model: model_type={model_type!r}, architectures={list(archs)!r}; "
-        f"ModelSpec supports model_type in {list(SUPPORTED_MODEL_TYPES)} "
-        f"(architectures {sorted(_ARCH_TO_TYPE)})"
-    )
-
-
-class _Cfg:
-    """Typed reads of a config dict with its family's defaults; errors name the key."""
-
-    def __init__(self, cfg: Mapping[str, Any], family: str, name: str) -> None:
-        self.cfg, self.family, self.name = cfg, family, name
-        self.defaults = _DEFAULTS[family]
-
-    def raw(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``; the family default if missing; ``default`` if that is None."""
-        value = self.cfg[key] if key in self.cfg else self.defaults.get(key)
-        return default if value is None else value
-
-    def int(self, key: str, default: Any = None, *, minimum: int = 1) -> int:
-        value = self.raw(key, default)
-        if value is None:
-            raise ValueError(f"{self.name} ({self.family}): config has no {key!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{self.name} ({self.family}): {key}={value!r} is not an integer")
-        if value < minimum:
-            raise ValueError(f"{self.name} ({self.family}): {key}={value!r} must be >= {minimum}")
-        return int(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        return bool(self.raw(key, default))
-
-    def attention(self, *, qkv_bias: bool, o_bias: bool, qk_norm: bool = False,
-                  sliding_window: int | None = None, head_dim_keys: Sequence[str] = ("head_dim",),
-                  ) -> AttentionSpec:  # fmt: skip
-        d = self.int("hidden_size")
-        heads = self.int("num_attention_heads")
-        kv_heads = self.int("num_key_value_heads", heads)
-        head_dim = next((self.int(k) for k in head_dim_keys if self.raw(k) is not None), None)
-        if head_dim is None:
-            if d % heads:
-                raise ValueError(f"{self.name}: hidden_size {d} is not a multiple of "
-                                 f"num_attention_heads {heads}; give head_dim")  # fmt: skip
-            head_dim = d // heads
-        if heads % kv_heads:
-            raise ValueError(f"{self.name}: num_attention_heads {heads} is not a multiple of "
-                             f"num_key_value_heads {kv_heads}")  # fmt: skip
-        return AttentionSpec(heads, kv_heads, head_dim, qkv_bias, o_bias, qk_norm, sliding_window)
-
-    def common(self) -> dict[str, Any]:
-        return dict(
-            vocab_size=self.int("vocab_size"),
-            hidden_size=self.int("hidden_size"),
-            tie_word_embeddings=self.flag("tie_word_embeddings", False),
-            max_position_embeddings=self.int("max_position_embeddings"),
-        )
-
-
-def _parse_transformer(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    """llama, mistral, qwen2, qwen3 (dense) and mixtral (MoE): attention + MLP in every layer."""
-    family = _family(cfg)
-    c = _Cfg(cfg, family, name)
-    n_layers = c.int("num_hidden_layers")
-    window = None
-    if family in ("mistral", "mixtral"):
-        window = cfg.get("sliding_window", c.defaults["sliding_window"])
-        window = None if window is None else c.int("sliding_window")
-    elif family in ("qwen2", "qwen3") and c.flag("use_sliding_window", False):
-        raise ValueError(f"{name} ({family}): use_sliding_window=true (sliding attention on only "
-                         "some layers) is not supported")  # fmt: skip
-    bias = c.flag("attention_bias", False)
-    attn_kwargs = {
-        "llama": dict(qkv_bias=bias, o_bias=bias),
-        "mistral": dict(qkv_bias=False, o_bias=False),
-        "mixtral": dict(qkv_bias=False, o_bias=False),
-        "qwen2": dict(qkv_bias=True, o_bias=False),
-        "qwen3": dict(qkv_bias=bias, o_bias=bias, qk_norm=True),
-    }[family]
-    attention = c.attention(sliding_window=window, **attn_kwargs)
-    inter = c.int("intermediate_size")
-    if family == "mixtral":
-        experts, top_k = c.int("num_local_experts"), c.int("num_experts_per_tok")
-        if top_k > experts:
-            raise ValueError(f"{name}: num_experts_per_tok {top_k} > num_local_experts {experts}")
-        moe = MoESpec(num_experts=experts, top_k=top_k, expert_intermediate_size=inter)
-        layers = (LayerSpec(Mixer.ATTENTION, MLPKind.MOE),) * n_layers
-        return ModelSpec(name, family, layers=layers, attention=attention, moe=moe, **c.common())
-    mlp = DenseMLPSpec(inter, gated=True, bias=family == "llama" and c.flag("mlp_bias", False))
-    layers = (LayerSpec(Mixer.ATTENTION, MLPKind.DENSE),) * n_layers
-    return ModelSpec(name, family, layers=layers, attention=attention, mlp=mlp, **c.common())
-
-
-def _parse_bamba(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    """Bamba: each layer is attention (indices in ``attn_layer_indices``) or Mamba2, then a gated
-    MLP."""
-    c = _Cfg(cfg, "bamba", name)
-    n_layers = c.int("num_hidden_layers")
-    attn_idx = sorted(set(c.raw("attn_layer_indices", [])))
-    bad = [i for i in attn_idx if not (isinstance(i, int) and 0 <= i < n_layers)]
-    if bad:
-        raise ValueError(f"{name} (bamba): attn_layer_indices {bad} outside 0..{n_layers - 1}")
-    d = c.int("hidden_size")
-    n_heads = c.int("mamba_n_heads", 128)
-    expand = c.raw("mamba_expand", 2)
-    d_inner = int(expand * d)
-    head_dim = c.raw("mamba_d_head", "auto")
-    head_dim = d_inner // n_heads if head_dim == "auto" else c.int("mamba_d_head")
-    if n_heads * head_dim != d_inner:
-        raise ValueError(f"{name} (bamba): mamba_n_heads {n_heads} x mamba_d_head {head_dim} != "
-                         f"mamba_expand * hidden_size = {d_inner}")  # fmt: skip
-    mamba = Mamba2Spec(
-        n_heads=n_heads, head_dim=head_dim, d_state=c.int("mamba_d_state", 256),
-        n_groups=c.int("mamba_n_groups", 1), conv_kernel=c.int("mamba_d_conv", 4, minimum=2),
-        expand=expand, chunk_size=c.int("mamba_chunk_size", 256),
-        conv_bias=c.flag("mamba_conv_bias", True), proj_bias=c.flag("mamba_proj_bias", False),
-    )  # fmt: skip
-    bias = c.flag("attention_bias", False)
-    layers = tuple(
-        LayerSpec(Mixer.ATTENTION if i in attn_idx else Mixer.MAMBA2, MLPKind.DENSE)
-        for i in range(n_layers)
-    )
-    return ModelSpec(
-        name, "bamba", layers=layers,
-        attention=c.attention(qkv_bias=bias, o_bias=bias) if attn_idx else None,
-        mamba=mamba if len(attn_idx) < n_layers else None,
-        mlp=DenseMLPSpec(c.int("intermediate_size"), gated=True, bias=c.flag("mlp_bias", False)),
-        **c.common(),
-    )  # fmt: skip
-
-
-# NemotronH block names: hybrid_override_pattern characters, transformers 5 layers_block_type
-# values, and their legacy spellings.
-_NEMOTRON_BLOCKS = {
-    "M": LayerSpec(Mixer.MAMBA2, MLPKind.NONE),
-    "*": LayerSpec(Mixer.ATTENTION, MLPKind.NONE),
-    "-": LayerSpec(Mixer.NONE, MLPKind.DENSE),
-    "E": LayerSpec(Mixer.NONE, MLPKind.MOE),
-    "linear_attention": LayerSpec(Mixer.MAMBA2, MLPKind.NONE),
-    "mamba": LayerSpec(Mixer.MAMBA2, MLPKind.NONE),
-    "full_attention": LayerSpec(Mixer.ATTENTION, MLPKind.NONE),
-    "attention": LayerSpec(Mixer.ATTENTION, MLPKind.NONE),
-    "mlp": LayerSpec(Mixer.NONE, MLPKind.DENSE),
-    "moe": LayerSpec(Mixer.NONE, MLPKind.MOE),
-}
-
-
-def _parse_nemotron_h(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    """NemotronH: each layer is one block (Mamba2, attention, ReLU^2 MLP or MoE) with its own
-    pre-norm, from ``hybrid_override_pattern`` (``M * - E``) or ``layers_block_type``."""
-    c = _Cfg(cfg, "nemotron_h", name)
-    blocks = cfg.get("layers_block_type") or cfg.get("layer_types")
-    key = "layers_block_type"
-    if blocks is None and cfg.get("hybrid_override_pattern") is not None:
-        blocks, key = list(cfg["hybrid_override_pattern"]), "hybrid_override_pattern"
-    if not blocks:
-        raise ValueError(f"{name} (nemotron_h): config has neither hybrid_override_pattern nor "
-                         "layers_block_type")  # fmt: skip
-    unknown = sorted({b for b in blocks if b not in _NEMOTRON_BLOCKS})
-    if unknown:
-        raise ValueError(f"{name} (nemotron_h): unknown block types {unknown} in {key}; "
-                         f"known: {sorted(_NEMOTRON_BLOCKS)}")  # fmt: skip
-    layers = tuple(_NEMOTRON_BLOCKS[b] for b in blocks)
-    kinds = {(lyr.mixer, lyr.mlp) for lyr in layers}
-
-    def alias(new: str, old: str) -> str:  # transformers accepts the old mamba_* names
-        return old if new not in cfg and old in cfg else new
-
-    mamba = attention = mlp = moe = None
-    if (Mixer.MAMBA2, MLPKind.NONE) in kinds:
-        mamba = Mamba2Spec(
-            n_heads=c.int("mamba_num_heads", 128), head_dim=c.int("mamba_head_dim", 64),
-            d_state=c.int("ssm_state_size", 128),
-            n_groups=c.int(alias("n_groups", "mamba_n_groups"), 8),
-            conv_kernel=c.int(alias("conv_kernel", "mamba_d_conv"), 4, minimum=2),
-            expand=c.raw(alias("expand", "mamba_expand"), 2),
-            chunk_size=c.int(alias("chunk_size", "mamba_chunk_size"), 128),
-            conv_bias=c.flag(alias("use_conv_bias", "mamba_conv_bias"), True),
-            proj_bias=c.flag("use_bias", False),
-        )  # fmt: skip
-    if (Mixer.ATTENTION, MLPKind.NONE) in kinds:
-        attention = c.attention(qkv_bias=False, o_bias=False,
-                                head_dim_keys=("head_dim", "attention_head_dim"))  # fmt: skip
-    mlp_bias = c.flag("mlp_bias", False)
-    if (Mixer.NONE, MLPKind.DENSE) in kinds:
-        mlp = DenseMLPSpec(c.int("intermediate_size"), gated=False, bias=mlp_bias)
-    if (Mixer.NONE, MLPKind.MOE) in kinds:
-        experts = c.int(alias("n_routed_experts", "num_local_experts"), 8)
-        top_k = c.int("num_experts_per_tok", 2)
-        if top_k > experts:
-            raise ValueError(f"{name}: num_experts_per_tok {top_k} > n_routed_experts {experts}")
-        shared = c.int("moe_shared_expert_intermediate_size", 7688, minimum=0)
-        moe = MoESpec(
-            num_experts=experts, top_k=top_k,
-            expert_intermediate_size=c.int("moe_intermediate_size", 7688), gated=False,
-            shared_intermediate_size=shared if c.int("n_shared_experts", 1, minimum=0) else 0,
-            latent_size=c.int("moe_latent_size") if c.raw("moe_latent_size") else None,
-            bias=mlp_bias,
-        )  # fmt: skip
-    return ModelSpec(name, "nemotron_h", layers=layers, attention=attention, mamba=mamba,
-                     mlp=mlp, moe=moe, **c.common())  # fmt: skip
-
-
-_PARSERS = {
-    "llama": _parse_transformer,
-    "mistral": _parse_transformer,
-    "mixtral": _parse_transformer,
-    "qwen2": _parse_transformer,
-    "qwen3": _parse_transformer,
-    "bamba": _parse_bamba,
-    "nemotron_h": _parse_nemotron_h,
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Presets: config.json dicts written by hand with the published shapes
-# --------------------------------------------------------------------------------------------
-
-
-def _llama(vocab: int, hidden: int, inter: int, layers: int, heads: int, kv: int, max_pos: int,
-           rope_theta: float, **extra: Any) -> dict[str, Any]:  # fmt: skip
-    return {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab,
-        "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv, "hidden_act": "silu",
-        "max_position_embeddings": max_pos, "rms_norm_eps": 1e-5, "rope_theta": rope_theta,
-        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False, **extra,
-    }  # fmt: skip
-
-
-def _marconi_pattern() -> str:
-    # 28 (mixer, MLP) pairs: 24 Mamba2 and 4 attention mixers, attention every 7th pair from the
-    # 4th. Where the attention layers sit changes no count or formula.
-    return "".join(("*" if i % 7 == 3 else "M") + "-" for i in range(28))
-
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    # meta-llama/Meta-Llama-3-8B: 8,030,261,248 parameters.
-    "llama-3-8b": _llama(128256, 4096, 14336, 32, 32, 8, 8192, 500000.0),
-    # meta-llama/Llama-2-7b-hf: 6,738,415,616 parameters (MHA).
-    "llama-2-7b": _llama(32000, 4096, 11008, 32, 32, 32, 4096, 10000.0),
-    # meta-llama/Llama-2-70b-hf: 68,976,648,192 parameters.
-    "llama-2-70b": _llama(32000, 8192, 28672, 80, 64, 8, 4096, 10000.0),
-    # meta-llama/Meta-Llama-3-70B: 70,553,706,496 parameters.
-    "llama-3-70b": _llama(128256, 8192, 28672, 80, 64, 8, 8192, 500000.0),
-    # mistralai/Mistral-7B-v0.1: 7,241,732,096 parameters, 4096-token sliding window.
-    "mistral-7b": {
-        "model_type": "mistral", "architectures": ["MistralForCausalLM"], "vocab_size": 32000,
-        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu",
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "sliding_window": 4096, "tie_word_embeddings": False,
-    },
-    # mistralai/Mixtral-8x7B-v0.1: 46,702,792,704 parameters, ~12.9e9 active (top-2 of 8).
-    "mixtral-8x7b": {
-        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "vocab_size": 32000,
-        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu",
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
-        "sliding_window": None, "num_local_experts": 8, "num_experts_per_tok": 2,
-        "tie_word_embeddings": False,
-    },
-    # Qwen/Qwen2-7B: 7,615,616,512 parameters; q/k/v biases.
-    "qwen2-7b": {
-        "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 152064,
-        "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-        "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu",
-        "max_position_embeddings": 131072, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "use_sliding_window": False, "sliding_window": 131072, "max_window_layers": 28,
-        "tie_word_embeddings": False,
-    },
-    # Qwen/Qwen3-8B: 8,190,735,360 parameters; q/k RMSNorm, explicit head_dim.
-    "qwen3-8b": {
-        "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936,
-        "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-        "hidden_act": "silu", "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "attention_bias": False, "use_sliding_window": False,
-        "sliding_window": None, "max_window_layers": 36, "tie_word_embeddings": False,
-    },
-    # ibm-ai-platform/Bamba-9B: 32 layers, attention at 9, 18, 27, Mamba2 elsewhere, each
-    # followed by a SwiGLU MLP; ~9.78e9 parameters.
-    "bamba-9b": {
-        "model_type": "bamba", "architectures": ["BambaForCausalLM"], "vocab_size": 128256,
-        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "attn_layer_indices": [9, 18, 27],
-        "mamba_n_heads": 128, "mamba_d_head": 64, "mamba_d_state": 128, "mamba_n_groups": 1,
-        "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 256, "mamba_conv_bias": True,
-        "mamba_proj_bias": False, "hidden_act": "silu", "max_position_embeddings": 262144,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
-    },
-    # Marconi's default 7B Attention-Mamba2 hybrid (MLSys'25): 4 attention, 24 Mamba2 and 28 MLP
-    # layers, d = 4096, state n = 128, written NemotronH-style (one block per layer). Chosen to
-    # match the paper's formulas: multi-head attention (32 KV heads: KV = 2*2*d bytes per token
-    # per layer in fp16), a non-gated 4d MLP (16*d^2 FLOPs per token), Mamba2 with expand 2,
-    # 1 group, conv kernel 4. The vocabulary (32000) is our assumption (the paper's formulas do
-    # not involve it); with it the model has ~6.7e9 parameters.
-    "marconi-hybrid-7b": {
-        "model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"],
-        "vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 56,
-        "hybrid_override_pattern": _marconi_pattern(), "num_attention_heads": 32,
-        "num_key_value_heads": 32, "head_dim": 128, "intermediate_size": 16384,
-        "mlp_hidden_act": "relu2", "mamba_num_heads": 128, "mamba_head_dim": 64,
-        "ssm_state_size": 128, "n_groups": 1, "conv_kernel": 4, "expand": 2, "chunk_size": 128,
-        "use_conv_bias": True, "use_bias": False, "mlp_bias": False,
-        "max_position_embeddings": 32768, "tie_word_embeddings": False,
-    },
-    # A ~125M Llama for real-mode CPU runs: 124,668,672 parameters.
-    "tiny-llama-125m": _llama(32000, 768, 2048, 12, 12, 4, 2048, 10000.0, head_dim=64),
-    # Tiny configs for tests (random-initialised models build in milliseconds).
-    "tiny-mixtral": {
-        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "vocab_size": 256,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-        "sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2,
-        "tie_word_embeddings": False,
-    },
-    "tiny-bamba": {
-        "model_type": "bamba", "architectures": ["BambaForCausalLM"], "vocab_size": 256,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "attn_layer_indices": [1],
-        "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_d_state": 16, "mamba_n_groups": 1,
-        "mamba_d_conv": 4, "mamba_expand": 2, "mamba_chunk_size": 16,
-        "max_position_embeddings": 512, "tie_word_embeddings": False,
-    },
-    "tiny-nemotron-h": {
-        "model_type": "nemotron_h", "architectures": ["NemotronHForCausalLM"], "vocab_size": 256,
-        "hidden_size": 64, "num_hidden_layers": 6, "hybrid_override_pattern": "M-*-ME",
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-        "intermediate_size": 128, "mlp_hidden_act": "relu2", "mamba_num_heads": 8,
-        "mamba_head_dim": 16, "ssm_state_size": 16, "n_groups": 2, "conv_kernel": 4,
-        "expand": 2, "chunk_size": 16, "n_routed_experts": 4, "num_experts_per_tok": 2,
-        "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 64,
-        "n_shared_experts": 1, "max_position_embeddings": 512, "tie_word_embeddings": False,
-    },
-}  # fmt: skip
-
-_PRESET_HF_IDS = {
-    "meta-llama/meta-llama-3-8b": "llama-3-8b",
-    "meta-llama/llama-2-7b-hf": "llama-2-7b",
-    "meta-llama/llama-2-70b-hf": "llama-2-70b",
-    "meta-llama/meta-llama-3-70b": "llama-3-70b",
-    "mistralai/mistral-7b-v0.1": "mistral-7b",
-    "mistralai/mixtral-8x7b-v0.1": "mixtral-8x7b",
-    "qwen/qwen2-7b": "qwen2-7b",
-    "qwen/qwen3-8b": "qwen3-8b",
-    "ibm-ai-platform/bamba-9b": "bamba-9b",
-    "ibm-fms/bamba-9b": "bamba-9b",
-}
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    return value
-
-
-PRESETS: Mapping[str, Mapping[str, Any]] = _freeze(_PRESETS)
-"""Read-only ``config.json`` contents of the presets, by name (lists appear as tuples). Use
-:func:`preset_config` for a mutable ``dict`` to pass to transformers or to write to disk."""
-del _PRESETS
-
-
-def preset_names() -> list[str]:
-    """The names of the presets, sorted."""
-    return sorted(PRESETS)
-
-
-def _preset_key(name: str) -> str:
-    key = str(name).strip().lower().replace("_", "-")
-    if key in PRESETS:
-        return key
-    hf = str(name).strip().lower()
-    if hf in _PRESET_HF_IDS:
-        return _PRESET_HF_IDS[hf]
-    raise ValueError(
-        f"unknown preset {name!r}; known presets: {', '.join(preset_names())} "
-        f"(or their Hugging Face ids: {', '.join(sorted(_PRESET_HF_IDS))})"
-    )
-
-
-def preset_config(name: str) -> dict[str, Any]:
-    """A fresh ``config.json`` dict of preset ``name`` (as :meth:`ModelSpec.from_preset` accepts
-    it), e.g. for ``transformers.AutoConfig.for_model(**cfg)`` or ``json.dump``."""
-    return _thaw(PRESETS[_preset_key(name)])

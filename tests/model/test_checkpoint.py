@@ -86,8 +86,10 @@ def test_unknown_architecture(llama_dir, tmp_path):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda c: c.pop("hidden_size"), "required key 'hidden_size' is missing"),
-    (lambda c: c.pop("model_type"), "no 'model_type' key"),
+    # a missing key takes transformers' default (hidden_size 4096), which the weights contradict
+    (lambda c: c.pop("hidden_size"),
+     r"'model.embed_tokens.weight' has shape \(512, 64\), config.json implies \(512, 4096\)"),
+    (lambda c: [c.pop("model_type"), c.pop("architectures")], "no 'model_type' key"),
     (lambda c: c.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}),
      "rope type 'yarn' is not supported"),
     (lambda c: c.update(hidden_act="gelu"), "hidden_act='gelu' is not supported"),

@@ -449,7 +449,7 @@ def test_from_a_checkpoint_directory(tmp_path):
 
 
 def test_unknown_model_type_is_named():
-    with pytest.raises(ValueError, match=r"model_type='gpt2'.*GPT2LMHeadModel.*llama"):
+    with pytest.raises(ValueError, match=r"'gpt2' is not supported.*GPT2LMHeadModel.*llama"):
         ModelSpec.from_hf_config({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
     # No model_type: a known architecture is enough.
     cfg = preset_config("tiny-mixtral")
