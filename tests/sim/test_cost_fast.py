@@ -131,18 +131,19 @@ def test_new_efficiency_factors_rebuild_the_fast_path():
     assert after > before and after == pytest.approx(m.step_time_reference([], [100, 200]), rel=1e-12)
 
 
-def test_fast_path_is_faster():
+def test_fast_path_builds_no_operators(monkeypatch):
+    """The fast path's point is to skip the operator list; count that work instead of timing it
+    (a timed assertion flips with the machine's load)."""
     m = model("llama-3-8b")
+    assert m.fast_path
     rng = random.Random(0)
     batches = [[rng.randint(1, 4000) for _ in range(64)] for _ in range(20)]
-    import time
-
-    t0 = time.perf_counter()
+    calls = []
+    original = type(m).per_layer_times
+    monkeypatch.setattr(type(m), "per_layer_times",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     for b in batches:
-        m.step_time_reference([], b)
-    slow = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for b in batches:
-        m.step_time([], b)
-    fast = time.perf_counter() - t0
-    assert fast < slow and math.isfinite(fast)
+        assert math.isfinite(m.step_time([], b))
+    assert calls == []
+    m.step_time_reference([], batches[0])
+    assert calls == [1]
