@@ -1,9 +1,16 @@
 """Figures laid out like Preble's Fig. 3 (latency against request rate per workload) and
-Table 1 (the ablation ladder), plus the highest rate under the latency SLO and the real run."""
+Table 1 (the ablation ladder), plus the highest rate under the latency SLO and the real run.
+
+One colour per router across every figure (:data:`ROUTER_COLORS`); titles and captions say what
+the run swept (its scale, requests per point, rounds of the real mode)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -11,10 +18,17 @@ from core.artifact import RunContext, color_map
 from core.metrics import highest_rate_within
 
 from .fleet import FLEET_ROUTERS, LADDER, WORKLOADS
+from .real import E2_LABEL
 
 SLO_FACTOR = 5.0
 """A router meets the latency SLO at a rate when its average latency is at most this many times
 the workload's unloaded latency (one request alone on a replica, its shared prefix cached)."""
+
+ROUTER_COLORS = color_map((*FLEET_ROUTERS, E2_LABEL, *LADDER[::-1]))
+"""Router -> colour, the same in every figure (the real mode's E2 is the ladder's
+``e2+rebalance+pd`` rung, given the stronger of the rungs' colours)."""
+ROUTER_MARKERS = dict(zip(ROUTER_COLORS, ("o", "X", "s", "P", "D", "^", "v"), strict=True))
+LEGEND_FONT = 11
 
 
 def fleet_label(frame: pd.DataFrame) -> pd.Series:
@@ -24,7 +38,8 @@ def fleet_label(frame: pd.DataFrame) -> pd.Series:
 def slo_rates(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (fleet, workload, router): the highest swept rate whose average latency meets the
     SLO (0 when none does), by linear interpolation between the last rate that meets it and the
-    first that does not."""
+    first that does not; ``saturated`` is False when every swept rate meets it (the rate is then
+    only a lower bound)."""
     rows = []
     for key, g in frame.groupby(["setup", "gpus", "workload", "router"]):
         bound = SLO_FACTOR * g["unloaded_latency_s"].iloc[0]
@@ -45,12 +60,35 @@ def gains(frame: pd.DataFrame, baseline: str = "round-robin", system: str = "pre
     return out
 
 
-def _curves(frame: pd.DataFrame, metric: str, title: str, colors: dict) -> plt.Figure:
+def log_axis(ax: plt.Axes) -> None:
+    """A log y axis labelled 1, 2, 5, 10, 20, ... in plain numbers (no 6x10^0, no crowded
+    minor labels)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+
+
+def _rotate(ax: plt.Axes, rotation: float = 25) -> None:
+    """Rotated tick labels that end under their tick (no label runs into its neighbour)."""
+    for t in ax.get_xticklabels():
+        t.set_rotation(rotation)
+        t.set_ha("right")
+        t.set_rotation_mode("anchor")
+
+
+def _per_point(frame: pd.DataFrame) -> str:
+    requests = sorted(set(int(x) for x in frame["requests"]))
+    return "/".join(f"{x:,}" for x in requests) + " requests per point"
+
+
+def _curves(frame: pd.DataFrame, metric: str, title: str, ctx: RunContext) -> plt.Figure:
     frame = frame.assign(fleet=fleet_label(frame))
     fleets = list(dict.fromkeys(frame["fleet"]))
     workloads = [w for w in WORKLOADS if w in set(frame["workload"])]
+    routers = [r for r in ROUTER_COLORS if r in set(frame["router"])]
     fig, axes = plt.subplots(len(fleets), len(workloads), squeeze=False,
-                             figsize=(3.2 * len(workloads), 2.8 * len(fleets)))
+                             figsize=(3.0 * len(workloads) + 2.2, 2.9 * len(fleets) + 0.5))
     for i, fleet in enumerate(fleets):
         for j, w in enumerate(workloads):
             ax = axes[i][j]
@@ -58,60 +96,167 @@ def _curves(frame: pd.DataFrame, metric: str, title: str, colors: dict) -> plt.F
             if g.empty:  # a workload this fleet's grid leaves out
                 ax.set_visible(False)
                 continue
-            sns.lineplot(data=g, x="rate", y=metric, hue="router", style="router", markers=True,
-                         dashes=False, palette=colors, hue_order=[r for r in colors if r in set(g["router"])],
-                         ax=ax, legend=(i == 0 and j == len(workloads) - 1))
-            ax.set_yscale("log")
-            ax.set_title(f"{w}\n{fleet}", fontsize=9)
+            sns.lineplot(data=g, x="rate", y=metric, hue="router", style="router",
+                         markers=ROUTER_MARKERS, dashes=False, palette=ROUTER_COLORS,
+                         hue_order=routers, style_order=routers, ax=ax, legend=False)
+            log_axis(ax)
+            ax.set_title(f"{w}\n{fleet}", fontsize=10)
             ax.set_xlabel("requests/s")
             ax.set_ylabel(title if j == 0 else "")
-    if axes[0][-1].get_legend() is not None:
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=ROUTER_COLORS[r], marker=ROUTER_MARKERS[r], label=r)
+               for r in routers]
+    fig.legend(handles=handles, title="router", loc="center right", fontsize=LEGEND_FONT,
+               title_fontsize=LEGEND_FONT, frameon=False)
+    fig.suptitle(f"Fig. 3, simulated ({ctx.scale.value} scale, {_per_point(frame)}): "
+                 f"{title} against request rate", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
     return fig
 
 
 def plot_fleet(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     """Fig. 3 (average and p99 latency against rate) and the highest rate under the SLO."""
-    colors = color_map(FLEET_ROUTERS)
-    figs = {"fleet-avg": _curves(frame, "avg_latency_s", "avg latency (s)", colors),
-            "fleet-p99": _curves(frame, "p99_latency_s", "p99 latency (s)", colors)}
-    slo = slo_rates(frame)
-    slo["fleet"] = fleet_label(slo)
-    grid = sns.catplot(data=slo, x="workload", y="slo_rate", hue="router", col="fleet",
-                       kind="bar", palette=colors, hue_order=list(FLEET_ROUTERS),
-                       order=[w for w in WORKLOADS if w in set(slo["workload"])],
-                       sharey=False, height=3.0, aspect=1.6)
-    grid.set_axis_labels("", f"req/s with avg latency <= {SLO_FACTOR:g}x unloaded")
-    grid.set_titles("{col_name}")
-    grid.figure.text(0.01, -0.04, "0: the SLO is missed at every swept rate; a bar at a "
-                     "workload's top swept rate: met at every rate (the sweep did not saturate it)",
-                     fontsize=8)
-    figs["slo-rate"] = grid.figure
+    figs = {"fleet-avg": _curves(frame, "avg_latency_s", "avg latency (s)", ctx),
+            "fleet-p99": _curves(frame, "p99_latency_s", "p99 latency (s)", ctx)}
+    figs["slo-rate"] = _slo_bars(frame, ctx)
     return figs
 
 
+def _slo_bars(frame: pd.DataFrame, ctx: RunContext) -> plt.Figure:
+    """Per fleet, the highest rate under the SLO of each router, for the workloads that fleet
+    sweeps (a workload a fleet does not sweep has no slot, so a missing bar means 0)."""
+    slo = slo_rates(frame)
+    slo["fleet"] = fleet_label(slo)
+    fleets = list(dict.fromkeys(fleet_label(frame)))
+    routers = [r for r in ROUTER_COLORS if r in set(slo["router"])]
+    widths = [len(set(slo.loc[slo["fleet"] == f, "workload"])) for f in fleets]
+    fig, axes = plt.subplots(1, len(fleets), squeeze=False, width_ratios=widths,
+                             figsize=(0.9 * sum(widths) + 1.2 * len(fleets) + 2.2, 3.8))
+    bar = 0.8 / len(routers)
+    for ax, fleet in zip(axes[0], fleets, strict=True):
+        g = slo[slo["fleet"] == fleet]
+        workloads = [w for w in WORKLOADS if w in set(g["workload"])]
+        for k, router in enumerate(routers):
+            h = [g.loc[(g["workload"] == w) & (g["router"] == router), "slo_rate"].sum()
+                 for w in workloads]
+            ax.bar(np.arange(len(workloads)) - 0.4 + (k + 0.5) * bar, h, width=bar,
+                   color=ROUTER_COLORS[router], label=router)
+        ax.set_xticks(range(len(workloads)), workloads)
+        ax.grid(axis="x", visible=False)
+        _rotate(ax)
+        ax.set_title(fleet, fontsize=11)
+    axes[0][0].set_ylabel(f"highest req/s with\navg latency <= {SLO_FACTOR:g}x unloaded")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=ROUTER_COLORS[r], label=r) for r in routers]
+    fig.legend(handles=handles, title="router", loc="center right", fontsize=LEGEND_FONT,
+               title_fontsize=LEGEND_FONT, frameon=False)
+    fig.suptitle(f"Highest rate under the SLO, simulated ({ctx.scale.value} scale, "
+                 f"{_per_point(frame)})\nno bar: missed at every swept rate; a bar at a "
+                 "workload's top swept rate: met at every rate (only a lower bound)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1 - 2.0 / fig.get_figwidth(), 1))
+    return fig
+
+
 def plot_ablation(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
-    """Table 1 as bars: average and p99 latency of each rung, per request rate."""
-    long = frame.melt(id_vars=["router", "rate"], value_vars=["avg_latency_s", "p99_latency_s"],
-                      var_name="metric", value_name="latency_s")
+    """Table 1 as bars: average and p99 latency of each rung, one row of panels per rate."""
+    long = frame.melt(id_vars=["router", "load", "rate"],
+                      value_vars=["avg_latency_s", "p99_latency_s"], var_name="metric",
+                      value_name="latency_s")
     long["metric"] = long["metric"].map({"avg_latency_s": "average", "p99_latency_s": "p99"})
-    long["rate"] = long["rate"].map(lambda r: f"{r:.3g} req/s")
-    grid = sns.catplot(data=long, x="router", y="latency_s", hue="rate", col="metric",
-                       kind="bar", order=list(LADDER), sharey=False, height=3.2, aspect=1.4)
+    long["at"] = [f"{lo:g}x nominal ({ra:.3g} req/s)" for lo, ra in zip(long["load"], long["rate"], strict=True)]
+    rows = [f"{lo:g}x nominal ({ra:.3g} req/s)" for lo, ra in
+            sorted({(lo, ra) for lo, ra in zip(frame["load"], frame["rate"], strict=True)})]
+    grid = sns.catplot(data=long, x="router", y="latency_s", hue="router", col="metric",
+                       row="at", row_order=rows, kind="bar", order=list(LADDER),
+                       hue_order=list(LADDER), palette=ROUTER_COLORS, legend=False,
+                       sharey=False, height=2.8, aspect=1.6, saturation=1)
     grid.set_axis_labels("", "latency (s)")
-    grid.set_titles("ToolBench (Zipf-1.1): {col_name}")
+    grid.set_titles("{col_name}, {row_name}")
     for ax in grid.axes.flat:
-        ax.tick_params(axis="x", rotation=30)
+        _rotate(ax)
+    a = frame.iloc[0]
+    grid.figure.suptitle(f"Table 1, simulated: ToolBench (Zipf-1.1) on {int(a['gpus'])} "
+                         f"{str(a['setup']).split('/')[-1].upper()}s, {int(a['requests']):,} "
+                         f"requests per point ({ctx.scale.value} scale)", y=1.03, fontsize=12)
     return {"ablation": grid.figure}
 
 
+# -- the real mode ------------------------------------------------------------------------------
+
+REAL_METRICS = ("avg_latency_s", "p99_latency_s", "ttft_mean_s", "prefill_tokens",
+                "prefill_tokens_max_replica")
+
+
+@dataclass
+class RealSummary:
+    """The real run over its rounds: per router the median, min and max of each metric
+    (``<metric>_median`` ...), and per metric the paired per-round ratios baseline / system."""
+
+    rounds: int
+    per_router: pd.DataFrame
+    ratios: dict[str, list[float]]
+
+
+def real_summary(frame: pd.DataFrame, baseline: str = "round-robin",
+                 system: str = E2_LABEL) -> RealSummary:
+    f = frame if "round" in frame else frame.assign(round=0)
+    metrics = [m for m in REAL_METRICS if m in f]
+    agg = f.groupby("router", sort=False)[metrics].agg(["median", "min", "max"])
+    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+    order = [r for r in (baseline, system) if r in agg.index]
+    agg = agg.loc[order + [r for r in agg.index if r not in order]]
+    wide = f.pivot_table(index="round", columns="router", values=metrics, aggfunc="first")
+    ratios: dict[str, list[float]] = {}
+    for m in metrics:
+        if (m, baseline) in wide and (m, system) in wide:
+            both = wide[[(m, baseline), (m, system)]].dropna()
+            ratios[m] = [float(a / b) for a, b in both.to_numpy() if b > 0]
+        else:
+            ratios[m] = []
+    rounds = int(f.groupby("router")["round"].nunique().min()) if len(f) else 0
+    return RealSummary(rounds, agg, ratios)
+
+
+def spread_bars(ax: plt.Axes, frame: pd.DataFrame, metric: str, order: list[str],
+                colors: dict, *, scale: float = 1.0) -> None:
+    """Bars at the median over rounds, whiskers from min to max, one dot per round."""
+    for i, key in enumerate(order):
+        v = frame.loc[frame["router"] == key, metric].to_numpy(dtype=float) * scale
+        if not len(v):
+            continue
+        med = float(np.median(v))
+        ax.bar(i, med, color=colors[key], width=0.7)
+        if len(v) > 1:
+            ax.errorbar(i, med, yerr=[[med - v.min()], [v.max() - med]], color="black",
+                        capsize=4, lw=1.2)
+            ax.scatter(i + np.linspace(-0.15, 0.15, len(v)), v, color="black", s=10, zorder=3)
+    ax.set_xticks([])
+    ax.set_xlim(-0.6, len(order) - 0.4)
+
+
 def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
-    """The two-replica run on this CPU: average and p99 latency of each router."""
-    long = frame.melt(id_vars=["router"], value_vars=["avg_latency_s", "p99_latency_s", "ttft_mean_s"],
-                      var_name="metric", value_name="seconds")
-    grid = sns.catplot(data=long, x="metric", y="seconds", hue="router", kind="bar",
-                       palette=color_map(frame["router"]), height=3.2, aspect=1.5)
-    grid.set_axis_labels("", "seconds (measured)")
-    grid.figure.suptitle("2 engine replicas on this CPU", y=1.02)
-    return {"real": grid.figure}
+    """The two-replica run: average and p99 latency, TTFT and the prefill tokens computed, per
+    router; bars at the median over rounds, whiskers min-max, dots per round."""
+    order = [r for r in ROUTER_COLORS if r in set(frame["router"])]
+    panels = [("avg_latency_s", "average latency (s)", 1.0), ("p99_latency_s", "p99 latency (s)", 1.0),
+              ("prefill_tokens", "prefill tokens computed\n(thousands, both replicas)", 1e-3),
+              ("prefill_tokens_max_replica", "prefill tokens computed\n(thousands, busiest replica)",
+               1e-3)]
+    panels = [p for p in panels if p[0] in frame]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.6), squeeze=False)
+    for ax, (metric, label, scale) in zip(axes[0], panels, strict=True):
+        spread_bars(ax, frame, metric, order, ROUTER_COLORS, scale=scale)
+        ax.set_ylabel(label)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=ROUTER_COLORS[r], label=r) for r in order]
+    fig.legend(handles=handles, loc="lower center", ncol=len(order), fontsize=LEGEND_FONT,
+               frameon=False, bbox_to_anchor=(0.5, -0.02))
+    s = real_summary(frame)
+    c = frame.iloc[0]
+    fig.suptitle(f"2 engine replicas on this machine (1 core each, ~20M-param Llama): VideoQA "
+                 f"x0.1, {int(c['requests'])} requests at {c['rate']:g} req/s, "
+                 f"{s.rounds} interleaved round{'s' if s.rounds > 1 else ''}\nbars: median over rounds; whiskers: min-max; dots: rounds",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    if "profile" in frame:
+        fig.text(0.01, -0.05, f"E2's step-cost estimates from the profile {c['profile']} "
+                 f"(sha256 {str(c['profile_sha256'])[:12]}); the replicas' times are measured.",
+                 fontsize=9)
+    return {"real": fig}
