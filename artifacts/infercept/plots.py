@@ -1,11 +1,18 @@
 """Figures laid out like InferCept's: normalized latency against request rate per policy and
 model (Fig. 8), completed requests per second, the share of forward time spent recomputing,
 GPU memory x time wasted per policy, the per-augmentation breakdown, and the real-engine run.
-Also the latency bound's highest sustainable rate per policy (:func:`slo_rates`)."""
+Also the latency bound's highest sustainable rate per policy (:func:`slo_rates`) and the real
+run's medians over rounds (:func:`real_summary`).
+
+One colour per policy in every figure (:data:`COLORS`); the causes of waste are greys, so no
+colour means two things. Titles say what the run swept (scale, windows, rounds)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -13,7 +20,7 @@ import seaborn as sns
 from core.artifact import RunContext, color_map
 from core.metrics import highest_rate_within
 
-from .sim import AUGMENTATIONS, ESTIMATED, POLICIES, SETUPS
+from .sim import ESTIMATED, LONG_KINDS, POLICIES, SETUPS, SHORT_KINDS
 
 SLO_FACTOR = 5.0
 """A policy sustains a rate when its mean normalized latency is at most this many times the
@@ -21,9 +28,13 @@ unloaded normalized latency (every request served alone) of the same model and w
 
 ALL_POLICIES = (*POLICIES, ESTIMATED)
 COLORS = color_map(ALL_POLICIES)
+MARKERS = dict(zip(ALL_POLICIES, ("o", "X", "s", "P", "D", "^"), strict=True))
 WASTE_RATES = (1.0, 2.0, 3.0)
 WASTE_PARTS = {"waste_preserve_gbs": "preserved while paused", "waste_recompute_gbs": "recompute",
                "waste_swap_gbs": "swap stall"}
+WASTE_COLORS = dict(zip(WASTE_PARTS.values(), ("#3b3b3b", "#8c8c8c", "#cfcfcf"), strict=True))
+"""Greys: the causes of waste must not look like policies."""
+LEGEND_FONT = 11
 
 
 def setup_label(frame: pd.DataFrame) -> pd.Series:
@@ -42,70 +53,100 @@ def slo_rates(frame: pd.DataFrame) -> pd.DataFrame:
         best, saturated = highest_rate_within(g["rate"], g["norm_latency_mean"], bound)
         ok = g["norm_latency_mean"].to_numpy() <= bound
         rows.append({"setup": setup, "policy": policy, "slo_rate": best, "slo_bound": bound,
-                     "saturated": saturated,
+                     "saturated": saturated, "top_rate": float(g["rate"].max()),
                      "last_ok_rate": float(g["rate"].to_numpy()[ok].max()) if ok.any() else np.nan})
     return pd.DataFrame(rows)
+
+
+def log_axis(ax: plt.Axes) -> None:
+    """A log y axis labelled 0.01, 0.02, 0.05, 0.1, ... in plain numbers (no 4x10^-1, no
+    crowded minor labels)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
 
 
 def _order(present: set[str]) -> list[str]:
     return [p for p in ALL_POLICIES if p in present]
 
 
-def _lines(frame: pd.DataFrame, y: str, ylabel: str, *, log: bool, bound: bool = False
-           ) -> plt.Figure:
+def _window(frame: pd.DataFrame) -> str:
+    return "/".join(f"{w:g}" for w in sorted(set(frame["window_s"]))) + " s arrival windows"
+
+
+def _anchor_right(ax: plt.Axes, rotation: float = 30, size: float | None = None) -> None:
+    """Rotated tick labels that end under their tick (no label runs into its neighbour)."""
+    for t in ax.get_xticklabels():
+        t.set_rotation(rotation)
+        t.set_ha("right")
+        t.set_rotation_mode("anchor")
+        if size:
+            t.set_fontsize(size)
+
+
+def _policy_legend(fig: plt.Figure, policies: list[str], *, markers: bool = True,
+                   loc: str = "center right", **kw) -> None:
+    if markers:
+        handles = [plt.Line2D([], [], color=COLORS[p], marker=MARKERS[p], label=p)
+                   for p in policies]
+    else:
+        handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[p], label=p) for p in policies]
+    kw.setdefault("title", "policy")
+    fig.legend(handles=handles, loc=loc, fontsize=LEGEND_FONT, title_fontsize=LEGEND_FONT,
+               frameon=False, **kw)
+
+
+def _lines(frame: pd.DataFrame, y: str, ylabel: str, title: str, *, log: bool,
+           bound: bool = False) -> plt.Figure:
     frame = frame.assign(model=setup_label(frame))
     models = list(dict.fromkeys(frame["model"]))
-    fig, axes = plt.subplots(1, len(models), squeeze=False, figsize=(4.6 * len(models), 3.4))
+    policies = _order(set(frame["policy"]))
+    legend_w = 2.3
+    fig, axes = plt.subplots(1, len(models), squeeze=False,
+                             figsize=(4.4 * len(models) + legend_w, 3.9))
     for j, model in enumerate(models):
         ax = axes[0][j]
         g = frame[frame["model"] == model]
         order = _order(set(g["policy"]))
         sns.lineplot(data=g, x="rate", y=y, hue="policy", style="policy", hue_order=order,
-                     style_order=order, markers=True, dashes=False, palette=COLORS, ax=ax,
-                     legend=(j == len(models) - 1))
+                     style_order=order, markers=MARKERS, dashes=False, palette=COLORS, ax=ax,
+                     legend=False)
         if bound:
             ax.axhline(SLO_FACTOR * g["unloaded_norm_latency"].iloc[0], color="grey", ls=":",
-                       lw=1, label=f"bound ({SLO_FACTOR:g}x unloaded)")
+                       lw=1.2)
         if log:
-            ax.set_yscale("log")
-        ax.set_title(model)
+            log_axis(ax)
+        ax.set_title(model, fontsize=11)
         ax.set_xlabel("requests/s")
         ax.set_ylabel(ylabel if j == 0 else "")
-    last = axes[0][-1]
-    if last.get_legend() is not None:
-        sns.move_legend(last, "upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
+    _policy_legend(fig, policies)
+    if bound:
+        fig.text(1 - legend_w / fig.get_figwidth() + 0.01, 0.1,
+                 f"dotted: the bound,\n{SLO_FACTOR:g}x unloaded", fontsize=10)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1 - legend_w / fig.get_figwidth(), 1))
     return fig
 
 
 def plot_sim(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     main = frame[frame["policy"] != ESTIMATED]
+    run = f"simulated A100s, {ctx.scale.value} scale, {_window(frame)}"
     figs = {
         "norm-latency": _lines(main, "norm_latency_mean", "normalized latency (s/token)",
-                               log=True, bound=True),
+                               f"Fig. 8 ({run}): mean normalized latency", log=True, bound=True),
         "norm-latency-p90": _lines(main, "norm_latency_p90", "p90 normalized latency (s/token)",
-                                   log=True),
+                                   f"Fig. 8 ({run}): p90 normalized latency", log=True),
         "norm-latency-p99": _lines(main, "norm_latency_p99", "p99 normalized latency (s/token)",
-                                   log=True),
+                                   f"Fig. 8 ({run}): p99 normalized latency", log=True),
         "completed-rps": _lines(main, "completed_rps", "completed requests/s (in the window)",
-                                log=False),
+                                f"Requests completed within the window ({run})", log=False),
     }
-    # the highest rate under the latency bound
-    slo = slo_rates(frame)
-    slo["model"] = setup_label(slo)
-    grid = sns.catplot(data=slo, x="policy", y="slo_rate", col="model", kind="bar",
-                       order=_order(set(slo["policy"])), palette=COLORS, hue="policy",
-                       hue_order=_order(set(slo["policy"])), legend=False, sharey=False,
-                       height=3.2, aspect=1.4)
-    grid.set_axis_labels("", f"req/s with latency <= {SLO_FACTOR:g}x unloaded")
-    grid.set_titles("{col_name}")
-    for ax in grid.axes.flat:
-        ax.tick_params(axis="x", rotation=30)
-    figs["slo-rate"] = grid.figure
+    figs["slo-rate"] = _slo_bars(frame, run)
 
     # share of forward time spent recomputing
     figs["recompute-share"] = _lines(main, "recompute_share", "share of forward time recomputing",
-                                     log=False)
+                                     f"Forward time spent recomputing ({run})", log=False)
 
     # GPU memory x time wasted, by cause, at a few rates
     rates = [r for r in WASTE_RATES if r in set(main["rate"])] or sorted(set(main["rate"]))[:3]
@@ -115,14 +156,17 @@ def plot_sim(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     long["cause"] = long["cause"].map(WASTE_PARTS)
     long["model"] = setup_label(long)
     long["rate"] = long["rate"].map(lambda r: f"{r:g} req/s")
-    grid = sns.catplot(data=long, x="policy", y="gbs", hue="cause", col="rate", row="model",
-                       kind="bar", order=_order(set(long["policy"])),
-                       col_order=[f"{r:g} req/s" for r in rates], sharey=False,
-                       height=2.6, aspect=1.3)
+    with plt.rc_context({"legend.fontsize": LEGEND_FONT, "legend.title_fontsize": LEGEND_FONT}):
+        grid = sns.catplot(data=long, x="policy", y="gbs", hue="cause", col="rate", row="model",
+                           kind="bar", order=_order(set(long["policy"])), palette=WASTE_COLORS,
+                           hue_order=list(WASTE_PARTS.values()),
+                           col_order=[f"{r:g} req/s" for r in rates], sharey=False,
+                           height=2.9, aspect=1.25, edgecolor="black", linewidth=0.4)
     grid.set_axis_labels("", "GB x s wasted")
-    grid.set_titles("{row_name}, {col_name}", size=8)
+    grid.set_titles("{row_name}, {col_name}", size=10)
     for ax in grid.axes.flat:
-        ax.tick_params(axis="x", rotation=40, labelsize=7)
+        _anchor_right(ax, 35, 9)
+    grid.figure.suptitle(f"GPU memory x time wasted, by cause ({run})", y=1.02, fontsize=12)
     figs["waste"] = grid.figure
 
     # InferCept with true call durations (oracle) and per-kind mean durations
@@ -130,49 +174,163 @@ def plot_sim(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     ic = frame[frame["policy"].isin(["infercept", ESTIMATED]) & frame["setup"].isin(both)]
     if both:
         figs["oracle"] = _lines(ic, "norm_latency_mean", "normalized latency (s/token)",
-                                log=True, bound=True)
+                                f"InferCept with true and with per-type mean call durations "
+                                f"({run})", log=True, bound=True)
     return figs
 
 
-def plot_breakdown(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
-    """Per augmentation type alone: normalized latency against load, per policy."""
-    kinds = [k for k in AUGMENTATIONS if k in set(frame["kind"])]
-    fig, axes = plt.subplots(1, len(kinds), squeeze=False, figsize=(2.9 * len(kinds), 3.2))
-    for j, kind in enumerate(kinds):
-        ax = axes[0][j]
-        g = frame[frame["kind"] == kind]
-        order = _order(set(g["policy"]))
-        sns.lineplot(data=g, x="rate", y="norm_latency_mean", hue="policy", style="policy",
-                     hue_order=order, style_order=order, markers=True, dashes=False,
-                     palette=COLORS, ax=ax, legend=(j == len(kinds) - 1))
-        ax.set_yscale("log")
-        ax.set_title(kind)
-        ax.set_xlabel("requests/s")
-        ax.set_ylabel("normalized latency (s/token)" if j == 0 else "")
-    last = axes[0][-1]
-    if last.get_legend() is not None:
-        sns.move_legend(last, "upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("GPT-J-6B, each augmentation alone", y=1.03)
+def _slo_bars(frame: pd.DataFrame, run: str) -> plt.Figure:
+    """Per model, the highest rate within the latency bound of each policy run on it (a policy
+    not run on a model has no slot, so a missing bar means 0)."""
+    slo = slo_rates(frame)
+    slo["model"] = setup_label(slo)
+    models = list(dict.fromkeys(setup_label(frame)))
+    widths = [len(set(slo.loc[slo["model"] == m, "policy"])) for m in models]
+    fig, axes = plt.subplots(1, len(models), squeeze=False, width_ratios=widths,
+                             figsize=(0.75 * sum(widths) + 1.0 * len(models), 3.9))
+    for ax, model in zip(axes[0], models, strict=True):
+        g = slo[slo["model"] == model].set_index("policy")
+        order = _order(set(g.index))
+        ax.bar(range(len(order)), [g.at[p, "slo_rate"] for p in order],
+               color=[COLORS[p] for p in order], width=0.75)
+        ax.set_xticks(range(len(order)), order)
+        ax.grid(axis="x", visible=False)
+        _anchor_right(ax)
+        ax.set_title(model, fontsize=11)
+    axes[0][0].set_ylabel(f"highest req/s with mean\nlatency <= {SLO_FACTOR:g}x unloaded")
+    fig.suptitle(f"Highest rate within the latency bound ({run})\nno bar: missed at every "
+                 "swept rate; a bar at a model's top swept rate: met at every swept rate (only "
+                 "a lower bound)", fontsize=11)
     fig.tight_layout()
+    return fig
+
+
+def plot_breakdown(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
+    """Per augmentation type alone: normalized latency against load, per policy; the short
+    calls (where the paper says preserving is right) in the top row, the long ones below."""
+    rows = [[k for k in SHORT_KINDS if k in set(frame["kind"])],
+            [k for k in LONG_KINDS if k in set(frame["kind"])]]
+    rows = [r for r in rows if r]
+    ncols = max(len(r) for r in rows)
+    policies = _order(set(frame["policy"]))
+    legend_w = 2.0
+    fig, axes = plt.subplots(len(rows), ncols, squeeze=False,
+                             figsize=(3.3 * ncols + legend_w, 3.0 * len(rows) + 0.6))
+    for i, kinds in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(kinds):
+                ax.set_visible(False)
+                continue
+            kind = kinds[j]
+            g = frame[frame["kind"] == kind]
+            order = _order(set(g["policy"]))
+            sns.lineplot(data=g, x="rate", y="norm_latency_mean", hue="policy", style="policy",
+                         hue_order=order, style_order=order, markers=MARKERS, dashes=False,
+                         palette=COLORS, ax=ax, legend=False)
+            log_axis(ax)
+            span = "short calls" if kind in SHORT_KINDS else "long calls"
+            ax.set_title(f"{kind} ({span})", fontsize=11)
+            ax.set_xlabel("requests/s")
+            ax.set_ylabel("normalized latency\n(s/token)" if j == 0 else "")
+    _policy_legend(fig, policies)
+    loads = ", ".join(f"{x:g}x" for x in sorted(set(frame["load"])))
+    setup = SETUPS[frame["setup"].iloc[0]].label if frame["setup"].iloc[0] in SETUPS else ""
+    fig.suptitle(f"Each augmentation type alone on {setup}, at {loads} its capacity\n"
+                 f"({ctx.scale.value} scale, {_window(frame)})", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1 - legend_w / fig.get_figwidth(), 1))
     return {"breakdown": fig}
 
 
+# -- the real engine ----------------------------------------------------------------------------
+
+REAL_METRICS = ("norm_latency_mean", "norm_latency_p90", "ttft_mean_s", "recomputed_tokens",
+                "tokens_computed", "engine_steps", "engine_busy_s", "engine_cpu_s", "cpu_share",
+                "wall_s", "preemptions")
+
+
+@dataclass
+class RealSummary:
+    """The real run over its rounds: per policy the median, min and max of each metric
+    (``<metric>_median`` ...) and its number of rounds, and per metric the paired per-round
+    ratios baseline / system (rounds that ran both)."""
+
+    rounds: int
+    per_policy: pd.DataFrame
+    ratios: dict[str, list[float]]
+
+
+def real_summary(frame: pd.DataFrame, baseline: str = "vllm",
+                 system: str = "infercept") -> RealSummary:
+    f = frame if "round" in frame else frame.assign(round=0)
+    metrics = [m for m in REAL_METRICS if m in f]
+    agg = f.groupby("policy", sort=False)[metrics].agg(["median", "min", "max"])
+    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+    agg["rounds"] = f.groupby("policy", sort=False)["round"].nunique()
+    agg = agg.loc[_order(set(agg.index)) + [p for p in agg.index if p not in ALL_POLICIES]]
+    wide = f.pivot_table(index="round", columns="policy", values=metrics, aggfunc="first")
+    ratios: dict[str, list[float]] = {}
+    for m in metrics:
+        if (m, baseline) in wide and (m, system) in wide:
+            both = wide[[(m, baseline), (m, system)]].dropna()
+            ratios[m] = [float(a / b) for a, b in both.to_numpy() if b > 0]
+        else:
+            ratios[m] = []
+    paired = [p for p in (baseline, system) if p in agg.index]
+    rounds = int(agg.loc[paired, "rounds"].min()) if paired else 0
+    return RealSummary(rounds, agg, ratios)
+
+
+def spread_bars(ax: plt.Axes, frame: pd.DataFrame, metric: str, order: list[str], *,
+                scale: float = 1.0) -> None:
+    """Bars at the median over rounds, whiskers from min to max, one dot per round."""
+    for i, key in enumerate(order):
+        v = frame.loc[frame["policy"] == key, metric].to_numpy(dtype=float) * scale
+        if not len(v):
+            continue
+        med = float(np.median(v))
+        ax.bar(i, med, color=COLORS[key], width=0.7)
+        if len(v) > 1:
+            ax.errorbar(i, med, yerr=[[med - v.min()], [v.max() - med]], color="black",
+                        capsize=4, lw=1.2)
+            ax.scatter(i + np.linspace(-0.15, 0.15, len(v)), v, color="black", s=10, zorder=3)
+    ax.set_xticks([])
+    ax.set_xlim(-0.6, len(order) - 0.4)
+
+
 def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
-    """The real engine on this CPU: normalized latency and recomputed tokens per policy."""
+    """The real engine: normalized latency (mean, p90) on the engine's CPU clock, recomputed
+    tokens and the engine's CPU seconds per policy; bars at the median over rounds, whiskers
+    min-max, dots per round."""
     order = _order(set(frame["policy"]))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    long = frame.melt(id_vars=["policy"], value_vars=["norm_latency_mean", "norm_latency_p90"],
-                      var_name="stat", value_name="s_per_token")
-    long["stat"] = long["stat"].map({"norm_latency_mean": "mean", "norm_latency_p90": "p90"})
-    sns.barplot(data=long, x="policy", y="s_per_token", hue="stat", order=order, ax=axes[0])
-    axes[0].set_ylabel("normalized latency (s/token, measured)")
-    axes[0].set_xlabel("")
-    sns.barplot(data=frame, x="policy", y="recomputed_tokens", hue="policy", order=order,
-                hue_order=order, palette=COLORS, legend=False, ax=axes[1])
-    axes[1].set_ylabel("recomputed tokens")
-    axes[1].set_xlabel("")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=30)
-    fig.suptitle("real engine, tiny Llama on this CPU", y=1.02)
-    fig.tight_layout()
+    panels = [("norm_latency_mean", "mean normalized latency\n(s/token, engine CPU clock)", 1.0),
+              ("norm_latency_p90", "p90 normalized latency\n(s/token, engine CPU clock)", 1.0),
+              ("recomputed_tokens", "recomputed tokens\n(thousands)", 1e-3),
+              ("engine_cpu_s", "engine CPU seconds\n(steps that ran a forward)", 1.0)]
+    panels = [p for p in panels if p[0] in frame]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.7), squeeze=False)
+    axes = axes[0]
+    for ax, (metric, label, scale) in zip(axes, panels, strict=True):
+        spread_bars(ax, frame, metric, order, scale=scale)
+        ax.set_ylabel(label)
+    _policy_legend(fig, order, markers=False, loc="lower center", ncol=len(order),
+                   bbox_to_anchor=(0.5, -0.04), title=None)
+    s = real_summary(frame)
+    c = frame.iloc[0]
+    if s.rounds < 2:
+        reps = "1 round"
+    else:
+        fewer = s.per_policy["rounds"].min() < s.rounds
+        reps = (f"{'vLLM and InferCept' if fewer else 'every policy'} in {s.rounds} interleaved "
+                f"rounds{', the others once' if fewer else ''}")
+    fig.suptitle(f"Real engine, 1 thread, ~20M-param Llama: {int(c['requests'])} requests at "
+                 f"{c['rate']:g} req/s, calls x{c['duration_scale']:g}; {reps}\n"
+                 "bars: median over rounds; whiskers: min-max; dots: rounds", fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    if "profile" in frame:
+        fig.text(0.01, -0.1, f"InferCept's T_fwd = {c['policy_a_ms']:.3g} ms x tokens + "
+                 f"{c['policy_c_ms']:.3g} ms, fitted to the profile {c['profile']} (sha256 "
+                 f"{str(c['profile_sha256'])[:12]}).\nLatencies on the engine thread's CPU "
+                 "clock (arrivals and calls not slept): time other processes took from the core "
+                 "does not count.", fontsize=9)
     return {"real": fig}

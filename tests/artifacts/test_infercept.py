@@ -4,6 +4,8 @@ the claim measures on hand-made results."""
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 
@@ -12,7 +14,9 @@ from artifacts.infercept import real, sim
 from artifacts.infercept.artifact import ARTIFACT
 from artifacts.infercept.plots import SLO_FACTOR, slo_rates
 from artifacts.infercept.probe import StepProbe, recomputed_in, without_recompute
-from core.artifact import Results, RunContext, RunOptions, Scale, run_artifact
+from core.artifact import NotApplicable, Results, RunContext, RunOptions, Scale, run_artifact
+from core.artifact.report import evaluate_claim
+from core.data import DATA_DIR, sha256_file
 from core.sched import (
     EngineRequest,
     ScheduledChunk,
@@ -51,15 +55,31 @@ def test_smoke_scale_end_to_end(tmp_path):
         assert s1.at[(rate, "preserve"), "waste_preserve_gbs"] > s1.at[(rate, "infercept"), "waste_preserve_gbs"]
         assert s1.at[(rate, "vllm"), "waste_preserve_gbs"] == 0
     assert s1.at[(1.0, "preserve"), "recomputed_tokens"] == 0  # no memory pressure at 1 req/s
-    r = m[m.experiment == "real"].set_index("policy")
-    assert set(r.index) == set(real.REAL_POLICIES)
-    assert (r.completed == r.requests).all()
+    real_rows = m[m.experiment == "real"]
+    cfg = real.REAL_SCALE[Scale.SMOKE]
+    assert len(real_rows) == len(real.run_order(real.REAL_POLICIES, cfg["rounds"], cfg["all_rounds"]))
+    assert set(real_rows.policy) == set(real.REAL_POLICIES)
+    assert (real_rows.completed == real_rows.requests).all()
     # greedy tokens do not depend on what happened to the KV
-    assert (r.identical_outputs == r.requests).all()
-    assert r.recomputed_tokens["vllm"] > 0 and r.recomputed_tokens["preserve"] <= r.recomputed_tokens["vllm"]
+    assert (real_rows.identical_outputs == real_rows.requests).all()
+    rec = real_rows.groupby("policy").recomputed_tokens
+    assert rec.min()["vllm"] > 0 and rec.max()["preserve"] <= rec.min()["vllm"]
+    assert (real_rows.tokens_computed >= real_rows.output_tokens).all()
+    assert (real_rows.engine_steps > 0).all()
+    assert (real_rows.profile_sha256 == sha256_file(DATA_DIR / real_rows.profile.iloc[0])).all()
     claims = {c["id"]: c for c in s.claims}
     assert set(claims) == {c.id for c in ARTIFACT.claims}
     assert claims["real-identical"]["passed"] is True and claims["real-complete"]["passed"] is True
+    # smoke runs 3 rounds of vLLM and InferCept on the engine's CPU clock: the ordering is
+    # measured (a median of paired rounds), whatever it shows at 8 requests
+    assert claims["real-ordering"]["status"] in ("pass", "FAIL")
+    assert claims["real-ordering"]["measured"] is not None
+    assert (real_rows.clock == real.CLOCK).all() and (real_rows.cpu_share <= 1.05).all()
+    # a claim is n/a only with a reason, and notes describe this run
+    for c in claims.values():
+        assert c["status"] != "n/a" or c["reason"]
+    assert "smoke scale" in claims["sustainable-rate"]["note"]
+    assert real_rows.profile.iloc[0] in claims["real-recompute"]["note"]
 
 
 # -- the probe --------------------------------------------------------------------------------
@@ -142,10 +162,50 @@ def test_recomputed_part_of_a_step():
 
 
 def test_cpu_policy_cost_is_a_line_fitted_to_the_profile():
-    cost, saturation = real.fitted_cost()
+    (config,) = real.points(RunContext(Scale.SMOKE, 0, None))
+    cost, saturation = real.fitted_cost(config)
     assert cost.a_s > 0 and cost.c_s > 0
     assert saturation == round(cost.c_s / cost.a_s)
-    assert cost.kv_bytes_per_token == real.kv_bytes_per_token() == 2 * 4 * 2 * 64 * 4
+    assert cost.kv_bytes_per_token == real.kv_bytes_per_token(config) == 2 * 4 * 2 * 64 * 4
+
+
+def test_cpu_clock_skips_waits_and_does_not_count_time_off_the_cpu():
+    clock = real.CpuClock()
+    t0 = time.perf_counter()
+    clock.sleep(5.0)  # a call's duration: passes at once
+    assert time.perf_counter() - t0 < 0.5 and clock() >= 5.0
+    before = clock()
+    time.sleep(0.3)  # the thread off the CPU (as when another process has the core)
+    assert clock() - before < 0.1
+    before, cpu = clock(), time.thread_time()
+    x, t1 = 0, time.perf_counter()
+    while time.perf_counter() - t1 < 0.2:  # work on the CPU advances it by its CPU seconds
+        x += 1
+    spent = time.thread_time() - cpu
+    assert spent > 0 and clock() - before == pytest.approx(spent, abs=0.01)
+
+
+def test_real_points_carry_the_profile_and_its_sha256():
+    (config,) = real.points(RunContext(Scale.DEFAULT, 0, None))
+    assert config["profile_sha256"] == sha256_file(DATA_DIR / config["profile"])
+    with pytest.raises(ValueError, match="sha256"):
+        real.load_profile(config["profile"], "f" * 64)
+
+
+def test_real_mode_interleaves_vllm_and_infercept_round_by_round():
+    order = real.run_order(real.REAL_POLICIES, 3, 1)
+    assert order == [(0, "vllm"), (0, "improved-discard"), (0, "swap"), (0, "preserve"),
+                     (0, "infercept"), (1, "infercept"), (1, "vllm"), (2, "vllm"), (2, "infercept")]
+    # every round runs both compared policies, the one that goes first alternates (ABBAAB: a
+    # drift of the machine falls on both), and no policy runs more than twice in a row
+    runs = [p for _, p in order if p in real.COMPARED]
+    assert runs == ["vllm", "infercept", "infercept", "vllm", "vllm", "infercept"]
+    assert not any(a == b == c for a, b, c in zip(runs, runs[1:], runs[2:], strict=False))
+    assert {r for r, p in order if p == "vllm"} == {r for r, p in order if p == "infercept"} == {0, 1, 2}
+    full = real.run_order(("a", "b", "c"), 2)
+    assert full == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a")]
+    d = real.REAL_SCALE[Scale.DEFAULT]
+    assert d["rounds"] >= real.MIN_ROUNDS
 
 
 # -- claim measures ---------------------------------------------------------------------------
@@ -188,8 +248,15 @@ def test_sim_claim_measures_on_hand_made_rows():
     # a vLLM that misses the bound everywhere has no sustainable rate: no ratio
     f = _sim_rows()
     f.loc[f.policy == "vllm", "norm_latency_mean"] = 1.0
-    assert pd.isna(ic.sustainable_rate_gain(_results(sim=f)))
-    assert pd.isna(ic.vllm_recompute_share(_results(sim=f)))
+    with pytest.raises(NotApplicable, match="lowest swept rate"):
+        ic.sustainable_rate_gain(_results(sim=f))
+    with pytest.raises(NotApplicable, match="no operating point"):
+        ic.vllm_recompute_share(_results(sim=f))
+    # InferCept within the bound at every swept rate: its sustainable rate is only a lower bound
+    g = _sim_rows()
+    g.loc[g.policy == "infercept", "norm_latency_mean"] = 0.01
+    with pytest.raises(NotApplicable, match="every swept rate up to 4 req/s"):
+        ic.sustainable_rate_gain(_results(sim=g))
 
 
 def test_breakdown_measure_reads_short_kinds_at_every_load_and_long_ones_at_the_top():
@@ -207,15 +274,30 @@ def test_breakdown_measure_reads_short_kinds_at_every_load_and_long_ones_at_the_
     assert ic.preserve_short_long(_results(breakdown=pd.DataFrame(rows))) == pytest.approx(4 / 6)
 
 
+def _real_rows(vllm: list[float], infercept: list[float], recomputed=(1000, 300)) -> pd.DataFrame:
+    rows = []
+    for rnd, (a, b) in enumerate(zip(vllm, infercept, strict=True)):
+        for policy, lat, rec in (("vllm", a, recomputed[0]), ("infercept", b, recomputed[1])):
+            rows.append({"policy": policy, "round": rnd, "position": len(rows),
+                         "norm_latency_mean": lat, "norm_latency_p90": lat,
+                         "recomputed_tokens": rec, "completed": 10, "requests": 10,
+                         "identical_outputs": 10 if policy == "vllm" else 9, "rate": 2.0,
+                         "duration_scale": 0.05, "kv_blocks": 48})
+    return pd.DataFrame(rows)
+
+
 def test_real_measures():
-    f = pd.DataFrame([
-        {"policy": "vllm", "norm_latency_mean": 0.05, "recomputed_tokens": 1000, "completed": 10,
-         "requests": 10, "identical_outputs": 10},
-        {"policy": "infercept", "norm_latency_mean": 0.04, "recomputed_tokens": 300,
-         "completed": 10, "requests": 10, "identical_outputs": 9},
-    ])
-    r = _results(real=f)
-    assert ic.real_gain(r) == pytest.approx(1.25)
+    # the third round ran in a slow phase of the machine: paired ratios do not see it
+    r = _results(real=_real_rows([0.05, 0.06, 0.5], [0.04, 0.065, 0.4]))
+    assert ic.real_gain(r) == pytest.approx(1.25)  # ratios 1.25, 0.92, 1.25
     assert ic.real_recompute_left(r) == pytest.approx(0.3)
     assert ic.real_identical(r) == pytest.approx(0.9)
     assert ic.real_complete(r) == 1.0
+    one = _results(real=_real_rows([0.05], [0.04]))
+    with pytest.raises(NotApplicable, match="1 round"):
+        ic.real_gain(one)
+    assert ic.real_recompute_left(one) == pytest.approx(0.3)  # a count of work: one round is enough
+    e = evaluate_claim(next(c for c in ARTIFACT.claims if c.id == "real-ordering"), one)
+    assert e["status"] == "n/a" and "1.25x" in e["reason"]
+    note = next(c for c in ARTIFACT.claims if c.id == "real-ordering").note_for(r)
+    assert "1.25x, 0.92x, 1.25x" in note and "vllm 0.06 (0.05-0.5)" in note
