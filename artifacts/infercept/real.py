@@ -61,9 +61,9 @@ from core.sched import make_intercept_policy
 from core.sched.intercept import InterceptPolicy, LinearIterationCost
 from core.sim.profiled import ProfiledCostModel, cpu_profile_path
 from core.workload import Workload
-from core.workload.infercept import generate_infercept_workload, infercept_workload_stats
 
 from .sim import ESTIMATED, POLICIES
+from .workloads import generate_infercept_workload, infercept_workload_stats
 
 PROFILE_MODEL = "tiny-llama-20m"
 SHIPPED_PROFILE = "profiles/cpu-amd-epyc-1t-tiny-llama-20m.json"

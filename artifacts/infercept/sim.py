@@ -1,6 +1,6 @@
 """Simulated A100s serving augmented requests under the five interception policies.
 
-Every point replays one InferCept workload (:func:`core.workload.generate_infercept_workload`)
+Every point replays one InferCept workload (:func:`.workloads.generate_infercept_workload`)
 through one simulated replica (:class:`core.sim.Simulator`): the engine's own scheduler and
 paged KV pool (no prefix cache, as in the authors' vLLM), with
 
@@ -58,13 +58,9 @@ from core.sched.intercept import (
 from core.sim import ReplicaConfig, Simulator
 from core.sim.cost import RooflineCostModel
 from core.workload import Workload
-from core.workload.infercept import (
-    AUGMENTATIONS,
-    generate_infercept_workload,
-    infercept_workload_stats,
-)
 
 from .probe import StepProbe
+from .workloads import AUGMENTATIONS, generate_infercept_workload, infercept_workload_stats
 
 GiB = 2**30
 BLOCK = 16

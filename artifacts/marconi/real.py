@@ -18,7 +18,9 @@ from core.engine import LLM, serve_sessions
 from core.kv.marconi import MarconiCosts, make_marconi_policies
 from core.kv.replay import replay_requests
 from core.model.spec import ModelSpec, preset_config
-from core.workload import Request, lmsys_like
+from core.workload import Request
+
+from .sessions import lmsys_like
 
 # A small Attention-Mamba2 hybrid with the paper's proportions: 1 attention layer in 4, and an
 # SSM state (~420 KB in fp32) worth ~410 tokens of KV, as the 7B hybrid's (~400 tokens).

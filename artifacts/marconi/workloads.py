@@ -14,15 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.workload import (
-    Workload,
-    detect_format,
-    expand_block_tokens,
-    lmsys_like,
-    load_trace,
-    sharegpt_like,
-    swebench_like,
-)
+from core.workload import Workload, detect_format, expand_block_tokens, load_trace
+
+from .sessions import lmsys_like, sharegpt_like, swebench_like
 
 SESSION_WORKLOADS = ("lmsys", "sharegpt", "swebench")
 MOONCAKE = "mooncake"

@@ -14,7 +14,7 @@ Three experiments:
 
 The router, global prefix tree and local policy live in :mod:`core.cluster.preble`,
 :mod:`core.cluster.prefix_tree` and :mod:`core.sched.policies`; the workloads in
-:mod:`core.workload.preble`; real serving in :mod:`core.cluster.serving`.
+:mod:`artifacts.preble.workloads`; real serving in :mod:`core.cluster.serving`.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ from core.metrics import RequestRecord, summarize
 from core.sched import SchedulerConfig
 from core.sim import ReplicaConfig, Simulator
 from core.sim.cost import RooflineCostModel
-from core.workload import Workload, generate_preble_workload, preble_workload_stats
+from core.workload import Workload
+
+from .workloads import generate_preble_workload, preble_workload_stats
 
 WORKLOADS = ("toolbench", "embodied", "programming", "videoqa", "loogle")
 BLOCK = 16

@@ -39,7 +39,9 @@ from core.cluster.serving import Fleet, ReplicaSpec
 from core.data import DATA_DIR, sha256_file
 from core.metrics import RequestRecord, summarize
 from core.sim.profiled import ProfiledCostModel, cpu_profile_path
-from core.workload import Workload, generate_preble_workload, preble_workload_stats
+from core.workload import Workload
+
+from .workloads import generate_preble_workload, preble_workload_stats
 
 PROFILE_MODEL = "tiny-llama-20m"
 SHIPPED_PROFILE = "profiles/cpu-amd-epyc-1t-tiny-llama-20m.json"

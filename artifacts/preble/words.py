@@ -15,7 +15,8 @@ from .plots import real_summary
 
 SIM = ("Simulated fleets: the engine's scheduler and radix caches with the roofline cost model "
        "of the GPU in place of the forward (the H100 fitted to Vidur's profiles, the A6000 from "
-       "its datasheet); synthetic workloads with the paper's statistics (core.workload.preble).")
+       "its datasheet); synthetic workloads with the paper's statistics "
+       "(artifacts/preble/workloads.py).")
 
 
 def loads_words(loads: Sequence[float]) -> str:

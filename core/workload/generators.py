@@ -17,6 +17,10 @@ for tests.
 Lengths are lognormal with a given mean and coefficient of variation (``cv=0`` makes them
 constant); think times and tool durations are exponential with a given mean. Arrival times
 for turns after the first are open-loop lower bounds (previous arrival + think time).
+
+The building blocks are public for the papers' own generators (in their artifacts):
+:func:`lognormal_lengths`, :func:`zipf_weights`, :func:`random_tokens` (ids from
+``N_SPECIAL`` up) and :func:`jsonable_params`.
 """
 
 from __future__ import annotations
@@ -68,8 +72,9 @@ def random_tokens(rng: np.random.Generator, n: int, vocab_size: int) -> list[int
     return rng.integers(N_SPECIAL, vocab_size, size=int(n)).tolist()
 
 
-def _jsonable(params: Any) -> dict[str, Any]:
-    # Tuples become lists so params survive a JSONL round trip unchanged.
+def jsonable_params(params: Any) -> dict[str, Any]:
+    """A generator's params dataclass as a ``Workload.params`` dict; tuples become lists so the
+    params survive a JSONL round trip unchanged."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(params).items()}
 
 
@@ -189,7 +194,7 @@ def generate_shared_prefix(
         name=f"{name}(seed={seed})",
         requests=requests,
         sources=["generator:shared_prefix"],
-        params={**_jsonable(p), "seed": seed},
+        params={**jsonable_params(p), "seed": seed},
     )
 
 
@@ -290,7 +295,7 @@ def generate_chat_sessions(
         name=f"{name}(seed={seed})",
         requests=requests,
         sources=["generator:chat_sessions"],
-        params={**_jsonable(p), "seed": seed},
+        params={**jsonable_params(p), "seed": seed},
     )
 
 
@@ -424,7 +429,7 @@ def generate_agentic_sessions(
         name=f"{name}(seed={seed})",
         requests=requests,
         sources=["generator:agentic_sessions"],
-        params={**_jsonable(p), "seed": seed},
+        params={**jsonable_params(p), "seed": seed},
     )
     if p.interceptions:
         workload = sessions_to_interceptions(

@@ -7,18 +7,15 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from core.workload import (
+from artifacts.infercept.workloads import (
     AUGMENTATIONS,
     AUTHORS_DURATIONS,
     SYNTHETIC_PROFILES,
-    Interception,
-    Request,
-    Workload,
     generate_infercept_workload,
     infercept_workload_stats,
-    load_toolbench,
     toolbench_interceptions,
 )
+from core.workload import Interception, Request, Workload, load_toolbench
 
 N = 300  # "a few hundred requests"
 KINDS = tuple(AUGMENTATIONS)

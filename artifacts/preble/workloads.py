@@ -53,14 +53,14 @@ from core.workload.arrivals import PoissonProcess, TraceReplay, assign_arrivals
 from core.workload.azure import azure_trace_path, load_azure
 from core.workload.generators import (
     N_SPECIAL,
-    _jsonable,
+    jsonable_params,
     lognormal_lengths,
     random_tokens,
     zipf_weights,
 )
 from core.workload.loogle import load_loogle
 from core.workload.schema import Request, Workload
-from core.workload.sessions import _common_prefix, session_stats
+from core.workload.sessions import common_prefix_len, session_stats
 from core.workload.tokenize import HashTokenizer
 from core.workload.toolbench import load_toolbench
 
@@ -189,7 +189,7 @@ def _finish(
         name=name,
         requests=timed,
         sources=sources,
-        params={**_jsonable(p), "seed": seed},
+        params={**jsonable_params(p), "seed": seed},
     )
 
 
@@ -264,7 +264,7 @@ def _toolbench_pool(
     if not tokens:
         raise ValueError(f"no shipped ToolBench call fits max_context={max_context} tokens")
     pool = tuple(_ToolPrompt(pid, tokens[pid], tuple(calls[pid])) for pid in sorted(tokens))
-    preamble = min(_common_prefix(pool[0].tokens, t.tokens) for t in pool)
+    preamble = min(common_prefix_len(pool[0].tokens, t.tokens) for t in pool)
     return pool, preamble, tuple(w.sources)
 
 
@@ -874,9 +874,9 @@ def shared_fraction(workload: Workload) -> float:
         if ids is None:
             raise ValueError(f"request {r.request_id!r} has no prompt_token_ids")
         i = bisect.bisect_left(seen, ids)
-        best = _common_prefix(seen[i - 1], ids) if i else 0
+        best = common_prefix_len(seen[i - 1], ids) if i else 0
         if i < len(seen):
-            best = max(best, _common_prefix(seen[i], ids))
+            best = max(best, common_prefix_len(seen[i], ids))
         hit += best
         total += len(ids)
         seen.insert(i, ids)

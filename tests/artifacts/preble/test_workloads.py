@@ -7,19 +7,15 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from core.workload import (
+from artifacts.preble.workloads import (
     PREBLE_WORKLOADS,
     PrebleVideoQAParams,
-    Request,
-    Workload,
     generate_preble_videoqa,
     generate_preble_workload,
-    load_loogle,
     preble_workload_stats,
-    session_stats,
     shared_fraction,
-    zipf_weights,
 )
+from core.workload import Request, Workload, load_loogle, session_stats, zipf_weights
 from tests.workload.helpers import common_prefix_len
 
 NAMES = ("toolbench", "embodied", "programming", "videoqa", "loogle")
