@@ -12,9 +12,9 @@ Three experiments:
   round-robin on the same VideoQA stream, in interleaved rounds; measured latencies, and the
   prefill tokens each router made the replicas compute.
 
-The router, global prefix tree and local policy live in :mod:`core.cluster.preble`,
-:mod:`core.cluster.prefix_tree` and :mod:`core.sched.policies`; the workloads in
-:mod:`artifacts.preble.workloads`; real serving in :mod:`core.cluster.serving`.
+Preble's own pieces are in this folder: the E2 router (:mod:`.router`), its global prefix tree
+(:mod:`.prefix_tree`) and the workloads (:mod:`.workloads`). From the core: the local policy
+(:mod:`core.sched.policies`) and real serving (:mod:`core.cluster.serving`).
 """
 
 from __future__ import annotations

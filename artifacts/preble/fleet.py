@@ -4,7 +4,7 @@ Every point replays one Preble workload through the simulator (:class:`core.sim.
 ``gpus / tp`` replicas of a model on a GPU type, each the engine's own scheduler and radix
 prefix cache with the roofline cost model in place of the forward pass, behind one router. The
 routers are :mod:`core.cluster`'s round-robin, least outstanding work, pure prefix affinity and
-Preble's E2 (:class:`core.cluster.E2Router`), whose ladder of features gives Table 1.
+Preble's E2 (:class:`.router.E2Router`), whose ladder of features gives Table 1.
 
 Request rates are set per (setup, fleet, workload) as multiples of a *nominal capacity*: the
 fleet's requests/s if every replica prefilled only each request's unshared part and decoded
@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from core.artifact import RunContext, Scale
-from core.cluster import E2Costs, E2Router, Router, make_router
+from core.cluster import Router, make_router
 from core.metrics import RequestRecord, summarize
 from core.sched import SchedulerConfig
 from core.sim import ReplicaConfig, Simulator
 from core.sim.cost import RooflineCostModel
 from core.workload import Workload
 
+from .router import E2Costs, E2Router
 from .workloads import generate_preble_workload, preble_workload_stats
 
 WORKLOADS = ("toolbench", "embodied", "programming", "videoqa", "loogle")

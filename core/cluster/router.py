@@ -115,6 +115,7 @@ class PrefixAffinity(Router):
                    key=lambda i: (replicas[i].outstanding_tokens(), i))
 
 
+# Routers by name for make_router; a router defined elsewhere (an artifact's) may add itself.
 ROUTERS: dict[str, type[Router]] = {
     "round-robin": RoundRobin, "least-work": LeastOutstandingWork,
     "prefix-affinity": PrefixAffinity,

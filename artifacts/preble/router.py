@@ -2,7 +2,7 @@
 rebalancing and prefill/decode balancing (Srivatsa et al., ICLR'25; code WukLab/preble).
 
 For each request, with ``n_hit`` the longest prefix any replica caches (in the router's own
-model, :class:`~core.cluster.prefix_tree.GlobalPrefixTree`) and ``n_new`` the rest:
+model, :class:`~artifacts.preble.prefix_tree.GlobalPrefixTree`) and ``n_new`` the rest:
 
 1. **exploit** if ``n_hit > n_new``: among the replicas where that holds for their own cached
    prefix (or the replicas rebalancing pinned the prefix to), the one of lowest cost;
@@ -73,8 +73,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.cluster.prefix_tree import GlobalPrefixTree, PrefixMatch, PrefixNode, WindowStats
 from core.cluster.router import ROUTERS, ReplicaView, Router, RouteRequest
+
+from .prefix_tree import GlobalPrefixTree, PrefixMatch, PrefixNode, WindowStats
 
 PREBLE_A6000_CAPACITY_TOKENS = 198_516
 """Tokens the authors' global scheduler assumes each GPU caches (Mistral-7B on an A6000)."""
@@ -514,5 +515,6 @@ class E2Router(Router):
         g.pinned = frozenset({replica})
 
 
-# ``make_router("e2")``: registered here so the router module needs no import of this one.
+# ``make_router("e2")`` once this module is imported: E2 plugs into core's router registry
+# (core.cluster.router never imports an artifact).
 ROUTERS[E2Router.name] = E2Router

@@ -10,17 +10,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from core.cluster import (
-    E2Costs,
-    E2Router,
-    GlobalPrefixTree,
-    PrefixAffinity,
-    RoundRobin,
-    Router,
-    RouteRequest,
-    make_router,
-    preble_mistral7b_a6000_ms,
-)
+from artifacts.preble.prefix_tree import GlobalPrefixTree
+from artifacts.preble.router import E2Costs, E2Router, preble_mistral7b_a6000_ms
+from core.cluster import PrefixAffinity, RoundRobin, Router, RouteRequest, make_router
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -271,14 +263,12 @@ def test_costs_from_our_cost_model():
 # -- E2 decisions ----------------------------------------------------------------------------
 
 
-def test_make_router_builds_e2_with_defaults_and_on_finish_stays_compatible():
+def test_make_router_builds_e2_with_defaults():
     r = make_router("e2")
     assert isinstance(r, E2Router) and r.capacity_tokens == 198_516
     assert r.route(req(fresh(10)), REPLICAS, 0.0) == 0 and r.num_replicas == 4
     with pytest.raises(ValueError, match="models 4 replicas"):
         r.route(req(fresh(10)), REPLICAS[:2], 1.0)
-    RoundRobin().on_finish(0, "x", 0.0)  # the old call still works
-    RoundRobin().on_finish(0, "x", 0.0, output_tokens=3)
 
 
 def test_exploit_when_the_cached_prefix_is_longer_than_the_rest():

@@ -1,0 +1,19 @@
+"""The baseline routers' interface: ``make_router`` by name, and ``on_finish`` with and without
+the output length (routers that do not use it keep the old call)."""
+
+import pytest
+
+from core.cluster import ROUTERS, LeastOutstandingWork, PrefixAffinity, RoundRobin, make_router
+
+
+def test_make_router_by_name_and_on_finish_stays_compatible():
+    assert isinstance(make_router("round-robin"), RoundRobin)
+    assert isinstance(make_router("least-work"), LeastOutstandingWork)
+    assert isinstance(make_router("prefix-affinity"), PrefixAffinity)
+    rr = RoundRobin()
+    assert make_router(rr) is rr
+    with pytest.raises(ValueError, match="unknown router 'nope'"):
+        make_router("nope")
+    assert {"round-robin", "least-work", "prefix-affinity"} <= set(ROUTERS)
+    RoundRobin().on_finish(0, "x", 0.0)  # the old call still works
+    RoundRobin().on_finish(0, "x", 0.0, output_tokens=3)
