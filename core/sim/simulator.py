@@ -45,9 +45,9 @@ import bisect
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from core.cluster.router import (
     Router,
@@ -355,9 +355,58 @@ class SimResult:
         return sum(self.steps)
 
 
-# event kinds, in the order they are handled at equal times: an arrival at t joins before the
-# step scheduled at t, as in the real engine (which admits every request with arrival <= now)
-_ARRIVAL, _STEP_DONE, _WAKE = 0, 1, 2
+# -- events -------------------------------------------------------------------------------------
+
+ARRIVAL, STEP_DONE, WAKE = 0, 1, 2
+"""Event kinds, in the order they are handled at equal times: an arrival at ``t`` joins before
+the step scheduled at ``t``, as in the real engine (which admits every request with arrival <=
+now)."""
+
+
+class Event(NamedTuple):
+    """An entry of the event heap, ordered as the tuple ``(time, kind, key, tag)``: ``key`` and
+    then ``tag`` break ties within a kind (see the module doc). Made by the subclasses below,
+    which give ``key`` and ``tag`` their names."""
+
+    time: float
+    kind: int
+    key: int
+    tag: Any
+
+
+class Arrival(Event):
+    """``request`` arrives; ``seq`` (creation order) breaks ties."""
+
+    __slots__ = ()
+    seq = Event.key
+    request = Event.tag
+
+    def __new__(cls, time: float, seq: int, request: Request) -> Arrival:
+        return tuple.__new__(cls, (time, ARRIVAL, seq, request))
+
+
+class StepDone(Event):
+    """The step (or decode run) of replica ``replica`` ends, unless the replica's version is no
+    longer ``version`` (its run was cut short and has a new end). Ties: by replica."""
+
+    __slots__ = ()
+    replica = Event.key
+    version = Event.tag
+
+    def __new__(cls, time: float, replica: int, version: int) -> StepDone:
+        return tuple.__new__(cls, (time, STEP_DONE, replica, version))
+
+
+class Wake(Event):
+    """A paused request's tool call returns on idle replica ``replica``; ties by replica, then
+    creation order (``seq``)."""
+
+    __slots__ = ()
+    replica = Event.key
+    seq = Event.tag
+
+    def __new__(cls, time: float, replica: int, seq: int) -> Wake:
+        return tuple.__new__(cls, (time, WAKE, replica, seq))
 
 
 def to_engine_request(req: Request, index: int) -> EngineRequest:
@@ -411,7 +460,7 @@ class Simulator:
         # returns by (replica, creation); see the module doc
         order = itertools.count()
         wakes = itertools.count()
-        events: list[tuple[float, int, int, Any]] = []
+        events: list[Arrival | StepDone | Wake] = []
         next_turn: dict[str, Request] = {}
         if sessions == "closed":
             by_session: dict[str, list[Request]] = {}
@@ -419,12 +468,12 @@ class Simulator:
                 by_session.setdefault(r.session_id or r.request_id, []).append(r)
             for turns in by_session.values():
                 turns.sort(key=lambda r: r.turn)
-                heapq.heappush(events, (turns[0].arrival_time, _ARRIVAL, next(order), turns[0]))
+                heapq.heappush(events, Arrival(turns[0].arrival_time, next(order), turns[0]))
                 for a, b in itertools.pairwise(turns):
                     next_turn[a.request_id] = b
         else:
             for r in reqs:
-                heapq.heappush(events, (r.arrival_time, _ARRIVAL, next(order), r))
+                heapq.heappush(events, Arrival(r.arrival_time, next(order), r))
 
         replica_of: dict[str, int] = {}
         now = 0.0
@@ -438,18 +487,18 @@ class Simulator:
                 idle.add(rep.index)
                 wake = rep.scheduler.next_event_time()
                 if wake is not None:
-                    heapq.heappush(events, (max(wake, t), _WAKE, rep.index, next(wakes)))
+                    heapq.heappush(events, Wake(max(wake, t), rep.index, next(wakes)))
             else:
                 idle.discard(rep.index)
-                heapq.heappush(events, (end, _STEP_DONE, rep.index, rep.version))
+                heapq.heappush(events, StepDone(end, rep.index, rep.version))
 
         while events:
-            t, kind, key, payload = heapq.heappop(events)
-            if kind == _STEP_DONE and payload != replicas[key].version:
+            ev = heapq.heappop(events)
+            if isinstance(ev, StepDone) and ev.version != replicas[ev.replica].version:
                 continue  # a run that an arrival cut short: its new end has its own event
-            now = t
-            if kind == _ARRIVAL:
-                wreq: Request = payload
+            now = ev.time
+            if isinstance(ev, Arrival):
+                wreq = ev.request
                 ereq = engine_reqs[wreq.request_id]
                 ereq.arrival_time = now
                 ereq.timeline.arrival_time = now
@@ -467,19 +516,19 @@ class Simulator:
                 rep = replicas[i]
                 end = rep.end_run_at(now)
                 if end is not None:
-                    heapq.heappush(events, (end, _STEP_DONE, i, rep.version))
+                    heapq.heappush(events, StepDone(end, i, rep.version))
                 rep.scheduler.add_request(ereq)
                 if ereq.is_finished:  # rejected at admission
                     self._after_finish(ereq, i, now, next_turn, events, order, progress)
                 if i in idle:
                     kick(rep, now)
-            elif kind == _STEP_DONE:
-                rep = replicas[key]
+            elif isinstance(ev, StepDone):
+                rep = replicas[ev.replica]
                 for done in rep.finish_step():
                     self._after_finish(done, rep.index, now, next_turn, events, order, progress)
                 kick(rep, now)
-            else:  # a paused request's tool call returns on an idle replica
-                rep = replicas[key]
+            else:  # Wake: a paused request's tool call returns on an idle replica
+                rep = replicas[ev.replica]
                 if rep.index in idle:
                     kick(rep, now)
         return SimResult(
@@ -491,11 +540,12 @@ class Simulator:
         )
 
     def _after_finish(self, req: EngineRequest, replica: int, now: float,
-                      next_turn: dict[str, Request], events: list, order: Iterable[int],
+                      next_turn: dict[str, Request], events: list[Arrival | StepDone | Wake],
+                      order: Iterator[int],
                       progress: Callable[[int], Any] | None) -> None:
         self.router.on_finish(replica, req.request_id, now, output_tokens=req.num_output_tokens)
         if progress is not None:
             progress(1)
         nxt = next_turn.pop(req.request_id, None)
         if nxt is not None:
-            heapq.heappush(events, (now + nxt.think_time_s, _ARRIVAL, next(order), nxt))  # type: ignore[call-overload]
+            heapq.heappush(events, Arrival(now + nxt.think_time_s, next(order), nxt))

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import heapq
+import random
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.cluster import LeastOutstandingWork, PrefixAffinity, RoundRobin
 from core.engine import LLM, replay
 from core.sched import SchedulerConfig
 from core.sim import ReplicaConfig, Simulator
+from core.sim.simulator import ARRIVAL, STEP_DONE, WAKE, Arrival, StepDone, Wake
 from core.workload import (
     ChatSessionParams,
     Interception,
@@ -44,8 +50,6 @@ def decisions(out):
 
 
 def workload(n=12, seed=0, vocab=512):
-    import random
-
     rng = random.Random(seed)
     shared = [rng.randrange(3, vocab) for _ in range(20)]
     times = poisson_arrivals(n, rate=40.0, seed=seed)
@@ -177,3 +181,33 @@ def test_unknown_router_and_empty_cluster():
         Simulator(replicas(1), "nope")
     with pytest.raises(ValueError, match="at least one replica"):
         Simulator([])
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.5, 1.0]), st.sampled_from([ARRIVAL, STEP_DONE, WAKE]),
+                          st.integers(0, 3), st.integers(0, 3)), max_size=40),  # fmt: skip
+       st.randoms(use_true_random=False))
+def test_events_pop_in_the_order_of_their_tuples(specs, rng):
+    """Typed events order exactly as ``(time, kind, key, tag)`` tuples, ties and all."""
+    seq = iter(range(10**6))
+    events = []
+    for t, kind, key, tag in specs:
+        if kind == ARRIVAL:  # arrivals: unique creation order, a request that never compares
+            events.append(Arrival(t, next(seq), Request(f"r{key}", t, 1, 1)))
+        else:
+            events.append((StepDone if kind == STEP_DONE else Wake)(t, key, tag))
+    rng.shuffle(events)
+    heap, ref = [], []
+    for ev in events:
+        heapq.heappush(heap, ev)
+        heapq.heappush(ref, (ev.time, ev.kind, ev.key, ev.tag))
+    popped = [heapq.heappop(heap) for _ in events]
+    assert [(e.time, e.kind, e.key, e.tag) for e in popped] == [heapq.heappop(ref) for _ in events]
+    assert [type(e) for e in popped] == [{ARRIVAL: Arrival, STEP_DONE: StepDone, WAKE: Wake}[e.kind]
+                                         for e in popped]  # fmt: skip
+    for e in popped:
+        if isinstance(e, StepDone):
+            assert (e.replica, e.version) == (e.key, e.tag)
+        elif isinstance(e, Wake):
+            assert (e.replica, e.seq) == (e.key, e.tag)
+        else:
+            assert (e.seq, e.request) == (e.key, e.tag)
