@@ -11,7 +11,7 @@ Two experiments:
   measured hit rate and TTFT, outputs checked against an uncached run, and the ordering set
   beside the cache replay of the same sequences.
 
-The policies live in :mod:`core.kv.marconi`; the replay in :mod:`core.kv.replay`. Claim notes
+The policies live in :mod:`.policies`, the replay in :mod:`.replay`. Claim notes
 and figure titles are built from the run's own rows (:mod:`.describe`); a measure raises
 :class:`~core.artifact.NotApplicable` only when its quantity does not exist in the run.
 """

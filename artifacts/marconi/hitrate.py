@@ -1,7 +1,7 @@
 """Hit-rate sweep (Figs. 7 and 8), TTFT (Fig. 9) and alpha tuning, by cache-level replay.
 
 Each point replays one request stream through one policy's radix cache of a given size
-(:func:`core.kv.replay.replay_requests`, the engine-free driver that uses the same policy
+(:func:`.replay.replay_requests`, the engine-free driver that uses the same policy
 objects as the engine) and reports the token hit rate, the prefill FLOPs saved, the tuned
 alpha, and TTFT: the prefill time of each prompt's uncached part (the paper applies a
 TTFT-vs-length curve measured on Jamba-1.5-Mini the same way), twice:
@@ -25,11 +25,11 @@ import numpy as np
 
 from core.artifact import RunContext, Scale
 from core.data import DATA_DIR, REPO_ROOT, files_read, sha256_file, track_data_file
-from core.kv.marconi import MarconiCosts
-from core.kv.replay import replay_requests
 from core.sim.cost import CostModel, RooflineCostModel
 from core.sim.profiled import ProfiledCostModel, cpu_profile_path
 
+from .policies import MarconiCosts
+from .replay import replay_requests
 from .workloads import MOONCAKE, NUM_SESSIONS, session_workload, stream_stats, trace_workload
 
 GB = 2**30

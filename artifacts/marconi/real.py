@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from core.engine import LLM, serve_sessions
-from core.kv.marconi import MarconiCosts, make_marconi_policies
-from core.kv.replay import replay_requests
 from core.model.spec import ModelSpec, preset_config
 from core.workload import Request
 
+from .policies import MarconiCosts, make_marconi_policies
+from .replay import replay_requests
 from .sessions import lmsys_like
 
 # A small Attention-Mamba2 hybrid with the paper's proportions: 1 attention layer in 4, and an

@@ -10,9 +10,7 @@
   checkpoints for hybrid models, pages, locks, byte accounting and clones (SGLang, Marconi).
 - :mod:`core.kv.policies`: the :class:`EvictionPolicy` and :class:`AdmissionPolicy` interfaces
   and their defaults (LRU; checkpoint at leaves, at branch points and leaves, every k tokens).
-- :mod:`core.kv.marconi`: Marconi's policies for hybrid models (FLOP-aware eviction, the
-  one-time alpha tuning, the paper's cost formulas) and its SGLang+ / vLLM+ baselines.
-- :mod:`core.kv.replay`: the cache-level session replay (engine-free hit-rate experiments).
+  A paper's own policies plug in from its artifact (Marconi's FLOP-aware eviction).
 - :mod:`core.kv.slots`: :class:`SlotAllocator`, integer slots for token KV or SSM states.
 - :mod:`core.kv.clock`: injectable clocks; nothing here reads the wall clock itself.
 """
@@ -35,16 +33,6 @@ from core.kv.errors import (
     StaleHandleError,
 )
 from core.kv.manager import ComputedBlocks, KVCacheManager, PrefixCacheStats
-from core.kv.marconi import (
-    ALPHA_GRID,
-    AlphaTuner,
-    BlockLRUEviction,
-    FlopAwareEviction,
-    MarconiCosts,
-    make_marconi_policies,
-    policy_page_size,
-    vllm_plus_accounting_cache,
-)
 from core.kv.policies import (
     AdmissionPolicy,
     CheckpointAtBranchesAndLeaves,
@@ -62,19 +50,14 @@ from core.kv.radix import (
     RadixCacheStats,
     RadixNode,
 )
-from core.kv.replay import CacheReplayer, ReplayResult, RequestOutcome, replay_requests
 from core.kv.slots import SlotAllocator
 from core.kv.swap import HostSwapPool, copy_blocks
 
 __all__ = [
-    "ALPHA_GRID",
     "AdmissionPolicy",
-    "AlphaTuner",
-    "BlockLRUEviction",
     "BlockHash",
     "BlockPool",
     "BlockPoolStats",
-    "CacheReplayer",
     "CheckpointAtBranchesAndLeaves",
     "CheckpointAtLeaves",
     "CheckpointEveryK",
@@ -83,7 +66,6 @@ __all__ = [
     "DoubleFreeError",
     "EvictResult",
     "EvictionPolicy",
-    "FlopAwareEviction",
     "FreeBlockQueue",
     "HostSwapPool",
     "InsertResult",
@@ -95,22 +77,15 @@ __all__ = [
     "LockError",
     "LogicalClock",
     "ManualClock",
-    "MarconiCosts",
     "MatchResult",
     "OutOfBlocksError",
     "PrefixCacheStats",
     "RadixCache",
     "RadixCacheStats",
     "RadixNode",
-    "ReplayResult",
-    "RequestOutcome",
     "SlotAllocator",
     "StaleHandleError",
     "copy_blocks",
     "hash_block_tokens",
     "hash_token_blocks",
-    "make_marconi_policies",
-    "policy_page_size",
-    "replay_requests",
-    "vllm_plus_accounting_cache",
 ]

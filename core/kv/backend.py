@@ -266,8 +266,8 @@ class PagedKVBackend(KVBackend):
 
 RequestObserver = Callable[[RadixCache, Sequence[int], Sequence[int], float], Any]
 """Called by :class:`RadixKVBackend` after a finished request's tokens were inserted into its
-cache: ``(cache, prompt_ids, output_ids, now)``, e.g. :meth:`core.kv.marconi.AlphaTuner.observe`
-(Marconi's alpha tuning watches the requests the engine serves)."""
+cache: ``(cache, prompt_ids, output_ids, now)``, e.g. Marconi's ``AlphaTuner.observe`` (in its
+artifact: the alpha tuning watches the requests the engine serves)."""
 
 
 @dataclass

@@ -40,15 +40,6 @@ The FLOP and byte model, in one place (see :meth:`ModelSpec.operators` for the p
 - the short causal conv: ``2 * d_conv`` FLOPs per channel per token plus 4 for bias and SiLU.
 - elementwise work (RMSNorm, RoPE, SiLU-gating, q/k-norm) has small per-element constants given
   where they are computed; they make the list complete, not precise.
-
-The paper formulas of Marconi (MLSys'25), which its artifact must use exactly, are separate
-functions: :func:`marconi_attn_flops`, :func:`marconi_mlp_flops`, :func:`marconi_mamba_flops`,
-:func:`marconi_kv_bytes_per_token`, :func:`marconi_ssm_state_bytes`. On the ``marconi-hybrid-7b``
-preset they agree with this module's counts on KV bytes, on the attention and MLP linear FLOPs and
-on Mamba2 FLOPs (within 0.1%), and differ on two points: the paper's attention term ``4*L^2*d`` is
-the full L x L square (twice our causal count), and its SSM state is about half the exact size
-(408.75 tokens of KV per checkpoint by the paper, 786.6 exact in fp16, 1554.6 with the state in
-fp32 as engines keep it).
 """
 
 from __future__ import annotations
@@ -89,11 +80,6 @@ __all__ = [
     "PRESETS",
     "SUPPORTED_MODEL_TYPES",
     "dtype_bytes",
-    "marconi_attn_flops",
-    "marconi_kv_bytes_per_token",
-    "marconi_mamba_flops",
-    "marconi_mlp_flops",
-    "marconi_ssm_state_bytes",
     "preset_config",
     "preset_names",
 ]
@@ -140,46 +126,6 @@ def dtype_bytes(dtype: DType) -> float:
 def _ceil_bytes(x: float) -> int:
     # Sizes are exact products of integers and bytes per value (multiples of 0.5): ceil is exact.
     return math.ceil(x - 1e-9)
-
-
-# --------------------------------------------------------------------------------------------
-# Marconi's simplified per-layer formulas (paper, Section on FLOP-aware eviction), verbatim.
-# --------------------------------------------------------------------------------------------
-
-
-def marconi_attn_flops(seq_len: int | float, d: int) -> float:
-    """Marconi's FLOPs of one attention layer over a sequence of ``seq_len`` tokens:
-    ``8*L*d^2 + 4*L^2*d`` (QKVO projections, then scores and values over the full L x L square,
-    i.e. without causal halving). ``d`` is the model dimension."""
-    L = seq_len
-    return 8 * L * d**2 + 4 * L**2 * d
-
-
-def marconi_mlp_flops(seq_len: int | float, d: int) -> float:
-    """Marconi's FLOPs of one MLP layer over ``seq_len`` tokens: ``16*L*d^2`` (two d x 4d
-    matrices)."""
-    return 16 * seq_len * d**2
-
-
-def marconi_mamba_flops(seq_len: int | float, d: int, n: int) -> float:
-    """Marconi's FLOPs of one Mamba2 layer over ``seq_len`` tokens: ``12*L*d^2 + 16*L*d*n +
-    10*L*d`` (``d`` model dimension, ``n`` SSM state dimension)."""
-    L = seq_len
-    return 12 * L * d**2 + 16 * L * d * n + 10 * L * d
-
-
-def marconi_kv_bytes_per_token(d: int) -> int:
-    """Marconi's KV bytes per token per attention layer in fp16: ``2*2*d`` (K and V, 2 bytes)."""
-    return 2 * 2 * d
-
-
-def marconi_ssm_state_bytes(d: int, n: int) -> int:
-    """Marconi's bytes of one SSM layer's state in fp16: ``d*n*2 + (2d+2n)*4*2`` (SSM state plus
-    conv state with kernel 4 and expand 2), as the paper writes it. Note it counts ``d*n`` state
-    values although a Mamba2 layer with expand 2 holds ``2d*n``, and ``d_conv`` conv columns
-    where engines keep ``d_conv - 1``; :meth:`ModelSpec.ssm_state_bytes` gives the exact
-    size (~1.9x this for Marconi's 7B hybrid)."""
-    return d * n * 2 + (2 * d + 2 * n) * 4 * 2
 
 
 # --------------------------------------------------------------------------------------------

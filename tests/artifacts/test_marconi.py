@@ -14,11 +14,11 @@ from artifacts.marconi import artifact as mc
 from artifacts.marconi import hitrate
 from artifacts.marconi.artifact import ARTIFACT
 from artifacts.marconi.plots import plot_hitrate
+from artifacts.marconi.replay import replay_requests
 from artifacts.marconi.workloads import with_outputs
 from core.artifact import NotApplicable, Results, RunContext, RunOptions, Scale, main, run_artifact
 from core.artifact.runner import build_points
 from core.data import sha256_file
-from core.kv.replay import replay_requests
 from core.workload import Workload
 from core.workload.mooncake import load_mooncake
 

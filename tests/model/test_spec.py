@@ -1,5 +1,6 @@
-"""ModelSpec: shapes -> parameters, bytes and FLOPs, checked against hand arithmetic, against the
-modules transformers builds from the same configs, and against Marconi's paper formulas."""
+"""ModelSpec: shapes -> parameters, bytes and FLOPs, checked against hand arithmetic and against
+the modules transformers builds from the same configs (Marconi's paper formulas are checked
+against it in tests/artifacts/marconi/test_policies.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,6 @@ from core.model.spec import (
     ModelSpec,
     OpKind,
     dtype_bytes,
-    marconi_attn_flops,
-    marconi_kv_bytes_per_token,
-    marconi_mamba_flops,
-    marconi_mlp_flops,
-    marconi_ssm_state_bytes,
     preset_config,
     preset_names,
 )
@@ -110,65 +106,6 @@ def test_bamba_9b_shapes_and_size():
     # per layer: 128*64*128 fp32 state values + 8448*(4-1) bf16 conv values
     per_layer = 128 * 64 * 128 * 4 + 8448 * 3 * 2
     assert s.ssm_state_bytes("float32", conv_dtype="bf16") == 29 * per_layer
-
-
-# ---- the Marconi hybrid against the paper's formulas ------------------------------------------
-
-
-def test_marconi_formulas_by_hand():
-    d, n = 4096, 128
-    assert marconi_attn_flops(1000, d) == 8 * 1000 * d * d + 4 * 1000**2 * d
-    assert marconi_mlp_flops(1000, d) == 16 * 1000 * d * d
-    assert marconi_mamba_flops(1000, d, n) == 12 * 1000 * d * d + 16 * 1000 * d * n + 10 * 1000 * d
-    assert marconi_kv_bytes_per_token(d) == 16384
-    assert marconi_ssm_state_bytes(d, n) == 4096 * 128 * 2 + (8192 + 256) * 4 * 2 == 1_116_160
-
-
-def test_marconi_hybrid_kv_and_ssm_state_vs_paper():
-    s = spec("marconi-hybrid-7b")
-    d, n = 4096, 128
-    assert (s.n_attention_layers, s.n_ssm_layers, s.n_mlp_layers) == (4, 24, 28)
-    assert s.hidden_size == d and s.mamba.d_state == n
-    # KV: ours = 4 layers * 32 kv heads * 128 * 2 (K, V) * 2 bytes = the paper's 4 * 2*2*d.
-    kv = s.kv_bytes_per_token("float16")
-    assert kv == 4 * marconi_kv_bytes_per_token(d) == 65536
-    # SSM state, fp16. Paper: 24 * (d*n*2 + (2d+2n)*4*2) = 24 * 1,116,160 = 26,787,840 bytes,
-    # i.e. 408.75 tokens of KV: the note's "~400 tokens".
-    paper = s.n_ssm_layers * marconi_ssm_state_bytes(d, n)
-    assert paper == 26_787_840 and paper / kv == pytest.approx(408.75)
-    # Exact Mamba2 (expand 2 -> d_inner = 8192 = 128 heads x 64): per layer 8192*128 state values
-    # and (8192 + 2*128) * (4-1) conv values, at 2 bytes: 2,097,152 + 50,688 = 2,147,840. The
-    # paper's d*n*2 counts half the state (d, not 2d, channels); its conv term uses kernel 4, not 3.
-    exact = s.ssm_state_bytes("float16")
-    assert exact == 24 * (8192 * 128 * 2 + 8448 * 3 * 2) == 51_548_160
-    assert exact / kv == pytest.approx(786.5625)  # ~1.9x the paper's checkpoint
-    # As engines keep it (SSM state fp32, conv state fp16): 24 * (4,194,304 + 50,688) bytes.
-    engine = s.ssm_state_bytes("float32", conv_dtype="float16")
-    assert engine / kv == pytest.approx(1554.5625)
-
-
-def test_marconi_hybrid_flops_per_layer_vs_paper():
-    s = spec("marconi-hybrid-7b")
-    d, n = 4096, 128
-    ops = s.operators(decode_contexts=[0])  # one token: L = 1, attends itself only
-
-    def per_layer(prefix, count):
-        return sum(o.flops for o in ops if o.name.startswith(prefix)) / count
-
-    # Linear parts are exactly the paper's: QKVO = 8 d^2, MLP (d -> 4d -> d) = 16 d^2.
-    assert (op(ops, "qkv_proj").flops + op(ops, "o_proj").flops) / 4 == 8 * d * d
-    assert (op(ops, "mlp_up").flops + op(ops, "mlp_down").flops) / 28 == marconi_mlp_flops(1, d)
-    # Mamba2 per token: in_proj 2*d*(2*8192 + 2*128 + 128) + out_proj 2*8192*d = 204,472,320,
-    # + scan 5*8192*128 + 3*8192, + conv (2*4+4)*8448, + gated norm 9*8192 = 209,914,880,
-    # against the paper's 12 d^2 + 16 d n + 10 d = 209,756,160: 0.08% apart.
-    assert per_layer("ssm_", 24) == 209_914_880
-    assert per_layer("ssm_", 24) == pytest.approx(marconi_mamba_flops(1, d, n), rel=1e-3)
-    # Attention's quadratic term: ours is causal, 4*d*L(L+1)/2; the paper's 4*L^2*d is the
-    # full square, ~2x ours for long L.
-    L = 1000
-    ours = op(s.operators(prefill_chunks=[(L, 0)]), "attention").flops / 4
-    assert ours == 4 * d * L * (L + 1) // 2
-    assert (marconi_attn_flops(L, d) - 8 * L * d * d) / ours == pytest.approx(2, rel=1e-3)
 
 
 # ---- FLOPs -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The cache-level session replay (core.kv.replay): exact hits on hand-built sessions, request
-conservation and capacity (property test over every policy), determinism, arrival order, the
-tuning inside a replay, and the paper's direction on a small multi-turn workload."""
+"""The cache-level session replay (artifacts/marconi/replay.py): exact hits on hand-built
+sessions, request conservation and capacity (property test over every policy), determinism,
+arrival order, the tuning inside a replay, and the paper's direction on a small multi-turn
+workload."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.kv.marconi import POLICY_NAMES, MarconiCosts, make_marconi_policies
-from core.kv.replay import replay_requests
+from artifacts.marconi.policies import POLICY_NAMES, MarconiCosts, make_marconi_policies
+from artifacts.marconi.replay import replay_requests
 
 P7B = MarconiCosts.paper_7b()
 SMALL = MarconiCosts(n_attn=1, n_ssm=1, n_mlp=1, d=8, n=4)  # 32 B per token, 256 B per state

@@ -1,7 +1,7 @@
-"""Marconi's policies and baselines (core.kv.marconi): the paper's FLOP and byte formulas
-against hand-computed values, FLOP-aware eviction on hand-built trees (order by score, freed
-bytes, refresh), vLLM+'s LRU over blocks in both layouts, the one-time alpha tuning by
-replay, and the engine backend's observer hook."""
+"""Marconi's policies and baselines (artifacts/marconi/policies.py): the paper's FLOP and byte
+formulas against hand-computed values and against ModelSpec's exact counts, FLOP-aware eviction
+on hand-built trees (order by score, freed bytes, refresh), vLLM+'s LRU over blocks in both
+layouts, the one-time alpha tuning by replay, and the engine backend's observer hook."""
 
 from __future__ import annotations
 
@@ -12,6 +12,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from artifacts.marconi.policies import (
+    ALPHA_GRID,
+    AlphaTuner,
+    BlockLRUEviction,
+    FlopAwareEviction,
+    MarconiCosts,
+    make_marconi_policies,
+    marconi_attn_flops,
+    marconi_kv_bytes_per_token,
+    marconi_mamba_flops,
+    marconi_mlp_flops,
+    marconi_ssm_state_bytes,
+    policy_page_size,
+    vllm_plus_accounting_cache,
+)
+from artifacts.marconi.replay import CacheReplayer
 from core.kv import (
     CheckpointAtBranchesAndLeaves,
     CheckpointEveryK,
@@ -20,25 +36,7 @@ from core.kv import (
     RadixCache,
 )
 from core.kv.backend import RadixKVBackend
-from core.kv.marconi import (
-    ALPHA_GRID,
-    AlphaTuner,
-    BlockLRUEviction,
-    FlopAwareEviction,
-    MarconiCosts,
-    make_marconi_policies,
-    policy_page_size,
-    vllm_plus_accounting_cache,
-)
-from core.kv.replay import CacheReplayer
-from core.model.spec import (
-    ModelSpec,
-    marconi_attn_flops,
-    marconi_kv_bytes_per_token,
-    marconi_mamba_flops,
-    marconi_mlp_flops,
-    marconi_ssm_state_bytes,
-)
+from core.model.spec import ModelSpec
 
 P7B = MarconiCosts.paper_7b()
 KV = 65_536  # 4 attention layers x 2 (K, V) x 2 bytes x 4096
@@ -94,7 +92,7 @@ def test_byte_formulas_against_hand_computed_values():
 @given(st.integers(0, 40_000), st.data())
 def test_closed_forms_equal_the_formulas(L, data):
     l = data.draw(st.integers(0, L))  # noqa: E741
-    # the same formulas as core.model.spec's (restated in core.kv to keep it free of torch)
+    # the note's node formula, term by term
     d, n = P7B.d, P7B.n
     assert P7B.flops_saved(L, l) == (
         24 * marconi_mamba_flops(l, d, n)
@@ -105,6 +103,67 @@ def test_closed_forms_equal_the_formulas(L, data):
     assert P7B.prefill_flops(L, l) == P7B.prefix_flops(L) - P7B.prefix_flops(l)
     if l:
         assert P7B.efficiency(L, l) == P7B.flops_saved(L, l) / P7B.node_bytes(l)
+
+
+def op(ops, name):
+    (found,) = [o for o in ops if o.name == name]
+    return found
+
+
+def test_marconi_formulas_by_hand():
+    d, n = 4096, 128
+    assert marconi_attn_flops(1000, d) == 8 * 1000 * d * d + 4 * 1000**2 * d
+    assert marconi_mlp_flops(1000, d) == 16 * 1000 * d * d
+    assert marconi_mamba_flops(1000, d, n) == 12 * 1000 * d * d + 16 * 1000 * d * n + 10 * 1000 * d
+    assert marconi_kv_bytes_per_token(d) == 16384
+    assert marconi_ssm_state_bytes(d, n) == 4096 * 128 * 2 + (8192 + 256) * 4 * 2 == 1_116_160
+
+
+def test_marconi_hybrid_kv_and_ssm_state_vs_paper():
+    s = ModelSpec.from_preset("marconi-hybrid-7b")
+    d, n = 4096, 128
+    assert (s.n_attention_layers, s.n_ssm_layers, s.n_mlp_layers) == (4, 24, 28)
+    assert s.hidden_size == d and s.mamba.d_state == n
+    # KV: ours = 4 layers * 32 kv heads * 128 * 2 (K, V) * 2 bytes = the paper's 4 * 2*2*d.
+    kv = s.kv_bytes_per_token("float16")
+    assert kv == 4 * marconi_kv_bytes_per_token(d) == 65536
+    # SSM state, fp16. Paper: 24 * (d*n*2 + (2d+2n)*4*2) = 24 * 1,116,160 = 26,787,840 bytes,
+    # i.e. 408.75 tokens of KV: the note's "~400 tokens".
+    paper = s.n_ssm_layers * marconi_ssm_state_bytes(d, n)
+    assert paper == 26_787_840 and paper / kv == pytest.approx(408.75)
+    # Exact Mamba2 (expand 2 -> d_inner = 8192 = 128 heads x 64): per layer 8192*128 state values
+    # and (8192 + 2*128) * (4-1) conv values, at 2 bytes: 2,097,152 + 50,688 = 2,147,840. The
+    # paper's d*n*2 counts half the state (d, not 2d, channels); its conv term uses kernel 4, not 3.
+    exact = s.ssm_state_bytes("float16")
+    assert exact == 24 * (8192 * 128 * 2 + 8448 * 3 * 2) == 51_548_160
+    assert exact / kv == pytest.approx(786.5625)  # ~1.9x the paper's checkpoint
+    # As engines keep it (SSM state fp32, conv state fp16): 24 * (4,194,304 + 50,688) bytes.
+    engine = s.ssm_state_bytes("float32", conv_dtype="float16")
+    assert engine / kv == pytest.approx(1554.5625)
+
+
+def test_marconi_hybrid_flops_per_layer_vs_paper():
+    s = ModelSpec.from_preset("marconi-hybrid-7b")
+    d, n = 4096, 128
+    ops = s.operators(decode_contexts=[0])  # one token: L = 1, attends itself only
+
+    def per_layer(prefix, count):
+        return sum(o.flops for o in ops if o.name.startswith(prefix)) / count
+
+    # Linear parts are exactly the paper's: QKVO = 8 d^2, MLP (d -> 4d -> d) = 16 d^2.
+    assert (op(ops, "qkv_proj").flops + op(ops, "o_proj").flops) / 4 == 8 * d * d
+    assert (op(ops, "mlp_up").flops + op(ops, "mlp_down").flops) / 28 == marconi_mlp_flops(1, d)
+    # Mamba2 per token: in_proj 2*d*(2*8192 + 2*128 + 128) + out_proj 2*8192*d = 204,472,320,
+    # + scan 5*8192*128 + 3*8192, + conv (2*4+4)*8448, + gated norm 9*8192 = 209,914,880,
+    # against the paper's 12 d^2 + 16 d n + 10 d = 209,756,160: 0.08% apart.
+    assert per_layer("ssm_", 24) == 209_914_880
+    assert per_layer("ssm_", 24) == pytest.approx(marconi_mamba_flops(1, d, n), rel=1e-3)
+    # Attention's quadratic term: ours is causal, 4*d*L(L+1)/2; the paper's 4*L^2*d is the
+    # full square, ~2x ours for long L.
+    L = 1000
+    ours = op(s.operators(prefill_chunks=[(L, 0)]), "attention").flops / 4
+    assert ours == 4 * d * L * (L + 1) // 2
+    assert (marconi_attn_flops(L, d) - 8 * L * d * d) / ours == pytest.approx(2, rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +202,7 @@ def test_policy_factory():
     assert [policy_page_size(p) for p in ("marconi", "marconi-alpha0", "sglang+", "vllm+")] == [1, 1, 1, 32]
     assert ALPHA_GRID == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
                           1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0)  # fmt: skip
+
 
 
 # -- FLOP-aware eviction on hand-built trees ---------------------------------------------------

@@ -2,10 +2,10 @@
 
 Everything here plugs into :class:`~core.kv.radix.RadixCache` through its two policy
 interfaces, so the real engine (:class:`~core.kv.backend.RadixKVBackend`) and the cache-level
-replay (:mod:`core.kv.replay`) run the very same objects:
+replay (:mod:`.replay`) run the very same objects:
 
-- :class:`MarconiCosts`: the paper's per-layer FLOP and byte formulas for one model (layer
-  counts, ``d``, ``n``); :meth:`MarconiCosts.new_cache` builds a cache whose byte accounting is
+- :class:`MarconiCosts`: the paper's per-layer FLOP and byte formulas (the ``marconi_*``
+  functions) for one model (layer counts, ``d``, ``n``); :meth:`MarconiCosts.new_cache` builds a cache whose byte accounting is
   the one the eviction policy assumes.
 - :class:`FlopAwareEviction`: Marconi's eviction. Candidates are nodes with at most one child
   (evicting a one-child node frees only its checkpoint); score = minmax(recency) +
@@ -66,6 +66,11 @@ __all__ = [
     "FlopAwareEviction",
     "MarconiCosts",
     "make_marconi_policies",
+    "marconi_attn_flops",
+    "marconi_kv_bytes_per_token",
+    "marconi_mamba_flops",
+    "marconi_mlp_flops",
+    "marconi_ssm_state_bytes",
     "policy_page_size",
     "vllm_plus_accounting_cache",
 ]
@@ -77,21 +82,49 @@ POLICY_NAMES: tuple[str, ...] = ("marconi", "marconi-alpha0", "sglang+", "vllm+"
 VLLM_BLOCK_SIZE = 32
 
 
-# The note's per-layer formulas. They equal core.model.spec's marconi_* functions (a test checks
-# it); they are restated here because importing core.model loads torch, and core.kv is
-# bookkeeping that simulators use without it.
+# --------------------------------------------------------------------------------------------
+# Marconi's simplified per-layer formulas (paper, Section on FLOP-aware eviction), verbatim.
+# On the ``marconi-hybrid-7b`` preset they agree with core.model.spec's exact counts on KV bytes,
+# on the attention and MLP linear FLOPs and on Mamba2 FLOPs (within 0.1%), and differ on two
+# points: the paper's attention term ``4*L^2*d`` is the full L x L square (twice the causal
+# count), and its SSM state is about half the exact size (408.75 tokens of KV per checkpoint by
+# the paper, 786.6 exact in fp16, 1554.6 with the state in fp32 as engines keep it).
+# --------------------------------------------------------------------------------------------
 
 
-def _attn(L: int, d: int) -> int:
+def marconi_attn_flops(seq_len: int, d: int) -> int:
+    """Marconi's FLOPs of one attention layer over a sequence of ``seq_len`` tokens:
+    ``8*L*d^2 + 4*L^2*d`` (QKVO projections, then scores and values over the full L x L square,
+    i.e. without causal halving). ``d`` is the model dimension."""
+    L = seq_len
     return 8 * L * d * d + 4 * L * L * d
 
 
-def _mlp(L: int, d: int) -> int:
-    return 16 * L * d * d
+def marconi_mlp_flops(seq_len: int, d: int) -> int:
+    """Marconi's FLOPs of one MLP layer over ``seq_len`` tokens: ``16*L*d^2`` (two d x 4d
+    matrices)."""
+    return 16 * seq_len * d * d
 
 
-def _mamba(L: int, d: int, n: int) -> int:
+def marconi_mamba_flops(seq_len: int, d: int, n: int) -> int:
+    """Marconi's FLOPs of one Mamba2 layer over ``seq_len`` tokens: ``12*L*d^2 + 16*L*d*n +
+    10*L*d`` (``d`` model dimension, ``n`` SSM state dimension)."""
+    L = seq_len
     return 12 * L * d * d + 16 * L * d * n + 10 * L * d
+
+
+def marconi_kv_bytes_per_token(d: int) -> int:
+    """Marconi's KV bytes per token per attention layer in fp16: ``2*2*d`` (K and V, 2 bytes)."""
+    return 2 * 2 * d
+
+
+def marconi_ssm_state_bytes(d: int, n: int) -> int:
+    """Marconi's bytes of one SSM layer's state in fp16: ``d*n*2 + (2d+2n)*4*2`` (SSM state plus
+    conv state with kernel 4 and expand 2), as the paper writes it. Note it counts ``d*n`` state
+    values although a Mamba2 layer with expand 2 holds ``2d*n``, and ``d_conv`` conv columns
+    where engines keep ``d_conv - 1``; :meth:`core.model.spec.ModelSpec.ssm_state_bytes` gives
+    the exact size (~1.9x this for Marconi's 7B hybrid)."""
+    return d * n * 2 + (2 * d + 2 * n) * 4 * 2
 
 
 def _check_count(name: str, value: object, minimum: int = 0) -> None:
@@ -104,8 +137,8 @@ class MarconiCosts:
     """The paper's FLOP and byte model of a hybrid model, as the FLOP-aware eviction sees it.
 
     Contract: ``n_attn``/``n_ssm``/``n_mlp`` layers of each kind, model dimension ``d`` and SSM
-    state dimension ``n``. Per layer, for a sequence of ``L`` tokens (as the ``marconi_*``
-    functions of :mod:`core.model.spec`): ``attn(L) = 8*L*d^2 + 4*L^2*d``, ``mlp(L) =
+    state dimension ``n``. Per layer, for a sequence of ``L`` tokens (the ``marconi_*``
+    functions above): ``attn(L) = 8*L*d^2 + 4*L^2*d``, ``mlp(L) =
     16*L*d^2``, ``mamba(L) = 12*L*d^2 + 16*L*d*n + 10*L*d``. Bytes (fp16, the paper's): KV per
     token ``n_attn * 2*2*d`` and one checkpoint ``n_ssm * (d*n*2 + (2d+2n)*4*2)``, unless
     ``kv_bytes_per_token`` / ``ssm_state_bytes`` are given (e.g. an engine's exact sizes).
@@ -136,9 +169,9 @@ class MarconiCosts:
         # -1 means "the paper's formula" (a frozen dataclass cannot take computed defaults)
         d, n = self.d, self.n
         if self.kv_bytes_per_token == -1:
-            object.__setattr__(self, "kv_bytes_per_token", self.n_attn * 2 * 2 * d)
+            object.__setattr__(self, "kv_bytes_per_token", self.n_attn * marconi_kv_bytes_per_token(d))
         if self.ssm_state_bytes == -1:
-            object.__setattr__(self, "ssm_state_bytes", self.n_ssm * (d * n * 2 + (2 * d + 2 * n) * 4 * 2))
+            object.__setattr__(self, "ssm_state_bytes", self.n_ssm * marconi_ssm_state_bytes(d, n))
         _check_count("kv_bytes_per_token", self.kv_bytes_per_token)
         _check_count("ssm_state_bytes", self.ssm_state_bytes)
 
@@ -205,9 +238,9 @@ class MarconiCosts:
         saves: ``n_ssm*mamba(L) + n_attn*attn(L) + n_mlp*mlp(L)``."""
         self._check_span(L, L)
         return (
-            self.n_ssm * _mamba(L, self.d, self.n)
-            + self.n_attn * _attn(L, self.d)
-            + self.n_mlp * _mlp(L, self.d)
+            self.n_ssm * marconi_mamba_flops(L, self.d, self.n)
+            + self.n_attn * marconi_attn_flops(L, self.d)
+            + self.n_mlp * marconi_mlp_flops(L, self.d)
         )
 
     def flops_saved(self, L: int, l: int) -> float:  # noqa: E741
@@ -216,9 +249,9 @@ class MarconiCosts:
         self._check_span(L, l)
         d = self.d
         return (
-            self.n_ssm * _mamba(l, d, self.n)
-            + self.n_attn * (_attn(L, d) - _attn(L - l, d))
-            + self.n_mlp * (_mlp(L, d) - _mlp(L - l, d))
+            self.n_ssm * marconi_mamba_flops(l, d, self.n)
+            + self.n_attn * (marconi_attn_flops(L, d) - marconi_attn_flops(L - l, d))
+            + self.n_mlp * (marconi_mlp_flops(L, d) - marconi_mlp_flops(L - l, d))
         )
 
     def prefill_flops(self, L: int, cached: int) -> float:
@@ -471,7 +504,7 @@ class AlphaTuner:
     - it then records the next ``window_factor * n0`` requests (5 by default; the paper uses
       15 for the LMSys-like trace) and, at the last one, replays that window from the snapshot
       once per alpha in ``alphas`` (a fresh :class:`FlopAwareEviction` each, same costs and
-      ``min_age``) with the cache-level driver of :mod:`core.kv.replay`; the alpha whose replay
+      ``min_age``) with the cache-level driver of :mod:`.replay`; the alpha whose replay
       saved the most prefill FLOPs (sum of ``costs.prefix_flops(hit)``) is set on ``policy``
       (ties: the earlier in ``alphas``). Tuning happens once; later calls do nothing.
     - the replay uses ``capacity_bytes`` (default: the snapshot's; an engine's cache has none:
@@ -564,7 +597,7 @@ class AlphaTuner:
 
     def replay_window(self, alpha: float) -> float:
         """FLOPs saved by replaying the recorded window from the snapshot with ``alpha``."""
-        from core.kv.replay import CacheReplayer  # replay imports this module
+        from .replay import CacheReplayer  # replay imports this module
 
         if self.snapshot is None:
             raise ValueError("no snapshot yet: the cache has not evicted anything")

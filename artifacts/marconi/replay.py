@@ -41,7 +41,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.kv.marconi import (
+from core.kv.policies import AdmissionPolicy, EvictionPolicy
+from core.kv.radix import RadixCache
+
+from .policies import (
     ALPHA_GRID,
     AlphaTuner,
     BlockLRUEviction,
@@ -51,8 +54,6 @@ from core.kv.marconi import (
     policy_page_size,
     vllm_plus_accounting_cache,
 )
-from core.kv.policies import AdmissionPolicy, EvictionPolicy
-from core.kv.radix import RadixCache
 
 __all__ = ["CacheReplayer", "ReplayRequest", "ReplayResult", "RequestOutcome", "replay_requests"]
 
@@ -237,7 +238,7 @@ def replay_requests(
     """Replay ``requests`` in arrival order through a cache of ``capacity_bytes``.
 
     Args:
-        policy: a name of :data:`~core.kv.marconi.POLICY_NAMES` or an ``(admission,
+        policy: a name of :data:`~.policies.POLICY_NAMES` or an ``(admission,
             eviction)`` pair, used as is (e.g. ``make_marconi_policies("marconi", alpha=0.7)``
             for a static alpha; a tuner would change the pair's alpha).
         costs: the model's FLOP and byte formulas (default: the paper's 7B hybrid); the cache
