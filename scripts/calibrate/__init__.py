@@ -3,11 +3,11 @@
 The real engine (:class:`core.engine.LLM` with a random-initialized model built from a config)
 runs crafted batches; every ``Engine.step()`` is timed (the whole step: scheduling, forward,
 sampling, bookkeeping) and the composition the scheduler actually ran is recorded with it.
-:func:`core.sim.profiled.fit_tables` turns the samples into the tables of a
+:func:`scripts.calibrate.fit.fit_tables` turns the samples into the tables of a
 :class:`core.sim.profiled.ProfiledCostModel` (robust means of repeats, made monotone), and the
 profile is written as JSON with its provenance: device, model config, dtype, threads, torch
 version, date, engine settings, grid and every raw sample. See :mod:`scripts.calibrate.measure`
-for how each kind of step is produced.
+for how each kind of step is produced and :mod:`scripts.calibrate.fit` for the fit.
 
 Public pieces (the fidelity benchmark uses them): :data:`MODELS`, :class:`EngineSettings`,
 :class:`Grid` (:data:`DEFAULT_GRID`, :data:`QUICK_GRID`), :func:`model_config`,

@@ -47,6 +47,7 @@ on this machine when it has its core, and says how often it did not
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 import math
 import statistics
@@ -58,9 +59,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core.sim.cost import chunks_of
-from core.sim.profiled import PROFILE_SCHEMA, ProfiledCostModel, fit_tables, utc_now
+from core.sim.profiled import PROFILE_SCHEMA, ProfiledCostModel
 
 from . import EngineSettings, Grid, build_llm, device_info, model_config
+from .fit import fit_tables
 
 FIRST_TOKEN_ID = 3  # prompts avoid the special ids
 
@@ -430,6 +432,12 @@ def _check_errors(model: ProfiledCostModel, samples: Sequence[dict[str, Any]]) -
     return out
 
 
+def _utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (a profile's ``created``)."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _cpu_share(samples: Sequence[dict[str, Any]]) -> float | None:
     """Process CPU time over wall time of the recorded steps: about the thread count on a quiet
     machine (1 with one thread); less means the process waited for a core."""
@@ -480,7 +488,7 @@ def run_calibration(model: str, *, settings: EngineSettings, grid: Grid, dtype: 
     tables, notes = fit_tables(grid_samples, grid.axes())
     profile: dict[str, Any] = {
         "schema": PROFILE_SCHEMA,
-        "created": utc_now(),
+        "created": _utc_now(),
         "device": info,
         "model": {"name": model, "config": cfg,
                   "parameters": int(sum(p.numel() for p in llm.model.parameters()))},
@@ -493,7 +501,7 @@ def run_calibration(model: str, *, settings: EngineSettings, grid: Grid, dtype: 
             "what": "seconds of one Engine.step() (schedule, forward, sample, update), "
                     "time.perf_counter around it",
             "statistic": "per cell, the mean of the repeats without the smallest and largest "
-                         "(core.sim.profiled.robust_mean)",
+                         "(scripts.calibrate.fit.robust_mean)",
             "cpu_share": _cpu_share(cal.samples),
             "disturbed_filter": {
                 "enabled": cpu_filter, "min_cpu_share": DISTURBED_CPU_SHARE, "retries": RETRIES,
