@@ -29,7 +29,7 @@ iteration, after returning calls resumed): between two iterations the set of pre
 requests does not change except by what the first iteration did to it (the policy's discards,
 and swap-outs or discards of swap targets when memory ran out, which the next iteration sees).
 Decode runs that the simulator fast-forwards contain no recomputation, no swap and no change in
-the paused set (``Scheduler.decode_run_limit``), so the probe loses nothing to them.
+the paused set (``core.sched.decode_run.decode_run_limit``), so the probe loses nothing to them.
 """
 
 from __future__ import annotations
