@@ -9,16 +9,14 @@ colour means two things. Titles say what the run swept (scale, windows, rounds).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from core.artifact import RunContext, color_map
-from core.metrics import highest_rate_within
+from core.artifact import RunContext, color_map, spread_bars
+from core.metrics import RoundsSummary, highest_rate_within, summarize_rounds
 
 from .sim import ESTIMATED, LONG_KINDS, POLICIES, SETUPS, SHORT_KINDS
 
@@ -249,53 +247,13 @@ REAL_METRICS = ("norm_latency_mean", "norm_latency_p90", "ttft_mean_s", "recompu
                 "wall_s", "preemptions")
 
 
-@dataclass
-class RealSummary:
-    """The real run over its rounds: per policy the median, min and max of each metric
-    (``<metric>_median`` ...) and its number of rounds, and per metric the paired per-round
-    ratios baseline / system (rounds that ran both)."""
-
-    rounds: int
-    per_policy: pd.DataFrame
-    ratios: dict[str, list[float]]
-
-
 def real_summary(frame: pd.DataFrame, baseline: str = "vllm",
-                 system: str = "infercept") -> RealSummary:
-    f = frame if "round" in frame else frame.assign(round=0)
-    metrics = [m for m in REAL_METRICS if m in f]
-    agg = f.groupby("policy", sort=False)[metrics].agg(["median", "min", "max"])
-    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
-    agg["rounds"] = f.groupby("policy", sort=False)["round"].nunique()
-    agg = agg.loc[_order(set(agg.index)) + [p for p in agg.index if p not in ALL_POLICIES]]
-    wide = f.pivot_table(index="round", columns="policy", values=metrics, aggfunc="first")
-    ratios: dict[str, list[float]] = {}
-    for m in metrics:
-        if (m, baseline) in wide and (m, system) in wide:
-            both = wide[[(m, baseline), (m, system)]].dropna()
-            ratios[m] = [float(a / b) for a, b in both.to_numpy() if b > 0]
-        else:
-            ratios[m] = []
-    paired = [p for p in (baseline, system) if p in agg.index]
-    rounds = int(agg.loc[paired, "rounds"].min()) if paired else 0
-    return RealSummary(rounds, agg, ratios)
-
-
-def spread_bars(ax: plt.Axes, frame: pd.DataFrame, metric: str, order: list[str], *,
-                scale: float = 1.0) -> None:
-    """Bars at the median over rounds, whiskers from min to max, one dot per round."""
-    for i, key in enumerate(order):
-        v = frame.loc[frame["policy"] == key, metric].to_numpy(dtype=float) * scale
-        if not len(v):
-            continue
-        med = float(np.median(v))
-        ax.bar(i, med, color=COLORS[key], width=0.7)
-        if len(v) > 1:
-            ax.errorbar(i, med, yerr=[[med - v.min()], [v.max() - med]], color="black",
-                        capsize=4, lw=1.2)
-            ax.scatter(i + np.linspace(-0.15, 0.15, len(v)), v, color="black", s=10, zorder=3)
-    ax.set_xticks([])
-    ax.set_xlim(-0.6, len(order) - 0.4)
+                 system: str = "infercept") -> RoundsSummary:
+    """The real run over its rounds (:func:`core.metrics.summarize_rounds`): per policy the
+    median, min and max of each of :data:`REAL_METRICS`, the paired per-round ratios baseline /
+    system, and the rounds the two ran."""
+    return summarize_rounds(frame, "policy", REAL_METRICS, baseline=baseline, system=system,
+                            order=ALL_POLICIES)
 
 
 def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
@@ -311,7 +269,7 @@ def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.7), squeeze=False)
     axes = axes[0]
     for ax, (metric, label, scale) in zip(axes, panels, strict=True):
-        spread_bars(ax, frame, metric, order, scale=scale)
+        spread_bars(ax, frame, metric, order, COLORS, scale=scale)
         ax.set_ylabel(label)
     _policy_legend(fig, order, markers=False, loc="lower center", ncol=len(order),
                    bbox_to_anchor=(0.5, -0.04), title=None)
@@ -320,7 +278,7 @@ def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     if s.rounds < 2:
         reps = "1 round"
     else:
-        fewer = s.per_policy["rounds"].min() < s.rounds
+        fewer = s.per_key["rounds"].min() < s.rounds
         reps = (f"{'vLLM and InferCept' if fewer else 'every policy'} in {s.rounds} interleaved "
                 f"rounds{', the others once' if fewer else ''}")
     fig.suptitle(f"Real engine, 1 thread, ~20M-param Llama: {int(c['requests'])} requests at "

@@ -10,27 +10,27 @@ blocks of 16 tokens, less than the stream's running and paused requests hold at 
 paused context is kept: preserving competes with running requests for memory, the regime the
 paper's GPUs are in under load (Preserve has to preempt).
 
-**The clock.** The engine runs on a :class:`CpuClock`: the engine thread's CPU seconds plus the
-scheduled gaps of arrivals and calls, which pass without sleeping. Every forward, KV copy and
-scheduling decision is real and costs what it costs on this CPU; only waiting is skipped. On a
-shared 2-core machine the wall clock also measures whatever other processes take from the
-engine's core, enough to flip the comparison between two runs (see the README); the CPU clock
-does not, and a run takes its CPU time rather than the stream's length. Wall seconds and the share of the core the engine had
-(``cpu_share``) are recorded beside.
+**The clock.** The engine runs on a :class:`core.engine.CpuClock`: the engine thread's CPU
+seconds plus the scheduled gaps of arrivals and calls, which pass without sleeping. Every
+forward, KV copy and scheduling decision is real and costs what it costs on this CPU; only
+waiting is skipped. On a shared 2-core machine the wall clock also measures whatever other
+processes take from the engine's core, enough to flip the comparison between two runs (see the
+README); the CPU clock does not, and a run takes its CPU time rather than the stream's length.
+Wall seconds and the share of the core the engine had (``cpu_share``) are recorded beside.
 
-**Rounds.** The policies run in ``rounds`` rounds (:func:`run_order`): the first
-``all_rounds`` rounds serve the stream under every policy, the others under the two the claim
-compares (vLLM and InferCept), and the order rotates from round to round. Claims compare the
-median over rounds (of the per-round paired ratio) with the spread beside it. The engine's work
-is counted too: recomputed tokens, tokens computed in all, steps that ran a forward, their CPU
-seconds.
+**Rounds.** The policies run in ``rounds`` rounds (:func:`core.metrics.rotated_order`): the
+first ``all_rounds`` rounds serve the stream under every policy, the others under the two the
+claim compares (vLLM and InferCept), and the order rotates from round to round. Claims compare
+the median over rounds (of the per-round paired ratio) with the spread beside it. The engine's
+work is counted too: recomputed tokens, tokens computed in all, steps that ran a forward, their
+CPU seconds.
 
 InferCept's min-waste policy needs ``T_fwd`` of the machine: the authors fit ``a*tokens + c``
 to their GPU's iteration times; here the same line is fitted (least squares) to the measured
 prefill steps of the tiny model's step profile (:func:`fitted_cost`), and the saturation point,
 the token count below which a step costs mostly its fixed part, is where the line's two terms
 are equal (``c / a``). The profile is this machine's CPU model's when ``data/profiles`` has one,
-else the shipped one measured on another host (:func:`core.sim.profiled.cpu_profile_path`); the
+else the shipped one measured on another host (:func:`core.sim.profiled.pinned_profile`); the
 point's config carries its path and sha256, so a stored point is never reused with another
 profile. Swapping is a copy to a host pool in the same memory; its bandwidth
 (:data:`HOST_BANDWIDTH`) only sizes the policy's per-iteration swap budget.
@@ -43,23 +43,19 @@ differs).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from core.artifact import RunContext, Scale
-from core.data import DATA_DIR, sha256_file
-from core.engine import LLM
+from core.engine import LLM, CpuClock
 from core.engine.serve import replay
-from core.metrics import RequestRecord, summarize
+from core.metrics import RequestRecord, rotated_order, summarize
 from core.model.spec import ModelSpec
 from core.sched import make_intercept_policy
 from core.sched.intercept import InterceptPolicy, LinearIterationCost
-from core.sim.profiled import ProfiledCostModel, cpu_profile_path
+from core.sim.profiled import ProfiledCostModel, load_pinned_profile, pinned_profile
 from core.workload import Workload
 
 from .sim import ESTIMATED, POLICIES
@@ -92,38 +88,16 @@ REAL_SCALE = {
 """Per scale: the stream, and ``rounds`` rounds of which the first ``all_rounds`` run every
 policy and the rest only :data:`COMPARED` (smoke: to stay within its minute)."""
 CLOCK = "engine-thread-cpu"
-"""The point config's name for :class:`CpuClock`, the clock the real runs are timed on."""
+"""The point config's name for :class:`~core.engine.CpuClock`, the clock the real runs are
+timed on."""
 KV_BLOCKS = REAL_SCALE[Scale.DEFAULT]["kv_blocks"]
 
 
 # -- the step profile --------------------------------------------------------------------------
 
 
-def profile_for_run() -> dict[str, str]:
-    """The profile this run uses, as point config: its path (under ``data/`` when it is there)
-    and sha256."""
-    path = cpu_profile_path(PROFILE_MODEL, threads=THREADS, fallback=SHIPPED_PROFILE)
-    try:
-        name = str(path.resolve().relative_to(Path(DATA_DIR).resolve()))
-    except ValueError:
-        name = str(path)
-    return {"profile": name, "profile_sha256": sha256_file(path)}
-
-
-@lru_cache(maxsize=4)
-def load_profile(name: str, sha256: str) -> ProfiledCostModel:
-    """The profile a point names, checked against the sha256 its config recorded."""
-    path = Path(name) if Path(name).is_absolute() else Path(DATA_DIR) / name
-    model = ProfiledCostModel.load(path)
-    found = sha256_file(path)
-    if found != sha256:
-        raise ValueError(f"{path}: sha256 {found[:12]} is not the {sha256[:12]} this point was "
-                         "planned with (the profile changed during the run); run again")
-    return model
-
-
 def _profile(config: dict[str, Any]) -> ProfiledCostModel:
-    return load_profile(config["profile"], config["profile_sha256"])
+    return load_pinned_profile(config["profile"], config["profile_sha256"])
 
 
 def model_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -168,23 +142,9 @@ def real_workload(config: dict[str, Any]) -> Workload:
     )  # fmt: skip
 
 
-def run_order(policies: Sequence[str], rounds: int, all_rounds: int | None = None,
-              compared: Sequence[str] = COMPARED) -> list[tuple[int, str]]:
-    """``(round, policy)`` in the order they run. Rounds ``< all_rounds`` (all of them when
-    None) run every policy once, the later ones only ``compared``; round ``r`` starts at the
-    ``r mod n``-th of its policies (A B, B A, A B, ... for two), so no policy always runs first
-    and none runs all its rounds in a row."""
-    all_rounds = rounds if all_rounds is None else all_rounds
-    order = []
-    for r in range(rounds):
-        these = list(policies) if r < all_rounds else [p for p in policies if p in compared]
-        n = len(these)
-        order += [(r, these[(r + k) % n]) for k in range(n)]
-    return order
-
-
 def points(ctx: RunContext) -> list[dict[str, Any]]:
-    return [{**REAL_SCALE[ctx.scale], "clock": CLOCK, **profile_for_run()}]
+    pin = pinned_profile(PROFILE_MODEL, threads=THREADS, fallback=SHIPPED_PROFILE)
+    return [{**REAL_SCALE[ctx.scale], "clock": CLOCK, **pin}]
 
 
 class _Counted:
@@ -209,29 +169,9 @@ class _Counted:
         return done
 
 
-class CpuClock:
-    """The engine's clock in a real-mode run: this thread's CPU seconds since the start plus
-    the waits :func:`~core.engine.serve.replay` asked for, which pass without sleeping.
-
-    Steps advance it by what they cost on this CPU (``time.thread_time``: the engine runs on
-    one torch thread, inline), arrivals and returning calls by their scheduled gaps. So the
-    run's latencies are those of the engine with a core to itself: another process that takes
-    the core slows the wall clock, not this one."""
-
-    def __init__(self) -> None:
-        self.t0 = time.thread_time()
-        self.waited = 0.0
-
-    def __call__(self) -> float:
-        return time.thread_time() - self.t0 + self.waited
-
-    def sleep(self, seconds: float) -> None:
-        self.waited += max(0.0, seconds)
-
-
 def serve(policy: str, wl: Workload, config: dict[str, Any]) -> tuple[list[Any], dict[str, float]]:
-    """The stream on a fresh engine under ``policy``, on a :class:`CpuClock`: its finished
-    engine requests, and the run's wall time and the engine's work."""
+    """The stream on a fresh engine under ``policy``, on a :class:`~core.engine.CpuClock`: its
+    finished engine requests, and the run's wall time and the engine's work."""
     llm = LLM(model_config(config), dtype="float32", device="cpu", seed=0, block_size=BLOCK,
               num_kv_blocks=config["kv_blocks"], num_host_blocks=4 * config["kv_blocks"],
               enable_prefix_caching=False, prefix_cache="block",
@@ -251,11 +191,12 @@ def serve(policy: str, wl: Workload, config: dict[str, Any]) -> tuple[list[Any],
 
 
 def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The policies on a fresh engine each, in interleaved rounds (:func:`run_order`), the same
-    stream each time; one row per (round, policy)."""
+    """The policies on a fresh engine each, in interleaved rounds
+    (:func:`core.metrics.rotated_order`), the same stream each time; one row per (round,
+    policy)."""
     wl = real_workload(config)
     stats = infercept_workload_stats(wl)["all"]
-    order = run_order(REAL_POLICIES, config["rounds"], config["all_rounds"])
+    order = rotated_order(REAL_POLICIES, config["rounds"], config["all_rounds"], COMPARED)
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:

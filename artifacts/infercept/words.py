@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.artifact import Results
-from core.sim.profiled import profile_origin
+from core.metrics import order_words
+from core.sim.profiled import pinned_origin
 
 from . import real
 from .plots import SLO_FACTOR, real_summary, setup_label
@@ -49,10 +50,6 @@ def breakdown_words(r: Results) -> str:
             f"preserved contexts fill memory and the compute rate), {windows} s arrival windows.")
 
 
-def _spread(lo: float, hi: float) -> str:
-    return f" ({lo:.3g}-{hi:.3g})"
-
-
 def real_words(r: Results) -> str:
     """What the real run was, and its medians with their spread over rounds."""
     if "real" not in r:
@@ -60,21 +57,15 @@ def real_words(r: Results) -> str:
     f = r["real"]
     s = real_summary(f)
     c = f.iloc[0]
-    order = " | ".join(", ".join(g["policy"]) for _, g in
-                       (f.sort_values("position") if "position" in f else f).groupby("round"))
+    order = order_words(f, "policy")
     head = (f"The real engine on this machine, one thread, a ~20M-parameter Llama with random "
             f"weights, timed on its CPU clock (the engine thread's CPU seconds plus the gaps of "
             f"arrivals and calls, which are not slept): {int(c['requests'])} requests of the mixed workload at {c['rate']:g} "
             f"req/s, lengths x{real.LENGTH_SCALE:g}, call durations x{c['duration_scale']:g}, "
             f"{int(c['kv_blocks'])} KV blocks of {real.BLOCK} tokens; a fresh engine per run, "
             f"in this order (rounds split by |): {order}.")
-    p = s.per_policy
-
-    def cell(k: str, m: str, fmt: str = ".3g") -> str:
-        med = f"{p.at[k, m + '_median']:{fmt}}"
-        return med + (_spread(p.at[k, m + "_min"], p.at[k, m + "_max"]) if p.at[k, "rounds"] > 1 else "")
-
-    lat = "; ".join(f"{k} {cell(k, 'norm_latency_mean')}" for k in p.index)
+    p = s.per_key
+    lat = "; ".join(f"{k} {s.median_range(k, 'norm_latency_mean')}" for k in p.index)
     ratios = s.ratios.get("norm_latency_mean", [])
     paired = (f" vLLM/InferCept per round: {', '.join(f'{x:.2f}x' for x in ratios)}."
               if ratios else "")
@@ -95,14 +86,7 @@ def profile_words(r: Results) -> str:
     if "real" not in r or "profile" not in r["real"]:
         return ""
     c = r["real"].iloc[0]
-    try:
-        model = real.load_profile(c["profile"], c["profile_sha256"])
-        origin = profile_origin(model)
-        host = (model.profile.get("device") or {}).get("hostname")
-        if host:
-            origin += f"; the profile names its host {host!r}"
-    except (OSError, ValueError) as exc:
-        origin = f"{c['profile']} (unreadable now: {exc})"
+    origin = pinned_origin(c["profile"], c["profile_sha256"])
     return (f"InferCept's T_fwd line ({c['policy_a_ms']:.3g} ms/token + {c['policy_c_ms']:.3g} "
             f"ms, saturation {int(c['policy_saturation'])} tokens) is fitted to the profile "
             f"{origin}; sha256 {c['profile_sha256'][:12]}. The engine's own times are measured, "

@@ -13,14 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from core.artifact import RunContext
-from core.sim.profiled import cpu_device_slug, cpu_model_name, profile_origin
+from core.sim.profiled import cpu_device_slug, cpu_model_name, load_pinned_profile, profile_origin
 
 from .hitrate import (
     CPU_PROFILE_MODEL,
     CPU_PROFILE_THREADS,
     MOONCAKE_REQUESTS,
     TRACE_CACHE_FRACTIONS,
-    load_cpu_profile,
     window_factor,
 )
 from .workloads import MAX_CONTEXT, MOONCAKE
@@ -124,7 +123,7 @@ def _profile(frame: pd.DataFrame):  # -> ProfiledCostModel
     if len(names) != 1:
         raise ValueError(f"expected one CPU profile in the rows, found {list(names)}")
     shas = frame["cpu_profile_sha256"].dropna().unique()
-    return load_cpu_profile(str(names[0]), str(shas[0]) if len(shas) == 1 else None)
+    return load_pinned_profile(str(names[0]), str(shas[0]) if len(shas) == 1 else None)
 
 
 def profile_is_this_cpus(frame: pd.DataFrame) -> bool:
@@ -136,17 +135,13 @@ def profile_is_this_cpus(frame: pd.DataFrame) -> bool:
 def profile_words(frame: pd.DataFrame) -> str:
     """The profile's file, device, host, date and commit, and why it was chosen."""
     model = _profile(frame)
-    dev = model.profile.get("device") or {}
-    host = dev.get("hostname") or ((model.profile.get("provenance") or {}).get("host") or {}).get(
-        "hostname")
     git = (model.profile.get("provenance") or {}).get("git") or {}
     why = ("the profile named for this CPU model" if profile_is_this_cpus(frame) else
            f"no profile for this CPU ({cpu_model_name()}) exists, so the shipped fallback")
-    where = f" on host {host!r}" if host else ""
     dirty = " with uncommitted changes" if git.get("dirty") else ""
-    return (f"{why}, {profile_origin(model)}. It was measured{where} from a checkout{dirty}; "
-            "engine changes after its commit are not in its times (recalibrate: README, TTFT on "
-            "your CPU)")
+    return (f"{why}, {profile_origin(model)}. It was measured from a checkout{dirty}; engine "
+            "changes after its commit are not in its times (recalibrate: README, TTFT on your "
+            "CPU)")
 
 
 def profile_title(frame: pd.DataFrame) -> str:

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from core.artifact import RunContext, Scale
-from core.data import DATA_DIR, REPO_ROOT, files_read, sha256_file, track_data_file
+from core.data import REPO_ROOT
 from core.sim.cost import CostModel, RooflineCostModel
-from core.sim.profiled import ProfiledCostModel, cpu_profile_path
+from core.sim.profiled import load_pinned_profile, pinned_profile
 
 from .policies import MarconiCosts
 from .replay import replay_requests
@@ -111,21 +111,18 @@ def cpu_profile() -> dict[str, str]:
 
     from .real import model_config  # the main process only: it loads torch
 
-    path = cpu_profile_path(CPU_PROFILE_MODEL, threads=CPU_PROFILE_THREADS,
-                            fallback=CPU_PROFILE_FALLBACK)
-    measured = ((ProfiledCostModel.load(path).profile.get("model") or {}).get("config")) or {}
+    pin = pinned_profile(CPU_PROFILE_MODEL, threads=CPU_PROFILE_THREADS,
+                         fallback=CPU_PROFILE_FALLBACK)
+    model = load_pinned_profile(pin["profile"], pin["profile_sha256"])
+    measured = ((model.profile.get("model") or {}).get("config")) or {}
     want = model_config()
     differ = sorted(k for k in set(want) | set(measured) if want.get(k) != measured.get(k))
     if differ:
         raise ArtifactInputError(
-            f"{path}: the step profile was measured on another model than the real mode's tiny "
-            f"hybrid (config keys differ: {', '.join(differ)}); recalibrate it (README: TTFT on "
-            "your CPU)")
-    try:
-        name = path.resolve().relative_to(Path(DATA_DIR).resolve()).as_posix()
-    except ValueError:
-        name = str(path)
-    return {"cpu_profile": name, "cpu_profile_sha256": sha256_file(path)}
+            f"{model.source}: the step profile was measured on another model than the real "
+            f"mode's tiny hybrid (config keys differ: {', '.join(differ)}); recalibrate it "
+            "(README: TTFT on your CPU)")
+    return {"cpu_profile": pin["profile"], "cpu_profile_sha256": pin["profile_sha256"]}
 
 
 def points(ctx: RunContext) -> list[dict[str, Any]]:
@@ -163,25 +160,6 @@ def _gpu_cost() -> RooflineCostModel:
     return RooflineCostModel(MODEL, GPU, dtype="fp16")
 
 
-def load_cpu_profile(name: str, sha256: str | None = None) -> ProfiledCostModel:
-    """The profile a point names (relative to ``data/`` or absolute), recorded for provenance on
-    every call; with ``sha256``, refuses a file whose content changed since the sweep was
-    planned."""
-    path = Path(name) if Path(name).is_absolute() else Path(DATA_DIR) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such step profile")
-    resolved = track_data_file(path)  # hashes it once per process (per provenance reset)
-    if sha256 is not None and files_read()[str(resolved)] != sha256:
-        raise RuntimeError(f"{path}: the step profile changed since this sweep was planned "
-                           f"(sha256 {sha256[:12]} expected); run again")
-    return _load_profile(str(resolved), files_read()[str(resolved)])
-
-
-@lru_cache(maxsize=2)
-def _load_profile(path: str, sha256: str) -> ProfiledCostModel:  # sha256: a new file, a new load
-    return ProfiledCostModel.load(path)
-
-
 def ttft_seconds(cost: CostModel, prompt_len: int, hit: int, chunk: int | None = None) -> float:
     """Prefill time of the prompt's uncached part: at least its last token is computed, since
     the first output token needs its logits. With ``chunk``, the part is prefilled in chunks of
@@ -206,7 +184,7 @@ def run_point(config: dict[str, Any]) -> dict[str, Any]:
                           policy=config["policy"], costs=MarconiCosts.paper_7b(),
                           window_factor=window)
     gpu = _gpu_cost()
-    cpu = load_cpu_profile(config["cpu_profile"], config.get("cpu_profile_sha256"))
+    cpu = load_pinned_profile(config["cpu_profile"], config.get("cpu_profile_sha256"))
     chunk = int(cpu.profile["engine"]["max_num_batched_tokens"])
     ttft = np.array([ttft_seconds(gpu, o.prompt_len, o.hit_tokens) for o in res.requests])
     ttft_cpu = np.array([ttft_seconds(cpu, o.prompt_len, o.hit_tokens, chunk)

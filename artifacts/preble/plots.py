@@ -6,16 +6,14 @@ the run swept (its scale, requests per point, rounds of the real mode)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from core.artifact import RunContext, color_map
-from core.metrics import highest_rate_within
+from core.artifact import RunContext, color_map, spread_bars
+from core.metrics import RoundsSummary, highest_rate_within, summarize_rounds
 
 from .fleet import FLEET_ROUTERS, LADDER, WORKLOADS
 from .real import E2_LABEL
@@ -185,51 +183,13 @@ REAL_METRICS = ("avg_latency_s", "p99_latency_s", "ttft_mean_s", "prefill_tokens
                 "prefill_tokens_max_replica")
 
 
-@dataclass
-class RealSummary:
-    """The real run over its rounds: per router the median, min and max of each metric
-    (``<metric>_median`` ...), and per metric the paired per-round ratios baseline / system."""
-
-    rounds: int
-    per_router: pd.DataFrame
-    ratios: dict[str, list[float]]
-
-
 def real_summary(frame: pd.DataFrame, baseline: str = "round-robin",
-                 system: str = E2_LABEL) -> RealSummary:
-    f = frame if "round" in frame else frame.assign(round=0)
-    metrics = [m for m in REAL_METRICS if m in f]
-    agg = f.groupby("router", sort=False)[metrics].agg(["median", "min", "max"])
-    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
-    order = [r for r in (baseline, system) if r in agg.index]
-    agg = agg.loc[order + [r for r in agg.index if r not in order]]
-    wide = f.pivot_table(index="round", columns="router", values=metrics, aggfunc="first")
-    ratios: dict[str, list[float]] = {}
-    for m in metrics:
-        if (m, baseline) in wide and (m, system) in wide:
-            both = wide[[(m, baseline), (m, system)]].dropna()
-            ratios[m] = [float(a / b) for a, b in both.to_numpy() if b > 0]
-        else:
-            ratios[m] = []
-    rounds = int(f.groupby("router")["round"].nunique().min()) if len(f) else 0
-    return RealSummary(rounds, agg, ratios)
-
-
-def spread_bars(ax: plt.Axes, frame: pd.DataFrame, metric: str, order: list[str],
-                colors: dict, *, scale: float = 1.0) -> None:
-    """Bars at the median over rounds, whiskers from min to max, one dot per round."""
-    for i, key in enumerate(order):
-        v = frame.loc[frame["router"] == key, metric].to_numpy(dtype=float) * scale
-        if not len(v):
-            continue
-        med = float(np.median(v))
-        ax.bar(i, med, color=colors[key], width=0.7)
-        if len(v) > 1:
-            ax.errorbar(i, med, yerr=[[med - v.min()], [v.max() - med]], color="black",
-                        capsize=4, lw=1.2)
-            ax.scatter(i + np.linspace(-0.15, 0.15, len(v)), v, color="black", s=10, zorder=3)
-    ax.set_xticks([])
-    ax.set_xlim(-0.6, len(order) - 0.4)
+                 system: str = E2_LABEL) -> RoundsSummary:
+    """The real run over its rounds (:func:`core.metrics.summarize_rounds`): per router the
+    median, min and max of each of :data:`REAL_METRICS`, and the paired per-round ratios
+    baseline / system."""
+    return summarize_rounds(frame, "router", REAL_METRICS, baseline=baseline, system=system,
+                            order=(baseline, system))
 
 
 def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
@@ -243,7 +203,7 @@ def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     panels = [p for p in panels if p[0] in frame]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.6), squeeze=False)
     for ax, (metric, label, scale) in zip(axes[0], panels, strict=True):
-        spread_bars(ax, frame, metric, order, ROUTER_COLORS, scale=scale)
+        spread_bars(ax, frame, metric, order, ROUTER_COLORS, key="router", scale=scale)
         ax.set_ylabel(label)
     handles = [plt.Rectangle((0, 0), 1, 1, color=ROUTER_COLORS[r], label=r) for r in order]
     fig.legend(handles=handles, loc="lower center", ncol=len(order), fontsize=LEGEND_FONT,

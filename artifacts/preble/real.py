@@ -13,13 +13,14 @@ the replicas schedule first-come first-served, so it is the ladder's ``e2+rebala
 sees step times through the tiny model's profiled cost model, as Preble's router uses its
 GPU's fitted prefill equations: the profile of this machine's CPU model when
 ``data/profiles`` has one, else the shipped one measured on another host
-(:func:`core.sim.profiled.cpu_profile_path`). The point's config carries the profile's path
+(:func:`core.sim.profiled.pinned_profile`). The point's config carries the profile's path
 and sha256, so a stored point is never reused with another profile.
 
 Latencies are wall-clock on a shared 2-core machine and move between runs, so the routers are
 measured in ``rounds``: every round serves the identical request stream once under each
 router, each on a fresh fleet (cold caches), and the order rotates from round to round
-(:func:`run_order`: RR, E2 | E2, RR | RR, E2 ...), so a slow phase of the machine falls on both.
+(:func:`core.metrics.rotated_order`: RR, E2 | E2, RR | RR, E2 ...), so a slow phase of the
+machine falls on both.
 The claim compares the median over rounds of the paired ratio (round-robin's average latency
 over E2's in the same round); the spread over rounds is reported beside it. The prefill tokens
 each replica computed (prompt tokens not served from its cache) are counted too: the work E2
@@ -28,17 +29,13 @@ saves, which timing noise does not move.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from core.artifact import RunContext, Scale
 from core.cluster import Router, make_router
 from core.cluster.serving import Fleet, ReplicaSpec
-from core.data import DATA_DIR, sha256_file
-from core.metrics import RequestRecord, summarize
-from core.sim.profiled import ProfiledCostModel, cpu_profile_path
+from core.metrics import RequestRecord, rotated_order, summarize
+from core.sim.profiled import load_pinned_profile, pinned_profile
 from core.workload import Workload
 
 from .router import E2Costs, E2Router
@@ -66,31 +63,8 @@ LENGTH_SCALE = 0.1
 # -- the step profile --------------------------------------------------------------------------
 
 
-def profile_for_run() -> dict[str, str]:
-    """The profile this run uses, as point config: its path (under ``data/`` when it is there)
-    and sha256."""
-    path = cpu_profile_path(PROFILE_MODEL, threads=THREADS, fallback=SHIPPED_PROFILE)
-    try:
-        name = str(path.resolve().relative_to(Path(DATA_DIR).resolve()))
-    except ValueError:
-        name = str(path)
-    return {"profile": name, "profile_sha256": sha256_file(path)}
-
-
-@lru_cache(maxsize=4)
-def load_profile(name: str, sha256: str) -> ProfiledCostModel:
-    """The profile a point names, checked against the sha256 its config recorded."""
-    path = Path(name) if Path(name).is_absolute() else Path(DATA_DIR) / name
-    model = ProfiledCostModel.load(path)
-    found = sha256_file(path)
-    if found != sha256:
-        raise ValueError(f"{path}: sha256 {found[:12]} is not the {sha256[:12]} this point was "
-                         "planned with (the profile changed during the run); run again")
-    return model
-
-
 def model_config(config: dict[str, Any]) -> dict[str, Any]:
-    return load_profile(config["profile"], config["profile_sha256"]).require_model_config()
+    return load_pinned_profile(config["profile"], config["profile_sha256"]).require_model_config()
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -105,21 +79,15 @@ def real_workload(config: dict[str, Any]) -> Workload:
 
 def _router(name: str, kv_tokens: int, config: dict[str, Any]) -> Router:
     if name == E2_LABEL:
-        cost = load_profile(config["profile"], config["profile_sha256"])
+        cost = load_pinned_profile(config["profile"], config["profile_sha256"])
         return E2Router(kv_tokens, E2Costs.from_cost_model(cost, decode_context=1024),
                         rebalance=True, pd_balance=True)
     return make_router(name)
 
 
-def run_order(routers: Sequence[str], rounds: int) -> list[tuple[int, str]]:
-    """``(round, router)`` in the order they run: every round runs each router once, and round
-    ``r`` starts at router ``r mod n`` (AB, BA, AB, ... for two), never all of one first."""
-    n = len(routers)
-    return [(r, routers[(r + k) % n]) for r in range(rounds) for k in range(n)]
-
-
 def points(ctx: RunContext) -> list[dict[str, Any]]:
-    return [{**REAL_SCALE[ctx.scale], **profile_for_run()}]
+    pin = pinned_profile(PROFILE_MODEL, threads=THREADS, fallback=SHIPPED_PROFILE)
+    return [{**REAL_SCALE[ctx.scale], **pin}]
 
 
 def serve_once(router: str, wl: Workload, config: dict[str, Any]) -> dict[str, Any]:
@@ -150,12 +118,13 @@ def serve_once(router: str, wl: Workload, config: dict[str, Any]) -> dict[str, A
 
 
 def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every router on a fresh fleet, ``rounds`` times interleaved (:func:`run_order`), the same
-    request stream each time; one row per (round, router)."""
+    """Every router on a fresh fleet, ``rounds`` times interleaved
+    (:func:`core.metrics.rotated_order`), the same request stream each time; one row per (round,
+    router)."""
     wl = real_workload(config)
     stats = preble_workload_stats(wl)
     rows = []
-    for position, (rnd, router) in enumerate(run_order(ROUTERS, config["rounds"])):
+    for position, (rnd, router) in enumerate(rotated_order(ROUTERS, config["rounds"])):
         row = serve_once(router, wl, config)  # a fresh fleet (and Ray instance) each time
         rows.append({"router": router, "round": rnd, "position": position, **row,
                      "prompt_mean": stats["prompt_mean"],

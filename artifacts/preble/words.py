@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from core.artifact import Results
-from core.sim.profiled import profile_origin
+from core.metrics import order_words
+from core.sim.profiled import pinned_origin
 
 from . import real
 from .plots import real_summary
@@ -57,10 +58,6 @@ def ablation_words(r: Results, experiment: str = "ablation") -> str:
             "the highest rate.")
 
 
-def _range(lo: float, hi: float, fmt: str) -> str:
-    return f"{lo:{fmt}}-{hi:{fmt}}"
-
-
 def real_words(r: Results) -> str:
     """What the real run was, and its medians with their spread over rounds."""
     if "real" not in r:
@@ -69,23 +66,15 @@ def real_words(r: Results) -> str:
     s = real_summary(f)
     c = f.iloc[0]
     short = {"round-robin": "RR", real.E2_LABEL: "E2"}
-    order = " | ".join(", ".join(short.get(x, x) for x in g["router"])
-                       for _, g in f.sort_values("position").groupby("round"))
+    order = order_words(f, "router", short)
     head = (f"Two engine replicas as Ray actors on this machine, one core each, a ~20M-parameter "
             f"Llama with random weights; VideoQA with lengths x{real.LENGTH_SCALE:g} "
             f"({c['prompt_mean']:.0f}-token prompts on average), {int(c['requests'])} requests at "
             f"{c['rate']:g} req/s; {s.rounds} round{'s' if s.rounds > 1 else ''} in this order, each "
             f"run on fresh replicas: "
             f"{order}.")
-    p = s.per_router
-
-    def spread(k: str, m: str) -> str:
-        if s.rounds < 2:
-            return ""
-        return f" ({_range(p.at[k, m + '_min'], p.at[k, m + '_max'], '.3g')})"
-
-    lat = "; ".join(f"{k} {p.at[k, 'avg_latency_s_median']:.3g} s{spread(k, 'avg_latency_s')}"
-                    for k in p.index)
+    p = s.per_key
+    lat = "; ".join(f"{k} {s.median_range(k, 'avg_latency_s', unit=' s')}" for k in p.index)
     ratios = s.ratios["avg_latency_s"]
     tail = (f" RR/E2 per round: {', '.join(f'{x:.2f}x' for x in ratios)}." if ratios else "")
     work = "; ".join(
@@ -102,13 +91,6 @@ def profile_words(r: Results) -> str:
     if "real" not in r or "profile" not in r["real"]:
         return ""
     c = r["real"].iloc[0]
-    try:
-        model = real.load_profile(c["profile"], c["profile_sha256"])
-        origin = profile_origin(model)
-        host = (model.profile.get("device") or {}).get("hostname")
-        if host:
-            origin += f"; the profile names its host {host!r}"
-    except (OSError, ValueError) as exc:
-        origin = f"{c['profile']} (unreadable now: {exc})"
+    origin = pinned_origin(c["profile"], c["profile_sha256"])
     return (f"E2's step-cost estimates come from the profile {origin}; sha256 "
             f"{c['profile_sha256'][:12]}. The replicas' own speed is measured, not the profile's.")

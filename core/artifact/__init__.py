@@ -7,7 +7,7 @@ resume), and writes ``metrics.csv``, ``fig-*.png/pdf``, ``claims.json``, ``CHECK
 ``provenance.json``.
 """
 
-from .plotting import color_map, figure_style, save_figure
+from .plotting import color_map, figure_style, save_figure, spread_bars
 from .runner import ArtifactInputError, RunOptions, RunSummary, SweepFailed, main, run_artifact
 from .spec import (
     Artifact,
@@ -31,5 +31,5 @@ __all__ = [
     "Artifact", "ArtifactInputError", "Claim", "Expect", "Experiment", "NotApplicable", "Paper", "PointStore",
     "Results", "RunContext", "RunOptions", "RunSummary", "Scale", "SweepFailed", "TraceOption",
     "at_least", "at_most", "between", "close_to", "color_map", "config_hash", "figure_style",
-    "main", "run_artifact", "save_figure",
+    "main", "run_artifact", "save_figure", "spread_bars",
 ]

@@ -8,10 +8,12 @@
 
 ``Engine`` (add_request / step / abort / pause / resume) is the streaming interface the
 simulator also drives, with a cost-model runner in place of :class:`ModelRunner`.
+:class:`CpuClock` times it on its thread's CPU seconds instead of the wall clock.
 """
 
 from core.sched.runner import Runner, StepResult
 
+from .clock import CpuClock
 from .engine import Engine, RequestOutput, StepStats
 from .llm import LLM
 from .runner import ModelRunner
@@ -19,6 +21,6 @@ from .sampling import Sampler, SamplingParams
 from .serve import greedy_for, replay, serve_sessions
 
 __all__ = [
-    "LLM", "Engine", "ModelRunner", "RequestOutput", "Runner", "Sampler", "SamplingParams",
+    "LLM", "CpuClock", "Engine", "ModelRunner", "RequestOutput", "Runner", "Sampler", "SamplingParams",
     "StepResult", "StepStats", "greedy_for", "replay", "serve_sessions",
 ]

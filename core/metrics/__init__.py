@@ -19,6 +19,10 @@ API (all times in seconds of the producing clock; TPOT and normalized latency in
   reference ``a``, requests matched by id (the simulator fidelity report).
 - :func:`highest_rate_within` ``(rates, latencies, bound)``: the highest rate of a sweep that
   meets a latency bound (interpolated), and whether the sweep saturated.
+- :func:`rotated_order` ``(items, rounds)``: interleaved rounds, the order rotating from round
+  to round; :func:`summarize_rounds` ``(frame, key, metrics)`` -> :class:`RoundsSummary`: per
+  item the median, min and max over rounds, and paired per-round ratios; :func:`order_words`
+  says the order the runs ran in.
 
 Aborted (``abort``), rejected (``error``) and unfinished requests are counted but never enter
 latency statistics. See :mod:`core.metrics.record` for the metric definitions and
@@ -29,6 +33,7 @@ torch), so the simulator can use it.
 from core.metrics.capacity import highest_rate_within
 from core.metrics.compare import compare, relative_error
 from core.metrics.record import COMPLETED, EXCLUDED_REASONS, RequestRecord, records_by_id
+from core.metrics.rounds import RoundsSummary, order_words, rotated_order, summarize_rounds
 from core.metrics.stats import PERCENTILE_METHOD, PERCENTILES, STAT_NAMES, Stats, percentile
 from core.metrics.summary import (
     FRAME_COLUMNS,
@@ -41,6 +46,7 @@ from core.metrics.summary import (
 
 __all__ = [
     "COMPLETED", "EXCLUDED_REASONS", "FRAME_COLUMNS", "LATENCY_METRICS", "PERCENTILES",
-    "PERCENTILE_METHOD", "SLO", "STAT_NAMES", "MetricsSummary", "RequestRecord", "Stats",
-    "compare", "highest_rate_within", "percentile", "records_by_id", "relative_error", "summarize", "to_frame",
+    "PERCENTILE_METHOD", "SLO", "STAT_NAMES", "MetricsSummary", "RequestRecord", "RoundsSummary",
+    "Stats", "compare", "highest_rate_within", "percentile", "records_by_id", "relative_error",
+    "order_words", "rotated_order", "summarize", "summarize_rounds", "to_frame",
 ]

@@ -113,6 +113,9 @@ __all__ = [
     "extra_keys",
     "grid_segment",
     "keys_table",
+    "load_pinned_profile",
+    "pinned_origin",
+    "pinned_profile",
     "profile_origin",
     "shipped_profile",
     "write_profile",
@@ -507,22 +510,74 @@ def cpu_profile_path(model: str, *, threads: int = 1, fallback: str | None = Non
     return shipped
 
 
+def pinned_profile(model: str, *, fallback: str | None = None, threads: int = 1) -> dict[str, str]:
+    """The step profile of ``model`` a run uses (:func:`cpu_profile_path`: this CPU's own, else
+    ``data/<fallback>``), pinned for a sweep point's config: ``{"profile": its path, relative to
+    ``data/`` when it is there, "profile_sha256": its sha256}``. A point that carries it is never
+    reused with another profile; :func:`load_pinned_profile` loads it back."""
+    from core.data import DATA_DIR, sha256_file
+
+    path = cpu_profile_path(model, threads=threads, fallback=fallback)
+    try:
+        name = path.resolve().relative_to(Path(DATA_DIR).resolve()).as_posix()
+    except ValueError:
+        name = str(path)
+    return {"profile": name, "profile_sha256": sha256_file(path)}
+
+
+def load_pinned_profile(name: str, sha256: str | None) -> ProfiledCostModel:
+    """The profile a point's config names (relative to ``data/`` or absolute), recorded for
+    provenance, loaded once per process and content. Raises :class:`ProfileError` when the
+    file's sha256 now is not ``sha256`` (it changed since the sweep was planned; None checks
+    nothing) and FileNotFoundError naming a missing file."""
+    from core.data import DATA_DIR, sha256_file, track_data_file
+
+    path = Path(name) if Path(name).is_absolute() else Path(DATA_DIR) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such step profile")
+    resolved = track_data_file(path)
+    found = sha256_file(resolved)  # the file as it is now (a profile hashes in about a ms)
+    if sha256 is not None and found != sha256:
+        raise ProfileError(f"{path}: sha256 {found[:12]} is not the {sha256[:12]} this point was "
+                           "planned with (the profile changed since); run again")
+    return _load_by_content(str(resolved), found)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_by_content(path: str, sha256: str) -> ProfiledCostModel:  # a new content, a new load
+    return ProfiledCostModel.load(path)
+
+
+def pinned_origin(name: str, sha256: str | None) -> str:
+    """:func:`profile_origin` of a pinned profile, for notes written after the run; when the file
+    cannot be read now (gone, changed), its name and why."""
+    try:
+        return profile_origin(load_pinned_profile(name, sha256))
+    except (OSError, ValueError) as exc:
+        return f"{name} (unreadable now: {exc})"
+
+
 def profile_origin(model: ProfiledCostModel) -> str:
     """Where a profile's step times were measured, in words for notes and captions: the file,
-    the device, the date and commit, and whether this machine has the same CPU."""
+    the device and its host, the date and commit, and whether this machine has the same CPU."""
     from core.data import REPO_ROOT
 
     doc = model.profile
     dev = doc.get("device") or {}
+    prov = doc.get("provenance") or {}
     src = Path(model.source)
     try:
         where = str(src.resolve().relative_to(REPO_ROOT))
     except ValueError:
         where = src.name
-    commit = ((doc.get("provenance") or {}).get("git") or {}).get("commit") or ""
+    commit = (prov.get("git") or {}).get("commit") or ""
+    host = dev.get("hostname") or (prov.get("host") or {}).get("hostname")
     measured = (f"measured on {dev.get('name', '?')} ({dev.get('cpu_capability') or dev.get('type')}"
                 f", {doc.get('threads', dev.get('threads', '?'))} thread(s), torch "
-                f"{doc.get('torch_version', '?')}) on {str(doc.get('created', '?'))[:10]}")
+                f"{doc.get('torch_version', '?')})")
+    if host:
+        measured += f", host {host!r},"
+    measured += f" on {str(doc.get('created', '?'))[:10]}"
     if commit:
         measured += f" at commit {commit[:7]}"
     if dev.get("type", "cpu") == "cpu":

@@ -19,6 +19,7 @@ from artifacts.marconi.workloads import with_outputs
 from core.artifact import NotApplicable, Results, RunContext, RunOptions, Scale, main, run_artifact
 from core.artifact.runner import build_points
 from core.data import sha256_file
+from core.sim import profiled
 from core.workload import Workload
 from core.workload.mooncake import load_mooncake
 
@@ -196,8 +197,8 @@ def test_pairwise_reuse_pays_off_for_vllm_plus_at_once_and_for_marconi_from_the_
 
 def test_points_carry_the_profile_so_a_new_profile_recomputes_them(tmp_path, monkeypatch):
     ctx = RunContext(Scale.SMOKE, 0, out=tmp_path)
-    chosen = hitrate.cpu_profile_path(hitrate.CPU_PROFILE_MODEL, threads=1,
-                                      fallback=hitrate.CPU_PROFILE_FALLBACK)
+    chosen = profiled.cpu_profile_path(hitrate.CPU_PROFILE_MODEL, threads=1,
+                                       fallback=hitrate.CPU_PROFILE_FALLBACK)
     before = build_points(ARTIFACT, ctx, ["hitrate"])
     assert {p.config["cpu_profile_sha256"] for p in before} == {sha256_file(chosen)}
     # a recalibrated profile (same model, new times) gives new point hashes
@@ -205,7 +206,7 @@ def test_points_carry_the_profile_so_a_new_profile_recomputes_them(tmp_path, mon
     doc["created"] = "2099-01-01T00:00:00Z"
     mine = tmp_path / chosen.name
     mine.write_text(json.dumps(doc))
-    monkeypatch.setattr(hitrate, "cpu_profile_path", lambda *a, **k: mine)
+    monkeypatch.setattr(profiled, "cpu_profile_path", lambda *a, **k: mine)
     after = build_points(ARTIFACT, ctx, ["hitrate"])
     assert {p.config["cpu_profile"] for p in after} == {str(mine)}
     assert not {p.hash for p in before} & {p.hash for p in after}

@@ -22,6 +22,8 @@ from core.artifact import (
 )
 from core.artifact.report import evaluate_claim
 from core.data import DATA_DIR, sha256_file
+from core.metrics import rotated_order
+from core.sim.profiled import load_pinned_profile
 
 
 @pytest.mark.slow
@@ -66,11 +68,10 @@ def test_smoke_scale_end_to_end(tmp_path):
 
 
 def test_real_mode_interleaves_the_routers_round_by_round():
-    order = real.run_order(("A", "B"), 3)
-    assert order == [(0, "A"), (0, "B"), (1, "B"), (1, "A"), (2, "A"), (2, "B")]
-    # never all of one router first: each round runs both, and the first to run alternates
-    assert [p for _, p in order] != ["A", "A", "A", "B", "B", "B"]
-    assert real.run_order(real.ROUTERS, 1) == [(0, "round-robin"), (0, real.E2_LABEL)]
+    order = rotated_order(real.ROUTERS, 3)
+    rr, e2 = real.ROUTERS
+    assert order == [(0, rr), (0, e2), (1, e2), (1, rr), (2, rr), (2, e2)]
+    assert rotated_order(real.ROUTERS, 1) == [(0, "round-robin"), (0, real.E2_LABEL)]
     assert real.REAL_SCALE[Scale.DEFAULT]["rounds"] >= real.MIN_ROUNDS
 
 
@@ -78,9 +79,9 @@ def test_real_points_carry_the_profile_and_its_sha256():
     (point,) = real.points(RunContext(Scale.SMOKE, 0, None))
     path = DATA_DIR / point["profile"]
     assert point["profile_sha256"] == sha256_file(path)
-    assert real.load_profile(point["profile"], point["profile_sha256"]).require_model_config()
+    assert load_pinned_profile(point["profile"], point["profile_sha256"]).require_model_config()
     with pytest.raises(ValueError, match="sha256"):
-        real.load_profile(point["profile"], "0" * 64)
+        load_pinned_profile(point["profile"], "0" * 64)
     # another profile (another sha256) is another point: stored results are not reused
     from core.artifact.runner import build_points
 

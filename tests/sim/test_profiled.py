@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.data import DATA_DIR
+from core.data import DATA_DIR, sha256_file
 from core.sched import SchedulerConfig
 from core.sim import ProfiledCostModel, ProfileError, ReplicaConfig, Simulator
 from core.sim.profiled import PROFILE_SCHEMA, shipped_profile
@@ -311,6 +311,55 @@ def test_profile_origin_names_the_file_the_host_and_the_commit():
     model = shipped_profile("profiles/cpu-amd-epyc-1t-tiny-llama-20m.json")
     words = profile_origin(model)
     assert words.startswith("data/profiles/cpu-amd-epyc-1t-tiny-llama-20m.json, measured on AMD EPYC")
-    assert "2026-11-23" in words and "commit " in words
+    assert "host 'vm'" in words and "2026-11-23" in words and "commit " in words
     same = cpu_model_name() == model.profile["device"]["name"]
     assert ("same CPU model" in words) is same and ("different CPU" in words) is not same
+    # the host from the provenance when the device does not name it; none when neither does
+    doc = copy.deepcopy(model.profile)
+    del doc["device"]["hostname"]
+    doc["provenance"]["host"]["hostname"] = "lab-7"
+    assert "host 'lab-7'" in profile_origin(ProfiledCostModel(doc, source=model.source))
+    del doc["provenance"]["host"]
+    assert "host" not in profile_origin(ProfiledCostModel(doc, source=model.source))
+
+
+def test_a_pinned_profile_is_its_path_and_sha256_and_loads_back_checked(tmp_path, monkeypatch):
+    import core.data
+    from core.sim.profiled import (
+        cpu_device_slug,
+        cpu_model_name,
+        load_pinned_profile,
+        pinned_origin,
+        pinned_profile,
+        profile_origin,
+    )
+
+    monkeypatch.setattr(core.data, "DATA_DIR", tmp_path)
+    (tmp_path / "profiles").mkdir()
+    shipped = tmp_path / "profiles" / "cpu-other-1t-m.json"
+    shipped.write_text(SHIPPED.read_text())
+    pin = pinned_profile("m", fallback="profiles/cpu-other-1t-m.json")
+    assert pin == {"profile": "profiles/cpu-other-1t-m.json", "profile_sha256": sha256_file(shipped)}
+    model = load_pinned_profile(pin["profile"], pin["profile_sha256"])
+    assert model.require_model_config()["hidden_size"] == 256
+    assert load_pinned_profile(pin["profile"], pin["profile_sha256"]) is model  # loaded once
+    assert str(shipped.resolve()) in core.data.files_read()  # in the run's provenance
+    with pytest.raises(ProfileError, match="cpu-other-1t-m.json: sha256 .* is not the 000000000000"):
+        load_pinned_profile(pin["profile"], "0" * 64)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_pinned_profile("profiles/nope.json", None)
+    # this CPU's own profile wins, and is another pin
+    own = tmp_path / "profiles" / f"{cpu_device_slug(cpu_model_name(), 2)}-m.json"
+    doc = json.loads(SHIPPED.read_text())
+    doc["created"] = "2099-01-01T00:00:00Z"
+    own.write_text(json.dumps(doc))
+    mine = pinned_profile("m", fallback="profiles/cpu-other-1t-m.json", threads=2)
+    assert mine["profile"] == f"profiles/{own.name}" and mine["profile_sha256"] != pin["profile_sha256"]
+    # a path outside data/ stays absolute
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.json"
+    outside.write_text(SHIPPED.read_text())
+    assert load_pinned_profile(str(outside), sha256_file(outside)).model_config == model.model_config
+    # in notes written after the run: where it was measured, or why it cannot be read now
+    assert pinned_origin(pin["profile"], pin["profile_sha256"]) == profile_origin(model)
+    gone = pinned_origin("profiles/nope.json", "0" * 64)
+    assert gone.startswith("profiles/nope.json (unreadable now: ") and "no such step profile" in gone
