@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.artifact import RunContext
+from core.metrics import order_words
 from core.sim.profiled import cpu_device_slug, cpu_model_name, load_pinned_profile, profile_origin
 
 from .hitrate import (
@@ -22,6 +23,7 @@ from .hitrate import (
     TRACE_CACHE_FRACTIONS,
     window_factor,
 )
+from .plots import real_summary
 from .workloads import MAX_CONTEXT, MOONCAKE
 
 NAMES = {"lmsys": "LMSys-like", "sharegpt": "ShareGPT-like", "swebench": "SWE-bench-like",
@@ -186,3 +188,33 @@ def untuned_reason(g: pd.DataFrame) -> str:
     if (status == "no eviction").any():
         lines.append(f"{int((status == 'no eviction').sum())}: no eviction")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- the real mode
+
+
+def real_run_words(frame: pd.DataFrame, cpu: str) -> str:
+    """What the real mode ran, from its rows: the model and CPU, the sessions, the clock and the
+    rounds in the order they ran."""
+    rounds = real_summary(frame).rounds
+    return (f"a tiny hybrid model served by the engine on this CPU ({cpu}), "
+            f"{int(frame['sessions'].iloc[0])} LMSys-like sessions made for the tiny model "
+            f"({int(frame['requests'].iloc[0])} turns) with a shared 256-token system prompt, "
+            "timed on the engine thread's CPU clock (its CPU seconds plus the sessions' arrival "
+            "gaps, which are not slept: time other processes take from the core does not "
+            f"count); {rounds} round{'s' if rounds != 1 else ''}, each run on a fresh engine, in "
+            f"this order (rounds split by |): {order_words(frame, 'policy')}; the real mode does "
+            "not read --trace")
+
+
+def real_hit_words(frame: pd.DataFrame) -> str:
+    """Each policy's hit rates in the engine and in the replay, and its TTFT on the CPU clock:
+    medians over rounds with their min-max."""
+    s = real_summary(frame)
+    what = "median (min-max) over rounds" if s.rounds > 1 else "in its one round"
+    hits = "; ".join(f"{k} {s.median_range(k, 'real_hit_rate')} against "
+                     f"{s.median_range(k, 'replay_hit_rate')}" for k in s.per_key.index)
+    ttft = "; ".join(f"{k} {s.median_range(k, 'ttft_mean_ms', '.0f', ' ms')}"
+                     for k in s.per_key.index)
+    return (f"Token hit rate, engine against replay, {what}: {hits}. Mean TTFT on the engine's "
+            f"CPU clock, {what}: {ttft}.")

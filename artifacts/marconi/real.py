@@ -1,20 +1,33 @@
 """Real mode: a tiny hybrid model served by the engine on this CPU with each policy.
 
 Chat sessions with a shared system prompt are served closed-loop (:func:`core.engine.
-serve_sessions`: each turn carries the tokens the engine generated), once per policy on the
-same KV-block and SSM-slot budget, and once without prefix caching. The run reports the real
-token hit rate and TTFT, checks that every turn's tokens equal the uncached run's, and replays
-the very same sequences through the cache-level replay (same policy objects, a byte budget equal
-to the engine's two pools) so the real ordering can be set beside the simulated one.
+serve_sessions`: each turn carries the tokens the engine generated) once without prefix caching,
+then once per policy and round on the same KV-block and SSM-slot budget, each time on a fresh
+engine. Each run reports the real token hit rate and TTFT, checks that every turn's tokens equal
+the uncached run's, and replays the very same sequences through the cache-level replay (same
+policy objects, a byte budget equal to the engine's two pools) so the real ordering can be set
+beside the simulated one.
+
+**The clock.** Which turns share a batch decides what each policy can cache, so the hit rates
+depend on how long steps take against when sessions arrive. Every run is timed on a
+:class:`core.engine.CpuClock` (the engine thread's CPU seconds plus the arrival gaps, which pass
+without sleeping): what other processes take from the core does not change what is
+concurrent. TTFT is in the same CPU seconds. Wall seconds are recorded beside.
+
+**Rounds.** The policies run in ``rounds`` interleaved rounds, the order rotating from round to
+round (:func:`core.metrics.rotated_order`: Marconi, SGLang+, vLLM+ | SGLang+, vLLM+, Marconi |
+...); the claims read each policy's median over rounds, with the min and max beside it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
-from core.engine import LLM, serve_sessions
+from core.engine import LLM, CpuClock, serve_sessions
+from core.metrics import rotated_order
 from core.model.spec import ModelSpec, preset_config
 from core.workload import Request
 
@@ -33,6 +46,8 @@ MODEL_OVERRIDES = dict(
 # token-level radix tree (their leaf and branch-point states sit at any position)
 VLLM_BLOCK = 32
 POLICIES = ("marconi", "sglang+", "vllm+")
+CLOCK = "engine-thread-cpu"
+"""The point config's name for :class:`~core.engine.CpuClock`, the clock every run is timed on."""
 
 
 def model_config() -> dict[str, Any]:
@@ -76,19 +91,29 @@ def _llm(config: dict[str, Any], policy: str | None) -> LLM:
     )  # fmt: skip
 
 
-def _serve(config: dict[str, Any], policy: str | None) -> tuple[LLM, list[Any]]:
+def _serve(config: dict[str, Any], policy: str | None
+           ) -> tuple[LLM, list[Any], dict[str, float]]:  # fmt: skip
+    """The sessions on a fresh engine on a :class:`~core.engine.CpuClock`: the engine, its
+    finished requests, and the run's wall and clock seconds."""
     llm = _llm(config, policy)
+    clock = CpuClock()
+    llm.engine.clock = clock
+    t0 = time.perf_counter()
     # users do not think here: a turn follows its predecessor at once (closed loop)
-    return llm, serve_sessions(llm.engine, sessions(config["sessions"], config["seed"]),
-                               think_time_scale=0.0)
+    served = serve_sessions(llm.engine, sessions(config["sessions"], config["seed"]),
+                            think_time_scale=0.0, sleep=clock.sleep)
+    return llm, served, {"wall_s": time.perf_counter() - t0, "clock_s": clock(),
+                         "engine_cpu_s": clock.cpu_s}
 
 
 def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Serve the sessions without a cache and with each policy; one row per policy."""
+    """Serve the sessions without a cache, then with each policy in ``config["rounds"]``
+    interleaved rounds (:func:`core.metrics.rotated_order`); one row per (round, policy), its
+    outputs compared with the uncached run's."""
     import torch
 
     torch.set_num_threads(1)  # one core per point, so two points can share the machine
-    llm, served = _serve(config, None)
+    llm, served, _ = _serve(config, None)
     cold = {r.request_id: list(r.output_token_ids) for r in served}
     costs = _costs()
     if costs.ssm_state_bytes != llm.model.state_bytes_per_slot(torch.float32):
@@ -96,8 +121,8 @@ def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
     capacity = (config["kv_tokens"] * costs.kv_bytes_per_token
                 + config["state_slots"] * costs.ssm_state_bytes)
     rows = []
-    for policy in POLICIES:
-        _, served = _serve(config, policy)
+    for position, (rnd, policy) in enumerate(rotated_order(POLICIES, config["rounds"])):
+        _, served, times = _serve(config, policy)
         prompt = sum(r.num_prompt_tokens for r in served)
         hit = sum(r.num_cached_tokens for r in served)
         ttft = np.array([r.timeline.first_token_time - r.timeline.arrival_time for r in served])
@@ -111,6 +136,8 @@ def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
                               page_size=_block_size(policy), tune=False)
         rows.append({
             "policy": policy,
+            "round": rnd,
+            "position": position,
             "requests": len(served),
             "real_hit_rate": hit / prompt if prompt else float("nan"),
             "replay_hit_rate": rep.token_hit_rate,
@@ -118,5 +145,6 @@ def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
             "ttft_p95_ms": 1e3 * float(np.percentile(ttft, 95)),
             "identical_fraction": same / len(served) if served else float("nan"),
             "compared_requests": len(cold),
+            **times,
         })  # fmt: skip
     return rows

@@ -12,13 +12,15 @@ import pytest
 
 from artifacts.marconi import artifact as mc
 from artifacts.marconi import hitrate
+from artifacts.marconi import real as rr
 from artifacts.marconi.artifact import ARTIFACT
-from artifacts.marconi.plots import plot_hitrate
+from artifacts.marconi.plots import plot_hitrate, plot_real
 from artifacts.marconi.replay import replay_requests
 from artifacts.marconi.workloads import with_outputs
 from core.artifact import NotApplicable, Results, RunContext, RunOptions, Scale, main, run_artifact
 from core.artifact.runner import build_points
 from core.data import sha256_file
+from core.metrics import rotated_order
 from core.sim import profiled
 from core.workload import Workload
 from core.workload.mooncake import load_mooncake
@@ -37,12 +39,19 @@ def test_smoke_scale_end_to_end(tmp_path):
     for _, g in hit.groupby(["workload", "cache_gb"]):
         by = g.set_index("policy").token_hit_rate
         assert by["marconi"] > by["vllm+"] and by["sglang+"] > by["vllm+"]
-    real = m[m.experiment == "real"].set_index("policy")
-    assert (real.identical_fraction == 1.0).all()  # the exactness check, every policy
-    assert real.real_hit_rate["marconi"] > real.real_hit_rate["vllm+"]
+    real = m[m.experiment == "real"]
+    rounds = mc.REAL_SCALE[Scale.SMOKE]["rounds"]
+    # every policy in every round, in the rotated order, on the CPU clock
+    assert list(zip(real["round"], real.policy, strict=True)) == rotated_order(rr.POLICIES, rounds)
+    assert (real.clock == rr.CLOCK).all() and (real.clock_s > 0).all()
+    assert (real.identical_fraction == 1.0).all()  # the exactness check, every policy and round
+    med = real.groupby("policy").real_hit_rate.median()
+    assert med["marconi"] > med["vllm+"]
     claims = {c["id"]: c for c in s.claims}
     assert claims["real-exact"]["passed"] is True
     assert set(claims) == {c.id for c in ARTIFACT.claims}
+    note = claims["real-ordering"]["note"]
+    assert "CPU clock" in note and f"{rounds} rounds" in note and "median (min-max)" in note
 
 
 def _mooncake_lines(n: int) -> list[str]:
@@ -225,3 +234,52 @@ def test_real_ordering_agreement_counts_pairs():
     # marconi > sglang+ in the engine, a tie in the replay: one pair of three disagrees
     assert mc.real_ordering_agreement(r) == pytest.approx(2 / 3)
     assert mc.real_identical(r) == 0.9
+
+
+def _real_round(rnd, hits, replay=(0.86, 0.85, 0.55), same=1.0):
+    order = [p for r, p in rotated_order(rr.POLICIES, rnd + 1) if r == rnd]
+    return [{"policy": p, "round": rnd, "position": 3 * rnd + k, "sessions": 2, "requests": 10,
+             "real_hit_rate": hits[rr.POLICIES.index(p)],
+             "replay_hit_rate": replay[rr.POLICIES.index(p)], "ttft_mean_ms": 50.0 + k,
+             "ttft_p95_ms": 90.0, "identical_fraction": same}
+            for k, p in enumerate(order)]  # fmt: skip
+
+
+def test_real_ordering_is_decided_on_the_medians_over_rounds():
+    # round 1's batching put SGLang+ 2 points above Marconi: its mean would tie the two, the
+    # median keeps Marconi ahead as in the replay
+    rows = (_real_round(0, (0.86, 0.83, 0.50)) + _real_round(1, (0.80, 0.82, 0.49))
+            + _real_round(2, (0.85, 0.83, 0.51)))  # fmt: skip
+    r = _results([], rows)
+    assert mc.real_ordering_agreement(r) == 1.0
+    mean = pd.DataFrame(rows).groupby("policy").real_hit_rate.mean()
+    assert abs(mean["marconi"] - mean["sglang+"]) < 0.01  # a tie: the mean would disagree
+    one = _results([], _real_round(1, (0.80, 0.82, 0.49)))
+    assert mc.real_ordering_agreement(one) == pytest.approx(2 / 3)  # that round alone
+    # the exactness check reads every round
+    bad = rows[:-1] + [dict(rows[-1], identical_fraction=0.9)]
+    assert mc.real_identical(_results([], rows)) == 1.0 and mc.real_identical(_results([], bad)) == 0.9
+    # the note gives the rounds, their order, the clock and each policy's median (min-max)
+    note = mc.real_ordering_note(r)
+    assert "3 rounds" in note and "CPU clock" in note
+    assert ("marconi, sglang+, vllm+ | sglang+, vllm+, marconi | vllm+, marconi, sglang+"
+            in note)
+    assert "marconi 0.85 (0.8-0.86) against 0.86 (0.86-0.86)" in note
+    assert "ms" in note and "TTFT" in note
+
+
+def test_the_real_figure_has_spread_bars_and_names_the_clock():
+    rows = (_real_round(0, (0.86, 0.83, 0.50)) + _real_round(1, (0.80, 0.82, 0.49))
+            + _real_round(2, (0.85, 0.83, 0.51)))  # fmt: skip
+    figs = plot_real(pd.DataFrame(rows), RunContext(Scale.SMOKE, 0, out=None))
+    try:
+        fig = figs["real-mode"]
+        hit_ax = fig.axes[0]
+        heights = sorted(round(b.get_height(), 6) for b in hit_ax.patches)
+        assert 0.85 in heights and 0.83 in heights and 0.5 in heights  # engine medians
+        text = fig._suptitle.get_text() + " ".join(t.get_text() for t in fig.texts)
+        assert "CPU clock" in text and "3 interleaved rounds" in text and "median" in text
+        assert "CPU clock" in fig.axes[1].get_ylabel()
+    finally:
+        for f in figs.values():
+            plt.close(f)
