@@ -218,7 +218,8 @@ def _reap(parent: int, fd: int, interval_s: float) -> None:
     when it dies instead, SIGKILL them."""
     for s in ("SIGINT", "SIGHUP"):  # a terminal's signals are for the parent, not for us
         signal.signal(getattr(signal, s), signal.SIG_IGN)
-    me, seen = os.getpid(), {}
+    me = os.getpid()
+    seen: dict[int, int] = {}  # pid -> start time
     while True:
         seen = {p: t for p, t in seen.items() if _proc_stat(p) is not None}
         seen.update(_descendants({parent}))

@@ -399,6 +399,7 @@ class TritonPagedAttention(AttentionBackend):
         consts = dict(PAGE_SIZE=page_size, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d,
                       BLOCK_N=block_n, F32_DOT=f32_dot,
                       num_warps=4, enable_fp_fusion=True)  # explicit: Triton 3.9 warns if unset
+        grid: tuple[int, ...]  # (programs) per axis: 2 for decode, 3 for prefill
         with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
             if metadata.decode_seqs.numel():
                 grid = (metadata.decode_seqs.numel(), num_kv_heads)

@@ -452,7 +452,7 @@ class RadixKVBackend(KVBackend):
             return
         bs = self.block_size
         n = req.num_computed_tokens
-        seq: list[int] | None = None
+        seq: Sequence[int] | None = None
         if cache and self.enable_prefix_caching and n > 0:
             seq = req.token_ids[:n]
             table = [v // bs for v in hold.match.hit_values[::bs]] + hold.own_blocks

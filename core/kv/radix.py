@@ -377,7 +377,8 @@ class RadixCache:
 
     def _walk(self, tokens: tuple[int, ...]) -> tuple[list[RadixNode], int, RadixNode | None, int]:
         """Fully matched nodes, matched length, and the partially matched child (+ its k)."""
-        node, pos, path, n = self.root, 0, [], len(tokens)
+        path: list[RadixNode] = []
+        node, pos, n = self.root, 0, len(tokens)
         while pos < n:
             child = node.children.get(self._ckey(tokens, pos))
             if child is None:
@@ -567,8 +568,8 @@ class RadixCache:
                 parent = seg
             self._num_tokens += n - pos
         if getattr(self.eviction, "refresh_on_insert", True):  # else only the new nodes carry now
-            for p in path:
-                p.last_access = now
+            for hit in path:
+                hit.last_access = now
 
         unused_ck: list[int] = []
         added = 0

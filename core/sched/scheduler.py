@@ -420,7 +420,9 @@ class Scheduler:
         tokens; True once all of them have crossed (then it may be swapped in)."""
         rid = req.request_id
         moved = self._swap_in_moved.get(rid, 0)
-        step = min(tokens - moved, self._link_left[1])
+        # a budget is whole tokens or inf (never the min: tokens - moved is finite), so int()
+        # only tells the type checker the step is a token count
+        step = int(min(tokens - moved, self._link_left[1]))
         self._link_left[1] -= step
         self._link_used[1] += step
         moved += step

@@ -94,7 +94,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -634,6 +634,7 @@ class _FastRoofline:
                                 launch_s=eff.collective_launch_s, collective=collective)  # fmt: skip
         tc = _lin(op.flops, x) / op.compute_rate
         tm = _lin(op.nbytes, x) / op.memory_rate
+        work: np.ndarray | float
         if isinstance(tc, np.ndarray) or isinstance(tm, np.ndarray):
             work = _combine_arrays(tc, tm, self.blend)
         else:
@@ -708,6 +709,7 @@ class RooflineCostModel(CostModel):
 
     fast_path_reason: str = ""
     """Why :attr:`fast_path` is off ('' when it is on or not yet built)."""
+    _fast: _FastRoofline | Literal[False]  # built on first use; False: no fast path
 
     def __init__(
         self,
@@ -876,7 +878,7 @@ class RooflineCostModel(CostModel):
         return sum(o.seconds for o in ops) + self.efficiency.step_overhead_s
 
     def _fast_model(self) -> _FastRoofline | None:
-        fast = self.__dict__.get("_fast")
+        fast: _FastRoofline | Literal[False] | None = self.__dict__.get("_fast")
         if fast is None or (fast is not False and fast.efficiency is not self.efficiency):
             built, self.fast_path_reason = _FastRoofline.build(self)
             fast = self._fast = built if built is not None else False

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -348,7 +349,7 @@ def measure_cpu(
         for key in keys:
             a = torch.randn(n, n, generator=gen).to(torch_dtypes[key])
             b = torch.randn(n, n, generator=gen).to(torch_dtypes[key])
-            t_lin = _best_time(lambda a=a, b=b: F.linear(a, b), repeats, budget_s)
+            t_lin = _best_time(partial(F.linear, a, b), repeats, budget_s)
             peaks[key] = 2.0 * n**3 / t_lin
             raw[f"gemm_{key}_s"] = t_lin
         numel = int(copy_mib) * (1 << 20) // 4

@@ -141,11 +141,10 @@ class SimulatedRunner:
         ``cost.step_time_for`` says for it: ``cost.decode_run_times`` when the cost model
         defines it consistently with its ``step_time_for``, else one call per step."""
         cost = self.cost
-        cls = type(cost)
         runs = getattr(cost, "decode_run_times", None)
         if runs is not None and (not isinstance(cost, CostModel)
-                                 or cls.decode_run_times is not CostModel.decode_run_times
-                                 or cls.step_time_for is CostModel.step_time_for):
+                                 or type(cost).decode_run_times is not CostModel.decode_run_times
+                                 or type(cost).step_time_for is CostModel.step_time_for):
             times = runs([c.start for c in out.chunks], k)
             return times.tolist() if hasattr(times, "tolist") else [float(t) for t in times]
         chunks = out.chunks
@@ -503,12 +502,12 @@ class Simulator:
                 ereq.arrival_time = now
                 ereq.timeline.arrival_time = now
                 if self.fast_forward:  # routers must see what step-by-step would show at now
-                    for r in replicas:
-                        if r.run is not None:
+                    for rep in replicas:
+                        if rep.run is not None:
                             if lazy_views:
-                                r.view_time = now
+                                rep.view_time = now
                             else:
-                                r.materialize(now)
+                                rep.materialize(now)
                 i = self.router.route(
                     RouteRequest(ereq.request_id, ereq.token_ids, ereq.max_tokens, wreq.session_id),
                     replicas, now)

@@ -204,7 +204,7 @@ def assign_arrivals(
     sessions = list(workload.sessions().values())
     n = len(workload) if by == "request" else len(sessions)
     if hasattr(process, "times"):
-        times = np.asarray(process.times(n, rng), dtype=float)  # type: ignore[union-attr]
+        times = np.asarray(process.times(n, rng), dtype=float)
         label = repr(process)
     else:
         times = np.asarray(process, dtype=float)

@@ -119,8 +119,9 @@ def json_object_line(text: str, json_path: Sequence[str | int]) -> int:
         starts[id(obj)] = s_and_end[1] - 1  # the scanner passes the index after "{"
         return obj, end
 
-    decoder.parse_object = parse_object
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    # typeshed declares neither hook (both exist: json.decoder and json.scanner set them)
+    decoder.parse_object = parse_object  # type: ignore[attr-defined]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     node = decoder.decode(text)
     pos = starts.get(id(node), 0)
     for key in json_path:

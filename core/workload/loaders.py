@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 _MOONCAKE_KEYS = {"timestamp", "input_length", "output_length", "hash_ids"}
-_LOADERS = {
+_LOADERS: dict[str, Callable[..., Workload]] = {
     "azure": load_azure,
     "mooncake": load_mooncake,
     "marconi": load_marconi_jsonl,

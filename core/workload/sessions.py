@@ -60,8 +60,6 @@ def _tokens_and_len(
 ) -> tuple[list[int] | None, int]:
     ids = rec.get(ids_key)
     n = rec.get(len_key)
-    if ids is None and n is None:
-        raise TraceFormatError(*where, f"needs {ids_key!r} or {len_key!r}")
     if ids is not None:
         check_value(ids, "int_list", ids_key, where)
         if any(x < 0 for x in ids):
@@ -70,7 +68,11 @@ def _tokens_and_len(
         check_value(n, "nonneg_int", len_key, where)
     if ids is not None and n is not None and len(ids) != n:
         raise TraceFormatError(*where, f"{len_key}={n} but {ids_key} has {len(ids)} ids")
-    return ids, (len(ids) if ids is not None else n)
+    if ids is not None:
+        return ids, len(ids)
+    if n is None:
+        raise TraceFormatError(*where, f"needs {ids_key!r} or {len_key!r}")
+    return None, n
 
 
 def load_marconi_jsonl(path: str | os.PathLike[str], *, limit: int | None = None) -> Workload:
@@ -226,6 +228,19 @@ def _reused_tokens(prev: Request, cur: Request) -> int | None:
     return None
 
 
+def _total_reused(sessions: dict[str, list[Request]]) -> int | None:
+    """Prompt tokens that each session's turns reuse from the turn before, summed; None when
+    one pair's reuse is unknown (see :func:`_reused_tokens`)."""
+    total = 0
+    for reqs in sessions.values():
+        for prev, cur in zip(reqs, reqs[1:], strict=False):
+            n = _reused_tokens(prev, cur)
+            if n is None:
+                return None
+            total += n
+    return total
+
+
 def _pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if len(x) else 0.0
 
@@ -249,16 +264,7 @@ def session_stats(workload: Workload) -> dict[str, Any]:
     prompt = np.array([r.prompt_len for r in workload], dtype=float)
     output = np.array([r.output_len for r in workload], dtype=float)
     thinks = np.array([r.think_time_s for v in sessions.values() for r in v[1:]], dtype=float)
-    reused: int | None = 0
-    for reqs in sessions.values():
-        for prev, cur in zip(reqs, reqs[1:], strict=False):
-            n = _reused_tokens(prev, cur)
-            if n is None:
-                reused = None
-                break
-            reused += n
-        if reused is None:
-            break
+    reused = _total_reused(sessions)
     total = float(prompt.sum())
     return {
         "requests": len(workload),
