@@ -75,16 +75,19 @@ def _py(session: nox.Session, *args: str, **kwargs) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole pytest suite (what CI runs); pass pytest options after --."""
+    """Run the whole pytest suite; pass pytest options after --. CI runs `nox -s lint tests`."""
     _env(session)
     _py(session, "-m", "pytest", *(session.posargs or ["-q"]))
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Check style and common bugs with ruff."""
+    """ruff check, ruff format --check and mypy (the packages pyproject.toml lists); what CI
+    and the pre-commit hooks run."""
     _env(session)
-    _py(session, "-m", "ruff", "check", ".", *session.posargs)
+    _py(session, "-m", "ruff", "check", ".")
+    _py(session, "-m", "ruff", "format", "--check", ".")
+    _py(session, "-m", "mypy")
 
 
 @nox.session
