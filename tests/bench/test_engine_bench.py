@@ -279,13 +279,6 @@ def test_render_prints_every_section():
 # ---- end to end -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path, capsys, restore_threads):
     """``--quick`` on one thread (the machine is shared): the HF parts must measure, the engine

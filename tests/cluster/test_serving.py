@@ -27,10 +27,8 @@ OUT = 8
 
 
 @pytest.fixture(autouse=True)
-def keep_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+def keep_threads(restore_threads):
+    """Replicas set torch's thread count in this process; each test leaves it as it found it."""
 
 
 def prompts(lengths, seed=0):

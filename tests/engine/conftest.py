@@ -8,14 +8,6 @@ import torch
 from tests.model.conftest import build_hf
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """``checkpoint(arch)`` -> (transformers model, directory with its save_pretrained)."""

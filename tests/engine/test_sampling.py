@@ -31,15 +31,6 @@ from core.engine.sampling import (
 CHI2_CRIT_1E3 = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run faster on one thread, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
     """Pearson's statistic over the support of ``probs``, and its degrees of freedom.
 

@@ -6,14 +6,6 @@ import pytest
 
 from core.engine import LLM, serve_sessions
 from core.workload import ChatSessionParams, Request, generate_chat_sessions
-from tests.model.conftest import build_hf
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sessions-llama")
-    build_hf("llama").save_pretrained(path)
-    return path
 
 
 def _virtual(llm):

@@ -44,15 +44,6 @@ def hf_config(arch: str) -> transformers.PretrainedConfig:
     raise ValueError(arch)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "bamba"]
 
 

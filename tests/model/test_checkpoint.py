@@ -22,15 +22,8 @@ from core.model import (
     save_model,
 )
 
-from .conftest import ARCHS, build_hf, hf_config, hf_logits
+from .conftest import ARCHS, hf_config, hf_logits
 from .paged import PagedRunner
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llama")
-    build_hf("llama").save_pretrained(path)
-    return path
 
 
 def copy_of(src, dst):

@@ -291,38 +291,24 @@ def test_fast_forward_is_exact_with_preble_priority(cache, n_rep, seqs, budget):
 # ---- the engine -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    from tests.model.conftest import build_hf
-
-    path = tmp_path_factory.mktemp("preble-llama")
-    build_hf("llama").save_pretrained(path)
-    return path
-
-
-def test_engine_tokens_equal_fcfs(llama_dir):
+def test_engine_tokens_equal_fcfs(llama_dir, one_thread):
     from core.engine import LLM, SamplingParams
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        g = torch.Generator().manual_seed(3)
-        shared = torch.randint(3, 512, (24,), generator=g).tolist()
-        tails = [torch.randint(3, 512, (n,), generator=g).tolist() for n in (3, 9, 5, 14, 2, 7)]
-        # cold prompts first, shared-prefix ones later: the policy admits them out of order
-        prompts = [t + tails[0] for t in tails[1:3]] + [shared + t for t in tails]
-        params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-        outs, admitted = {}, {}
-        for policy in ("fcfs", "preble-priority"):
-            llm = LLM(llama_dir, block_size=4, num_kv_blocks=128, max_num_seqs=2,
-                      max_num_batched_tokens=16, queue_policy=policy)  # fmt: skip
-            llm.generate([shared + [9]], params, use_tqdm=False)  # cache the shared prefix
-            got = llm.generate(prompts, params, use_tqdm=False)
-            outs[policy] = [o.token_ids for o in got]
-            admitted[policy] = sorted(range(len(got)),
-                                      key=lambda i: (got[i].metrics["first_scheduled_time"], i))
-        assert outs["fcfs"] == outs["preble-priority"]
-        assert admitted["fcfs"] == list(range(len(prompts)))
-        assert admitted["preble-priority"] != admitted["fcfs"]  # the order did change
-    finally:
-        torch.set_num_threads(before)
+    g = torch.Generator().manual_seed(3)
+    shared = torch.randint(3, 512, (24,), generator=g).tolist()
+    tails = [torch.randint(3, 512, (n,), generator=g).tolist() for n in (3, 9, 5, 14, 2, 7)]
+    # cold prompts first, shared-prefix ones later: the policy admits them out of order
+    prompts = [t + tails[0] for t in tails[1:3]] + [shared + t for t in tails]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    outs, admitted = {}, {}
+    for policy in ("fcfs", "preble-priority"):
+        llm = LLM(llama_dir, block_size=4, num_kv_blocks=128, max_num_seqs=2,
+                  max_num_batched_tokens=16, queue_policy=policy)  # fmt: skip
+        llm.generate([shared + [9]], params, use_tqdm=False)  # cache the shared prefix
+        got = llm.generate(prompts, params, use_tqdm=False)
+        outs[policy] = [o.token_ids for o in got]
+        admitted[policy] = sorted(range(len(got)),
+                                  key=lambda i: (got[i].metrics["first_scheduled_time"], i))
+    assert outs["fcfs"] == outs["preble-priority"]
+    assert admitted["fcfs"] == list(range(len(prompts)))
+    assert admitted["preble-priority"] != admitted["fcfs"]  # the order did change
