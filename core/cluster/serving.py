@@ -566,7 +566,7 @@ class _Run:
         self.results[req.request_id] = req
         if replica is not None:
             if self.fleet._finish_kw:
-                self.router.on_finish(replica, req.request_id, self.now(),  # type: ignore[call-arg]
+                self.router.on_finish(replica, req.request_id, self.now(),
                                       output_tokens=req.num_output_tokens)
             else:
                 self.router.on_finish(replica, req.request_id, self.now())
