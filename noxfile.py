@@ -37,7 +37,9 @@ nox.options.default_venv_backend = "none"
 
 
 def _install_key() -> str:
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH_OVERRIDE.encode()).hexdigest()
+    return hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + TORCH_OVERRIDE.encode()
+    ).hexdigest()
 
 
 def _env(session: nox.Session) -> None:
@@ -107,7 +109,8 @@ def calibrate(session: nox.Session) -> None:
 def _artifact_names() -> list[str]:
     base = ROOT / "artifacts"
     return sorted(
-        p.name for p in base.iterdir()
+        p.name
+        for p in base.iterdir()
         if p.is_dir() and (p / "__main__.py").exists() and not p.name.startswith("_")
     )
 
@@ -147,7 +150,7 @@ def _requested_sessions(argv: list[str]) -> list[str]:
             continue
         for flag in ("--sessions=", "--session=", "-s=", "-e="):
             if arg.startswith(flag):
-                names += [x for x in arg[len(flag):].split(",") if x]
+                names += [x for x in arg[len(flag) :].split(",") if x]
                 break
         else:
             if taking and not arg.startswith("-"):
@@ -160,10 +163,11 @@ def _requested_sessions(argv: list[str]) -> list[str]:
 def _explain_unknown_artifacts(argv: list[str]) -> None:
     known = _artifact_names()
     for name in _requested_sessions(argv):
-        if name.startswith("artifact-") and name[len("artifact-"):] not in known:
+        if name.startswith("artifact-") and name[len("artifact-") :] not in known:
             sys.stderr.write(
-                f"nox: no artifact {name[len('artifact-'):]!r}; the artifacts are: "
-                + ", ".join(f"artifact-{n}" for n in known) + "\n"
+                f"nox: no artifact {name[len('artifact-') :]!r}; the artifacts are: "
+                + ", ".join(f"artifact-{n}" for n in known)
+                + "\n"
             )
 
 
@@ -181,8 +185,10 @@ def dev(session: nox.Session) -> None:
         path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
         session.run(cmd, *args, external=True, env={"PATH": path, "PYTHONHASHSEED": "0"})
         return
-    session.log(f"ready: run `source {VENV.relative_to(ROOT)}/bin/activate`; its python imports "
-                "core (the project is installed there in editable mode)")
+    session.log(
+        f"ready: run `source {VENV.relative_to(ROOT)}/bin/activate`; its python imports "
+        "core (the project is installed there in editable mode)"
+    )
 
 
 @nox.session

@@ -109,8 +109,9 @@ class _Guard:
             return
         # os.write, not print: the signal may have come in the middle of a print to stderr
         name = signal.Signals(signum).name
-        os.write(2, f"{name}: already stopping (cleaning up); send it again to exit at once\n"
-                 .encode())
+        os.write(
+            2, f"{name}: already stopping (cleaning up); send it again to exit at once\n".encode()
+        )
 
 
 _guard: _Guard | None = None
@@ -156,8 +157,13 @@ def _set_pdeathsig(signum: int) -> bool:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                               ctypes.c_ulong]
+        libc.prctl.argtypes = [
+            ctypes.c_int,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        ]
         return libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
@@ -176,8 +182,9 @@ def die_with_parent(parent_pid: int) -> None:
         if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
             os._exit(1)
         return
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
-                     name="die-with-parent").start()
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), daemon=True, name="die-with-parent"
+    ).start()
 
 
 # -- the reaper ----------------------------------------------------------------------------------
@@ -259,7 +266,9 @@ class Reaper:
             # -I -S: stdlib only, no site: starts in ~20 ms and ~10 MB
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", __file__, str(os.getpid()), str(r), str(interval_s)],
-                pass_fds=(r,), stdin=subprocess.DEVNULL)
+                pass_fds=(r,),
+                stdin=subprocess.DEVNULL,
+            )
         except OSError:
             os.close(w)
             return None

@@ -16,8 +16,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_FREE = ["core.sim", "core.kv", "core.sched", "core.cluster", "core.metrics",
-              "core.workload", "core.artifact", "core.model"]  # fmt: skip
+TORCH_FREE = [
+    "core.sim",
+    "core.kv",
+    "core.sched",
+    "core.cluster",
+    "core.metrics",
+    "core.workload",
+    "core.artifact",
+    "core.model",
+]
 # Submodules of those packages that are the engine side on purpose: real serving on engine
 # replicas (core.cluster's docstring says it is not imported by the package) and the torch
 # models and checkpoint I/O of core.model (core.model loads them on first use).
@@ -39,8 +47,14 @@ sys.meta_path.insert(0, _Block())
 
 def run(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "0"}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                         text=True, cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -120,15 +134,23 @@ def test_a_fresh_sim_install_runs_the_readme_simulation(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    f"{src}[sim]"], check=True, timeout=900)  # fmt: skip
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{src}[sim]"],
+        check=True,
+        timeout=900,
+    )
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Simulating a deployment") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     env = {"PATH": os.environ.get("PATH", ""), "SERVELAB_DATA": str(ROOT / "data")}
-    out = subprocess.run([str(py), "-c", "import sys\n" + code +
-                          "\nassert 'torch' not in sys.modules"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        [str(py), "-c", "import sys\n" + code + "\nassert 'torch' not in sys.modules"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert float(out.stdout.strip().splitlines()[-1]) > 0
     assert subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode != 0

@@ -59,12 +59,16 @@ def sustainable_rate_gain(r: Results) -> float:
     for model in dict.fromkeys(m for m, _ in s.index):
         ic, v = s.loc[(model, "infercept")], s.loc[(model, "vllm")]
         if not ic["saturated"]:
-            bounds.append(f"on {model} InferCept meets the bound at every swept rate up to "
-                          f"{ic['slo_rate']:g} req/s, so its own rate is unknown (the ratio is "
-                          f">= {_ratio(ic['slo_rate'], v['slo_rate']):.2f}x)")
+            bounds.append(
+                f"on {model} InferCept meets the bound at every swept rate up to "
+                f"{ic['slo_rate']:g} req/s, so its own rate is unknown (the ratio is "
+                f">= {_ratio(ic['slo_rate'], v['slo_rate']):.2f}x)"
+            )
         elif v["slo_rate"] == 0:
-            bounds.append(f"on {model} vLLM misses the bound already at the lowest swept rate "
-                          f"(the ratio is unbounded)")
+            bounds.append(
+                f"on {model} vLLM misses the bound already at the lowest swept rate "
+                f"(the ratio is unbounded)"
+            )
         else:
             gains.append(_ratio(ic["slo_rate"], v["slo_rate"]))
     if bounds:
@@ -91,8 +95,10 @@ def _vllm_operating_points(r: Results) -> pd.DataFrame:
         if np.isfinite(rate):
             rows.append(g[g["rate"] == rate])
     if not rows:
-        raise NotApplicable("vLLM misses the latency bound at every swept rate of every model: "
-                            "there is no operating point to read its recompute share at")
+        raise NotApplicable(
+            "vLLM misses the latency bound at every swept rate of every model: "
+            "there is no operating point to read its recompute share at"
+        )
     return pd.concat(rows)
 
 
@@ -107,8 +113,11 @@ def infercept_recompute_left(r: Results) -> float:
     """InferCept's recompute share over vLLM's at the same operating points (vLLM's highest
     rate within the bound), averaged over models: the part of vLLM's recomputation left."""
     op = _vllm_operating_points(r).set_index(["setup", "policy"])["recompute_share"]
-    ratios = [_ratio(op[(s, "infercept")], op[(s, "vllm")])
-              for s in {s for s, _ in op.index} if (s, "infercept") in op.index]
+    ratios = [
+        _ratio(op[(s, "infercept")], op[(s, "vllm")])
+        for s in {s for s, _ in op.index}
+        if (s, "infercept") in op.index
+    ]
     return float(np.mean(ratios)) if ratios else float("nan")
 
 
@@ -117,8 +126,9 @@ def preserve_short_long(r: Results) -> float:
     says: on short calls (arithmetic, QA, virtual environment) Preserve's mean normalized
     latency is at most vLLM's at every swept load; on long calls (chat, image, speech) it is
     above vLLM's at the highest load."""
-    f = r["breakdown"].pivot_table(index=["kind", "load"], columns="policy",
-                                   values="norm_latency_mean")
+    f = r["breakdown"].pivot_table(
+        index=["kind", "load"], columns="policy", values="norm_latency_mean"
+    )
     hits = []
     for kind in (*sim.SHORT_KINDS, *sim.LONG_KINDS):
         if kind not in f.index.get_level_values("kind"):
@@ -144,7 +154,8 @@ def real_gain(r: Results) -> float:
         raise NotApplicable(
             f"{len(ratios)} round(s) of vLLM and InferCept in this run (measured {one}); the "
             f"measured ordering is decided on the median of >= {real.MIN_ROUNDS} interleaved "
-            "rounds (default scale runs 3)")
+            "rounds (default scale runs 3)"
+        )
     return float(np.median(ratios))
 
 
@@ -172,6 +183,7 @@ def real_complete(r: Results) -> float:
 def _note(words, extra: str = ""):
     def note(r: Results) -> str:
         return " ".join(x for x in (words(r), extra) if x)
+
     return note
 
 
@@ -184,8 +196,7 @@ ARTIFACT = Artifact(
     # 2: real mode in interleaved rounds with work counts, the profile in the point config
     version="2",
     paper=Paper(
-        title="InferCept: Efficient Intercept Support for Augmented Large Language Model "
-        "Inference",
+        title="InferCept: Efficient Intercept Support for Augmented Large Language Model Inference",
         venue="ICML'24",
         authors="Reyna Abhyankar, Zijian He, Vikranth Srivatsa, Hao Zhang, Yiying Zhang",
         url="https://arxiv.org/abs/2402.01869",
@@ -196,15 +207,31 @@ ARTIFACT = Artifact(
     "and pipelined swap; simulated A100s on the six augmentation types, per-type breakdown, "
     "and the real engine on this CPU.",
     experiments=[
-        Experiment("sim", "normalized latency, completed requests/s, recompute share and GPU "
-                   "memory x time wasted against request rate, five policies, GPT-J-6B and "
-                   "Vicuna-13B (TP 2) on simulated A100s (Fig. 8)", sim.sim_points,
-                   sim.run_point, plot_sim),
-        Experiment("breakdown", "each augmentation type alone: Preserve vs vLLM vs InferCept",
-                   sim.breakdown_points, sim.run_point, plot_breakdown),
-        Experiment("real", "the five policies in the real engine, tiny Llama on this CPU, "
-                   "in interleaved rounds on the engine's CPU clock", real.points,
-                   real.run_point, plot_real, exclusive=True),
+        Experiment(
+            "sim",
+            "normalized latency, completed requests/s, recompute share and GPU "
+            "memory x time wasted against request rate, five policies, GPT-J-6B and "
+            "Vicuna-13B (TP 2) on simulated A100s (Fig. 8)",
+            sim.sim_points,
+            sim.run_point,
+            plot_sim,
+        ),
+        Experiment(
+            "breakdown",
+            "each augmentation type alone: Preserve vs vLLM vs InferCept",
+            sim.breakdown_points,
+            sim.run_point,
+            plot_breakdown,
+        ),
+        Experiment(
+            "real",
+            "the five policies in the real engine, tiny Llama on this CPU, "
+            "in interleaved rounds on the engine's CPU clock",
+            real.points,
+            real.run_point,
+            plot_real,
+            exclusive=True,
+        ),
     ],
     claims=[
         Claim(
@@ -212,8 +239,10 @@ ARTIFACT = Artifact(
             "InferCept sustains 1.6-2x higher serving load than vLLM while maintaining similar "
             "latency per token.",
             "1.6-2x (Fig. 8)",
-            measure=sustainable_rate_gain, expect=at_least(1.6),
-            unit="x (smallest over models)", experiments=("sim",),
+            measure=sustainable_rate_gain,
+            expect=at_least(1.6),
+            unit="x (smallest over models)",
+            experiments=("sim",),
             expected=">= 1.6x the highest rate within the latency bound, on every model",
             note=_note(sim_words, "Highest rate interpolated between the swept rates."),
         ),
@@ -221,28 +250,40 @@ ARTIFACT = Artifact(
             "completed-rps",
             "InferCept completes over 2x more requests per second than vLLM.",
             "> 2x",
-            measure=completed_rps_gain, expect=at_least(2.0),
-            unit="x (smallest over models of the best rate)", experiments=("sim",),
+            measure=completed_rps_gain,
+            expect=at_least(2.0),
+            unit="x (smallest over models of the best rate)",
+            experiments=("sim",),
             expected=">= 2x at some swept rate, on every model",
-            note=_note(sim_words, "Requests completed within the arrival window, per second, as "
-                       "the authors' benchmark counts them."),
+            note=_note(
+                sim_words,
+                "Requests completed within the arrival window, per second, as "
+                "the authors' benchmark counts them.",
+            ),
         ),
         Claim(
             "vllm-recompute-share",
             "Recomputing contexts after interceptions is 37-40% of vLLM's model forward time.",
             "37-40%",
-            measure=vllm_recompute_share, expect=between(0.2, 0.6),
-            unit="of forward time (mean over models)", experiments=("sim",),
-            note=_note(sim_words, "Measured at vLLM's highest swept rate within the bound; "
-                       "recompute time is the step time minus the same step without its "
-                       "recomputed tokens."),
+            measure=vllm_recompute_share,
+            expect=between(0.2, 0.6),
+            unit="of forward time (mean over models)",
+            experiments=("sim",),
+            note=_note(
+                sim_words,
+                "Measured at vLLM's highest swept rate within the bound; "
+                "recompute time is the step time minus the same step without its "
+                "recomputed tokens.",
+            ),
         ),
         Claim(
             "recompute-removed",
             "InferCept removes most of that recomputation.",
             "(most of the 37-40%)",
-            measure=infercept_recompute_left, expect=at_most(0.5),
-            unit="x vLLM's share (InferCept / vLLM)", experiments=("sim",),
+            measure=infercept_recompute_left,
+            expect=at_most(0.5),
+            unit="x vLLM's share (InferCept / vLLM)",
+            experiments=("sim",),
             note=_note(sim_words, "Same operating points as vllm-recompute-share."),
         ),
         Claim(
@@ -250,7 +291,9 @@ ARTIFACT = Artifact(
             "Preserving is the right choice for short interceptions (math, QA, virtual "
             "environment) and the wrong one for long ones (chat, image, speech).",
             "(per-augmentation analysis)",
-            measure=preserve_short_long, expect=at_least(1.0), unit="of the 6 types",
+            measure=preserve_short_long,
+            expect=at_least(1.0),
+            unit="of the 6 types",
             experiments=("breakdown",),
             expected="Preserve <= vLLM at every load on the 3 short types, > vLLM at the "
             "highest load on the 3 long ones",
@@ -260,8 +303,10 @@ ARTIFACT = Artifact(
             "real-ordering",
             "In the real engine, InferCept's normalized latency is at most vLLM's.",
             "(the note: same ordering on CPU)",
-            measure=real_gain, expect=at_least(1.0),
-            unit="x (vLLM / InferCept, median over rounds)", experiments=("real",),
+            measure=real_gain,
+            expect=at_least(1.0),
+            unit="x (vLLM / InferCept, median over rounds)",
+            experiments=("real",),
             expected=f">= 1x, the median over >= {real.MIN_ROUNDS} interleaved rounds",
             note=_real_note,
         ),
@@ -269,8 +314,10 @@ ARTIFACT = Artifact(
             "real-recompute",
             "In the real engine, InferCept recomputes far fewer tokens than vLLM.",
             "(the note: the engine's recomputed tokens show where the time goes)",
-            measure=real_recompute_left, expect=at_most(0.5),
-            unit="x (InferCept / vLLM, median over rounds)", experiments=("real",),
+            measure=real_recompute_left,
+            expect=at_most(0.5),
+            unit="x (InferCept / vLLM, median over rounds)",
+            experiments=("real",),
             note=_real_note,
         ),
         Claim(
@@ -278,14 +325,18 @@ ARTIFACT = Artifact(
             "Every policy generates the same tokens (greedy decoding): only when KV is kept, "
             "dropped or moved differs.",
             "(correctness)",
-            measure=real_identical, expect=at_least(1.0), unit="of requests (every run)",
+            measure=real_identical,
+            expect=at_least(1.0),
+            unit="of requests (every run)",
             experiments=("real",),
         ),
         Claim(
             "real-complete",
             "Every request of the real run completes under every policy.",
             "(correctness)",
-            measure=real_complete, expect=at_least(1.0), unit="of requests (every run)",
+            measure=real_complete,
+            expect=at_least(1.0),
+            unit="of requests (every run)",
             experiments=("real",),
         ),
     ],

@@ -83,8 +83,15 @@ class ObservedPolicy(InterceptPolicy):
     def __init__(self, inner: InterceptPolicy, totals: ProbeTotals) -> None:
         self.inner = inner
         self.totals = totals
-        for name in ("name", "requeue", "preemption_mode", "recompute_saturation",
-                     "swap_out_budget_tokens", "swap_in_budget_tokens", "pipelined_swap"):
+        for name in (
+            "name",
+            "requeue",
+            "preemption_mode",
+            "recompute_saturation",
+            "swap_out_budget_tokens",
+            "swap_in_budget_tokens",
+            "pipelined_swap",
+        ):
             setattr(self, name, getattr(inner, name))
         self._held: list[tuple[EngineRequest, int]] = []
         self._since = 0.0
@@ -103,14 +110,20 @@ class ObservedPolicy(InterceptPolicy):
         # now from a preserved pause (running again); a request the last iteration swapped out
         # or discarded (it is paused in another mode, or waiting / swapped after resuming) had
         # left the device then.
-        held = sum(tokens for r, tokens in self._held
-                   if r.status == RequestStatus.RUNNING
-                   or (r.status == RequestStatus.PAUSED and r.pause_mode == PauseMode.PRESERVE))
+        held = sum(
+            tokens
+            for r, tokens in self._held
+            if r.status == RequestStatus.RUNNING
+            or (r.status == RequestStatus.PAUSED and r.pause_mode == PauseMode.PRESERVE)
+        )
         self.totals.preserve_waste += held * (now - self._since)
         plan = self.inner.plan(sched, now)
         dropped = {id(r) for r in plan.discard}
-        self._held = [(r, r.num_computed_tokens) for r in sched.paused
-                      if r.pause_mode == PauseMode.PRESERVE and id(r) not in dropped]
+        self._held = [
+            (r, r.num_computed_tokens)
+            for r in sched.paused
+            if r.pause_mode == PauseMode.PRESERVE and id(r) not in dropped
+        ]
         self._since = now
         return plan
 

@@ -78,12 +78,30 @@ MIN_ROUNDS = 3
 """Fewest rounds on which the measured ordering is decided (a median of fewer is noise)."""
 
 REAL_SCALE = {
-    Scale.SMOKE: {"requests": 8, "rate": 4.0, "kv_blocks": 48, "duration_scale": 0.01,
-                  "rounds": 3, "all_rounds": 1},
-    Scale.DEFAULT: {"requests": 40, "rate": 2.0, "kv_blocks": 48,
-                    "duration_scale": DURATION_SCALE, "rounds": 3, "all_rounds": 3},
-    Scale.FULL: {"requests": 120, "rate": 2.0, "kv_blocks": 48, "duration_scale": DURATION_SCALE,
-                 "rounds": 5, "all_rounds": 5},
+    Scale.SMOKE: {
+        "requests": 8,
+        "rate": 4.0,
+        "kv_blocks": 48,
+        "duration_scale": 0.01,
+        "rounds": 3,
+        "all_rounds": 1,
+    },
+    Scale.DEFAULT: {
+        "requests": 40,
+        "rate": 2.0,
+        "kv_blocks": 48,
+        "duration_scale": DURATION_SCALE,
+        "rounds": 3,
+        "all_rounds": 3,
+    },
+    Scale.FULL: {
+        "requests": 120,
+        "rate": 2.0,
+        "kv_blocks": 48,
+        "duration_scale": DURATION_SCALE,
+        "rounds": 5,
+        "all_rounds": 5,
+    },
 }
 """Per scale: the stream, and ``rounds`` rounds of which the first ``all_rounds`` run every
 policy and the rest only :data:`COMPARED` (smoke: to stay within its minute)."""
@@ -117,16 +135,20 @@ def fitted_cost(config: dict[str, Any]) -> tuple[LinearIterationCost, int]:
     seconds = np.asarray([row[0] for row in p["tables"]["prefill"]], dtype=float)
     a, c = np.polyfit(tokens, seconds, 1)
     a, c = float(max(a, 1e-9)), float(max(c, 0.0))
-    cost = LinearIterationCost(a, c, kv_bytes_per_token=kv_bytes_per_token(config),
-                               host_bandwidth=HOST_BANDWIDTH)
+    cost = LinearIterationCost(
+        a, c, kv_bytes_per_token=kv_bytes_per_token(config), host_bandwidth=HOST_BANDWIDTH
+    )
     return cost, max(1, round(c / a))
 
 
 def make_policy(name: str, wl: Workload, config: dict[str, Any]) -> InterceptPolicy:
     if name in ("infercept", ESTIMATED):
         cost, saturation = fitted_cost(config)
-        extra = ({} if name == "infercept"
-                 else {"oracle": False, "mean_duration_s": wl.params["mean_duration_s"]})
+        extra = (
+            {}
+            if name == "infercept"
+            else {"oracle": False, "mean_duration_s": wl.params["mean_duration_s"]}
+        )
         return make_intercept_policy("infercept", cost=cost, saturation=saturation, **extra)
     return make_intercept_policy(name)
 
@@ -136,10 +158,14 @@ def make_policy(name: str, wl: Workload, config: dict[str, Any]) -> InterceptPol
 
 def real_workload(config: dict[str, Any]) -> Workload:
     return generate_infercept_workload(
-        "mixed", config["requests"], config["rate"], seed=config["seed"],
-        length_scale=LENGTH_SCALE, duration_scale=config["duration_scale"],
+        "mixed",
+        config["requests"],
+        config["rate"],
+        seed=config["seed"],
+        length_scale=LENGTH_SCALE,
+        duration_scale=config["duration_scale"],
         vocab_size=model_config(config)["vocab_size"],
-    )  # fmt: skip
+    )
 
 
 def points(ctx: RunContext) -> list[dict[str, Any]]:
@@ -172,22 +198,37 @@ class _Counted:
 def serve(policy: str, wl: Workload, config: dict[str, Any]) -> tuple[list[Any], dict[str, float]]:
     """The stream on a fresh engine under ``policy``, on a :class:`~core.engine.CpuClock`: its
     finished engine requests, and the run's wall time and the engine's work."""
-    llm = LLM(model_config(config), dtype="float32", device="cpu", seed=0, block_size=BLOCK,
-              num_kv_blocks=config["kv_blocks"], num_host_blocks=4 * config["kv_blocks"],
-              enable_prefix_caching=False, prefix_cache="block",
-              max_num_seqs=MAX_SEQS, max_num_batched_tokens=MAX_BATCHED_TOKENS,
-              max_model_len=2048, intercept=make_policy(policy, wl, config))  # fmt: skip
+    llm = LLM(
+        model_config(config),
+        dtype="float32",
+        device="cpu",
+        seed=0,
+        block_size=BLOCK,
+        num_kv_blocks=config["kv_blocks"],
+        num_host_blocks=4 * config["kv_blocks"],
+        enable_prefix_caching=False,
+        prefix_cache="block",
+        max_num_seqs=MAX_SEQS,
+        max_num_batched_tokens=MAX_BATCHED_TOKENS,
+        max_model_len=2048,
+        intercept=make_policy(policy, wl, config),
+    )
     clock = CpuClock()
     llm.engine.clock = clock
     counted = _Counted(llm.engine)
     llm.engine.step = counted  # replay calls engine.step(); the instance attribute wins
     t0 = time.perf_counter()
     reqs = replay(llm.engine, wl.requests, sleep=clock.sleep)
-    return reqs, {"wall_s": time.perf_counter() - t0, "clock_s": clock(),
-                  "waited_s": clock.waited, "engine_steps": counted.steps,
-                  "tokens_computed": counted.tokens, "engine_busy_s": counted.busy_s,
-                  "engine_cpu_s": counted.cpu_s,
-                  "cpu_share": counted.cpu_s / counted.busy_s if counted.busy_s else float("nan")}
+    return reqs, {
+        "wall_s": time.perf_counter() - t0,
+        "clock_s": clock(),
+        "waited_s": clock.waited,
+        "engine_steps": counted.steps,
+        "tokens_computed": counted.tokens,
+        "engine_busy_s": counted.busy_s,
+        "engine_cpu_s": counted.cpu_s,
+        "cpu_share": counted.cpu_s / counted.busy_s if counted.busy_s else float("nan"),
+    }
 
 
 def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -212,20 +253,29 @@ def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
         records = [RequestRecord.from_request(r) for r in reqs]
         s = summarize(records, exclude_pauses=True)
         same = sum(list(r.output_token_ids) == reference.get(r.request_id) for r in reqs)
-        rows.append({
-            "policy": policy, "round": rnd, "position": position,
-            "norm_latency_mean": s["normalized_latency_mean"],
-            "norm_latency_p50": s["normalized_latency_p50"],
-            "norm_latency_p90": s["normalized_latency_p90"],
-            "norm_latency_p99": s["normalized_latency_p99"],
-            "ttft_mean_s": s["ttft_mean"], "completed": s["num_completed"],
-            "failed": s["num_error"] + s["num_abort"], "recomputed_tokens": s["recomputed_tokens"],
-            "preemptions": s["preemptions"], "pauses": s["pauses"],
-            "output_tokens": int(sum(r.num_output_tokens for r in reqs)),
-            "identical_outputs": same, **work,
-            "prompt_mean": stats["prompt_len_mean"],
-            "context_at_call_mean": stats["context_at_interception_mean"],
-            "policy_a_ms": cost.a_s * 1e3, "policy_c_ms": cost.c_s * 1e3,
-            "policy_saturation": saturation,
-        })  # fmt: skip
+        rows.append(
+            {
+                "policy": policy,
+                "round": rnd,
+                "position": position,
+                "norm_latency_mean": s["normalized_latency_mean"],
+                "norm_latency_p50": s["normalized_latency_p50"],
+                "norm_latency_p90": s["normalized_latency_p90"],
+                "norm_latency_p99": s["normalized_latency_p99"],
+                "ttft_mean_s": s["ttft_mean"],
+                "completed": s["num_completed"],
+                "failed": s["num_error"] + s["num_abort"],
+                "recomputed_tokens": s["recomputed_tokens"],
+                "preemptions": s["preemptions"],
+                "pauses": s["pauses"],
+                "output_tokens": int(sum(r.num_output_tokens for r in reqs)),
+                "identical_outputs": same,
+                **work,
+                "prompt_mean": stats["prompt_len_mean"],
+                "context_at_call_mean": stats["context_at_interception_mean"],
+                "policy_a_ms": cost.a_s * 1e3,
+                "policy_c_ms": cost.c_s * 1e3,
+                "policy_saturation": saturation,
+            }
+        )
     return rows

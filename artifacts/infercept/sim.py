@@ -79,14 +79,26 @@ LONG_KINDS = ("chatbot", "image", "tts")
 BREAKDOWN_POLICIES = ("vllm", "preserve", "infercept")
 
 
-def _llama_config(vocab: int, hidden: int, inter: int, layers: int, heads: int,
-                  head_dim: int | None = None) -> dict[str, Any]:
-    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab,
-           "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-           "num_attention_heads": heads, "num_key_value_heads": heads, "hidden_act": "silu",
-           "max_position_embeddings": MAX_MODEL_LEN, "rms_norm_eps": 1e-5,
-           "rope_theta": 10000.0, "attention_bias": False, "mlp_bias": False,
-           "tie_word_embeddings": False}  # fmt: skip
+def _llama_config(
+    vocab: int, hidden: int, inter: int, layers: int, heads: int, head_dim: int | None = None
+) -> dict[str, Any]:
+    cfg = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": MAX_MODEL_LEN,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+    }
     if head_dim is not None:
         cfg["head_dim"] = head_dim
     return cfg
@@ -107,13 +119,29 @@ class Setup:
 
 SETUPS = {
     # GPT-J-6B: 2 x 4096 x 16384 MLP written as a gated 3 x 4096 x 10923 (same bytes and FLOPs).
-    "gpt-j-6b": Setup("GPT-J-6B, 1x A100-80GB", _llama_config(50400, 4096, 10923, 28, 16, 256), 1,
-                      GPTJ_6B_A100, 128),
-    "vicuna-13b-tp2": Setup("Vicuna-13B, 2x A100-80GB (TP 2)", _llama_config(32000, 5120, 13824, 40, 40),
-                            2, LLAMA_13B_TP2_A100, 64),
+    "gpt-j-6b": Setup(
+        "GPT-J-6B, 1x A100-80GB",
+        _llama_config(50400, 4096, 10923, 28, 16, 256),
+        1,
+        GPTJ_6B_A100,
+        128,
+    ),
+    "vicuna-13b-tp2": Setup(
+        "Vicuna-13B, 2x A100-80GB (TP 2)",
+        _llama_config(32000, 5120, 13824, 40, 40),
+        2,
+        LLAMA_13B_TP2_A100,
+        64,
+    ),
     # the same GPT-J on the 40 GB A100: the paper says "A100" without its memory size
-    "gpt-j-6b-40g": Setup("GPT-J-6B, 1x A100-40GB", _llama_config(50400, 4096, 10923, 28, 16, 256),
-                          1, GPTJ_6B_A100, 128, "a100-40g"),
+    "gpt-j-6b-40g": Setup(
+        "GPT-J-6B, 1x A100-40GB",
+        _llama_config(50400, 4096, 10923, 28, 16, 256),
+        1,
+        GPTJ_6B_A100,
+        128,
+        "a100-40g",
+    ),
 }
 
 
@@ -121,8 +149,9 @@ SETUPS = {
 def cost_model(setup: str) -> RooflineCostModel:
     s = SETUPS[setup]
     spec = ModelSpec.from_hf_config(s.config, name=setup)
-    return RooflineCostModel(spec, s.hardware, tp=s.tp, dtype="fp16",
-                             memory_utilization=MEMORY_UTILIZATION)
+    return RooflineCostModel(
+        spec, s.hardware, tp=s.tp, dtype="fp16", memory_utilization=MEMORY_UTILIZATION
+    )
 
 
 def kv_blocks(setup: str) -> int:
@@ -141,8 +170,13 @@ def make_policy(name: str, setup: str, workload: Workload) -> InterceptPolicy:
     if name == "infercept":
         return make_intercept_policy("infercept", cost=cost, saturation=SATURATION_TOKENS_A100)
     if name == ESTIMATED:
-        return make_intercept_policy("infercept", cost=cost, saturation=SATURATION_TOKENS_A100,
-                                     oracle=False, mean_duration_s=workload.params["mean_duration_s"])
+        return make_intercept_policy(
+            "infercept",
+            cost=cost,
+            saturation=SATURATION_TOKENS_A100,
+            oracle=False,
+            mean_duration_s=workload.params["mean_duration_s"],
+        )
     return make_intercept_policy(name)
 
 
@@ -158,12 +192,18 @@ def simulate(setup: str, policy: str, wl: Workload) -> tuple[list[RequestRecord]
     s = SETUPS[setup]
     probe = StepProbe(cost, s.policy_cost, make_policy(policy, setup, wl))
     replica = ReplicaConfig(
-        num_kv_blocks=kv_blocks(setup), block_size=BLOCK, prefix_cache="none",
-        num_host_blocks=host_blocks(setup), kv_bytes_per_token=s.policy_cost.kv_bytes_per_token,
-        scheduler=SchedulerConfig(max_num_batched_tokens=MAX_BATCHED_TOKENS, max_num_seqs=MAX_SEQS,
-                                  max_model_len=MAX_MODEL_LEN),
+        num_kv_blocks=kv_blocks(setup),
+        block_size=BLOCK,
+        prefix_cache="none",
+        num_host_blocks=host_blocks(setup),
+        kv_bytes_per_token=s.policy_cost.kv_bytes_per_token,
+        scheduler=SchedulerConfig(
+            max_num_batched_tokens=MAX_BATCHED_TOKENS,
+            max_num_seqs=MAX_SEQS,
+            max_model_len=MAX_MODEL_LEN,
+        ),
         **probe.replica_kwargs(),
-    )  # fmt: skip
+    )
     res = Simulator([replica], "round-robin").run(wl)
     return [RequestRecord.from_request(r) for r in res.requests], res, probe
 
@@ -171,36 +211,50 @@ def simulate(setup: str, policy: str, wl: Workload) -> tuple[list[RequestRecord]
 def window_metrics(records: list[RequestRecord], window_s: float) -> dict[str, float]:
     """Requests completed within ``window_s`` (from the first arrival), and per second."""
     t0 = min(r.arrival for r in records)
-    done = sum(1 for r in records if r.completed and r.finish is not None
-               and r.finish - t0 <= window_s)
+    done = sum(
+        1 for r in records if r.completed and r.finish is not None and r.finish - t0 <= window_s
+    )
     return {"completed_in_window": done, "completed_rps": done / window_s}
 
 
-def point_metrics(setup: str, records: list[RequestRecord], res: Any, probe: StepProbe,
-                  window_s: float) -> dict[str, Any]:
+def point_metrics(
+    setup: str, records: list[RequestRecord], res: Any, probe: StepProbe, window_s: float
+) -> dict[str, Any]:
     s = summarize(records, exclude_pauses=True)
     t = probe.totals
     busy = float(sum(res.busy_time))
     gb = SETUPS[setup].policy_cost.kv_bytes_per_token * SETUPS[setup].tp / 1e9  # GB per KV token
-    waste = {"preserve": t.preserve_waste * gb, "recompute": t.recompute_waste * gb,
-             "swap": t.swap_waste * gb}
+    waste = {
+        "preserve": t.preserve_waste * gb,
+        "recompute": t.recompute_waste * gb,
+        "swap": t.swap_waste * gb,
+    }
     return {
         "norm_latency_mean": s["normalized_latency_mean"],
         "norm_latency_p50": s["normalized_latency_p50"],
         "norm_latency_p90": s["normalized_latency_p90"],
         "norm_latency_p99": s["normalized_latency_p99"],
-        "ttft_mean_s": s["ttft_mean"], "completed": s["num_completed"],
+        "ttft_mean_s": s["ttft_mean"],
+        "completed": s["num_completed"],
         "failed": s["num_error"] + s["num_abort"],
         **window_metrics(records, window_s),
-        "recomputed_tokens": s["recomputed_tokens"], "preemptions": s["preemptions"],
-        "pauses": s["pauses"], "busy_s": busy, "recompute_s": t.recompute_s,
+        "recomputed_tokens": s["recomputed_tokens"],
+        "preemptions": s["preemptions"],
+        "pauses": s["pauses"],
+        "busy_s": busy,
+        "recompute_s": t.recompute_s,
         "recompute_share": t.recompute_s / busy if busy > 0 else math.nan,
-        "swap_stall_s": t.swap_stall_s, "swap_out_tokens": t.swap_out_tokens,
+        "swap_stall_s": t.swap_stall_s,
+        "swap_out_tokens": t.swap_out_tokens,
         "swap_in_tokens": t.swap_in_tokens,
-        "waste_preserve_gbs": waste["preserve"], "waste_recompute_gbs": waste["recompute"],
-        "waste_swap_gbs": waste["swap"], "waste_gbs": sum(waste.values()),
-        "makespan_s": res.makespan, "steps": res.total_steps, "sim_wall_s": res.wall_s,
-    }  # fmt: skip
+        "waste_preserve_gbs": waste["preserve"],
+        "waste_recompute_gbs": waste["recompute"],
+        "waste_swap_gbs": waste["swap"],
+        "waste_gbs": sum(waste.values()),
+        "makespan_s": res.makespan,
+        "steps": res.total_steps,
+        "sim_wall_s": res.wall_s,
+    }
 
 
 # -- the unloaded latency (the SLO's base) and per-kind nominal rates -----------------------------
@@ -249,12 +303,20 @@ def nominal_rates(setup: str, kind: str, seed: int) -> dict[str, float]:
 
 SIM_GRID = {
     Scale.SMOKE: {"rates": {"gpt-j-6b": (1.0, 3.0)}, "window_s": 40.0, "estimated": ()},
-    Scale.DEFAULT: {"rates": {"gpt-j-6b": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
-                              "gpt-j-6b-40g": (0.5, 1.0, 1.5, 2.0, 3.0),
-                              "vicuna-13b-tp2": (0.5, 1.0, 1.5, 2.0, 3.0)},
-                    "window_s": 180.0, "estimated": ("gpt-j-6b",)},
-    Scale.FULL: {"rates": {s: (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0) for s in SETUPS},
-                 "window_s": 1800.0, "estimated": tuple(SETUPS)},
+    Scale.DEFAULT: {
+        "rates": {
+            "gpt-j-6b": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
+            "gpt-j-6b-40g": (0.5, 1.0, 1.5, 2.0, 3.0),
+            "vicuna-13b-tp2": (0.5, 1.0, 1.5, 2.0, 3.0),
+        },
+        "window_s": 180.0,
+        "estimated": ("gpt-j-6b",),
+    },
+    Scale.FULL: {
+        "rates": {s: (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0) for s in SETUPS},
+        "window_s": 1800.0,
+        "estimated": tuple(SETUPS),
+    },
 }
 """Models and request rates per scale; ``estimated``: the models on which InferCept also runs
 with per-kind mean call durations. The authors swept 1-4 requests/s for 1,800 s (exps/*.sh)."""
@@ -262,8 +324,11 @@ with per-kind mean call durations. The authors swept 1-4 requests/s for 1,800 s 
 BREAKDOWN_GRID = {
     Scale.SMOKE: {"kinds": ("arithmetic", "image"), "loads": (2.0,), "window_s": 30.0},
     Scale.DEFAULT: {"kinds": tuple(AUGMENTATIONS), "loads": (0.5, 2.0), "window_s": 90.0},
-    Scale.FULL: {"kinds": tuple(AUGMENTATIONS), "loads": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
-                 "window_s": 1800.0},
+    Scale.FULL: {
+        "kinds": tuple(AUGMENTATIONS),
+        "loads": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
+        "window_s": 1800.0,
+    },
 }
 """Types and loads (multiples of each type's capacity, :func:`nominal_rates`) per scale."""
 
@@ -277,9 +342,16 @@ def sim_points(ctx: RunContext) -> list[dict[str, Any]]:
         policies = POLICIES + ((ESTIMATED,) if setup in g["estimated"] else ())
         for rate in sorted(rates, reverse=True):
             for policy in policies:
-                out.append({"setup": setup, "kind": "mixed", "rate": rate,
-                            "window_s": g["window_s"], "policy": policy,
-                            "unloaded_norm_latency": base})
+                out.append(
+                    {
+                        "setup": setup,
+                        "kind": "mixed",
+                        "rate": rate,
+                        "window_s": g["window_s"],
+                        "policy": policy,
+                        "unloaded_norm_latency": base,
+                    }
+                )
     return out
 
 
@@ -294,10 +366,18 @@ def breakdown_points(ctx: RunContext) -> list[dict[str, Any]]:
         nominal = min(nom["memory"], nom["compute"])
         for load in g["loads"]:
             for policy in BREAKDOWN_POLICIES:
-                out.append({"setup": setup, "kind": kind, "load": load,
-                            "rate": round(load * nominal, 4), "window_s": g["window_s"],
-                            "policy": policy, "memory_rate": round(nom["memory"], 4),
-                            "compute_rate": round(nom["compute"], 4)})
+                out.append(
+                    {
+                        "setup": setup,
+                        "kind": kind,
+                        "load": load,
+                        "rate": round(load * nominal, 4),
+                        "window_s": g["window_s"],
+                        "policy": policy,
+                        "memory_rate": round(nom["memory"], 4),
+                        "compute_rate": round(nom["compute"], 4),
+                    }
+                )
     return out
 
 
@@ -310,6 +390,10 @@ def run_point(config: dict[str, Any]) -> dict[str, Any]:
     row = point_metrics(config["setup"], records, res, probe, window)
     planned = {r.request_id: r.output_len for r in wl}
     truncated = sum(1 for r in records if r.completed and r.output_tokens < planned[r.request_id])
-    row.update(requests=n, window_arrivals_s=window, truncated=truncated,
-               output_tokens_mean=float(np.mean([r.output_tokens for r in records if r.completed])))
+    row.update(
+        requests=n,
+        window_arrivals_s=window,
+        truncated=truncated,
+        output_tokens_mean=float(np.mean([r.output_tokens for r in records if r.completed])),
+    )
     return row

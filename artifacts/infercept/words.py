@@ -13,10 +13,12 @@ from . import real
 from .plots import SLO_FACTOR, real_summary, setup_label
 from .sim import ESTIMATED
 
-SIM = ("Simulated A100s (roofline cost model; InferCept estimates T_fwd with the authors' linear "
-       "fit), the six augmentation types with per-type numbers that are partly our assumptions; "
-       f"latency bound: mean normalized latency <= {SLO_FACTOR:g}x the unloaded one. See the "
-       "README.")
+SIM = (
+    "Simulated A100s (roofline cost model; InferCept estimates T_fwd with the authors' linear "
+    "fit), the six augmentation types with per-type numbers that are partly our assumptions; "
+    f"latency bound: mean normalized latency <= {SLO_FACTOR:g}x the unloaded one. See the "
+    "README."
+)
 
 
 def rates_words(rates: Sequence[float]) -> str:
@@ -30,12 +32,16 @@ def sim_words(r: Results) -> str:
     if "sim" not in r:
         return SIM
     f = r["sim"].assign(model=lambda d: setup_label(d))
-    models = "; ".join(f"{m} at {rates_words(g['rate'])}" for m, g in f.groupby("model", sort=False))
+    models = "; ".join(
+        f"{m} at {rates_words(g['rate'])}" for m, g in f.groupby("model", sort=False)
+    )
     est = sorted(set(f.loc[f["policy"] == ESTIMATED, "model"]))
     windows = "/".join(f"{w:g}" for w in sorted(set(f["window_s"])))
     extra = f"; InferCept with per-type mean durations on {', '.join(est)}" if est else ""
-    return (f"{SIM} This run ({r.ctx.scale.value} scale): the mixed workload, {models}; "
-            f"{windows} s arrival windows{extra}.")
+    return (
+        f"{SIM} This run ({r.ctx.scale.value} scale): the mixed workload, {models}; "
+        f"{windows} s arrival windows{extra}."
+    )
 
 
 def breakdown_words(r: Results) -> str:
@@ -45,9 +51,11 @@ def breakdown_words(r: Results) -> str:
     kinds = ", ".join(dict.fromkeys(b["kind"]))
     loads = ", ".join(f"{x:g}x" for x in sorted(set(b["load"])))
     windows = "/".join(f"{w:g}" for w in sorted(set(b["window_s"])))
-    return (f"{SIM} This run ({r.ctx.scale.value} scale): {setup_label(b).iloc[0]}, each type "
-            f"alone ({kinds}) at {loads} its capacity (the smaller of the rate at which "
-            f"preserved contexts fill memory and the compute rate), {windows} s arrival windows.")
+    return (
+        f"{SIM} This run ({r.ctx.scale.value} scale): {setup_label(b).iloc[0]}, each type "
+        f"alone ({kinds}) at {loads} its capacity (the smaller of the rate at which "
+        f"preserved contexts fill memory and the compute rate), {windows} s arrival windows."
+    )
 
 
 def real_words(r: Results) -> str:
@@ -58,27 +66,34 @@ def real_words(r: Results) -> str:
     s = real_summary(f)
     c = f.iloc[0]
     order = order_words(f, "policy")
-    head = (f"The real engine on this machine, one thread, a ~20M-parameter Llama with random "
-            f"weights, timed on its CPU clock (the engine thread's CPU seconds plus the gaps of "
-            f"arrivals and calls, which are not slept): {int(c['requests'])} requests of the mixed workload at {c['rate']:g} "
-            f"req/s, lengths x{real.LENGTH_SCALE:g}, call durations x{c['duration_scale']:g}, "
-            f"{int(c['kv_blocks'])} KV blocks of {real.BLOCK} tokens; a fresh engine per run, "
-            f"in this order (rounds split by |): {order}.")
+    head = (
+        f"The real engine on this machine, one thread, a ~20M-parameter Llama with random "
+        f"weights, timed on its CPU clock (the engine thread's CPU seconds plus the gaps of "
+        f"arrivals and calls, which are not slept): {int(c['requests'])} requests of the mixed workload at {c['rate']:g} "
+        f"req/s, lengths x{real.LENGTH_SCALE:g}, call durations x{c['duration_scale']:g}, "
+        f"{int(c['kv_blocks'])} KV blocks of {real.BLOCK} tokens; a fresh engine per run, "
+        f"in this order (rounds split by |): {order}."
+    )
     p = s.per_key
     lat = "; ".join(f"{k} {s.median_range(k, 'norm_latency_mean')}" for k in p.index)
     ratios = s.ratios.get("norm_latency_mean", [])
-    paired = (f" vLLM/InferCept per round: {', '.join(f'{x:.2f}x' for x in ratios)}."
-              if ratios else "")
+    paired = (
+        f" vLLM/InferCept per round: {', '.join(f'{x:.2f}x' for x in ratios)}." if ratios else ""
+    )
     work = "; ".join(f"{k} {p.at[k, 'recomputed_tokens_median']:,.0f}" for k in p.index)
     cpu = ""
     if "engine_cpu_s_median" in p:
-        cpu = (" Engine CPU seconds (steps that ran a forward), median: "
-               + "; ".join(f"{k} {p.at[k, 'engine_cpu_s_median']:.1f}" for k in p.index)
-               + f". The engine had {f['cpu_share'].min():.0%}-{f['cpu_share'].max():.0%} of "
-               "its core during its steps (CPU over wall seconds; other processes took the "
-               "rest, which the CPU clock does not count).")
-    return (f"{head} Mean normalized latency (s/token), median (min-max) over each policy's "
-            f"rounds: {lat}.{paired} Recomputed tokens, median: {work}.{cpu}")
+        cpu = (
+            " Engine CPU seconds (steps that ran a forward), median: "
+            + "; ".join(f"{k} {p.at[k, 'engine_cpu_s_median']:.1f}" for k in p.index)
+            + f". The engine had {f['cpu_share'].min():.0%}-{f['cpu_share'].max():.0%} of "
+            "its core during its steps (CPU over wall seconds; other processes took the "
+            "rest, which the CPU clock does not count)."
+        )
+    return (
+        f"{head} Mean normalized latency (s/token), median (min-max) over each policy's "
+        f"rounds: {lat}.{paired} Recomputed tokens, median: {work}.{cpu}"
+    )
 
 
 def profile_words(r: Results) -> str:
@@ -87,7 +102,9 @@ def profile_words(r: Results) -> str:
         return ""
     c = r["real"].iloc[0]
     origin = pinned_origin(c["profile"], c["profile_sha256"])
-    return (f"InferCept's T_fwd line ({c['policy_a_ms']:.3g} ms/token + {c['policy_c_ms']:.3g} "
-            f"ms, saturation {int(c['policy_saturation'])} tokens) is fitted to the profile "
-            f"{origin}; sha256 {c['profile_sha256'][:12]}. The engine's own times are measured, "
-            "not the profile's.")
+    return (
+        f"InferCept's T_fwd line ({c['policy_a_ms']:.3g} ms/token + {c['policy_c_ms']:.3g} "
+        f"ms, saturation {int(c['policy_saturation'])} tokens) is fitted to the profile "
+        f"{origin}; sha256 {c['profile_sha256'][:12]}. The engine's own times are measured, "
+        "not the profile's."
+    )

@@ -54,10 +54,14 @@ from .workloads import check_trace
 
 REAL_SCALE = {
     Scale.SMOKE: {"sessions": 2, "kv_tokens": 1024, "state_slots": 8, "max_seqs": 2, "rounds": 2},
-    Scale.DEFAULT: {"sessions": 6, "kv_tokens": 3072, "state_slots": 12, "max_seqs": 3,
-                    "rounds": 3},
-    Scale.FULL: {"sessions": 12, "kv_tokens": 6144, "state_slots": 20, "max_seqs": 4,
-                 "rounds": 5},
+    Scale.DEFAULT: {
+        "sessions": 6,
+        "kv_tokens": 3072,
+        "state_slots": 12,
+        "max_seqs": 3,
+        "rounds": 3,
+    },
+    Scale.FULL: {"sessions": 12, "kv_tokens": 6144, "state_slots": 20, "max_seqs": 4, "rounds": 5},
 }
 """Per scale: the sessions, the engine's pools, and the interleaved rounds of the policies."""
 
@@ -101,8 +105,10 @@ def max_ratio_vs_vllm(r: Results) -> float:
         return float(ratio.max())
     hit = r["hitrate"]
     best = hit[hit["policy"] == "marconi"]["token_hit_rate"].max()
-    raise NotApplicable(f"vLLM+ hit no token on any configuration, so Marconi/vLLM+ has no value "
-                        f"(Marconi's best hit rate: {100 * best:.2f}%)")
+    raise NotApplicable(
+        f"vLLM+ hit no token on any configuration, so Marconi/vLLM+ has no value "
+        f"(Marconi's best hit rate: {100 * best:.2f}%)"
+    )
 
 
 def vllm_gap_narrows(r: Results) -> float:
@@ -116,8 +122,10 @@ def vllm_gap_narrows(r: Results) -> float:
         if len(g) > 1 and math.isfinite(small) and math.isfinite(large) and large > 0:
             vals.append(small / large)
     if not vals:
-        raise NotApplicable("no stream has two cache sizes with a finite Marconi/vLLM+ ratio at "
-                            "both ends (vLLM+ hit nothing at one of them, or one size only)")
+        raise NotApplicable(
+            "no stream has two cache sizes with a finite Marconi/vLLM+ ratio at "
+            "both ends (vLLM+ hit nothing at one of them, or one size only)"
+        )
     return float(np.mean(vals))
 
 
@@ -136,11 +144,18 @@ def agentic_gap_minus_chat_gap(r: Results) -> float:
     agent = c[c["workload"] == "swebench"]["gain_vs_sglang_pp"]
     chat = c[c["workload"].isin(["lmsys", "sharegpt"])]["gain_vs_sglang_pp"]
     if agent.empty or chat.empty:
-        missing = " and no ".join(x for x, e in (("SWE-bench-like agent sessions", agent.empty),
-                                                  ("LMSys-/ShareGPT-like chat sessions",
-                                                   chat.empty)) if e)  # fmt: skip
-        raise NotApplicable(f"the claim compares agent sessions with chat sessions; this run "
-                            f"replayed {_what_ran(r)}: it has no {missing} to compare")
+        missing = " and no ".join(
+            x
+            for x, e in (
+                ("SWE-bench-like agent sessions", agent.empty),
+                ("LMSys-/ShareGPT-like chat sessions", chat.empty),
+            )
+            if e
+        )
+        raise NotApplicable(
+            f"the claim compares agent sessions with chat sessions; this run "
+            f"replayed {_what_ran(r)}: it has no {missing} to compare"
+        )
     return float(agent.mean() - chat.mean())
 
 
@@ -170,8 +185,9 @@ def alpha_tuning_gain(r: Results) -> float:
     else:  # rows of a run that did not record why
         tuned = m[m["tuned_alpha"].notna()][KEY]
     if tuned.empty:
-        raise NotApplicable(f"alpha tuning finished on none of the {len(m)} configurations "
-                            f"({tuning_words(hit)})")
+        raise NotApplicable(
+            f"alpha tuning finished on none of the {len(m)} configurations ({tuning_words(hit)})"
+        )
     return float(c.merge(tuned, on=KEY)["alpha_gain_pp"].mean())
 
 
@@ -195,10 +211,14 @@ def real_ordering_agreement(r: Results) -> float:
     m = real_summary(r["real"]).per_key
     pairs = [("marconi", "sglang+"), ("marconi", "vllm+"), ("sglang+", "vllm+")]
     agree = [
-        _order_agrees(m.at[a, "real_hit_rate_median"], m.at[b, "real_hit_rate_median"],
-                      m.at[a, "replay_hit_rate_median"], m.at[b, "replay_hit_rate_median"])
+        _order_agrees(
+            m.at[a, "real_hit_rate_median"],
+            m.at[b, "real_hit_rate_median"],
+            m.at[a, "replay_hit_rate_median"],
+            m.at[b, "replay_hit_rate_median"],
+        )
         for a, b in pairs
-    ]  # fmt: skip
+    ]
     return float(np.mean(agree))
 
 
@@ -223,10 +243,11 @@ def _replayed(r: Results) -> str:
 
 
 def ttft_note(r: Results) -> str:
-    return ("TTFT from the H100 roofline cost model of the 7B hybrid applied to each prompt's "
-            "uncached part (the paper applies a TTFT curve measured on Jamba-1.5-Mini the same "
-            "way); reduction against vLLM+, the larger of the paper's two baselines."
-            + _replayed(r))
+    return (
+        "TTFT from the H100 roofline cost model of the 7B hybrid applied to each prompt's "
+        "uncached part (the paper applies a TTFT curve measured on Jamba-1.5-Mini the same "
+        "way); reduction against vLLM+, the larger of the paper's two baselines." + _replayed(r)
+    )
 
 
 def ttft_cpu_note(r: Results) -> str:
@@ -234,19 +255,22 @@ def ttft_cpu_note(r: Results) -> str:
     if frame.empty:
         return "(hit-rate replay not run)"
     beyond = 100 * frame["ttft_cpu_beyond_profile"].max()
-    return ("The same uncached parts timed by a step profile of the real mode's tiny hybrid, "
-            f"prefilled in chunks of the profile's token budget; {profile_words(frame)}. "
-            "Prompts longer than the profile's grid (its largest context plus its largest chunk) "
-            f"are extrapolated along the context: up to {beyond:.0f}% of a configuration's "
-            "prompts." + _replayed(r))
+    return (
+        "The same uncached parts timed by a step profile of the real mode's tiny hybrid, "
+        f"prefilled in chunks of the profile's token budget; {profile_words(frame)}. "
+        "Prompts longer than the profile's grid (its largest context plus its largest chunk) "
+        f"are extrapolated along the context: up to {beyond:.0f}% of a configuration's "
+        "prompts." + _replayed(r)
+    )
 
 
 def alpha_note(r: Results) -> str:
     frame = _hit(r)
     if frame.empty:
         return sim_note(r)
-    return (f"Averaged over the configurations that tuned alpha: {tuning_words(frame)}. "
-            f"{sim_note(r)}")
+    return (
+        f"Averaged over the configurations that tuned alpha: {tuning_words(frame)}. {sim_note(r)}"
+    )
 
 
 def _real_words(r: Results) -> str:
@@ -256,19 +280,23 @@ def _real_words(r: Results) -> str:
 
 
 def real_exact_note(r: Results) -> str:
-    return (f"Every turn of every session, each policy, in every round, against one run with "
-            f"prefix caching off: {_real_words(r)}.")
+    return (
+        f"Every turn of every session, each policy, in every round, against one run with "
+        f"prefix caching off: {_real_words(r)}."
+    )
 
 
 def real_ordering_note(r: Results) -> str:
     words = _real_words(r)
     if "real" not in r:
         return words
-    return (f"{words[0].upper()}{words[1:]}; alpha fixed at 0 in both; the replay uses one byte "
-            "budget equal to the engine's KV and SSM-slot pools. Which turns share a batch "
-            "decides what can be cached, so each policy's hit rates are read as their medians "
-            "over its rounds; differences under 1 point count as ties. "
-            f"{real_hit_words(r['real'])}")
+    return (
+        f"{words[0].upper()}{words[1:]}; alpha fixed at 0 in both; the replay uses one byte "
+        "budget equal to the engine's KV and SSM-slot pools. Which turns share a batch "
+        "decides what can be cached, so each policy's hit rates are read as their medians "
+        "over its rounds; differences under 1 point count as ties. "
+        f"{real_hit_words(r['real'])}"
+    )
 
 
 ARTIFACT = Artifact(
@@ -283,27 +311,43 @@ ARTIFACT = Artifact(
     "attention/SSM models, against vLLM+ and SGLang+: token hit rate, FLOPs saved and TTFT by "
     "replay, and a tiny hybrid model in the real engine.",
     experiments=[
-        Experiment("hitrate", "token hit rate, FLOPs saved, alpha, and TTFT (H100 roofline and a "
-                   "CPU step profile) of each policy over cache sizes and session rates "
-                   "(Figs. 7-9)", hitrate.points,
-                   hitrate.run_point, plot_hitrate),
-        Experiment("real", "a tiny hybrid model served by the engine on this CPU with each "
-                   "policy in interleaved rounds, on the engine thread's CPU clock; outputs "
-                   "checked against an uncached run", real_points, real.run_point, plot_real),
+        Experiment(
+            "hitrate",
+            "token hit rate, FLOPs saved, alpha, and TTFT (H100 roofline and a "
+            "CPU step profile) of each policy over cache sizes and session rates "
+            "(Figs. 7-9)",
+            hitrate.points,
+            hitrate.run_point,
+            plot_hitrate,
+        ),
+        Experiment(
+            "real",
+            "a tiny hybrid model served by the engine on this CPU with each "
+            "policy in interleaved rounds, on the engine thread's CPU clock; outputs "
+            "checked against an uncached run",
+            real_points,
+            real.run_point,
+            plot_real,
+        ),
     ],
     claims=[
         Claim(
             "marconi-ge-sglang",
             "Marconi's token hit rate is at least SGLang+'s on (nearly) every configuration.",
             "higher on nearly all configurations (Fig. 8)",
-            measure=share_marconi_at_least_sglang, expect=at_least(0.9), unit="of configs",
-            experiments=("hitrate",), note=sim_note,
+            measure=share_marconi_at_least_sglang,
+            expect=at_least(0.9),
+            unit="of configs",
+            experiments=("hitrate",),
+            note=sim_note,
         ),
         Claim(
             "marconi-vs-vllm",
             "Marconi's token hit rate is far above vLLM+'s: up to 34.4x.",
             "up to 34.4x (Fig. 7)",
-            measure=max_ratio_vs_vllm, expect=at_least(3.0), unit="x",
+            measure=max_ratio_vs_vllm,
+            expect=at_least(3.0),
+            unit="x",
             experiments=("hitrate",),
             expected=">= 3x on some configuration (the note: several-fold at small caches)",
             note=sim_note,
@@ -312,14 +356,19 @@ ARTIFACT = Artifact(
             "vllm-gap-narrows",
             "The gap to vLLM+ is largest at small caches and narrows as the cache grows.",
             "Fig. 7 trend",
-            measure=vllm_gap_narrows, expect=at_least(1.0), unit="x (small / large cache)",
-            experiments=("hitrate",), note=sim_note,
+            measure=vllm_gap_narrows,
+            expect=at_least(1.0),
+            unit="x (small / large cache)",
+            experiments=("hitrate",),
+            note=sim_note,
         ),
         Claim(
             "ttft-p95",
             "Marconi cuts P95 TTFT by up to 71.1% (617 ms).",
             "up to 71.1% (Fig. 9)",
-            measure=max_p95_cut_vs_vllm, expect=at_least(30.0), unit="% vs vLLM+",
+            measure=max_p95_cut_vs_vllm,
+            expect=at_least(30.0),
+            unit="% vs vLLM+",
             experiments=("hitrate",),
             note=ttft_note,
         ),
@@ -327,7 +376,9 @@ ARTIFACT = Artifact(
             "ttft-p95-cpu",
             "Marconi cuts P95 TTFT by up to 71.1% (617 ms).",
             "up to 71.1% (Fig. 9)",
-            measure=max_cpu_p95_cut_vs_vllm, expect=at_least(30.0), unit="% vs vLLM+",
+            measure=max_cpu_p95_cut_vs_vllm,
+            expect=at_least(30.0),
+            unit="% vs vLLM+",
             experiments=("hitrate",),
             note=ttft_cpu_note,
         ),
@@ -335,28 +386,39 @@ ARTIFACT = Artifact(
             "gap-largest-agentic",
             "Marconi's gain over SGLang+ is largest on long agentic (SWE-bench) sessions.",
             "largest on SWE-bench (Fig. 8)",
-            measure=agentic_gap_minus_chat_gap, expect=at_least(0.0),
-            unit="points (agent gain - chat gain)", experiments=("hitrate",), note=sim_note,
+            measure=agentic_gap_minus_chat_gap,
+            expect=at_least(0.0),
+            unit="points (agent gain - chat gain)",
+            experiments=("hitrate",),
+            note=sim_note,
         ),
         Claim(
             "gap-largest-small-cache",
             "Marconi's gain over SGLang+ is largest at small caches.",
             "largest at small caches (Fig. 8)",
-            measure=small_cache_gap_minus_large, expect=at_least(0.0),
-            unit="points (small - large cache)", experiments=("hitrate",), note=sim_note,
+            measure=small_cache_gap_minus_large,
+            expect=at_least(0.0),
+            unit="points (small - large cache)",
+            experiments=("hitrate",),
+            note=sim_note,
         ),
         Claim(
             "alpha-tuning-helps",
             "Tuning alpha once by replay saves more FLOPs than recency alone (alpha = 0).",
             "tuned alpha >= alpha 0 (Sec. 4)",
-            measure=alpha_tuning_gain, expect=at_least(0.0), unit="points of FLOPs saved",
-            experiments=("hitrate",), note=alpha_note,
+            measure=alpha_tuning_gain,
+            expect=at_least(0.0),
+            unit="points of FLOPs saved",
+            experiments=("hitrate",),
+            note=alpha_note,
         ),
         Claim(
             "real-exact",
             "A cache hit gives exactly the tokens of an uncached run (hybrid model, greedy).",
             "(correctness, implied)",
-            measure=real_identical, expect=at_least(1.0), unit="of requests (every round)",
+            measure=real_identical,
+            expect=at_least(1.0),
+            unit="of requests (every round)",
             experiments=("real",),
             note=real_exact_note,
         ),
@@ -364,7 +426,9 @@ ARTIFACT = Artifact(
             "real-ordering",
             "The real engine orders the policies' hit rates as the cache replay does.",
             "(this artifact's check of its simulator)",
-            measure=real_ordering_agreement, expect=at_least(1.0), unit="of policy pairs",
+            measure=real_ordering_agreement,
+            expect=at_least(1.0),
+            unit="of policy pairs",
             experiments=("real",),
             expected="all 3 policy pairs ordered as the replay orders them, on the per-policy "
             "medians over rounds",

@@ -26,8 +26,13 @@ from .hitrate import (
 from .plots import real_summary
 from .workloads import MAX_CONTEXT, MOONCAKE
 
-NAMES = {"lmsys": "LMSys-like", "sharegpt": "ShareGPT-like", "swebench": "SWE-bench-like",
-         MOONCAKE: "Mooncake", "trace": "trace"}  # fmt: skip
+NAMES = {
+    "lmsys": "LMSys-like",
+    "sharegpt": "ShareGPT-like",
+    "swebench": "SWE-bench-like",
+    MOONCAKE: "Mooncake",
+    "trace": "trace",
+}
 
 
 def _n(x: float) -> str:
@@ -60,17 +65,27 @@ def trace_words(frame: pd.DataFrame, ctx: RunContext) -> str:
     path = Path(str(ctx.trace))
     limit = MOONCAKE_REQUESTS[ctx.scale]
     read, kept = int(row["stream_read"]), int(row["requests"])
-    head = (f"its first {_n(read)} requests (the {ctx.scale.value} scale's limit)"
-            if limit is not None and read >= limit else f"all {_n(read)} requests")
+    head = (
+        f"its first {_n(read)} requests (the {ctx.scale.value} scale's limit)"
+        if limit is not None and read >= limit
+        else f"all {_n(read)} requests"
+    )
     dropped = int(row["stream_dropped"])
-    kept_words = (f"{_n(kept)} replayed ({_n(dropped)} over the {MAX_CONTEXT // 1024}K cap "
-                  "dropped)" if dropped else f"all replayed (none over the {MAX_CONTEXT // 1024}K "
-                  "cap)")
+    kept_words = (
+        f"{_n(kept)} replayed ({_n(dropped)} over the {MAX_CONTEXT // 1024}K cap dropped)"
+        if dropped
+        else f"all replayed (none over the {MAX_CONTEXT // 1024}K cap)"
+    )
     sessions = int(row["stream_sessions"])
-    sess = (f"{_n(sessions)} sessions" if sessions else
-            "no sessions (independent requests: reuse comes only from shared prefixes)")
-    return (f"the trace {path.name} ({detect_format(path)} format): {head}, {kept_words}; "
-            f"{sess}; {_tokens(row['prompt_tokens'])} prompt tokens")
+    sess = (
+        f"{_n(sessions)} sessions"
+        if sessions
+        else "no sessions (independent requests: reuse comes only from shared prefixes)"
+    )
+    return (
+        f"the trace {path.name} ({detect_format(path)} format): {head}, {kept_words}; "
+        f"{sess}; {_tokens(row['prompt_tokens'])} prompt tokens"
+    )
 
 
 def stream_words(frame: pd.DataFrame, ctx: RunContext) -> str:
@@ -80,28 +95,36 @@ def stream_words(frame: pd.DataFrame, ctx: RunContext) -> str:
     caches = ", ".join(f"{g:.3g}" for g in sorted(frame["cache_gb"].unique()))
     if is_trace_run(ctx):
         fractions = ", ".join(f"{100 * f:g}%" for f in TRACE_CACHE_FRACTIONS)
-        return (f"Cache-level replay (the paper's 7B hybrid's bytes and FLOPs) of "
-                f"{trace_words(frame, ctx)}; caches of {fractions} of the KV its sequences need "
-                f"({caches} GB). The expectations are the paper's, set for its LMSys, ShareGPT "
-                "and SWE-bench session traces, and no setting of this artifact was tuned to this "
-                "trace: a miss here measures how its reuse differs from theirs (README: generated "
-                "sessions versus real traces).")
+        return (
+            f"Cache-level replay (the paper's 7B hybrid's bytes and FLOPs) of "
+            f"{trace_words(frame, ctx)}; caches of {fractions} of the KV its sequences need "
+            f"({caches} GB). The expectations are the paper's, set for its LMSys, ShareGPT "
+            "and SWE-bench session traces, and no setting of this artifact was tuned to this "
+            "trace: a miss here measures how its reuse differs from theirs (README: generated "
+            "sessions versus real traces)."
+        )
     parts, moon = [], ""
     streams = _one_per_stream(frame)
     for w, g in streams.groupby("workload", sort=False):
         if w == MOONCAKE:
             r = g.iloc[0]
-            moon = (f"; and the first {_n(r['stream_read'])} requests of the Mooncake trace "
-                    f"({_n(r['requests'])} under the {MAX_CONTEXT // 1024}K cap, no sessions)")
+            moon = (
+                f"; and the first {_n(r['stream_read'])} requests of the Mooncake trace "
+                f"({_n(r['requests'])} under the {MAX_CONTEXT // 1024}K cap, no sessions)"
+            )
         else:
-            parts.append(f"{NAMES.get(w, w)} {_span(g['stream_sessions'])} sessions / "
-                         f"{_span(g['requests'])} requests")
-    return ("Cache-level replay (the paper's 7B hybrid's bytes and FLOPs) of synthetic sessions "
-            "made with the statistics of the authors' traces, not the traces themselves: "
-            f"{'; '.join(parts)} per arrival rate{moon}. Each generated turn extends its "
-            "session's previous sequence, the reuse Marconi's admission is built for; on a real "
-            "multi-turn trace the gap to vLLM+ was far smaller (README: generated sessions "
-            "versus real traces).")
+            parts.append(
+                f"{NAMES.get(w, w)} {_span(g['stream_sessions'])} sessions / "
+                f"{_span(g['requests'])} requests"
+            )
+    return (
+        "Cache-level replay (the paper's 7B hybrid's bytes and FLOPs) of synthetic sessions "
+        "made with the statistics of the authors' traces, not the traces themselves: "
+        f"{'; '.join(parts)} per arrival rate{moon}. Each generated turn extends its "
+        "session's previous sequence, the reuse Marconi's admission is built for; on a real "
+        "multi-turn trace the gap to vLLM+ was far smaller (README: generated sessions "
+        "versus real traces)."
+    )
 
 
 def stream_title(frame: pd.DataFrame, ctx: RunContext) -> str:
@@ -138,12 +161,17 @@ def profile_words(frame: pd.DataFrame) -> str:
     """The profile's file, device, host, date and commit, and why it was chosen."""
     model = _profile(frame)
     git = (model.profile.get("provenance") or {}).get("git") or {}
-    why = ("the profile named for this CPU model" if profile_is_this_cpus(frame) else
-           f"no profile for this CPU ({cpu_model_name()}) exists, so the shipped fallback")
+    why = (
+        "the profile named for this CPU model"
+        if profile_is_this_cpus(frame)
+        else f"no profile for this CPU ({cpu_model_name()}) exists, so the shipped fallback"
+    )
     dirty = " with uncommitted changes" if git.get("dirty") else ""
-    return (f"{why}, {profile_origin(model)}. It was measured from a checkout{dirty}; engine "
-            "changes after its commit are not in its times (recalibrate: README, TTFT on your "
-            "CPU)")
+    return (
+        f"{why}, {profile_origin(model)}. It was measured from a checkout{dirty}; engine "
+        "changes after its commit are not in its times (recalibrate: README, TTFT on your "
+        "CPU)"
+    )
 
 
 def profile_title(frame: pd.DataFrame) -> str:
@@ -165,11 +193,15 @@ def tuning_words(frame: pd.DataFrame) -> str:
     parts = [f"{counts.get('tuned', 0)} of {len(m)} configurations tuned alpha"]
     if counts.get("window not over", 0):
         lmsys = "; 15 x N0 on LMSys-like" if "lmsys" in set(m["workload"]) else ""
-        parts.append(f"{counts['window not over']} did not: the tuning window (5 x N0 requests "
-                     f"after the first eviction{lmsys}) ran past the end of the stream")
+        parts.append(
+            f"{counts['window not over']} did not: the tuning window (5 x N0 requests "
+            f"after the first eviction{lmsys}) ran past the end of the stream"
+        )
     if counts.get("no eviction", 0):
-        parts.append(f"{counts['no eviction']} never evicted (the cache held the whole stream), "
-                     "so tuning never started")
+        parts.append(
+            f"{counts['no eviction']} never evicted (the cache held the whole stream), "
+            "so tuning never started"
+        )
     return "; ".join(parts)
 
 
@@ -197,14 +229,16 @@ def real_run_words(frame: pd.DataFrame, cpu: str) -> str:
     """What the real mode ran, from its rows: the model and CPU, the sessions, the clock and the
     rounds in the order they ran."""
     rounds = real_summary(frame).rounds
-    return (f"a tiny hybrid model served by the engine on this CPU ({cpu}), "
-            f"{int(frame['sessions'].iloc[0])} LMSys-like sessions made for the tiny model "
-            f"({int(frame['requests'].iloc[0])} turns) with a shared 256-token system prompt, "
-            "timed on the engine thread's CPU clock (its CPU seconds plus the sessions' arrival "
-            "gaps, which are not slept: time other processes take from the core does not "
-            f"count); {rounds} round{'s' if rounds != 1 else ''}, each run on a fresh engine, in "
-            f"this order (rounds split by |): {order_words(frame, 'policy')}; the real mode does "
-            "not read --trace")
+    return (
+        f"a tiny hybrid model served by the engine on this CPU ({cpu}), "
+        f"{int(frame['sessions'].iloc[0])} LMSys-like sessions made for the tiny model "
+        f"({int(frame['requests'].iloc[0])} turns) with a shared 256-token system prompt, "
+        "timed on the engine thread's CPU clock (its CPU seconds plus the sessions' arrival "
+        "gaps, which are not slept: time other processes take from the core does not "
+        f"count); {rounds} round{'s' if rounds != 1 else ''}, each run on a fresh engine, in "
+        f"this order (rounds split by |): {order_words(frame, 'policy')}; the real mode does "
+        "not read --trace"
+    )
 
 
 def real_hit_words(frame: pd.DataFrame) -> str:
@@ -212,9 +246,14 @@ def real_hit_words(frame: pd.DataFrame) -> str:
     medians over rounds with their min-max."""
     s = real_summary(frame)
     what = "median (min-max) over rounds" if s.rounds > 1 else "in its one round"
-    hits = "; ".join(f"{k} {s.median_range(k, 'real_hit_rate')} against "
-                     f"{s.median_range(k, 'replay_hit_rate')}" for k in s.per_key.index)
-    ttft = "; ".join(f"{k} {s.median_range(k, 'ttft_mean_ms', '.0f', ' ms')}"
-                     for k in s.per_key.index)
-    return (f"Token hit rate, engine against replay, {what}: {hits}. Mean TTFT on the engine's "
-            f"CPU clock, {what}: {ttft}.")
+    hits = "; ".join(
+        f"{k} {s.median_range(k, 'real_hit_rate')} against {s.median_range(k, 'replay_hit_rate')}"
+        for k in s.per_key.index
+    )
+    ttft = "; ".join(
+        f"{k} {s.median_range(k, 'ttft_mean_ms', '.0f', ' ms')}" for k in s.per_key.index
+    )
+    return (
+        f"Token hit rate, engine against replay, {what}: {hits}. Mean TTFT on the engine's "
+        f"CPU clock, {what}: {ttft}."
+    )

@@ -75,9 +75,18 @@ def _configs(ctx: RunContext) -> list[dict[str, Any]]:
         wl = trace_workload(str(ctx.trace), limit, ctx.seed)
         need = sum(r.prompt_len + r.output_len for r in wl.requests)
         need *= MarconiCosts.paper_7b().kv_bytes_per_token
-        return [{"workload": "trace", "path": str(ctx.trace), "limit": limit, "rate": 0.0,
-                 "response_s": 0.0, "sessions": 0, "cache_gb": round(f * need / GB, 4)}
-                for f in TRACE_CACHE_FRACTIONS]  # fmt: skip
+        return [
+            {
+                "workload": "trace",
+                "path": str(ctx.trace),
+                "limit": limit,
+                "rate": 0.0,
+                "response_s": 0.0,
+                "sessions": 0,
+                "cache_gb": round(f * need / GB, 4),
+            }
+            for f in TRACE_CACHE_FRACTIONS
+        ]
     if ctx.scale is Scale.SMOKE:
         return [
             {"workload": "lmsys", "rate": 1.0, "response_s": 0.0, "sessions": 12, "cache_gb": gb}
@@ -93,11 +102,27 @@ def _configs(ctx: RunContext) -> list[dict[str, Any]]:
         for rate in rates:
             for resp in responses:
                 for gb in sizes:
-                    out.append({"workload": w, "rate": rate, "response_s": resp,
-                                "sessions": sessions, "cache_gb": gb})  # fmt: skip
-    out += [{"workload": MOONCAKE, "path": MOONCAKE_PATH, "limit": MOONCAKE_REQUESTS[ctx.scale],
-             "rate": 0.0, "response_s": 0.0, "sessions": 0, "cache_gb": gb}
-            for gb in MOONCAKE_CACHE_GB]  # fmt: skip
+                    out.append(
+                        {
+                            "workload": w,
+                            "rate": rate,
+                            "response_s": resp,
+                            "sessions": sessions,
+                            "cache_gb": gb,
+                        }
+                    )
+    out += [
+        {
+            "workload": MOONCAKE,
+            "path": MOONCAKE_PATH,
+            "limit": MOONCAKE_REQUESTS[ctx.scale],
+            "rate": 0.0,
+            "response_s": 0.0,
+            "sessions": 0,
+            "cache_gb": gb,
+        }
+        for gb in MOONCAKE_CACHE_GB
+    ]
     return out
 
 
@@ -111,8 +136,9 @@ def cpu_profile() -> dict[str, str]:
 
     from .real import model_config  # the main process only: it loads torch
 
-    pin = pinned_profile(CPU_PROFILE_MODEL, threads=CPU_PROFILE_THREADS,
-                         fallback=CPU_PROFILE_FALLBACK)
+    pin = pinned_profile(
+        CPU_PROFILE_MODEL, threads=CPU_PROFILE_THREADS, fallback=CPU_PROFILE_FALLBACK
+    )
     model = load_pinned_profile(pin["profile"], pin["profile_sha256"])
     measured = ((model.profile.get("model") or {}).get("config")) or {}
     want = model_config()
@@ -121,7 +147,8 @@ def cpu_profile() -> dict[str, str]:
         raise ArtifactInputError(
             f"{model.source}: the step profile was measured on another model than the real "
             f"mode's tiny hybrid (config keys differ: {', '.join(differ)}); recalibrate it "
-            "(README: TTFT on your CPU)")
+            "(README: TTFT on your CPU)"
+        )
     return {"cpu_profile": pin["profile"], "cpu_profile_sha256": pin["profile_sha256"]}
 
 
@@ -135,8 +162,13 @@ def _workload(config: dict[str, Any]) -> Any:
         path = Path(config["path"])  # the shipped Mooncake trace is named from the checkout
         path = path if path.is_absolute() or path.exists() else REPO_ROOT / path
         return trace_workload(str(path), config["limit"], config["seed"])
-    return session_workload(config["workload"], config["rate"], config["sessions"], config["seed"],
-                            config["response_s"] or 5.0)
+    return session_workload(
+        config["workload"],
+        config["rate"],
+        config["sessions"],
+        config["seed"],
+        config["response_s"] or 5.0,
+    )
 
 
 def window_factor(workload: str) -> int:
@@ -180,15 +212,20 @@ def run_point(config: dict[str, Any]) -> dict[str, Any]:
     wl = _workload(config)
     reqs = wl.requests
     window = window_factor(config["workload"])
-    res = replay_requests(reqs, capacity_bytes=int(config["cache_gb"] * GB),
-                          policy=config["policy"], costs=MarconiCosts.paper_7b(),
-                          window_factor=window)
+    res = replay_requests(
+        reqs,
+        capacity_bytes=int(config["cache_gb"] * GB),
+        policy=config["policy"],
+        costs=MarconiCosts.paper_7b(),
+        window_factor=window,
+    )
     gpu = _gpu_cost()
     cpu = load_pinned_profile(config["cpu_profile"], config.get("cpu_profile_sha256"))
     chunk = int(cpu.profile["engine"]["max_num_batched_tokens"])
     ttft = np.array([ttft_seconds(gpu, o.prompt_len, o.hit_tokens) for o in res.requests])
-    ttft_cpu = np.array([ttft_seconds(cpu, o.prompt_len, o.hit_tokens, chunk)
-                         for o in res.requests])
+    ttft_cpu = np.array(
+        [ttft_seconds(cpu, o.prompt_len, o.hit_tokens, chunk) for o in res.requests]
+    )
     # the profile's grid ends at its largest context plus its largest chunk: beyond, the
     # profiled model extrapolates along the context
     reach = max(cpu.grid["prefill_contexts"]) + max(cpu.grid["prefill_tokens"])
@@ -205,8 +242,9 @@ def run_point(config: dict[str, Any]) -> dict[str, Any]:
         "tuned_alpha": res.tuned_alpha if res.tuned_alpha is not None else float("nan"),
         "alpha_status": alpha_status(config["policy"], res.n0, res.tuned_alpha),
         # requests the tuner waits for after the first eviction (-1: no tuner, or no eviction)
-        "tuning_window": (window * res.n0 if res.n0 is not None and config["policy"] == "marconi"
-                          else -1),
+        "tuning_window": (
+            window * res.n0 if res.n0 is not None and config["policy"] == "marconi" else -1
+        ),
         "ttft_mean_ms": 1e3 * float(ttft.mean()),
         "ttft_p50_ms": 1e3 * float(np.percentile(ttft, 50)),
         "ttft_p95_ms": 1e3 * float(np.percentile(ttft, 95)),

@@ -49,9 +49,17 @@ def _label(frame: pd.DataFrame) -> pd.Series:
 
 
 def _annotate(ax: plt.Axes, text: str, y: float = 0.5) -> None:
-    ax.text(0.5, y, text, transform=ax.transAxes, ha="center", va="center", fontsize=9,
-            color="0.25", bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7",
-                                "alpha": 0.9})  # fmt: skip
+    ax.text(
+        0.5,
+        y,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=9,
+        color="0.25",
+        bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7", "alpha": 0.9},
+    )
 
 
 def _title(fig: plt.Figure, title: str, subtitle: str) -> None:
@@ -74,13 +82,31 @@ def plot_hitrate(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     subtitle = stream_title(frame, ctx)
     figs: dict[str, plt.Figure] = {}
 
-    def grid(data: pd.DataFrame, y: str, ylabel: str, title: str, hue: str = "arrivals",
-             order: list[str] | None = None, ref: float | None = None) -> sns.FacetGrid:
+    def grid(
+        data: pd.DataFrame,
+        y: str,
+        ylabel: str,
+        title: str,
+        hue: str = "arrivals",
+        order: list[str] | None = None,
+        ref: float | None = None,
+    ) -> sns.FacetGrid:
         palette = color_map(order or sorted(data[hue].unique()))
-        g = sns.relplot(data=data, x="cache_gb", y=y, hue=hue, col="workload",
-                        col_order=workloads, kind="line", marker="o", palette=palette,
-                        hue_order=order, facet_kws={"sharex": False, "sharey": False},
-                        height=2.8, aspect=1.0)  # fmt: skip
+        g = sns.relplot(
+            data=data,
+            x="cache_gb",
+            y=y,
+            hue=hue,
+            col="workload",
+            col_order=workloads,
+            kind="line",
+            marker="o",
+            palette=palette,
+            hue_order=order,
+            facet_kws={"sharex": False, "sharey": False},
+            height=2.8,
+            aspect=1.0,
+        )
         g.set_axis_labels("Cache size (GB)", ylabel)
         g.set_titles("{col_name}")
         if ref is not None:
@@ -89,16 +115,26 @@ def plot_hitrate(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
         _title(g.figure, title, subtitle)
         return g
 
-    g7 = grid(cmp, "ratio_vs_vllm", "Hit rate: Marconi / vLLM+",
-              "Fig. 7: token hit rate of Marconi relative to vLLM+ (paper: up to 34.4x)", ref=1.0)
+    g7 = grid(
+        cmp,
+        "ratio_vs_vllm",
+        "Hit rate: Marconi / vLLM+",
+        "Fig. 7: token hit rate of Marconi relative to vLLM+ (paper: up to 34.4x)",
+        ref=1.0,
+    )
     for w, ax in g7.axes_dict.items():
         if (cmp[cmp["workload"] == w]["ratio_vs_vllm"] < 1).any():
             ax.axhspan(ax.get_ylim()[0], 1.0, color="0.85", alpha=0.5, zorder=0, lw=0)
             _annotate(ax, "shaded: vLLM+ hits more", y=0.08)
     figs["fig7-vs-vllm"] = g7.figure
 
-    g8 = grid(cmp, "gain_vs_sglang_pp", "Marconi - SGLang+ (points)",
-              "Fig. 8: token hit rate gain of Marconi over SGLang+", ref=0.0)
+    g8 = grid(
+        cmp,
+        "gain_vs_sglang_pp",
+        "Marconi - SGLang+ (points)",
+        "Fig. 8: token hit rate gain of Marconi over SGLang+",
+        ref=0.0,
+    )
     hit = by_policy(frame, "hit_tokens")
     for w, ax in g8.axes_dict.items():
         h = hit[hit["workload"] == w]
@@ -108,9 +144,14 @@ def plot_hitrate(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
 
     policies = [p for p in POLICY_ORDER if p in set(frame["policy"]) and p != "marconi-alpha0"]
     shown = frame[frame["policy"].isin(policies)]
-    gh = grid(shown.assign(token_hit_pct=100 * shown["token_hit_rate"]), "token_hit_pct",
-              "Token hit rate (%)", "Token hit rate by policy (line: mean over arrival rates)",
-              hue="policy", order=policies)
+    gh = grid(
+        shown.assign(token_hit_pct=100 * shown["token_hit_rate"]),
+        "token_hit_pct",
+        "Token hit rate (%)",
+        "Token hit rate by policy (line: mean over arrival rates)",
+        hue="policy",
+        order=policies,
+    )
     for w, ax in gh.axes_dict.items():
         h = hit[hit["workload"] == w]
         if not h.empty and (h["marconi"] == h["sglang+"]).all():
@@ -122,23 +163,38 @@ def plot_hitrate(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     return figs
 
 
-def _ttft_bars(frame: pd.DataFrame, workloads: list[str], policies: list[str],
-               subtitle: str) -> plt.Figure:
+def _ttft_bars(
+    frame: pd.DataFrame, workloads: list[str], policies: list[str], subtitle: str
+) -> plt.Figure:
     from .describe import profile_title
 
     rows = [("ttft_p95_ms", "P95 TTFT (ms)\n7B hybrid, H100 roofline")]
     if "ttft_cpu_p95_s" in frame:
-        rows.append(("ttft_cpu_p95_s", "P95 TTFT (s), tiny hybrid,\n"
-                     + profile_title(frame)))
-    fig, axes = plt.subplots(len(rows), len(workloads), squeeze=False,
-                             figsize=(max(3.2 * len(workloads), 4.5) + 0.6, 3.0 * len(rows)))
+        rows.append(("ttft_cpu_p95_s", "P95 TTFT (s), tiny hybrid,\n" + profile_title(frame)))
+    fig, axes = plt.subplots(
+        len(rows),
+        len(workloads),
+        squeeze=False,
+        figsize=(max(3.2 * len(workloads), 4.5) + 0.6, 3.0 * len(rows)),
+    )
     colors = color_map(policies)
-    frame = frame.assign(cache=frame["cache_gb"].map(lambda g: f"{g:,.0f}" if g >= 10 else f"{g:.3g}"))
+    frame = frame.assign(
+        cache=frame["cache_gb"].map(lambda g: f"{g:,.0f}" if g >= 10 else f"{g:.3g}")
+    )
     for r, (column, label) in enumerate(rows):
         for ax, w in zip(axes[r], workloads, strict=True):
             sub = frame[frame["workload"] == w].sort_values("cache_gb")
-            sns.barplot(data=sub, x="cache", y=column, hue="policy", hue_order=policies,
-                        palette=colors, ax=ax, errorbar=None, legend=False)
+            sns.barplot(
+                data=sub,
+                x="cache",
+                y=column,
+                hue="policy",
+                hue_order=policies,
+                palette=colors,
+                ax=ax,
+                errorbar=None,
+                legend=False,
+            )
             ax.set_title(w if r == 0 else "")
             ax.set_xlabel("Cache size (GB)" if r == len(rows) - 1 else "")
             ax.set_ylabel(label if ax is axes[r][0] else "", fontsize=9 if r else None)
@@ -149,8 +205,9 @@ def _ttft_bars(frame: pd.DataFrame, workloads: list[str], policies: list[str],
     return fig
 
 
-def _alpha(frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str],
-           subtitle: str) -> plt.Figure:
+def _alpha(
+    frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str], subtitle: str
+) -> plt.Figure:
     from .describe import untuned_reason
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
@@ -159,8 +216,17 @@ def _alpha(frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str],
     rank = tuned.groupby("workload")["cache_gb"].rank(method="dense").astype(int)
     names = {1: "smallest cache", 2: "middle cache", 3: "largest cache"}
     tuned["cache"] = rank.map(lambda k: names.get(k, f"cache #{k}"))
-    sns.stripplot(data=tuned, x="workload", y="tuned_alpha", hue="cache", order=workloads,
-                  ax=axes[0], palette="crest", dodge=True, size=7)
+    sns.stripplot(
+        data=tuned,
+        x="workload",
+        y="tuned_alpha",
+        hue="cache",
+        order=workloads,
+        ax=axes[0],
+        palette="crest",
+        dodge=True,
+        size=7,
+    )
     axes[0].set_ylabel("Tuned alpha")
     # alpha's grid is 0, 0.1, ..., 2.0; the band above it holds the notes on untuned configs
     axes[0].set_ylim(-0.1, 3.3)
@@ -175,15 +241,29 @@ def _alpha(frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str],
     for i, w in enumerate(workloads):
         g = gains[gains["workload"] == w]["alpha_gain_pp"]
         if g.empty:
-            axes[1].text(i, 0, "not tuned", ha="center", va="center", fontsize=9, color="0.25",
-                         bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7"})
+            axes[1].text(
+                i,
+                0,
+                "not tuned",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="0.25",
+                bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7"},
+            )
             continue
         axes[1].bar(i, g.mean(), 0.6, color=color)
         axes[1].scatter(np.full(len(g), i), g, color="black", s=14, zorder=3)
         up = g.mean() >= 0
-        axes[1].annotate(f"{g.mean():+.2f}\n({len(g)} tuned)", (i, g.max() if up else g.min()),
-                         xytext=(0, 6 if up else -6), textcoords="offset points",
-                         ha="center", va="bottom" if up else "top", fontsize=9)
+        axes[1].annotate(
+            f"{g.mean():+.2f}\n({len(g)} tuned)",
+            (i, g.max() if up else g.min()),
+            xytext=(0, 6 if up else -6),
+            textcoords="offset points",
+            ha="center",
+            va="bottom" if up else "top",
+            fontsize=9,
+        )
     axes[1].set_xticks(range(len(workloads)), workloads)
     axes[1].set_xlim(-0.5, len(workloads) - 0.5)
     axes[1].grid(axis="x", visible=False)
@@ -195,8 +275,16 @@ def _alpha(frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str],
     for i, w in enumerate(workloads):
         why = untuned_reason(tuned[tuned["workload"] == w])
         if why:
-            axes[0].text(i, 2.7, why, ha="center", va="center", fontsize=8, color="0.25",
-                         bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7"})
+            axes[0].text(
+                i,
+                2.7,
+                why,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="0.25",
+                bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7"},
+            )
     for ax in axes:
         ax.set_xlabel("")
     axes[0].set_title("The alpha each configuration chose")
@@ -206,8 +294,14 @@ def _alpha(frame: pd.DataFrame, cmp: pd.DataFrame, workloads: list[str],
     return fig
 
 
-REAL_METRICS = ("real_hit_rate", "replay_hit_rate", "ttft_mean_ms", "ttft_p95_ms", "wall_s",
-                "clock_s")
+REAL_METRICS = (
+    "real_hit_rate",
+    "replay_hit_rate",
+    "ttft_mean_ms",
+    "ttft_p95_ms",
+    "wall_s",
+    "clock_s",
+)
 
 
 def real_summary(frame: pd.DataFrame) -> RoundsSummary:
@@ -227,27 +321,51 @@ def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
     ax = axes[0]
     spread_bars(ax, frame, "real_hit_rate", policies, colors, shift=-0.2, width=0.4)
-    spread_bars(ax, frame, "replay_hit_rate", policies, colors, shift=0.2, width=0.4,
-                alpha=0.45, hatch="//", edgecolor="0.3", linewidth=0, labels=True)
+    spread_bars(
+        ax,
+        frame,
+        "replay_hit_rate",
+        policies,
+        colors,
+        shift=0.2,
+        width=0.4,
+        alpha=0.45,
+        hatch="//",
+        edgecolor="0.3",
+        linewidth=0,
+        labels=True,
+    )
     ax.set_ylabel("Token hit rate")
-    ax.legend(handles=[Patch(facecolor="0.5", label="real engine"),
-                       Patch(facecolor="0.5", alpha=0.45, hatch="//", edgecolor="0.3",
-                             label="cache replay")],
-              loc="upper right")  # fmt: skip
+    ax.legend(
+        handles=[
+            Patch(facecolor="0.5", label="real engine"),
+            Patch(facecolor="0.5", alpha=0.45, hatch="//", edgecolor="0.3", label="cache replay"),
+        ],
+        loc="upper right",
+    )
     ax.set_ylim(0, 1.15)
-    for ax, col, label in ((axes[1], "ttft_mean_ms", "Mean TTFT (ms, engine CPU clock)"),
-                           (axes[2], "ttft_p95_ms", "P95 TTFT (ms, engine CPU clock)")):
+    for ax, col, label in (
+        (axes[1], "ttft_mean_ms", "Mean TTFT (ms, engine CPU clock)"),
+        (axes[2], "ttft_p95_ms", "P95 TTFT (ms, engine CPU clock)"),
+    ):
         spread_bars(ax, frame, col, policies, colors, width=0.6, labels=True)
         ax.set_ylabel(label)
     sessions, requests = int(frame["sessions"].iloc[0]), int(frame["requests"].iloc[0])
     rounds = real_summary(frame).rounds
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.text(0.01, -0.02, "Bars: median over rounds; whiskers: min-max; dots: rounds. Times on "
-             "the engine thread's CPU clock: its CPU seconds plus the sessions' arrival gaps "
-             "(not slept), so time other processes take from the core does not count.",
-             fontsize=9)
-    _title(fig, "Real mode: a tiny hybrid model served by the engine, measured on this machine",
-           f"{cpu_model_name()}; {sessions} LMSys-like sessions ({requests} turns) made for the "
-           f"tiny model; {rounds} interleaved round{'s' if rounds != 1 else ''}, each run on a "
-           f"fresh engine: {order_words(frame, 'policy')}")
+    fig.text(
+        0.01,
+        -0.02,
+        "Bars: median over rounds; whiskers: min-max; dots: rounds. Times on "
+        "the engine thread's CPU clock: its CPU seconds plus the sessions' arrival gaps "
+        "(not slept), so time other processes take from the core does not count.",
+        fontsize=9,
+    )
+    _title(
+        fig,
+        "Real mode: a tiny hybrid model served by the engine, measured on this machine",
+        f"{cpu_model_name()}; {sessions} LMSys-like sessions ({requests} turns) made for the "
+        f"tiny model; {rounds} interleaved round{'s' if rounds != 1 else ''}, each run on a "
+        f"fresh engine: {order_words(frame, 'policy')}",
+    )
     return {"real-mode": fig}

@@ -169,7 +169,9 @@ class MarconiCosts:
         # -1 means "the paper's formula" (a frozen dataclass cannot take computed defaults)
         d, n = self.d, self.n
         if self.kv_bytes_per_token == -1:
-            object.__setattr__(self, "kv_bytes_per_token", self.n_attn * marconi_kv_bytes_per_token(d))
+            object.__setattr__(
+                self, "kv_bytes_per_token", self.n_attn * marconi_kv_bytes_per_token(d)
+            )
         if self.ssm_state_bytes == -1:
             object.__setattr__(self, "ssm_state_bytes", self.n_ssm * marconi_ssm_state_bytes(d, n))
         _check_count("kv_bytes_per_token", self.kv_bytes_per_token)
@@ -185,7 +187,9 @@ class MarconiCosts:
         formulas know dense MLPs only, so a mixture-of-experts spec is refused.
         """
         if spec.is_moe:
-            raise ValueError(f"{spec.name}: Marconi's FLOP formulas cover dense MLPs only, not MoE layers")
+            raise ValueError(
+                f"{spec.name}: Marconi's FLOP formulas cover dense MLPs only, not MoE layers"
+            )
         return cls(
             n_attn=spec.n_attention_layers,
             n_ssm=spec.n_ssm_layers,
@@ -282,8 +286,11 @@ class MarconiCosts:
         # flops_saved(L, l) = l * (A + B * (2L - l)) exactly (integer arithmetic): the mamba,
         # MLP and linear attention terms are A per token, attention's L^2 - (L-l)^2 = l(2L - l)
         d, n = self.d, self.n
-        a = (self.n_ssm * (12 * d * d + 16 * d * n + 10 * d) + self.n_attn * 8 * d * d
-             + self.n_mlp * 16 * d * d)
+        a = (
+            self.n_ssm * (12 * d * d + 16 * d * n + 10 * d)
+            + self.n_attn * 8 * d * d
+            + self.n_mlp * 16 * d * d
+        )
         return a, self.n_attn * 4 * d
 
     def _flops_saved_poly(self, L: int, l: int) -> int:  # noqa: E741
@@ -344,7 +351,10 @@ class FlopAwareEviction(EvictionPolicy):
     def check_cache(self, cache: RadixCache) -> None:
         """Raise :class:`ValueError` unless ``cache`` counts bytes as ``costs`` does."""
         c = self.costs
-        if (cache.kv_bytes_per_token, cache.ssm_state_bytes) != (c.kv_bytes_per_token, c.ssm_state_bytes):
+        if (cache.kv_bytes_per_token, cache.ssm_state_bytes) != (
+            c.kv_bytes_per_token,
+            c.ssm_state_bytes,
+        ):
             raise ValueError(
                 f"FlopAwareEviction's costs count {c.kv_bytes_per_token} KV bytes per token and "
                 f"{c.ssm_state_bytes} bytes per checkpoint, but the cache counts "
@@ -363,14 +373,17 @@ class FlopAwareEviction(EvictionPolicy):
         c = self.costs
         (pa, pb), s_ssm, kv = c._poly, c.ssm_state_bytes, c.kv_bytes_per_token
         eff = [
-            0.0 if node.checkpoint is None
+            0.0
+            if node.checkpoint is None
             else (ln := len(node.key)) * (pa + pb * (2 * node.depth - ln)) / (s_ssm + kv * ln)
             for node in candidates
         ]
         a = self.alpha
         return [r + a * e for r, e in zip(_minmax(recency), _minmax(eff), strict=True)]
 
-    def select(self, candidates: Sequence[RadixNode], now: float, cache: RadixCache) -> Sequence[RadixNode]:
+    def select(
+        self, candidates: Sequence[RadixNode], now: float, cache: RadixCache
+    ) -> Sequence[RadixNode]:
         if not candidates:
             return []
         self.check_cache(cache)
@@ -441,8 +454,11 @@ def make_marconi_policies(
     ``costs`` (default: :meth:`MarconiCosts.paper_7b`) only matters to the Marconi policies.
     """
     if name in ("marconi", "marconi-alpha0"):
-        ev = FlopAwareEviction(costs or MarconiCosts.paper_7b(), 0.0 if name == "marconi-alpha0" else alpha,
-                               min_age=min_age)
+        ev = FlopAwareEviction(
+            costs or MarconiCosts.paper_7b(),
+            0.0 if name == "marconi-alpha0" else alpha,
+            min_age=min_age,
+        )
         return CheckpointAtBranchesAndLeaves(), ev
     if name == "sglang+":
         return CheckpointAtBranchesAndLeaves(), LRUEviction("leaves", refresh_path=True)
@@ -532,7 +548,9 @@ class AlphaTuner:
         _check_count("window_factor", window_factor, 1)
         alphas = tuple(float(a) for a in alphas)
         if not alphas or any(not math.isfinite(a) or a < 0 for a in alphas):
-            raise ValueError(f"alphas must be a non-empty list of finite numbers >= 0, got {alphas!r}")
+            raise ValueError(
+                f"alphas must be a non-empty list of finite numbers >= 0, got {alphas!r}"
+            )
         if capacity_bytes is not None:
             _check_count("capacity_bytes", capacity_bytes)
         self.policy = policy
@@ -625,4 +643,3 @@ class AlphaTuner:
             f"AlphaTuner(n_seen={self.n_seen}, n0={self.n0}, window={len(self.window)}/"
             f"{self.window_len}, tuned_alpha={self.tuned_alpha})"
         )
-

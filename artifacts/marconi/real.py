@@ -38,10 +38,19 @@ from .sessions import lmsys_like
 # A small Attention-Mamba2 hybrid with the paper's proportions: 1 attention layer in 4, and an
 # SSM state (~420 KB in fp32) worth ~410 tokens of KV, as the 7B hybrid's (~400 tokens).
 MODEL_OVERRIDES = dict(
-    vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=8,
-    num_attention_heads=4, num_key_value_heads=2, attn_layer_indices=[3, 7], mamba_n_heads=8,
-    mamba_d_head=32, mamba_d_state=64, mamba_chunk_size=64, max_position_embeddings=4096,
-)  # fmt: skip
+    vocab_size=512,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    attn_layer_indices=[3, 7],
+    mamba_n_heads=8,
+    mamba_d_head=32,
+    mamba_d_state=64,
+    mamba_chunk_size=64,
+    max_position_embeddings=4096,
+)
 # vLLM+ caches whole 32-token blocks and checkpoints at block ends; Marconi and SGLang+ keep a
 # token-level radix tree (their leaf and branch-point states sit at any position)
 VLLM_BLOCK = 32
@@ -58,10 +67,19 @@ def sessions(num_sessions: int, seed: int) -> list[Request]:
     """LMSys-like sessions scaled to the tiny model: ~1/4 of the lengths, 4-6 turns, a 256-token
     system prompt shared by all sessions, contexts under 2,048 tokens."""
     wl = lmsys_like(
-        num_sessions, 4.0, seed=seed, turns_min=4, turns_mean=5.0, turns_max=6,
-        input_len_mean=24.0, output_len_mean=48.0, output_len_cv=0.5, system_prompt_len=256,
-        max_context_len=2048, vocab_size=512,
-    )  # fmt: skip
+        num_sessions,
+        4.0,
+        seed=seed,
+        turns_min=4,
+        turns_mean=5.0,
+        turns_max=6,
+        input_len_mean=24.0,
+        output_len_mean=48.0,
+        output_len_cv=0.5,
+        system_prompt_len=256,
+        max_context_len=2048,
+        vocab_size=512,
+    )
     return wl.requests
 
 
@@ -69,8 +87,9 @@ def _costs() -> MarconiCosts:
     """The paper's FLOP formulas for the tiny model, with the bytes the engine allocates (fp32
     KV and SSM states), so eviction scores and the cache's accounting agree."""
     spec = ModelSpec.from_hf_config(model_config(), name="real-hybrid")
-    return MarconiCosts.from_spec(spec).with_bytes(spec.kv_bytes_per_token("float32"),
-                                                   spec.ssm_state_bytes("float32"))
+    return MarconiCosts.from_spec(spec).with_bytes(
+        spec.kv_bytes_per_token("float32"), spec.ssm_state_bytes("float32")
+    )
 
 
 def _block_size(policy: str | None) -> int:
@@ -83,16 +102,22 @@ def _llm(config: dict[str, Any], policy: str | None) -> LLM:
         admission, eviction = make_marconi_policies(policy, _costs(), block_size=VLLM_BLOCK)
     block = _block_size(policy)
     return LLM(
-        model_config(), dtype="float32", seed=config["seed"], block_size=block,
-        num_kv_blocks=config["kv_tokens"] // block, num_state_slots=config["state_slots"],
-        enable_prefix_caching=policy is not None, prefix_cache="radix",
-        admission=admission, eviction=eviction, max_num_seqs=config["max_seqs"],
+        model_config(),
+        dtype="float32",
+        seed=config["seed"],
+        block_size=block,
+        num_kv_blocks=config["kv_tokens"] // block,
+        num_state_slots=config["state_slots"],
+        enable_prefix_caching=policy is not None,
+        prefix_cache="radix",
+        admission=admission,
+        eviction=eviction,
+        max_num_seqs=config["max_seqs"],
         max_num_batched_tokens=1024,
-    )  # fmt: skip
+    )
 
 
-def _serve(config: dict[str, Any], policy: str | None
-           ) -> tuple[LLM, list[Any], dict[str, float]]:  # fmt: skip
+def _serve(config: dict[str, Any], policy: str | None) -> tuple[LLM, list[Any], dict[str, float]]:
     """The sessions on a fresh engine on a :class:`~core.engine.CpuClock`: the engine, its
     finished requests, and the run's wall and clock seconds."""
     llm = _llm(config, policy)
@@ -100,10 +125,17 @@ def _serve(config: dict[str, Any], policy: str | None
     llm.engine.clock = clock
     t0 = time.perf_counter()
     # users do not think here: a turn follows its predecessor at once (closed loop)
-    served = serve_sessions(llm.engine, sessions(config["sessions"], config["seed"]),
-                            think_time_scale=0.0, sleep=clock.sleep)
-    return llm, served, {"wall_s": time.perf_counter() - t0, "clock_s": clock(),
-                         "engine_cpu_s": clock.cpu_s}
+    served = serve_sessions(
+        llm.engine,
+        sessions(config["sessions"], config["seed"]),
+        think_time_scale=0.0,
+        sleep=clock.sleep,
+    )
+    return (
+        llm,
+        served,
+        {"wall_s": time.perf_counter() - t0, "clock_s": clock(), "engine_cpu_s": clock.cpu_s},
+    )
 
 
 def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -118,8 +150,10 @@ def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
     costs = _costs()
     if costs.ssm_state_bytes != llm.model.state_bytes_per_slot(torch.float32):
         raise RuntimeError("ModelSpec and the engine disagree on the SSM state size")
-    capacity = (config["kv_tokens"] * costs.kv_bytes_per_token
-                + config["state_slots"] * costs.ssm_state_bytes)
+    capacity = (
+        config["kv_tokens"] * costs.kv_bytes_per_token
+        + config["state_slots"] * costs.ssm_state_bytes
+    )
     rows = []
     for position, (rnd, policy) in enumerate(rotated_order(POLICIES, config["rounds"])):
         _, served, times = _serve(config, policy)
@@ -128,23 +162,38 @@ def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
         ttft = np.array([r.timeline.first_token_time - r.timeline.arrival_time for r in served])
         same = sum(list(r.output_token_ids) == cold.get(r.request_id) for r in served)
         # the same sequences, replayed through the cache-level driver with one byte budget
-        replayed = [Request(r.request_id, float(i), r.num_prompt_tokens, len(r.output_token_ids),
-                            prompt_token_ids=list(r.prompt_token_ids),
-                            output_token_ids=list(r.output_token_ids))
-                    for i, r in enumerate(sorted(served, key=lambda r: r.timeline.arrival_time))]
-        rep = replay_requests(replayed, capacity_bytes=int(capacity), policy=policy, costs=costs,
-                              page_size=_block_size(policy), tune=False)
-        rows.append({
-            "policy": policy,
-            "round": rnd,
-            "position": position,
-            "requests": len(served),
-            "real_hit_rate": hit / prompt if prompt else float("nan"),
-            "replay_hit_rate": rep.token_hit_rate,
-            "ttft_mean_ms": 1e3 * float(ttft.mean()),
-            "ttft_p95_ms": 1e3 * float(np.percentile(ttft, 95)),
-            "identical_fraction": same / len(served) if served else float("nan"),
-            "compared_requests": len(cold),
-            **times,
-        })  # fmt: skip
+        replayed = [
+            Request(
+                r.request_id,
+                float(i),
+                r.num_prompt_tokens,
+                len(r.output_token_ids),
+                prompt_token_ids=list(r.prompt_token_ids),
+                output_token_ids=list(r.output_token_ids),
+            )
+            for i, r in enumerate(sorted(served, key=lambda r: r.timeline.arrival_time))
+        ]
+        rep = replay_requests(
+            replayed,
+            capacity_bytes=int(capacity),
+            policy=policy,
+            costs=costs,
+            page_size=_block_size(policy),
+            tune=False,
+        )
+        rows.append(
+            {
+                "policy": policy,
+                "round": rnd,
+                "position": position,
+                "requests": len(served),
+                "real_hit_rate": hit / prompt if prompt else float("nan"),
+                "replay_hit_rate": rep.token_hit_rate,
+                "ttft_mean_ms": 1e3 * float(ttft.mean()),
+                "ttft_p95_ms": 1e3 * float(np.percentile(ttft, 95)),
+                "identical_fraction": same / len(served) if served else float("nan"),
+                "compared_requests": len(cold),
+                **times,
+            }
+        )
     return rows

@@ -172,7 +172,11 @@ class ReplayResult:
 
     @property
     def request_hit_rate(self) -> float:
-        return sum(r.hit_tokens > 0 for r in self.requests) / self.num_requests if self.requests else 0.0
+        return (
+            sum(r.hit_tokens > 0 for r in self.requests) / self.num_requests
+            if self.requests
+            else 0.0
+        )
 
     @property
     def flops_saved_fraction(self) -> float:
@@ -206,7 +210,9 @@ class ReplayResult:
         }
 
 
-def _ordered(requests: Iterable[ReplayRequest]) -> list[tuple[str, ReplayRequest, Sequence[int], Sequence[int]]]:
+def _ordered(
+    requests: Iterable[ReplayRequest],
+) -> list[tuple[str, ReplayRequest, Sequence[int], Sequence[int]]]:
     out = []
     for i, r in enumerate(requests):
         rid = str(getattr(r, "request_id", i))
@@ -253,7 +259,11 @@ def replay_requests(
             :class:`BlockLRUEviction`, which costs per run of blocks instead of per block.
         keep_cache: return the final cache in the result (for inspection).
     """
-    if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes < 0:
+    if (
+        isinstance(capacity_bytes, bool)
+        or not isinstance(capacity_bytes, int)
+        or capacity_bytes < 0
+    ):
         raise ValueError(f"capacity_bytes must be an integer >= 0, got {capacity_bytes!r}")
     costs = costs or MarconiCosts.paper_7b()
     if isinstance(policy, str):
@@ -279,7 +289,9 @@ def replay_requests(
         )
     blocks = cache is not None  # the accounting layout: count evictions per block, as the exact one
     if cache is None:
-        cache = costs.new_cache(capacity_bytes=capacity_bytes, page_size=page, eviction=eviction, admission=admission)
+        cache = costs.new_cache(
+            capacity_bytes=capacity_bytes, page_size=page, eviction=eviction, admission=admission
+        )
     rep = CacheReplayer(cache)
     outcomes: list[RequestOutcome] = []
     n0: int | None = None
@@ -292,10 +304,18 @@ def replay_requests(
         if tuner is not None:
             tuner.observe(cache, prompt, output, t_insert, match_now=t_match)
         p = len(prompt)
-        outcomes.append(RequestOutcome(
-            rid, float(r.arrival_time), p, len(output), hit, matched,
-            costs.prefix_flops(hit), costs.prefill_flops(p, hit),
-        ))  # fmt: skip
+        outcomes.append(
+            RequestOutcome(
+                rid,
+                float(r.arrival_time),
+                p,
+                len(output),
+                hit,
+                matched,
+                costs.prefix_flops(hit),
+                costs.prefill_flops(p, hit),
+            )
+        )
     wall = time.perf_counter() - start
     s = cache.stats
     return ReplayResult(

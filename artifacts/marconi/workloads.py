@@ -27,8 +27,9 @@ MAX_CONTEXT = 32768
 
 
 @lru_cache(maxsize=4)
-def session_workload(name: str, rate: float, num_sessions: int, seed: int,
-                     response_time_s: float = 5.0) -> Workload:
+def session_workload(
+    name: str, rate: float, num_sessions: int, seed: int, response_time_s: float = 5.0
+) -> Workload:
     """``num_sessions`` sessions of the named workload starting Poisson at ``rate`` per second;
     ``response_time_s`` is the SWE-bench agent's mean gap between turns (5 / 7.5 / 10 s)."""
     if name == "lmsys":
@@ -49,10 +50,13 @@ def with_outputs(workload: Workload, seed: int, vocab_size: int = 32000) -> Work
         changes = {}
         if r.prompt_token_ids is None:
             if r.block_hashes is None:
-                raise ValueError(f"request {r.request_id!r} has neither prompt token ids nor "
-                                 "block hashes: a prefix cache cannot replay it")
+                raise ValueError(
+                    f"request {r.request_id!r} has neither prompt token ids nor "
+                    "block hashes: a prefix cache cannot replay it"
+                )
             changes["prompt_token_ids"] = expand_block_tokens(
-                r.block_hashes, r.prompt_len, block_size=r.block_size, vocab_size=vocab_size)
+                r.block_hashes, r.prompt_len, block_size=r.block_size, vocab_size=vocab_size
+            )
         if r.output_token_ids is None:
             rng = np.random.default_rng([seed, i])
             changes["output_token_ids"] = rng.integers(4, vocab_size, size=r.output_len).tolist()
@@ -71,8 +75,12 @@ def trace_workload(path: str, limit: int | None, seed: int) -> Workload:
     p = Path(path)
     wl = load_trace(p, limit=limit)
     kept = [r for r in wl.requests if r.prompt_len + r.output_len <= MAX_CONTEXT]
-    params = {**wl.params, "format": detect_format(p), "read": len(wl.requests),
-              "dropped_over_cap": len(wl.requests) - len(kept)}  # fmt: skip
+    params = {
+        **wl.params,
+        "format": detect_format(p),
+        "read": len(wl.requests),
+        "dropped_over_cap": len(wl.requests) - len(kept),
+    }
     return with_outputs(Workload(wl.name, kept, list(wl.sources), params), seed)
 
 
@@ -94,8 +102,10 @@ def check_trace(path: Path) -> None:
     """Fail early, naming the file (and line), when ``--trace`` cannot be replayed."""
     fmt = detect_format(path)
     if fmt not in ("marconi", "mooncake", "servelab"):
-        raise ValueError(f"{path}: a {fmt} trace has no token ids or block hashes; Marconi "
-                         "needs the Marconi JSONL, Mooncake JSONL or Servelab JSONL format")
+        raise ValueError(
+            f"{path}: a {fmt} trace has no token ids or block hashes; Marconi "
+            "needs the Marconi JSONL, Mooncake JSONL or Servelab JSONL format"
+        )
     wl = load_trace(path, limit=50)  # parses (and checks) the head; errors name file:line
     if not wl.requests:
         raise ValueError(f"{path}: the trace has no requests")

@@ -55,8 +55,9 @@ def min_avg_gain_prefill_heavy(r: Results) -> float:
     best = _best_gains(r, "avg_gain")
     best = best[best.index.get_level_values("workload").isin(PREFILL_HEAVY)]
     if not len(best):
-        raise NotApplicable(f"this run sweeps none of the prefill-heavy workloads "
-                            f"({', '.join(PREFILL_HEAVY)})")
+        raise NotApplicable(
+            f"this run sweeps none of the prefill-heavy workloads ({', '.join(PREFILL_HEAVY)})"
+        )
     return float(best.min())
 
 
@@ -77,10 +78,14 @@ def programming_gain_smallest(r: Results) -> float:
         if "programming" in set(g["workload"]) and len(g) > 1:
             hits.append(g.loc[g["avg_gain"].idxmin(), "workload"] == "programming")
     if not hits:
-        swept = "; ".join(f"{k}: {', '.join(sorted(set(g['workload'])))}"
-                          for k, g in best.assign(fleet=fleet_label(best)).groupby("fleet"))
-        raise NotApplicable("no fleet of this run sweeps programming beside another workload "
-                            f"to compare it with ({swept})")
+        swept = "; ".join(
+            f"{k}: {', '.join(sorted(set(g['workload'])))}"
+            for k, g in best.assign(fleet=fleet_label(best)).groupby("fleet")
+        )
+        raise NotApplicable(
+            "no fleet of this run sweeps programming beside another workload "
+            f"to compare it with ({swept})"
+        )
     return float(np.mean(hits))
 
 
@@ -105,13 +110,19 @@ def _slo_outcomes(r: Results) -> tuple[list[bool], list[str]]:
     s = slo_rates(r["fleet"]).set_index(["setup", "gpus", "workload", "router"])
     outcomes, undecided = [], []
     for setup, gpus, workload in sorted({k[:3] for k in s.index}):
-        p, rr = s.loc[(setup, gpus, workload, "preble")], s.loc[(setup, gpus, workload, "round-robin")]
+        p, rr = (
+            s.loc[(setup, gpus, workload, "preble")],
+            s.loc[(setup, gpus, workload, "round-robin")],
+        )
         o = _slo_outcome(p, rr)
         if o is not None:
             outcomes.append(o)
         else:
-            how = (f"both meet it up to the top swept rate, {rr['slo_rate']:.3g} req/s"
-                   if not rr["saturated"] else "both miss it at the lowest swept rate")
+            how = (
+                f"both meet it up to the top swept rate, {rr['slo_rate']:.3g} req/s"
+                if not rr["saturated"]
+                else "both miss it at the lowest swept rate"
+            )
             undecided.append(f"{workload} on {setup}, {gpus} GPUs: {how}")
     return outcomes, undecided
 
@@ -121,8 +132,10 @@ def slo_rate_share(r: Results) -> float:
     under the latency SLO, over those where the sweep tells them apart."""
     outcomes, undecided = _slo_outcomes(r)
     if not outcomes:
-        raise NotApplicable("the sweep does not tell Preble and round-robin apart under the SLO "
-                            f"anywhere ({'; '.join(undecided)})")
+        raise NotApplicable(
+            "the sweep does not tell Preble and round-robin apart under the SLO "
+            f"anywhere ({'; '.join(undecided)})"
+        )
     return float(np.mean(outcomes))
 
 
@@ -134,8 +147,10 @@ def prefix_affinity_p99_vs_preble(r: Results) -> float:
     if f.empty:
         raise NotApplicable("this run sweeps no ToolBench (Zipf-1.1) fleet")
     top = f[f["load"] == f["load"].max()].set_index(["setup", "gpus", "router"])["p99_latency_s"]
-    ratios = [top[(s, g, "prefix-affinity")] / top[(s, g, "preble")]
-              for s, g in {(s, g) for s, g, _ in top.index}]
+    ratios = [
+        top[(s, g, "prefix-affinity")] / top[(s, g, "preble")]
+        for s, g in {(s, g) for s, g, _ in top.index}
+    ]
     return float(max(ratios))
 
 
@@ -170,7 +185,8 @@ def real_gain(r: Results) -> float:
         raise NotApplicable(
             f"{len(ratios)} round(s) of each router in this run (measured {one}); the wall-clock "
             f"ordering is decided on the median of >= {real.MIN_ROUNDS} interleaved rounds "
-            "(default scale runs 3)")
+            "(default scale runs 3)"
+        )
     return float(np.median(ratios))
 
 
@@ -180,14 +196,17 @@ def real_complete(r: Results) -> float:
 
 
 def _slo_note(r: Results) -> str:
-    words = _sim_note("fleet", f"SLO: average latency <= {SLO_FACTOR:g}x the workload's "
-                      "unloaded latency.")(r)
+    words = _sim_note(
+        "fleet", f"SLO: average latency <= {SLO_FACTOR:g}x the workload's unloaded latency."
+    )(r)
     if "fleet" not in r:
         return words
     outcomes, undecided = _slo_outcomes(r)
     if outcomes and undecided:
-        words += (f" {len(outcomes)} fleet x workload tell the routers apart; left out (only "
-                  f"bounds on both rates): {'; '.join(undecided)}.")
+        words += (
+            f" {len(outcomes)} fleet x workload tell the routers apart; left out (only "
+            f"bounds on both rates): {'; '.join(undecided)}."
+        )
     return words
 
 
@@ -195,6 +214,7 @@ def _sim_note(experiment: str, extra: str = ""):
     def note(r: Results) -> str:
         words = (fleet_words if experiment == "fleet" else ablation_words)(r, experiment)
         return " ".join(x for x in (words, extra) if x)
+
     return note
 
 
@@ -213,53 +233,85 @@ ARTIFACT = Artifact(
     "affinity: simulated GPU fleets on five workloads, the ablation ladder, and two real "
     "engine replicas on Ray.",
     experiments=[
-        Experiment("fleet", "average and p99 latency against request rate per workload, "
-                   "routers and fleets of Fig. 3", fleet.fleet_points, fleet.run_point,
-                   plot_fleet),
-        Experiment("ablation", "Table 1's ladder on ToolBench (Zipf-1.1)", fleet.ablation_points,
-                   fleet.run_point, plot_ablation),
-        Experiment("real", "two engine replicas of a tiny model as Ray actors on this CPU, E2 "
-                   "vs round-robin in interleaved rounds", real.points, real.run_point, plot_real,
-                   exclusive=True),
+        Experiment(
+            "fleet",
+            "average and p99 latency against request rate per workload, "
+            "routers and fleets of Fig. 3",
+            fleet.fleet_points,
+            fleet.run_point,
+            plot_fleet,
+        ),
+        Experiment(
+            "ablation",
+            "Table 1's ladder on ToolBench (Zipf-1.1)",
+            fleet.ablation_points,
+            fleet.run_point,
+            plot_ablation,
+        ),
+        Experiment(
+            "real",
+            "two engine replicas of a tiny model as Ray actors on this CPU, E2 "
+            "vs round-robin in interleaved rounds",
+            real.points,
+            real.run_point,
+            plot_real,
+            exclusive=True,
+        ),
     ],
     claims=[
         Claim(
             "avg-gain-prefill-heavy",
             "Preble lowers average latency 1.5-14.5x against round-robin data parallelism.",
             "1.5-14.5x (Fig. 3)",
-            measure=min_avg_gain_prefill_heavy, expect=at_least(1.5), unit="x (smallest best gain)",
+            measure=min_avg_gain_prefill_heavy,
+            expect=at_least(1.5),
+            unit="x (smallest best gain)",
             experiments=("fleet",),
             expected=">= 1.5x near saturation on ToolBench, VideoQA and LooGLE (the note)",
-            note=_sim_note("fleet", "Per fleet and workload, the largest gain over the swept "
-                           "rates; the claim takes the smallest of those over the prefill-heavy "
-                           "workloads this run sweeps."),
+            note=_sim_note(
+                "fleet",
+                "Per fleet and workload, the largest gain over the swept "
+                "rates; the claim takes the smallest of those over the prefill-heavy "
+                "workloads this run sweeps.",
+            ),
         ),
         Claim(
             "avg-gain-max",
             "Preble lowers average latency up to 14.5x against round-robin.",
             "up to 14.5x (Fig. 3)",
-            measure=max_avg_gain, expect=at_least(1.5), unit="x", experiments=("fleet",),
+            measure=max_avg_gain,
+            expect=at_least(1.5),
+            unit="x",
+            experiments=("fleet",),
             note=_sim_note("fleet"),
         ),
         Claim(
             "p99-gain",
             "Preble lowers p99 latency 2-10x against round-robin.",
             "2-10x (Fig. 3)",
-            measure=max_p99_gain, expect=at_least(2.0), unit="x (largest)",
-            experiments=("fleet",), note=_sim_note("fleet"),
+            measure=max_p99_gain,
+            expect=at_least(2.0),
+            unit="x (largest)",
+            experiments=("fleet",),
+            note=_sim_note("fleet"),
         ),
         Claim(
             "programming-smallest",
             "The gain is smallest on programming, whose time goes to decoding.",
             "smallest on programming (Fig. 3)",
-            measure=programming_gain_smallest, expect=at_least(1.0), unit="of fleets",
-            experiments=("fleet",), note=_sim_note("fleet"),
+            measure=programming_gain_smallest,
+            expect=at_least(1.0),
+            unit="of fleets",
+            experiments=("fleet",),
+            note=_sim_note("fleet"),
         ),
         Claim(
             "slo-rate",
             "Preble sustains a higher request rate than round-robin under a latency bound.",
             "(the note: report the highest rate under an SLO)",
-            measure=slo_rate_share, expect=at_least(1.0), unit="of fleet x workload",
+            measure=slo_rate_share,
+            expect=at_least(1.0),
+            unit="of fleet x workload",
             experiments=("fleet",),
             note=_slo_note,
         ),
@@ -267,30 +319,40 @@ ARTIFACT = Artifact(
             "prefix-affinity-p99",
             "Pure prefix affinity collapses on p99 under skewed popularity.",
             "(the note: collapses on p99 under skew)",
-            measure=prefix_affinity_p99_vs_preble, expect=at_least(1.5),
-            unit="x (prefix-affinity p99 / Preble p99)", experiments=("fleet",),
+            measure=prefix_affinity_p99_vs_preble,
+            expect=at_least(1.5),
+            unit="x (prefix-affinity p99 / Preble p99)",
+            experiments=("fleet",),
             note=_sim_note("fleet", "ToolBench with Zipf-1.1 tools at the highest swept rate."),
         ),
         Claim(
             "ablation-steps",
             "Each of E2, rebalancing and P/D balance lowers average latency (Table 1).",
             "each step helps (Table 1)",
-            measure=ladder_steps_helping, expect=at_least(1.0), unit="of the 3 steps",
-            experiments=("ablation",), note=_sim_note("ablation"),
+            measure=ladder_steps_helping,
+            expect=at_least(1.0),
+            unit="of the 3 steps",
+            experiments=("ablation",),
+            note=_sim_note("ablation"),
         ),
         Claim(
             "ablation-priority-p99",
             "The priority local scheduler improves p99 latency (Table 1's last step).",
             "p99 only (Table 1)",
-            measure=priority_step_p99_gain, expect=at_least(1.0), unit="x (p99 before / after)",
-            experiments=("ablation",), note=_sim_note("ablation"),
+            measure=priority_step_p99_gain,
+            expect=at_least(1.0),
+            unit="x (p99 before / after)",
+            experiments=("ablation",),
+            note=_sim_note("ablation"),
         ),
         Claim(
             "real-ordering",
             "With real engine replicas, E2 beats round-robin on a shared-prefix workload.",
             "(the note: real mode must show E2 better than RR)",
-            measure=real_gain, expect=at_least(1.0),
-            unit="x (RR avg / E2 avg, median over rounds)", experiments=("real",),
+            measure=real_gain,
+            expect=at_least(1.0),
+            unit="x (RR avg / E2 avg, median over rounds)",
+            experiments=("real",),
             expected=f">= 1x, the median over >= {real.MIN_ROUNDS} interleaved rounds",
             note=lambda r: " ".join((real_words(r), profile_words(r))),
         ),
@@ -298,7 +360,9 @@ ARTIFACT = Artifact(
             "real-complete",
             "Every request of the real run completes (no replica failure, no timeout).",
             "(correctness)",
-            measure=real_complete, expect=at_least(1.0), unit="of requests (every round)",
+            measure=real_complete,
+            expect=at_least(1.0),
+            unit="of requests (every round)",
             experiments=("real",),
         ),
     ],

@@ -66,15 +66,27 @@ RUNG_FEATURES = {
 }
 
 FLEET_GRID = {
-    Scale.SMOKE: {"setups": {"mistral-7b/a6000": (2,)}, "workloads": {"mistral-7b/a6000": ("toolbench",)},
-                  "loads": (0.5, 2.0), "requests": 80},
-    Scale.DEFAULT: {"setups": {"mistral-7b/a6000": (4,), "llama-3-70b/h100": (8,)},
-                    "workloads": {"mistral-7b/a6000": WORKLOADS,
-                                  "llama-3-70b/h100": ("toolbench", "programming", "loogle")},
-                    "loads": (0.25, 0.5, 1.0, 2.0, 4.0), "requests": 300},
-    Scale.FULL: {"setups": {"mistral-7b/a6000": (2, 4, 8), "llama-3-70b/h100": (8,)},
-                 "workloads": {"mistral-7b/a6000": WORKLOADS, "llama-3-70b/h100": WORKLOADS},
-                 "loads": (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0), "requests": 2000},
+    Scale.SMOKE: {
+        "setups": {"mistral-7b/a6000": (2,)},
+        "workloads": {"mistral-7b/a6000": ("toolbench",)},
+        "loads": (0.5, 2.0),
+        "requests": 80,
+    },
+    Scale.DEFAULT: {
+        "setups": {"mistral-7b/a6000": (4,), "llama-3-70b/h100": (8,)},
+        "workloads": {
+            "mistral-7b/a6000": WORKLOADS,
+            "llama-3-70b/h100": ("toolbench", "programming", "loogle"),
+        },
+        "loads": (0.25, 0.5, 1.0, 2.0, 4.0),
+        "requests": 300,
+    },
+    Scale.FULL: {
+        "setups": {"mistral-7b/a6000": (2, 4, 8), "llama-3-70b/h100": (8,)},
+        "workloads": {"mistral-7b/a6000": WORKLOADS, "llama-3-70b/h100": WORKLOADS},
+        "loads": (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
+        "requests": 2000,
+    },
 }
 ABLATION_GRID = {
     Scale.SMOKE: {"gpus": 2, "loads": (1.5,), "requests": 80},
@@ -125,10 +137,13 @@ def unloaded_latency(setup: str, name: str, requests: int, seed: int) -> float:
 def replica_config(setup: str, queue_policy: str = "fcfs") -> ReplicaConfig:
     cost = cost_model(setup)
     return ReplicaConfig(
-        cost=cost, num_kv_blocks=cost.max_kv_blocks(BLOCK), block_size=BLOCK,
+        cost=cost,
+        num_kv_blocks=cost.max_kv_blocks(BLOCK),
+        block_size=BLOCK,
         scheduler=SchedulerConfig(max_num_batched_tokens=CHUNK, max_model_len=MAX_MODEL_LEN),
-        prefix_cache="radix", queue_policy=queue_policy,
-    )  # fmt: skip
+        prefix_cache="radix",
+        queue_policy=queue_policy,
+    )
 
 
 def build_router(name: str, setup: str, replicas: int) -> tuple[Router, str]:
@@ -136,8 +151,9 @@ def build_router(name: str, setup: str, replicas: int) -> tuple[Router, str]:
     if name not in RUNG_FEATURES:
         return make_router(name), "fcfs"
     cost = cost_model(setup)
-    router = E2Router(cost.max_kv_blocks(BLOCK) * BLOCK, E2Costs.from_cost_model(cost),
-                      **RUNG_FEATURES[name])
+    router = E2Router(
+        cost.max_kv_blocks(BLOCK) * BLOCK, E2Costs.from_cost_model(cost), **RUNG_FEATURES[name]
+    )
     return router, ("preble-priority" if name == "preble" else "fcfs")
 
 
@@ -154,24 +170,41 @@ def simulate(config: dict[str, Any]) -> dict[str, Any]:
     busy = np.asarray(res.busy_time, dtype=float)
     per_replica = np.bincount(list(res.replica_of.values()), minlength=replicas)
     return {
-        "avg_latency_s": s["e2e_mean"], "p99_latency_s": s["e2e_p99"],
-        "p50_latency_s": s["e2e_p50"], "ttft_mean_s": s["ttft_mean"], "ttft_p99_s": s["ttft_p99"],
-        "token_hit_rate": s["token_hit_rate"], "completed": s["num_completed"],
-        "throughput_rps": s["request_throughput"], "preemptions": s["preemptions"],
+        "avg_latency_s": s["e2e_mean"],
+        "p99_latency_s": s["e2e_p99"],
+        "p50_latency_s": s["e2e_p50"],
+        "ttft_mean_s": s["ttft_mean"],
+        "ttft_p99_s": s["ttft_p99"],
+        "token_hit_rate": s["token_hit_rate"],
+        "completed": s["num_completed"],
+        "throughput_rps": s["request_throughput"],
+        "preemptions": s["preemptions"],
         "busy_imbalance": float(busy.max() / busy.min()) if busy.min() > 0 else float("inf"),
         "max_replica_share": float(per_replica.max() / max(1, per_replica.sum())),
-        "makespan_s": res.makespan, "sim_wall_s": res.wall_s,
+        "makespan_s": res.makespan,
+        "sim_wall_s": res.wall_s,
     }
 
 
-def _rated(ctx: RunContext, setup: str, gpus: int, name: str, requests: int,
-           loads: tuple[float, ...]) -> list[dict[str, Any]]:
+def _rated(
+    ctx: RunContext, setup: str, gpus: int, name: str, requests: int, loads: tuple[float, ...]
+) -> list[dict[str, Any]]:
     replicas = gpus // SETUPS[setup].tp
     nominal = nominal_rate(setup, replicas, name, requests, ctx.seed)
     unloaded = unloaded_latency(setup, name, requests, ctx.seed)
-    return [{"setup": setup, "gpus": gpus, "replicas": replicas, "workload": name,
-             "requests": requests, "load": load, "rate": round(load * nominal, 4),
-             "unloaded_latency_s": unloaded} for load in loads]  # fmt: skip
+    return [
+        {
+            "setup": setup,
+            "gpus": gpus,
+            "replicas": replicas,
+            "workload": name,
+            "requests": requests,
+            "load": load,
+            "rate": round(load * nominal, 4),
+            "unloaded_latency_s": unloaded,
+        }
+        for load in loads
+    ]
 
 
 def fleet_points(ctx: RunContext) -> list[dict[str, Any]]:

@@ -75,11 +75,27 @@ class PrefixNode:
     window. ``uid`` orders nodes created earlier first (deterministic LRU tie-break).
     """
 
-    __slots__ = ("uid", "segment", "start", "parent", "children", "holders", "refs",
-                 "last_access", "held_children", "stats")  # fmt: skip
+    __slots__ = (
+        "uid",
+        "segment",
+        "start",
+        "parent",
+        "children",
+        "holders",
+        "refs",
+        "last_access",
+        "held_children",
+        "stats",
+    )
 
-    def __init__(self, uid: int, segment: tuple[int, ...], start: int, parent: PrefixNode | None,
-                 num_replicas: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        uid: int,
+        segment: tuple[int, ...],
+        start: int,
+        parent: PrefixNode | None,
+        num_replicas: int,
+    ) -> None:
         self.uid = uid
         self.segment = segment
         self.start = start
@@ -101,8 +117,10 @@ class PrefixNode:
         return len(self.segment) > self.start
 
     def __repr__(self) -> str:
-        return (f"PrefixNode(uid={self.uid}, tokens=[{self.start}, {self.end}), "
-                f"holders={sorted(self.holders)}, refs={self.refs})")  # fmt: skip
+        return (
+            f"PrefixNode(uid={self.uid}, tokens=[{self.start}, {self.end}), "
+            f"holders={sorted(self.holders)}, refs={self.refs})"
+        )
 
 
 @dataclass(frozen=True)
@@ -141,15 +159,21 @@ class GlobalPrefixTree:
     per replica). ``window_s``: the statistics window (Preble: 3 minutes).
     """
 
-    def __init__(self, num_replicas: int, capacity_tokens: int | Sequence[int],
-                 window_s: float = 180.0) -> None:  # fmt: skip
+    def __init__(
+        self, num_replicas: int, capacity_tokens: int | Sequence[int], window_s: float = 180.0
+    ) -> None:
         if num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-        caps = ([int(capacity_tokens)] * num_replicas if isinstance(capacity_tokens, int)
-                else [int(c) for c in capacity_tokens])  # fmt: skip
+        caps = (
+            [int(capacity_tokens)] * num_replicas
+            if isinstance(capacity_tokens, int)
+            else [int(c) for c in capacity_tokens]
+        )
         if len(caps) != num_replicas or any(c < 0 for c in caps):
-            raise ValueError(f"capacity_tokens must be >= 0, one per replica ({num_replicas}); "
-                             f"got {capacity_tokens!r}")  # fmt: skip
+            raise ValueError(
+                f"capacity_tokens must be >= 0, one per replica ({num_replicas}); "
+                f"got {capacity_tokens!r}"
+            )
         if not window_s > 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         self.num_replicas = num_replicas
@@ -224,8 +248,9 @@ class GlobalPrefixTree:
 
     # -- placement --------------------------------------------------------------------------
 
-    def insert(self, token_ids: Sequence[int], replica: int, now: float, *,
-               ref: bool = True) -> PrefixNode:  # fmt: skip
+    def insert(
+        self, token_ids: Sequence[int], replica: int, now: float, *, ref: bool = True
+    ) -> PrefixNode:
         """Model ``replica`` caching the prompt: create its path (splitting nodes where it
         diverges), mark it held and touched at ``now``, add one reference on ``replica`` to each
         node when ``ref``, then evict ``replica``'s LRU unreferenced leaves past its capacity.
@@ -263,8 +288,9 @@ class GlobalPrefixTree:
             v.refs[replica] -= 1
         self._fit(replica)
 
-    def eviction_victims(self, replica: int, num_tokens: int,
-                         protect: Iterable[PrefixNode] = ()) -> list[PrefixNode]:  # fmt: skip
+    def eviction_victims(
+        self, replica: int, num_tokens: int, protect: Iterable[PrefixNode] = ()
+    ) -> list[PrefixNode]:
         """The nodes an LRU eviction of at least ``num_tokens`` tokens from ``replica``'s model
         would remove, in order, without removing them: least recently used unreferenced leaves
         of what ``replica`` holds first, a parent once its held children are gone. Nodes in
@@ -273,8 +299,11 @@ class GlobalPrefixTree:
         if num_tokens <= 0:
             return []
         keep = set(protect)
-        heap = [(v.last_access[replica], v.uid, v) for v in self._leaves[replica]
-                if v.refs[replica] == 0 and v not in keep]  # fmt: skip
+        heap = [
+            (v.last_access[replica], v.uid, v)
+            for v in self._leaves[replica]
+            if v.refs[replica] == 0 and v not in keep
+        ]
         heapq.heapify(heap)
         gone_children: dict[PrefixNode, int] = {}
         victims: list[PrefixNode] = []
@@ -304,8 +333,9 @@ class GlobalPrefixTree:
 
     # -- windowed statistics ----------------------------------------------------------------
 
-    def record(self, node: PrefixNode, replica: int, hit_tokens: int, prompt_tokens: int,
-               now: float) -> WindowStats:  # fmt: skip
+    def record(
+        self, node: PrefixNode, replica: int, hit_tokens: int, prompt_tokens: int, now: float
+    ) -> WindowStats:
         """Count a request whose prompt ends at ``node``, routed to ``replica`` with
         ``hit_tokens`` of its ``prompt_tokens`` cached, in its important node's group."""
         v = self.important_node(node)
@@ -378,8 +408,9 @@ class GlobalPrefixTree:
         holders, references and access times), ``child`` keeps the rest."""
         parent = child.parent
         assert parent is not None and 0 < k < len(child.segment)
-        upper = PrefixNode(next(self._uids), child.segment[:k], child.start, parent,
-                           self.num_replicas)  # fmt: skip
+        upper = PrefixNode(
+            next(self._uids), child.segment[:k], child.start, parent, self.num_replicas
+        )
         parent.children[upper.segment[0]] = upper
         child.segment = child.segment[k:]
         child.start += k

@@ -72,16 +72,24 @@ def model_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def real_workload(config: dict[str, Any]) -> Workload:
     return generate_preble_workload(
-        WORKLOAD, config["requests"], config["rate"], seed=config["seed"],
-        length_scale=LENGTH_SCALE, vocab_size=model_config(config)["vocab_size"],
-    )  # fmt: skip
+        WORKLOAD,
+        config["requests"],
+        config["rate"],
+        seed=config["seed"],
+        length_scale=LENGTH_SCALE,
+        vocab_size=model_config(config)["vocab_size"],
+    )
 
 
 def _router(name: str, kv_tokens: int, config: dict[str, Any]) -> Router:
     if name == E2_LABEL:
         cost = load_pinned_profile(config["profile"], config["profile_sha256"])
-        return E2Router(kv_tokens, E2Costs.from_cost_model(cost, decode_context=1024),
-                        rebalance=True, pd_balance=True)
+        return E2Router(
+            kv_tokens,
+            E2Costs.from_cost_model(cost, decode_context=1024),
+            rebalance=True,
+            pd_balance=True,
+        )
     return make_router(name)
 
 
@@ -92,9 +100,19 @@ def points(ctx: RunContext) -> list[dict[str, Any]]:
 
 def serve_once(router: str, wl: Workload, config: dict[str, Any]) -> dict[str, Any]:
     """The stream on a fresh 2-replica Ray fleet behind ``router``: its metrics."""
-    spec = ReplicaSpec(model_config(config), engine=dict(
-        seed=0, block_size=BLOCK, num_kv_blocks=config["kv_blocks"], max_num_batched_tokens=512,
-        max_num_seqs=32, max_model_len=2048, prefix_cache="radix"), threads=THREADS)
+    spec = ReplicaSpec(
+        model_config(config),
+        engine=dict(
+            seed=0,
+            block_size=BLOCK,
+            num_kv_blocks=config["kv_blocks"],
+            max_num_batched_tokens=512,
+            max_num_seqs=32,
+            max_model_len=2048,
+            prefix_cache="radix",
+        ),
+        threads=THREADS,
+    )
     kv_tokens = config["kv_blocks"] * BLOCK
     with Fleet([spec, spec], _router(router, kv_tokens, config), backend="ray") as fleet:
         res = fleet.run(wl, timeout_s=900.0)
@@ -107,14 +125,21 @@ def serve_once(router: str, wl: Workload, config: dict[str, Any]) -> dict[str, A
         if i is not None:
             computed[i] += rec.prompt_tokens - (rec.cached_tokens or 0)
     return {
-        "avg_latency_s": s["e2e_mean"], "p99_latency_s": s["e2e_p99"],
-        "p50_latency_s": s["e2e_p50"], "ttft_mean_s": s["ttft_mean"], "ttft_p99_s": s["ttft_p99"],
-        "token_hit_rate": s["token_hit_rate"], "completed": s["num_completed"],
-        "failed": len(res.failed), "makespan_s": res.makespan,
-        "prefill_tokens": sum(computed), "prefill_tokens_max_replica": max(computed),
-        "busy_s": sum(res.busy_time), "busy_s_max_replica": max(res.busy_time),
+        "avg_latency_s": s["e2e_mean"],
+        "p99_latency_s": s["e2e_p99"],
+        "p50_latency_s": s["e2e_p50"],
+        "ttft_mean_s": s["ttft_mean"],
+        "ttft_p99_s": s["ttft_p99"],
+        "token_hit_rate": s["token_hit_rate"],
+        "completed": s["num_completed"],
+        "failed": len(res.failed),
+        "makespan_s": res.makespan,
+        "prefill_tokens": sum(computed),
+        "prefill_tokens_max_replica": max(computed),
+        "busy_s": sum(res.busy_time),
+        "busy_s_max_replica": max(res.busy_time),
         "served_per_replica": "/".join(str(r.served) for r in res.replicas),
-    }  # fmt: skip
+    }
 
 
 def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -126,7 +151,14 @@ def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for position, (rnd, router) in enumerate(rotated_order(ROUTERS, config["rounds"])):
         row = serve_once(router, wl, config)  # a fresh fleet (and Ray instance) each time
-        rows.append({"router": router, "round": rnd, "position": position, **row,
-                     "prompt_mean": stats["prompt_mean"],
-                     "shared_fraction": stats["shared_fraction"]})
+        rows.append(
+            {
+                "router": router,
+                "round": rnd,
+                "position": position,
+                **row,
+                "prompt_mean": stats["prompt_mean"],
+                "shared_fraction": stats["shared_fraction"],
+            }
+        )
     return rows

@@ -99,8 +99,9 @@ class E2Costs:
     prefill_fn: Callable[[int, int], float]
     tpot_s: float
     name: str = ""
-    _memo: dict[tuple[int, int], float] = field(default_factory=dict, init=False,
-                                                compare=False, repr=False)
+    _memo: dict[tuple[int, int], float] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if not self.tpot_s >= 0:
@@ -116,8 +117,9 @@ class E2Costs:
         return t
 
     @classmethod
-    def from_cost_model(cls, cost_model: object, *, decode_context: int = 2048,
-                        chunk_tokens: int | None = None) -> E2Costs:  # fmt: skip
+    def from_cost_model(
+        cls, cost_model: object, *, decode_context: int = 2048, chunk_tokens: int | None = None
+    ) -> E2Costs:
         """Costs from a :class:`core.sim.cost.CostModel` (anything with
         ``step_time(prefill_chunks, decode_contexts)``): a prefill is one step over the chunk
         ``(n_tokens, context)``, or consecutive ``chunk_tokens``-token chunks when given (as a
@@ -137,17 +139,22 @@ class E2Costs:
                 done += k
             return total
 
-        return cls(prefill, float(step(decode_contexts=[decode_context])),
-                   name=f"cost-model:{cost_model!r}")
+        return cls(
+            prefill,
+            float(step(decode_contexts=[decode_context])),
+            name=f"cost-model:{cost_model!r}",
+        )
 
     @classmethod
     def preble_a6000_mistral7b(cls, *, decode_context: int = 2048) -> E2Costs:
         """The authors' fitted times for Mistral-7B on an A6000 (SGLang + FlashInfer,
         ``benchmarks/exp_configs/model_equations.py``); see :func:`preble_mistral7b_a6000_ms`.
         ``tpot_s`` is their decode equation for one sequence at ``decode_context``."""
-        return cls(lambda n, ctx: preble_mistral7b_a6000_ms(n, ctx) / 1e3,
-                   preble_mistral7b_a6000_ms(1, decode_context, decode=True) / 1e3,
-                   name="preble-a6000-mistral-7b")
+        return cls(
+            lambda n, ctx: preble_mistral7b_a6000_ms(n, ctx) / 1e3,
+            preble_mistral7b_a6000_ms(1, decode_context, decode=True) / 1e3,
+            name="preble-a6000-mistral-7b",
+        )
 
 
 def preble_mistral7b_a6000_ms(n_tokens: int, context: int, *, decode: bool = False) -> float:
@@ -262,10 +269,15 @@ class E2Router(Router):
         if not imbalance_ratio >= 1.0:
             raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
         if rebalance_after < 0 or rebalance_interval_s < 0:
-            raise ValueError("rebalance_after and rebalance_interval_s must be >= 0, got "
-                             f"{rebalance_after} and {rebalance_interval_s}")
-        self.capacity_tokens = (capacity_tokens if isinstance(capacity_tokens, int)
-                                else tuple(int(c) for c in capacity_tokens))  # fmt: skip
+            raise ValueError(
+                "rebalance_after and rebalance_interval_s must be >= 0, got "
+                f"{rebalance_after} and {rebalance_interval_s}"
+            )
+        self.capacity_tokens = (
+            capacity_tokens
+            if isinstance(capacity_tokens, int)
+            else tuple(int(c) for c in capacity_tokens)
+        )
         self.costs: PrefillCost = costs if costs is not None else E2Costs.preble_a6000_mistral7b()
         self.window_s = float(window_s)
         self.pd_balance = pd_balance
@@ -305,27 +317,37 @@ class E2Router(Router):
         if n_hit > n_new:
             kind = "exploit"
             pin = self._pin_of(m.path[-1]) if m.path else None
-            candidates = (sorted(pin) if pin is not None
-                          else [i for i in all_replicas if 2 * m.cached[i] > n])  # fmt: skip
+            candidates = (
+                sorted(pin) if pin is not None else [i for i in all_replicas if 2 * m.cached[i] > n]
+            )
         else:
             hot = self._decode_heavy_replicas() if self.pd_balance else []
-            kind, candidates = (("pd-balance", hot) if 0 < len(hot) < tree.num_replicas
-                                else ("explore", list(all_replicas)))  # fmt: skip
+            kind, candidates = (
+                ("pd-balance", hot)
+                if 0 < len(hot) < tree.num_replicas
+                else ("explore", list(all_replicas))
+            )
         loads = self.loads()
         costs = {i: loads[i] + self._placement_cost(i, m, n) for i in candidates}
         choice = min(candidates, key=lambda i: (costs[i], i))
         self.last_decision = E2Decision(kind, choice, n_hit, n_new, tuple(candidates), costs)
         self.decisions[kind] += 1
         self.place(req, choice, now, match=m)
-        if (self.rebalance and self.routed >= self.rebalance_after * tree.num_replicas
-                and (self._last_rebalance is None
-                     or now - self._last_rebalance >= self.rebalance_interval_s)):
+        if (
+            self.rebalance
+            and self.routed >= self.rebalance_after * tree.num_replicas
+            and (
+                self._last_rebalance is None
+                or now - self._last_rebalance >= self.rebalance_interval_s
+            )
+        ):
             if self.rebalance_now():
                 self._last_rebalance = now
         return choice
 
-    def on_finish(self, replica: int, request_id: str, now: float, *,
-                  output_tokens: int | None = None) -> None:  # fmt: skip
+    def on_finish(
+        self, replica: int, request_id: str, now: float, *, output_tokens: int | None = None
+    ) -> None:
         f = self._inflight.pop(request_id, None)
         if f is None:
             return
@@ -339,8 +361,9 @@ class E2Router(Router):
 
     # -- the model --------------------------------------------------------------------------
 
-    def place(self, req: RouteRequest, replica: int, now: float, *,
-              match: PrefixMatch | None = None) -> None:  # fmt: skip
+    def place(
+        self, req: RouteRequest, replica: int, now: float, *, match: PrefixMatch | None = None
+    ) -> None:
         """Record that ``req`` runs on ``replica`` (``route`` does this for its choice; call it
         directly to replay fixed placements): model the prompt cached and referenced there,
         count it in the window, track it until ``on_finish``."""
@@ -399,10 +422,17 @@ class E2Router(Router):
             (heavy, lh), (light, ll) = order[0], order[-1]
             if lh <= 0 or lh < self.imbalance_ratio * ll:
                 break
-            cands = sorted(((self._group_cost(g, heavy), g.node.uid, g) for g in tree.groups()
-                            if g.count >= 2 and g.node is not None and g.node.is_important
-                            and heavy in self._assigned(g.node)),
-                           key=lambda c: (c[0], c[1]))  # fmt: skip
+            cands = sorted(
+                (
+                    (self._group_cost(g, heavy), g.node.uid, g)
+                    for g in tree.groups()
+                    if g.count >= 2
+                    and g.node is not None
+                    and g.node.is_important
+                    and heavy in self._assigned(g.node)
+                ),
+                key=lambda c: (c[0], c[1]),
+            )
             if len(cands) == 1:
                 cost, _, g = cands[0]
                 assert g.node is not None
@@ -432,14 +462,17 @@ class E2Router(Router):
         if self.tree is None:
             self.tree = GlobalPrefixTree(num_replicas, self.capacity_tokens, self.window_s)
         elif self.tree.num_replicas != num_replicas:
-            raise ValueError(f"E2Router models {self.tree.num_replicas} replicas, "
-                             f"got {num_replicas}")  # fmt: skip
+            raise ValueError(
+                f"E2Router models {self.tree.num_replicas} replicas, got {num_replicas}"
+            )
         return self.tree
 
     def _require_tree(self) -> GlobalPrefixTree:
         if self.tree is None:
-            raise RuntimeError("the number of replicas is not known yet: pass capacities per "
-                               "replica or num_replicas, or route() first")
+            raise RuntimeError(
+                "the number of replicas is not known yet: pass capacities per "
+                "replica or num_replicas, or route() first"
+            )
         return self.tree
 
     def _expire(self, now: float) -> None:

@@ -14,10 +14,12 @@ from core.sim.profiled import pinned_origin
 from . import real
 from .plots import real_summary
 
-SIM = ("Simulated fleets: the engine's scheduler and radix caches with the roofline cost model "
-       "of the GPU in place of the forward (the H100 fitted to Vidur's profiles, the A6000 from "
-       "its datasheet); synthetic workloads with the paper's statistics "
-       "(artifacts/preble/workloads.py).")
+SIM = (
+    "Simulated fleets: the engine's scheduler and radix caches with the roofline cost model "
+    "of the GPU in place of the forward (the H100 fitted to Vidur's profiles, the A6000 from "
+    "its datasheet); synthetic workloads with the paper's statistics "
+    "(artifacts/preble/workloads.py)."
+)
 
 
 def loads_words(loads: Sequence[float]) -> str:
@@ -52,10 +54,12 @@ def ablation_words(r: Results, experiment: str = "ablation") -> str:
     rates = sorted(set(a["rate"]))
     loads = sorted(set(a["load"]))
     at = ", ".join(f"{lo:g}x ({ra:.3g} req/s)" for lo, ra in zip(loads, rates, strict=True))
-    return (f"{SIM} This run ({r.ctx.scale.value} scale): ToolBench (Zipf-1.1) on "
-            f"{int(a['gpus'].iloc[0])} {a['setup'].iloc[0].split('/')[-1].upper()}s, "
-            f"{int(a['requests'].iloc[0]):,} requests per point at {at} nominal; the claim reads "
-            "the highest rate.")
+    return (
+        f"{SIM} This run ({r.ctx.scale.value} scale): ToolBench (Zipf-1.1) on "
+        f"{int(a['gpus'].iloc[0])} {a['setup'].iloc[0].split('/')[-1].upper()}s, "
+        f"{int(a['requests'].iloc[0]):,} requests per point at {at} nominal; the claim reads "
+        "the highest rate."
+    )
 
 
 def real_words(r: Results) -> str:
@@ -67,23 +71,29 @@ def real_words(r: Results) -> str:
     c = f.iloc[0]
     short = {"round-robin": "RR", real.E2_LABEL: "E2"}
     order = order_words(f, "router", short)
-    head = (f"Two engine replicas as Ray actors on this machine, one core each, a ~20M-parameter "
-            f"Llama with random weights; VideoQA with lengths x{real.LENGTH_SCALE:g} "
-            f"({c['prompt_mean']:.0f}-token prompts on average), {int(c['requests'])} requests at "
-            f"{c['rate']:g} req/s; {s.rounds} round{'s' if s.rounds > 1 else ''} in this order, each "
-            f"run on fresh replicas: "
-            f"{order}.")
+    head = (
+        f"Two engine replicas as Ray actors on this machine, one core each, a ~20M-parameter "
+        f"Llama with random weights; VideoQA with lengths x{real.LENGTH_SCALE:g} "
+        f"({c['prompt_mean']:.0f}-token prompts on average), {int(c['requests'])} requests at "
+        f"{c['rate']:g} req/s; {s.rounds} round{'s' if s.rounds > 1 else ''} in this order, each "
+        f"run on fresh replicas: "
+        f"{order}."
+    )
     p = s.per_key
     lat = "; ".join(f"{k} {s.median_range(k, 'avg_latency_s', unit=' s')}" for k in p.index)
     ratios = s.ratios["avg_latency_s"]
-    tail = (f" RR/E2 per round: {', '.join(f'{x:.2f}x' for x in ratios)}." if ratios else "")
+    tail = f" RR/E2 per round: {', '.join(f'{x:.2f}x' for x in ratios)}." if ratios else ""
     work = "; ".join(
         f"{k} {p.at[k, 'prefill_tokens_median']:,.0f} (busiest replica "
-        f"{p.at[k, 'prefill_tokens_max_replica_median']:,.0f})" for k in p.index)
+        f"{p.at[k, 'prefill_tokens_max_replica_median']:,.0f})"
+        for k in p.index
+    )
     what = "median (min-max) over rounds" if s.rounds > 1 else "in its one round"
-    return (f"{head} Average latency, {what}: {lat}.{tail} Prefill tokens "
-            f"computed, median over rounds (the work the router saves, which timing noise does "
-            f"not move much): {work}. Latencies are wall-clock on a shared 2-core machine.")
+    return (
+        f"{head} Average latency, {what}: {lat}.{tail} Prefill tokens "
+        f"computed, median over rounds (the work the router saves, which timing noise does "
+        f"not move much): {work}. Latencies are wall-clock on a shared 2-core machine."
+    )
 
 
 def profile_words(r: Results) -> str:
@@ -92,5 +102,7 @@ def profile_words(r: Results) -> str:
         return ""
     c = r["real"].iloc[0]
     origin = pinned_origin(c["profile"], c["profile_sha256"])
-    return (f"E2's step-cost estimates come from the profile {origin}; sha256 "
-            f"{c['profile_sha256'][:12]}. The replicas' own speed is measured, not the profile's.")
+    return (
+        f"E2's step-cost estimates come from the profile {origin}; sha256 "
+        f"{c['profile_sha256'][:12]}. The replicas' own speed is measured, not the profile's."
+    )

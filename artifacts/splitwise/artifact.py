@@ -79,8 +79,13 @@ def arrivals_per_bin(config: dict) -> list[dict]:
     prompt = np.bincount(bins, weights=[r.prompt_len for r in w], minlength=n_bins)
     output = np.bincount(bins, weights=[r.output_len for r in w], minlength=n_bins)
     return [
-        {"bin": i, "minute": i * config["bin_s"] / 60, "requests": int(reqs[i]),
-         "prompt_tokens": float(prompt[i]), "output_tokens": float(output[i])}
+        {
+            "bin": i,
+            "minute": i * config["bin_s"] / 60,
+            "requests": int(reqs[i]),
+            "prompt_tokens": float(prompt[i]),
+            "output_tokens": float(output[i]),
+        }
         for i in range(n_bins)
     ]
 
@@ -88,8 +93,10 @@ def arrivals_per_bin(config: dict) -> list[dict]:
 def _median(results: Results, service: str, column: str) -> float:
     f = results["lengths"]
     if results.ctx.trace is not None:
-        raise NotApplicable(f"--trace {results.ctx.trace.name} is characterized on its own; the "
-                            f"paper's number is about Azure's {service} service")
+        raise NotApplicable(
+            f"--trace {results.ctx.trace.name} is characterized on its own; the "
+            f"paper's number is about Azure's {service} service"
+        )
     row = f[(f["service"] == service) & (f["quantile"] == 0.5)]
     if len(row) != 1:
         raise KeyError(f"no median row for service {service!r}")
@@ -116,11 +123,17 @@ def _median_claim(cid: str, service: str, column: str, words: str, paper: float)
     # tolerance fixed a priori: 5% of the paper's number, at least one token
     tol = max(1.0, 0.05 * paper)
     return Claim(
-        cid, words, f"{paper:g} tokens",
+        cid,
+        words,
+        f"{paper:g} tokens",
         measure=lambda r: _median(r, service, column),
-        expect=close_to(paper, tol), unit="tokens", experiments=("lengths",),
-        note=lambda r: "Paper number from Splitwise's trace characterization (unverified: quoted "
-        "from the paper's text, not re-read from the PDF here). " + describe_input(r),
+        expect=close_to(paper, tol),
+        unit="tokens",
+        experiments=("lengths",),
+        note=lambda r: (
+            "Paper number from Splitwise's trace characterization (unverified: quoted "
+            "from the paper's text, not re-read from the PDF here). " + describe_input(r)
+        ),
     )
 
 
@@ -136,28 +149,61 @@ ARTIFACT = Artifact(
     summary="Token-length distributions and arrivals of the Azure LLM inference trace 2023 "
     "(coding and conversation), checked against the paper's characterization.",
     experiments=[
-        Experiment("lengths", "prompt and output token CDFs per service", length_points,
-                   length_quantiles, plot_lengths),
-        Experiment("arrivals", "requests and tokens per minute over the trace", arrival_points,
-                   arrivals_per_bin, plot_arrivals),
+        Experiment(
+            "lengths",
+            "prompt and output token CDFs per service",
+            length_points,
+            length_quantiles,
+            plot_lengths,
+        ),
+        Experiment(
+            "arrivals",
+            "requests and tokens per minute over the trace",
+            arrival_points,
+            arrivals_per_bin,
+            plot_arrivals,
+        ),
     ],
     claims=[
-        _median_claim("coding-prompt-median", "coding", "prompt_tokens",
-                      "Coding requests have a median prompt of 1500 tokens.", 1500),
-        _median_claim("conversation-prompt-median", "conversation", "prompt_tokens",
-                      "Conversation requests have a median prompt of 1020 tokens.", 1020),
-        _median_claim("coding-output-median", "coding", "output_tokens",
-                      "Coding requests generate a median of 13 tokens.", 13),
-        _median_claim("conversation-output-median", "conversation", "output_tokens",
-                      "Conversation requests generate a median of 129 tokens.", 129),
+        _median_claim(
+            "coding-prompt-median",
+            "coding",
+            "prompt_tokens",
+            "Coding requests have a median prompt of 1500 tokens.",
+            1500,
+        ),
+        _median_claim(
+            "conversation-prompt-median",
+            "conversation",
+            "prompt_tokens",
+            "Conversation requests have a median prompt of 1020 tokens.",
+            1020,
+        ),
+        _median_claim(
+            "coding-output-median",
+            "coding",
+            "output_tokens",
+            "Coding requests generate a median of 13 tokens.",
+            13,
+        ),
+        _median_claim(
+            "conversation-output-median",
+            "conversation",
+            "output_tokens",
+            "Conversation requests generate a median of 129 tokens.",
+            129,
+        ),
         Claim(
             "output-ratio",
             "Conversation generates far more tokens per request than coding, whose prompts "
             "are longer: the two services stress the token phase very differently.",
             "129 / 13 ≈ 9.9x",
-            measure=lambda r: _median(r, "conversation", "output_tokens")
-            / _median(r, "coding", "output_tokens"),
-            expect=at_least(5.0), unit="x", experiments=("lengths",),
+            measure=lambda r: (
+                _median(r, "conversation", "output_tokens") / _median(r, "coding", "output_tokens")
+            ),
+            expect=at_least(5.0),
+            unit="x",
+            experiments=("lengths",),
             expected="median output ratio conversation/coding >= 5x",
             note=describe_input,
         ),

@@ -13,8 +13,12 @@ from .report import gather_checklists
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="checklist", description=__doc__)
-    parser.add_argument("--results", type=Path, default=REPO_ROOT / "results",
-                        help="results folder holding <artifact>/claims.json (default: results/)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=REPO_ROOT / "results",
+        help="results folder holding <artifact>/claims.json (default: results/)",
+    )
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         parser.exit(2, f"checklist: error: {args.results}: no such results folder\n")

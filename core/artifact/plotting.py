@@ -45,10 +45,20 @@ def color_map(labels: Iterable[str]) -> dict[str, tuple[float, float, float]]:
     return dict(zip(labels, colors, strict=False))
 
 
-def spread_bars(ax: plt.Axes, frame: pd.DataFrame, metric: str, order: Sequence[str],
-                colors: Mapping[str, Any], *, key: str = "policy", scale: float = 1.0,
-                shift: float = 0.0, width: float = 0.7, labels: bool = False,
-                **bar: Any) -> None:
+def spread_bars(
+    ax: plt.Axes,
+    frame: pd.DataFrame,
+    metric: str,
+    order: Sequence[str],
+    colors: Mapping[str, Any],
+    *,
+    key: str = "policy",
+    scale: float = 1.0,
+    shift: float = 0.0,
+    width: float = 0.7,
+    labels: bool = False,
+    **bar: Any,
+) -> None:
     """Per item of ``order`` (the rows whose ``key`` is it), at x = its index + ``shift``: a bar
     at the median of ``metric`` x ``scale`` over its rounds, whiskers from min to max and one
     dot per round (when it has more than one); an item without rows gets no bar. ``bar`` goes
@@ -61,10 +71,15 @@ def spread_bars(ax: plt.Axes, frame: pd.DataFrame, metric: str, order: Sequence[
         x, med = i + shift, float(np.median(v))
         ax.bar(x, med, color=colors[item], width=width, **bar)
         if len(v) > 1:
-            ax.errorbar(x, med, yerr=[[med - v.min()], [v.max() - med]], color="black",
-                        capsize=4 * width / 0.7, lw=1.2)
-            ax.scatter(x + np.linspace(-0.2, 0.2, len(v)) * width, v, color="black", s=10,
-                       zorder=3)
+            ax.errorbar(
+                x,
+                med,
+                yerr=[[med - v.min()], [v.max() - med]],
+                color="black",
+                capsize=4 * width / 0.7,
+                lw=1.2,
+            )
+            ax.scatter(x + np.linspace(-0.2, 0.2, len(v)) * width, v, color="black", s=10, zorder=3)
     ax.set_xticks(range(len(order)), list(order) if labels else [])
     ax.set_xlim(-0.6, len(order) - 0.4)
 

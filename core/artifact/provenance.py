@@ -13,8 +13,18 @@ from typing import Any
 from core.data import REPO_ROOT
 
 PACKAGES = (
-    "servelab", "torch", "transformers", "accelerate", "safetensors", "numpy", "pandas",
-    "matplotlib", "seaborn", "tqdm", "ray", "triton",
+    "servelab",
+    "torch",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "matplotlib",
+    "seaborn",
+    "tqdm",
+    "ray",
+    "triton",
 )
 
 

@@ -83,12 +83,19 @@ def claims_table(entries: list[dict[str, Any]]) -> str:
     ]
     for e in entries:
         lines.append(
-            "| " + " | ".join(
-                _cell(x) for x in (
-                    e["status"], e["id"], e["claim"], e["paper_value"], e["expected"],
+            "| "
+            + " | ".join(
+                _cell(x)
+                for x in (
+                    e["status"],
+                    e["id"],
+                    e["claim"],
+                    e["paper_value"],
+                    e["expected"],
                     _fmt_measured(e),
                 )
-            ) + " |"
+            )
+            + " |"
         )
     return "\n".join(lines)
 
@@ -116,9 +123,7 @@ def summary_line(entries: list[dict[str, Any]]) -> str:
     return f"{n[STATUS_PASS]} of {checked} checked claims reproduced{tail}"
 
 
-def render_checklist(
-    artifact: Artifact, entries: list[dict[str, Any]], run: dict[str, Any]
-) -> str:
+def render_checklist(artifact: Artifact, entries: list[dict[str, Any]], run: dict[str, Any]) -> str:
     """The artifact-evaluation checklist a person reads: one table, then notes and outputs."""
     p = artifact.paper
     commit = (run.get("git") or {}).get("commit") or "unknown"
@@ -158,8 +163,8 @@ def render_checklist(
         "## Reproduce",
         "",
         "```",
-        run.get("command") or
-        f"nox -s artifact-{artifact.name} -- --scale {run['scale']} --seed {run['seed']}",
+        run.get("command")
+        or f"nox -s artifact-{artifact.name} -- --scale {run['scale']} --seed {run['seed']}",
         "```",
         "",
     ]

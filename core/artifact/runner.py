@@ -86,8 +86,9 @@ def resolve_jobs(jobs: int | None) -> int:
     if jobs is None or jobs == 0:
         return _default_jobs()
     if jobs < 0:
-        raise ArtifactInputError(f"--jobs must be a positive number of workers, or 0 for all "
-                                 f"cores, got {jobs}")
+        raise ArtifactInputError(
+            f"--jobs must be a positive number of workers, or 0 for all cores, got {jobs}"
+        )
     return jobs
 
 
@@ -104,11 +105,26 @@ def check_trace_path(trace: Path) -> Path:
     return trace
 
 
-def reproduce_command(artifact: Artifact, scale: Scale, seed: int, *, trace: Path | None = None,
-                      experiments: Sequence[str] = (), out: Path | None = None) -> str:
+def reproduce_command(
+    artifact: Artifact,
+    scale: Scale,
+    seed: int,
+    *,
+    trace: Path | None = None,
+    experiments: Sequence[str] = (),
+    out: Path | None = None,
+) -> str:
     """The command line that reproduces a run (the checklist's Reproduce line and provenance)."""
-    args = ["nox", "-s", f"artifact-{artifact.name}", "--", "--scale", scale.value,
-            "--seed", str(seed)]
+    args = [
+        "nox",
+        "-s",
+        f"artifact-{artifact.name}",
+        "--",
+        "--scale",
+        scale.value,
+        "--seed",
+        str(seed),
+    ]
     if trace is not None:
         args += ["--trace", str(trace)]
     if experiments and list(experiments) != [e.name for e in artifact.experiments]:
@@ -188,8 +204,12 @@ def run_artifact(artifact: Artifact, opts: RunOptions) -> RunSummary:
     store = PointStore(out / "points")
     executor = make_executor(opts.executor, jobs, opts.ray_address)
     bar = tqdm(
-        total=len(points), desc=f"{artifact.name} [{ctx.scale.value}]", unit="point",
-        disable=not opts.progress, file=sys.stderr, mininterval=1.0,
+        total=len(points),
+        desc=f"{artifact.name} [{ctx.scale.value}]",
+        unit="point",
+        disable=not opts.progress,
+        file=sys.stderr,
+        mininterval=1.0,
     )
     try:
         outcome = run_sweep(points, store, executor, fresh=opts.fresh, progress=bar.update)
@@ -205,9 +225,11 @@ def run_artifact(artifact: Artifact, opts: RunOptions) -> RunSummary:
         )
 
     frames = _frames(artifact, outcome)
-    metrics = pd.concat(
-        [f.assign(experiment=name) for name, f in frames.items()], ignore_index=True
-    ) if frames else pd.DataFrame()
+    metrics = (
+        pd.concat([f.assign(experiment=name) for name, f in frames.items()], ignore_index=True)
+        if frames
+        else pd.DataFrame()
+    )
     if not metrics.empty:
         metrics = metrics[["experiment", *[c for c in metrics.columns if c != "experiment"]]]
     metrics.to_csv(out / "metrics.csv", index=False)
@@ -224,23 +246,37 @@ def run_artifact(artifact: Artifact, opts: RunOptions) -> RunSummary:
     for res in outcome.results:
         data_files.update(res.files_read)
     run_config = {
-        "artifact": artifact.name, "version": artifact.version, "scale": ctx.scale.value,
-        "seed": seed, "experiments": names, "trace": str(trace) if trace else None,
+        "artifact": artifact.name,
+        "version": artifact.version,
+        "scale": ctx.scale.value,
+        "seed": seed,
+        "experiments": names,
+        "trace": str(trace) if trace else None,
     }
     provenance = {
         "artifact": artifact.name,
-        "paper": {"title": artifact.paper.title, "venue": artifact.paper.venue,
-                  "url": artifact.paper.url},
+        "paper": {
+            "title": artifact.paper.title,
+            "venue": artifact.paper.venue,
+            "url": artifact.paper.url,
+        },
         "scale": ctx.scale.value,
         "seed": seed,
         "config": run_config,
         "config_hash": config_hash(artifact.name, artifact.version, "*run*", run_config),
-        "command": reproduce_command(artifact, ctx.scale, seed, trace=trace, experiments=names,
-                                     out=Path(opts.out) if opts.out else None),
+        "command": reproduce_command(
+            artifact,
+            ctx.scale,
+            seed,
+            trace=trace,
+            experiments=names,
+            out=Path(opts.out) if opts.out else None,
+        ),
         "invocation": list(getattr(sys, "orig_argv", sys.argv)),
         "executor": {"kind": executor.name, "jobs": jobs, "ray_address": opts.ray_address},
-        "points": [{"experiment": p.experiment, "hash": p.hash, "config": p.config}
-                   for p in points],
+        "points": [
+            {"experiment": p.experiment, "hash": p.hash, "config": p.config} for p in points
+        ],
         "seeds": sorted({int(p.config["seed"]) for p in points}),
         "points_computed": outcome.computed,
         "points_reused": outcome.reused,
@@ -258,8 +294,9 @@ def run_artifact(artifact: Artifact, opts: RunOptions) -> RunSummary:
     return RunSummary(out, entries, outcome, figures)
 
 
-def _draw(artifact: Artifact, names: list[str], frames: dict[str, Any], ctx: RunContext,
-          out: Path) -> list[str]:
+def _draw(
+    artifact: Artifact, names: list[str], frames: dict[str, Any], ctx: RunContext, out: Path
+) -> list[str]:
     from .plotting import figure_style, save_figure
 
     written: list[str] = []
@@ -288,30 +325,65 @@ def build_parser(artifact: Artifact) -> argparse.ArgumentParser:
         epilog=f"Experiments: {exps}. Outputs: claims.json, CHECKLIST.md, metrics.csv, fig-*.png/pdf,"
         " provenance.json in --out. Finished points are stored under --out/points and reused.",
     )
-    parser.add_argument("--scale", choices=[s.value for s in Scale], default=Scale.DEFAULT.value,
-                        help="smoke (<1 min on 2 cores), default (<10 min on 2 cores) or full "
-                        "(the paper's scale); default: %(default)s")
-    parser.add_argument("--seed", type=int, default=None,
-                        help=f"base random seed (default: {artifact.default_seed})")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"output folder (default: results/{artifact.name})")
+    parser.add_argument(
+        "--scale",
+        choices=[s.value for s in Scale],
+        default=Scale.DEFAULT.value,
+        help="smoke (<1 min on 2 cores), default (<10 min on 2 cores) or full "
+        "(the paper's scale); default: %(default)s",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"base random seed (default: {artifact.default_seed})",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"output folder (default: results/{artifact.name})"
+    )
     trace_help = artifact.trace.help if artifact.trace else "not used by this artifact"
-    parser.add_argument("--trace", type=Path, default=None, metavar="PATH",
-                        help=f"replay this trace file: {trace_help}")
-    parser.add_argument("--jobs", type=int, default=0, metavar="N",
-                        help="parallel worker processes or Ray CPUs; 0 (the default) uses every "
-                        "core this process may use; 1 runs the points in this process")
-    parser.add_argument("--executor", choices=["local", "ray"], default="local",
-                        help="local process pool, or Ray (started locally unless --ray-address)")
-    parser.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), metavar="ADDR",
-                        help="address of a running Ray cluster (default: $RAY_ADDRESS)")
-    parser.add_argument("--experiments", default="", metavar="A,B",
-                        help="run only these experiments (comma separated)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="recompute every point instead of reusing stored ones")
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"replay this trace file: {trace_help}",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="parallel worker processes or Ray CPUs; 0 (the default) uses every "
+        "core this process may use; 1 runs the points in this process",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local process pool, or Ray (started locally unless --ray-address)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        metavar="ADDR",
+        help="address of a running Ray cluster (default: $RAY_ADDRESS)",
+    )
+    parser.add_argument(
+        "--experiments",
+        default="",
+        metavar="A,B",
+        help="run only these experiments (comma separated)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="recompute every point instead of reusing stored ones"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a checked claim fails (default: report only)")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a checked claim fails (default: report only)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -321,10 +393,17 @@ def main(artifact: Artifact, argv: Sequence[str] | None = None) -> int:
     parser = build_parser(artifact)
     args = parser.parse_args(argv)
     opts = RunOptions(
-        scale=Scale(args.scale), seed=args.seed, out=args.out, trace=args.trace, jobs=args.jobs,
-        executor=args.executor, ray_address=args.ray_address,
-        experiments=tuple(x for x in args.experiments.split(",") if x), fresh=args.fresh,
-        plots=not args.no_plots, progress=not args.quiet,
+        scale=Scale(args.scale),
+        seed=args.seed,
+        out=args.out,
+        trace=args.trace,
+        jobs=args.jobs,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        experiments=tuple(x for x in args.experiments.split(",") if x),
+        fresh=args.fresh,
+        plots=not args.no_plots,
+        progress=not args.quiet,
     )
     prog = parser.prog
     from core.shutdown import exit_code, interrupt_on_signals
@@ -340,12 +419,16 @@ def main(artifact: Artifact, argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or core.shutdown.Terminated (SIGTERM, SIGHUP)
-        print(f"{prog}: interrupted; finished points are stored, run the same command to resume",
-              file=sys.stderr)
+        print(
+            f"{prog}: interrupted; finished points are stored, run the same command to resume",
+            file=sys.stderr,
+        )
         return exit_code(exc)
     o = summary.outcome
-    print(f"{artifact.name}: {summary_line(summary.claims)} "
-          f"({o.computed} points computed, {o.reused} reused) -> {summary.out}")
+    print(
+        f"{artifact.name}: {summary_line(summary.claims)} "
+        f"({o.computed} points computed, {o.reused} reused) -> {summary.out}"
+    )
     for c in summary.claims:
         m = "—" if c["measured"] is None else f"{c['measured']:.4g}"
         if isinstance(c["measured"], float) and math.isnan(c["measured"]):

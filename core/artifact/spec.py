@@ -56,6 +56,8 @@ class NotApplicable(Exception):  # noqa: N818 - reads as what it says: raise Not
     """Raised by a claim's ``measure`` when this run cannot measure the claim (the scale sweeps
     too few points, the ``--trace`` lacks what the claim compares, ...). The claim is reported
     as not applicable with the message as its reason, counted apart from passes and failures."""
+
+
 PointFn = Callable[[dict[str, Any]], "Row | Sequence[Row]"]
 PlotFn = Callable[["pd.DataFrame", RunContext], "Mapping[str, Figure]"]
 

@@ -266,7 +266,9 @@ class LocalPoolExecutor(Executor):
                 try:
                     yield fut.result()
                 except Exception as exc:  # noqa: BLE001 - the worker itself died
-                    yield PointResult(p.experiment, p.config, p.hash, error=f"worker failed: {exc!r}")
+                    yield PointResult(
+                        p.experiment, p.config, p.hash, error=f"worker failed: {exc!r}"
+                    )
             pool.shutdown(wait=True)  # every point is done: the workers exit at once
         except BaseException:  # interrupted, or the consumer stopped (GeneratorExit)
             self.close()
@@ -332,7 +334,9 @@ class RayExecutor(Executor):
                     try:
                         yield ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - task or node lost
-                        yield PointResult(p.experiment, p.config, p.hash, error=f"ray task failed: {exc!r}")
+                        yield PointResult(
+                            p.experiment, p.config, p.hash, error=f"ray task failed: {exc!r}"
+                        )
         except BaseException:  # interrupted, or the consumer stopped (GeneratorExit)
             for ref in pending:
                 try:

@@ -18,6 +18,12 @@ from core.cluster.router import (
 )
 
 __all__ = [
-    "ROUTERS", "LeastOutstandingWork", "PrefixAffinity", "ReplicaView", "RoundRobin",
-    "RouteRequest", "Router", "make_router",
+    "ROUTERS",
+    "LeastOutstandingWork",
+    "PrefixAffinity",
+    "ReplicaView",
+    "RoundRobin",
+    "RouteRequest",
+    "Router",
+    "make_router",
 ]

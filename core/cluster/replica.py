@@ -71,9 +71,13 @@ class ReplicaLoad:
 
 def failed_request(sub: Submission, message: str, now: float) -> EngineRequest:
     """``sub`` as a request that failed with ``message`` at ``now`` (never started)."""
-    req = EngineRequest(sub.request_id, list(sub.prompt_token_ids), sub.sampling,
-                        arrival_time=min(sub.arrival_time, now),
-                        interceptions=list(sub.interceptions))
+    req = EngineRequest(
+        sub.request_id,
+        list(sub.prompt_token_ids),
+        sub.sampling,
+        arrival_time=min(sub.arrival_time, now),
+        interceptions=list(sub.interceptions),
+    )
     _fail(req, message, now)
     return req
 
@@ -127,16 +131,24 @@ class Replica:
     def outstanding_tokens(self) -> int:
         # the simulator's SimReplica counts the same way: uncomputed tokens + remaining output
         queued = sum(s.work_tokens for s in list(self._inbox))
-        return queued + sum(r.num_uncomputed_tokens + r.max_tokens - r.num_output_tokens
-                            for r in list(self._held.values()))
+        return queued + sum(
+            r.num_uncomputed_tokens + r.max_tokens - r.num_output_tokens
+            for r in list(self._held.values())
+        )
 
     def cached_prefix(self, token_ids: Sequence[int]) -> int:
         with self._lock:
             return 0 if self.error else self.engine.scheduler.kv.peek_prefix(token_ids)
 
     def load(self) -> ReplicaLoad:
-        return ReplicaLoad(self.outstanding_requests(), self.outstanding_tokens(), self.steps,
-                           self.busy_s, self.finished, self.error)
+        return ReplicaLoad(
+            self.outstanding_requests(),
+            self.outstanding_tokens(),
+            self.steps,
+            self.busy_s,
+            self.finished,
+            self.error,
+        )
 
     # -- driving --------------------------------------------------------------------------------
 
@@ -149,8 +161,13 @@ class Replica:
             return False
         s = self.engine.scheduler
         wake = s.next_event_time()
-        return bool(self._inbox or s.running or s.waiting or s.swapped
-                    or (wake is not None and wake <= clock()))
+        return bool(
+            self._inbox
+            or s.running
+            or s.waiting
+            or s.swapped
+            or (wake is not None and wake <= clock())
+        )
 
     def next_wake(self) -> float | None:
         """When a paused request resumes by itself (this replica's clock), if it ever does."""
@@ -190,10 +207,14 @@ class Replica:
 
     def _admit(self, sub: Submission) -> list[EngineRequest]:
         req = self.engine.add_request(
-            sub.request_id, list(sub.prompt_token_ids), sub.sampling,
+            sub.request_id,
+            list(sub.prompt_token_ids),
+            sub.sampling,
             # an arrival a clock-offset error puts in our future would precede its own start
             arrival_time=min(sub.arrival_time, clock()),
-            interceptions=sub.interceptions, eos_token_id=self.llm.eos_token_id)
+            interceptions=sub.interceptions,
+            eos_token_id=self.llm.eos_token_id,
+        )
         self._held[req.request_id] = req
         return [req] if req.is_finished else []
 

@@ -57,8 +57,14 @@ class Router(ABC):
     @abstractmethod
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaView], now: float) -> int: ...
 
-    def on_finish(self, replica: int, request_id: str, now: float, *,  # noqa: B027
-                  output_tokens: int | None = None) -> None:  # fmt: skip
+    def on_finish(  # noqa: B027
+        self,
+        replica: int,
+        request_id: str,
+        now: float,
+        *,
+        output_tokens: int | None = None,
+    ) -> None:
         pass
 
 
@@ -84,9 +90,10 @@ class LeastOutstandingWork(Router):
     views_only = True
 
     def route(self, req: RouteRequest, replicas: Sequence[ReplicaView], now: float) -> int:
-        return min(range(len(replicas)),
-                   key=lambda i: (replicas[i].outstanding_tokens(),
-                                  replicas[i].outstanding_requests(), i))
+        return min(
+            range(len(replicas)),
+            key=lambda i: (replicas[i].outstanding_tokens(), replicas[i].outstanding_requests(), i),
+        )
 
 
 class PrefixAffinity(Router):
@@ -111,13 +118,16 @@ class PrefixAffinity(Router):
         best = max(matches)
         if best == 0 or best < self.min_fraction * len(req.token_ids):
             return self._fallback.route(req, replicas, now)
-        return min((i for i, m in enumerate(matches) if m == best),
-                   key=lambda i: (replicas[i].outstanding_tokens(), i))
+        return min(
+            (i for i, m in enumerate(matches) if m == best),
+            key=lambda i: (replicas[i].outstanding_tokens(), i),
+        )
 
 
 # Routers by name for make_router; a router defined elsewhere (an artifact's) may add itself.
 ROUTERS: dict[str, type[Router]] = {
-    "round-robin": RoundRobin, "least-work": LeastOutstandingWork,
+    "round-robin": RoundRobin,
+    "least-work": LeastOutstandingWork,
     "prefix-affinity": PrefixAffinity,
 }
 

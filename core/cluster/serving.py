@@ -254,10 +254,18 @@ def _describe(exc: BaseException) -> str:
 class _Ray:
     """Replicas as Ray actors (see the module doc)."""
 
-    def __init__(self, specs: Sequence[ReplicaSpec], *, address: str | None,
-                 num_cpus_per_replica: float, actor_options: Mapping[str, Any],
-                 init_options: Mapping[str, Any], poll_interval_s: float,
-                 replica_timeout_s: float, start_timeout_s: float) -> None:
+    def __init__(
+        self,
+        specs: Sequence[ReplicaSpec],
+        *,
+        address: str | None,
+        num_cpus_per_replica: float,
+        actor_options: Mapping[str, Any],
+        init_options: Mapping[str, Any],
+        poll_interval_s: float,
+        replica_timeout_s: float,
+        start_timeout_s: float,
+    ) -> None:
         try:
             import ray
         except ImportError as exc:
@@ -272,9 +280,12 @@ class _Ray:
             if address is None:
                 # workers must import what this process imports (core, and test modules)
                 path = os.pathsep.join(p for p in sys.path if p)
-                opts.update(num_cpus=max(1, round(len(specs) * num_cpus_per_replica)),
-                            include_dashboard=False, object_store_memory=100 * 2**20,
-                            runtime_env={"env_vars": {"PYTHONPATH": path}})
+                opts.update(
+                    num_cpus=max(1, round(len(specs) * num_cpus_per_replica)),
+                    include_dashboard=False,
+                    object_store_memory=100 * 2**20,
+                    runtime_env={"env_vars": {"PYTHONPATH": path}},
+                )
             try:
                 if address is None:  # ours: shut down by close(), reaped if we are killed
                     self._shutdown = start_local_ray(ray, **{**opts, **init_options})
@@ -286,7 +297,8 @@ class _Ray:
         starting = "the Ray replicas"
         try:
             cls = ray.remote(ReplicaServer).options(
-                num_cpus=num_cpus_per_replica, max_restarts=0, **actor_options)
+                num_cpus=num_cpus_per_replica, max_restarts=0, **actor_options
+            )
             self.replicas = [_RemoteReplica(i, cls.remote(i, s), ray) for i, s in enumerate(specs)]
             for rep in self.replicas:
                 starting = f"replica {rep.index}"
@@ -340,8 +352,11 @@ class _Ray:
                 self._died(upd, rep, ex.load.error)
         now = clock()
         for rep in live:
-            if (rep.in_flight is not None and rep.index not in self._dead
-                    and now - rep.in_flight[2] > self.replica_timeout_s):
+            if (
+                rep.in_flight is not None
+                and rep.index not in self._dead
+                and now - rep.in_flight[2] > self.replica_timeout_s
+            ):
                 self._died(upd, rep, f"no answer for {self.replica_timeout_s:g} s")
                 ray.kill(rep.actor)
         return upd
@@ -383,7 +398,8 @@ def _accepts_output_tokens(router: Router) -> bool:
     except (TypeError, ValueError):
         return False
     return "output_tokens" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
 
 
 def _shift(req: EngineRequest, dt: float) -> EngineRequest:
@@ -416,13 +432,20 @@ class Fleet:
       fleet started.
     """
 
-    def __init__(self, replicas: Sequence[ReplicaSpec], router: Router | str = "round-robin", *,
-                 backend: str = "inprocess", address: str | None = None,
-                 num_cpus_per_replica: float = 1.0,
-                 actor_options: Mapping[str, Any] | None = None,
-                 ray_init_options: Mapping[str, Any] | None = None,
-                 poll_interval_s: float = 0.02, replica_timeout_s: float = 60.0,
-                 start_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        replicas: Sequence[ReplicaSpec],
+        router: Router | str = "round-robin",
+        *,
+        backend: str = "inprocess",
+        address: str | None = None,
+        num_cpus_per_replica: float = 1.0,
+        actor_options: Mapping[str, Any] | None = None,
+        ray_init_options: Mapping[str, Any] | None = None,
+        poll_interval_s: float = 0.02,
+        replica_timeout_s: float = 60.0,
+        start_timeout_s: float = 300.0,
+    ) -> None:
         if not replicas:
             raise ValueError("a fleet needs at least one replica")
         if backend not in BACKENDS:
@@ -437,10 +460,16 @@ class Fleet:
         if backend == "inprocess":
             self._b = _InProcess(replicas)
         else:
-            self._b = _Ray(replicas, address=address, num_cpus_per_replica=num_cpus_per_replica,
-                           actor_options=actor_options or {}, init_options=ray_init_options or {},
-                           poll_interval_s=poll_interval_s, replica_timeout_s=replica_timeout_s,
-                           start_timeout_s=start_timeout_s)
+            self._b = _Ray(
+                replicas,
+                address=address,
+                num_cpus_per_replica=num_cpus_per_replica,
+                actor_options=actor_options or {},
+                init_options=ray_init_options or {},
+                poll_interval_s=poll_interval_s,
+                replica_timeout_s=replica_timeout_s,
+                start_timeout_s=start_timeout_s,
+            )
         self.num_replicas = len(replicas)
 
     def replica(self, index: int) -> Any:
@@ -458,9 +487,15 @@ class Fleet:
 
     # -- serving --------------------------------------------------------------------------------
 
-    def run(self, workload: Iterable[Request], *, time_scale: float = 1.0,
-            sampling: Callable[[Request], Any] = greedy_for, timeout_s: float | None = 3600.0,
-            progress: Callable[[int], Any] | None = None) -> FleetResult:
+    def run(
+        self,
+        workload: Iterable[Request],
+        *,
+        time_scale: float = 1.0,
+        sampling: Callable[[Request], Any] = greedy_for,
+        timeout_s: float | None = 3600.0,
+        progress: Callable[[int], Any] | None = None,
+    ) -> FleetResult:
         """Serve ``workload`` (requests with ``prompt_token_ids``) open-loop; see the module doc.
 
         ``time_scale`` multiplies arrival times (0.5 = twice the rate). ``progress(n)`` is
@@ -489,8 +524,12 @@ class _Sent:
 class _Run:
     """One :meth:`Fleet.run`: the driver loop and its bookkeeping."""
 
-    def __init__(self, fleet: Fleet, sampling: Callable[[Request], Any],
-                 progress: Callable[[int], Any] | None) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        sampling: Callable[[Request], Any],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
         self.fleet, self.b, self.router = fleet, fleet._b, fleet.router
         self.sampling, self.progress = sampling, progress
         self.out: dict[str, _Sent] = {}  # routed, not finished
@@ -502,8 +541,9 @@ class _Run:
     def now(self) -> float:
         return clock() - self.t0
 
-    def serve(self, reqs: Sequence[Request], time_scale: float,
-              timeout_s: float | None) -> FleetResult:
+    def serve(
+        self, reqs: Sequence[Request], time_scale: float, timeout_s: float | None
+    ) -> FleetResult:
         b, n = self.b, self.fleet.num_replicas
         given, reqs = reqs, sorted(reqs, key=lambda r: r.arrival_time)
         before = b.loads()
@@ -529,17 +569,38 @@ class _Run:
                 self.died(idx, reason)
         after = b.loads()
         failed = self.fleet.failed
-        stats = [ReplicaStats(i, after[i].steps - before[i].steps,
-                              after[i].busy_s - before[i].busy_s, self.served[i], b.offsets[i],
-                              b.errors[i], failed.get(i)) for i in range(n)]
+        stats = [
+            ReplicaStats(
+                i,
+                after[i].steps - before[i].steps,
+                after[i].busy_s - before[i].busy_s,
+                self.served[i],
+                b.offsets[i],
+                b.errors[i],
+                failed.get(i),
+            )
+            for i in range(n)
+        ]
         out = [self.results[r.request_id] for r in given]
         finishes = [r.timeline.finish_time for r in out if r.timeline.finish_time is not None]
-        return FleetResult(out, self.replica_of, stats, max(finishes, default=0.0),
-                           time.perf_counter() - wall0, dict(failed), timed_out)
+        return FleetResult(
+            out,
+            self.replica_of,
+            stats,
+            max(finishes, default=0.0),
+            time.perf_counter() - wall0,
+            dict(failed),
+            timed_out,
+        )
 
     def submission(self, r: Request, arrival: float) -> Submission:
-        return Submission(r.request_id, list(r.prompt_token_ids or []), self.sampling(r),
-                          arrival, tuple(r.interceptions))
+        return Submission(
+            r.request_id,
+            list(r.prompt_token_ids or []),
+            self.sampling(r),
+            arrival,
+            tuple(r.interceptions),
+        )
 
     def dispatch(self, r: Request, arrival: float) -> None:
         """Route and send ``r``, arriving ``arrival`` s after the start (see the module doc)."""
@@ -550,11 +611,17 @@ class _Run:
             dead = "; ".join(f"replica {i} died: {why}" for i, why in sorted(failed.items()))
             self.record(failed_request(sub, f"no live replica ({dead})", self.now()))
             return
-        k = self.router.route(RouteRequest(r.request_id, sub.prompt_token_ids,
-                                           int(sub.sampling.max_tokens), r.session_id),
-                              live, self.now())
+        k = self.router.route(
+            RouteRequest(
+                r.request_id, sub.prompt_token_ids, int(sub.sampling.max_tokens), r.session_id
+            ),
+            live,
+            self.now(),
+        )
         if not 0 <= k < len(live):
-            raise ValueError(f"router {self.router.name!r} chose {k} among {len(live)} live replicas")
+            raise ValueError(
+                f"router {self.router.name!r} chose {k} among {len(live)} live replicas"
+            )
         idx = live[k].index
         self.replica_of[r.request_id] = idx
         self.served[idx] += 1
@@ -566,8 +633,9 @@ class _Run:
         self.results[req.request_id] = req
         if replica is not None:
             if self.fleet._finish_kw:
-                self.router.on_finish(replica, req.request_id, self.now(),
-                                      output_tokens=req.num_output_tokens)
+                self.router.on_finish(
+                    replica, req.request_id, self.now(), output_tokens=req.num_output_tokens
+                )
             else:
                 self.router.on_finish(replica, req.request_id, self.now())
         if self.progress is not None:

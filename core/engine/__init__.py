@@ -21,6 +21,17 @@ from .sampling import Sampler, SamplingParams
 from .serve import greedy_for, replay, serve_sessions
 
 __all__ = [
-    "LLM", "CpuClock", "Engine", "ModelRunner", "RequestOutput", "Runner", "Sampler", "SamplingParams",
-    "StepResult", "StepStats", "greedy_for", "replay", "serve_sessions",
+    "LLM",
+    "CpuClock",
+    "Engine",
+    "ModelRunner",
+    "RequestOutput",
+    "Runner",
+    "Sampler",
+    "SamplingParams",
+    "StepResult",
+    "StepStats",
+    "greedy_for",
+    "replay",
+    "serve_sessions",
 ]

@@ -101,23 +101,35 @@ class Engine:
     external call.
     """
 
-    def __init__(self, scheduler: Scheduler, runner: Runner,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, scheduler: Scheduler, runner: Runner, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.scheduler = scheduler
         self.runner = runner
         self.clock = clock
         self.last_step: StepStats | None = None
         self._listeners: list[Callable[[EngineRequest], None]] = []
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: Any, *,
-                    arrival_time: float | None = None, priority: int = 0,
-                    interceptions: Iterable[Any] = (), eos_token_id: int | None = None,
-                    ) -> EngineRequest:
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: Any,
+        *,
+        arrival_time: float | None = None,
+        priority: int = 0,
+        interceptions: Iterable[Any] = (),
+        eos_token_id: int | None = None,
+    ) -> EngineRequest:
         """Queue a request. An empty or too-long prompt finishes at once with an error."""
         req = EngineRequest(
-            request_id=request_id, prompt_token_ids=list(prompt_token_ids), sampling=sampling,
+            request_id=request_id,
+            prompt_token_ids=list(prompt_token_ids),
+            sampling=sampling,
             arrival_time=self.clock() if arrival_time is None else arrival_time,
-            priority=priority, interceptions=list(interceptions), eos_token_id=eos_token_id,
+            priority=priority,
+            interceptions=list(interceptions),
+            eos_token_id=eos_token_id,
         )
         self.scheduler.add_request(req)
         return req
@@ -125,8 +137,12 @@ class Engine:
     def abort(self, request_id: str) -> bool:
         return self.scheduler.abort(request_id, self.clock())
 
-    def pause(self, request_id: str, mode: PauseMode = PauseMode.PRESERVE,
-              resume_after_s: float | None = None) -> None:
+    def pause(
+        self,
+        request_id: str,
+        mode: PauseMode = PauseMode.PRESERVE,
+        resume_after_s: float | None = None,
+    ) -> None:
         now = self.clock()
         resume = None if resume_after_s is None else now + resume_after_s
         self.scheduler.pause(request_id, now, mode, resume)
@@ -147,8 +163,9 @@ class Engine:
             forget = getattr(self.runner, "forget", None)
             if forget is not None:
                 forget(req.request_id)
-        self.last_step = StepStats(time.perf_counter() - t0, result.forward_s, out.num_tokens,
-                                   len(out.chunks))
+        self.last_step = StepStats(
+            time.perf_counter() - t0, result.forward_s, out.num_tokens, len(out.chunks)
+        )
         return finished
 
     def run(self, *, idle_sleep: Callable[[float], None] = time.sleep) -> None:

@@ -22,8 +22,14 @@ from .engine import Engine, RequestOutput
 from .runner import ModelRunner
 from .sampling import Sampler, SamplingParams
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def _dtype(d: str | torch.dtype) -> torch.dtype:
@@ -58,16 +64,29 @@ class LLM:
     """
 
     def __init__(
-        self, model: str | os.PathLike[str] | dict[str, Any] | Any, *, dtype: str | torch.dtype = "float32",
-        device: str | torch.device | None = None, seed: int = 0, block_size: int = 16,
-        kv_cache_memory: int = 512 * 2**20, num_kv_blocks: int | None = None,
-        num_host_blocks: int = 0, num_state_slots: int | None = None,
-        enable_prefix_caching: bool = True, prefix_cache: str = "auto",
-        admission: AdmissionPolicy | None = None, eviction: EvictionPolicy | None = None,
-        max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
-        max_model_len: int | None = None, enable_chunked_prefill: bool = True,
-        preemption_mode: str = "recompute", queue_policy: str | QueuePolicy = "fcfs",
-        attention_backend: str | None = None, linear_backend: str | None = None,
+        self,
+        model: str | os.PathLike[str] | dict[str, Any] | Any,
+        *,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device | None = None,
+        seed: int = 0,
+        block_size: int = 16,
+        kv_cache_memory: int = 512 * 2**20,
+        num_kv_blocks: int | None = None,
+        num_host_blocks: int = 0,
+        num_state_slots: int | None = None,
+        enable_prefix_caching: bool = True,
+        prefix_cache: str = "auto",
+        admission: AdmissionPolicy | None = None,
+        eviction: EvictionPolicy | None = None,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 2048,
+        max_model_len: int | None = None,
+        enable_chunked_prefill: bool = True,
+        preemption_mode: str = "recompute",
+        queue_policy: str | QueuePolicy = "fcfs",
+        attention_backend: str | None = None,
+        linear_backend: str | None = None,
         intercept: InterceptPolicy | str | None = None,
     ) -> None:
         torch_dtype = _dtype(dtype)
@@ -76,8 +95,11 @@ class LLM:
         if attention_backend is not None:
             self.model.set_attention_backend(attention_backend)
         self.model.set_linear_backend(linear_backend)
-        self.tokenizer = (load_tokenizer(model) if isinstance(model, (str, os.PathLike))
-                          and Path(model).is_dir() else None)
+        self.tokenizer = (
+            load_tokenizer(model)
+            if isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
+            else None
+        )
         eos = self.config.eos_token_id
         self.eos_token_id = eos[0] if isinstance(eos, list) and eos else eos
         hybrid = bool(self.config.mamba) if hasattr(self.config, "mamba") else False
@@ -86,12 +108,17 @@ class LLM:
         if num_kv_blocks is None:
             num_kv_blocks = kv_cache_memory // per_block if per_block else 1
         if num_kv_blocks < 1:
-            raise ValueError(f"kv_cache_memory={kv_cache_memory} bytes holds no block of {per_block}")
+            raise ValueError(
+                f"kv_cache_memory={kv_cache_memory} bytes holds no block of {per_block}"
+            )
         max_len = max_model_len or self.config.max_position_embeddings
         sched_cfg = SchedulerConfig(
-            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-            max_model_len=max_len, enable_chunked_prefill=enable_chunked_prefill,
-            preemption_mode=preemption_mode, vocab_size=self.config.vocab_size,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_len,
+            enable_chunked_prefill=enable_chunked_prefill,
+            preemption_mode=preemption_mode,
+            vocab_size=self.config.vocab_size,
         )
         kv_bytes_per_token = per_block // block_size
         if prefix_cache == "auto":
@@ -100,39 +127,67 @@ class LLM:
             if hybrid:
                 raise ValueError("hybrid (SSM) models need prefix_cache='radix'")
             backend: KVBackend = PagedKVBackend(
-                num_kv_blocks, block_size, enable_prefix_caching=enable_prefix_caching,
-                kv_bytes_per_token=kv_bytes_per_token, num_host_blocks=num_host_blocks)
+                num_kv_blocks,
+                block_size,
+                enable_prefix_caching=enable_prefix_caching,
+                kv_bytes_per_token=kv_bytes_per_token,
+                num_host_blocks=num_host_blocks,
+            )
         elif prefix_cache == "radix":
             slots = num_state_slots if num_state_slots is not None else 2 * max_num_seqs + 32
             backend = RadixKVBackend(
-                num_kv_blocks, block_size, hybrid=hybrid, num_state_slots=slots if hybrid else 0,
+                num_kv_blocks,
+                block_size,
+                hybrid=hybrid,
+                num_state_slots=slots if hybrid else 0,
                 kv_bytes_per_token=kv_bytes_per_token,
                 ssm_state_bytes=self.model.state_bytes_per_slot(torch_dtype) if hybrid else 0,
-                eviction=eviction, admission=admission, enable_prefix_caching=enable_prefix_caching)
+                eviction=eviction,
+                admission=admission,
+                enable_prefix_caching=enable_prefix_caching,
+            )
         else:
-            raise ValueError(f"prefix_cache must be 'auto', 'block' or 'radix', got {prefix_cache!r}")
+            raise ValueError(
+                f"prefix_cache must be 'auto', 'block' or 'radix', got {prefix_cache!r}"
+            )
         kv_cache = self.model.allocate_kv_cache(num_kv_blocks, block_size, torch_dtype, device)
-        host_kv = (self.model.allocate_kv_cache(num_host_blocks, block_size, torch_dtype, "cpu")
-                   if num_host_blocks else None)
-        state_pool = (self.model.allocate_state_pool(backend.states.num_slots, torch_dtype, device)
-                      if hybrid else None)
-        runner = ModelRunner(self.model, kv_cache, backend, Sampler(seed=seed),
-                             state_pool=state_pool, host_kv=host_kv)
+        host_kv = (
+            self.model.allocate_kv_cache(num_host_blocks, block_size, torch_dtype, "cpu")
+            if num_host_blocks
+            else None
+        )
+        state_pool = (
+            self.model.allocate_state_pool(backend.states.num_slots, torch_dtype, device)
+            if hybrid
+            else None
+        )
+        runner = ModelRunner(
+            self.model,
+            kv_cache,
+            backend,
+            Sampler(seed=seed),
+            state_pool=state_pool,
+            host_kv=host_kv,
+        )
         self.engine = Engine(Scheduler(sched_cfg, backend, queue_policy, intercept), runner)
         self._counter = 0
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise ValueError("string prompts need a tokenizer.json in the model directory; "
-                                 "pass token ids instead")
+                raise ValueError(
+                    "string prompts need a tokenizer.json in the model directory; "
+                    "pass token ids instead"
+                )
             return list(self.tokenizer.encode(prompt).ids)
         return [int(t) for t in prompt]
 
     def generate(
-        self, prompts: Sequence[str | Sequence[int]],
+        self,
+        prompts: Sequence[str | Sequence[int]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-        *, use_tqdm: bool = True,
+        *,
+        use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         """Generate for every prompt; outputs in prompt order. Invalid sampling parameters raise
         ValueError before anything runs; a bad prompt (empty, too long) gets an output with

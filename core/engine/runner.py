@@ -32,8 +32,16 @@ class ModelRunner:
     forks, the forward, then state checkpoints.
     """
 
-    def __init__(self, model: CausalLM, kv_cache: KVCache, kv: KVBackend, sampler: Sampler,
-                 *, state_pool: StatePool | None = None, host_kv: KVCache | None = None) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        kv_cache: KVCache,
+        kv: KVBackend,
+        sampler: Sampler,
+        *,
+        state_pool: StatePool | None = None,
+        host_kv: KVCache | None = None,
+    ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.kv = kv
@@ -70,10 +78,11 @@ class ModelRunner:
 
     def build_batch(self, out: SchedulerOutput) -> ForwardBatch:
         chunks = out.chunks
-        state_slots = ([self.kv.state_slot(c.request) for c in chunks]
-                       if self.state_pool is not None else None)
+        state_slots = (
+            [self.kv.state_slot(c.request) for c in chunks] if self.state_pool is not None else None
+        )
         return ForwardBatch.build(
-            [c.request.token_ids[c.start:c.end] for c in chunks],
+            [c.request.token_ids[c.start : c.end] for c in chunks],
             [c.start for c in chunks],
             [self.kv.block_table(c.request) for c in chunks],
             self.block_size,
@@ -97,7 +106,9 @@ class ModelRunner:
                 logits = self.model.compute_logits(hidden[last])
                 reqs = [out.chunks[i].request for i in rows]
                 sampled = self.sampler.sample(
-                    logits, [r.sampling for r in reqs], [self._generator(r) for r in reqs],
+                    logits,
+                    [r.sampling for r in reqs],
+                    [self._generator(r) for r in reqs],
                     output_lens=[r.num_output_tokens for r in reqs],
                     eos_token_id=reqs[0].eos_token_id,  # one model, one EOS
                 )

@@ -32,10 +32,14 @@ def greedy_for(req: Request) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=max(1, req.output_len), ignore_eos=True)
 
 
-def replay(engine: Engine, requests: Iterable[Request], *,
-           sampling: Callable[[Request], Any] = greedy_for,
-           sleep: Callable[[float], None] = time.sleep,
-           progress: Callable[[int], Any] | None = None) -> list[EngineRequest]:
+def replay(
+    engine: Engine,
+    requests: Iterable[Request],
+    *,
+    sampling: Callable[[Request], Any] = greedy_for,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[int], Any] | None = None,
+) -> list[EngineRequest]:
     """Serve ``requests`` (each with ``prompt_token_ids``) in arrival order on ``engine``;
     returns their engine requests, finished, with timelines in ``engine.clock`` seconds.
 
@@ -53,9 +57,15 @@ def replay(engine: Engine, requests: Iterable[Request], *,
         now = engine.clock()
         while i < len(pending) and t0 + pending[i].arrival_time <= now:
             r = pending[i]
-            out.append(engine.add_request(
-                r.request_id, list(r.prompt_token_ids), sampling(r),
-                arrival_time=t0 + r.arrival_time, interceptions=r.interceptions))
+            out.append(
+                engine.add_request(
+                    r.request_id,
+                    list(r.prompt_token_ids),
+                    sampling(r),
+                    arrival_time=t0 + r.arrival_time,
+                    interceptions=r.interceptions,
+                )
+            )
             if out[-1].is_finished and progress is not None:
                 progress(1)
             i += 1
@@ -94,7 +104,7 @@ def _user_delta(prev: Request, req: Request) -> list[int] | None:
     cur = req.prompt_token_ids or []
     if prev.output_token_ids is None or len(cur) < len(ref) or cur[: len(ref)] != ref:
         return None
-    return list(cur[len(ref):])
+    return list(cur[len(ref) :])
 
 
 def _sessions(requests: Iterable[Request]) -> list[list[Request]]:
@@ -107,11 +117,15 @@ def _sessions(requests: Iterable[Request]) -> list[list[Request]]:
     return sorted(sessions, key=lambda g: (g[0].arrival_time, g[0].request_id))
 
 
-def serve_sessions(engine: Engine, requests: Iterable[Request], *,
-                   sampling: Callable[[Request], Any] = greedy_for,
-                   think_time_scale: float = 1.0,
-                   sleep: Callable[[float], None] = time.sleep,
-                   progress: Callable[[int], Any] | None = None) -> list[EngineRequest]:
+def serve_sessions(
+    engine: Engine,
+    requests: Iterable[Request],
+    *,
+    sampling: Callable[[Request], Any] = greedy_for,
+    think_time_scale: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[int], Any] | None = None,
+) -> list[EngineRequest]:
     """Serve multi-turn sessions closed-loop; returns every turn's engine request, finished.
 
     Contract:
@@ -132,7 +146,8 @@ def serve_sessions(engine: Engine, requests: Iterable[Request], *,
     t0 = engine.clock()
     # (ready time, session index, turn index, prompt)
     ready: list[tuple[float, int, int, list[int]]] = [
-        (t0 + g[0].arrival_time, i, 0, list(g[0].prompt_token_ids or [])) for i, g in enumerate(sessions)
+        (t0 + g[0].arrival_time, i, 0, list(g[0].prompt_token_ids or []))
+        for i, g in enumerate(sessions)
     ]
     heapq.heapify(ready)
     live: dict[str, tuple[int, int]] = {}  # request id -> (session, turn)
@@ -140,8 +155,9 @@ def serve_sessions(engine: Engine, requests: Iterable[Request], *,
 
     def submit(at: float, si: int, k: int, prompt: list[int]) -> None:
         r = sessions[si][k]
-        er = engine.add_request(r.request_id, prompt, sampling(r), arrival_time=at,
-                                interceptions=r.interceptions)
+        er = engine.add_request(
+            r.request_id, prompt, sampling(r), arrival_time=at, interceptions=r.interceptions
+        )
         out.append(er)
         live[r.request_id] = (si, k)
         if er.is_finished:
@@ -157,8 +173,11 @@ def serve_sessions(engine: Engine, requests: Iterable[Request], *,
                 continue
             delta = _user_delta(g[k], g[k + 1])
             nxt = g[k + 1]
-            prompt = (list(er.token_ids) + delta if delta is not None
-                      else list(nxt.prompt_token_ids or []))
+            prompt = (
+                list(er.token_ids) + delta
+                if delta is not None
+                else list(nxt.prompt_token_ids or [])
+            )
             end = er.timeline.finish_time if er.timeline.finish_time is not None else engine.clock()
             heapq.heappush(ready, (end + nxt.think_time_s * think_time_scale, si, k + 1, prompt))
 

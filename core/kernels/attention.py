@@ -201,8 +201,9 @@ class PagedAttentionMetadata:
 
         # contexts are gathered block by block (contiguous block_size * heads * dim copies),
         # far cheaper on CPU than gathering token slots one by one
-        decode = sorted((b for b, n in enumerate(query_lens_host) if n == 1),
-                        key=lambda b: seq_lens_host[b])  # fmt: skip
+        decode = sorted(
+            (b for b, n in enumerate(query_lens_host) if n == 1), key=lambda b: seq_lens_host[b]
+        )
         prefills = [
             (starts[b], starts[b + 1], tables[b, : nblocks(seq_lens_host[b])], seq_lens_host[b])
             for b, n in enumerate(query_lens_host)
@@ -213,20 +214,28 @@ class PagedAttentionMetadata:
         for start, end in group_by_length(decode_nb, group_cost) if decode else []:
             members, nb = decode[start:end], decode_nb[end - 1]
             idx = torch.tensor(members, device=device)
-            groups.append(DecodeGroup(
-                rows=torch.tensor([starts[b] for b in members], device=device),
-                blocks=tables[idx][:, :nb].clamp(min=0),
-                seq_lens=torch.tensor([seq_lens_host[b] for b in members], device=device),
-                offset=offset,
-            ))  # fmt: skip
+            groups.append(
+                DecodeGroup(
+                    rows=torch.tensor([starts[b] for b in members], device=device),
+                    blocks=tables[idx][:, :nb].clamp(min=0),
+                    seq_lens=torch.tensor([seq_lens_host[b] for b in members], device=device),
+                    offset=offset,
+                )
+            )
             offset += len(members) * nb
         write_slots, write_rows = slot_mapping.long(), None
         keep = write_slots >= 0
         if not bool(keep.all()):  # padding rows: one host sync per batch
             write_rows = keep.nonzero().squeeze(1)
             write_slots = write_slots[write_rows]
-        return cls(block_size, write_slots, write_rows, groups, prefills,
-                   workspace if workspace is not None else GatherWorkspace())
+        return cls(
+            block_size,
+            write_slots,
+            write_rows,
+            groups,
+            prefills,
+            workspace if workspace is not None else GatherWorkspace(),
+        )
 
     def decode_mask(self, group: int, sliding_window: int | None) -> torch.Tensor:
         """``[n, 1, 1, L]``: which padded context positions each query of decode group
@@ -420,9 +429,15 @@ class TorchPagedAttention(AttentionBackend):
         seq_lens_host: Sequence[int] | None = None,
     ) -> PagedAttentionMetadata:
         return PagedAttentionMetadata.build(
-            query_start_loc, seq_lens, block_tables, slot_mapping, block_size,
-            query_lens_host=query_lens_host, seq_lens_host=seq_lens_host,
-            workspace=self.workspace, group_cost=self.decode_group_cost,
+            query_start_loc,
+            seq_lens,
+            block_tables,
+            slot_mapping,
+            block_size,
+            query_lens_host=query_lens_host,
+            seq_lens_host=seq_lens_host,
+            workspace=self.workspace,
+            group_cost=self.decode_group_cost,
         )
 
     def forward(
@@ -464,9 +479,14 @@ class TorchPagedAttention(AttentionBackend):
             # masked half instead of reading a mask
             plain = n_ctx == n_q and sliding_window is None
             op = F.scaled_dot_product_attention(
-                qp, kp, vp, scale=scale, enable_gqa=group > 1, is_causal=plain,
+                qp,
+                kp,
+                vp,
+                scale=scale,
+                enable_gqa=group > 1,
+                is_causal=plain,
                 attn_mask=None if plain else metadata.prefill_mask(i, sliding_window),
-            )  # fmt: skip
+            )
             out[start:end] = op[0].transpose(0, 1)
         return out
 

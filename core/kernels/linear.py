@@ -67,7 +67,9 @@ def onednn_supported(device_type: str, dtype: torch.dtype) -> bool:
         return False
     try:
         w = op(torch.ones(8, 8, dtype=dtype), None)
-        y = torch.ops.mkldnn._linear_pointwise(torch.ones(2, 8, dtype=dtype), w, None, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(
+            torch.ones(2, 8, dtype=dtype), w, None, "none", [], ""
+        )
     except (RuntimeError, NotImplementedError):
         return False  # e.g. bf16 without AVX512-BF16 / AVX-NE-CONVERT
     return bool(torch.all(y == 8))
@@ -82,7 +84,9 @@ def resolve_linear_backend(name: str | None, device: torch.device | str, dtype: 
     """
     name = name or os.environ.get(LINEAR_BACKEND_ENV) or "auto"
     if name not in LINEAR_BACKENDS:
-        raise ValueError(f"unknown linear backend {name!r}; choose from {', '.join(LINEAR_BACKENDS)}")
+        raise ValueError(
+            f"unknown linear backend {name!r}; choose from {', '.join(LINEAR_BACKENDS)}"
+        )
     device_type = torch.device(device).type
     supported = onednn_supported(device_type, dtype)
     if name == "onednn" and not supported:
@@ -98,7 +102,9 @@ def resolve_linear_backend(name: str | None, device: torch.device | str, dtype: 
 def _version(t: torch.Tensor) -> int:
     try:
         return t._version
-    except RuntimeError:  # inference-mode tensors have no version counter (nor in-place edits outside it)
+    except (
+        RuntimeError
+    ):  # inference-mode tensors have no version counter (nor in-place edits outside it)
         return -1
 
 
@@ -135,7 +141,9 @@ def pack_weight(weight: torch.Tensor, backend: str) -> PackedWeight | None:
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
     packed: PackedWeight | None = None,
 ) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through ``packed`` when it is valid for this call and

@@ -192,7 +192,7 @@ def causal_conv1d(
         y = F.silu(y)
     elif activation is not None:
         raise ValueError(f"unsupported conv activation {activation!r}")
-    return y.t().to(x.dtype), padded[:, padded.shape[-1] - width:]
+    return y.t().to(x.dtype), padded[:, padded.shape[-1] - width :]
 
 
 def causal_conv1d_step(

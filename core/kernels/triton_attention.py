@@ -73,14 +73,35 @@ def _next_pow2(n: int) -> int:
 
 # -- kernels (plain Python until _kernels() wraps them with triton.jit) -------------------
 
+
 def _paged_decode_kernel(
-    out_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
-    block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, seq_ids_ptr,
-    scale_log2e, window,
-    stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
-    PAGE_SIZE: constexpr, GROUP: constexpr, HEAD_DIM: constexpr,
-    BLOCK_H: constexpr, BLOCK_D: constexpr, BLOCK_N: constexpr,
+    out_ptr,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    query_start_loc_ptr,
+    seq_ids_ptr,
+    scale_log2e,
+    window,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_bt,
+    PAGE_SIZE: constexpr,
+    GROUP: constexpr,
+    HEAD_DIM: constexpr,
+    BLOCK_H: constexpr,
+    BLOCK_D: constexpr,
+    BLOCK_N: constexpr,
     F32_DOT: constexpr,
 ):
     """One decode sequence (its single query row) x one kv head and its GROUP query heads."""
@@ -97,7 +118,8 @@ def _paged_decode_kernel(
     heads = kv_head * GROUP + offs_h
     q = tl.load(
         q_ptr + row.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-        mask=head_ok[:, None] & dim_ok[None, :], other=0.0,
+        mask=head_ok[:, None] & dim_ok[None, :],
+        other=0.0,
     )
     if F32_DOT:
         q = q.to(tl.float32)  # K, V and P follow q's dtype
@@ -114,9 +136,13 @@ def _paged_decode_kernel(
         offset = pos % PAGE_SIZE
         kv_mask = key_ok[:, None] & dim_ok[None, :]
         k = tl.load(
-            k_cache_ptr + page[:, None] * stride_kb + offset[:, None] * stride_ks
-            + kv_head * stride_kh + offs_d[None, :],
-            mask=kv_mask, other=0.0,
+            k_cache_ptr
+            + page[:, None] * stride_kb
+            + offset[:, None] * stride_ks
+            + kv_head * stride_kh
+            + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
         ).to(q.dtype)
         if F32_DOT:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -128,9 +154,13 @@ def _paged_decode_kernel(
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(
-            v_cache_ptr + page[:, None] * stride_vb + offset[:, None] * stride_vs
-            + kv_head * stride_vh + offs_d[None, :],
-            mask=kv_mask, other=0.0,
+            v_cache_ptr
+            + page[:, None] * stride_vb
+            + offset[:, None] * stride_vs
+            + kv_head * stride_vh
+            + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
         ).to(q.dtype)
         if F32_DOT:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
@@ -141,18 +171,39 @@ def _paged_decode_kernel(
     out = acc / l_i[:, None]
     tl.store(
         out_ptr + row.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
-        out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & dim_ok[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=head_ok[:, None] & dim_ok[None, :],
     )
 
 
 def _paged_prefill_kernel(
-    out_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
-    block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, seq_ids_ptr,
-    scale_log2e, window,
-    stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
-    PAGE_SIZE: constexpr, GROUP: constexpr, HEAD_DIM: constexpr,
-    BLOCK_M: constexpr, BLOCK_D: constexpr, BLOCK_N: constexpr,
+    out_ptr,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    query_start_loc_ptr,
+    seq_ids_ptr,
+    scale_log2e,
+    window,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_bt,
+    PAGE_SIZE: constexpr,
+    GROUP: constexpr,
+    HEAD_DIM: constexpr,
+    BLOCK_M: constexpr,
+    BLOCK_D: constexpr,
+    BLOCK_N: constexpr,
     F32_DOT: constexpr,
 ):
     """BLOCK_M new tokens of one prefill sequence x one query head, over the paged context."""
@@ -176,7 +227,8 @@ def _paged_prefill_kernel(
     rows = (q_start + offs_m).to(tl.int64)
     q = tl.load(
         q_ptr + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-        mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
+        mask=row_ok[:, None] & dim_ok[None, :],
+        other=0.0,
     )
     if F32_DOT:
         q = q.to(tl.float32)  # K, V and P follow q's dtype
@@ -194,9 +246,13 @@ def _paged_prefill_kernel(
         offset = pos % PAGE_SIZE
         kv_mask = key_ok[:, None] & dim_ok[None, :]
         k = tl.load(
-            k_cache_ptr + page[:, None] * stride_kb + offset[:, None] * stride_ks
-            + kv_head * stride_kh + offs_d[None, :],
-            mask=kv_mask, other=0.0,
+            k_cache_ptr
+            + page[:, None] * stride_kb
+            + offset[:, None] * stride_ks
+            + kv_head * stride_kh
+            + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
         ).to(q.dtype)
         if F32_DOT:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
@@ -215,9 +271,13 @@ def _paged_prefill_kernel(
         p = tl.math.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(
-            v_cache_ptr + page[:, None] * stride_vb + offset[:, None] * stride_vs
-            + kv_head * stride_vh + offs_d[None, :],
-            mask=kv_mask, other=0.0,
+            v_cache_ptr
+            + page[:, None] * stride_vb
+            + offset[:, None] * stride_vs
+            + kv_head * stride_vh
+            + offs_d[None, :],
+            mask=kv_mask,
+            other=0.0,
         ).to(q.dtype)
         if F32_DOT:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
@@ -229,7 +289,8 @@ def _paged_prefill_kernel(
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(
         out_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
-        out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & dim_ok[None, :],
     )
 
 
@@ -256,6 +317,7 @@ def _kernels() -> tuple[Any, Any]:
 
 
 # -- the backend ---------------------------------------------------------------------------
+
 
 @dataclass
 class TritonAttentionMetadata:
@@ -385,27 +447,49 @@ class TritonPagedAttention(AttentionBackend):
         big = q.element_size() <= 2 and block_d <= 128
         block_n = self.block_n or (64 if big else 32)
         args = (
-            out, q, k_cache, v_cache,
-            metadata.block_tables, metadata.seq_lens, metadata.query_start_loc,
+            out,
+            q,
+            k_cache,
+            v_cache,
+            metadata.block_tables,
+            metadata.seq_lens,
+            metadata.query_start_loc,
         )
         tail = (
             scale * 1.4426950408889634,  # log2(e): the kernels use exp2
             window,
-            q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            q.stride(0),
+            q.stride(1),
+            out.stride(0),
+            out.stride(1),
+            k_cache.stride(0),
+            k_cache.stride(1),
+            k_cache.stride(2),
+            v_cache.stride(0),
+            v_cache.stride(1),
+            v_cache.stride(2),
             metadata.block_tables.stride(0),
         )
-        consts = dict(PAGE_SIZE=page_size, GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d,
-                      BLOCK_N=block_n, F32_DOT=f32_dot,
-                      num_warps=4, enable_fp_fusion=True)  # explicit: Triton 3.9 warns if unset
+        consts = dict(
+            PAGE_SIZE=page_size,
+            GROUP=group,
+            HEAD_DIM=head_dim,
+            BLOCK_D=block_d,
+            BLOCK_N=block_n,
+            F32_DOT=f32_dot,
+            num_warps=4,
+            enable_fp_fusion=True,
+        )  # explicit: Triton 3.9 warns if unset
         grid: tuple[int, ...]  # (programs) per axis: 2 for decode, 3 for prefill
         with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
             if metadata.decode_seqs.numel():
                 grid = (metadata.decode_seqs.numel(), num_kv_heads)
                 decode_kernel[grid](
-                    *args, metadata.decode_seqs, *tail,
-                    BLOCK_H=max(16, _next_pow2(group)), **consts,
+                    *args,
+                    metadata.decode_seqs,
+                    *tail,
+                    BLOCK_H=max(16, _next_pow2(group)),
+                    **consts,
                 )
             if metadata.prefill_seqs.numel():
                 block_m = self.block_m or min(
@@ -417,7 +501,10 @@ class TritonPagedAttention(AttentionBackend):
                     num_heads,
                 )
                 prefill_kernel[grid](
-                    *args, metadata.prefill_seqs, *tail, BLOCK_M=block_m, **consts,
+                    *args,
+                    metadata.prefill_seqs,
+                    *tail,
+                    BLOCK_M=block_m,
+                    **consts,
                 )
         return out
-

@@ -121,8 +121,9 @@ class KVBackend(ABC):
         """Give up a lookup that was not used (releases any lock it holds)."""
 
     @abstractmethod
-    def allocate(self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None,
-                 now: float) -> bool: ...
+    def allocate(
+        self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None, now: float
+    ) -> bool: ...
 
     @abstractmethod
     def free(self, req: KVRequest, now: float, *, cache: bool) -> None:
@@ -141,8 +142,13 @@ class KVBackend(ABC):
         """The next position where the request's prefill chunk must end (a checkpoint)."""
         return None
 
-    def on_scheduled(self, req: KVRequest, start: int, num_tokens: int,  # noqa: B027
-                     now: float) -> None:
+    def on_scheduled(  # noqa: B027
+        self,
+        req: KVRequest,
+        start: int,
+        num_tokens: int,
+        now: float,
+    ) -> None:
         """Called when a chunk ``[start, start + num_tokens)`` of ``req`` is scheduled; a hybrid
         backend queues the checkpoint copies due at its end (applied after this forward)."""
 
@@ -195,14 +201,22 @@ class PagedKVBackend(KVBackend):
     mergeable_decode_calls = True
 
     def __init__(
-        self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True,
-        kv_bytes_per_token: int = 0, num_host_blocks: int = 0,
+        self,
+        num_blocks: int,
+        block_size: int,
+        *,
+        enable_prefix_caching: bool = True,
+        kv_bytes_per_token: int = 0,
+        num_host_blocks: int = 0,
     ) -> None:
         super().__init__()
         self.block_size = block_size
         self.manager = KVCacheManager(
-            num_blocks, block_size, enable_prefix_caching=enable_prefix_caching,
-            kv_bytes_per_token=kv_bytes_per_token, num_host_blocks=num_host_blocks,
+            num_blocks,
+            block_size,
+            enable_prefix_caching=enable_prefix_caching,
+            kv_bytes_per_token=kv_bytes_per_token,
+            num_host_blocks=num_host_blocks,
         )
 
     def lookup(self, req: KVRequest, now: float) -> Lookup:
@@ -212,8 +226,9 @@ class PagedKVBackend(KVBackend):
     def peek_prefix(self, token_ids: Sequence[int]) -> int:
         return self.manager.get_computed_blocks(token_ids).num_tokens
 
-    def allocate(self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None,
-                 now: float) -> bool:
+    def allocate(
+        self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None, now: float
+    ) -> bool:
         computed: ComputedBlocks | None = lookup.handle if lookup is not None else None
         got = self.manager.allocate_slots(
             req.request_id, num_new_tokens, computed, token_ids=req.token_ids
@@ -299,10 +314,18 @@ class RadixKVBackend(KVBackend):
     """
 
     def __init__(
-        self, num_blocks: int, block_size: int, *, hybrid: bool = False, num_state_slots: int = 0,
-        kv_bytes_per_token: int = 0, ssm_state_bytes: int = 0,
-        eviction: EvictionPolicy | None = None, admission: AdmissionPolicy | None = None,
-        enable_prefix_caching: bool = True, request_observer: RequestObserver | None = None,
+        self,
+        num_blocks: int,
+        block_size: int,
+        *,
+        hybrid: bool = False,
+        num_state_slots: int = 0,
+        kv_bytes_per_token: int = 0,
+        ssm_state_bytes: int = 0,
+        eviction: EvictionPolicy | None = None,
+        admission: AdmissionPolicy | None = None,
+        enable_prefix_caching: bool = True,
+        request_observer: RequestObserver | None = None,
     ) -> None:
         super().__init__()
         if hybrid and num_state_slots <= 0:
@@ -310,14 +333,21 @@ class RadixKVBackend(KVBackend):
         self.block_size = block_size
         self.hybrid = hybrid
         self.enable_prefix_caching = enable_prefix_caching
-        self.blocks = SlotAllocator(num_blocks, bytes_per_slot=kv_bytes_per_token * block_size,
-                                    name="KV block")
-        self.states = SlotAllocator(num_state_slots, bytes_per_slot=ssm_state_bytes,
-                                    name="SSM state slot")
+        self.blocks = SlotAllocator(
+            num_blocks, bytes_per_slot=kv_bytes_per_token * block_size, name="KV block"
+        )
+        self.states = SlotAllocator(
+            num_state_slots, bytes_per_slot=ssm_state_bytes, name="SSM state slot"
+        )
         self.cache = RadixCache(
-            page_size=block_size, hybrid=hybrid, kv_bytes_per_token=kv_bytes_per_token,
-            ssm_state_bytes=ssm_state_bytes, eviction=eviction, admission=admission,
-            free_kv=self._free_values, free_checkpoints=self.states.free,
+            page_size=block_size,
+            hybrid=hybrid,
+            kv_bytes_per_token=kv_bytes_per_token,
+            ssm_state_bytes=ssm_state_bytes,
+            eviction=eviction,
+            admission=admission,
+            free_kv=self._free_values,
+            free_checkpoints=self.states.free,
             copy_checkpoint=self._copy_state,
         )
         self.request_observer = request_observer
@@ -361,7 +391,9 @@ class RadixKVBackend(KVBackend):
         else:
             m = self.cache.match_prefix([], now, record=False)
         self.cache.lock(m.hit_node)
-        stops = tuple(p for p in self.cache.checkpoint_positions(ids, m) if m.hit_len < p < len(ids))
+        stops = tuple(
+            p for p in self.cache.checkpoint_positions(ids, m) if m.hit_len < p < len(ids)
+        )
         return Lookup(m.hit_len, m, stops)
 
     def cancel(self, lookup: Lookup) -> None:
@@ -372,8 +404,9 @@ class RadixKVBackend(KVBackend):
             return 0
         return self.cache.peek(token_ids[:-1])[1]
 
-    def allocate(self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None,
-                 now: float) -> bool:
+    def allocate(
+        self, req: KVRequest, num_new_tokens: int, lookup: Lookup | None, now: float
+    ) -> bool:
         rid = req.request_id
         hold = self._held.get(rid)
         if hold is None:
@@ -392,8 +425,11 @@ class RadixKVBackend(KVBackend):
         if rid not in self._held and self.hybrid:
             m = hold.match
             try:
-                hold.state = (self.cache.fork_checkpoint(m) if m.checkpoint is not None
-                              else self._alloc_states(1, now)[0])
+                hold.state = (
+                    self.cache.fork_checkpoint(m)
+                    if m.checkpoint is not None
+                    else self._alloc_states(1, now)[0]
+                )
             except OutOfBlocksError:
                 # every slot is a live state or a checkpoint a running request captured: the
                 # request waits (like a lack of blocks) until one finishes and frees its own
@@ -459,7 +495,12 @@ class RadixKVBackend(KVBackend):
             values = [table[p // bs] * bs + p % bs for p in range(n)]
             ckpts = dict(hold.captured)
             offered_live = False
-            if self.hybrid and hold.state is not None and self.cache.admit_leaf(seq) and n not in ckpts:
+            if (
+                self.hybrid
+                and hold.state is not None
+                and self.cache.admit_leaf(seq)
+                and n not in ckpts
+            ):
                 ckpts[n] = hold.state
                 offered_live = True
             r = self.cache.insert(seq, values, now, checkpoints=ckpts)

@@ -283,9 +283,7 @@ class BlockPool:
         for bid, n in held.items():
             b = self._block(bid)
             if b.ref_cnt < n:
-                raise DoubleFreeError(
-                    f"block {bid} freed {n} time(s) but held {b.ref_cnt} time(s)"
-                )
+                raise DoubleFreeError(f"block {bid} freed {n} time(s) but held {b.ref_cnt} time(s)")
         for b in reversed(blocks):
             b.ref_cnt -= 1
             if b.ref_cnt == 0:
@@ -352,7 +350,9 @@ class BlockPool:
 
     def _block(self, block_id: int) -> KVBlock:
         if not 0 <= block_id < self.num_blocks:
-            raise KVCacheError(f"block id {block_id} is not in this pool (0..{self.num_blocks - 1})")
+            raise KVCacheError(
+                f"block id {block_id} is not in this pool (0..{self.num_blocks - 1})"
+            )
         return self.blocks[block_id]
 
     # -- checks -------------------------------------------------------------------------------

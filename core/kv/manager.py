@@ -252,8 +252,10 @@ class KVCacheManager:
             self._reqs[request_id] = req
             self.stats.requests += 1
             self.stats.query_tokens += (
-                computed.num_query_tokens if computed_blocks is not None
-                else len(token_ids) if token_ids is not None
+                computed.num_query_tokens
+                if computed_blocks is not None
+                else len(token_ids)
+                if token_ids is not None
                 else num_new_tokens
             )
             self.stats.hit_tokens += computed.num_tokens

@@ -286,7 +286,9 @@ class RadixCache:
         self.eviction: EvictionPolicy = eviction if eviction is not None else LRUEviction()
         if self.eviction.candidates not in CANDIDATE_KINDS:
             raise ValueError(f"eviction.candidates must be one of {CANDIDATE_KINDS}")
-        self.admission: AdmissionPolicy = admission if admission is not None else CheckpointAtLeaves()
+        self.admission: AdmissionPolicy = (
+            admission if admission is not None else CheckpointAtLeaves()
+        )
         self.free_kv = free_kv
         self.free_checkpoints = free_checkpoints
         self.copy_checkpoint = copy_checkpoint
@@ -318,7 +320,10 @@ class RadixCache:
 
     @property
     def total_bytes(self) -> int:
-        return self._num_tokens * self.kv_bytes_per_token + self._num_checkpoints * self.ssm_state_bytes
+        return (
+            self._num_tokens * self.kv_bytes_per_token
+            + self._num_checkpoints * self.ssm_state_bytes
+        )
 
     @property
     def protected_tokens(self) -> int:
@@ -396,7 +401,9 @@ class RadixCache:
         assert 0 < k < len(child.key) and k % self.page_size == 0
         parent = child.parent
         assert parent is not None
-        upper = self._new_node(child.key[:k], child.value[:k], parent, parent.depth + k, child.last_access)
+        upper = self._new_node(
+            child.key[:k], child.value[:k], parent, parent.depth + k, child.last_access
+        )
         upper.lock_ref = child.lock_ref
         upper.hit_count = child.hit_count
         upper.meta = dict(child.meta) if child.meta is not None else None
@@ -725,9 +732,17 @@ class RadixCache:
 
         def trim_len(node: RadixNode) -> int:
             """Tokens to cut from a trimmable leaf's tail (a page multiple), 0 = evict it all."""
-            if node.children or node.checkpoint is not None or len(res.checkpoints) < num_checkpoints:
+            if (
+                node.children
+                or node.checkpoint is not None
+                or len(res.checkpoints) < num_checkpoints
+            ):
                 return 0
-            page, tok_short, byte_short = self.page_size, num_tokens - len(res.values), num_bytes - res.num_bytes
+            page, tok_short, byte_short = (
+                self.page_size,
+                num_tokens - len(res.values),
+                num_bytes - res.num_bytes,
+            )
             pages = -(-max(tok_short, 0) // page)
             if byte_short > 0:
                 if not self.kv_bytes_per_token:
@@ -737,7 +752,10 @@ class RadixCache:
             return k if k < len(node.key) else 0
 
         if isinstance(policy, KeyedEvictionPolicy):
-            heap = [(policy.key(n, now, self), n.node_id, n.version, n) for n in self.evictable_nodes(kind)]
+            heap = [
+                (policy.key(n, now, self), n.node_id, n.version, n)
+                for n in self.evictable_nodes(kind)
+            ]
             heapq.heapify(heap)
             while heap and not done():
                 _, _, version, node = heapq.heappop(heap)
@@ -746,12 +764,17 @@ class RadixCache:
                 k = trim_len(node) if trim else 0
                 if k:
                     self._trim_leaf(node, k, res)  # still a candidate, now shorter
-                    heapq.heappush(heap, (policy.key(node, now, self), node.node_id, node.version, node))
+                    heapq.heappush(
+                        heap, (policy.key(node, now, self), node.node_id, node.version, node)
+                    )
                     continue
                 exposed = self._evict_node(node, res)
                 if exposed is not None and self.is_evictable(exposed, kind):
                     exposed.version += 1
-                    heapq.heappush(heap, (policy.key(exposed, now, self), exposed.node_id, exposed.version, exposed))
+                    heapq.heappush(
+                        heap,
+                        (policy.key(exposed, now, self), exposed.node_id, exposed.version, exposed),
+                    )
         else:
             # The candidate list is scanned once, then kept in tree order as victims go (the
             # scan dominates the cost of policies that re-select after every victim).
@@ -820,7 +843,9 @@ class RadixCache:
         res.nodes_merged += 1
         return child
 
-    def _place_exposed(self, candidates: list[RadixNode], node: RadixNode, idx: int, kind: str) -> None:
+    def _place_exposed(
+        self, candidates: list[RadixNode], node: RadixNode, idx: int, kind: str
+    ) -> None:
         """Keep ``candidates`` (tree order) exact after an eviction at ``idx`` exposed ``node``.
 
         A merged child keeps its candidacy, and a parent that already was a candidate keeps its
@@ -862,8 +887,10 @@ class RadixCache:
 
     def reset(self) -> EvictResult:
         """Evict everything (the callbacks receive it all); :class:`LockError` if anything is locked."""
-        if self._protected_tokens or self._protected_checkpoints or any(
-            c.lock_ref for c in self.root.children.values()
+        if (
+            self._protected_tokens
+            or self._protected_checkpoints
+            or any(c.lock_ref for c in self.root.children.values())
         ):
             raise LockError("cannot reset a radix cache with locked nodes")
         res = EvictResult()
@@ -930,7 +957,11 @@ class RadixCache:
         are fine.
         """
         if clock is None:
-            clock = copy.copy(self.clock) if isinstance(self.clock, (LogicalClock, ManualClock)) else self.clock
+            clock = (
+                copy.copy(self.clock)
+                if isinstance(self.clock, (LogicalClock, ManualClock))
+                else self.clock
+            )
         other = RadixCache(
             page_size=self.page_size,
             hybrid=self.hybrid,

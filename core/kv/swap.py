@@ -178,9 +178,13 @@ def copy_blocks(
         if s.dtype != d.dtype:
             raise ValueError(f"tensor {i}: dtype {s.dtype} -> {d.dtype}")
         if s.dim() != d.dim() or any(
-            a != b for k, (a, b) in enumerate(zip(s.shape, d.shape, strict=True)) if k != block_dim % s.dim()
+            a != b
+            for k, (a, b) in enumerate(zip(s.shape, d.shape, strict=True))
+            if k != block_dim % s.dim()
         ):
-            raise ValueError(f"tensor {i}: shapes {tuple(s.shape)} and {tuple(d.shape)} differ beyond dim {block_dim}")
+            raise ValueError(
+                f"tensor {i}: shapes {tuple(s.shape)} and {tuple(d.shape)} differ beyond dim {block_dim}"
+            )
         for ids, t, name in ((s_ids, s, "source"), (d_ids, d, "destination")):
             n = t.shape[block_dim]
             bad = [x for x in ids if not 0 <= x < n]

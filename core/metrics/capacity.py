@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def highest_rate_within(rates: Sequence[float], latencies: Sequence[float],
-                        bound: float) -> tuple[float, bool]:
+def highest_rate_within(
+    rates: Sequence[float], latencies: Sequence[float], bound: float
+) -> tuple[float, bool]:
     """``(rate, saturated)``: the highest rate whose latency is ``<= bound``, interpolated
     linearly between the last swept rate that meets it and the first that does not.
 
@@ -17,7 +18,9 @@ def highest_rate_within(rates: Sequence[float], latencies: Sequence[float],
     Points are taken in order of rate.
     """
     if len(rates) != len(latencies) or not len(rates):
-        raise ValueError(f"need as many latencies as rates (>= 1), got {len(rates)} and {len(latencies)}")
+        raise ValueError(
+            f"need as many latencies as rates (>= 1), got {len(rates)} and {len(latencies)}"
+        )
     order = np.argsort(np.asarray(rates, dtype=float), kind="stable")
     rate = np.asarray(rates, dtype=float)[order]
     lat = np.asarray(latencies, dtype=float)[order]

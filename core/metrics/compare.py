@@ -43,10 +43,14 @@ def _stats(records: list[RequestRecord], metric: str) -> Stats:
     return Stats.of(getattr(r, metric) for r in records)
 
 
-def compare(a: Iterable[RequestRecord], b: Iterable[RequestRecord], *,
-            metrics: Sequence[str] = ("ttft", "tpot", "e2e"),
-            stats: Sequence[str] = ("mean", "p90"),
-            exclude_pauses: bool = False) -> dict[str, Any]:
+def compare(
+    a: Iterable[RequestRecord],
+    b: Iterable[RequestRecord],
+    *,
+    metrics: Sequence[str] = ("ttft", "tpot", "e2e"),
+    stats: Sequence[str] = ("mean", "p90"),
+    exclude_pauses: bool = False,
+) -> dict[str, Any]:
     """Relative errors of ``b``'s latency statistics against the reference ``a``.
 
     ``metrics`` are names from :data:`~core.metrics.summary.LATENCY_METRICS`; ``stats`` from
@@ -66,8 +70,10 @@ def compare(a: Iterable[RequestRecord], b: Iterable[RequestRecord], *,
     unknown_m = [m for m in metrics if m not in LATENCY_METRICS]
     unknown_s = [s for s in stats if s not in STAT_NAMES or s == "count"]
     if unknown_m or unknown_s:
-        raise ValueError(f"unknown metrics {unknown_m} or stats {unknown_s}; metrics are "
-                         f"{LATENCY_METRICS}, stats are {STAT_NAMES[1:]}")
+        raise ValueError(
+            f"unknown metrics {unknown_m} or stats {unknown_s}; metrics are "
+            f"{LATENCY_METRICS}, stats are {STAT_NAMES[1:]}"
+        )
     ia, ib = records_by_id(a), records_by_id(b)
     if exclude_pauses:
         ia = {k: r.without_pauses() for k, r in ia.items()}

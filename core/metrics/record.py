@@ -105,8 +105,14 @@ class RequestRecord:
         times = [self.arrival, self.first_token, self.finish, *self.token_times]
         if not all(t is None or math.isfinite(t) for t in times):
             raise bad("timestamps must be finite")
-        for name in ("prompt_tokens", "output_tokens", "cached_tokens", "preemptions", "pauses",
-                     "recomputed_tokens"):
+        for name in (
+            "prompt_tokens",
+            "output_tokens",
+            "cached_tokens",
+            "preemptions",
+            "pauses",
+            "recomputed_tokens",
+        ):
             if getattr(self, name) < 0:
                 raise bad(f"{name}={getattr(self, name)} < 0")
         if self.first_token is not None and self.first_token < self.arrival:
@@ -115,16 +121,20 @@ class RequestRecord:
             raise bad(f"finish={self.finish} before arrival={self.arrival}")
         if self.token_times:
             if len(self.token_times) != self.output_tokens:
-                raise bad(f"{len(self.token_times)} token_times but output_tokens="
-                          f"{self.output_tokens}")
+                raise bad(
+                    f"{len(self.token_times)} token_times but output_tokens={self.output_tokens}"
+                )
             if self.first_token != self.token_times[0]:
-                raise bad(f"first_token={self.first_token} != token_times[0]="
-                          f"{self.token_times[0]}")
+                raise bad(f"first_token={self.first_token} != token_times[0]={self.token_times[0]}")
             if any(b < a for a, b in pairwise(self.token_times)):
                 raise bad("token_times must be non-decreasing")
             if self.finish is not None and self.finish < self.token_times[-1]:
                 raise bad(f"finish={self.finish} before the last token={self.token_times[-1]}")
-        if self.first_token is not None and self.finish is not None and self.finish < self.first_token:
+        if (
+            self.first_token is not None
+            and self.finish is not None
+            and self.finish < self.first_token
+        ):
             raise bad(f"finish={self.finish} before first_token={self.first_token}")
         if any(a < 0 or d < 0 for a, d in self.pause_spans):
             raise bad("pause_spans need after >= 0 and seconds >= 0")
@@ -282,12 +292,14 @@ class RequestRecord:
             last = new_times[-1]
         else:
             new_times = []
-            first = None if self.first_token is None else max(self.first_token - shift(0),
-                                                              self.arrival)
+            first = (
+                None if self.first_token is None else max(self.first_token - shift(0), self.arrival)
+            )
             last = first if first is not None else self.arrival
         finish = None if self.finish is None else max(self.finish - total, last, self.arrival)
-        return replace(self, first_token=first, finish=finish, token_times=tuple(new_times),
-                       pause_spans=())
+        return replace(
+            self, first_token=first, finish=finish, token_times=tuple(new_times), pause_spans=()
+        )
 
 
 def records_by_id(records: Iterable[RequestRecord]) -> dict[str, RequestRecord]:

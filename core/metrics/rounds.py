@@ -17,8 +17,9 @@ import pandas as pd
 __all__ = ["RoundsSummary", "order_words", "rotated_order", "summarize_rounds"]
 
 
-def rotated_order(items: Sequence[str], rounds: int, all_rounds: int | None = None,
-                  compared: Iterable[str] = ()) -> list[tuple[int, str]]:
+def rotated_order(
+    items: Sequence[str], rounds: int, all_rounds: int | None = None, compared: Iterable[str] = ()
+) -> list[tuple[int, str]]:
     """``(round, item)`` in the order they run. Rounds ``< all_rounds`` (every round when None)
     run every item once, the later ones only those in ``compared``; round ``r`` starts at the
     ``r mod n``-th of its ``n`` items (A B, B A, A B, ... for two; A B C, B C A, C A B for
@@ -63,9 +64,15 @@ class RoundsSummary:
         return text
 
 
-def summarize_rounds(frame: pd.DataFrame, key: str, metrics: Iterable[str], *,
-                     baseline: str | None = None, system: str | None = None,
-                     order: Sequence[str] = ()) -> RoundsSummary:
+def summarize_rounds(
+    frame: pd.DataFrame,
+    key: str,
+    metrics: Iterable[str],
+    *,
+    baseline: str | None = None,
+    system: str | None = None,
+    order: Sequence[str] = (),
+) -> RoundsSummary:
     """Per value of ``key``, the median, min and max over rounds of each of ``metrics`` present
     in ``frame`` (one row per round and item; a frame without a ``round`` column is one round).
     Items in ``order`` come first, in that order, then the others as they first appear. With

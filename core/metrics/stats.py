@@ -56,8 +56,9 @@ class Stats:
             return cls(0, nan, nan, nan, nan, nan, nan, nan)
         if not np.all(np.isfinite(arr)):
             raise ValueError("statistics need finite values")
-        p50, p90, p95, p99 = (float(x) for x in
-                              np.percentile(arr, PERCENTILES, method=PERCENTILE_METHOD))
+        p50, p90, p95, p99 = (
+            float(x) for x in np.percentile(arr, PERCENTILES, method=PERCENTILE_METHOD)
+        )
         # the mean of equal floats can differ from them in the last bit; keep min<=mean<=max
         mean = min(max(float(arr.mean()), float(arr.min())), float(arr.max()))
         return cls(int(arr.size), mean, float(arr.min()), p50, p90, p95, p99, float(arr.max()))

@@ -64,15 +64,22 @@ class SLO:
 
     def bounds(self) -> dict[str, float]:
         """The bounds that are set, by name."""
-        return {k: v for k, v in (("ttft", self.ttft), ("tpot", self.tpot), ("e2e", self.e2e),
-                                  ("normalized", self.normalized)) if v is not None}
+        return {
+            k: v
+            for k, v in (
+                ("ttft", self.ttft),
+                ("tpot", self.tpot),
+                ("e2e", self.e2e),
+                ("normalized", self.normalized),
+            )
+            if v is not None
+        }
 
     def met(self, r: RequestRecord) -> bool:
         """Whether ``r`` completed and met every bound."""
         if not r.completed:
             return False
-        values = {"ttft": r.ttft, "tpot": r.tpot, "e2e": r.e2e,
-                  "normalized": r.normalized_latency}
+        values = {"ttft": r.ttft, "tpot": r.tpot, "e2e": r.e2e, "normalized": r.normalized_latency}
         for name, bound in self.bounds().items():
             v = values[name]
             if v is None:
@@ -113,9 +120,14 @@ class MetricsSummary:
     exclude_pauses: bool = False
 
     @classmethod
-    def from_records(cls, records: Iterable[RequestRecord], *, slo: SLO | None = None,
-                     duration: float | None = None, exclude_pauses: bool = False
-                     ) -> MetricsSummary:
+    def from_records(
+        cls,
+        records: Iterable[RequestRecord],
+        *,
+        slo: SLO | None = None,
+        duration: float | None = None,
+        exclude_pauses: bool = False,
+    ) -> MetricsSummary:
         """Summarize ``records``; ``duration`` (s, > 0) overrides the makespan;
         ``exclude_pauses`` first applies :meth:`RequestRecord.without_pauses`."""
         recs = [r.without_pauses() if exclude_pauses else r for r in records]
@@ -148,9 +160,11 @@ class MetricsSummary:
         if slo is not None:
             met = [r for r in recs if slo.met(r)]
             slo_fields = dict(
-                slo=slo, slo_met=len(met),
+                slo=slo,
+                slo_met=len(met),
                 slo_attainment=len(met) / len(recs) if recs else math.nan,
-                goodput=per_s(len(met)), token_goodput=per_s(sum(r.output_tokens for r in met)),
+                goodput=per_s(len(met)),
+                token_goodput=per_s(sum(r.output_tokens for r in met)),
             )
         return cls(
             num_requests=len(recs),
@@ -175,22 +189,31 @@ class MetricsSummary:
         and :data:`~core.metrics.stats.STAT_NAMES` entry (e.g. ``ttft_p90``), and the SLO
         bounds (``slo_ttft``, ... NaN if unset), ``slo_met``, ``slo_attainment``,
         ``goodput``, ``token_goodput``."""
-        d: dict[str, Any] = {"num_requests": self.num_requests,
-                             "num_completed": self.num_completed}
+        d: dict[str, Any] = {"num_requests": self.num_requests, "num_completed": self.num_completed}
         d.update({f"num_{k}": v for k, v in self.finish_reasons.items()})
-        d.update(duration=self.duration, request_throughput=self.request_throughput,
-                 output_throughput=self.output_throughput,
-                 total_throughput=self.total_throughput, token_hit_rate=self.token_hit_rate,
-                 preemptions=self.preemptions, pauses=self.pauses,
-                 recomputed_tokens=self.recomputed_tokens, exclude_pauses=self.exclude_pauses)
+        d.update(
+            duration=self.duration,
+            request_throughput=self.request_throughput,
+            output_throughput=self.output_throughput,
+            total_throughput=self.total_throughput,
+            token_hit_rate=self.token_hit_rate,
+            preemptions=self.preemptions,
+            pauses=self.pauses,
+            recomputed_tokens=self.recomputed_tokens,
+            exclude_pauses=self.exclude_pauses,
+        )
         for metric in LATENCY_METRICS:
             for stat, v in self.latency[metric].as_dict().items():
                 d[f"{metric}_{stat}"] = v
         bounds = self.slo.bounds() if self.slo is not None else {}
         for name in ("ttft", "tpot", "e2e", "normalized"):
             d[f"slo_{name}"] = bounds.get(name, math.nan)
-        d.update(slo_met=self.slo_met, slo_attainment=self.slo_attainment,
-                 goodput=self.goodput, token_goodput=self.token_goodput)
+        d.update(
+            slo_met=self.slo_met,
+            slo_attainment=self.slo_attainment,
+            goodput=self.goodput,
+            token_goodput=self.token_goodput,
+        )
         return d
 
     def table(self) -> pd.DataFrame:
@@ -199,23 +222,47 @@ class MetricsSummary:
         import pandas as pd
 
         rows = [self.latency[m].as_dict() for m in LATENCY_METRICS]
-        return pd.DataFrame(rows, index=pd.Index(list(LATENCY_METRICS), name="metric"),
-                            columns=list(STAT_NAMES))
+        return pd.DataFrame(
+            rows, index=pd.Index(list(LATENCY_METRICS), name="metric"), columns=list(STAT_NAMES)
+        )
 
 
-def summarize(records: Iterable[RequestRecord], *, slo: SLO | None = None,
-              duration: float | None = None, exclude_pauses: bool = False) -> dict[str, Any]:
+def summarize(
+    records: Iterable[RequestRecord],
+    *,
+    slo: SLO | None = None,
+    duration: float | None = None,
+    exclude_pauses: bool = False,
+) -> dict[str, Any]:
     """The flat summary of a run: :meth:`MetricsSummary.to_dict` of
     :meth:`MetricsSummary.from_records` (same arguments)."""
-    return MetricsSummary.from_records(records, slo=slo, duration=duration,
-                                       exclude_pauses=exclude_pauses).to_dict()
+    return MetricsSummary.from_records(
+        records, slo=slo, duration=duration, exclude_pauses=exclude_pauses
+    ).to_dict()
 
 
 FRAME_COLUMNS: tuple[str, ...] = (
-    "request_id", "session_id", "replica", "finish_reason", "completed", "arrival",
-    "first_token", "finish", "prompt_tokens", "output_tokens", "cached_tokens", "hit_rate",
-    "preemptions", "pauses", "recomputed_tokens", "pause_time", "ttft", "tpot", "e2e",
-    "normalized_latency", "itl_max",
+    "request_id",
+    "session_id",
+    "replica",
+    "finish_reason",
+    "completed",
+    "arrival",
+    "first_token",
+    "finish",
+    "prompt_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "hit_rate",
+    "preemptions",
+    "pauses",
+    "recomputed_tokens",
+    "pause_time",
+    "ttft",
+    "tpot",
+    "e2e",
+    "normalized_latency",
+    "itl_max",
 )
 
 
@@ -234,18 +281,43 @@ def to_frame(records: Iterable[RequestRecord], *, exclude_pauses: bool = False) 
         if exclude_pauses:
             r = r.without_pauses()
         itl = r.itl
-        rows.append({
-            "request_id": r.request_id, "session_id": r.session_id, "replica": r.replica,
-            "finish_reason": r.finish_reason, "completed": r.completed, "arrival": r.arrival,
-            "first_token": r.first_token, "finish": r.finish, "prompt_tokens": r.prompt_tokens,
-            "output_tokens": r.output_tokens, "cached_tokens": r.cached_tokens,
-            "hit_rate": r.hit_rate, "preemptions": r.preemptions, "pauses": r.pauses,
-            "recomputed_tokens": r.recomputed_tokens, "pause_time": pause_time,
-            "ttft": r.ttft, "tpot": r.tpot, "e2e": r.e2e,
-            "normalized_latency": r.normalized_latency, "itl_max": max(itl) if itl else None,
-        })
+        rows.append(
+            {
+                "request_id": r.request_id,
+                "session_id": r.session_id,
+                "replica": r.replica,
+                "finish_reason": r.finish_reason,
+                "completed": r.completed,
+                "arrival": r.arrival,
+                "first_token": r.first_token,
+                "finish": r.finish,
+                "prompt_tokens": r.prompt_tokens,
+                "output_tokens": r.output_tokens,
+                "cached_tokens": r.cached_tokens,
+                "hit_rate": r.hit_rate,
+                "preemptions": r.preemptions,
+                "pauses": r.pauses,
+                "recomputed_tokens": r.recomputed_tokens,
+                "pause_time": pause_time,
+                "ttft": r.ttft,
+                "tpot": r.tpot,
+                "e2e": r.e2e,
+                "normalized_latency": r.normalized_latency,
+                "itl_max": max(itl) if itl else None,
+            }
+        )
     df = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
-    float_cols = ["arrival", "first_token", "finish", "hit_rate", "pause_time", "ttft", "tpot",
-                  "e2e", "normalized_latency", "itl_max"]
+    float_cols = [
+        "arrival",
+        "first_token",
+        "finish",
+        "hit_rate",
+        "pause_time",
+        "ttft",
+        "tpot",
+        "e2e",
+        "normalized_latency",
+        "itl_max",
+    ]
     df[float_cols] = df[float_cols].astype(float)
     return df

@@ -48,8 +48,9 @@ class CausalLM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if config.hidden_act not in ("silu", "swish"):  # our MLPs are SiLU-gated
-            raise ConfigError(f"config.json: hidden_act={config.hidden_act!r} is not supported "
-                              "(only silu)")  # fmt: skip
+            raise ConfigError(
+                f"config.json: hidden_act={config.hidden_act!r} is not supported (only silu)"
+            )
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(self.build_layers(config))
@@ -114,7 +115,10 @@ class CausalLM(nn.Module):
         if self.config.mamba_layers and (state_pool is None or batch.state_indices is None):
             raise ValueError("this model has Mamba layers: pass state_pool and state_indices")
         ctx = ForwardContext(
-            batch, kv_cache, state_pool, self.attention_backend(),
+            batch,
+            kv_cache,
+            state_pool,
+            self.attention_backend(),
             rope=self.rotary_emb(batch.positions),
         )
         hidden = self.embed_tokens(batch.input_ids)

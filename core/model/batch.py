@@ -175,8 +175,12 @@ class ForwardContext:
         return batch.memo(
             f"attention:{backend.name}:{block_size}",
             lambda: backend.build_metadata(
-                batch.query_start_loc, batch.seq_lens, batch.block_tables, batch.slot_mapping,
+                batch.query_start_loc,
+                batch.seq_lens,
+                batch.block_tables,
+                batch.slot_mapping,
                 block_size,
-                query_lens_host=batch.query_lens(), seq_lens_host=batch.context_lens(),
+                query_lens_host=batch.query_lens(),
+                seq_lens_host=batch.context_lens(),
             ),
         )

@@ -134,16 +134,12 @@ class _WeightFiles:
 
     def get(self, name: str) -> torch.Tensor:
         if name not in self.file_of:
-            raise MissingWeightError(
-                f"{self.directory / self.source}: weight {name!r} not found"
-            )
+            raise MissingWeightError(f"{self.directory / self.source}: weight {name!r} not found")
         fname = self.file_of[name]
         if fname not in self._open:
             path = self.directory / fname
             if not path.is_file():
-                raise MissingCheckpointFileError(
-                    f"{path}: shard listed in {INDEX_FILE} not found"
-                )
+                raise MissingCheckpointFileError(f"{path}: shard listed in {INDEX_FILE} not found")
             self._open[fname] = safe_open(path, framework="pt")
         f = self._open[fname]
         if name not in f.keys():
@@ -252,8 +248,11 @@ def save_model(
             size = 0
         shards[-1][name] = t
         size += nbytes
-    for stale in [*directory.glob("model-*-of-*.safetensors"), directory / SINGLE_FILE,
-                  directory / INDEX_FILE]:
+    for stale in [
+        *directory.glob("model-*-of-*.safetensors"),
+        directory / SINGLE_FILE,
+        directory / INDEX_FILE,
+    ]:
         stale.unlink(missing_ok=True)
     if len(shards) == 1:
         save_file(shards[0], directory / SINGLE_FILE, metadata={"format": "pt"})

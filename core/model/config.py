@@ -270,11 +270,13 @@ def config_from_hf(hf: Mapping[str, Any], source: str = "config.json") -> ModelC
     head_dim = next((r.int(k) for k in dim_keys if r.raw(k) is not None), None)
     if ATTENTION in fields["layer_types"]:
         if head_dim is None and d % heads:
-            raise r.error(f"hidden_size {d} is not a multiple of num_attention_heads {heads}; "
-                          "give head_dim")  # fmt: skip
+            raise r.error(
+                f"hidden_size {d} is not a multiple of num_attention_heads {heads}; give head_dim"
+            )
         if heads % kv_heads:
-            raise r.error(f"num_attention_heads {heads} is not a multiple of "
-                          f"num_key_value_heads {kv_heads}")  # fmt: skip
+            raise r.error(
+                f"num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+            )
     shared = dict(
         model_type=family,
         vocab_size=r.int("vocab_size"),
@@ -340,10 +342,11 @@ def parse_rope(
 # The parsers, one per family, and the defaults of the transformers (5.x) config classes
 # --------------------------------------------------------------------------------------------
 
+# fmt: off
 _QWEN = dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
              num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768,
              rms_norm_eps=1e-6, rope_theta=10000.0, sliding_window=4096,
-             max_window_layers=28)  # fmt: skip
+             max_window_layers=28)
 # Keys a config.json leaves out take these; None for num_key_value_heads / head_dim means
 # "derive it" (the query heads; hidden_size // num_attention_heads).
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -373,7 +376,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                        ssm_state_size=128, n_groups=8, conv_kernel=4, expand=2, chunk_size=128,
                        n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=7688,
                        moe_shared_expert_intermediate_size=7688, n_shared_experts=1),
-}  # fmt: skip
+}
+# fmt: on
 
 _ARCH_TO_TYPE = {
     "LlamaForCausalLM": "llama",
@@ -399,10 +403,13 @@ def _family(hf: Mapping[str, Any], source: str) -> str:
         for arch in archs:
             if arch in _ARCH_TO_TYPE:
                 return _ARCH_TO_TYPE[arch]
-        raise ConfigError(f"{source}: no 'model_type' key, cannot tell the architecture "
-                          f"(architectures={archs!r}); {known}")  # fmt: skip
-    raise UnknownArchitectureError(f"{source}: model_type {model_type!r} is not supported "
-                                   f"(architectures={archs!r}); {known}")  # fmt: skip
+        raise ConfigError(
+            f"{source}: no 'model_type' key, cannot tell the architecture "
+            f"(architectures={archs!r}); {known}"
+        )
+    raise UnknownArchitectureError(
+        f"{source}: model_type {model_type!r} is not supported (architectures={archs!r}); {known}"
+    )
 
 
 class _Reader:
@@ -488,8 +495,10 @@ def _sliding_windows(r: _Reader, n: int) -> tuple[int | None, ...]:
         types = ["sliding_attention" if use and i >= first else "full_attention" for i in range(n)]
     unknown = sorted(set(types) - {"full_attention", "sliding_attention"})
     if len(types) != n or unknown:
-        raise r.error(f"layer_types must be {n} of full_attention, sliding_attention; "
-                      f"got {len(types)}, unknown {unknown}")  # fmt: skip
+        raise r.error(
+            f"layer_types must be {n} of full_attention, sliding_attention; "
+            f"got {len(types)}, unknown {unknown}"
+        )
     return tuple(window if t == "sliding_attention" else None for t in types)
 
 
@@ -505,8 +514,10 @@ def _bamba(r: _Reader) -> dict[str, Any]:
     d_inner = int(expand * r.int("hidden_size"))
     head_dim = d_inner // n_heads if r.raw("mamba_d_head") == "auto" else r.int("mamba_d_head")
     if n_heads * head_dim != d_inner:
-        raise r.error(f"mamba_n_heads {n_heads} x mamba_d_head {head_dim} != "
-                      f"mamba_expand * hidden_size = {d_inner}")  # fmt: skip
+        raise r.error(
+            f"mamba_n_heads {n_heads} x mamba_d_head {head_dim} != "
+            f"mamba_expand * hidden_size = {d_inner}"
+        )
     bias = r.flag("attention_bias")
     return dict(
         layer_types=tuple(ATTENTION if i in attn else MAMBA for i in range(n)),
@@ -516,23 +527,34 @@ def _bamba(r: _Reader) -> dict[str, Any]:
         o_bias=bias,
         mlp_bias=r.flag("mlp_bias"),
         mamba=MambaConfig(
-            n_heads=n_heads, head_dim=head_dim, d_state=r.int("mamba_d_state"),
-            n_groups=r.int("mamba_n_groups"), d_conv=r.int("mamba_d_conv", minimum=2),
-            chunk_size=r.int("mamba_chunk_size"), conv_bias=r.flag("mamba_conv_bias", True),
-            proj_bias=r.flag("mamba_proj_bias"), expand=expand,
+            n_heads=n_heads,
+            head_dim=head_dim,
+            d_state=r.int("mamba_d_state"),
+            n_groups=r.int("mamba_n_groups"),
+            d_conv=r.int("mamba_d_conv", minimum=2),
+            chunk_size=r.int("mamba_chunk_size"),
+            conv_bias=r.flag("mamba_conv_bias", True),
+            proj_bias=r.flag("mamba_proj_bias"),
+            expand=expand,
             time_step_limit=r.limit("time_step_limit"),
         ),
-    )  # fmt: skip
+    )
 
 
 # NemotronH block names: hybrid_override_pattern characters, transformers 5 layers_block_type
 # values, and their legacy spellings -> (mixer, MLP).
 _NEMOTRON_BLOCKS = {
-    "M": (MAMBA, NONE), "*": (ATTENTION, NONE), "-": (NONE, DENSE), "E": (NONE, MOE),
-    "linear_attention": (MAMBA, NONE), "mamba": (MAMBA, NONE),
-    "full_attention": (ATTENTION, NONE), "attention": (ATTENTION, NONE),
-    "mlp": (NONE, DENSE), "moe": (NONE, MOE),
-}  # fmt: skip
+    "M": (MAMBA, NONE),
+    "*": (ATTENTION, NONE),
+    "-": (NONE, DENSE),
+    "E": (NONE, MOE),
+    "linear_attention": (MAMBA, NONE),
+    "mamba": (MAMBA, NONE),
+    "full_attention": (ATTENTION, NONE),
+    "attention": (ATTENTION, NONE),
+    "mlp": (NONE, DENSE),
+    "moe": (NONE, MOE),
+}
 
 
 def _nemotron_h(r: _Reader) -> dict[str, Any]:
@@ -549,19 +571,26 @@ def _nemotron_h(r: _Reader) -> dict[str, Any]:
     mixers, mlps = zip(*(_NEMOTRON_BLOCKS[b] for b in blocks), strict=True)
     mlp_bias = r.flag("mlp_bias")
     fields: dict[str, Any] = dict(
-        layer_types=mixers, sliding_windows=(None,) * len(blocks), mlp_types=mlps,
-        mlp_bias=mlp_bias, hidden_act=r.raw("mlp_hidden_act"), mlp_gated=False,
-    )  # fmt: skip
+        layer_types=mixers,
+        sliding_windows=(None,) * len(blocks),
+        mlp_types=mlps,
+        mlp_bias=mlp_bias,
+        hidden_act=r.raw("mlp_hidden_act"),
+        mlp_gated=False,
+    )
     if MAMBA in mixers:
         fields["mamba"] = MambaConfig(
-            n_heads=r.int("mamba_num_heads"), head_dim=r.int("mamba_head_dim"),
-            d_state=r.int("ssm_state_size"), n_groups=r.int(r.alias("n_groups", "mamba_n_groups")),
+            n_heads=r.int("mamba_num_heads"),
+            head_dim=r.int("mamba_head_dim"),
+            d_state=r.int("ssm_state_size"),
+            n_groups=r.int(r.alias("n_groups", "mamba_n_groups")),
             d_conv=r.int(r.alias("conv_kernel", "mamba_d_conv"), minimum=2),
             chunk_size=r.int(r.alias("chunk_size", "mamba_chunk_size")),
             conv_bias=r.flag(r.alias("use_conv_bias", "mamba_conv_bias"), True),
-            proj_bias=r.flag("use_bias"), expand=r.raw(r.alias("expand", "mamba_expand")),
+            proj_bias=r.flag("use_bias"),
+            expand=r.raw(r.alias("expand", "mamba_expand")),
             time_step_limit=r.limit(r.alias("time_step_limit", "mamba_dt_limit")),
-        )  # fmt: skip
+        )
     if MOE in mlps:
         experts = r.int(r.alias("n_routed_experts", "num_local_experts"))
         top_k = r.int("num_experts_per_tok")
@@ -569,11 +598,14 @@ def _nemotron_h(r: _Reader) -> dict[str, Any]:
             raise r.error(f"num_experts_per_tok {top_k} > n_routed_experts {experts}")
         shared = r.int("moe_shared_expert_intermediate_size", minimum=0)
         fields["moe"] = MoEConfig(
-            num_experts=experts, top_k=top_k, intermediate_size=r.int("moe_intermediate_size"),
-            gated=False, shared_intermediate_size=shared if r.int("n_shared_experts", minimum=0)
-            else 0, latent_size=r.int("moe_latent_size") if r.raw("moe_latent_size") else None,
+            num_experts=experts,
+            top_k=top_k,
+            intermediate_size=r.int("moe_intermediate_size"),
+            gated=False,
+            shared_intermediate_size=shared if r.int("n_shared_experts", minimum=0) else 0,
+            latent_size=r.int("moe_latent_size") if r.raw("moe_latent_size") else None,
             bias=mlp_bias,
-        )  # fmt: skip
+        )
     return fields
 
 

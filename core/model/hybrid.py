@@ -62,8 +62,11 @@ class _SSMSplit:
             decode_slots=torch.tensor([slots[b] for b in dec], dtype=torch.long, device=dev),
             decode_has_state=torch.tensor([has[b] for b in dec], dtype=torch.bool, device=dev),
             decode_all_have_state=all(has[b] for b in dec),
-            prefills=[(starts[b], starts[b + 1], slots[b], bool(has[b]))
-                      for b, n in enumerate(qlens) if n > 1],
+            prefills=[
+                (starts[b], starts[b + 1], slots[b], bool(has[b]))
+                for b, n in enumerate(qlens)
+                if n > 1
+            ],
         )
 
 
@@ -83,13 +86,12 @@ class Mamba2Mixer(nn.Module):
         self.m = m
         self.state_index = state_index
         inner = m.d_inner
-        self.in_proj = Linear(
-            config.hidden_size, inner + m.conv_dim + m.n_heads, bias=m.proj_bias
-        )
+        self.in_proj = Linear(config.hidden_size, inner + m.conv_dim + m.n_heads, bias=m.proj_bias)
         # nn.Conv1d only holds weight [conv_dim, 1, d_conv] and bias under the HF names; the
         # convolution itself runs in core.kernels.ssd with a carried state.
-        self.conv1d = nn.Conv1d(m.conv_dim, m.conv_dim, m.d_conv, groups=m.conv_dim,
-                                bias=m.conv_bias)
+        self.conv1d = nn.Conv1d(
+            m.conv_dim, m.conv_dim, m.d_conv, groups=m.conv_dim, bias=m.conv_bias
+        )
         self.dt_bias = nn.Parameter(torch.ones(m.n_heads))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, m.n_heads + 1, dtype=torch.float32)))
         self.D = nn.Parameter(torch.ones(m.n_heads))
@@ -160,8 +162,15 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(y)
 
     def hf_weights(self, prefix: str) -> HFWeights:
-        names = ["in_proj.weight", "conv1d.weight", "dt_bias", "A_log", "D", "norm.weight",
-                 "out_proj.weight"]
+        names = [
+            "in_proj.weight",
+            "conv1d.weight",
+            "dt_bias",
+            "A_log",
+            "D",
+            "norm.weight",
+            "out_proj.weight",
+        ]
         if self.conv1d.bias is not None:
             names.append("conv1d.bias")
         if self.in_proj.bias is not None:
@@ -172,8 +181,9 @@ class Mamba2Mixer(nn.Module):
 class BambaDecoderLayer(nn.Module):
     """A Mamba2 mixer or attention, then an MLP; both pre-norm with residuals."""
 
-    def __init__(self, config: ModelConfig, layer_id: int, cache_index: int,
-                 state_index: int) -> None:
+    def __init__(
+        self, config: ModelConfig, layer_id: int, cache_index: int, state_index: int
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.is_attention = config.layer_types[layer_id] == ATTENTION
@@ -182,8 +192,7 @@ class BambaDecoderLayer(nn.Module):
         else:
             self.mamba = Mamba2Mixer(config, state_index)
         self.pre_ff_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.feed_forward = GatedMLP(config.hidden_size, config.intermediate_size,
-                                     config.mlp_bias)
+        self.feed_forward = GatedMLP(config.hidden_size, config.intermediate_size, config.mlp_bias)
 
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         mixer = self.self_attn if self.is_attention else self.mamba

@@ -83,10 +83,11 @@ def rope_inv_freq(rope: RopeConfig, rotary_dim: int) -> torch.Tensor:
     """Inverse frequencies (fp32, CPU) of the ``rotary_dim / 2`` rotated channel pairs; an
     unsupported ``rope_type`` raises ConfigError."""
     if rope.rope_type not in ("default", "linear", "llama3"):
-        raise ConfigError(f"config.json: rope type {rope.rope_type!r} is not supported "
-                          "(default, linear, llama3)")  # fmt: skip
+        raise ConfigError(
+            f"config.json: rope type {rope.rope_type!r} is not supported (default, linear, llama3)"
+        )
     exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float() / rotary_dim
-    inv_freq = 1.0 / (rope.theta ** exponents)
+    inv_freq = 1.0 / (rope.theta**exponents)
     if rope.rope_type == "linear":
         return inv_freq / rope.factor
     if rope.rope_type == "llama3":
@@ -136,7 +137,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     rot = cos.shape[-1]
     cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
     xr, xpass = x[..., :rot], x[..., rot:]
-    x1, x2 = xr[..., : rot // 2], xr[..., rot // 2:]
+    x1, x2 = xr[..., : rot // 2], xr[..., rot // 2 :]
     rotated = xr * cos + torch.cat([-x2, x1], dim=-1) * sin
     return torch.cat([rotated, xpass], dim=-1) if xpass.shape[-1] else rotated
 
@@ -148,8 +149,13 @@ class GatedMLP(nn.Module):
     ``up_proj``, ``down_proj``; Mixtral experts' ``w1``, ``w3``, ``w2``.
     """
 
-    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False,
-                 hf_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        bias: bool = False,
+        hf_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
+    ) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias)

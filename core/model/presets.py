@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = ["PRESETS", "preset_config", "preset_key", "preset_names"]
 
+# fmt: off
 _CONFIGS: dict[str, dict[str, Any]] = {
     # meta-llama/Meta-Llama-3-8B: 8,030,261,248 parameters.
     "llama-3-8b": {
@@ -145,7 +146,8 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 64,
         "n_shared_experts": 1, "max_position_embeddings": 512, "tie_word_embeddings": False,
     },
-}  # fmt: skip
+}
+# fmt: on
 
 _HF_IDS = {
     "meta-llama/meta-llama-3-8b": "llama-3-8b",

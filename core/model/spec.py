@@ -92,6 +92,7 @@ MoESpec = MoEConfig
 DType = str | int | float | Any
 """A dtype: a name (``"bf16"``), a ``torch.dtype``, or bytes per value (``2``, ``0.5``)."""
 
+# fmt: off
 _DTYPE_BYTES: dict[str, float] = {
     "float64": 8, "fp64": 8, "double": 8,
     "float32": 4, "fp32": 4, "float": 4, "tf32": 4,
@@ -99,7 +100,8 @@ _DTYPE_BYTES: dict[str, float] = {
     "float8": 1, "fp8": 1, "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1,
     "float8_e5m2fnuz": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1, "uint8": 1,
     "int4": 0.5, "uint4": 0.5, "fp4": 0.5, "nf4": 0.5, "float4_e2m1fn_x2": 1,
-}  # fmt: skip
+}
+# fmt: on
 
 
 def dtype_bytes(dtype: DType) -> float:
@@ -334,10 +336,14 @@ class ModelSpec:
         attention = None
         if windows:
             attention = AttentionSpec(
-                n_heads=c.num_heads, n_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
-                qkv_bias=c.qkv_bias, o_bias=c.o_bias, qk_norm=c.qk_norm,
+                n_heads=c.num_heads,
+                n_kv_heads=c.num_kv_heads,
+                head_dim=c.head_dim,
+                qkv_bias=c.qkv_bias,
+                o_bias=c.o_bias,
+                qk_norm=c.qk_norm,
                 sliding_window=windows.pop(),
-            )  # fmt: skip
+            )
         dense = DenseMLPSpec(c.intermediate_size, gated=c.mlp_gated, bias=c.mlp_bias)
         kinds = {layer.mlp for layer in layers}
         return cls(
@@ -503,8 +509,12 @@ class ModelSpec:
         )
         if e.latent_size:  # fc1: d -> latent, fc2: latent -> d
             shared += 2 * d * e.latent_size + ((e.latent_size + d) if e.bias else 0)
-        return {"router": e.num_experts * d, "experts": e.num_experts * one, "expert": one,
-                "shared": shared}  # fmt: skip
+        return {
+            "router": e.num_experts * d,
+            "experts": e.num_experts * one,
+            "expert": one,
+            "shared": shared,
+        }
 
     def param_breakdown(self) -> dict[str, int]:
         """Total parameters by part: ``embedding``, ``lm_head`` (0 when tied), ``attention``
@@ -513,8 +523,20 @@ class ModelSpec:
         (shared expert and latent projections), ``norms`` (per-block pre-norms and the final
         norm)."""
         d = self.hidden_size
-        out = dict.fromkeys(("embedding", "lm_head", "attention", "ssm", "mlp", "moe_router",
-                             "moe_experts", "moe_shared", "norms"), 0)  # fmt: skip
+        out = dict.fromkeys(
+            (
+                "embedding",
+                "lm_head",
+                "attention",
+                "ssm",
+                "mlp",
+                "moe_router",
+                "moe_experts",
+                "moe_shared",
+                "norms",
+            ),
+            0,
+        )
         out["embedding"] = self.vocab_size * d
         out["lm_head"] = 0 if self.tie_word_embeddings else self.vocab_size * d
         if self.attention:
@@ -531,8 +553,9 @@ class ModelSpec:
             out["moe_router"] = self.n_moe_layers * p["router"]
             out["moe_experts"] = self.n_moe_layers * p["experts"]
             out["moe_shared"] = self.n_moe_layers * p["shared"]
-        sub_blocks = sum((lyr.mixer is not Mixer.NONE) + (lyr.mlp is not MLPKind.NONE)
-                         for lyr in self.layers)  # fmt: skip
+        sub_blocks = sum(
+            (lyr.mixer is not Mixer.NONE) + (lyr.mlp is not MLPKind.NONE) for lyr in self.layers
+        )
         out["norms"] = (sub_blocks + 1) * d
         return out
 
@@ -706,42 +729,79 @@ class ModelSpec:
         kvb = dtype_bytes(kv_dtype if kv_dtype is not None else dtype)
         ops: list[Operator] = []
 
-        def add(name: str, kind: OpKind, count: int, flops: float, rd: float, wr: float,
-                comm: float = 0.0) -> None:  # fmt: skip
+        def add(
+            name: str,
+            kind: OpKind,
+            count: int,
+            flops: float,
+            rd: float,
+            wr: float,
+            comm: float = 0.0,
+        ) -> None:
             if count > 0:
-                ops.append(Operator(name, kind, count * flops, count * rd, count * wr,
-                                    count * comm, count))  # fmt: skip
+                ops.append(
+                    Operator(name, kind, count * flops, count * rd, count * wr, count * comm, count)
+                )
 
         def allreduce(name: str, count: int) -> None:
             if tp > 1:
                 add(name, OpKind.COMM, count, 0.0, 0.0, 0.0, T * d * a)
 
-        def gemm(name: str, count: int, tokens: float, k_in: int, n_out: int, bias: bool,
-                 out_sharded: bool, weight_sets: float = 1.0) -> None:  # fmt: skip
+        def gemm(
+            name: str,
+            count: int,
+            tokens: float,
+            k_in: int,
+            n_out: int,
+            bias: bool,
+            out_sharded: bool,
+            weight_sets: float = 1.0,
+        ) -> None:
             """tokens x k_in @ k_in x n_out (+bias), split by tp on n_out (column-parallel,
             output sharded) or on k_in (row-parallel, input sharded, full output); reads
             ``weight_sets`` copies of such a weight (distinct MoE experts hit)."""
             params = k_in * n_out + (n_out if bias else 0)
             in_b = tokens * k_in * a / (1 if out_sharded else tp)
             out_b = tokens * n_out * a / (tp if out_sharded else 1)
-            add(name, OpKind.GEMM, count, 2 * tokens * params / tp,
-                weight_sets * params * w / tp + in_b, out_b)  # fmt: skip
+            add(
+                name,
+                OpKind.GEMM,
+                count,
+                2 * tokens * params / tp,
+                weight_sets * params * w / tp + in_b,
+                out_b,
+            )
 
-        def mlp_ops(prefix: str, count: int, tokens: float, width: int, inter: int, gated: bool,
-                    bias: bool, weight_sets: float = 1.0) -> None:  # fmt: skip
+        def mlp_ops(
+            prefix: str,
+            count: int,
+            tokens: float,
+            width: int,
+            inter: int,
+            gated: bool,
+            bias: bool,
+            weight_sets: float = 1.0,
+        ) -> None:
             up = (2 if gated else 1) * inter
             gemm(f"{prefix}_up", count, tokens, width, up, bias, True, weight_sets)
             per = 5 if gated else 2
-            add(f"{prefix}_act", OpKind.ELEMENTWISE, count, per * tokens * inter / tp,
-                tokens * up * a / tp, tokens * inter * a / tp)  # fmt: skip
+            add(
+                f"{prefix}_act",
+                OpKind.ELEMENTWISE,
+                count,
+                per * tokens * inter / tp,
+                tokens * up * a / tp,
+                tokens * inter * a / tp,
+            )
             gemm(f"{prefix}_down", count, tokens, inter, width, bias, False, weight_sets)
 
         layers = self.layers
         n_attn, n_ssm = self.n_attention_layers, self.n_ssm_layers
         n_dense = sum(lyr.mlp is MLPKind.DENSE for lyr in layers)
         n_moe = self.n_moe_layers
-        n_norms = sum((lyr.mixer is not Mixer.NONE) + (lyr.mlp is not MLPKind.NONE)
-                      for lyr in layers) + 1  # fmt: skip
+        n_norms = (
+            sum((lyr.mixer is not Mixer.NONE) + (lyr.mlp is not MLPKind.NONE) for lyr in layers) + 1
+        )
 
         # Embedding: a gather of T rows; vocab-parallel, so each rank finds ~T/tp of them.
         add("embedding", OpKind.MEMORY, 1, 0.0, T * d * a / tp, T * d * a)
@@ -756,16 +816,28 @@ class ModelSpec:
             gemm("qkv_proj", n_attn, T, d, qkv_out, at.qkv_bias, True)
             rot = T * (heads + kv_heads) * at.head_dim
             if at.qk_norm:
-                add("qk_norm", OpKind.ELEMENTWISE, n_attn, 4 * rot, rot * a + 2 * at.head_dim * w,
-                    rot * a)  # fmt: skip
+                add(
+                    "qk_norm",
+                    OpKind.ELEMENTWISE,
+                    n_attn,
+                    4 * rot,
+                    rot * a + 2 * at.head_dim * w,
+                    rot * a,
+                )
             add("rope", OpKind.ELEMENTWISE, n_attn, 3 * rot, rot * a, rot * a)
             win = at.sliding_window
             attended = sum(_attended_sum(n, c, win) for n, c in chunks)
             kv_read = sum(_kv_tokens_read(n, c, win) for n, c in chunks)
             kv_row = 2 * kv_heads * at.head_dim * kvb  # K and V of one token, one layer
             q_bytes = T * heads * at.head_dim * a
-            add("attention", OpKind.ATTENTION, n_attn, 4 * heads * at.head_dim * attended,
-                q_bytes + kv_read * kv_row, q_bytes + T * kv_row)  # fmt: skip
+            add(
+                "attention",
+                OpKind.ATTENTION,
+                n_attn,
+                4 * heads * at.head_dim * attended,
+                q_bytes + kv_read * kv_row,
+                q_bytes + T * kv_row,
+            )
             gemm("o_proj", n_attn, T, at.q_dim, d, at.o_bias, False)
             allreduce("attention_allreduce", n_attn)
 
@@ -777,22 +849,39 @@ class ModelSpec:
             cd = m.conv_dim / tp
             conv_w = (m.d_conv + (1 if m.conv_bias else 0)) * cd * w
             conv_state = S * cd * (m.d_conv - 1) * cb
-            add("ssm_conv", OpKind.ELEMENTWISE, n_ssm, (2 * m.d_conv + 4) * T * cd,
-                T * cd * a + conv_w + conv_state, T * cd * a + conv_state)  # fmt: skip
+            add(
+                "ssm_conv",
+                OpKind.ELEMENTWISE,
+                n_ssm,
+                (2 * m.d_conv + 4) * T * cd,
+                T * cd * a + conv_w + conv_state,
+                T * cd * a + conv_state,
+            )
             hpn = m.state_numel / tp
             di = m.d_inner / tp
             state = S * hpn * sb
             scan_in = T * (di + 2 * m.n_groups * m.d_state + m.n_heads / tp) * a
-            add("ssm_scan", OpKind.SCAN, n_ssm, T * (5 * hpn + 3 * di),
-                scan_in + 3 * (m.n_heads / tp) * w + state, T * di * a + state)  # fmt: skip
-            add("ssm_gated_norm", OpKind.ELEMENTWISE, n_ssm, 9 * T * di,
-                2 * T * di * a + di * w, T * di * a)  # fmt: skip
+            add(
+                "ssm_scan",
+                OpKind.SCAN,
+                n_ssm,
+                T * (5 * hpn + 3 * di),
+                scan_in + 3 * (m.n_heads / tp) * w + state,
+                T * di * a + state,
+            )
+            add(
+                "ssm_gated_norm",
+                OpKind.ELEMENTWISE,
+                n_ssm,
+                9 * T * di,
+                2 * T * di * a + di * w,
+                T * di * a,
+            )
             gemm("ssm_out_proj", n_ssm, T, m.d_inner, d, m.proj_bias, False)
             allreduce("ssm_allreduce", n_ssm)
 
         if self.mlp and n_dense:
-            mlp_ops("mlp", n_dense, T, d, self.mlp.intermediate_size, self.mlp.gated,
-                    self.mlp.bias)  # fmt: skip
+            mlp_ops("mlp", n_dense, T, d, self.mlp.intermediate_size, self.mlp.gated, self.mlp.bias)
             allreduce("mlp_allreduce", n_dense)
 
         if self.moe and n_moe:
@@ -804,11 +893,25 @@ class ModelSpec:
             if e.latent_size:
                 gemm("moe_latent_in", n_moe, T, d, e.latent_size, e.bias, False)
             hits = E * (1 - (1 - k / E) ** T)  # expected distinct experts hit per layer
-            mlp_ops("moe_experts", n_moe, T * k, width, e.intermediate_size, e.gated,
-                    False, weight_sets=hits)  # fmt: skip
+            mlp_ops(
+                "moe_experts",
+                n_moe,
+                T * k,
+                width,
+                e.intermediate_size,
+                e.gated,
+                False,
+                weight_sets=hits,
+            )
             # The weighted combine of the k expert outputs of each token.
-            add("moe_combine", OpKind.ELEMENTWISE, n_moe, 2 * T * k * width,
-                T * k * width * a, T * width * a)  # fmt: skip
+            add(
+                "moe_combine",
+                OpKind.ELEMENTWISE,
+                n_moe,
+                2 * T * k * width,
+                T * k * width * a,
+                T * width * a,
+            )
             if e.latent_size:
                 gemm("moe_latent_out", n_moe, T, e.latent_size, d, e.bias, False)
             if e.shared_intermediate_size:

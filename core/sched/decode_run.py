@@ -18,8 +18,12 @@ from core.sched.request import EngineRequest
 from core.sched.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 
 
-def decode_run_limit(sched: Scheduler, out: SchedulerOutput, max_steps: int | None = None,
-                     step_ends: Callable[[int], Sequence[float]] | None = None) -> int:
+def decode_run_limit(
+    sched: Scheduler,
+    out: SchedulerOutput,
+    max_steps: int | None = None,
+    step_ends: Callable[[int], Sequence[float]] | None = None,
+) -> int:
     """How many steps, starting with ``out`` (just returned by ``sched.schedule``, not yet
     updated), are provably the same pure-decode batch if no request arrives: ``k`` such that
     steps ``2..k`` would each schedule one token of every request of ``out``, in the same order,
@@ -58,7 +62,8 @@ def decode_run_limit(sched: Scheduler, out: SchedulerOutput, max_steps: int | No
             return 1
         sp = req.sampling
         if getattr(sp, "stop_token_ids", None) or not (
-                getattr(sp, "ignore_eos", False) or req.eos_token_id is None):
+            getattr(sp, "ignore_eos", False) or req.eos_token_id is None
+        ):
             return 1
         if sched.kv.next_stop(req) is not None:
             return 1
@@ -134,8 +139,10 @@ class DecodeRun:
     def truncate(self, steps: int) -> None:
         """End the run after step ``steps`` (>= the steps already scheduled)."""
         if not self.scheduled <= steps <= self.steps:
-            raise ValueError(f"cannot end a run of {self.steps} steps, {self.scheduled} scheduled, "
-                             f"after step {steps}")  # fmt: skip
+            raise ValueError(
+                f"cannot end a run of {self.steps} steps, {self.scheduled} scheduled, "
+                f"after step {steps}"
+            )
         self.steps = steps
 
     def advance(self, steps: int) -> list[EngineRequest]:
@@ -150,8 +157,9 @@ class DecodeRun:
         :attr:`~core.kv.backend.KVBackend.mergeable_decode_calls`, calls that would change
         nothing but the request's slot count are merged into the next one."""
         if not self.updated <= steps <= self.steps:
-            raise ValueError(f"run of {self.steps} steps, {self.updated} applied: cannot advance "
-                             f"to step {steps}")  # fmt: skip
+            raise ValueError(
+                f"run of {self.steps} steps, {self.updated} applied: cannot advance to step {steps}"
+            )
         if steps == self.updated:
             return []
         sched = self.scheduler
@@ -177,8 +185,11 @@ class DecodeRun:
             s = steps
             out = SchedulerOutput(
                 chunks=[ScheduledChunk(c.request, c.start + s - 1, 1, True) for c in chunks],
-                now=self.step_start(s))  # fmt: skip
-            sampled = {c.request.request_id: self.tokens[c.request.request_id][s - 1] for c in chunks}
+                now=self.step_start(s),
+            )
+            sampled = {
+                c.request.request_id: self.tokens[c.request.request_id][s - 1] for c in chunks
+            }
             finished = sched.update(out, sampled, self.step_ends[s - 1])
             self.updated = s
         return finished
@@ -240,5 +251,7 @@ class DecodeRun:
         req = chunk.request
         req.num_computed_tokens = chunk.start + have
         if not self.scheduler.kv.allocate(req, upto - have, None, now):
-            raise RuntimeError(f"decode run: KV for request {req.request_id!r} ran out although "
-                               "decode_run_limit said it fits")  # fmt: skip
+            raise RuntimeError(
+                f"decode run: KV for request {req.request_id!r} ran out although "
+                "decode_run_limit said it fits"
+            )

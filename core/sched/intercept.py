@@ -80,11 +80,26 @@ if TYPE_CHECKING:
     from core.workload.schema import Interception
 
 __all__ = [
-    "GPTJ_6B_A100", "INTERCEPT_POLICIES", "LLAMA_13B_TP2_A100", "PCIE4_X16_BYTES_PER_S",
-    "SATURATION_TOKENS_A100", "DiscardPolicy", "InterceptCost", "InterceptPolicy",
-    "IterationPlan", "LinearIterationCost", "MinWastePolicy", "PreservePolicy", "SwapPolicy",
-    "chunked_discard_waste", "discard_waste", "make_intercept_policy", "mean_durations",
-    "preserve_waste", "swap_budget_tokens", "swap_waste",
+    "GPTJ_6B_A100",
+    "INTERCEPT_POLICIES",
+    "LLAMA_13B_TP2_A100",
+    "PCIE4_X16_BYTES_PER_S",
+    "SATURATION_TOKENS_A100",
+    "DiscardPolicy",
+    "InterceptCost",
+    "InterceptPolicy",
+    "IterationPlan",
+    "LinearIterationCost",
+    "MinWastePolicy",
+    "PreservePolicy",
+    "SwapPolicy",
+    "chunked_discard_waste",
+    "discard_waste",
+    "make_intercept_policy",
+    "mean_durations",
+    "preserve_waste",
+    "swap_budget_tokens",
+    "swap_waste",
 ]
 
 SATURATION_TOKENS_A100 = 384
@@ -163,8 +178,9 @@ def preserve_waste(remaining_s: float, context_tokens: int, bytes_per_token: flo
     return remaining_s * context_tokens * bytes_per_token
 
 
-def discard_waste(forward_s: float, context_tokens: int, other_tokens: int,
-                  bytes_per_token: float = 1.0) -> float:
+def discard_waste(
+    forward_s: float, context_tokens: int, other_tokens: int, bytes_per_token: float = 1.0
+) -> float:
     """``T_fwd(C_i)*C_i*M + T_fwd(C_i)*C_other*M``: recomputing the context in one forward of
     ``forward_s`` seconds, while the ``C_other`` tokens of the rest of the batch wait."""
     return forward_s * (context_tokens + other_tokens) * bytes_per_token
@@ -175,9 +191,14 @@ def swap_waste(swap_s: float, batch_tokens: int, bytes_per_token: float = 1.0) -
     return 2.0 * swap_s * batch_tokens * bytes_per_token
 
 
-def chunked_discard_waste(context_tokens: int, decode_tokens: int, other_kv_tokens: int,
-                          cost: InterceptCost, saturation: int = SATURATION_TOKENS_A100,
-                          bytes_per_token: float = 1.0) -> float:
+def chunked_discard_waste(
+    context_tokens: int,
+    decode_tokens: int,
+    other_kv_tokens: int,
+    cost: InterceptCost,
+    saturation: int = SATURATION_TOKENS_A100,
+    bytes_per_token: float = 1.0,
+) -> float:
     """Discard waste when the recomputation is chunked into the unsaturated part of each
     iteration (the authors' ``discard_waste``).
 
@@ -262,8 +283,9 @@ class InterceptPolicy(ABC):
     pipelined_swap: bool = False
 
     @abstractmethod
-    def pause_mode(self, req: EngineRequest, interception: Interception | None,
-                   now: float) -> PauseMode:
+    def pause_mode(
+        self, req: EngineRequest, interception: Interception | None, now: float
+    ) -> PauseMode:
         """The KV mode a request pausing now starts in."""
 
     def plan(self, sched: Scheduler, now: float) -> IterationPlan:
@@ -291,8 +313,9 @@ class PreservePolicy(InterceptPolicy):
     name: str = "preserve"
     requeue: str | None = None
 
-    def pause_mode(self, req: EngineRequest, interception: Interception | None,
-                   now: float) -> PauseMode:
+    def pause_mode(
+        self, req: EngineRequest, interception: Interception | None, now: float
+    ) -> PauseMode:
         return PauseMode.PRESERVE
 
 
@@ -309,8 +332,9 @@ class DiscardPolicy(InterceptPolicy):
         if self.requeue not in ("tail", "head"):
             raise ValueError(f"requeue must be 'tail' or 'head', got {self.requeue!r}")
 
-    def pause_mode(self, req: EngineRequest, interception: Interception | None,
-                   now: float) -> PauseMode:
+    def pause_mode(
+        self, req: EngineRequest, interception: Interception | None, now: float
+    ) -> PauseMode:
         return PauseMode.DISCARD
 
 
@@ -321,8 +345,9 @@ class SwapPolicy(InterceptPolicy):
 
     name: str = "swap"
 
-    def pause_mode(self, req: EngineRequest, interception: Interception | None,
-                   now: float) -> PauseMode:
+    def pause_mode(
+        self, req: EngineRequest, interception: Interception | None, now: float
+    ) -> PauseMode:
         return PauseMode.SWAP
 
 
@@ -359,13 +384,16 @@ class MinWastePolicy(InterceptPolicy):
         if self.saturation < 1:
             raise ValueError(f"saturation must be >= 1, got {self.saturation}")
         if not self.oracle and not self.mean_duration_s:
-            raise ValueError("a non-oracle infercept policy needs mean_duration_s (see "
-                             "core.sched.intercept.mean_durations)")
+            raise ValueError(
+                "a non-oracle infercept policy needs mean_duration_s (see "
+                "core.sched.intercept.mean_durations)"
+            )
         if self.requeue not in ("tail", "head"):
             raise ValueError(f"requeue must be 'tail' or 'head', got {self.requeue!r}")
         if self.preemption_mode not in (None, "recompute", "swap"):
-            raise ValueError(f"preemption_mode must be None, 'recompute' or 'swap', "
-                             f"got {self.preemption_mode!r}")
+            raise ValueError(
+                f"preemption_mode must be None, 'recompute' or 'swap', got {self.preemption_mode!r}"
+            )
         derived = swap_budget_tokens(self.cost, self.saturation)
         for name in ("swap_out_budget_tokens", "swap_in_budget_tokens"):
             value = getattr(self, name)
@@ -374,11 +402,13 @@ class MinWastePolicy(InterceptPolicy):
             elif value < 1:
                 raise ValueError(f"{name} must be >= 1 (or None), got {value}")
         object.__setattr__(self, "mean_duration_s", dict(self.mean_duration_s))
-        object.__setattr__(self, "recompute_saturation",
-                           self.saturation if self.chunked_recompute else None)
+        object.__setattr__(
+            self, "recompute_saturation", self.saturation if self.chunked_recompute else None
+        )
 
-    def pause_mode(self, req: EngineRequest, interception: Interception | None,
-                   now: float) -> PauseMode:
+    def pause_mode(
+        self, req: EngineRequest, interception: Interception | None, now: float
+    ) -> PauseMode:
         return PauseMode.PRESERVE
 
     def remaining_s(self, req: EngineRequest, now: float) -> float:
@@ -393,34 +423,47 @@ class MinWastePolicy(InterceptPolicy):
         started = req.pause_time if req.pause_time is not None else now
         return max(0.0, mean - (now - started))
 
-    def discard_waste_of(self, context_tokens: int, decode_tokens: int,
-                         other_kv_tokens: int) -> float:
+    def discard_waste_of(
+        self, context_tokens: int, decode_tokens: int, other_kv_tokens: int
+    ) -> float:
         """Discard waste of a context, chunked or one-shot as configured."""
         if self.chunked_recompute:
-            return chunked_discard_waste(context_tokens, decode_tokens, other_kv_tokens,
-                                         self.cost, self.saturation)
+            return chunked_discard_waste(
+                context_tokens, decode_tokens, other_kv_tokens, self.cost, self.saturation
+            )
         return discard_waste(self.cost.forward_s(context_tokens), context_tokens, other_kv_tokens)
 
     def wastes(self, sched: Scheduler, now: float) -> list[tuple[EngineRequest, float, float]]:
         """``(request, preserve waste, discard waste)`` of every preserved paused request, in
         tokens x seconds (``M`` is common to both, so left out)."""
-        held = [r for r in sched.paused
-                if r.pause_mode == PauseMode.PRESERVE and r.num_computed_tokens > 0]
+        held = [
+            r
+            for r in sched.paused
+            if r.pause_mode == PauseMode.PRESERVE and r.num_computed_tokens > 0
+        ]
         if not held:
             return []
         # the running batch as this iteration will compute it (the authors' inflight tokens)
         decode = sum(r.num_uncomputed_tokens for r in sched.running)
         other = sum(r.num_computed_tokens for r in sched.running)
-        return [(r, preserve_waste(self.remaining_s(r, now), r.num_computed_tokens),
-                 self.discard_waste_of(r.num_computed_tokens, decode, other)) for r in held]
+        return [
+            (
+                r,
+                preserve_waste(self.remaining_s(r, now), r.num_computed_tokens),
+                self.discard_waste_of(r.num_computed_tokens, decode, other),
+            )
+            for r in held
+        ]
 
     def plan(self, sched: Scheduler, now: float) -> IterationPlan:
         candidates = [(w_d, r) for r, w_p, w_d in self.wastes(sched, now) if w_d < w_p]
         if not candidates:
             return _NOTHING
         top = max(w for w, _ in candidates)
-        return IterationPlan(discard=[r for w, r in candidates if w < top],
-                             swap_targets=[r for w, r in candidates if w == top])
+        return IterationPlan(
+            discard=[r for w, r in candidates if w < top],
+            swap_targets=[r for w, r in candidates if w == top],
+        )
 
     def quiet(self, sched: Scheduler, now: float) -> bool:
         # In a decode run preserve waste only falls (the call comes closer) and discard waste
@@ -432,8 +475,9 @@ class MinWastePolicy(InterceptPolicy):
 INTERCEPT_POLICIES = ("preserve", "vllm", "improved-discard", "swap", "infercept")
 
 
-def make_intercept_policy(policy: InterceptPolicy | str | None = None,
-                          **options: Any) -> InterceptPolicy:
+def make_intercept_policy(
+    policy: InterceptPolicy | str | None = None, **options: Any
+) -> InterceptPolicy:
     """A policy by name (:data:`INTERCEPT_POLICIES`), or ``policy`` itself; None is
     ``"preserve"``. ``options`` go to :class:`MinWastePolicy` (``cost``, ``saturation``,
     ``oracle``, ``mean_duration_s``, ``chunked_recompute``, ``swap_out_budget_tokens``,
@@ -447,8 +491,9 @@ def make_intercept_policy(policy: InterceptPolicy | str | None = None,
     if name == "infercept":
         return MinWastePolicy(**options)
     if name not in INTERCEPT_POLICIES:
-        raise ValueError(f"unknown interception policy {policy!r} "
-                         f"(choose from {', '.join(INTERCEPT_POLICIES)})")
+        raise ValueError(
+            f"unknown interception policy {policy!r} (choose from {', '.join(INTERCEPT_POLICIES)})"
+        )
     if options:
         raise ValueError(f"interception policy {name!r} takes no options, got {sorted(options)}")
     if name == "preserve":

@@ -143,7 +143,9 @@ class PrebleGroupPolicy(QueuePolicy):
 
 
 POLICIES: dict[str, type[QueuePolicy]] = {
-    "fcfs": FCFS, "priority": PriorityPolicy, "preble-priority": PrebleGroupPolicy,
+    "fcfs": FCFS,
+    "priority": PriorityPolicy,
+    "preble-priority": PrebleGroupPolicy,
 }
 
 

@@ -71,9 +71,13 @@ class SchedulerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.preemption_mode not in ("recompute", "swap"):
-            raise ValueError(f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}")
+            raise ValueError(
+                f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}"
+            )
         if self.discard_requeue not in ("tail", "head"):
-            raise ValueError(f"discard_requeue must be 'tail' or 'head', got {self.discard_requeue!r}")
+            raise ValueError(
+                f"discard_requeue must be 'tail' or 'head', got {self.discard_requeue!r}"
+            )
 
 
 @dataclass
@@ -140,9 +144,13 @@ class Scheduler:
         super().__init_subclass__(**kwargs)
         cls.supports_decode_runs = bool(cls.__dict__.get("supports_decode_runs", False))
 
-    def __init__(self, config: SchedulerConfig, kv: KVBackend,
-                 policy: QueuePolicy | str = "fcfs",
-                 intercept: InterceptPolicy | str | None = None) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        kv: KVBackend,
+        policy: QueuePolicy | str = "fcfs",
+        intercept: InterceptPolicy | str | None = None,
+    ) -> None:
         self.config = config
         self.kv = kv
         self.policy = make_policy(policy)
@@ -185,11 +193,15 @@ class Scheduler:
             return f"prompt of {n} tokens does not fit max_model_len={cfg.max_model_len}"
         need = n + req.max_tokens + sum(i.returned_tokens for i in req.interceptions)
         if need > self.kv.capacity_tokens:
-            return (f"needs KV for {need} tokens (prompt + max_tokens + tool returns), the "
-                    f"cache holds {self.kv.capacity_tokens}")
+            return (
+                f"needs KV for {need} tokens (prompt + max_tokens + tool returns), the "
+                f"cache holds {self.kv.capacity_tokens}"
+            )
         if not cfg.enable_chunked_prefill and n > cfg.max_num_batched_tokens:
-            return (f"prompt of {n} tokens exceeds max_num_batched_tokens="
-                    f"{cfg.max_num_batched_tokens} without chunked prefill")
+            return (
+                f"prompt of {n} tokens exceeds max_num_batched_tokens="
+                f"{cfg.max_num_batched_tokens} without chunked prefill"
+            )
         return None
 
     def _enqueue(self, queue: list[EngineRequest], req: EngineRequest) -> None:
@@ -203,8 +215,14 @@ class Scheduler:
         self._finish(req, RequestStatus.FINISHED_ABORTED, now)
         return True
 
-    def pause(self, request_id: str, now: float, mode: PauseMode = PauseMode.PRESERVE,
-              resume_time: float | None = None, interception: Any = None) -> None:
+    def pause(
+        self,
+        request_id: str,
+        now: float,
+        mode: PauseMode = PauseMode.PRESERVE,
+        resume_time: float | None = None,
+        interception: Any = None,
+    ) -> None:
         """Stop a running request mid-generation (an external call); :meth:`resume` continues it.
 
         ``resume_time``: when the call returns (the scheduler resumes it then by itself);
@@ -365,8 +383,10 @@ class Scheduler:
         for req in plan.discard:
             self._discard_paused(req, now)
         self._swap_targets = list(plan.swap_targets)
-        self._link_left = [math.inf if b is None else b
-                           for b in (pol.swap_out_budget_tokens, pol.swap_in_budget_tokens)]
+        self._link_left = [
+            math.inf if b is None else b
+            for b in (pol.swap_out_budget_tokens, pol.swap_in_budget_tokens)
+        ]
         if pol.recompute_saturation is None:
             self._recompute_left = None
         else:
@@ -404,8 +424,7 @@ class Scheduler:
             if req.status != RequestStatus.PAUSED or req.pause_mode != PauseMode.PRESERVE:
                 continue
             tokens = self._kv_tokens(req)
-            if (self.kv.supports_swap and tokens <= self._link_left[0]
-                    and self.kv.can_swap_out(req)):
+            if self.kv.supports_swap and tokens <= self._link_left[0] and self.kv.can_swap_out(req):
                 self.kv.swap_out(req)
                 req.pause_mode = PauseMode.SWAP
                 self._link_left[0] -= tokens
@@ -436,22 +455,30 @@ class Scheduler:
         """The policy's order for this step's admissions, asked only when one will be tried:
         the steps a decode run skips would not ask it, so a stateful policy sees the same calls
         with the simulator's fast-forward on or off."""
-        if not (self.waiting and budget > 0 and not self.swapped
-                and len(self.running) < self.config.max_num_seqs):
+        if not (
+            self.waiting
+            and budget > 0
+            and not self.swapped
+            and len(self.running) < self.config.max_num_seqs
+        ):
             return None
         return self.policy.admission_order(self.waiting, self._cached_tokens)
 
     def _cached_tokens(self, req: EngineRequest) -> int:
         return self.kv.peek_prefix(req.token_ids)
 
-    def _chunk_size(self, req: EngineRequest, budget: int,
-                    stops: tuple[int, ...] | None = None) -> int:
+    def _chunk_size(
+        self, req: EngineRequest, budget: int, stops: tuple[int, ...] | None = None
+    ) -> int:
         remaining = req.num_uncomputed_tokens
         n = min(remaining, budget)
         if not self.config.enable_chunked_prefill and n < remaining:
             return 0
-        stop = (next((p for p in stops if p > req.num_computed_tokens), None)
-                if stops is not None else self.kv.next_stop(req))
+        stop = (
+            next((p for p in stops if p > req.num_computed_tokens), None)
+            if stops is not None
+            else self.kv.next_stop(req)
+        )
         if stop is not None:
             n = min(n, stop - req.num_computed_tokens)
         return max(n, 0)
@@ -495,8 +522,13 @@ class Scheduler:
 
     # -- after the forward ----------------------------------------------------------------------
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, int], now: float,
-               logprobs: dict[str, Any] | None = None) -> list[EngineRequest]:
+    def update(
+        self,
+        out: SchedulerOutput,
+        sampled: dict[str, int],
+        now: float,
+        logprobs: dict[str, Any] | None = None,
+    ) -> list[EngineRequest]:
         """Advance every scheduled request by its chunk and append its sampled token; returns
         the requests that finished in this step."""
         finished: list[EngineRequest] = []
@@ -505,7 +537,9 @@ class Scheduler:
             if req.is_finished or req.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
             # tokens below the high-water mark were computed before and dropped: recomputation
-            req.timeline.recomputed_tokens += max(0, min(chunk.end, req.max_computed_tokens) - chunk.start)
+            req.timeline.recomputed_tokens += max(
+                0, min(chunk.end, req.max_computed_tokens) - chunk.start
+            )
             req.num_computed_tokens = chunk.end
             req.max_computed_tokens = max(req.max_computed_tokens, chunk.end)
             if not chunk.sample:
@@ -549,11 +583,13 @@ class Scheduler:
             if req in queue:
                 queue.remove(req)
         holds_kv = prev == RequestStatus.RUNNING or (
-            prev == RequestStatus.PAUSED and req.pause_mode == PauseMode.PRESERVE)
+            prev == RequestStatus.PAUSED and req.pause_mode == PauseMode.PRESERVE
+        )
         if holds_kv:
             self.kv.free(req, now, cache=status != RequestStatus.FINISHED_ERROR)
         elif prev in (RequestStatus.SWAPPED,) or (
-                prev == RequestStatus.PAUSED and req.pause_mode == PauseMode.SWAP):
+            prev == RequestStatus.PAUSED and req.pause_mode == PauseMode.SWAP
+        ):
             self.kv.free(req, now, cache=False)
         self._swap_in_moved.pop(req.request_id, None)
         req.status = status

@@ -15,6 +15,14 @@ from core.sim.simulator import (
 )
 
 __all__ = [
-    "ProfileError", "ProfiledCostModel", "ReplicaConfig", "SimReplica", "SimResult", "SimSampling",
-    "SimulatedRunner", "Simulator", "StepCost", "to_engine_request",
+    "ProfileError",
+    "ProfiledCostModel",
+    "ReplicaConfig",
+    "SimReplica",
+    "SimResult",
+    "SimSampling",
+    "SimulatedRunner",
+    "Simulator",
+    "StepCost",
+    "to_engine_request",
 ]

@@ -179,8 +179,15 @@ class Efficiency:
     collective_launch_s: float = 20e-6
     step_overhead_s: float = 1e-3
 
-    FRACTIONS = ("gemm_compute", "attention_compute", "vector_compute", "memory",
-                 "elementwise_memory", "gather_memory", "comm")  # fmt: skip
+    FRACTIONS = (
+        "gemm_compute",
+        "attention_compute",
+        "vector_compute",
+        "memory",
+        "elementwise_memory",
+        "gather_memory",
+        "comm",
+    )
     SECONDS = ("kernel_launch_s", "collective_launch_s", "step_overhead_s")
 
     def __post_init__(self) -> None:
@@ -205,7 +212,9 @@ class Efficiency:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown efficiency factors {unknown}; known: {sorted(known)}")
+            raise ValueError(
+                f"{where}: unknown efficiency factors {unknown}; known: {sorted(known)}"
+            )
         return cls(**{k: float(v) for k, v in values.items()})
 
     def with_(self, **changes: float) -> Efficiency:
@@ -221,6 +230,7 @@ def _default_efficiency_file() -> Path:
     from core.data import DATA_DIR
 
     return Path(DATA_DIR) / EFFICIENCY_FILE
+
 
 _efficiency_cache: dict[tuple[str, float], dict[str, Any]] = {}
 
@@ -279,9 +289,18 @@ def combine(t_compute: float, t_memory: float, ridge_blend: float = 0.0) -> floa
     return m * ((t_compute / m) ** n + (t_memory / m) ** n) ** ridge_blend
 
 
-def roofline_seconds(flops: Any, nbytes: Any, *, peak: Any, bandwidth: Any, compute_eff: Any,
-                     memory_eff: Any, ridge_blend: float = 0.0, launches: Any = 1,
-                     launch_s: Any = 0.0) -> Any:  # fmt: skip
+def roofline_seconds(
+    flops: Any,
+    nbytes: Any,
+    *,
+    peak: Any,
+    bandwidth: Any,
+    compute_eff: Any,
+    memory_eff: Any,
+    ridge_blend: float = 0.0,
+    launches: Any = 1,
+    launch_s: Any = 0.0,
+) -> Any:
     """:func:`combine` of ``flops / (peak * compute_eff)`` and ``nbytes / (bandwidth *
     memory_eff)``, plus ``launches * launch_s``; broadcasts over numpy arrays (returns a float
     for scalar inputs)."""
@@ -296,8 +315,17 @@ def roofline_seconds(flops: Any, nbytes: Any, *, peak: Any, bandwidth: Any, comp
     return float(out) if np.ndim(out) == 0 else out
 
 
-def ring_seconds(nbytes: Any, tp: Any, *, bandwidth: Any, latency_s: Any, comm_eff: Any,
-                 launches: Any = 1, launch_s: Any = 0.0, collective: str = "all_reduce") -> Any:  # fmt: skip
+def ring_seconds(
+    nbytes: Any,
+    tp: Any,
+    *,
+    bandwidth: Any,
+    latency_s: Any,
+    comm_eff: Any,
+    launches: Any = 1,
+    launch_s: Any = 0.0,
+    collective: str = "all_reduce",
+) -> Any:
     """Seconds of ``launches`` ring collectives over ``tp`` ranks moving ``nbytes`` of payload
     in total (all-reduce: ``2 (p-1)/p`` of it crosses each link in ``2 (p-1)`` steps;
     all-gather: ``(p-1)/p`` in ``p-1`` steps; payload = the full tensor); 0 when ``tp == 1``.
@@ -313,8 +341,9 @@ def ring_seconds(nbytes: Any, tp: Any, *, bandwidth: Any, latency_s: Any, comm_e
     return float(t) if np.ndim(t) == 0 else t
 
 
-def op_ceilings(kind: OpKind, hardware: Hardware, dtype: Any,
-                efficiency: Efficiency) -> tuple[float, float, float, float]:  # fmt: skip
+def op_ceilings(
+    kind: OpKind, hardware: Hardware, dtype: Any, efficiency: Efficiency
+) -> tuple[float, float, float, float]:
     """``(peak FLOP/s, compute efficiency, bandwidth, memory efficiency)`` for an operator of
     ``kind`` (see the module doc's table). ``COMM`` operators use :func:`ring_seconds`."""
     bw = hardware.memory_bandwidth
@@ -326,7 +355,9 @@ def op_ceilings(kind: OpKind, hardware: Hardware, dtype: Any,
         return hardware.peak("fp32"), efficiency.vector_compute, bw, efficiency.elementwise_memory
     if kind is OpKind.MEMORY:
         return hardware.peak("fp32"), efficiency.vector_compute, bw, efficiency.gather_memory
-    raise ValueError(f"no roofline ceilings for operator kind {kind!r} (collectives use ring_seconds)")
+    raise ValueError(
+        f"no roofline ceilings for operator kind {kind!r} (collectives use ring_seconds)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,8 +391,9 @@ class CostModel(ABC):
     """
 
     @abstractmethod
-    def step_time(self, prefill_chunks: Sequence[tuple[int, int]] = (),
-                  decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+    def step_time(
+        self, prefill_chunks: Sequence[tuple[int, int]] = (), decode_contexts: Sequence[int] = ()
+    ) -> float:
         """Seconds of one step over the batch."""
 
     def step_time_for(self, out: Any) -> float:
@@ -443,7 +475,9 @@ _SNAP = 1e-12  # coefficients that contribute less than this, relatively, are ro
 _CHECK_RTOL = 1e-12
 
 
-def _batch_features(chunks: Sequence[tuple[int, int]], window: int | None) -> tuple[int, int, int, int]:
+def _batch_features(
+    chunks: Sequence[tuple[int, int]], window: int | None
+) -> tuple[int, int, int, int]:
     """``(T, S, A, K)`` of a batch of ``(new_tokens, context_before)`` chunks (chunks with no
     new tokens do not count), exactly as :meth:`ModelSpec.operators` sums them."""
     T = S = A = K = 0
@@ -470,7 +504,9 @@ def _lin(terms: tuple[tuple[int, float], ...], x: Sequence[Any]) -> Any:
     return v
 
 
-def _solve_exact(rows: list[list[Fraction]], rhs: list[list[Fraction]]) -> list[list[Fraction]] | None:
+def _solve_exact(
+    rows: list[list[Fraction]], rhs: list[list[Fraction]]
+) -> list[list[Fraction]] | None:
     """Solve ``rows @ X = rhs`` (square, exact rationals) for every right-hand column; None if
     singular."""
     n = len(rows)
@@ -494,16 +530,19 @@ def _combine_arrays(t_compute: Any, t_memory: Any, ridge_blend: float) -> np.nda
     bit-identical to calling it on that pair: the power is Python's, not numpy's, whose SIMD
     versions may round differently)."""
     if not isinstance(t_compute, np.ndarray) or not isinstance(t_memory, np.ndarray):
-        t_compute, t_memory = np.broadcast_arrays(np.asarray(t_compute, dtype=float),
-                                                  np.asarray(t_memory, dtype=float))  # fmt: skip
+        t_compute, t_memory = np.broadcast_arrays(
+            np.asarray(t_compute, dtype=float), np.asarray(t_memory, dtype=float)
+        )
     if ridge_blend <= 0:
         return np.maximum(t_compute, t_memory)
     n, b = 1.0 / ridge_blend, ridge_blend
-    return np.array([
-        m * ((c / m) ** n + (t / m) ** n) ** b if m > 0 else m
-        for c, t in zip(t_compute.tolist(), t_memory.tolist(), strict=True)
-        for m in (c if c > t else t,)
-    ])  # fmt: skip
+    return np.array(
+        [
+            m * ((c / m) ** n + (t / m) ** n) ** b if m > 0 else m
+            for c, t in zip(t_compute.tolist(), t_memory.tolist(), strict=True)
+            for m in (c if c > t else t,)
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -526,8 +565,13 @@ class _LinearOp:
 class _FastRoofline:
     """The fast path of one :class:`RooflineCostModel` (see the module doc)."""
 
-    def __init__(self, model: RooflineCostModel, ops: list[_LinearOp], moe: tuple[int, int] | None,
-                 window: int | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: RooflineCostModel,
+        ops: list[_LinearOp],
+        moe: tuple[int, int] | None,
+        window: int | None,
+    ) -> None:
         self.model = model
         self.efficiency = model.efficiency
         self.blend = model.efficiency.ridge_blend
@@ -569,10 +613,13 @@ class _FastRoofline:
                 col = i * len(quantities) + qi
                 coefs = [sol[j][col] for j in range(nfeat)]
                 big = max(abs(r[col]) for r in rhs)
-                terms.append(tuple(
-                    (j, float(c)) for j, c in enumerate(coefs)
-                    if c != 0 and abs(c) * scale_col[j] > _SNAP * big
-                ))  # fmt: skip
+                terms.append(
+                    tuple(
+                        (j, float(c))
+                        for j, c in enumerate(coefs)
+                        if c != 0 and abs(c) * scale_col[j] > _SNAP * big
+                    )
+                )
             flops, nbytes, comm = terms
             if kind is OpKind.COMM:
                 c_rate = m_rate = 0.0
@@ -583,8 +630,9 @@ class _FastRoofline:
             dynamic = any(j in (3, 4) for t in terms for j, _ in t)
             if dynamic and kind is OpKind.COMM:
                 return None, f"collective {name} depends on the attended context"
-            lin_ops.append(_LinearOp(name, kind, count, flops, nbytes, comm, c_rate, m_rate,
-                                     launch, dynamic))  # fmt: skip
+            lin_ops.append(
+                _LinearOp(name, kind, count, flops, nbytes, comm, c_rate, m_rate, launch, dynamic)
+            )
         fast = cls(model, lin_ops, moe, window)
         problem = fast.check(_CHECKS)
         return (None, problem) if problem else (fast, "")
@@ -602,7 +650,11 @@ class _FastRoofline:
                 return f"operators differ on batch {b}"
             for o in ref:
                 lo = by_name[o.name]
-                for q, terms in (("flops", lo.flops), ("bytes", lo.nbytes), ("comm_bytes", lo.comm)):
+                for q, terms in (
+                    ("flops", lo.flops),
+                    ("bytes", lo.nbytes),
+                    ("comm_bytes", lo.comm),
+                ):
                     want, got = float(getattr(o, q)), float(_lin(terms, x))
                     if abs(got - want) > _CHECK_RTOL * max(abs(want), abs(got)):
                         return f"{o.name}.{q} is not linear in the features ({got!r} != {want!r})"
@@ -629,9 +681,16 @@ class _FastRoofline:
         if op.kind is OpKind.COMM:
             m, eff = self.model, self.efficiency
             collective = "all_gather" if op.name.endswith("allgather") else "all_reduce"
-            return ring_seconds(_lin(op.comm, x), m.tp, bandwidth=m.link_bandwidth,
-                                latency_s=m.link_latency_s, comm_eff=eff.comm, launches=op.count,
-                                launch_s=eff.collective_launch_s, collective=collective)  # fmt: skip
+            return ring_seconds(
+                _lin(op.comm, x),
+                m.tp,
+                bandwidth=m.link_bandwidth,
+                latency_s=m.link_latency_s,
+                comm_eff=eff.comm,
+                launches=op.count,
+                launch_s=eff.collective_launch_s,
+                collective=collective,
+            )
         tc = _lin(op.flops, x) / op.compute_rate
         tm = _lin(op.nbytes, x) / op.memory_rate
         work: np.ndarray | float
@@ -745,7 +804,9 @@ class RooflineCostModel(CostModel):
         self.link_bandwidth, self.link_latency_s = self.hardware.collective_link(self.tp)
         if efficiency is not None:
             if not isinstance(efficiency, Efficiency):
-                raise TypeError(f"efficiency must be an Efficiency, got {type(efficiency).__name__}")
+                raise TypeError(
+                    f"efficiency must be an Efficiency, got {type(efficiency).__name__}"
+                )
             self.efficiency, self.efficiency_source = efficiency, "given"
         else:
             loaded = load_efficiency(self.hardware, efficiency_file)
@@ -765,8 +826,10 @@ class RooflineCostModel(CostModel):
             h, kv = s.attention.n_heads, s.attention.n_kv_heads
             kv_ok = kv % tp == 0 or tp % kv == 0
             if h % tp or not kv_ok:
-                problems.append(f"{h} attention heads and {kv} KV heads (tp must divide the heads, "
-                                "and divide the KV heads or be a multiple of them)")  # fmt: skip
+                problems.append(
+                    f"{h} attention heads and {kv} KV heads (tp must divide the heads, "
+                    "and divide the KV heads or be a multiple of them)"
+                )
         if s.mamba is not None and s.mamba.n_heads % tp:
             problems.append(f"{s.mamba.n_heads} SSM heads")
         if problems:
@@ -790,7 +853,9 @@ class RooflineCostModel(CostModel):
         if not s.attention:
             return 0
         kv_heads = math.ceil(s.attention.n_kv_heads / self.tp)
-        per = s.n_attention_layers * 2 * kv_heads * s.attention.head_dim * dtype_bytes(self.kv_dtype)
+        per = (
+            s.n_attention_layers * 2 * kv_heads * s.attention.head_dim * dtype_bytes(self.kv_dtype)
+        )
         return math.ceil(per)
 
     @property
@@ -805,8 +870,11 @@ class RooflineCostModel(CostModel):
         return self.hardware.memory_bytes * util
 
     def _check_memory(self) -> None:
-        need = (self.weight_bytes_per_device + self.min_kv_tokens * self.kv_bytes_per_token_per_device
-                + self.ssm_state_bytes_per_device)  # fmt: skip
+        need = (
+            self.weight_bytes_per_device
+            + self.min_kv_tokens * self.kv_bytes_per_token_per_device
+            + self.ssm_state_bytes_per_device
+        )
         have = self._usable_bytes(None)
         if need > have:
             raise ValueError(
@@ -839,21 +907,35 @@ class RooflineCostModel(CostModel):
 
     # ---- timing -----------------------------------------------------------------------------
 
-    def operators(self, prefill_chunks: Sequence[tuple[int, int]] = (),
-                  decode_contexts: Sequence[int] = ()) -> list[Operator]:  # fmt: skip
+    def operators(
+        self, prefill_chunks: Sequence[tuple[int, int]] = (), decode_contexts: Sequence[int] = ()
+    ) -> list[Operator]:
         """The step's operators per rank (:meth:`ModelSpec.operators` with this model's ``tp``
         and dtypes)."""
-        return self.spec.operators(prefill_chunks, decode_contexts, tp=self.tp, dtype=self.dtype,
-                                   kv_dtype=self.kv_dtype, ssm_dtype=self.ssm_dtype)  # fmt: skip
+        return self.spec.operators(
+            prefill_chunks,
+            decode_contexts,
+            tp=self.tp,
+            dtype=self.dtype,
+            kv_dtype=self.kv_dtype,
+            ssm_dtype=self.ssm_dtype,
+        )
 
     def op_time(self, op: Operator) -> OpTime:
         """The cost of one operator (see the module doc)."""
         eff = self.efficiency
         if op.kind is OpKind.COMM:
             collective = "all_gather" if op.name.endswith("allgather") else "all_reduce"
-            t = ring_seconds(op.comm_bytes, self.tp, bandwidth=self.link_bandwidth,
-                             latency_s=self.link_latency_s, comm_eff=eff.comm, launches=op.count,
-                             launch_s=eff.collective_launch_s, collective=collective)  # fmt: skip
+            t = ring_seconds(
+                op.comm_bytes,
+                self.tp,
+                bandwidth=self.link_bandwidth,
+                latency_s=self.link_latency_s,
+                comm_eff=eff.comm,
+                launches=op.count,
+                launch_s=eff.collective_launch_s,
+                collective=collective,
+            )
             return OpTime(op.name, op.kind, op.count, t, 0.0, 0.0, t, 0.0)
         peak, ce, bw, me = op_ceilings(op.kind, self.hardware, self.dtype, eff)
         compute = op.flops / (peak * ce)
@@ -862,14 +944,16 @@ class RooflineCostModel(CostModel):
         work = combine(compute, memory, eff.ridge_blend)
         return OpTime(op.name, op.kind, op.count, work + overhead, compute, memory, 0.0, overhead)
 
-    def per_layer_times(self, prefill_chunks: Sequence[tuple[int, int]] = (),
-                        decode_contexts: Sequence[int] = ()) -> list[OpTime]:  # fmt: skip
+    def per_layer_times(
+        self, prefill_chunks: Sequence[tuple[int, int]] = (), decode_contexts: Sequence[int] = ()
+    ) -> list[OpTime]:
         """The cost of each operator of the step, in forward order (``OpTime.per_layer`` is one
         layer's share). The step time is their sum plus ``step_overhead_s``."""
         return [self.op_time(op) for op in self.operators(prefill_chunks, decode_contexts)]
 
-    def step_time_reference(self, prefill_chunks: Sequence[tuple[int, int]] = (),
-                            decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+    def step_time_reference(
+        self, prefill_chunks: Sequence[tuple[int, int]] = (), decode_contexts: Sequence[int] = ()
+    ) -> float:
         """:meth:`step_time` from the operator list (the definition; slow: it builds every
         :class:`Operator`). The fast path agrees with it to ~1e-15 relative."""
         ops = self.per_layer_times(prefill_chunks, decode_contexts)
@@ -890,8 +974,9 @@ class RooflineCostModel(CostModel):
         ``fast_path_reason`` says why."""
         return self._fast_model() is not None
 
-    def step_time(self, prefill_chunks: Sequence[tuple[int, int]] = (),
-                  decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+    def step_time(
+        self, prefill_chunks: Sequence[tuple[int, int]] = (), decode_contexts: Sequence[int] = ()
+    ) -> float:
         fast = self._fast_model()
         if fast is None:
             return self.step_time_reference(prefill_chunks, decode_contexts)
@@ -919,18 +1004,25 @@ class RooflineCostModel(CostModel):
         """What the model is, for provenance: model, hardware, tp, dtypes, the factors and
         their source, memory plan."""
         out: dict[str, Any] = {
-            "cost_model": "roofline", "model": self.spec.name, "hardware": self.hardware.name,
-            "hardware_source": self.hardware.source, "tp": self.tp, "dtype": self.dtype,
-            "kv_dtype": str(self.kv_dtype), "efficiency": self.efficiency.to_dict(),
+            "cost_model": "roofline",
+            "model": self.spec.name,
+            "hardware": self.hardware.name,
+            "hardware_source": self.hardware.source,
+            "tp": self.tp,
+            "dtype": self.dtype,
+            "kv_dtype": str(self.kv_dtype),
+            "efficiency": self.efficiency.to_dict(),
             "efficiency_source": self.efficiency_source,
             "weight_bytes_per_device": self.weight_bytes_per_device,
             "kv_bytes_per_token_per_device": self.kv_bytes_per_token_per_device,
             "memory_utilization": self.memory_utilization,
-        }  # fmt: skip
+        }
         if self.kv_bytes_per_token_per_device:
             out["max_kv_tokens"] = self.max_kv_tokens()
         return out
 
     def __repr__(self) -> str:
-        return (f"RooflineCostModel({self.spec.name!r}, {self.hardware.name!r}, tp={self.tp}, "
-                f"dtype={self.dtype!r}, efficiency={self.efficiency_source})")  # fmt: skip
+        return (
+            f"RooflineCostModel({self.spec.name!r}, {self.hardware.name!r}, tp={self.tp}, "
+            f"dtype={self.dtype!r}, efficiency={self.efficiency_source})"
+        )

@@ -56,14 +56,24 @@ DTYPE_KEYS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "fp8")
 """The dtype keys of :attr:`Hardware.peak_flops`."""
 
 _DTYPE_ALIASES = {
-    "fp32": "fp32", "float32": "fp32", "float": "fp32",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
     "tf32": "tf32",
-    "fp16": "fp16", "float16": "fp16", "half": "fp16",
-    "bf16": "bf16", "bfloat16": "bf16",
-    "fp8": "fp8", "float8": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
-    "float8_e4m3fn": "fp8", "float8_e4m3fnuz": "fp8", "float8_e5m2": "fp8",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp8": "fp8",
+    "float8": "fp8",
+    "fp8_e4m3": "fp8",
+    "fp8_e5m2": "fp8",
+    "float8_e4m3fn": "fp8",
+    "float8_e4m3fnuz": "fp8",
+    "float8_e5m2": "fp8",
     "float8_e5m2fnuz": "fp8",
-}  # fmt: skip
+}
 
 
 def dtype_key(dtype: Any) -> str:
@@ -115,12 +125,21 @@ class Hardware:
         if self.devices_per_node < 1:
             raise ValueError(f"{self.name}: devices_per_node must be >= 1")
         if (self.internode_bandwidth is None) != (self.internode_latency_s is None):
-            raise ValueError(f"{self.name}: give both internode_bandwidth and internode_latency_s "
-                             "or neither")  # fmt: skip
+            raise ValueError(
+                f"{self.name}: give both internode_bandwidth and internode_latency_s or neither"
+            )
 
     def __hash__(self) -> int:
-        return hash((self.name, tuple(sorted(self.peak_flops.items())), self.memory_bandwidth,
-                     self.memory_bytes, self.link_bandwidth, self.link_latency_s))  # fmt: skip
+        return hash(
+            (
+                self.name,
+                tuple(sorted(self.peak_flops.items())),
+                self.memory_bandwidth,
+                self.memory_bytes,
+                self.link_bandwidth,
+                self.link_latency_s,
+            )
+        )
 
     @property
     def dtypes(self) -> tuple[str, ...]:
@@ -132,8 +151,10 @@ class Hardware:
         device and its dtypes if it has none (e.g. fp8 on an A100)."""
         key = dtype_key(dtype)
         if key not in self.peak_flops:
-            raise ValueError(f"{self.name} has no {key} peak (no {key} tensor cores); its dtypes: "
-                             f"{', '.join(self.dtypes)}")  # fmt: skip
+            raise ValueError(
+                f"{self.name} has no {key} peak (no {key} tensor cores); its dtypes: "
+                f"{', '.join(self.dtypes)}"
+            )
         return self.peak_flops[key]
 
     def collective_link(self, tp: int) -> tuple[float, float]:
@@ -143,8 +164,10 @@ class Hardware:
         if tp <= self.devices_per_node:
             return self.link_bandwidth, self.link_latency_s
         if self.internode_bandwidth is None or self.internode_latency_s is None:
-            raise ValueError(f"tp={tp} spans nodes of {self.devices_per_node} {self.name} devices, "
-                             f"and {self.name} has no inter-node link in the table")  # fmt: skip
+            raise ValueError(
+                f"tp={tp} spans nodes of {self.devices_per_node} {self.name} devices, "
+                f"and {self.name} has no inter-node link in the table"
+            )
         return self.internode_bandwidth, self.internode_latency_s
 
     def with_(self, **changes: Any) -> Hardware:
@@ -174,13 +197,22 @@ def _a100(name: str, mem_gib: int, bandwidth_gbs: float) -> Hardware:
     # InfiniBand port per GPU (25 GB/s each way).
     return Hardware(
         name=name,
-        peak_flops={"fp32": 19.5 * TFLOPS, "tf32": 156 * TFLOPS, "fp16": 312 * TFLOPS,
-                    "bf16": 312 * TFLOPS},
-        memory_bandwidth=bandwidth_gbs * GB, memory_bytes=mem_gib * GiB,
-        link="nvlink3", link_bandwidth=300 * GB, link_latency_s=_NVLINK_HOP_S,
-        devices_per_node=8, internode_bandwidth=25 * GB, internode_latency_s=_IB_HOP_S,
+        peak_flops={
+            "fp32": 19.5 * TFLOPS,
+            "tf32": 156 * TFLOPS,
+            "fp16": 312 * TFLOPS,
+            "bf16": 312 * TFLOPS,
+        },
+        memory_bandwidth=bandwidth_gbs * GB,
+        memory_bytes=mem_gib * GiB,
+        link="nvlink3",
+        link_bandwidth=300 * GB,
+        link_latency_s=_NVLINK_HOP_S,
+        devices_per_node=8,
+        internode_bandwidth=25 * GB,
+        internode_latency_s=_IB_HOP_S,
         source=f"NVIDIA A100 Tensor Core GPU datasheet, SXM4 {mem_gib}GB column, dense figures",
-    )  # fmt: skip
+    )
 
 
 def _hopper(name: str, mem_gib: int, bandwidth_gbs: float, sheet: str) -> Hardware:
@@ -191,58 +223,99 @@ def _hopper(name: str, mem_gib: int, bandwidth_gbs: float, sheet: str) -> Hardwa
     # InfiniBand (ConnectX-7) port per GPU (50 GB/s each way).
     return Hardware(
         name=name,
-        peak_flops={"fp32": 67 * TFLOPS, "tf32": 494.5 * TFLOPS, "fp16": 989.5 * TFLOPS,
-                    "bf16": 989.5 * TFLOPS, "fp8": 1979 * TFLOPS},
-        memory_bandwidth=bandwidth_gbs * GB, memory_bytes=mem_gib * GiB,
-        link="nvlink4", link_bandwidth=450 * GB, link_latency_s=_NVLINK_HOP_S,
-        devices_per_node=8, internode_bandwidth=50 * GB, internode_latency_s=_IB_HOP_S,
+        peak_flops={
+            "fp32": 67 * TFLOPS,
+            "tf32": 494.5 * TFLOPS,
+            "fp16": 989.5 * TFLOPS,
+            "bf16": 989.5 * TFLOPS,
+            "fp8": 1979 * TFLOPS,
+        },
+        memory_bandwidth=bandwidth_gbs * GB,
+        memory_bytes=mem_gib * GiB,
+        link="nvlink4",
+        link_bandwidth=450 * GB,
+        link_latency_s=_NVLINK_HOP_S,
+        devices_per_node=8,
+        internode_bandwidth=50 * GB,
+        internode_latency_s=_IB_HOP_S,
         source=f"{sheet}, dense figures",
-    )  # fmt: skip
+    )
 
 
-GPUS: Mapping[str, Hardware] = MappingProxyType({
-    "a100-40g": _a100("a100-40g", 40, 1555),
-    "a100-80g": _a100("a100-80g", 80, 2039),
-    # H100 SXM5 80GB: HBM3 at 3.35 TB/s.
-    "h100-sxm": _hopper("h100-sxm", 80, 3350, "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM "
-                        "column"),
-    # H200 SXM 141GB: HBM3e at 4.8 TB/s.
-    "h200": _hopper("h200", 141, 4800, "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column"),
-    # NVIDIA L40S datasheet (Ada): FP32 91.6 TFLOPS; TF32 Tensor Core 183 (366 with sparsity);
-    # BF16/FP16 Tensor Core 362.05 (733 with sparsity); FP8 Tensor Core 733 (1,466 with
-    # sparsity). 48GB GDDR6 at 864 GB/s. No NVLink: PCIe Gen4 x16, 64 GB/s bidirectional =
-    # 32 GB/s each way. Assumed 8 per server; no inter-node entry.
-    "l40s": Hardware(
-        name="l40s",
-        peak_flops={"fp32": 91.6 * TFLOPS, "tf32": 183 * TFLOPS, "fp16": 362.05 * TFLOPS,
-                    "bf16": 362.05 * TFLOPS, "fp8": 733 * TFLOPS},
-        memory_bandwidth=864 * GB, memory_bytes=48 * GiB, link="pcie4", link_bandwidth=32 * GB,
-        link_latency_s=_PCIE_HOP_S, devices_per_node=8,
-        source="NVIDIA L40S datasheet, dense figures",
-    ),
-    # NVIDIA RTX A6000 datasheet (Ampere GA102): FP32 38.7 TFLOPS; Tensor performance 309.7
-    # TFLOPS with sparsity = 154.8 dense BF16/FP16 (FP32 accumulate is full rate on this
-    # professional board), TF32 77.4 dense; no FP8. 48GB GDDR6 at 768 GB/s. PCIe Gen4 x16:
-    # 32 GB/s each way (the 2-way NVLink bridge, 112.5 GB/s bidirectional, joins pairs only
-    # and is not modelled). Assumed 4 per workstation; no inter-node entry.
-    "a6000": Hardware(
-        name="a6000",
-        peak_flops={"fp32": 38.7 * TFLOPS, "tf32": 77.4 * TFLOPS, "fp16": 154.8 * TFLOPS,
-                    "bf16": 154.8 * TFLOPS},
-        memory_bandwidth=768 * GB, memory_bytes=48 * GiB, link="pcie4", link_bandwidth=32 * GB,
-        link_latency_s=_PCIE_HOP_S, devices_per_node=4,
-        source="NVIDIA RTX A6000 datasheet, dense figures",
-    ),
-})  # fmt: skip
+GPUS: Mapping[str, Hardware] = MappingProxyType(
+    {
+        "a100-40g": _a100("a100-40g", 40, 1555),
+        "a100-80g": _a100("a100-80g", 80, 2039),
+        # H100 SXM5 80GB: HBM3 at 3.35 TB/s.
+        "h100-sxm": _hopper(
+            "h100-sxm", 80, 3350, "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column"
+        ),
+        # H200 SXM 141GB: HBM3e at 4.8 TB/s.
+        "h200": _hopper(
+            "h200", 141, 4800, "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column"
+        ),
+        # NVIDIA L40S datasheet (Ada): FP32 91.6 TFLOPS; TF32 Tensor Core 183 (366 with sparsity);
+        # BF16/FP16 Tensor Core 362.05 (733 with sparsity); FP8 Tensor Core 733 (1,466 with
+        # sparsity). 48GB GDDR6 at 864 GB/s. No NVLink: PCIe Gen4 x16, 64 GB/s bidirectional =
+        # 32 GB/s each way. Assumed 8 per server; no inter-node entry.
+        "l40s": Hardware(
+            name="l40s",
+            peak_flops={
+                "fp32": 91.6 * TFLOPS,
+                "tf32": 183 * TFLOPS,
+                "fp16": 362.05 * TFLOPS,
+                "bf16": 362.05 * TFLOPS,
+                "fp8": 733 * TFLOPS,
+            },
+            memory_bandwidth=864 * GB,
+            memory_bytes=48 * GiB,
+            link="pcie4",
+            link_bandwidth=32 * GB,
+            link_latency_s=_PCIE_HOP_S,
+            devices_per_node=8,
+            source="NVIDIA L40S datasheet, dense figures",
+        ),
+        # NVIDIA RTX A6000 datasheet (Ampere GA102): FP32 38.7 TFLOPS; Tensor performance 309.7
+        # TFLOPS with sparsity = 154.8 dense BF16/FP16 (FP32 accumulate is full rate on this
+        # professional board), TF32 77.4 dense; no FP8. 48GB GDDR6 at 768 GB/s. PCIe Gen4 x16:
+        # 32 GB/s each way (the 2-way NVLink bridge, 112.5 GB/s bidirectional, joins pairs only
+        # and is not modelled). Assumed 4 per workstation; no inter-node entry.
+        "a6000": Hardware(
+            name="a6000",
+            peak_flops={
+                "fp32": 38.7 * TFLOPS,
+                "tf32": 77.4 * TFLOPS,
+                "fp16": 154.8 * TFLOPS,
+                "bf16": 154.8 * TFLOPS,
+            },
+            memory_bandwidth=768 * GB,
+            memory_bytes=48 * GiB,
+            link="pcie4",
+            link_bandwidth=32 * GB,
+            link_latency_s=_PCIE_HOP_S,
+            devices_per_node=4,
+            source="NVIDIA RTX A6000 datasheet, dense figures",
+        ),
+    }
+)
 """The GPU table, by name (read-only)."""
 
 _ALIASES = {
-    "a100": "a100-80g", "a100-sxm": "a100-80g", "a100-sxm4-80gb": "a100-80g",
-    "a100-80gb": "a100-80g", "a100-40gb": "a100-40g", "a100-sxm4-40gb": "a100-40g",
-    "h100": "h100-sxm", "h100-sxm5": "h100-sxm", "h100-80gb": "h100-sxm",
-    "h200-sxm": "h200", "h200-141gb": "h200", "l40s-48gb": "l40s", "rtx-a6000": "a6000",
+    "a100": "a100-80g",
+    "a100-sxm": "a100-80g",
+    "a100-sxm4-80gb": "a100-80g",
+    "a100-80gb": "a100-80g",
+    "a100-40gb": "a100-40g",
+    "a100-sxm4-40gb": "a100-40g",
+    "h100": "h100-sxm",
+    "h100-sxm5": "h100-sxm",
+    "h100-80gb": "h100-sxm",
+    "h200-sxm": "h200",
+    "h200-141gb": "h200",
+    "l40s-48gb": "l40s",
+    "rtx-a6000": "a6000",
     "a6000-48gb": "a6000",
-}  # fmt: skip
+}
 
 
 def hardware_names() -> list[str]:
@@ -272,8 +345,10 @@ def get_hardware(name: str | Hardware) -> Hardware:
             if _cpu_cache is None:
                 _cpu_cache = measure_cpu()
             return _cpu_cache
-    raise ValueError(f"unknown hardware {name!r}; known: {', '.join(hardware_names())} "
-                     f"(aliases: {', '.join(sorted(_ALIASES))})")  # fmt: skip
+    raise ValueError(
+        f"unknown hardware {name!r}; known: {', '.join(hardware_names())} "
+        f"(aliases: {', '.join(sorted(_ALIASES))})"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,12 +414,18 @@ def measure_cpu(
     keys = list(dict.fromkeys(["fp32", *(dtype_key(d) for d in dtypes)]))
     unsupported = [k for k in keys if k not in torch_dtypes]
     if unsupported:
-        raise ValueError(f"cannot measure {unsupported} on a CPU; measurable: {sorted(torch_dtypes)}")
+        raise ValueError(
+            f"cannot measure {unsupported} on a CPU; measurable: {sorted(torch_dtypes)}"
+        )
     n = int(gemm_size)
     gen = torch.Generator().manual_seed(0)
     peaks: dict[str, float] = {}
-    raw: dict[str, Any] = {"gemm_size": n, "copy_mib": int(copy_mib), "repeats": int(repeats),
-                           "torch_threads": torch.get_num_threads()}  # fmt: skip
+    raw: dict[str, Any] = {
+        "gemm_size": n,
+        "copy_mib": int(copy_mib),
+        "repeats": int(repeats),
+        "torch_threads": torch.get_num_threads(),
+    }
     with torch.inference_mode():
         for key in keys:
             a = torch.randn(n, n, generator=gen).to(torch_dtypes[key])
@@ -359,9 +440,17 @@ def measure_cpu(
         bandwidth = 2.0 * numel * 4 / t_copy
         raw["copy_s"] = t_copy
     return Hardware(
-        name=name, peak_flops=peaks, memory_bandwidth=bandwidth, memory_bytes=_physical_memory(),
-        link="shared-memory", link_bandwidth=bandwidth, link_latency_s=10e-6, devices_per_node=1,
-        source=(f"measured on this machine: best of up to {repeats} {n}x{n} F.linear GEMMs per "
-                f"dtype and a {copy_mib} MiB float32 copy"),
+        name=name,
+        peak_flops=peaks,
+        memory_bandwidth=bandwidth,
+        memory_bytes=_physical_memory(),
+        link="shared-memory",
+        link_bandwidth=bandwidth,
+        link_latency_s=10e-6,
+        devices_per_node=1,
+        source=(
+            f"measured on this machine: best of up to {repeats} {n}x{n} F.linear GEMMs per "
+            f"dtype and a {copy_mib} MiB float32 copy"
+        ),
         measurements=raw,
-    )  # fmt: skip
+    )

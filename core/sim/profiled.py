@@ -184,8 +184,9 @@ class Surface:
         return v
 
 
-def keys_table(xd: np.ndarray, batches: np.ndarray, contexts: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def keys_table(
+    xd: np.ndarray, batches: np.ndarray, contexts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``D`` of the module doc on its grid: ``(E grid, table)`` from ``xd[i][j] = decode(B[i],
     L[j]) - decode(B[i], L0)``. The grid holds the extra keys of every decode cell
     (``B[i] (L[j] - L0)``); row ``i`` at ``E`` is ``xd`` of batch ``B[i]`` at context ``L0 + E /
@@ -221,10 +222,14 @@ def _check_grid(grid: Any, where: str) -> dict[str, np.ndarray]:
     out = {}
     for k in GRID_KEYS:
         v = grid.get(k)
-        if (not isinstance(v, list) or len(v) < 2
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):  # fmt: skip
-            raise ProfileError(f"{where}: grid.{k} must be a list of at least two integers, "
-                               f"got {v!r}")
+        if (
+            not isinstance(v, list)
+            or len(v) < 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        ):
+            raise ProfileError(
+                f"{where}: grid.{k} must be a list of at least two integers, got {v!r}"
+            )
         if any(b <= a for a, b in zip(v, v[1:], strict=False)):
             raise ProfileError(f"{where}: grid.{k} must be strictly increasing, got {v}")
         lowest = 0 if k == "prefill_contexts" else 1
@@ -232,31 +237,39 @@ def _check_grid(grid: Any, where: str) -> dict[str, np.ndarray]:
             raise ProfileError(f"{where}: grid.{k} must start at >= {lowest}, got {v}")
         out[k] = np.asarray(v, dtype=float)
     if out["prefill_contexts"][0] != 0:
-        raise ProfileError(f"{where}: grid.prefill_contexts must start at 0, got "
-                           f"{grid['prefill_contexts']}")  # fmt: skip
+        raise ProfileError(
+            f"{where}: grid.prefill_contexts must start at 0, got {grid['prefill_contexts']}"
+        )
     return out
 
 
-def _check_table(tables: Mapping[str, Any], name: str, shape: tuple[int, int], where: str,
-                 axes: tuple[str, str]) -> np.ndarray:  # fmt: skip
+def _check_table(
+    tables: Mapping[str, Any], name: str, shape: tuple[int, int], where: str, axes: tuple[str, str]
+) -> np.ndarray:
     raw = tables.get(name)
     try:
         t = np.asarray(raw, dtype=float)
     except (TypeError, ValueError):
         t = np.asarray([])
     if t.shape != shape:
-        raise ProfileError(f"{where}: tables.{name} must be a {shape[0]} x {shape[1]} list of "
-                           f"seconds ({axes[0]} x {axes[1]}), got {_describe_shape(raw)}")  # fmt: skip
+        raise ProfileError(
+            f"{where}: tables.{name} must be a {shape[0]} x {shape[1]} list of "
+            f"seconds ({axes[0]} x {axes[1]}), got {_describe_shape(raw)}"
+        )
     if not np.all(np.isfinite(t)) or np.any(t < 0):
-        raise ProfileError(f"{where}: tables.{name} holds a value that is not a finite number "
-                           "of seconds >= 0")  # fmt: skip
+        raise ProfileError(
+            f"{where}: tables.{name} holds a value that is not a finite number of seconds >= 0"
+        )
     return t
 
 
 def _check_number(tables: Mapping[str, Any], name: str, where: str, lo: float, hi: float) -> float:
     v = tables.get(name)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-            math.isfinite(v) and lo <= v <= hi):  # fmt: skip
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or not (math.isfinite(v) and lo <= v <= hi)
+    ):
         span = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
         raise ProfileError(f"{where}: tables.{name} must be a finite number {span}, got {v!r}")
     return float(v)
@@ -271,8 +284,9 @@ def _describe_shape(raw: Any) -> str:
         return "a ragged or non-numeric list"
 
 
-def _monotone(t: np.ndarray, name: str, where: str, axes: tuple[tuple[str, np.ndarray], ...]
-              ) -> np.ndarray:  # fmt: skip
+def _monotone(
+    t: np.ndarray, name: str, where: str, axes: tuple[tuple[str, np.ndarray], ...]
+) -> np.ndarray:
     """``t`` if it is non-decreasing along both axes (``(label, grid)`` each) up to float
     rounding (1 ns), made exactly so (a running maximum only moves rounding noise); else
     :class:`ProfileError` naming the two cells."""
@@ -286,7 +300,8 @@ def _monotone(t: np.ndarray, name: str, where: str, axes: tuple[tuple[str, np.nd
             raise ProfileError(
                 f"{where}: {name} decreases from {label} {int(grid[a])} to {int(grid[b])} (at "
                 f"{other} {int(ogrid[at])}); a step must not get cheaper with more tokens, context "
-                "or sequences: re-run the calibration")
+                "or sequences: re-run the calibration"
+            )
     return np.maximum.accumulate(np.maximum.accumulate(t, axis=0), axis=1)
 
 
@@ -308,13 +323,17 @@ class ProfiledCostModel(CostModel):
         if not isinstance(profile, Mapping):
             raise ProfileError(f"{where}: expected a JSON object, got {type(profile).__name__}")
         if profile.get("schema") != PROFILE_SCHEMA:
-            raise ProfileError(f"{where}: schema is {profile.get('schema')!r}, expected "
-                               f"{PROFILE_SCHEMA!r} (a step profile written by scripts.calibrate)")  # fmt: skip
+            raise ProfileError(
+                f"{where}: schema is {profile.get('schema')!r}, expected "
+                f"{PROFILE_SCHEMA!r} (a step profile written by scripts.calibrate)"
+            )
         grid = _check_grid(profile.get("grid"), where)
         tables = profile.get("tables")
         if not isinstance(tables, Mapping):
-            raise ProfileError(f"{where}: 'tables' must be an object with {list(TABLE_SHAPES)}, "
-                               "extra_chunk_s and decode_padding_weight")  # fmt: skip
+            raise ProfileError(
+                f"{where}: 'tables' must be an object with {list(TABLE_SHAPES)}, "
+                "extra_chunk_s and decode_padding_weight"
+            )
         t: dict[str, np.ndarray] = {}
         for name, axes in TABLE_SHAPES.items():
             shape = (grid[axes[0]].size, grid[axes[1]].size)
@@ -331,13 +350,26 @@ class ProfiledCostModel(CostModel):
         pre, dec = t["prefill"], t["decode"]
         m = np.zeros((N0.size, B0.size))
         m[1:, 0], m[0, 1:], m[1:, 1:] = pre[:, 0], dec[:, 0], t["mixed"]
-        m = _monotone(m, "the base table (tables.mixed with the context-0 prefill and first-"
-                      "context decode edges)", where, (("prefill tokens", N0), ("decode batch", B0)))
+        m = _monotone(
+            m,
+            "the base table (tables.mixed with the context-0 prefill and first-"
+            "context decode edges)",
+            where,
+            (("prefill tokens", N0), ("decode batch", B0)),
+        )
         # column 0 of both is 0, so non-decreasing along the context axis also means >= 0
-        xp = _monotone(pre - pre[:, :1], "tables.prefill minus its context-0 column", where,
-                       (("prefill tokens", N), ("prefill context", C)))
-        xd = _monotone(dec - dec[:, :1], "tables.decode minus its first-context column", where,
-                       (("decode batch", B), ("decode context", L)))
+        xp = _monotone(
+            pre - pre[:, :1],
+            "tables.prefill minus its context-0 column",
+            where,
+            (("prefill tokens", N), ("prefill context", C)),
+        )
+        xd = _monotone(
+            dec - dec[:, :1],
+            "tables.decode minus its first-context column",
+            where,
+            (("decode batch", B), ("decode context", L)),
+        )
         egrid, kt = keys_table(xd, B, L)
         # the calibration made D monotone; a running maximum only moves rounding noise
         kt = np.maximum.accumulate(np.maximum.accumulate(kt, axis=0), axis=1)
@@ -359,8 +391,10 @@ class ProfiledCostModel(CostModel):
 
         file = Path(path)
         if not file.is_file():
-            raise FileNotFoundError(f"{file}: no such step profile (make one with "
-                                    "`nox -s calibrate` / `python -m scripts.calibrate`)")  # fmt: skip
+            raise FileNotFoundError(
+                f"{file}: no such step profile (make one with "
+                "`nox -s calibrate` / `python -m scripts.calibrate`)"
+            )
         with open_data_file(file) as f:
             try:
                 doc = json.load(f)
@@ -391,8 +425,9 @@ class ProfiledCostModel(CostModel):
             t = t + self.extra_chunk_s * more
         return t
 
-    def step_time(self, prefill_chunks: Sequence[tuple[int, int]] = (),
-                  decode_contexts: Sequence[int] = ()) -> float:  # fmt: skip
+    def step_time(
+        self, prefill_chunks: Sequence[tuple[int, int]] = (), decode_contexts: Sequence[int] = ()
+    ) -> float:
         chunks = []
         for n, c in prefill_chunks:
             n, c = int(n), int(c)
@@ -455,13 +490,19 @@ class ProfiledCostModel(CostModel):
         torch version, when it was made, the engine settings and the grid."""
         p = self.profile
         return {
-            "cost_model": "profiled", "source": self.source, "device": p.get("device"),
-            "model": (p.get("model") or {}).get("name"), "dtype": p.get("dtype"),
-            "threads": p.get("threads"), "torch_version": p.get("torch_version"),
-            "created": p.get("created"), "engine": self.engine_settings, "grid": self.grid,
+            "cost_model": "profiled",
+            "source": self.source,
+            "device": p.get("device"),
+            "model": (p.get("model") or {}).get("name"),
+            "dtype": p.get("dtype"),
+            "threads": p.get("threads"),
+            "torch_version": p.get("torch_version"),
+            "created": p.get("created"),
+            "engine": self.engine_settings,
+            "grid": self.grid,
             "extra_chunk_s": self.extra_chunk_s,
             "decode_padding_weight": self.decode_padding_weight,
-        }  # fmt: skip
+        }
 
     def __repr__(self) -> str:
         dev = (self.profile.get("device") or {}).get("name", "?")
@@ -501,8 +542,10 @@ def cpu_profile_path(model: str, *, threads: int = 1, fallback: str | None = Non
     own = Path(DATA_DIR) / "profiles" / f"{cpu_device_slug(cpu_model_name(), threads)}-{model}.json"
     if own.is_file() or fallback is None:
         if not own.is_file():
-            raise FileNotFoundError(f"{own}: no step profile of {model} for this CPU "
-                                    f"(run: nox -s calibrate -- --model {model})")
+            raise FileNotFoundError(
+                f"{own}: no step profile of {model} for this CPU "
+                f"(run: nox -s calibrate -- --model {model})"
+            )
         return own
     shipped = Path(DATA_DIR) / fallback
     if not shipped.is_file():
@@ -538,8 +581,10 @@ def load_pinned_profile(name: str, sha256: str | None) -> ProfiledCostModel:
     resolved = track_data_file(path)
     found = sha256_file(resolved)  # the file as it is now (a profile hashes in about a ms)
     if sha256 is not None and found != sha256:
-        raise ProfileError(f"{path}: sha256 {found[:12]} is not the {sha256[:12]} this point was "
-                           "planned with (the profile changed since); run again")
+        raise ProfileError(
+            f"{path}: sha256 {found[:12]} is not the {sha256[:12]} this point was "
+            "planned with (the profile changed since); run again"
+        )
     return _load_by_content(str(resolved), found)
 
 
@@ -572,9 +617,11 @@ def profile_origin(model: ProfiledCostModel) -> str:
         where = src.name
     commit = (prov.get("git") or {}).get("commit") or ""
     host = dev.get("hostname") or (prov.get("host") or {}).get("hostname")
-    measured = (f"measured on {dev.get('name', '?')} ({dev.get('cpu_capability') or dev.get('type')}"
-                f", {doc.get('threads', dev.get('threads', '?'))} thread(s), torch "
-                f"{doc.get('torch_version', '?')})")
+    measured = (
+        f"measured on {dev.get('name', '?')} ({dev.get('cpu_capability') or dev.get('type')}"
+        f", {doc.get('threads', dev.get('threads', '?'))} thread(s), torch "
+        f"{doc.get('torch_version', '?')})"
+    )
     if host:
         measured += f", host {host!r},"
     measured += f" on {str(doc.get('created', '?'))[:10]}"
@@ -583,8 +630,11 @@ def profile_origin(model: ProfiledCostModel) -> str:
     if dev.get("type", "cpu") == "cpu":
         here = cpu_model_name()
         same = here == dev.get("name")
-        measured += ("; this machine has the same CPU model" if same else
-                     f"; this machine is a different CPU ({here}): its times differ")
+        measured += (
+            "; this machine has the same CPU model"
+            if same
+            else f"; this machine is a different CPU ({here}): its times differ"
+        )
     return f"{where}, {measured}"
 
 

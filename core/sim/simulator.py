@@ -112,7 +112,9 @@ class SimulatedRunner:
                 req = c.request
                 ref = getattr(req.sampling, "reference", None)
                 k = req.num_output_tokens
-                sampled[req.request_id] = ref[k] if ref is not None and k < len(ref) else FILLER_TOKEN
+                sampled[req.request_id] = (
+                    ref[k] if ref is not None and k < len(ref) else FILLER_TOKEN
+                )
         dt = self.cost.step_time_for(out)
         swapped = max(out.swap_out_tokens, out.swap_in_tokens)
         if swapped and self.host_link is not None:
@@ -142,15 +144,24 @@ class SimulatedRunner:
         defines it consistently with its ``step_time_for``, else one call per step."""
         cost = self.cost
         runs = getattr(cost, "decode_run_times", None)
-        if runs is not None and (not isinstance(cost, CostModel)
-                                 or type(cost).decode_run_times is not CostModel.decode_run_times
-                                 or type(cost).step_time_for is CostModel.step_time_for):
+        if runs is not None and (
+            not isinstance(cost, CostModel)
+            or type(cost).decode_run_times is not CostModel.decode_run_times
+            or type(cost).step_time_for is CostModel.step_time_for
+        ):
             times = runs([c.start for c in out.chunks], k)
             return times.tolist() if hasattr(times, "tolist") else [float(t) for t in times]
         chunks = out.chunks
-        return [cost.step_time_for(out) if i == 0 else cost.step_time_for(SchedulerOutput(
-                    chunks=[ScheduledChunk(c.request, c.start + i, 1, True) for c in chunks]))
-                for i in range(k)]  # fmt: skip
+        return [
+            cost.step_time_for(out)
+            if i == 0
+            else cost.step_time_for(
+                SchedulerOutput(
+                    chunks=[ScheduledChunk(c.request, c.start + i, 1, True) for c in chunks]
+                )
+            )
+            for i in range(k)
+        ]
 
 
 @dataclass
@@ -181,16 +192,27 @@ class ReplicaConfig:
     def make_backend(self) -> KVBackend:
         if self.prefix_cache == "radix" or self.hybrid:
             return RadixKVBackend(
-                self.num_kv_blocks, self.block_size, hybrid=self.hybrid,
-                num_state_slots=self.num_state_slots, kv_bytes_per_token=self.kv_bytes_per_token,
-                ssm_state_bytes=self.ssm_state_bytes, eviction=self.eviction,
-                admission=self.admission, enable_prefix_caching=self.prefix_cache != "none")
+                self.num_kv_blocks,
+                self.block_size,
+                hybrid=self.hybrid,
+                num_state_slots=self.num_state_slots,
+                kv_bytes_per_token=self.kv_bytes_per_token,
+                ssm_state_bytes=self.ssm_state_bytes,
+                eviction=self.eviction,
+                admission=self.admission,
+                enable_prefix_caching=self.prefix_cache != "none",
+            )
         if self.prefix_cache not in ("block", "none"):
-            raise ValueError(f"prefix_cache must be 'block', 'radix' or 'none', got {self.prefix_cache!r}")
-        return PagedKVBackend(self.num_kv_blocks, self.block_size,
-                              enable_prefix_caching=self.prefix_cache == "block",
-                              kv_bytes_per_token=self.kv_bytes_per_token,
-                              num_host_blocks=self.num_host_blocks)
+            raise ValueError(
+                f"prefix_cache must be 'block', 'radix' or 'none', got {self.prefix_cache!r}"
+            )
+        return PagedKVBackend(
+            self.num_kv_blocks,
+            self.block_size,
+            enable_prefix_caching=self.prefix_cache == "block",
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            num_host_blocks=self.num_host_blocks,
+        )
 
 
 class SimReplica:
@@ -209,8 +231,9 @@ class SimReplica:
     def __init__(self, index: int, config: ReplicaConfig, *, fast_forward: bool = False) -> None:
         self.index = index
         self.config = config
-        self.scheduler = Scheduler(config.scheduler, config.make_backend(), config.queue_policy,
-                                   intercept=config.intercept)
+        self.scheduler = Scheduler(
+            config.scheduler, config.make_backend(), config.queue_policy, intercept=config.intercept
+        )
         self.runner = SimulatedRunner(config.cost, config.host_link)
         self.fast_forward = fast_forward
         self.busy_until: float | None = None  # end of the step (or run) in flight
@@ -315,8 +338,10 @@ class SimReplica:
             return
         m = bisect.bisect_left(run.step_ends, t, 0, run.steps)  # steps that ended before t
         if m >= run.steps:
-            raise RuntimeError(f"replica {self.index}: its run ended at {run.step_ends[run.steps - 1]} "
-                               f"but was not applied before {t}")  # fmt: skip
+            raise RuntimeError(
+                f"replica {self.index}: its run ended at {run.step_ends[run.steps - 1]} "
+                f"but was not applied before {t}"
+            )
         if m > run.updated:
             run.advance(m)
 
@@ -421,9 +446,11 @@ def to_engine_request(req: Request, index: int) -> EngineRequest:
         ids = [1_000_000 + index] * req.prompt_len
     ref = tuple(req.output_token_ids) if req.output_token_ids is not None else None
     return EngineRequest(
-        request_id=req.request_id, prompt_token_ids=ids,
+        request_id=req.request_id,
+        prompt_token_ids=ids,
         sampling=SimSampling(max_tokens=max(1, req.output_len), reference=ref),
-        arrival_time=req.arrival_time, interceptions=list(req.interceptions),
+        arrival_time=req.arrival_time,
+        interceptions=list(req.interceptions),
     )
 
 
@@ -439,17 +466,28 @@ class Simulator:
     module doc); the results are the same as without it, only faster.
     """
 
-    def __init__(self, replicas: Sequence[ReplicaConfig], router: Router | str = "round-robin",
-                 *, fast_forward: bool = True) -> None:
+    def __init__(
+        self,
+        replicas: Sequence[ReplicaConfig],
+        router: Router | str = "round-robin",
+        *,
+        fast_forward: bool = True,
+    ) -> None:
         if not replicas:
             raise ValueError("a simulation needs at least one replica")
         self.fast_forward = bool(fast_forward)
-        self.replicas = [SimReplica(i, c, fast_forward=self.fast_forward)
-                         for i, c in enumerate(replicas)]  # fmt: skip
+        self.replicas = [
+            SimReplica(i, c, fast_forward=self.fast_forward) for i, c in enumerate(replicas)
+        ]
         self.router = make_router(router)
 
-    def run(self, workload: Workload | Iterable[Request], *, sessions: str = "open",
-            progress: Callable[[int], Any] | None = None) -> SimResult:
+    def run(
+        self,
+        workload: Workload | Iterable[Request],
+        *,
+        sessions: str = "open",
+        progress: Callable[[int], Any] | None = None,
+    ) -> SimResult:
         if sessions not in ("open", "closed"):
             raise ValueError(f"sessions must be 'open' or 'closed', got {sessions!r}")
         wall0 = time.perf_counter()
@@ -510,7 +548,9 @@ class Simulator:
                                 rep.materialize(now)
                 i = self.router.route(
                     RouteRequest(ereq.request_id, ereq.token_ids, ereq.max_tokens, wreq.session_id),
-                    replicas, now)
+                    replicas,
+                    now,
+                )
                 replica_of[ereq.request_id] = i
                 rep = replicas[i]
                 end = rep.end_run_at(now)
@@ -532,16 +572,24 @@ class Simulator:
                     kick(rep, now)
         return SimResult(
             requests=[engine_reqs[r.request_id] for r in reqs if r.request_id in replica_of],
-            replica_of=replica_of, steps=[r.steps for r in replicas],
-            busy_time=[r.busy_time for r in replicas], makespan=now,
+            replica_of=replica_of,
+            steps=[r.steps for r in replicas],
+            busy_time=[r.busy_time for r in replicas],
+            makespan=now,
             wall_s=time.perf_counter() - wall0,
             fast_forwarded_steps=sum(r.fast_forwarded_steps for r in replicas),
         )
 
-    def _after_finish(self, req: EngineRequest, replica: int, now: float,
-                      next_turn: dict[str, Request], events: list[Arrival | StepDone | Wake],
-                      order: Iterator[int],
-                      progress: Callable[[int], Any] | None) -> None:
+    def _after_finish(
+        self,
+        req: EngineRequest,
+        replica: int,
+        now: float,
+        next_turn: dict[str, Request],
+        events: list[Arrival | StepDone | Wake],
+        order: Iterator[int],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
         self.router.on_finish(replica, req.request_id, now, output_tokens=req.num_output_tokens)
         if progress is not None:
             progress(1)

@@ -177,7 +177,9 @@ class Workload:
         """The same requests, in their current order, with new arrival times."""
         if len(times) != len(self.requests):
             raise ValueError(f"{len(times)} arrival times for {len(self.requests)} requests")
-        reqs = [replace(r, arrival_time=float(t)) for r, t in zip(self.requests, times, strict=True)]
+        reqs = [
+            replace(r, arrival_time=float(t)) for r, t in zip(self.requests, times, strict=True)
+        ]
         return replace(self, requests=reqs)
 
     def scale_time(self, factor: float) -> Workload:

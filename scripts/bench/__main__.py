@@ -22,8 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("benchmark", choices=sorted(BENCHMARKS), metavar="benchmark",
-                        help=f"one of: {', '.join(sorted(BENCHMARKS))}")  # fmt: skip
+    parser.add_argument(
+        "benchmark",
+        choices=sorted(BENCHMARKS),
+        metavar="benchmark",
+        help=f"one of: {', '.join(sorted(BENCHMARKS))}",
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
     return parser
 

@@ -88,9 +88,12 @@ PARTS = ("offline", "decode", "scheduler", "ttft")
 
 DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16"}
 _DTYPE_ALIASES = {
-    "fp32": "fp32", "float32": "fp32", "float": "fp32",
-    "bf16": "bf16", "bfloat16": "bf16",
-}  # fmt: skip
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+}
 
 ENGINE_API = (
     "from core.engine import LLM, SamplingParams; LLM(model=<checkpoint dir>, dtype='float32'|"
@@ -103,13 +106,15 @@ ENGINE_API = (
     "llm.engine.last_step.{total_s, forward_s, num_tokens, num_seqs}, llm.engine.runner.execute"
 )
 
+# fmt: off
 TARGETS = {  # from the engine issue: (description, op, threshold, unit)
     "offline_vs_generate": ("offline tokens/s of our engine / HF generate (best batch)", ">=", 2.0, "x"),
     "offline_vs_generate_batch": ("offline tokens/s of our engine / HF continuous batching", ">=", 3.0, "x"),
     "offline_roofline": ("our engine's offline tokens/s as % of the FLOP roofline", ">=", 60.0, "%"),
     "decode_b1_roofline": ("our engine's batch-1 decode step as % of its roofline", ">=", 60.0, "%"),
     "scheduler_share": ("share of step time outside the model forward, N running", "<=", 10.0, "%"),
-}  # fmt: skip
+}
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -141,21 +146,49 @@ class Scale:
 
 
 FULL = Scale(
-    name="full", dtypes=("fp32", "bf16"), n_requests=64, prompt_range=(32, 256),
-    output_range=(16, 128), hf_batch_sizes=(8, 16, 32, 64),
-    decode_batches=(1, 2, 4, 8, 16, 32, 64), decode_context=128, decode_steps=32,
-    sched_requests=64, sched_prompt=64, sched_output=48, ttft_prefix=1024, ttft_suffix=32,
-    ttft_repeats=5, gemm_sizes=(512, 1024, 2048), gemm_tokens=512, bandwidth_mib=256,
+    name="full",
+    dtypes=("fp32", "bf16"),
+    n_requests=64,
+    prompt_range=(32, 256),
+    output_range=(16, 128),
+    hf_batch_sizes=(8, 16, 32, 64),
+    decode_batches=(1, 2, 4, 8, 16, 32, 64),
+    decode_context=128,
+    decode_steps=32,
+    sched_requests=64,
+    sched_prompt=64,
+    sched_output=48,
+    ttft_prefix=1024,
+    ttft_suffix=32,
+    ttft_repeats=5,
+    gemm_sizes=(512, 1024, 2048),
+    gemm_tokens=512,
+    bandwidth_mib=256,
     max_num_seqs=64,
     max_num_batched_tokens=4096,
-)  # fmt: skip
+)
 QUICK = Scale(
-    name="quick", dtypes=("fp32",), n_requests=8, prompt_range=(16, 48), output_range=(2, 8),
-    hf_batch_sizes=(4, 8), decode_batches=(1, 4), decode_context=32, decode_steps=4,
-    sched_requests=8, sched_prompt=16, sched_output=8, ttft_prefix=128, ttft_suffix=16,
-    ttft_repeats=2, gemm_sizes=(256, 512), gemm_tokens=64, bandwidth_mib=64, max_num_seqs=16,
+    name="quick",
+    dtypes=("fp32",),
+    n_requests=8,
+    prompt_range=(16, 48),
+    output_range=(2, 8),
+    hf_batch_sizes=(4, 8),
+    decode_batches=(1, 4),
+    decode_context=32,
+    decode_steps=4,
+    sched_requests=8,
+    sched_prompt=16,
+    sched_output=8,
+    ttft_prefix=128,
+    ttft_suffix=16,
+    ttft_repeats=2,
+    gemm_sizes=(256, 512),
+    gemm_tokens=64,
+    bandwidth_mib=64,
+    max_num_seqs=16,
     max_num_batched_tokens=1024,
-)  # fmt: skip
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -273,9 +306,14 @@ def hf_generate_static(model: Any, wl: Workload, batch_size: int) -> dict[str, A
             ids, mask = _left_pad(prompts)
             n = max(want)
             out = model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                min_new_tokens=n, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
-            )  # fmt: skip
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                pad_token_id=PAD_ID,
+                eos_token_id=EOS_ID,
+            )
             gen = out[:, ids.shape[1] :].tolist()
             outputs += [g[:k] for g, k in zip(gen, want, strict=True)]
             computed += len(prompts) * n
@@ -298,12 +336,17 @@ def _cb_config(scale: Scale, wl: Workload) -> Any:
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     page = scale.hf_cb_page_size
-    blocks = sum(math.ceil((p + o) / page) + 1 for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True))
+    blocks = sum(
+        math.ceil((p + o) / page) + 1 for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True)
+    )
     # Sized explicitly: on a CPU transformers would otherwise size the cache from system RAM.
     return ContinuousBatchingConfig(
-        page_size=page, num_blocks=blocks, max_batch_tokens=scale.max_num_batched_tokens,
-        max_requests_per_batch=scale.max_num_seqs, seed=0,
-    )  # fmt: skip
+        page_size=page,
+        num_blocks=blocks,
+        max_batch_tokens=scale.max_num_batched_tokens,
+        max_requests_per_batch=scale.max_num_seqs,
+        seed=0,
+    )
 
 
 def hf_continuous_batching(model: Any, wl: Workload, scale: Scale) -> dict[str, Any]:
@@ -349,9 +392,11 @@ def hf_continuous_batching(model: Any, wl: Workload, scale: Scale) -> dict[str, 
         "tokens_per_s": got / elapsed,
         "output_lengths_ok": [len(o) for o in outputs] == wl.output_lens,
         "config": {
-            "page_size": scale.hf_cb_page_size, "max_batch_tokens": scale.max_num_batched_tokens,
-            "max_requests_per_batch": scale.max_num_seqs, "attn_implementation": "sdpa (paged)",
-        },  # fmt: skip
+            "page_size": scale.hf_cb_page_size,
+            "max_batch_tokens": scale.max_num_batched_tokens,
+            "max_requests_per_batch": scale.max_num_seqs,
+            "attn_implementation": "sdpa (paged)",
+        },
         "_outputs": outputs,
     }
 
@@ -398,8 +443,11 @@ def linear_only_step(model: Any, rows: int, repeats: int = 5) -> dict[str, Any]:
                 m(x)
             model.compute_logits(head_in)
 
-    return {"step_s": rf.time_best(step, repeats), "linear_layers": len(layers) + 1,
-            "linear_backend": model.linear_backend}  # fmt: skip
+    return {
+        "step_s": rf.time_best(step, repeats),
+        "linear_layers": len(layers) + 1,
+        "linear_backend": model.linear_backend,
+    }
 
 
 def hf_decode_step(model: Any, prompts: list[list[int]], steps: int) -> dict[str, Any]:
@@ -412,10 +460,15 @@ def hf_decode_step(model: Any, prompts: list[list[int]], steps: int) -> dict[str
     ids = torch.tensor(prompts, dtype=torch.long)
     with torch.inference_mode():
         model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-            max_new_tokens=steps + 1, min_new_tokens=steps + 1, pad_token_id=PAD_ID,
-            eos_token_id=EOS_ID, logits_processor=LogitsProcessorList([clock]),
-        )  # fmt: skip
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=steps + 1,
+            min_new_tokens=steps + 1,
+            pad_token_id=PAD_ID,
+            eos_token_id=EOS_ID,
+            logits_processor=LogitsProcessorList([clock]),
+        )
     t = clock.times
     gaps = [b - a for a, b in zip(t[:-1], t[1:], strict=True)]
     return {"step_s": (t[-1] - t[0]) / (len(t) - 1), "median_step_s": statistics.median(gaps)}
@@ -449,8 +502,9 @@ def _tpot(out: Any) -> float:
     n = len(out.token_ids)
     if n < 2:
         raise ValueError("TPOT needs at least two generated tokens")
-    return (_metric(out.metrics, "finish_time") - _metric(out.metrics, "first_token_time")) / (n - 1)
-
+    return (_metric(out.metrics, "finish_time") - _metric(out.metrics, "first_token_time")) / (
+        n - 1
+    )
 
 
 class Engine:
@@ -469,10 +523,14 @@ class Engine:
             raise RuntimeError(reason)
         self.SamplingParams = SamplingParams
         self.kwargs: dict[str, Any] = {
-            "model": str(ckpt), "dtype": DTYPES[dtype], "block_size": scale.block_size,
-            "enable_prefix_caching": True, "seed": seed, "max_num_seqs": scale.max_num_seqs,
+            "model": str(ckpt),
+            "dtype": DTYPES[dtype],
+            "block_size": scale.block_size,
+            "enable_prefix_caching": True,
+            "seed": seed,
+            "max_num_seqs": scale.max_num_seqs,
             "max_num_batched_tokens": scale.max_num_batched_tokens,
-        }  # fmt: skip
+        }
         try:
             accepted = inspect.signature(LLM).parameters
         except (TypeError, ValueError):
@@ -493,7 +551,9 @@ class Engine:
             sp = [self.params(n) for n in max_tokens]
         outs = self.llm.generate(prompts, sp, use_tqdm=False)
         if len(outs) != len(prompts):
-            raise RuntimeError(f"LLM.generate returned {len(outs)} outputs for {len(prompts)} prompts")
+            raise RuntimeError(
+                f"LLM.generate returned {len(outs)} outputs for {len(prompts)} prompts"
+            )
         bad = [o for o in outs if getattr(o, "error", None)]
         if bad:
             raise RuntimeError(f"{len(bad)} request(s) failed, e.g.: {bad[0].error}")
@@ -617,8 +677,12 @@ def instrument_engine(engine: Any) -> Iterator[dict[str, Any]]:
         }
         rec["model_s"] = rec["module_s"] + rec["logits_s"]
         stats = getattr(engine, "last_step", None)
-        for key, attr in (("stats_total_s", "total_s"), ("stats_forward_s", "forward_s"),
-                          ("num_tokens", "num_tokens"), ("num_seqs", "num_seqs")):  # fmt: skip
+        for key, attr in (
+            ("stats_total_s", "total_s"),
+            ("stats_forward_s", "forward_s"),
+            ("num_tokens", "num_tokens"),
+            ("num_seqs", "num_seqs"),
+        ):
             rec[key] = getattr(stats, attr, None)
         info["steps"].append(rec)
 
@@ -642,7 +706,9 @@ def steady_steps(records: Sequence[dict[str, Any]], n_running: int) -> tuple[lis
     return fwd[len(fwd) // 4 : len(fwd) - len(fwd) // 4], "middle half of the steps with a forward"
 
 
-def outside_share(steps: Sequence[dict[str, Any]], total_key: str, forward_key: str) -> dict[str, Any]:
+def outside_share(
+    steps: Sequence[dict[str, Any]], total_key: str, forward_key: str
+) -> dict[str, Any]:
     """``100 * sum(total - forward) / sum(total)`` over ``steps``, with the mean step and
     forward times."""
     if not steps:
@@ -660,14 +726,25 @@ def outside_share(steps: Sequence[dict[str, Any]], total_key: str, forward_key: 
 
 
 SHARE_SOURCES = {  # name: (step time key, forward time key, what the forward is)
-    "engine_stats": ("stats_total_s", "stats_forward_s",
-                     "the engine's own StepStats (engine.last_step: total_s, forward_s)"),
+    "engine_stats": (
+        "stats_total_s",
+        "stats_forward_s",
+        "the engine's own StepStats (engine.last_step: total_s, forward_s)",
+    ),
     "runner": ("wall_s", "runner_s", "the runner's forward method, timed around each call"),
-    "model": ("wall_s", "model_s", "the model's forward plus its lm_head (compute_logits): all "
-              "model compute, so batch building and sampling count as outside"),
-    "module": ("wall_s", "module_s", "the model nn.Module's forward alone, by forward hooks "
-               "(so batch building, the lm_head/logits and sampling count as outside)"),
-}  # fmt: skip
+    "model": (
+        "wall_s",
+        "model_s",
+        "the model's forward plus its lm_head (compute_logits): all "
+        "model compute, so batch building and sampling count as outside",
+    ),
+    "module": (
+        "wall_s",
+        "module_s",
+        "the model nn.Module's forward alone, by forward hooks "
+        "(so batch building, the lm_head/logits and sampling count as outside)",
+    ),
+}
 
 
 # ------------------------------------------------------------------------------------------
@@ -728,7 +805,9 @@ def annotate(res: dict[str, Any]) -> None:
         row["roofline_compute_s"] = rf.compute_time(row["flops_per_step"], peak)
         row["roofline_memory_s"] = rf.memory_time(row["bytes_per_step"], bw)
         row["roofline_step_s"] = max(row["roofline_compute_s"], row["roofline_memory_s"])
-        row["bound_by"] = "memory" if row["roofline_memory_s"] >= row["roofline_compute_s"] else "compute"
+        row["bound_by"] = (
+            "memory" if row["roofline_memory_s"] >= row["roofline_compute_s"] else "compute"
+        )
         for key in ("engine", "hf_generate", "engine_linear_only"):
             if _ok(row.get(key)):
                 row[key]["pct_of_roofline"] = rf.percent_of_roofline(
@@ -737,8 +816,9 @@ def annotate(res: dict[str, Any]) -> None:
     ttft = res.get("ttft")
     if _ok(ttft):
         for case in ("miss", "hit"):
-            bound = rf.roofline_time(ttft[f"{case}_flops"], ttft[f"{case}_bytes"],
-                                     peak_flops=peak, bandwidth=bw)  # fmt: skip
+            bound = rf.roofline_time(
+                ttft[f"{case}_flops"], ttft[f"{case}_bytes"], peak_flops=peak, bandwidth=bw
+            )
             ttft[f"{case}_roofline_s"] = bound
             ttft[f"{case}_pct_of_roofline"] = rf.percent_of_roofline(ttft[f"{case}_ttft_s"], bound)
 
@@ -782,7 +862,9 @@ class Bench:
             4 * (sc.ttft_prefix + sc.ttft_suffix + blk),
         ]
         if wl is not None:
-            need.append(sum(p + o + blk for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True)))
+            need.append(
+                sum(p + o + blk for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True))
+            )
         return int(1.25 * max(need))
 
     def get_engine(self, wl: Workload | None = None) -> Engine:
@@ -817,29 +899,41 @@ class Bench:
 
         self.tick(f"roofline ({when})")
         gemm = rf.measure_gemm_peak(
-            getattr(torch, DTYPES[self.dtype]), self.scale.gemm_sizes,
+            getattr(torch, DTYPES[self.dtype]),
+            self.scale.gemm_sizes,
             shapes=rf.model_gemm_shapes(self.spec, self.scale.gemm_tokens),
-        )  # fmt: skip
+        )
         bw = rf.measure_bandwidth(self.scale.bandwidth_mib)
         roof = self.res.setdefault("roofline", {"measurements": []})
-        roof["measurements"].append({
-            "when": when, "gemm_peak_flops": gemm["peak_flops"],
-            "bandwidth_bytes_per_s": bw["bandwidth"], "gemm": gemm, "bandwidth": bw,
-        })  # fmt: skip
+        roof["measurements"].append(
+            {
+                "when": when,
+                "gemm_peak_flops": gemm["peak_flops"],
+                "bandwidth_bytes_per_s": bw["bandwidth"],
+                "gemm": gemm,
+                "bandwidth": bw,
+            }
+        )
         best_gemm = max(roof["measurements"], key=lambda m: m["gemm_peak_flops"])
         best_bw = max(roof["measurements"], key=lambda m: m["bandwidth_bytes_per_s"])
-        roof.update({
-            "gemm_peak_flops": best_gemm["gemm_peak_flops"],
-            "gemm_best": {"when": best_gemm["when"], **best_gemm["gemm"]["best"]},
-            "bandwidth_bytes_per_s": best_bw["bandwidth_bytes_per_s"],
-            "bandwidth_best": {"when": best_bw["when"],
-                               "copy_bytes_per_s": best_bw["bandwidth"]["copy_bytes_per_s"],
-                               "sum_bytes_per_s": best_bw["bandwidth"]["sum_bytes_per_s"]},
-            "method": ("GEMM peak and bandwidth measured at the start and at the end of this "
-                       "dtype's runs (scripts/bench/roofline.py); the best of the two is used"),
-            "weight_bytes": self.spec.weight_bytes(DTYPES[self.dtype]),
-            "kv_bytes_per_token": self.spec.kv_bytes_per_token(DTYPES[self.dtype]),
-        })  # fmt: skip
+        roof.update(
+            {
+                "gemm_peak_flops": best_gemm["gemm_peak_flops"],
+                "gemm_best": {"when": best_gemm["when"], **best_gemm["gemm"]["best"]},
+                "bandwidth_bytes_per_s": best_bw["bandwidth_bytes_per_s"],
+                "bandwidth_best": {
+                    "when": best_bw["when"],
+                    "copy_bytes_per_s": best_bw["bandwidth"]["copy_bytes_per_s"],
+                    "sum_bytes_per_s": best_bw["bandwidth"]["sum_bytes_per_s"],
+                },
+                "method": (
+                    "GEMM peak and bandwidth measured at the start and at the end of this "
+                    "dtype's runs (scripts/bench/roofline.py); the best of the two is used"
+                ),
+                "weight_bytes": self.spec.weight_bytes(DTYPES[self.dtype]),
+                "kv_bytes_per_token": self.spec.kv_bytes_per_token(DTYPES[self.dtype]),
+            }
+        )
         annotate(self.res)
         self.done()
 
@@ -910,10 +1004,15 @@ class Bench:
         eng = off["engine"]
         for key, base in (("hf_generate", gen), ("hf_generate_batch", cb)):
             ok_both = _ok(eng) and _ok(base)
-            off[f"engine_vs_{key}"] = eng["tokens_per_s"] / base["tokens_per_s"] if ok_both else None
+            off[f"engine_vs_{key}"] = (
+                eng["tokens_per_s"] / base["tokens_per_s"] if ok_both else None
+            )
         agree = {}
-        pairs = [("engine", "hf_generate"), ("engine", "hf_generate_batch"),
-                 ("hf_generate", "hf_generate_batch")]  # fmt: skip
+        pairs = [
+            ("engine", "hf_generate"),
+            ("engine", "hf_generate_batch"),
+            ("hf_generate", "hf_generate_batch"),
+        ]
         for a, b in pairs:
             if a in self.outputs and b in self.outputs:
                 agree[f"{a}_vs_{b}"] = _agreement(self.outputs[a], self.outputs[b])
@@ -945,7 +1044,9 @@ class Bench:
         plen = sc.decode_context - steps // 2
         contexts = range(plen, plen + steps)
         dec: dict[str, Any] = {
-            "context": sc.decode_context, "prompt_len": plen, "steps": steps,
+            "context": sc.decode_context,
+            "prompt_len": plen,
+            "steps": steps,
             "method": (
                 f"B fresh prompts of {plen} tokens, {steps + 1} output tokens each, submitted "
                 "together; step time = TPOT = (last token time - first token time) / (tokens - "
@@ -956,7 +1057,7 @@ class Bench:
                 f"over contexts {plen}..{plen + steps - 1}"
             ),
             "rows": [],
-        }  # fmt: skip
+        }
         self.res["decode"] = dec
         for b in sc.decode_batches:
             self.tick(f"decode batch {b}")
@@ -1002,9 +1103,14 @@ class Bench:
         if len(steady) < 2:
             raise RuntimeError(f"only {len(steady)} steps had all {n} requests decoding")
         out: dict[str, Any] = {
-            "running_requests": n, "prompt_len": sc.sched_prompt, "output_len": sc.sched_output,
-            "steps_total": len(records), "steps_measured": len(steady), "steps_selected": how,
-            "runner_forward": info["runner_forward"], "module_forward": info["module_forward"],
+            "running_requests": n,
+            "prompt_len": sc.sched_prompt,
+            "output_len": sc.sched_output,
+            "steps_total": len(records),
+            "steps_measured": len(steady),
+            "steps_selected": how,
+            "runner_forward": info["runner_forward"],
+            "module_forward": info["module_forward"],
             "method": (
                 f"llm.generate of {n} equal requests with llm.engine.step wrapped by a timer; "
                 "share = sum(step - forward) / sum(step) over the steps where all of them "
@@ -1012,7 +1118,7 @@ class Bench:
                 "(engine.last_step), else the runner's forward method timed around each call, "
                 "else the model module's forward; the other available ones are reported too"
             ),
-        }  # fmt: skip
+        }
         available = {
             "engine_stats": all(r["stats_total_s"] is not None for r in steady),
             "runner": info["runner_forward"] is not None,
@@ -1024,7 +1130,9 @@ class Bench:
                 out[name] = {"forward_is": what, **outside_share(steady, total_key, fwd_key)}
         source = next((s for s in SHARE_SOURCES if s in out), None)
         if source is None:
-            raise RuntimeError("no forward timing: no engine.last_step, runner method or model module")
+            raise RuntimeError(
+                "no forward timing: no engine.last_step, runner method or model module"
+            )
         out["share_from"] = source
         out["outside_share_pct"] = out[source]["outside_share_pct"]
         return out
@@ -1060,12 +1168,20 @@ class Bench:
         hit_f, hit_b = cost(sc.ttft_suffix, sc.ttft_prefix)
         miss_s, hit_s = statistics.median(miss), statistics.median(hit)
         return {
-            "prefix_len": sc.ttft_prefix, "suffix_len": sc.ttft_suffix,
+            "prefix_len": sc.ttft_prefix,
+            "suffix_len": sc.ttft_suffix,
             "repeats": sc.ttft_repeats,
-            "miss_ttft_s": miss_s, "hit_ttft_s": hit_s, "speedup": miss_s / hit_s,
-            "miss_all_s": miss, "hit_all_s": hit,
-            "hit_num_cached_tokens": cached, "miss_num_cached_tokens": miss_cached,
-            "miss_flops": miss_f, "miss_bytes": miss_b, "hit_flops": hit_f, "hit_bytes": hit_b,
+            "miss_ttft_s": miss_s,
+            "hit_ttft_s": hit_s,
+            "speedup": miss_s / hit_s,
+            "miss_all_s": miss,
+            "hit_all_s": hit,
+            "hit_num_cached_tokens": cached,
+            "miss_num_cached_tokens": miss_cached,
+            "miss_flops": miss_f,
+            "miss_bytes": miss_b,
+            "hit_flops": hit_f,
+            "hit_bytes": hit_b,
             "method": (
                 "prefix caching on; one request with the prefix warms the cache; then, repeated, "
                 "a prompt sharing nothing (miss: fresh tokens) and the prefix + a fresh suffix "
@@ -1073,7 +1189,7 @@ class Bench:
                 "median over repeats; roofline = max(FLOPs / peak, bytes / bandwidth) of the "
                 "prefill that must run (the whole prompt, or the suffix over the cached prefix)"
             ),
-        }  # fmt: skip
+        }
 
 
 # ------------------------------------------------------------------------------------------
@@ -1120,25 +1236,39 @@ def make_targets(results: dict[str, Any], parts: Sequence[str]) -> list[dict[str
 
         measured = {
             "offline_vs_generate": (_get(off, "engine_vs_hf_generate"), off_reason("hf_generate")),
-            "offline_vs_generate_batch": (_get(off, "engine_vs_hf_generate_batch"),
-                                          off_reason("hf_generate_batch")),
+            "offline_vs_generate_batch": (
+                _get(off, "engine_vs_hf_generate_batch"),
+                off_reason("hf_generate_batch"),
+            ),
             "offline_roofline": (_get(eng, "pct_of_roofline"), off_reason()),
             "decode_b1_roofline": (
                 _get(b1, "engine", "pct_of_roofline"),
-                "decode part not run" if "decode" not in parts
-                else "batch 1 not in the sweep" if b1 is None
+                "decode part not run"
+                if "decode" not in parts
+                else "batch 1 not in the sweep"
+                if b1 is None
                 else _why(b1["engine"], "not measured"),
             ),
             "scheduler_share": (
                 _get(sched, "outside_share_pct"),
-                "scheduler part not run" if "scheduler" not in parts
+                "scheduler part not run"
+                if "scheduler" not in parts
                 else _why(sched, "not measured"),
             ),
-        }  # fmt: skip
+        }
         for tid, (desc, op, thr, unit) in TARGETS.items():
             value, reason = measured[tid]
-            out.append(rep.target(f"{dtype}/{tid}", desc, value, op, thr, unit,
-                                  None if value is not None else reason))  # fmt: skip
+            out.append(
+                rep.target(
+                    f"{dtype}/{tid}",
+                    desc,
+                    value,
+                    op,
+                    thr,
+                    unit,
+                    None if value is not None else reason,
+                )
+            )
     return out
 
 
@@ -1158,18 +1288,34 @@ def render(report: dict[str, Any]) -> str:
         if roof.get("gemm_peak_flops"):
             g, b = roof["gemm_best"], roof["bandwidth_best"]
             rows = [
-                ["GEMM peak (GFLOP/s)", roof["gemm_peak_flops"] / 1e9,
-                 f"{g['method']}, {g['m']}x{g['k']} @ {g['k']}x{g['n']}, at the {g['when']}"],
-                ["memory bandwidth (GB/s)", roof["bandwidth_bytes_per_s"] / 1e9,
-                 f"copy {b['copy_bytes_per_s'] / 1e9:.1f}, sum {b['sum_bytes_per_s'] / 1e9:.1f}, "
-                 f"at the {b['when']}"],
-            ]  # fmt: skip
+                [
+                    "GEMM peak (GFLOP/s)",
+                    roof["gemm_peak_flops"] / 1e9,
+                    f"{g['method']}, {g['m']}x{g['k']} @ {g['k']}x{g['n']}, at the {g['when']}",
+                ],
+                [
+                    "memory bandwidth (GB/s)",
+                    roof["bandwidth_bytes_per_s"] / 1e9,
+                    f"copy {b['copy_bytes_per_s'] / 1e9:.1f}, sum {b['sum_bytes_per_s'] / 1e9:.1f}, "
+                    f"at the {b['when']}",
+                ],
+            ]
             for m in roof["measurements"]:
-                rows.append([f"  measured at the {m['when']}", m["gemm_peak_flops"] / 1e9,
-                             f"{m['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"])  # fmt: skip
-            blocks.append(rep.format_table(["quantity", "value", "how"], rows,
-                                           title=f"== {dtype}: machine roofline (measured here)",
-                                           formats=[None, ".1f", None]))  # fmt: skip
+                rows.append(
+                    [
+                        f"  measured at the {m['when']}",
+                        m["gemm_peak_flops"] / 1e9,
+                        f"{m['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
+                    ]
+                )
+            blocks.append(
+                rep.format_table(
+                    ["quantity", "value", "how"],
+                    rows,
+                    title=f"== {dtype}: machine roofline (measured here)",
+                    formats=[None, ".1f", None],
+                )
+            )
         off = r.get("offline")
         if off:
             gen, cb, eng = off["hf_generate"], off["hf_generate_batch"], off["engine"]
@@ -1177,43 +1323,78 @@ def render(report: dict[str, Any]) -> str:
                 f"{x:.2f}x" if x else "-"
                 for x in (off.get("engine_vs_hf_generate"), off.get("engine_vs_hf_generate_batch"))
             )
-            rows = [[f"HF generate, static (best: batch {gen.get('best_batch_size', '-')})",
-                     _tps(gen), gen.get("pct_of_roofline"), "", _why(gen)]]
-            rows += [[f"  batch {bs}", _tps(run), run.get("pct_of_roofline"), "", _why(run)]
-                     for bs, run in gen["by_batch_size"].items()]
+            rows = [
+                [
+                    f"HF generate, static (best: batch {gen.get('best_batch_size', '-')})",
+                    _tps(gen),
+                    gen.get("pct_of_roofline"),
+                    "",
+                    _why(gen),
+                ]
+            ]
+            rows += [
+                [f"  batch {bs}", _tps(run), run.get("pct_of_roofline"), "", _why(run)]
+                for bs, run in gen["by_batch_size"].items()
+            ]
             rows += [
                 ["HF continuous batching", _tps(cb), cb.get("pct_of_roofline"), "", _why(cb)],
                 ["our engine", _tps(eng), eng.get("pct_of_roofline"), ratio, _why(eng)],
                 ["roofline (FLOPs / GEMM peak)", off.get("roofline_tokens_per_s"), 100.0, "", ""],
-            ]  # fmt: skip
+            ]
             w = off["workload"]
-            blocks.append(rep.format_table(
-                ["system", "useful tok/s", "% roofline", "engine vs gen / CB", "note"], rows,
-                title=(f"== {dtype}: offline throughput, {w['n_requests']} requests, "
-                       f"{w['prompt_tokens']} prompt + {w['output_tokens']} output tokens"),
-                formats=[None, ".1f", ".1f", None, None],
-            ))  # fmt: skip
+            blocks.append(
+                rep.format_table(
+                    ["system", "useful tok/s", "% roofline", "engine vs gen / CB", "note"],
+                    rows,
+                    title=(
+                        f"== {dtype}: offline throughput, {w['n_requests']} requests, "
+                        f"{w['prompt_tokens']} prompt + {w['output_tokens']} output tokens"
+                    ),
+                    formats=[None, ".1f", ".1f", None, None],
+                )
+            )
         dec = r.get("decode")
         if dec and dec["rows"]:
             rows = []
             for row in dec["rows"]:
                 e, h = row["engine"], row["hf_generate"]
                 lin = row.get("engine_linear_only")
-                rows.append([
-                    row["batch"], _ms(row.get("roofline_step_s")), row.get("bound_by"),
-                    _ms(_get(e, "step_s")), _get(e, "pct_of_roofline"),
-                    _ms(_get(lin, "step_s")), _get(lin, "pct_of_roofline"),
-                    _ms(_get(h, "step_s")), _get(h, "pct_of_roofline"),
-                ])  # fmt: skip
+                rows.append(
+                    [
+                        row["batch"],
+                        _ms(row.get("roofline_step_s")),
+                        row.get("bound_by"),
+                        _ms(_get(e, "step_s")),
+                        _get(e, "pct_of_roofline"),
+                        _ms(_get(lin, "step_s")),
+                        _get(lin, "pct_of_roofline"),
+                        _ms(_get(h, "step_s")),
+                        _get(h, "pct_of_roofline"),
+                    ]
+                )
             note = _why(dec["rows"][0]["engine"])
-            blocks.append(rep.format_table(
-                ["batch", "roofline ms", "bound", "engine ms", "engine %", "linears ms",
-                 "linears %", "HF ms", "HF %"], rows,
-                title=(f"== {dtype}: decode step, context ~{dec['context']}"
-                       + (f" (engine: {note})" if note else "")
-                       + "; linears: the engine's linear layers and LM head alone"),
-                formats=[None, ".2f", None, ".2f", ".1f", ".2f", ".1f", ".2f", ".1f"],
-            ))  # fmt: skip
+            blocks.append(
+                rep.format_table(
+                    [
+                        "batch",
+                        "roofline ms",
+                        "bound",
+                        "engine ms",
+                        "engine %",
+                        "linears ms",
+                        "linears %",
+                        "HF ms",
+                        "HF %",
+                    ],
+                    rows,
+                    title=(
+                        f"== {dtype}: decode step, context ~{dec['context']}"
+                        + (f" (engine: {note})" if note else "")
+                        + "; linears: the engine's linear layers and LM head alone"
+                    ),
+                    formats=[None, ".2f", None, ".2f", ".1f", ".2f", ".1f", ".2f", ".1f"],
+                )
+            )
         lines = []
         sched = r.get("scheduler")
         if sched:
@@ -1221,24 +1402,41 @@ def render(report: dict[str, Any]) -> str:
                 for name in SHARE_SOURCES:
                     if name in sched:
                         s = sched[name]
-                        lines.append([f"outside forward, {sched['running_requests']} running "
-                                      f"({name}) %", s["outside_share_pct"],
-                                      f"step {s['mean_step_s'] * 1e3:.1f} ms, forward "
-                                      f"{s['mean_forward_s'] * 1e3:.1f} ms"])  # fmt: skip
+                        lines.append(
+                            [
+                                f"outside forward, {sched['running_requests']} running ({name}) %",
+                                s["outside_share_pct"],
+                                f"step {s['mean_step_s'] * 1e3:.1f} ms, forward "
+                                f"{s['mean_forward_s'] * 1e3:.1f} ms",
+                            ]
+                        )
             else:
                 lines.append(["scheduler share outside forward %", None, _why(sched)])
         ttft = r.get("ttft")
         if ttft:
             for case in ("miss", "hit"):
                 pct = _get(ttft, f"{case}_pct_of_roofline")
-                lines.append([f"TTFT, prefix {case} (ms)", _ms(_get(ttft, f"{case}_ttft_s")),
-                              _why(ttft) or f"{pct:.1f}% of roofline"
-                              + (f", {ttft['speedup']:.2f}x faster" if case == "hit" else "")])  # fmt: skip
+                lines.append(
+                    [
+                        f"TTFT, prefix {case} (ms)",
+                        _ms(_get(ttft, f"{case}_ttft_s")),
+                        _why(ttft)
+                        or f"{pct:.1f}% of roofline"
+                        + (f", {ttft['speedup']:.2f}x faster" if case == "hit" else ""),
+                    ]
+                )
         if lines:
-            blocks.append(rep.format_table(["quantity", "value", "note"], lines,
-                                           title=f"== {dtype}: engine internals",
-                                           formats=[None, ".2f", None]))  # fmt: skip
-    blocks.append(rep.targets_table(report["targets"], title="== targets (measured on this machine)"))
+            blocks.append(
+                rep.format_table(
+                    ["quantity", "value", "note"],
+                    lines,
+                    title=f"== {dtype}: engine internals",
+                    formats=[None, ".2f", None],
+                )
+            )
+    blocks.append(
+        rep.targets_table(report["targets"], title="== targets (measured on this machine)")
+    )
     return "\n\n".join(blocks)
 
 
@@ -1268,7 +1466,9 @@ def _int_list(text: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
     if not vals or min(vals) < 1:
         raise argparse.ArgumentTypeError(f"need positive integers, got {text!r}")
     return vals
@@ -1296,24 +1496,50 @@ def build_parser(prog: str = "python -m scripts.bench engine") -> argparse.Argum
             "AVX512-BF16/AMX) bf16 runs ~10x slower than fp32."
         ),
     )
-    p.add_argument("--quick", action="store_true",
-                   help="shrink everything (8 short requests, small sweeps, fp32 only): well "
-                        "under a minute; for tests, not for numbers")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help="output folder (default: results/bench/ of the repository); writes "
-                        "engine.json there")
-    p.add_argument("--dtype", type=parse_dtypes, default=None,
-                   help="comma-separated dtypes: fp32,bf16 (default: both; --quick: fp32)")
-    p.add_argument("--parts", type=_parts, default=PARTS,
-                   help=f"measurements besides the roofline (default all: {','.join(PARTS)})")
-    p.add_argument("--requests", type=rep.positive_int, default=None,
-                   help="number of offline requests (default 64; --quick 8)")
-    p.add_argument("--hf-batch-sizes", type=_int_list, default=None,
-                   help="static batch sizes tried for HF generate (default 8,16,32,64)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="shrink everything (8 short requests, small sweeps, fp32 only): well "
+        "under a minute; for tests, not for numbers",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="output folder (default: results/bench/ of the repository); writes engine.json there",
+    )
+    p.add_argument(
+        "--dtype",
+        type=parse_dtypes,
+        default=None,
+        help="comma-separated dtypes: fp32,bf16 (default: both; --quick: fp32)",
+    )
+    p.add_argument(
+        "--parts",
+        type=_parts,
+        default=PARTS,
+        help=f"measurements besides the roofline (default all: {','.join(PARTS)})",
+    )
+    p.add_argument(
+        "--requests",
+        type=rep.positive_int,
+        default=None,
+        help="number of offline requests (default 64; --quick 8)",
+    )
+    p.add_argument(
+        "--hf-batch-sizes",
+        type=_int_list,
+        default=None,
+        help="static batch sizes tried for HF generate (default 8,16,32,64)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the model weights and workload")
-    p.add_argument("--threads", type=rep.positive_int, default=None,
-                   help="torch intra-op threads (default: torch's default, all cores)")
-    return p  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=rep.positive_int,
+        default=None,
+        help="torch intra-op threads (default: torch's default, all cores)",
+    )
+    return p
 
 
 def _quiet_transformers() -> None:
@@ -1351,25 +1577,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reason = import_engine()[2]
     prov["engine"] = {"importable": reason is None, "reason": reason}
     config = {
-        "scale": asdict(scale), "parts": list(parts), "seed": args.seed,
-        "model": {"preset": MODEL_PRESET, "built_with": (
-            "transformers.LlamaForCausalLM(LlamaConfig(**preset_config(preset))) after "
-            "torch.manual_seed(seed), save_pretrained to a temporary folder every system loads")},
+        "scale": asdict(scale),
+        "parts": list(parts),
+        "seed": args.seed,
+        "model": {
+            "preset": MODEL_PRESET,
+            "built_with": (
+                "transformers.LlamaForCausalLM(LlamaConfig(**preset_config(preset))) after "
+                "torch.manual_seed(seed), save_pretrained to a temporary folder every system loads"
+            ),
+        },
         "engine_api_assumed": ENGINE_API,
-    }  # fmt: skip
+    }
     results: dict[str, Any] = {}
 
     def write() -> dict[str, Any]:
-        report = rep.make_report("engine", config, results, make_targets(results, parts), prov,
-                                 time.perf_counter() - started)  # fmt: skip
+        report = rep.make_report(
+            "engine",
+            config,
+            results,
+            make_targets(results, parts),
+            prov,
+            time.perf_counter() - started,
+        )
         rep.write_json(out_path, report)
         return report
 
-    per_dtype = 2 + sum((
-        ("offline" in parts) * (len(scale.hf_batch_sizes) + 2),
-        ("decode" in parts) * len(scale.decode_batches),
-        "scheduler" in parts, "ttft" in parts,
-    ))  # fmt: skip
+    per_dtype = 2 + sum(
+        (
+            ("offline" in parts) * (len(scale.hf_batch_sizes) + 2),
+            ("decode" in parts) * len(scale.decode_batches),
+            "scheduler" in parts,
+            "ttft" in parts,
+        )
+    )
     with (
         tempfile.TemporaryDirectory(prefix="servelab-bench-") as tmp,
         tqdm(total=1 + per_dtype * len(scale.dtypes), unit="step", file=sys.stderr) as progress,

@@ -84,11 +84,13 @@ def _loads(text: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}"
-                                         ) from None
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
     if not vals or any(not (0 < v < 1.5) for v in vals):
         raise argparse.ArgumentTypeError(
-            f"loads are fractions of capacity in (0, 1.5), got {text!r}")
+            f"loads are fractions of capacity in (0, 1.5), got {text!r}"
+        )
     return vals
 
 
@@ -103,32 +105,63 @@ def build_parser(prog: str = "python -m scripts.bench fidelity") -> argparse.Arg
             "end-to-end latency (target: every |error| <= 5%%)."
         ),
     )
-    p.add_argument("--profile", type=Path, default=None,
-                   help="step profile (default: this device's under data/profiles/, else the "
-                        f"shipped data/{SHIPPED_PROFILE})")
-    p.add_argument("--calibrate", action="store_true",
-                   help="calibrate first in this process (recommended; ~2-3 min) and use that "
-                        f"profile, written to <out>/{BENCHMARK}-profile.json")
-    p.add_argument("--model", default=None,
-                   help="with --calibrate: the model (default tiny-llama-20m)")
-    p.add_argument("--requests", type=rep.positive_int, default=200,
-                   help="requests drawn from the trace (default 200)")
-    p.add_argument("--loads", type=_loads, default=DEFAULT_LOADS,
-                   help="arrival rates as fractions of the measured capacity (default 0.3,0.6,0.9)")
-    p.add_argument("--length-scale", type=rep.positive_int, default=LENGTH_SCALE,
-                   help="divide the trace's prompt and output lengths by this "
-                        f"(default {LENGTH_SCALE})")
-    p.add_argument("--threads", type=rep.positive_int, default=None,
-                   help="torch threads (default: the profile's; must match it to be calibrated)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="step profile (default: this device's under data/profiles/, else the "
+        f"shipped data/{SHIPPED_PROFILE})",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="calibrate first in this process (recommended; ~2-3 min) and use that "
+        f"profile, written to <out>/{BENCHMARK}-profile.json",
+    )
+    p.add_argument(
+        "--model", default=None, help="with --calibrate: the model (default tiny-llama-20m)"
+    )
+    p.add_argument(
+        "--requests",
+        type=rep.positive_int,
+        default=200,
+        help="requests drawn from the trace (default 200)",
+    )
+    p.add_argument(
+        "--loads",
+        type=_loads,
+        default=DEFAULT_LOADS,
+        help="arrival rates as fractions of the measured capacity (default 0.3,0.6,0.9)",
+    )
+    p.add_argument(
+        "--length-scale",
+        type=rep.positive_int,
+        default=LENGTH_SCALE,
+        help=f"divide the trace's prompt and output lengths by this (default {LENGTH_SCALE})",
+    )
+    p.add_argument(
+        "--threads",
+        type=rep.positive_int,
+        default=None,
+        help="torch threads (default: the profile's; must match it to be calibrated)",
+    )
     p.add_argument("--seed", type=int, default=0, help="requests, prompts and arrivals (default 0)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output folder (default {DEFAULT_OUT}/)")
-    p.add_argument("--no-repeat", dest="repeat", action="store_false",
-                   help="skip the second engine run of each load (the run-to-run noise floor)")
-    p.add_argument("--quick", action="store_true",
-                   help="at most 8 requests and one load; without --profile, first a tiny "
-                        "calibration of tiny-llama-smoke: seconds; for tests, not for numbers")
-    return p  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)"
+    )
+    p.add_argument(
+        "--no-repeat",
+        dest="repeat",
+        action="store_false",
+        help="skip the second engine run of each load (the run-to-run noise floor)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="at most 8 requests and one load; without --profile, first a tiny "
+        "calibration of tiny-llama-smoke: seconds; for tests, not for numbers",
+    )
+    return p
 
 
 # ---- profile -----------------------------------------------------------------------------------
@@ -140,8 +173,9 @@ def _this_device_profile() -> Path | None:
     from scripts.calibrate import DEFAULT_MODEL, default_profile_path, device_info
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    path = default_profile_path(device_info(dev, 1 if dev == "cpu" else torch.get_num_threads()),
-                                DEFAULT_MODEL)  # fmt: skip
+    path = default_profile_path(
+        device_info(dev, 1 if dev == "cpu" else torch.get_num_threads()), DEFAULT_MODEL
+    )
     return path if path.is_file() else None
 
 
@@ -178,8 +212,13 @@ def _cost_model(args: argparse.Namespace, out_dir: Path) -> tuple[Any, Path, boo
 
         model = args.model or ("tiny-llama-smoke" if args.quick else DEFAULT_MODEL)
         threads = args.threads if args.threads is not None else 1
-        profile = calibrate(model, grid=QUICK_GRID if args.quick else DEFAULT_GRID,
-                            threads=threads, seed=args.seed, device="cpu" if args.quick else None)  # fmt: skip
+        profile = calibrate(
+            model,
+            grid=QUICK_GRID if args.quick else DEFAULT_GRID,
+            threads=threads,
+            seed=args.seed,
+            device="cpu" if args.quick else None,
+        )
         path = out_dir / f"{BENCHMARK}-profile.json"
         write_profile(profile, path)
         return ProfiledCostModel.load(path), path, True
@@ -190,8 +229,9 @@ def _cost_model(args: argparse.Namespace, out_dir: Path) -> tuple[Any, Path, boo
 # ---- workload ----------------------------------------------------------------------------------
 
 
-def make_workload(n: int, scale: int, max_model_len: int, vocab: int,
-                  seed: int) -> tuple[list[Any], dict[str, Any]]:  # fmt: skip
+def make_workload(
+    n: int, scale: int, max_model_len: int, vocab: int, seed: int
+) -> tuple[list[Any], dict[str, Any]]:
     """``n`` requests drawn (seeded, without replacement) from the Azure conversation trace,
     lengths divided by ``scale`` (rounded, at least 1), prompts cut so prompt + output fits
     ``max_model_len``; random prompt token ids. Arrivals are all 0 (set per load later)."""
@@ -216,13 +256,24 @@ def make_workload(n: int, scale: int, max_model_len: int, vocab: int,
     p = [r.prompt_len for r in reqs]
     o = [r.output_len for r in reqs]
     info = {
-        "trace": str(azure_trace_path("conv")), "kind": "conv", "rows": sorted(int(r) for r in rows),
-        "length_scale": scale, "prompts_cut_to_fit": cut,
-        "prompt_len": {"mean": statistics.fmean(p), "p50": float(np.percentile(p, 50)),
-                       "p90": float(np.percentile(p, 90)), "max": max(p)},
-        "output_len": {"mean": statistics.fmean(o), "p50": float(np.percentile(o, 50)),
-                       "p90": float(np.percentile(o, 90)), "max": max(o)},
-    }  # fmt: skip
+        "trace": str(azure_trace_path("conv")),
+        "kind": "conv",
+        "rows": sorted(int(r) for r in rows),
+        "length_scale": scale,
+        "prompts_cut_to_fit": cut,
+        "prompt_len": {
+            "mean": statistics.fmean(p),
+            "p50": float(np.percentile(p, 50)),
+            "p90": float(np.percentile(p, 90)),
+            "max": max(p),
+        },
+        "output_len": {
+            "mean": statistics.fmean(o),
+            "p50": float(np.percentile(o, 50)),
+            "p90": float(np.percentile(o, 90)),
+            "max": max(o),
+        },
+    }
     return reqs, info
 
 
@@ -304,16 +355,23 @@ def step_diagnostics(log: StepLog, cost: Any) -> dict[str, Any]:
 
     def summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
         m, p = sum(x for x, _ in pairs), sum(y for _, y in pairs)
-        return {"steps": len(pairs), "measured_s": m, "predicted_s": p,
-                "bias": p / m - 1 if m else None,
-                "mean_abs_rel_error": statistics.fmean(abs(y - x) / x for x, y in pairs if x > 0)}  # fmt: skip
+        return {
+            "steps": len(pairs),
+            "measured_s": m,
+            "predicted_s": p,
+            "bias": p / m - 1 if m else None,
+            "mean_abs_rel_error": statistics.fmean(abs(y - x) / x for x, y in pairs if x > 0),
+        }
 
     out = summary([pair for pairs in by_kind.values() for pair in pairs])
     out["by_kind"] = {k: summary(v) for k, v in sorted(by_kind.items())}
     # steps during which the process had its core (one thread: CPU time ~ wall time): the
     # model's own accuracy, free of other work on the machine
-    quiet = [(dt, cost.step_time(pre, dec)) for _, dt, cpu, pre, dec in steps
-             if cpu >= QUIET_CPU_SHARE * dt]  # fmt: skip
+    quiet = [
+        (dt, cost.step_time(pre, dec))
+        for _, dt, cpu, pre, dec in steps
+        if cpu >= QUIET_CPU_SHARE * dt
+    ]
     out["undisturbed"] = summary(quiet) if quiet else None
     out["undisturbed_steps_share"] = len(quiet) / len(steps)
     out["between_steps_s"] = sum(busy_gaps)
@@ -343,12 +401,17 @@ def probe(cal: Any, cost: Any, grid: Any) -> dict[str, Any]:
         pairs.append((dt, cost.step_time(pre, dec)))
     cal.abort_all(reqs)
     measured, predicted = sum(m for m, _ in pairs), sum(p for _, p in pairs)
-    return {"steps": len(pairs), "measured_s": measured, "predicted_s": predicted,
-            "ratio": measured / predicted if predicted > 0 else None}  # fmt: skip
+    return {
+        "steps": len(pairs),
+        "measured_s": measured,
+        "predicted_s": predicted,
+        "ratio": measured / predicted if predicted > 0 else None,
+    }
 
 
-def replay_engine(engine: Any, reqs: Sequence[Any], log: StepLog,
-                  desc: str) -> tuple[list[Any], float]:  # fmt: skip
+def replay_engine(
+    engine: Any, reqs: Sequence[Any], log: StepLog, desc: str
+) -> tuple[list[Any], float]:
     """Serve ``reqs`` on the real engine in wall-clock time; their records and the makespan."""
     from tqdm.auto import tqdm
 
@@ -366,20 +429,28 @@ def replay_engine(engine: Any, reqs: Sequence[Any], log: StepLog,
     return records, (max(ends) - min(starts)) if ends else math.nan
 
 
-def simulate(cost: Any, settings: Any, vocab: int,
-             reqs: Sequence[Any]) -> tuple[list[Any], float, Any]:  # fmt: skip
+def simulate(
+    cost: Any, settings: Any, vocab: int, reqs: Sequence[Any]
+) -> tuple[list[Any], float, Any]:
     """The same requests through the simulator: one replica with the engine's settings."""
     from core.metrics import RequestRecord
     from core.sched import SchedulerConfig
     from core.sim import ReplicaConfig, Simulator
 
-    sched = SchedulerConfig(max_num_batched_tokens=settings.max_num_batched_tokens,
-                            max_num_seqs=settings.max_num_seqs,
-                            max_model_len=settings.max_model_len, enable_chunked_prefill=True,
-                            vocab_size=vocab)  # fmt: skip
-    replica = ReplicaConfig(cost, num_kv_blocks=settings.num_kv_blocks,
-                            block_size=settings.block_size, scheduler=sched,
-                            prefix_cache="block" if settings.enable_prefix_caching else "none")  # fmt: skip
+    sched = SchedulerConfig(
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_num_seqs=settings.max_num_seqs,
+        max_model_len=settings.max_model_len,
+        enable_chunked_prefill=True,
+        vocab_size=vocab,
+    )
+    replica = ReplicaConfig(
+        cost,
+        num_kv_blocks=settings.num_kv_blocks,
+        block_size=settings.block_size,
+        scheduler=sched,
+        prefix_cache="block" if settings.enable_prefix_caching else "none",
+    )
     res = Simulator([replica]).run(reqs)
     records = [RequestRecord.from_request(r) for r in res.requests]
     starts = [r.arrival for r in records]
@@ -399,24 +470,40 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _point(name: str, load: float | None, rate: float | None, engine_recs: list[Any],
-           sim_recs: list[Any], engine_span: float, sim_span: float, sim_res: Any,
-           log: StepLog, cost: Any) -> dict[str, Any]:  # fmt: skip
+def _point(
+    name: str,
+    load: float | None,
+    rate: float | None,
+    engine_recs: list[Any],
+    sim_recs: list[Any],
+    engine_span: float,
+    sim_span: float,
+    sim_res: Any,
+    log: StepLog,
+    cost: Any,
+) -> dict[str, Any]:
     from core.metrics import compare
 
     cmp = compare(engine_recs, sim_recs, metrics=METRICS, stats=STATS)
-    return _clean({
-        "name": name, "load": load, "rate_per_s": rate,
-        "relative_error": cmp["relative_error"],
-        "max_abs_relative_error": cmp["max_abs_relative_error"],
-        "engine": cmp["a"], "simulator": cmp["b"], "matched": cmp["matched"],
-        "incomplete": cmp["incomplete"], "only_in_engine": cmp["only_in_a"],
-        "only_in_simulator": cmp["only_in_b"],
-        "makespan_s": {"engine": engine_span, "simulator": sim_span},
-        "steps": {"engine": len(log.steps), "simulator": sim_res.total_steps},
-        "busy_s": {"engine": sum(s[1] for s in log.steps), "simulator": sum(sim_res.busy_time)},
-        "step_time": step_diagnostics(log, cost),
-    })  # fmt: skip
+    return _clean(
+        {
+            "name": name,
+            "load": load,
+            "rate_per_s": rate,
+            "relative_error": cmp["relative_error"],
+            "max_abs_relative_error": cmp["max_abs_relative_error"],
+            "engine": cmp["a"],
+            "simulator": cmp["b"],
+            "matched": cmp["matched"],
+            "incomplete": cmp["incomplete"],
+            "only_in_engine": cmp["only_in_a"],
+            "only_in_simulator": cmp["only_in_b"],
+            "makespan_s": {"engine": engine_span, "simulator": sim_span},
+            "steps": {"engine": len(log.steps), "simulator": sim_res.total_steps},
+            "busy_s": {"engine": sum(s[1] for s in log.steps), "simulator": sum(sim_res.busy_time)},
+            "step_time": step_diagnostics(log, cost),
+        }
+    )
 
 
 # ---- the benchmark -----------------------------------------------------------------------------
@@ -444,28 +531,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     mismatch = [] if fresh else machine_mismatch(profile, threads)
     if mismatch:
-        print(f"warning: {profile_path} was calibrated on another machine or setup ("
-              + "; ".join(mismatch) + "); its step times may not hold here: pass --calibrate "
-              "or run `nox -s calibrate` first", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {profile_path} was calibrated on another machine or setup ("
+            + "; ".join(mismatch)
+            + "); its step times may not hold here: pass --calibrate "
+            "or run `nox -s calibrate` first",
+            file=sys.stderr,
+        )
     prov = rep.provenance()
     settings = EngineSettings.from_dict(cost.engine_settings, where=str(profile_path))
     model_cfg = cost.model_config
     if model_cfg is None:
-        raise ValueError(f"{profile_path}: the profile has no model config to build the "
-                         "engine from")
+        raise ValueError(
+            f"{profile_path}: the profile has no model config to build the engine from"
+        )
     dtype = str(profile.get("dtype") or "float32")
     device = (profile.get("device") or {}).get("type")
     llm = build_llm(model_cfg, settings, dtype=dtype, device=device)
     engine = llm.engine
     vocab = int(llm.config.vocab_size)
-    reqs, workload_info = make_workload(args.requests, args.length_scale, settings.max_model_len,
-                                        vocab, args.seed)  # fmt: skip
+    reqs, workload_info = make_workload(
+        args.requests, args.length_scale, settings.max_model_len, vocab, args.seed
+    )
     cal = Calibrator(llm, settings, Grid(**cost.grid), args.seed + 7)
     log = StepLog(engine)
     # warm-up: lazy initialisation and the allocator's growth happen before any timing
-    replay_engine(engine, [type(r)(f"warmup-{i}", 0.0, r.prompt_len, r.output_len,
-                                   prompt_token_ids=list(r.prompt_token_ids))
-                           for i, r in enumerate(reqs[:WARMUP_REQUESTS])], log, "warm-up")  # fmt: skip
+    replay_engine(
+        engine,
+        [
+            type(r)(
+                f"warmup-{i}",
+                0.0,
+                r.prompt_len,
+                r.output_len,
+                prompt_token_ids=list(r.prompt_token_ids),
+            )
+            for i, r in enumerate(reqs[:WARMUP_REQUESTS])
+        ],
+        log,
+        "warm-up",
+    )
 
     # capacity: everything at once
     probes = [probe(cal, cost, cost.grid)]
@@ -484,46 +589,82 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         probes.append(probe(cal, cost, cost.grid))
         e_recs, e_span = replay_engine(engine, timed, log, f"load {load:.0%}")
         s_recs, s_span, s_res = simulate(cost, settings, vocab, timed)
-        points.append(_point(f"load-{round(100 * load)}", load, rate, e_recs, s_recs, e_span,
-                             s_span, s_res, log, cost))  # fmt: skip
+        points.append(
+            _point(
+                f"load-{round(100 * load)}",
+                load,
+                rate,
+                e_recs,
+                s_recs,
+                e_span,
+                s_span,
+                s_res,
+                log,
+                cost,
+            )
+        )
         points[-1]["probe_before"] = probes[-1]
         if args.repeat:  # the same stream again: how far two runs of the engine itself differ
             again, _ = replay_engine(engine, timed, log, f"load {load:.0%} again")
             floor = compare(e_recs, again, metrics=METRICS, stats=STATS)
-            points[-1]["engine_repeat"] = _clean({
-                "relative_error": floor["relative_error"],
-                "max_abs_relative_error": floor["max_abs_relative_error"]})  # fmt: skip
+            points[-1]["engine_repeat"] = _clean(
+                {
+                    "relative_error": floor["relative_error"],
+                    "max_abs_relative_error": floor["max_abs_relative_error"],
+                }
+            )
     probes.append(probe(cal, cost, cost.grid))
 
     targets = []
     for pt in points:
         for key, err in pt["relative_error"].items():
-            targets.append(rep.target(
-                f"{pt['name']}-{key}",
-                f"|relative error| of the simulator's {key.replace('_', ' ')} at {pt['load']:.0%} "
-                "load", None if err is None else 100 * abs(err), "<=", 100 * TARGET, "%"))  # fmt: skip
+            targets.append(
+                rep.target(
+                    f"{pt['name']}-{key}",
+                    f"|relative error| of the simulator's {key.replace('_', ' ')} at {pt['load']:.0%} "
+                    "load",
+                    None if err is None else 100 * abs(err),
+                    "<=",
+                    100 * TARGET,
+                    "%",
+                )
+            )
     errs = [abs(e) for pt in points for e in pt["relative_error"].values() if e is not None]
     config = {
-        "requests": len(reqs), "loads": list(args.loads), "length_scale": args.length_scale,
-        "seed": args.seed, "threads": threads, "engine_repeat": bool(args.repeat),
-        "dtype": dtype, "engine": settings.to_dict(),
-        "model": (profile.get("model") or {}).get("name"), "profile": str(profile_path),
-        "profile_calibrated_in_this_run": fresh, "profile_machine_mismatch": mismatch,
-        "cost_model": cost.describe(), "workload": workload_info, "target_abs_rel_error": TARGET,
+        "requests": len(reqs),
+        "loads": list(args.loads),
+        "length_scale": args.length_scale,
+        "seed": args.seed,
+        "threads": threads,
+        "engine_repeat": bool(args.repeat),
+        "dtype": dtype,
+        "engine": settings.to_dict(),
+        "model": (profile.get("model") or {}).get("name"),
+        "profile": str(profile_path),
+        "profile_calibrated_in_this_run": fresh,
+        "profile_machine_mismatch": mismatch,
+        "cost_model": cost.describe(),
+        "workload": workload_info,
+        "target_abs_rel_error": TARGET,
         "arrivals": "Poisson, rate = load x capacity; seed [seed, load index + 1]",
-    }  # fmt: skip
+    }
     results = {
-        "capacity_per_s": capacity, "offline": offline, "loads": points,
+        "capacity_per_s": capacity,
+        "offline": offline,
+        "loads": points,
         "max_abs_relative_error": max(errs) if errs else None,
         "all_within_target": bool(errs) and max(errs) <= TARGET,
         "probe_after": probes[-1],
         "profile_checks": profile.get("checks"),
         "profile_cpu_share": (profile.get("calibration") or {}).get("cpu_share"),
-    }  # fmt: skip
-    note = (rep.DEFAULT_NOTE + " Timing-based: other processes on the machine slow the real "
-            "engine in ways no calibration predicts; see each load's step_time.cpu_share.")
-    report = rep.make_report(BENCHMARK, config, results, targets, prov,
-                             time.perf_counter() - started, note=note)  # fmt: skip
+    }
+    note = (
+        rep.DEFAULT_NOTE + " Timing-based: other processes on the machine slow the real "
+        "engine in ways no calibration predicts; see each load's step_time.cpu_share."
+    )
+    report = rep.make_report(
+        BENCHMARK, config, results, targets, prov, time.perf_counter() - started, note=note
+    )
     rep.write_json(out_dir / f"{BENCHMARK}.json", report)
     return report
 
@@ -540,37 +681,69 @@ def render(report: dict[str, Any]) -> str:
         st = pt["step_time"]
         quiet = st.get("undisturbed") or {}
         ratio = (pt.get("probe_before") or {}).get("ratio")
-        rows.append([pt["name"], "-" if pt["rate_per_s"] is None else f"{pt['rate_per_s']:.2f}",
-                     *(_pct(e.get(f"{m}_{s}")) for m in METRICS for s in STATS),
-                     _pct(st.get("bias")), _pct(quiet.get("bias")),
-                     "-" if st.get("cpu_share") is None else f"{st['cpu_share']:.2f}",
-                     _pct(None if ratio is None else ratio - 1)])  # fmt: skip
-    head = ["run", "req/s", *(f"{m} {s}" for m in METRICS for s in STATS), "step bias",
-            "quiet bias", "cpu", "drift"]
-    title = (f"Simulator vs engine: {c['requests']} Azure conv requests (lengths / "
-             f"{c['length_scale']}), {c['model']}, {c['threads']} thread(s); capacity "
-             f"{r['capacity_per_s']:.2f} req/s. Relative errors in %, target |error| <= "
-             f"{100 * c['target_abs_rel_error']:.0f}% at each load")  # fmt: skip
+        rows.append(
+            [
+                pt["name"],
+                "-" if pt["rate_per_s"] is None else f"{pt['rate_per_s']:.2f}",
+                *(_pct(e.get(f"{m}_{s}")) for m in METRICS for s in STATS),
+                _pct(st.get("bias")),
+                _pct(quiet.get("bias")),
+                "-" if st.get("cpu_share") is None else f"{st['cpu_share']:.2f}",
+                _pct(None if ratio is None else ratio - 1),
+            ]
+        )
+    head = [
+        "run",
+        "req/s",
+        *(f"{m} {s}" for m in METRICS for s in STATS),
+        "step bias",
+        "quiet bias",
+        "cpu",
+        "drift",
+    ]
+    title = (
+        f"Simulator vs engine: {c['requests']} Azure conv requests (lengths / "
+        f"{c['length_scale']}), {c['model']}, {c['threads']} thread(s); capacity "
+        f"{r['capacity_per_s']:.2f} req/s. Relative errors in %, target |error| <= "
+        f"{100 * c['target_abs_rel_error']:.0f}% at each load"
+    )
     table = rep.format_table(head, rows, title=title)
-    floor = [[pt["name"], *(_pct(pt["engine_repeat"]["relative_error"].get(f"{m}_{s}"))
-                            for m in METRICS for s in STATS)]
-             for pt in r["loads"] if pt.get("engine_repeat")]  # fmt: skip
+    floor = [
+        [
+            pt["name"],
+            *(
+                _pct(pt["engine_repeat"]["relative_error"].get(f"{m}_{s}"))
+                for m in METRICS
+                for s in STATS
+            ),
+        ]
+        for pt in r["loads"]
+        if pt.get("engine_repeat")
+    ]
     if floor:
         table += "\n\n" + rep.format_table(
-            ["run", *(f"{m} {s}" for m in METRICS for s in STATS)], floor,
+            ["run", *(f"{m} {s}" for m in METRICS for s in STATS)],
+            floor,
             title="Noise floor: the same stream through the engine a second time, against the "
-                  "first (relative errors in %)")  # fmt: skip
+            "first (relative errors in %)",
+        )
     s = report["summary"]
-    verdict = ("every error within the target" if r["all_within_target"] else
-               f"NOT every error within the target (max |error| "
-               f"{100 * (r['max_abs_relative_error'] or math.nan):.1f}%)")  # fmt: skip
-    lines = [table, "",
-             f"targets: {s['pass']} pass, {s['FAIL']} fail, {s['not checked']} not checked: {verdict}",
-             "step bias: the profiled model's total step time over the engine's, minus 1, on the "
-             "engine's own steps (quiet: on those during which it had its core); cpu: the "
-             "engine's CPU time over its step time (< 1 with one thread: it waited for a core); "
-             "drift: reference steps just before the run against the profile (the machine's "
-             "speed then, relative to the calibration)"]  # fmt: skip
+    verdict = (
+        "every error within the target"
+        if r["all_within_target"]
+        else f"NOT every error within the target (max |error| "
+        f"{100 * (r['max_abs_relative_error'] or math.nan):.1f}%)"
+    )
+    lines = [
+        table,
+        "",
+        f"targets: {s['pass']} pass, {s['FAIL']} fail, {s['not checked']} not checked: {verdict}",
+        "step bias: the profiled model's total step time over the engine's, minus 1, on the "
+        "engine's own steps (quiet: on those during which it had its core); cpu: the "
+        "engine's CPU time over its step time (< 1 with one thread: it waited for a core); "
+        "drift: reference steps just before the run against the profile (the machine's "
+        "speed then, relative to the calibration)",
+    ]
     if c["profile_machine_mismatch"]:
         lines.append("profile from another machine: " + "; ".join(c["profile_machine_mismatch"]))
     return "\n".join(lines)

@@ -100,8 +100,11 @@ GPU_DIRS = {"a100": "a100-80g", "h100": "h100-sxm"}
 """Vidur's compute-profile folder -> our hardware name."""
 NETWORK_DIRS = {"a100_dgx": "a100-80g", "h100_dgx": "h100-sxm"}
 """Vidur's network-profile folder -> our hardware name."""
-MODEL_DIRS = {"Llama-2-7b-hf": "llama-2-7b", "Llama-2-70b-hf": "llama-2-70b",
-              "Meta-Llama-3-8B": "llama-3-8b"}  # fmt: skip
+MODEL_DIRS = {
+    "Llama-2-7b-hf": "llama-2-7b",
+    "Llama-2-70b-hf": "llama-2-70b",
+    "Meta-Llama-3-8B": "llama-3-8b",
+}
 """Vidur's model folder -> our preset."""
 
 OP_MAP: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -120,8 +123,12 @@ whose times add up to the measurement)."""
 ALLREDUCE = "all_reduce"
 VIDUR_TIMERS = sorted({t for _, timers in OP_MAP.values() for t in timers})
 # Columns of mlp.csv that describe the model; checked against the preset.
-_SHAPE_COLUMNS = {"n_head": "n_heads", "n_kv_head": "n_kv_heads", "n_embd": "hidden_size",
-                  "n_expanded_embd": "intermediate_size"}  # fmt: skip
+_SHAPE_COLUMNS = {
+    "n_head": "n_heads",
+    "n_kv_head": "n_kv_heads",
+    "n_embd": "hidden_size",
+    "n_expanded_embd": "intermediate_size",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,16 +162,25 @@ def load_compute_profiles(root: str | Path) -> pd.DataFrame:
             if not path.is_file():
                 continue
             cols = [f"time_stats.{t}.median" for t in VIDUR_TIMERS]
-            df = _read_csv(path, [*cols, *_SHAPE_COLUMNS, "num_tokens", "num_tensor_parallel_workers"])
+            df = _read_csv(
+                path, [*cols, *_SHAPE_COLUMNS, "num_tokens", "num_tensor_parallel_workers"]
+            )
             spec = ModelSpec.from_preset(preset)
             for col, attr in _SHAPE_COLUMNS.items():
                 seen = sorted(df[col].unique().tolist())
                 if seen != [getattr(spec, attr)]:
-                    raise ValueError(f"{path}: {col} is {seen}, but {preset} has {attr}="
-                                     f"{getattr(spec, attr)}")  # fmt: skip
-            long = df.melt(id_vars=["num_tensor_parallel_workers", "num_tokens"], value_vars=cols,
-                           var_name="timer", value_name="measured_ms")  # fmt: skip
-            long["timer"] = long["timer"].str.removeprefix("time_stats.").str.removesuffix(".median")
+                    raise ValueError(
+                        f"{path}: {col} is {seen}, but {preset} has {attr}={getattr(spec, attr)}"
+                    )
+            long = df.melt(
+                id_vars=["num_tensor_parallel_workers", "num_tokens"],
+                value_vars=cols,
+                var_name="timer",
+                value_name="measured_ms",
+            )
+            long["timer"] = (
+                long["timer"].str.removeprefix("time_stats.").str.removesuffix(".median")
+            )
             long = long.dropna(subset=["measured_ms"])
             grouped = long.groupby(["num_tensor_parallel_workers", "num_tokens", "timer"])
             tidy = grouped["measured_ms"].agg(["mean", "size"]).reset_index()
@@ -191,8 +207,17 @@ def load_allreduce_profiles(root: str | Path) -> tuple[pd.DataFrame, int]:
         path = root / "network" / node_dir / "all_reduce.csv"
         if not path.is_file():
             continue
-        df = _read_csv(path, ["time_stats.all_reduce.median", "num_workers", "size",
-                              "devices_per_node", "collective"], index_col=0)  # fmt: skip
+        df = _read_csv(
+            path,
+            [
+                "time_stats.all_reduce.median",
+                "num_workers",
+                "size",
+                "devices_per_node",
+                "collective",
+            ],
+            index_col=0,
+        )
         df = df[df["collective"] == "all_reduce"]
         intra = df["num_workers"] == df["devices_per_node"]
         skipped += int((~intra).sum())
@@ -205,7 +230,9 @@ def load_allreduce_profiles(root: str | Path) -> tuple[pd.DataFrame, int]:
         tidy["source"] = str(path.relative_to(root))
         frames.append(tidy)
     if not frames:
-        raise FileNotFoundError(f"{root}: no Vidur all-reduce profiles (network/<node>/all_reduce.csv)")
+        raise FileNotFoundError(
+            f"{root}: no Vidur all-reduce profiles (network/<node>/all_reduce.csv)"
+        )
     out = pd.concat(frames, ignore_index=True)
     return out.astype({"tp": int, "size_bytes": int, "repeats": int}), skipped
 
@@ -229,8 +256,12 @@ def build_points(compute: pd.DataFrame, allreduce: pd.DataFrame) -> pd.DataFrame
     ``half`` (``"fit"``/``"test"``). A row is dropped
     when any Vidur timer it sums is missing."""
     rows: list[dict[str, Any]] = []
-    wide = compute.pivot_table(index=["hardware", "model", "tp", "num_tokens"], columns="timer",
-                               values="measured_s", aggfunc="mean")  # fmt: skip
+    wide = compute.pivot_table(
+        index=["hardware", "model", "tp", "num_tokens"],
+        columns="timer",
+        values="measured_s",
+        aggfunc="mean",
+    )
     specs: dict[str, ModelSpec] = {}
     for (hw, model, tp, tokens), measured in wide.iterrows():
         spec = specs.setdefault(model, ModelSpec.from_preset(model))
@@ -240,18 +271,48 @@ def build_points(compute: pd.DataFrame, allreduce: pd.DataFrame) -> pd.DataFrame
             if any(v is None or not np.isfinite(v) for v in values):
                 continue
             op = ops[name]
-            rows.append({"hardware": hw, "model": model, "tp": int(tp), "x": int(tokens),
-                         "op": check, "roofline_op": name, "kind": op.kind.value,
-                         "flops": op.flops / op.count, "bytes": op.bytes / op.count,
-                         "launches": len(timers), "measured_s": float(sum(values))})  # fmt: skip
+            rows.append(
+                {
+                    "hardware": hw,
+                    "model": model,
+                    "tp": int(tp),
+                    "x": int(tokens),
+                    "op": check,
+                    "roofline_op": name,
+                    "kind": op.kind.value,
+                    "flops": op.flops / op.count,
+                    "bytes": op.bytes / op.count,
+                    "launches": len(timers),
+                    "measured_s": float(sum(values)),
+                }
+            )
     points = pd.DataFrame(rows)
     points["half"] = points.groupby(["hardware", "model", "tp"])["x"].transform(_halves)
     ar = allreduce.rename(columns={"size_bytes": "x"})
-    ar = ar.assign(model="-", op=ALLREDUCE, roofline_op="*_allreduce", kind=OpKind.COMM.value,
-                   flops=0.0, bytes=ar["x"].astype(float), launches=1)  # fmt: skip
+    ar = ar.assign(
+        model="-",
+        op=ALLREDUCE,
+        roofline_op="*_allreduce",
+        kind=OpKind.COMM.value,
+        flops=0.0,
+        bytes=ar["x"].astype(float),
+        launches=1,
+    )
     ar["half"] = ar.groupby(["hardware", "tp"])["x"].transform(_halves)
-    cols = ["hardware", "model", "tp", "x", "op", "roofline_op", "kind", "flops", "bytes",
-            "launches", "measured_s", "half"]  # fmt: skip
+    cols = [
+        "hardware",
+        "model",
+        "tp",
+        "x",
+        "op",
+        "roofline_op",
+        "kind",
+        "flops",
+        "bytes",
+        "launches",
+        "measured_s",
+        "half",
+    ]
     return pd.concat([points[cols], ar[cols]], ignore_index=True)
 
 
@@ -269,15 +330,27 @@ def predict(points: pd.DataFrame, hardware: Hardware, efficiency: Efficiency) ->
         if kind == OpKind.COMM.value:
             tp = p["tp"].to_numpy()
             links = np.array([hardware.collective_link(int(t)) for t in tp]).reshape(-1, 2)
-            out[sel] = ring_seconds(p["bytes"].to_numpy(), tp, bandwidth=links[:, 0],
-                                    latency_s=links[:, 1], comm_eff=efficiency.comm,
-                                    launch_s=efficiency.collective_launch_s)  # fmt: skip
+            out[sel] = ring_seconds(
+                p["bytes"].to_numpy(),
+                tp,
+                bandwidth=links[:, 0],
+                latency_s=links[:, 1],
+                comm_eff=efficiency.comm,
+                launch_s=efficiency.collective_launch_s,
+            )
         else:
             peak, ce, bw, me = op_ceilings(OpKind(kind), hardware, DTYPE, efficiency)
             out[sel] = roofline_seconds(
-                p["flops"].to_numpy(), p["bytes"].to_numpy(), peak=peak, bandwidth=bw,
-                compute_eff=ce, memory_eff=me, ridge_blend=efficiency.ridge_blend,
-                launches=p["launches"].to_numpy(), launch_s=efficiency.kernel_launch_s)  # fmt: skip
+                p["flops"].to_numpy(),
+                p["bytes"].to_numpy(),
+                peak=peak,
+                bandwidth=bw,
+                compute_eff=ce,
+                memory_eff=me,
+                ridge_blend=efficiency.ridge_blend,
+                launches=p["launches"].to_numpy(),
+                launch_s=efficiency.kernel_launch_s,
+            )
     return out
 
 
@@ -346,8 +419,9 @@ def _blend(t_c: np.ndarray, t_m: np.ndarray, b: float) -> np.ndarray:
     return m * ((t_c / safe) ** (1 / b) + (t_m / safe) ** (1 / b)) ** b
 
 
-def fit_efficiency(points: pd.DataFrame, hardware: Hardware, start: Efficiency,
-                   grid: FitGrid = FitGrid()) -> Efficiency:  # fmt: skip
+def fit_efficiency(
+    points: pd.DataFrame, hardware: Hardware, start: Efficiency, grid: FitGrid = FitGrid()
+) -> Efficiency:
     """Factors minimising the MAPE of :func:`predict` on ``points`` (one GPU's), from
     ``start``, by alternating grid searches until nothing changes:
 
@@ -364,11 +438,16 @@ def fit_efficiency(points: pd.DataFrame, hardware: Hardware, start: Efficiency,
 
     def arrays(sel: np.ndarray) -> tuple[np.ndarray, ...]:
         p = points[sel]
-        return (p["flops"].to_numpy(float), p["bytes"].to_numpy(float),
-                p["launches"].to_numpy(float), p["measured_s"].to_numpy(float))  # fmt: skip
+        return (
+            p["flops"].to_numpy(float),
+            p["bytes"].to_numpy(float),
+            p["launches"].to_numpy(float),
+            p["measured_s"].to_numpy(float),
+        )
 
-    def best_value(e: Efficiency, field_name: str, values: np.ndarray,
-                   score: Callable[[Efficiency], float]) -> Efficiency:  # fmt: skip
+    def best_value(
+        e: Efficiency, field_name: str, values: np.ndarray, score: Callable[[Efficiency], float]
+    ) -> Efficiency:
         """``e`` with ``field_name`` set to the value of ``values`` of lowest score, if lower
         than ``e``'s own."""
         trials = [(score(e.with_(**{field_name: float(v)})), float(v)) for v in values]
@@ -383,7 +462,8 @@ def fit_efficiency(points: pd.DataFrame, hardware: Hardware, start: Efficiency,
         f, b, n, _ = groups[kind]
         pk, ce, _, me = op_ceilings(OpKind(kind), hardware, DTYPE, e)
         return _blend(f / (pk * ce), b / (bw * me), e.ridge_blend) + n * (
-            e.kernel_launch_s if launch is None else launch)
+            e.kernel_launch_s if launch is None else launch
+        )
 
     def compute_mape(e: Efficiency) -> float:
         pred = np.concatenate([compute_pred(e, k) for k in groups])
@@ -406,12 +486,23 @@ def fit_efficiency(points: pd.DataFrame, hardware: Hardware, start: Efficiency,
                     cs, ms = coarse, coarse
                 else:
                     half = max(grid.gemm_step, 0.05)
-                    cs, ms = (np.round(np.arange(max(grid.gemm_lo, c - half), min(1.0, c + half)
-                                                 + 1e-9, grid.gemm_step), 6) for c in centre)  # fmt: skip
+                    cs, ms = (
+                        np.round(
+                            np.arange(
+                                max(grid.gemm_lo, c - half),
+                                min(1.0, c + half) + 1e-9,
+                                grid.gemm_step,
+                            ),
+                            6,
+                        )
+                        for c in centre
+                    )
                 t_m = b[None, :] / (bw * ms[:, None])  # (memory candidates, points)
                 for ce in cs:
                     t_c = (f / (peak * ce))[None, :]
-                    scores = _mape_rows(_blend(t_c, t_m, eff.ridge_blend) + n * eff.kernel_launch_s, m)
+                    scores = _mape_rows(
+                        _blend(t_c, t_m, eff.ridge_blend) + n * eff.kernel_launch_s, m
+                    )
                     j = int(np.argmin(scores))
                     if scores[j] < best - 1e-12:
                         best, arg = float(scores[j]), (float(ce), float(ms[j]))
@@ -419,8 +510,10 @@ def fit_efficiency(points: pd.DataFrame, hardware: Hardware, start: Efficiency,
                     centre = arg
             if arg is not None:
                 eff = eff.with_(gemm_compute=arg[0], memory=arg[1])
-        for kind, field_name in ((OpKind.ELEMENTWISE.value, "elementwise_memory"),
-                                 (OpKind.MEMORY.value, "gather_memory")):  # fmt: skip
+        for kind, field_name in (
+            (OpKind.ELEMENTWISE.value, "elementwise_memory"),
+            (OpKind.MEMORY.value, "gather_memory"),
+        ):
             if kind in groups:
                 eff = best_value(eff, field_name, fracs, functools.partial(kind_mape, kind=kind))
         eff = best_value(eff, "ridge_blend", np.linspace(0.0, 1.0, grid.n_blend), compute_mape)
@@ -457,13 +550,31 @@ def fit_efficiency(points: pd.DataFrame, hardware: Hardware, start: Efficiency,
 # The benchmark
 # --------------------------------------------------------------------------------------------
 
-FITTED_FIELDS = ("gemm_compute", "memory", "elementwise_memory", "gather_memory", "ridge_blend",
-                 "kernel_launch_s", "comm", "collective_launch_s")  # fmt: skip
+FITTED_FIELDS = (
+    "gemm_compute",
+    "memory",
+    "elementwise_memory",
+    "gather_memory",
+    "ridge_blend",
+    "kernel_launch_s",
+    "comm",
+    "collective_launch_s",
+)
 """The :class:`Efficiency` factors this benchmark fits (the others keep their defaults)."""
 
-IDEAL = Efficiency(gemm_compute=1.0, attention_compute=1.0, vector_compute=1.0, memory=1.0,
-                   elementwise_memory=1.0, gather_memory=1.0, comm=1.0, ridge_blend=0.0,
-                   kernel_launch_s=0.0, collective_launch_s=0.0, step_overhead_s=0.0)  # fmt: skip
+IDEAL = Efficiency(
+    gemm_compute=1.0,
+    attention_compute=1.0,
+    vector_compute=1.0,
+    memory=1.0,
+    elementwise_memory=1.0,
+    gather_memory=1.0,
+    comm=1.0,
+    ridge_blend=0.0,
+    kernel_launch_s=0.0,
+    collective_launch_s=0.0,
+    step_overhead_s=0.0,
+)
 """The textbook roofline: datasheet peaks reached, no fixed costs (a baseline blind to the
 data)."""
 
@@ -487,9 +598,11 @@ def summarize(points: pd.DataFrame, preds: dict[str, np.ndarray]) -> dict[str, A
     compute operators (``compute_ops``), the all-reduces (``all_reduce``) and per checked
     operator (``op:<name>``)."""
     out: dict[str, Any] = {}
-    groups = {"all_points": np.ones(len(points), dtype=bool),
-              "compute_ops": (points["kind"] != OpKind.COMM.value).to_numpy(),
-              "all_reduce": (points["kind"] == OpKind.COMM.value).to_numpy()}  # fmt: skip
+    groups = {
+        "all_points": np.ones(len(points), dtype=bool),
+        "compute_ops": (points["kind"] != OpKind.COMM.value).to_numpy(),
+        "all_reduce": (points["kind"] == OpKind.COMM.value).to_numpy(),
+    }
     for op in points["op"].unique():
         if op != ALLREDUCE:
             groups[f"op:{op}"] = (points["op"] == op).to_numpy()
@@ -511,8 +624,9 @@ def summarize(points: pd.DataFrame, preds: dict[str, np.ndarray]) -> dict[str, A
     return out
 
 
-def cross_model(points: pd.DataFrame, hardware: Hardware, start: Efficiency,
-                grid: FitGrid) -> dict[str, Any]:  # fmt: skip
+def cross_model(
+    points: pd.DataFrame, hardware: Hardware, start: Efficiency, grid: FitGrid
+) -> dict[str, Any]:
     """Leave-one-model-out check of the compute operators: for each model, fit on the other
     models' points (both halves) and report the MAPE on this model's points."""
     comp = points[points["kind"] != OpKind.COMM.value]
@@ -523,11 +637,16 @@ def cross_model(points: pd.DataFrame, hardware: Hardware, start: Efficiency,
     for model in models:
         train, test = comp[comp["model"] != model], comp[comp["model"] == model]
         eff = fit_efficiency(train, hardware, start, grid)
-        out[model] = {"fitted_on": [m for m in models if m != model],
-                      "mape": mape(test["measured_s"], predict(test, hardware, eff)),
-                      "points": int(len(test)),
-                      "efficiency": {k: getattr(eff, k) for k in FITTED_FIELDS if k not in
-                                     ("comm", "collective_launch_s")}}  # fmt: skip
+        out[model] = {
+            "fitted_on": [m for m in models if m != model],
+            "mape": mape(test["measured_s"], predict(test, hardware, eff)),
+            "points": int(len(test)),
+            "efficiency": {
+                k: getattr(eff, k)
+                for k in FITTED_FIELDS
+                if k not in ("comm", "collective_launch_s")
+            },
+        }
     return out
 
 
@@ -541,64 +660,101 @@ def _notes(hw: str, summary: dict[str, Any], before: Efficiency, after: Efficien
         b = entry["all"]["defaults"]
         if b["points"] and abs(b["bias"]) >= 10:  # "all" always has points
             side = "slow" if b["bias"] > 0 else "fast"
-            notes.append(f"{hw} {name.removeprefix('op:')}: the default factors predict "
-                         f"{abs(b['bias']):.0f}% too {side} on average (MAPE {b['mape']:.1f}%; "
-                         f"fitted: {entry['all']['fitted']['mape']:.1f}%)")  # fmt: skip
-    changed = [f"{k} {getattr(before, k):.3g} -> {getattr(after, k):.3g}" for k in FITTED_FIELDS
-               if not np.isclose(getattr(before, k), getattr(after, k))]  # fmt: skip
+            notes.append(
+                f"{hw} {name.removeprefix('op:')}: the default factors predict "
+                f"{abs(b['bias']):.0f}% too {side} on average (MAPE {b['mape']:.1f}%; "
+                f"fitted: {entry['all']['fitted']['mape']:.1f}%)"
+            )
+    changed = [
+        f"{k} {getattr(before, k):.3g} -> {getattr(after, k):.3g}"
+        for k in FITTED_FIELDS
+        if not np.isclose(getattr(before, k), getattr(after, k))
+    ]
     if changed:
         notes.append(f"{hw}: fitted {', '.join(changed)}")
     if after.ridge_blend > 0.2:
-        notes.append(f"{hw}: GEMMs near the ridge point (~100-1000 tokens) are systematically "
-                     "slower than max(compute, memory): the fit smooths the max (ridge_blend "
-                     f"{after.ridge_blend:.2f}; 0 = max, 1 = sum)")  # fmt: skip
+        notes.append(
+            f"{hw}: GEMMs near the ridge point (~100-1000 tokens) are systematically "
+            "slower than max(compute, memory): the fit smooths the max (ridge_blend "
+            f"{after.ridge_blend:.2f}; 0 = max, 1 = sum)"
+        )
     return notes
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "python -m scripts.bench gpu-cost-model",
-        description=("Check the roofline cost model against Vidur's A100/H100 operator and "
-                     "all-reduce times; fit its efficiency factors per GPU."),
-    )  # fmt: skip
-    parser.add_argument("--data", type=Path, default=None,
-                        help=f"the Vidur profiles folder (default: <data>/{VIDUR_DIR})")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "bench",
-                        help="folder for gpu-cost-model.json (default: results/bench)")
-    parser.add_argument("--profile-out", type=Path, default=None,
-                        help=f"where to write the fitted factors (default: <data>/{EFFICIENCY_FILE})")
-    parser.add_argument("--no-profile", action="store_true",
-                        help="do not write the fitted factors file")
-    parser.add_argument("--no-cross-model", action="store_true",
-                        help="skip the leave-one-model-out check")
-    parser.add_argument("--quick", action="store_true",
-                        help="every 16th token count and message size, coarse grids, no "
-                             "cross-model check, no factors file unless --profile-out "
-                             "(seconds; for tests)")
-    return parser  # fmt: skip
+        description=(
+            "Check the roofline cost model against Vidur's A100/H100 operator and "
+            "all-reduce times; fit its efficiency factors per GPU."
+        ),
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"the Vidur profiles folder (default: <data>/{VIDUR_DIR})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "results" / "bench",
+        help="folder for gpu-cost-model.json (default: results/bench)",
+    )
+    parser.add_argument(
+        "--profile-out",
+        type=Path,
+        default=None,
+        help=f"where to write the fitted factors (default: <data>/{EFFICIENCY_FILE})",
+    )
+    parser.add_argument(
+        "--no-profile", action="store_true", help="do not write the fitted factors file"
+    )
+    parser.add_argument(
+        "--no-cross-model", action="store_true", help="skip the leave-one-model-out check"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="every 16th token count and message size, coarse grids, no "
+        "cross-model check, no factors file unless --profile-out "
+        "(seconds; for tests)",
+    )
+    return parser
 
 
 def _gpu_report(hw_name: str, p: pd.DataFrame, grid: FitGrid, cross: bool) -> dict[str, Any]:
     hw = get_hardware(hw_name)
     defaults = Efficiency()
     eff = fit_efficiency(p[p["half"] == "fit"], hw, defaults, grid)
-    preds = {"ideal": predict(p, hw, IDEAL), "defaults": predict(p, hw, defaults),
-             "fitted": predict(p, hw, eff)}  # fmt: skip
+    preds = {
+        "ideal": predict(p, hw, IDEAL),
+        "defaults": predict(p, hw, defaults),
+        "fitted": predict(p, hw, eff),
+    }
     return {
-        "hardware": {"name": hw.name, "source": hw.source, "peak_fp16_flops": hw.peak(DTYPE),
-                     "memory_bandwidth": hw.memory_bandwidth, "link_bandwidth": hw.link_bandwidth,
-                     "link_latency_s": hw.link_latency_s},
+        "hardware": {
+            "name": hw.name,
+            "source": hw.source,
+            "peak_fp16_flops": hw.peak(DTYPE),
+            "memory_bandwidth": hw.memory_bandwidth,
+            "link_bandwidth": hw.link_bandwidth,
+            "link_latency_s": hw.link_latency_s,
+        },
         "default_efficiency": defaults.to_dict(),
         "fitted_efficiency": {k: getattr(eff, k) for k in FITTED_FIELDS},
-        "counts": {"points": int(len(p)), "fit": int((p["half"] == "fit").sum()),
-                   "test": int((p["half"] == "test").sum()),
-                   "models": sorted(m for m in p["model"].unique() if m != "-"),
-                   "tp": sorted(int(t) for t in p["tp"].unique()),
-                   "by_operator": {str(k): int(v) for k, v in p["op"].value_counts().items()}},
+        "counts": {
+            "points": int(len(p)),
+            "fit": int((p["half"] == "fit").sum()),
+            "test": int((p["half"] == "test").sum()),
+            "models": sorted(m for m in p["model"].unique() if m != "-"),
+            "tp": sorted(int(t) for t in p["tp"].unique()),
+            "by_operator": {str(k): int(v) for k, v in p["op"].value_counts().items()},
+        },
         "errors": summarize(p, preds),
         "cross_model": cross_model(p, hw, defaults, grid) if cross else None,
         "_efficiency": eff,
-    }  # fmt: skip
+    }
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -614,11 +770,18 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(str(exc)) from None
     if args.quick:
-        keep = compute.groupby(["hardware", "model", "tp"])["num_tokens"].rank(method="dense") % 16 == 1
+        keep = (
+            compute.groupby(["hardware", "model", "tp"])["num_tokens"].rank(method="dense") % 16
+            == 1
+        )
         compute = compute[keep]
         keep = allreduce.groupby(["hardware", "tp"])["size_bytes"].rank(method="dense") % 16 == 1
         allreduce = allreduce[keep]
-    grid = FitGrid(step=0.05, gemm_step=0.05, n_blend=6, n_seconds=13, rounds=2) if args.quick else FitGrid()
+    grid = (
+        FitGrid(step=0.05, gemm_step=0.05, n_blend=6, n_seconds=13, rounds=2)
+        if args.quick
+        else FitGrid()
+    )
     points = build_points(compute, allreduce)
 
     gpus: dict[str, Any] = {}
@@ -633,77 +796,151 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         notes += _notes(hw_name, err, Efficiency(), eff)
         fitted[hw_name] = {
             "efficiency": {k: round(float(getattr(eff, k)), 9) for k in FITTED_FIELDS},
-            "fitted_on": (f"Vidur fp16 operator times ({', '.join(g['counts']['models'])}; tp "
-                          f"{g['counts']['tp']}) and intra-node all-reduces, even-indexed token "
-                          "counts and sizes" + (" (--quick subsample)" if args.quick else "")),
-            "mape_percent": {"held_out_defaults": err["all_points"]["test"]["defaults"]["mape"],
-                             "held_out_fitted": err["all_points"]["test"]["fitted"]["mape"]},
-        }  # fmt: skip
-        names = ["all_points", "compute_ops", "all_reduce",
-                 *sorted(k for k in err if k.startswith("op:"))]  # fmt: skip
+            "fitted_on": (
+                f"Vidur fp16 operator times ({', '.join(g['counts']['models'])}; tp "
+                f"{g['counts']['tp']}) and intra-node all-reduces, even-indexed token "
+                "counts and sizes" + (" (--quick subsample)" if args.quick else "")
+            ),
+            "mape_percent": {
+                "held_out_defaults": err["all_points"]["test"]["defaults"]["mape"],
+                "held_out_fitted": err["all_points"]["test"]["fitted"]["mape"],
+            },
+        }
+        names = [
+            "all_points",
+            "compute_ops",
+            "all_reduce",
+            *sorted(k for k in err if k.startswith("op:")),
+        ]
         for name in names:
             e = err[name]
-            table.append([hw_name, name.removeprefix("op:"), e["all"]["fitted"]["points"],
-                          e["all"]["ideal"]["mape"], e["all"]["defaults"]["mape"],
-                          e["test"]["fitted"]["mape"], e["all"]["fitted"]["mape"]])  # fmt: skip
-        targets.append(target(
-            f"{hw_name}-mape-fitted-heldout",
-            f"{hw_name}: MAPE of the fitted roofline vs Vidur on the held-out half (odd-indexed "
-            "token counts / sizes), all operators and all-reduces",
-            err["all_points"]["test"]["fitted"]["mape"], "<=", TARGET_MAPE, "%"))  # fmt: skip
+            table.append(
+                [
+                    hw_name,
+                    name.removeprefix("op:"),
+                    e["all"]["fitted"]["points"],
+                    e["all"]["ideal"]["mape"],
+                    e["all"]["defaults"]["mape"],
+                    e["test"]["fitted"]["mape"],
+                    e["all"]["fitted"]["mape"],
+                ]
+            )
+        targets.append(
+            target(
+                f"{hw_name}-mape-fitted-heldout",
+                f"{hw_name}: MAPE of the fitted roofline vs Vidur on the held-out half (odd-indexed "
+                "token counts / sizes), all operators and all-reduces",
+                err["all_points"]["test"]["fitted"]["mape"],
+                "<=",
+                TARGET_MAPE,
+                "%",
+            )
+        )
         if g["cross_model"]:
             worst = max(v["mape"] for v in g["cross_model"].values())
-            targets.append(target(
-                f"{hw_name}-mape-cross-model", f"{hw_name}: worst MAPE of the compute operators "
-                "of a model left out of the fit", worst, "<=", TARGET_MAPE, "%"))  # fmt: skip
+            targets.append(
+                target(
+                    f"{hw_name}-mape-cross-model",
+                    f"{hw_name}: worst MAPE of the compute operators "
+                    "of a model left out of the fit",
+                    worst,
+                    "<=",
+                    TARGET_MAPE,
+                    "%",
+                )
+            )
     for gpu, source in TRANSFERS.items():
         if source in fitted:
-            fitted[gpu] = {"efficiency": dict(fitted[source]["efficiency"]),
-                           "fitted_on": f"transferred from {source} (same chip; no measurements "
-                                        f"of {gpu})", "transferred_from": source}  # fmt: skip
+            fitted[gpu] = {
+                "efficiency": dict(fitted[source]["efficiency"]),
+                "fitted_on": f"transferred from {source} (same chip; no measurements of {gpu})",
+                "transferred_from": source,
+            }
 
     profile_path = None
     # a --quick fit never replaces the shipped factors unless asked to (--profile-out)
     if not args.no_profile and (args.profile_out is not None or not args.quick):
         profile_path = args.profile_out or Path(DATA_DIR) / EFFICIENCY_FILE
-        write_json(profile_path, {
-            "schema": "servelab.gpu-efficiency/1",
-            "description": ("Efficiency factors of core.sim.cost.RooflineCostModel fitted per GPU "
-                            "to operator and all-reduce times measured by Vidur "
-                            "(data/reference/vidur-profiles, microsoft/vidur @ 7d475133, MIT). "
-                            "Written by `python -m scripts.bench gpu-cost-model`; factors not "
-                            "listed keep the defaults of core.sim.cost.Efficiency. Report: "
-                            "results/bench/gpu-cost-model.json."),
-            "method": ("minimise the MAPE of the per-operator roofline on the even-indexed token "
-                       "counts / message sizes by alternating grid searches"),
-            "quick": bool(args.quick),
-            "hardware": fitted,
-        })  # fmt: skip
-    config = {"vidur_profiles": str(root), "dtype": DTYPE, "quick": bool(args.quick),
-              "op_map": {k: {"roofline_op": v[0], "vidur_timers": list(v[1])} for k, v in OP_MAP.items()},
-              "grid": asdict(grid), "split": "per (gpu, model, tp): even-indexed distinct token "
-              "counts fit, odd-indexed test; all-reduce: same over sizes per (gpu, tp)",
-              "inter_node_allreduce_rows_skipped": skipped_internode,
-              "target_mape_percent": TARGET_MAPE}  # fmt: skip
-    results = {"gpus": gpus, "notes": notes, "transfers": TRANSFERS,
-               "profile_written": str(profile_path) if profile_path else None,
-               "data_files": {k: v for k, v in files_read().items() if "vidur-profiles" in k}}  # fmt: skip
-    report = make_report(BENCHMARK, config, results, targets, prov, time.perf_counter() - t0,
-                         note=("Measured times are Vidur's (real A100-80GB and H100 GPUs, fp16, "
-                               "median of repeats); predictions are the roofline model's. Nothing "
-                               "here ran on a GPU. 'ideal' = datasheet peaks, no fixed costs; "
-                               "'defaults' = core.sim.cost.Efficiency() (some defaults were "
-                               "rounded from these data); 'fitted' = fitted on the even half."))  # fmt: skip
+        write_json(
+            profile_path,
+            {
+                "schema": "servelab.gpu-efficiency/1",
+                "description": (
+                    "Efficiency factors of core.sim.cost.RooflineCostModel fitted per GPU "
+                    "to operator and all-reduce times measured by Vidur "
+                    "(data/reference/vidur-profiles, microsoft/vidur @ 7d475133, MIT). "
+                    "Written by `python -m scripts.bench gpu-cost-model`; factors not "
+                    "listed keep the defaults of core.sim.cost.Efficiency. Report: "
+                    "results/bench/gpu-cost-model.json."
+                ),
+                "method": (
+                    "minimise the MAPE of the per-operator roofline on the even-indexed token "
+                    "counts / message sizes by alternating grid searches"
+                ),
+                "quick": bool(args.quick),
+                "hardware": fitted,
+            },
+        )
+    config = {
+        "vidur_profiles": str(root),
+        "dtype": DTYPE,
+        "quick": bool(args.quick),
+        "op_map": {k: {"roofline_op": v[0], "vidur_timers": list(v[1])} for k, v in OP_MAP.items()},
+        "grid": asdict(grid),
+        "split": "per (gpu, model, tp): even-indexed distinct token "
+        "counts fit, odd-indexed test; all-reduce: same over sizes per (gpu, tp)",
+        "inter_node_allreduce_rows_skipped": skipped_internode,
+        "target_mape_percent": TARGET_MAPE,
+    }
+    results = {
+        "gpus": gpus,
+        "notes": notes,
+        "transfers": TRANSFERS,
+        "profile_written": str(profile_path) if profile_path else None,
+        "data_files": {k: v for k, v in files_read().items() if "vidur-profiles" in k},
+    }
+    report = make_report(
+        BENCHMARK,
+        config,
+        results,
+        targets,
+        prov,
+        time.perf_counter() - t0,
+        note=(
+            "Measured times are Vidur's (real A100-80GB and H100 GPUs, fp16, "
+            "median of repeats); predictions are the roofline model's. Nothing "
+            "here ran on a GPU. 'ideal' = datasheet peaks, no fixed costs; "
+            "'defaults' = core.sim.cost.Efficiency() (some defaults were "
+            "rounded from these data); 'fitted' = fitted on the even half."
+        ),
+    )
     path = write_json(Path(args.out) / f"{BENCHMARK}.json", report)
-    print(format_table(["gpu", "operator", "points", "ideal %", "defaults %", "fitted, held-out %",
-                        "fitted, all %"], table,
-                       title="Roofline vs Vidur: mean absolute percentage error (MAPE)",
-                       formats=[None, None, None, ".1f", ".1f", ".1f", ".1f"]))  # fmt: skip
+    print(
+        format_table(
+            [
+                "gpu",
+                "operator",
+                "points",
+                "ideal %",
+                "defaults %",
+                "fitted, held-out %",
+                "fitted, all %",
+            ],
+            table,
+            title="Roofline vs Vidur: mean absolute percentage error (MAPE)",
+            formats=[None, None, None, ".1f", ".1f", ".1f", ".1f"],
+        )
+    )
     print()
     for hw_name, g in gpus.items():
-        print(f"{hw_name} fitted: " + ", ".join(f"{k}={v:.3g}" for k, v in g["fitted_efficiency"].items()))
+        print(
+            f"{hw_name} fitted: "
+            + ", ".join(f"{k}={v:.3g}" for k, v in g["fitted_efficiency"].items())
+        )
         for model, c in (g["cross_model"] or {}).items():
-            print(f"  leave-one-model-out: {model} MAPE {c['mape']:.1f}% (fit on {', '.join(c['fitted_on'])})")
+            print(
+                f"  leave-one-model-out: {model} MAPE {c['mape']:.1f}% (fit on {', '.join(c['fitted_on'])})"
+            )
     for n in notes:
         print(f"- {n}")
     print()

@@ -56,13 +56,30 @@ __all__ = [
 SCHEMA = "servelab.bench/1"
 STATUS_PASS, STATUS_FAIL, STATUS_NOT_CHECKED = "pass", "FAIL", "not checked"
 REPORT_KEYS = (
-    "schema", "benchmark", "measured_on_this_machine", "note", "created", "elapsed_s", "config",
-    "provenance", "results", "targets", "summary",
-)  # fmt: skip
-TARGET_KEYS = (
-    "id", "description", "op", "threshold", "unit", "measured", "passed", "status", "reason",
+    "schema",
+    "benchmark",
     "measured_on_this_machine",
-)  # fmt: skip
+    "note",
+    "created",
+    "elapsed_s",
+    "config",
+    "provenance",
+    "results",
+    "targets",
+    "summary",
+)
+TARGET_KEYS = (
+    "id",
+    "description",
+    "op",
+    "threshold",
+    "unit",
+    "measured",
+    "passed",
+    "status",
+    "reason",
+    "measured_on_this_machine",
+)
 DEFAULT_NOTE = (
     "Every number was measured on the machine described under 'provenance', in one process, "
     "possibly while other work shared its cores (see the load averages). Targets are checked "
@@ -291,7 +308,9 @@ def targets_table(targets: Sequence[dict[str, Any]], title: str = "Targets") -> 
         unit = f" {t['unit']}" if t.get("unit") else ""
         goal = f"{t['op']} {t['threshold']:g}{unit}"
         measured = "-" if t["measured"] is None else f"{t['measured']:.3g}{unit}"
-        status = t["status"] if t["status"] != STATUS_NOT_CHECKED else f"{t['status']}: {t['reason']}"
+        status = (
+            t["status"] if t["status"] != STATUS_NOT_CHECKED else f"{t['status']}: {t['reason']}"
+        )
         rows.append([t["id"], goal, measured, status])
     return format_table(["target", "goal", "measured", "status"], rows, title=title)
 

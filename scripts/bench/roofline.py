@@ -132,8 +132,8 @@ def roofline_throughput(
 def percent_of_roofline(measured_time: float, bound_time: float) -> float:
     """How close a measured time is to its roofline bound, in percent: ``100 * bound /
     measured`` (equal to measured throughput over bound throughput)."""
-    return 100.0 * _non_negative("bound_time", bound_time) / _positive(
-        "measured_time", measured_time
+    return (
+        100.0 * _non_negative("bound_time", bound_time) / _positive("measured_time", measured_time)
     )
 
 
@@ -239,8 +239,16 @@ def measure_gemm_peak(
                 single = time.perf_counter() - t0
                 reps = max(1, min(repeats, int(budget_s / max(single, 1e-9))))
                 best = time_best(fn, repeats=reps, budget_s=budget_s)
-                runs.append({"method": name, "m": m, "k": k, "n": n, "seconds": best,
-                             "flops_per_s": flops / best})  # fmt: skip
+                runs.append(
+                    {
+                        "method": name,
+                        "m": m,
+                        "k": k,
+                        "n": n,
+                        "seconds": best,
+                        "flops_per_s": flops / best,
+                    }
+                )
                 rate = max(rate, flops / best)
     top = max(runs, key=lambda r: r["flops_per_s"])
     return {

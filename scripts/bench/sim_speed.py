@@ -49,35 +49,69 @@ def build_parser(prog: str = "python -m scripts.bench sim-speed") -> argparse.Ar
             f"writes <out>/{BENCHMARK}.json. Target: the full trace in under {TARGET_S:.0f} s."
         ),
     )
-    p.add_argument("--limit", type=rep.positive_int, default=None,
-                   help="simulate only the first N requests of the trace (default: all)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK_LIMIT} requests and --compare: seconds; for tests, not for numbers")
-    p.add_argument("--router", choices=("round-robin", "least-work"), default="round-robin",
-                   help="global router (default round-robin)")
+    p.add_argument(
+        "--limit",
+        type=rep.positive_int,
+        default=None,
+        help="simulate only the first N requests of the trace (default: all)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_LIMIT} requests and --compare: seconds; for tests, not for numbers",
+    )
+    p.add_argument(
+        "--router",
+        choices=("round-robin", "least-work"),
+        default="round-robin",
+        help="global router (default round-robin)",
+    )
     p.add_argument("--replicas", type=rep.positive_int, default=8, help="replicas (default 8)")
-    p.add_argument("--prefix-cache", choices=("none", "block", "radix"), default="none",
-                   help="prefix cache of each replica (default none: the trace has no token ids)")
-    p.add_argument("--no-fast-forward", dest="fast_forward", action="store_false",
-                   help="simulate every decode step on its own (the reference; slow)")
-    p.add_argument("--compare", action="store_true",
-                   help="also simulate step by step and check the results are identical")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output folder (default {DEFAULT_OUT}/); writes {BENCHMARK}.json there")
-    return p  # fmt: skip
+    p.add_argument(
+        "--prefix-cache",
+        choices=("none", "block", "radix"),
+        default="none",
+        help="prefix cache of each replica (default none: the trace has no token ids)",
+    )
+    p.add_argument(
+        "--no-fast-forward",
+        dest="fast_forward",
+        action="store_false",
+        help="simulate every decode step on its own (the reference; slow)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also simulate step by step and check the results are identical",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output folder (default {DEFAULT_OUT}/); writes {BENCHMARK}.json there",
+    )
+    return p
 
 
 def _replicas(args: argparse.Namespace, cost: Any, blocks: int) -> list[Any]:
     from core.sched import SchedulerConfig
     from core.sim import ReplicaConfig
 
-    return [ReplicaConfig(cost, num_kv_blocks=blocks, block_size=BLOCK_SIZE,
-                          prefix_cache=args.prefix_cache, scheduler=SchedulerConfig(**SCHEDULER))
-            for _ in range(args.replicas)]  # fmt: skip
+    return [
+        ReplicaConfig(
+            cost,
+            num_kv_blocks=blocks,
+            block_size=BLOCK_SIZE,
+            prefix_cache=args.prefix_cache,
+            scheduler=SchedulerConfig(**SCHEDULER),
+        )
+        for _ in range(args.replicas)
+    ]
 
 
-def _simulate(args: argparse.Namespace, workload: Any, cost: Any, blocks: int,
-              fast_forward: bool) -> tuple[Any, float]:  # fmt: skip
+def _simulate(
+    args: argparse.Namespace, workload: Any, cost: Any, blocks: int, fast_forward: bool
+) -> tuple[Any, float]:
     from core.sim import Simulator
 
     sim = Simulator(_replicas(args, cost, blocks), args.router, fast_forward=fast_forward)
@@ -101,8 +135,17 @@ def _clean(value: Any) -> Any:
 
 def fingerprint(res: Any) -> tuple[Any, ...]:
     """Everything two simulations must agree on exactly."""
-    reqs = [(r.request_id, res.replica_of[r.request_id], r.status.value, r.timeline.to_dict(),
-             r.num_cached_tokens, r.num_output_tokens) for r in res.requests]  # fmt: skip
+    reqs = [
+        (
+            r.request_id,
+            res.replica_of[r.request_id],
+            r.status.value,
+            r.timeline.to_dict(),
+            r.num_cached_tokens,
+            r.num_output_tokens,
+        )
+        for r in res.requests
+    ]
     return reqs, res.steps, res.busy_time, res.makespan
 
 
@@ -125,17 +168,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_s = time.perf_counter() - t0
     n = len(workload)
     config = {
-        "trace": str(azure_trace_path("conv")), "kind": "conv", "limit": limit, "requests": n,
-        "full_trace": limit is None, "replicas": args.replicas, "router": args.router,
-        "model": MODEL, "hardware": GPU, "dtype": DTYPE, "cost_model": cost.describe(),
-        "num_kv_blocks": blocks, "block_size": BLOCK_SIZE, "prefix_cache": args.prefix_cache,
-        "scheduler": SCHEDULER, "fast_forward": args.fast_forward, "compare": compare,
+        "trace": str(azure_trace_path("conv")),
+        "kind": "conv",
+        "limit": limit,
+        "requests": n,
+        "full_trace": limit is None,
+        "replicas": args.replicas,
+        "router": args.router,
+        "model": MODEL,
+        "hardware": GPU,
+        "dtype": DTYPE,
+        "cost_model": cost.describe(),
+        "num_kv_blocks": blocks,
+        "block_size": BLOCK_SIZE,
+        "prefix_cache": args.prefix_cache,
+        "scheduler": SCHEDULER,
+        "fast_forward": args.fast_forward,
+        "compare": compare,
         "sessions": "open",
-    }  # fmt: skip
+    }
 
     res, wall = _simulate(args, workload, cost, blocks, args.fast_forward)
-    records = [RequestRecord.from_request(r, replica=res.replica_of[r.request_id])
-               for r in res.requests]  # fmt: skip
+    records = [
+        RequestRecord.from_request(r, replica=res.replica_of[r.request_id]) for r in res.requests
+    ]
     metrics = _clean(summarize(records, duration=res.makespan))
     results: dict[str, Any] = {
         "requests": n,
@@ -157,26 +213,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         same = fingerprint(ref) == fingerprint(res)
         fast_wall, slow_wall = (wall, ref_wall) if args.fast_forward else (ref_wall, wall)
         results["step_by_step" if args.fast_forward else "fast_forward"] = {
-            "wall_s": ref_wall, "identical": same,
+            "wall_s": ref_wall,
+            "identical": same,
             "fast_forward_speedup": slow_wall / fast_wall if fast_wall > 0 else None,
-        }  # fmt: skip
+        }
 
-    targets = [rep.target(
-        "full-trace-under-60s",
-        f"the full Azure conversation trace ({FULL_TRACE_REQUESTS:,} requests) on "
-        f"{args.replicas} simulated {MODEL} / {GPU} replicas: trace loading, setup and "
-        f"simulation take under {TARGET_S:.0f} s",
-        setup_s + wall if limit is None and n == FULL_TRACE_REQUESTS else None, "<", TARGET_S,
-        "s", reason=None if limit is None else f"only {n} requests simulated (--limit/--quick)",
-    )]  # fmt: skip
+    targets = [
+        rep.target(
+            "full-trace-under-60s",
+            f"the full Azure conversation trace ({FULL_TRACE_REQUESTS:,} requests) on "
+            f"{args.replicas} simulated {MODEL} / {GPU} replicas: trace loading, setup and "
+            f"simulation take under {TARGET_S:.0f} s",
+            setup_s + wall if limit is None and n == FULL_TRACE_REQUESTS else None,
+            "<",
+            TARGET_S,
+            "s",
+            reason=None if limit is None else f"only {n} requests simulated (--limit/--quick)",
+        )
+    ]
     if compare:
         same = results.get("step_by_step", results.get("fast_forward", {}))["identical"]
-        targets.append(rep.target(
-            "fast-forward-exact",
-            "the same simulation step by step gives identical timelines, replicas, cache hits, "
-            "step counts, busy times and makespan (1 = identical)", float(same), ">=", 1.0))  # fmt: skip
-    report = rep.make_report(BENCHMARK, config, results, targets, prov,
-                             time.perf_counter() - started)  # fmt: skip
+        targets.append(
+            rep.target(
+                "fast-forward-exact",
+                "the same simulation step by step gives identical timelines, replicas, cache hits, "
+                "step counts, busy times and makespan (1 = identical)",
+                float(same),
+                ">=",
+                1.0,
+            )
+        )
+    report = rep.make_report(
+        BENCHMARK, config, results, targets, prov, time.perf_counter() - started
+    )
     rep.write_json(Path(args.out) / f"{BENCHMARK}.json", report)
     return report
 
@@ -197,17 +266,21 @@ def render(report: dict[str, Any]) -> str:
         ["simulated steps / wall s", r["simulated_steps_per_wall_s"]],
         ["simulated makespan s", r["makespan_s"]],
         ["simulated s / wall s", r["simulated_s_per_wall_s"]],
-        *([f"{name} p50 / p99 s", f"{_num(m.get(f'{key}_p50'))} / {_num(m.get(f'{key}_p99'))}"]
-          for name, key in (("TTFT", "ttft"), ("TPOT", "tpot"), ("E2E", "e2e"))),
-    ]  # fmt: skip
+        *(
+            [f"{name} p50 / p99 s", f"{_num(m.get(f'{key}_p50'))} / {_num(m.get(f'{key}_p99'))}"]
+            for name, key in (("TTFT", "ttft"), ("TPOT", "tpot"), ("E2E", "e2e"))
+        ),
+    ]
     other = r.get("step_by_step") or r.get("fast_forward")
     if other:
         label = "step by step" if "step_by_step" in r else "fast-forward"
         rows.append([f"{label}: wall s", other["wall_s"]])
         rows.append([f"{label}: identical results", str(other["identical"])])
         rows.append(["fast-forward speedup", other["fast_forward_speedup"]])
-    title = (f"Simulator speed: Azure conv trace, {c['replicas']} x {c['model']} on {c['hardware']}, "
-             f"{c['router']}, fast-forward {'on' if c['fast_forward'] else 'off'}")  # fmt: skip
+    title = (
+        f"Simulator speed: Azure conv trace, {c['replicas']} x {c['model']} on {c['hardware']}, "
+        f"{c['router']}, fast-forward {'on' if c['fast_forward'] else 'off'}"
+    )
     table = rep.format_table(["quantity", "value"], rows, title=title)
     return table + "\n\n" + rep.targets_table(report["targets"])
 

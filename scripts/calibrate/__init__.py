@@ -43,16 +43,30 @@ __all__ = [
 ]
 
 
-def _llama(hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int,
-           max_pos: int) -> dict[str, Any]:  # fmt: skip
+def _llama(
+    hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int, max_pos: int
+) -> dict[str, Any]:
     return {
-        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": vocab,
-        "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
-        "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hidden // heads,
-        "hidden_act": "silu", "max_position_embeddings": max_pos, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0, "attention_bias": False, "mlp_bias": False,
-        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-    }  # fmt: skip
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": hidden // heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": max_pos,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
 
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -91,8 +105,10 @@ def model_config(name: str) -> dict[str, Any]:
     try:
         return preset_config(name)
     except (KeyError, ValueError):
-        raise ValueError(f"unknown model {name!r}: use one of {sorted(MODELS)}, a core preset "
-                         "(core.model.spec.PRESETS) or a config.json path") from None
+        raise ValueError(
+            f"unknown model {name!r}: use one of {sorted(MODELS)}, a core preset "
+            "(core.model.spec.PRESETS) or a config.json path"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -113,8 +129,13 @@ class EngineSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "num_kv_blocks", "max_num_batched_tokens", "max_num_seqs",
-                     "max_model_len"):  # fmt: skip
+        for name in (
+            "block_size",
+            "num_kv_blocks",
+            "max_num_batched_tokens",
+            "max_num_seqs",
+            "max_model_len",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"engine setting {name} must be an integer >= 1, got {v!r}")
@@ -159,10 +180,12 @@ class Grid:
     checks: bool = True
 
     def axes(self) -> dict[str, list[int]]:
-        return {"prefill_tokens": list(self.prefill_tokens),
-                "prefill_contexts": list(self.prefill_contexts),
-                "decode_batches": list(self.decode_batches),
-                "decode_contexts": list(self.decode_contexts)}  # fmt: skip
+        return {
+            "prefill_tokens": list(self.prefill_tokens),
+            "prefill_contexts": list(self.prefill_contexts),
+            "decode_batches": list(self.decode_batches),
+            "decode_contexts": list(self.decode_contexts),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -229,39 +252,68 @@ def default_profile_path(info: dict[str, Any], model: str) -> Path:
     """``data/profiles/<device>-<model>.json`` (under ``$SERVELAB_DATA`` when set)."""
     from core.data import DATA_DIR
 
-    model_part = re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).stem if model.endswith(".json")
-                        else model).strip("-")  # fmt: skip
+    model_part = re.sub(
+        r"[^A-Za-z0-9.]+", "-", Path(model).stem if model.endswith(".json") else model
+    ).strip("-")
     return Path(DATA_DIR) / "profiles" / f"{device_slug(info)}-{model_part}.json"
 
 
-def build_llm(config: dict[str, Any], settings: EngineSettings, *, dtype: str = "float32",
-              device: str | None = None) -> Any:  # fmt: skip
+def build_llm(
+    config: dict[str, Any],
+    settings: EngineSettings,
+    *,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> Any:
     """The engine of a profile: ``LLM`` with a random-initialized model from ``config``
     (seeded by ``settings.seed``) and exactly ``settings``."""
     from core.engine import LLM
 
     return LLM(
-        dict(config), dtype=dtype, device=device, seed=settings.seed,
-        block_size=settings.block_size, num_kv_blocks=settings.num_kv_blocks,
-        enable_prefix_caching=settings.enable_prefix_caching, prefix_cache="auto",  # radix for hybrid models
-        max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
-        max_model_len=settings.max_model_len, enable_chunked_prefill=True,
-        attention_backend=settings.attention_backend, linear_backend=settings.linear_backend,
-    )  # fmt: skip
+        dict(config),
+        dtype=dtype,
+        device=device,
+        seed=settings.seed,
+        block_size=settings.block_size,
+        num_kv_blocks=settings.num_kv_blocks,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        prefix_cache="auto",  # radix for hybrid models
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_model_len=settings.max_model_len,
+        enable_chunked_prefill=True,
+        attention_backend=settings.attention_backend,
+        linear_backend=settings.linear_backend,
+    )
 
 
-def calibrate(model: str = DEFAULT_MODEL, *, settings: EngineSettings | None = None,
-              grid: Grid = DEFAULT_GRID, dtype: str = "float32", device: str | None = None,
-              threads: int | None = None, seed: int = 0,
-              progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def calibrate(
+    model: str = DEFAULT_MODEL,
+    *,
+    settings: EngineSettings | None = None,
+    grid: Grid = DEFAULT_GRID,
+    dtype: str = "float32",
+    device: str | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Measure a step profile of ``model`` on this device and return it (a JSON-ready dict; see
     :mod:`core.sim.profiled`). ``threads`` sets torch's thread count (default: leave it)."""
     from .measure import run_calibration
 
     if settings is None:
         settings = default_settings(model_config(model), seed=seed)
-    return run_calibration(model, settings=settings, grid=grid, dtype=dtype, device=device,
-                           threads=threads, seed=seed, progress=progress)  # fmt: skip
+    return run_calibration(
+        model,
+        settings=settings,
+        grid=grid,
+        dtype=dtype,
+        device=device,
+        threads=threads,
+        seed=seed,
+        progress=progress,
+    )
 
 
 def default_settings(config: dict[str, Any], **changes: Any) -> EngineSettings:

@@ -51,40 +51,66 @@ def build_parser(prog: str = "python -m scripts.calibrate") -> argparse.Argument
             "A few minutes on 2 CPU cores with the default model and grid."
         ),
     )
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"model to build with random weights: {', '.join(MODELS)}, a core preset "
-                        f"(e.g. tiny-llama-125m) or a config.json path (default {DEFAULT_MODEL})")
-    p.add_argument("--out", type=Path, default=None,
-                   help="profile to write (default data/profiles/<device>-<model>.json)")
-    p.add_argument("--threads", type=_positive, default=None,
-                   help="torch threads (default 1 on a CPU: steadier when other work shares the "
-                        "cores; the profile records it and the fidelity benchmark reuses it)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model to build with random weights: {', '.join(MODELS)}, a core preset "
+        f"(e.g. tiny-llama-125m) or a config.json path (default {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="profile to write (default data/profiles/<device>-<model>.json)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        help="torch threads (default 1 on a CPU: steadier when other work shares the "
+        "cores; the profile records it and the fidelity benchmark reuses it)",
+    )
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1, ... (default: cuda if present)")
-    p.add_argument("--repeats", type=_positive, default=None,
-                   help="recorded steps per cell; their mean without the extremes is kept "
-                        f"(default {DEFAULT_GRID.repeats})")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=_positive,
+        default=None,
+        help="recorded steps per cell; their mean without the extremes is kept "
+        f"(default {DEFAULT_GRID.repeats})",
+    )
     p.add_argument("--seed", type=int, default=0, help="model weights and prompts (default 0)")
-    p.add_argument("--quick", action="store_true",
-                   help="a tiny grid, one repeat: seconds with tiny-llama-smoke; for tests")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny grid, one repeat: seconds with tiny-llama-smoke; for tests",
+    )
     g = p.add_argument_group("engine settings (the simulation must use the same)")
     g.add_argument("--block-size", type=_positive, default=d.block_size)
     g.add_argument("--num-kv-blocks", type=_positive, default=d.num_kv_blocks)
     g.add_argument("--max-num-batched-tokens", type=_positive, default=d.max_num_batched_tokens)
     g.add_argument("--max-num-seqs", type=_positive, default=d.max_num_seqs)
-    g.add_argument("--max-model-len", type=_positive, default=None,
-                   help=f"context limit (default: the model's positions, at most {d.max_model_len})")
+    g.add_argument(
+        "--max-model-len",
+        type=_positive,
+        default=None,
+        help=f"context limit (default: the model's positions, at most {d.max_model_len})",
+    )
     g.add_argument("--prefix-caching", action="store_true", help="enable prefix caching")
-    return p  # fmt: skip
+    return p
 
 
 def settings_from(args: argparse.Namespace) -> EngineSettings:
     changes = dict(
-        block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-        enable_prefix_caching=args.prefix_caching, seed=args.seed,
-    )  # fmt: skip
+        block_size=args.block_size,
+        num_kv_blocks=args.num_kv_blocks,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+        enable_prefix_caching=args.prefix_caching,
+        seed=args.seed,
+    )
     if args.max_model_len is not None:
         changes["max_model_len"] = args.max_model_len
     return default_settings(model_config(args.model), **changes)
@@ -94,8 +120,11 @@ def default_threads(device: str | None) -> int | None:
     """1 on a CPU (see ``--threads``); leave torch's choice on a GPU."""
     import torch
 
-    on_gpu = device is not None and not str(device).startswith("cpu") or (
-        device is None and torch.cuda.is_available())  # fmt: skip
+    on_gpu = (
+        device is not None
+        and not str(device).startswith("cpu")
+        or (device is None and torch.cuda.is_available())
+    )
     return None if on_gpu else 1
 
 
@@ -113,8 +142,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    profile = calibrate(args.model, settings=settings, grid=grid, dtype=args.dtype,
-                        device=args.device, threads=threads, seed=args.seed)  # fmt: skip
+    profile = calibrate(
+        args.model,
+        settings=settings,
+        grid=grid,
+        dtype=args.dtype,
+        device=args.device,
+        threads=threads,
+        seed=args.seed,
+    )
     out = args.out or default_profile_path(profile["device"], args.model)
     write_profile(profile, out)
     model = ProfiledCostModel.load(out)
@@ -135,17 +171,29 @@ def render(profile: dict, model: ProfiledCostModel) -> str:
         rows.append([f"prefill {n} tokens, context 0", model.step_time([(n, 0)]) * 1e3])
     for b in g["decode_batches"]:
         rows.append([f"decode batch {b}, context {L0}", model.step_time([], [L0] * b) * 1e3])
-    head = (f"Step profile of {profile['model']['name']} ({profile['model']['parameters']:,} "
-            f"parameters, {profile['dtype']}) on {dev['name']} ({dev['type']}, "
-            f"{profile['threads']} threads)")  # fmt: skip
+    head = (
+        f"Step profile of {profile['model']['name']} ({profile['model']['parameters']:,} "
+        f"parameters, {profile['dtype']}) on {dev['name']} ({dev['type']}, "
+        f"{profile['threads']} threads)"
+    )
     table = format_table(["step", "ms"], rows, title=head, formats=[None, ".2f"])
-    checks = [[k, v["samples"], v["median_measured_s"] * 1e3, v["median_predicted_s"] * 1e3,
-               None if v["mape"] is None else 100 * v["mape"]]
-              for k, v in profile["checks"].items()]  # fmt: skip
-    ctable = format_table(["steps", "n", "measured ms", "predicted ms", "MAPE %"], checks,
-                          title="Model against every recorded step (grid kinds: noise around "
-                                "the means; check:*: compositions outside the tables)",
-                          formats=[None, None, ".2f", ".2f", ".1f"])  # fmt: skip
+    checks = [
+        [
+            k,
+            v["samples"],
+            v["median_measured_s"] * 1e3,
+            v["median_predicted_s"] * 1e3,
+            None if v["mape"] is None else 100 * v["mape"],
+        ]
+        for k, v in profile["checks"].items()
+    ]
+    ctable = format_table(
+        ["steps", "n", "measured ms", "predicted ms", "MAPE %"],
+        checks,
+        title="Model against every recorded step (grid kinds: noise around "
+        "the means; check:*: compositions outside the tables)",
+        formats=[None, None, ".2f", ".2f", ".1f"],
+    )
     return table + "\n\n" + ctable
 
 

@@ -47,8 +47,9 @@ def _isotonic(values: Sequence[float], weights: Sequence[float] | None = None) -
     return out
 
 
-def monotone_repair(table: np.ndarray, passes: int = 4, weights: np.ndarray | None = None
-                    ) -> np.ndarray:  # fmt: skip
+def monotone_repair(
+    table: np.ndarray, passes: int = 4, weights: np.ndarray | None = None
+) -> np.ndarray:
     """A copy of the 2-D ``table`` made non-decreasing along both axes: a few alternating
     passes of (weighted) isotonic regression along rows and columns, so measurement noise is
     averaged out rather than pushed up, then a running maximum along each axis, which
@@ -97,9 +98,13 @@ def _usable(group: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return quiet or group
 
 
-def _cell_table(samples: Iterable[Mapping[str, Any]], kind: str, rows: Sequence[int],
-                cols: Sequence[int], value: Any = None
-                ) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], list[Sample]]]:  # fmt: skip
+def _cell_table(
+    samples: Iterable[Mapping[str, Any]],
+    kind: str,
+    rows: Sequence[int],
+    cols: Sequence[int],
+    value: Any = None,
+) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], list[Sample]]]:
     """:func:`robust_mean` of the seconds (or ``value(sample)``) per ``(row, col)`` cell of the
     :func:`_usable` samples whose ``cell`` is ``[kind, row, col]``; NaN where there is none.
     Also each cell's relative spread (median absolute deviation over the median) and the
@@ -125,11 +130,18 @@ def _cell_table(samples: Iterable[Mapping[str, Any]], kind: str, rows: Sequence[
     return med, spread, used
 
 
-def _disturbed(name: str, used: Mapping[tuple[int, int], list[Mapping[str, Any]]],
-               rows: np.ndarray, cols: np.ndarray) -> list[list[Any]]:
+def _disturbed(
+    name: str,
+    used: Mapping[tuple[int, int], list[Mapping[str, Any]]],
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> list[list[Any]]:
     """The cells of table ``name`` whose every sample was disturbed."""
-    return [[name, int(rows[i]), int(cols[j])] for (i, j), use in sorted(used.items())
-            if use and all(s.get("disturbed") for s in use)]
+    return [
+        [name, int(rows[i]), int(cols[j])]
+        for (i, j), use in sorted(used.items())
+        if use and all(s.get("disturbed") for s in use)
+    ]
 
 
 def _max_rel_change(before: np.ndarray, after: np.ndarray) -> float:
@@ -143,8 +155,9 @@ def _interp1(grid: np.ndarray, values: np.ndarray, x: float) -> float:
     return float((values[i] + w * (values[i + 1] - values[i]))[0])
 
 
-def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[int]]
-               ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def fit_tables(
+    samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence[int]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The tables of a profile from its raw ``samples`` (see the module doc), and notes on how
     they were made.
 
@@ -172,8 +185,9 @@ def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence
     L0 = float(L[0])
     notes: dict[str, Any] = {"extrapolated": [], "repair_max_rel_change": {}, "spread": {}}
 
-    def filled(table: np.ndarray, name: str, axis_grid: np.ndarray,
-               labels: Sequence[int]) -> np.ndarray:  # fmt: skip
+    def filled(
+        table: np.ndarray, name: str, axis_grid: np.ndarray, labels: Sequence[int]
+    ) -> np.ndarray:
         out = table.copy()
         for i in range(out.shape[0]):
             missing = [int(x) for x, v in zip(axis_grid, out[i], strict=True) if not np.isfinite(v)]
@@ -183,8 +197,9 @@ def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence
         return out
 
     # prefill: the context-0 column, then what context adds (>= 0, monotone in n and c)
-    pre, notes["spread"]["prefill"], used = _cell_table(samples, "prefill", g["prefill_tokens"],
-                                                        g["prefill_contexts"])  # fmt: skip
+    pre, notes["spread"]["prefill"], used = _cell_table(
+        samples, "prefill", g["prefill_tokens"], g["prefill_contexts"]
+    )
     notes["disturbed_cells"] = _disturbed("prefill", used, N, C)
     pre = filled(pre, "prefill", C, g["prefill_tokens"])
     pre0 = np.asarray(_isotonic(pre[:, 0]))
@@ -193,8 +208,9 @@ def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence
     notes["repair_max_rel_change"]["prefill"] = _max_rel_change(pre, new_pre)
 
     # decode: the L0 column, then what longer contexts add
-    dec, notes["spread"]["decode"], used = _cell_table(samples, "decode", g["decode_batches"],
-                                                       g["decode_contexts"])  # fmt: skip
+    dec, notes["spread"]["decode"], used = _cell_table(
+        samples, "decode", g["decode_batches"], g["decode_contexts"]
+    )
     notes["disturbed_cells"] += _disturbed("decode", used, B, L)
     # a cell's samples may sit off its context (steps repeated after a disturbed one): move
     # each cell's value from its samples' mean longest context to L along the row's slope
@@ -218,16 +234,16 @@ def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence
         if np.allclose(rep_kt, kt, rtol=0, atol=1e-12):
             break
         idx = {float(e): k for k, e in enumerate(egrid)}
-        xd = np.array([[rep_kt[i, idx[float(b * (ctx - L0))]] for ctx in L]
-                       for i, b in enumerate(B)])  # fmt: skip
+        xd = np.array(
+            [[rep_kt[i, idx[float(b * (ctx - L0))]] for ctx in L] for i, b in enumerate(B)]
+        )
     # then exactly what the model will use (a running maximum on D's grid) read back into the
     # decode cells until that changes nothing, so a pure decode at a grid point is exact
     for _ in range(100):
         egrid, kt = keys_table(xd, B, L)
         kt = np.maximum.accumulate(np.maximum.accumulate(kt, axis=0), axis=1)
         idx = {float(e): k for k, e in enumerate(egrid)}
-        back = np.array([[kt[i, idx[float(b * (ctx - L0))]] for ctx in L]
-                         for i, b in enumerate(B)])  # fmt: skip
+        back = np.array([[kt[i, idx[float(b * (ctx - L0))]] for ctx in L] for i, b in enumerate(B)])
         if np.allclose(back, xd, rtol=0.0, atol=1e-13):
             break
         xd = back
@@ -243,6 +259,7 @@ def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence
     mix = [s for group in _groups(samples, "decode-mix").values() for s in _usable(group)]
     weights = np.linspace(0.0, 1.0, 21)
     if mix:
+
         def loss(w: float) -> float:
             err = 0.0
             for s in mix:
@@ -253,8 +270,9 @@ def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence
 
         losses = [loss(float(w)) for w in weights]
         w_fit = float(weights[int(np.argmin(losses))])
-        notes["decode_padding_weight_loss"] = {f"{w:.2f}": v
-                                               for w, v in zip(weights, losses, strict=True)}
+        notes["decode_padding_weight_loss"] = {
+            f"{w:.2f}": v for w, v in zip(weights, losses, strict=True)
+        }
     else:
         w_fit = 1.0
 
@@ -263,12 +281,14 @@ def fit_tables(samples: Sequence[Mapping[str, Any]], grid: Mapping[str, Sequence
         ctx = s["decode"]
         return float(s["seconds"]) - d_term(len(ctx), ctx, w_fit)
 
-    mixed, notes["spread"]["mixed"], used = _cell_table(samples, "mixed", g["prefill_tokens"],
-                                                        g["decode_batches"], at_l0)  # fmt: skip
+    mixed, notes["spread"]["mixed"], used = _cell_table(
+        samples, "mixed", g["prefill_tokens"], g["decode_batches"], at_l0
+    )
     notes["disturbed_cells"] += _disturbed("mixed", used, N, B)
     if not np.all(np.isfinite(mixed)):
-        missing = [[int(N[i]), int(B[j])]
-                   for i, j in zip(*np.nonzero(~np.isfinite(mixed)), strict=True)]
+        missing = [
+            [int(N[i]), int(B[j])] for i, j in zip(*np.nonzero(~np.isfinite(mixed)), strict=True)
+        ]
         raise ProfileError(f"mixed steps not measured for (prefill tokens, decode batch) {missing}")
     full = np.zeros((N.size + 1, B.size + 1))
     full[1:, 0], full[0, 1:], full[1:, 1:] = pre0, dec0, mixed

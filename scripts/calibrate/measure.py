@@ -81,8 +81,12 @@ def prefill_cells(grid: Grid, settings: EngineSettings) -> list[tuple[int, int]]
 def decode_cells(grid: Grid) -> list[tuple[int, int]]:
     """The ``(batch, context)`` decode cells measured: the first two contexts of every batch,
     the others while batch x context stays within ``max_decode_kv_tokens``."""
-    return [(b, L) for b in grid.decode_batches for i, L in enumerate(grid.decode_contexts)
-            if i < 2 or b * L <= grid.max_decode_kv_tokens]  # fmt: skip
+    return [
+        (b, L)
+        for b in grid.decode_batches
+        for i, L in enumerate(grid.decode_contexts)
+        if i < 2 or b * L <= grid.max_decode_kv_tokens
+    ]
 
 
 def mix_cells(grid: Grid) -> list[tuple[int, str, list[int]]]:
@@ -117,8 +121,15 @@ class Calibrator:
     disturbed steps (see :data:`DISTURBED_CPU_SHARE`; only meaningful with one thread on a
     CPU)."""
 
-    def __init__(self, llm: Any, settings: EngineSettings, grid: Grid, seed: int,
-                 bar: Any = None, cpu_filter: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        llm: Any,
+        settings: EngineSettings,
+        grid: Grid,
+        seed: int,
+        bar: Any = None,
+        cpu_filter: bool = False,
+    ) -> None:
         self.llm = llm
         self.engine = llm.engine
         self.sched = self.engine.scheduler
@@ -148,11 +159,15 @@ class Calibrator:
 
         rid = f"cal-{next(self._ids)}"
         tokens = self.rng.integers(FIRST_TOKEN_ID, self.vocab, size=int(prompt_len)).tolist()
-        req = self.engine.add_request(rid, tokens, SamplingParams(
-            temperature=0.0, max_tokens=int(max_tokens), ignore_eos=True))  # fmt: skip
+        req = self.engine.add_request(
+            rid,
+            tokens,
+            SamplingParams(temperature=0.0, max_tokens=int(max_tokens), ignore_eos=True),
+        )
         if req.is_finished:
-            raise CalibrationError(f"request of {prompt_len} + {max_tokens} tokens was rejected: "
-                                   f"{req.error}")  # fmt: skip
+            raise CalibrationError(
+                f"request of {prompt_len} + {max_tokens} tokens was rejected: {req.error}"
+            )
         return req
 
     @contextlib.contextmanager
@@ -186,17 +201,26 @@ class Calibrator:
         """Whether the step just taken waited for a core (see :data:`DISTURBED_CPU_SHARE`)."""
         return self.cpu_filter and self.last_cpu < DISTURBED_CPU_SHARE * dt
 
-    def record(self, cell: list[Any], dt: float, prefill: list[tuple[int, int]],
-               decode: list[int]) -> bool:  # fmt: skip
+    def record(
+        self, cell: list[Any], dt: float, prefill: list[tuple[int, int]], decode: list[int]
+    ) -> bool:
         """Store the step just taken; whether it was disturbed."""
         bad = self.disturbed(dt)
-        self.samples.append({"cell": cell, "prefill": [list(c) for c in prefill],
-                             "decode": list(decode), "seconds": dt,
-                             "cpu_seconds": self.last_cpu, "disturbed": bad})  # fmt: skip
+        self.samples.append(
+            {
+                "cell": cell,
+                "prefill": [list(c) for c in prefill],
+                "decode": list(decode),
+                "seconds": dt,
+                "cpu_seconds": self.last_cpu,
+                "disturbed": bad,
+            }
+        )
         return bad
 
-    def measure(self, cell: list[Any], run_once: Callable[[], tuple[float, list, list]],
-                recorded: bool) -> None:  # fmt: skip
+    def measure(
+        self, cell: list[Any], run_once: Callable[[], tuple[float, list, list]], recorded: bool
+    ) -> None:
         """``run_once()`` (set up and take one step of ``cell``); when ``recorded``, store it
         and take it again while it was disturbed, up to :data:`RETRIES` times."""
         for attempt in range(1 + (RETRIES if recorded else 0)):
@@ -220,8 +244,10 @@ class Calibrator:
         p = max(1, context - math.ceil(batch * context / big) - 1)
         room = context - p + extra_steps + 8
         if p + room >= self.settings.max_model_len:
-            raise CalibrationError(f"decode context {context} + {extra_steps} steps does not fit "
-                                   f"max_model_len={self.settings.max_model_len}")  # fmt: skip
+            raise CalibrationError(
+                f"decode context {context} + {extra_steps} steps does not fit "
+                f"max_model_len={self.settings.max_model_len}"
+            )
         reqs = [self.add(p, room) for _ in range(batch)]
         with self.limits(budget=big, seqs=max(batch, self.settings.max_num_seqs)):
             while True:
@@ -249,15 +275,17 @@ class Calibrator:
             # one token after a cached context is what a decode is (chunks_of says so)
             want = ([], [c]) if n == 1 and c else ([(n, c)], [])
             if (pre, dec) != want or not req.is_finished:
-                raise CalibrationError(f"prefill cell ({n}, {c}) ran prefill {pre}, decode "
-                                       f"{len(dec)}")  # fmt: skip
+                raise CalibrationError(
+                    f"prefill cell ({n}, {c}) ran prefill {pre}, decode {len(dec)}"
+                )
             return dt, pre, dec
 
         for rep in self.passes():
             for k in self.rng.permutation(len(cells)):
                 n, c = cells[k]
-                self.measure(["prefill", n, c], lambda n=n, c=c: once(n, c),
-                             rep >= self.grid.warmup)  # fmt: skip
+                self.measure(
+                    ["prefill", n, c], lambda n=n, c=c: once(n, c), rep >= self.grid.warmup
+                )
 
     def decode_steps(self, cell: list[Any], reqs: Sequence[Any]) -> None:
         """Unrecorded warm-up steps, then recorded pure-decode steps of ``reqs`` until
@@ -270,8 +298,9 @@ class Calibrator:
             for k in range(warm + reps * (1 + RETRIES)):
                 dt, pre, dec = self.step()
                 if pre or len(dec) != b:
-                    raise CalibrationError(f"decode cell {cell} ran prefill {pre}, {len(dec)} "
-                                           "decodes")  # fmt: skip
+                    raise CalibrationError(
+                        f"decode cell {cell} ran prefill {pre}, {len(dec)} decodes"
+                    )
                 if k < warm:
                     continue
                 taken += 1
@@ -298,8 +327,13 @@ class Calibrator:
         big = max(2048, self.settings.max_num_batched_tokens)
         for b, name, ctx in mix_cells(g):
             steps = math.ceil(sum(ctx) / big) + 1  # prefill steps, while the first ones decode
-            reqs = [self.add(max(1, c - steps - warm - (reps - 1) // 2),
-                             steps + warm + reps * (1 + RETRIES) + 8) for c in ctx]  # fmt: skip
+            reqs = [
+                self.add(
+                    max(1, c - steps - warm - (reps - 1) // 2),
+                    steps + warm + reps * (1 + RETRIES) + 8,
+                )
+                for c in ctx
+            ]
             with self.limits(budget=big, seqs=max(b, self.settings.max_num_seqs)):
                 while not all(r.num_uncomputed_tokens == 1 for r in reqs):
                     self.step()
@@ -315,8 +349,9 @@ class Calibrator:
             with self.limits(budget=b + n, seqs=b + 1):
                 dt, pre, dec = self.step()
             if pre != [(n, 0)] or len(dec) != b or not new.is_finished:
-                raise CalibrationError(f"mixed cell ({n}, {b}) ran prefill {pre}, "
-                                       f"{len(dec)} decodes")  # fmt: skip
+                raise CalibrationError(
+                    f"mixed cell ({n}, {b}) ran prefill {pre}, {len(dec)} decodes"
+                )
             return dt, pre, dec
 
         for b in g.decode_batches:
@@ -404,9 +439,14 @@ class Calibrator:
 
 def expected_steps(grid: Grid, settings: EngineSettings) -> int:
     """How many steps a calibration records (for the progress bar)."""
-    cells = (len(prefill_cells(grid, settings)) + len(decode_cells(grid)) + len(chunk_cells(grid))
-             + len(mix_cells(grid)) + len(grid.prefill_tokens) * len(grid.decode_batches)
-             + (3 if grid.checks else 0))
+    cells = (
+        len(prefill_cells(grid, settings))
+        + len(decode_cells(grid))
+        + len(chunk_cells(grid))
+        + len(mix_cells(grid))
+        + len(grid.prefill_tokens) * len(grid.decode_batches)
+        + (3 if grid.checks else 0)
+    )
     return cells * grid.repeats
 
 
@@ -445,9 +485,17 @@ def _cpu_share(samples: Sequence[dict[str, Any]]) -> float | None:
     return sum(s.get("cpu_seconds", 0.0) for s in samples) / wall if wall > 0 else None
 
 
-def run_calibration(model: str, *, settings: EngineSettings, grid: Grid, dtype: str,
-                    device: str | None, threads: int | None, seed: int,
-                    progress: bool) -> dict[str, Any]:  # fmt: skip
+def run_calibration(
+    model: str,
+    *,
+    settings: EngineSettings,
+    grid: Grid,
+    dtype: str,
+    device: str | None,
+    threads: int | None,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
     """See :func:`scripts.calibrate.calibrate`."""
     import torch
 
@@ -459,26 +507,35 @@ def run_calibration(model: str, *, settings: EngineSettings, grid: Grid, dtype: 
     cfg = model_config(model)
     positions = cfg.get("max_position_embeddings")
     if positions and settings.max_model_len > int(positions):
-        raise ValueError(f"max_model_len={settings.max_model_len} exceeds the {positions} "
-                         f"positions of model {model!r}")  # fmt: skip
+        raise ValueError(
+            f"max_model_len={settings.max_model_len} exceeds the {positions} "
+            f"positions of model {model!r}"
+        )
     started = time.perf_counter()
     llm = build_llm(cfg, settings, dtype=dtype, device=device)
     dev = next(llm.model.parameters()).device
     info = device_info(dev, torch.get_num_threads())
     L = grid.decode_contexts
     if max(L) + grid.repeats + grid.warmup + 10 >= settings.max_model_len:
-        raise ValueError(f"decode context {max(L)} leaves no room for {grid.repeats} steps within "
-                         f"max_model_len={settings.max_model_len}")  # fmt: skip
-    bar = tqdm(total=expected_steps(grid, settings), desc="calibrate", unit="step",
-               disable=not progress)  # fmt: skip
+        raise ValueError(
+            f"decode context {max(L)} leaves no room for {grid.repeats} steps within "
+            f"max_model_len={settings.max_model_len}"
+        )
+    bar = tqdm(
+        total=expected_steps(grid, settings), desc="calibrate", unit="step", disable=not progress
+    )
     cpu_filter = dev.type == "cpu" and torch.get_num_threads() == 1
     cal = Calibrator(llm, settings, grid, seed, bar, cpu_filter=cpu_filter)
     phases = {}
-    for name, run in (("warmup", cal.warm_up), ("prefill", cal.measure_prefill),
-                      ("decode", cal.measure_decode), ("decode-mix", cal.measure_decode_mix),
-                      ("mixed", cal.measure_mixed),
-                      ("chunks", cal.measure_chunks),
-                      ("checks", cal.measure_checks if grid.checks else lambda: None)):  # fmt: skip
+    for name, run in (
+        ("warmup", cal.warm_up),
+        ("prefill", cal.measure_prefill),
+        ("decode", cal.measure_decode),
+        ("decode-mix", cal.measure_decode_mix),
+        ("mixed", cal.measure_mixed),
+        ("chunks", cal.measure_chunks),
+        ("checks", cal.measure_checks if grid.checks else lambda: None),
+    ):
         t0 = time.perf_counter()
         bar.set_postfix_str(name)
         run()
@@ -490,8 +547,11 @@ def run_calibration(model: str, *, settings: EngineSettings, grid: Grid, dtype: 
         "schema": PROFILE_SCHEMA,
         "created": _utc_now(),
         "device": info,
-        "model": {"name": model, "config": cfg,
-                  "parameters": int(sum(p.numel() for p in llm.model.parameters()))},
+        "model": {
+            "name": model,
+            "config": cfg,
+            "parameters": int(sum(p.numel() for p in llm.model.parameters())),
+        },
         "dtype": dtype,
         "threads": int(torch.get_num_threads()),
         "torch_version": torch.__version__,
@@ -499,22 +559,28 @@ def run_calibration(model: str, *, settings: EngineSettings, grid: Grid, dtype: 
         "decode_context": "max",
         "calibration": {
             "what": "seconds of one Engine.step() (schedule, forward, sample, update), "
-                    "time.perf_counter around it",
+            "time.perf_counter around it",
             "statistic": "per cell, the mean of the repeats without the smallest and largest "
-                         "(scripts.calibrate.fit.robust_mean)",
+            "(scripts.calibrate.fit.robust_mean)",
             "cpu_share": _cpu_share(cal.samples),
             "disturbed_filter": {
-                "enabled": cpu_filter, "min_cpu_share": DISTURBED_CPU_SHARE, "retries": RETRIES,
+                "enabled": cpu_filter,
+                "min_cpu_share": DISTURBED_CPU_SHARE,
+                "retries": RETRIES,
                 "disturbed_samples": sum(bool(s["disturbed"]) for s in cal.samples),
-                "samples": len(cal.samples)},
-            "grid": grid.to_dict(), "seed": seed, "phases_s": phases,
-            "elapsed_s": round(time.perf_counter() - started, 3), "notes": notes,
+                "samples": len(cal.samples),
+            },
+            "grid": grid.to_dict(),
+            "seed": seed,
+            "phases_s": phases,
+            "elapsed_s": round(time.perf_counter() - started, 3),
+            "notes": notes,
         },
         "grid": grid.axes(),
         "tables": tables,
         "checks": {},
         "samples": cal.samples,
         "provenance": provenance(),
-    }  # fmt: skip
+    }
     profile["checks"] = _check_errors(ProfiledCostModel(profile, source="calibration"), cal.samples)
     return profile

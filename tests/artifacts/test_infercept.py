@@ -32,9 +32,19 @@ from core.workload.schema import Interception, Request
 @pytest.mark.slow
 def test_smoke_scale_end_to_end(tmp_path):
     s = run_artifact(ARTIFACT, RunOptions(scale=Scale.SMOKE, out=tmp_path, jobs=2, progress=False))
-    for f in ("claims.json", "CHECKLIST.md", "metrics.csv", "provenance.json", "fig-norm-latency.png",
-              "fig-completed-rps.png", "fig-slo-rate.png", "fig-recompute-share.png",
-              "fig-waste.png", "fig-breakdown.png", "fig-real.png"):
+    for f in (
+        "claims.json",
+        "CHECKLIST.md",
+        "metrics.csv",
+        "provenance.json",
+        "fig-norm-latency.png",
+        "fig-completed-rps.png",
+        "fig-slo-rate.png",
+        "fig-recompute-share.png",
+        "fig-waste.png",
+        "fig-breakdown.png",
+        "fig-real.png",
+    ):
         assert (tmp_path / f).is_file(), f
     m = pd.read_csv(tmp_path / "metrics.csv")
     simulated = m[m.experiment.isin(["sim", "breakdown"])]
@@ -49,10 +59,20 @@ def test_smoke_scale_end_to_end(tmp_path):
     for rate in (1.0, 3.0):
         # where the KV goes: only the discarding policies recompute and only Swap stalls on the
         # link; InferCept keeps some contexts, so it recomputes less than vLLM
-        assert s1.at[(rate, "vllm"), "recomputed_tokens"] > s1.at[(rate, "infercept"), "recomputed_tokens"] > 0
+        assert (
+            s1.at[(rate, "vllm"), "recomputed_tokens"]
+            > s1.at[(rate, "infercept"), "recomputed_tokens"]
+            > 0
+        )
         assert s1.at[(rate, "vllm"), "waste_recompute_gbs"] > 0
-        assert s1.at[(rate, "swap"), "swap_out_tokens"] > 0 and s1.at[(rate, "swap"), "swap_stall_s"] > 0
-        assert s1.at[(rate, "preserve"), "waste_preserve_gbs"] > s1.at[(rate, "infercept"), "waste_preserve_gbs"]
+        assert (
+            s1.at[(rate, "swap"), "swap_out_tokens"] > 0
+            and s1.at[(rate, "swap"), "swap_stall_s"] > 0
+        )
+        assert (
+            s1.at[(rate, "preserve"), "waste_preserve_gbs"]
+            > s1.at[(rate, "infercept"), "waste_preserve_gbs"]
+        )
         assert s1.at[(rate, "vllm"), "waste_preserve_gbs"] == 0
     assert s1.at[(1.0, "preserve"), "recomputed_tokens"] == 0  # no memory pressure at 1 req/s
     real_rows = m[m.experiment == "real"]
@@ -89,15 +109,29 @@ def test_smoke_scale_end_to_end(tmp_path):
 def _one_call_workload(duration: float) -> list[Request]:
     # one request: a 100-token prompt, pauses after its 10th token for `duration` seconds, gets 5
     # tokens back, and generates 10 more
-    return [Request("r0", 0.0, 100, 20, prompt_token_ids=list(range(4, 104)),
-                    interceptions=[Interception(10, duration, 5, "tool", (7, 7, 7, 7, 7))])]
+    return [
+        Request(
+            "r0",
+            0.0,
+            100,
+            20,
+            prompt_token_ids=list(range(4, 104)),
+            interceptions=[Interception(10, duration, 5, "tool", (7, 7, 7, 7, 7))],
+        )
+    ]
 
 
-def _replica(cost, policy, probe: bool, *, link=None, blocks: int = 64,
-             sched: SchedulerConfig | None = None):
+def _replica(
+    cost, policy, probe: bool, *, link=None, blocks: int = 64, sched: SchedulerConfig | None = None
+):
     link = cost if link is None else link
-    kw = dict(num_kv_blocks=blocks, block_size=16, prefix_cache="none", num_host_blocks=blocks,
-              scheduler=sched or SchedulerConfig(max_num_batched_tokens=256, max_model_len=512))
+    kw = dict(
+        num_kv_blocks=blocks,
+        block_size=16,
+        prefix_cache="none",
+        num_host_blocks=blocks,
+        scheduler=sched or SchedulerConfig(max_num_batched_tokens=256, max_model_len=512),
+    )
     if probe:
         p = StepProbe(cost, link, policy)
         return ReplicaConfig(**kw, **p.replica_kwargs()), p
@@ -145,8 +179,12 @@ def test_probe_changes_no_decision():
         for probe in (False, True):
             rep, _ = _replica(cost, policy, probe, link=link, blocks=600, sched=sched)
             res = Simulator([rep]).run(wl)
-            runs.append({r.request_id: (tuple(r.timeline.token_times), r.timeline.recomputed_tokens)
-                         for r in res.requests})
+            runs.append(
+                {
+                    r.request_id: (tuple(r.timeline.token_times), r.timeline.recomputed_tokens)
+                    for r in res.requests
+                }
+            )
         assert runs[0] == runs[1], name
 
 
@@ -157,7 +195,10 @@ def test_recomputed_part_of_a_step():
     out = SchedulerOutput(chunks=[ScheduledChunk(a, 32, 16, True), ScheduledChunk(b, 7, 1, True)])
     assert recomputed_in(out) == 8
     rest = without_recompute(out)
-    assert [(c.request.request_id, c.start, c.num_tokens) for c in rest.chunks] == [("a", 40, 8), ("b", 7, 1)]
+    assert [(c.request.request_id, c.start, c.num_tokens) for c in rest.chunks] == [
+        ("a", 40, 8),
+        ("b", 7, 1),
+    ]
     only = SchedulerOutput(chunks=[ScheduledChunk(a, 0, 32, False)])
     assert recomputed_in(only) == 32 and without_recompute(only).chunks == []
 
@@ -179,14 +220,27 @@ def test_real_points_carry_the_profile_and_its_sha256():
 
 def test_real_mode_interleaves_vllm_and_infercept_round_by_round():
     order = rotated_order(real.REAL_POLICIES, 3, 1, real.COMPARED)
-    assert order == [(0, "vllm"), (0, "improved-discard"), (0, "swap"), (0, "preserve"),
-                     (0, "infercept"), (1, "infercept"), (1, "vllm"), (2, "vllm"), (2, "infercept")]
+    assert order == [
+        (0, "vllm"),
+        (0, "improved-discard"),
+        (0, "swap"),
+        (0, "preserve"),
+        (0, "infercept"),
+        (1, "infercept"),
+        (1, "vllm"),
+        (2, "vllm"),
+        (2, "infercept"),
+    ]
     # every round runs both compared policies, the one that goes first alternates (ABBAAB: a
     # drift of the machine falls on both), and no policy runs more than twice in a row
     runs = [p for _, p in order if p in real.COMPARED]
     assert runs == ["vllm", "infercept", "infercept", "vllm", "vllm", "infercept"]
     assert not any(a == b == c for a, b, c in zip(runs, runs[1:], runs[2:], strict=False))
-    assert {r for r, p in order if p == "vllm"} == {r for r, p in order if p == "infercept"} == {0, 1, 2}
+    assert (
+        {r for r, p in order if p == "vllm"}
+        == {r for r, p in order if p == "infercept"}
+        == {0, 1, 2}
+    )
     d = real.REAL_SCALE[Scale.DEFAULT]
     assert d["rounds"] >= real.MIN_ROUNDS
 
@@ -201,13 +255,25 @@ def _results(**frames: pd.DataFrame) -> Results:
 def _sim_rows() -> pd.DataFrame:
     # unloaded 0.01 s/token, so the bound is 0.05; (rate, policy) -> (latency, completed/s, share)
     table = {
-        (1.0, "vllm"): (0.03, 0.8, 0.4), (1.0, "infercept"): (0.015, 0.9, 0.1),
-        (2.0, "vllm"): (0.09, 0.7, 0.6), (2.0, "infercept"): (0.02, 1.8, 0.15),
-        (4.0, "vllm"): (0.5, 0.6, 0.7), (4.0, "infercept"): (0.08, 1.5, 0.2),
+        (1.0, "vllm"): (0.03, 0.8, 0.4),
+        (1.0, "infercept"): (0.015, 0.9, 0.1),
+        (2.0, "vllm"): (0.09, 0.7, 0.6),
+        (2.0, "infercept"): (0.02, 1.8, 0.15),
+        (4.0, "vllm"): (0.5, 0.6, 0.7),
+        (4.0, "infercept"): (0.08, 1.5, 0.2),
     }
-    rows = [{"setup": "m", "rate": rate, "policy": p, "norm_latency_mean": lat,
-             "completed_rps": done, "recompute_share": share, "unloaded_norm_latency": 0.01}
-            for (rate, p), (lat, done, share) in table.items()]
+    rows = [
+        {
+            "setup": "m",
+            "rate": rate,
+            "policy": p,
+            "norm_latency_mean": lat,
+            "completed_rps": done,
+            "recompute_share": share,
+            "unloaded_norm_latency": 0.01,
+        }
+        for (rate, p), (lat, done, share) in table.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -245,15 +311,19 @@ def test_sim_claim_measures_on_hand_made_rows():
 def test_breakdown_measure_reads_short_kinds_at_every_load_and_long_ones_at_the_top():
     rows = []
     lat = {  # kind -> {load: (preserve, vllm)}
-        "arithmetic": {0.5: (1, 2), 2.0: (1, 5)}, "qa": {0.5: (1, 1), 2.0: (2, 3)},
+        "arithmetic": {0.5: (1, 2), 2.0: (1, 5)},
+        "qa": {0.5: (1, 1), 2.0: (2, 3)},
         "virtual_env": {0.5: (2, 1), 2.0: (1, 3)},  # Preserve loses at the light load: a miss
-        "chatbot": {0.5: (1, 2), 2.0: (5, 3)}, "image": {0.5: (1, 2), 2.0: (9, 3)},
+        "chatbot": {0.5: (1, 2), 2.0: (5, 3)},
+        "image": {0.5: (1, 2), 2.0: (9, 3)},
         "tts": {0.5: (1, 2), 2.0: (2, 3)},  # Preserve still wins at the top load: a miss
     }
     for kind, loads in lat.items():
         for load, (p, v) in loads.items():
-            rows += [{"kind": kind, "load": load, "policy": "preserve", "norm_latency_mean": p},
-                     {"kind": kind, "load": load, "policy": "vllm", "norm_latency_mean": v}]
+            rows += [
+                {"kind": kind, "load": load, "policy": "preserve", "norm_latency_mean": p},
+                {"kind": kind, "load": load, "policy": "vllm", "norm_latency_mean": v},
+            ]
     assert ic.preserve_short_long(_results(breakdown=pd.DataFrame(rows))) == pytest.approx(4 / 6)
 
 
@@ -261,11 +331,22 @@ def _real_rows(vllm: list[float], infercept: list[float], recomputed=(1000, 300)
     rows = []
     for rnd, (a, b) in enumerate(zip(vllm, infercept, strict=True)):
         for policy, lat, rec in (("vllm", a, recomputed[0]), ("infercept", b, recomputed[1])):
-            rows.append({"policy": policy, "round": rnd, "position": len(rows),
-                         "norm_latency_mean": lat, "norm_latency_p90": lat,
-                         "recomputed_tokens": rec, "completed": 10, "requests": 10,
-                         "identical_outputs": 10 if policy == "vllm" else 9, "rate": 2.0,
-                         "duration_scale": 0.05, "kv_blocks": 48})
+            rows.append(
+                {
+                    "policy": policy,
+                    "round": rnd,
+                    "position": len(rows),
+                    "norm_latency_mean": lat,
+                    "norm_latency_p90": lat,
+                    "recomputed_tokens": rec,
+                    "completed": 10,
+                    "requests": 10,
+                    "identical_outputs": 10 if policy == "vllm" else 9,
+                    "rate": 2.0,
+                    "duration_scale": 0.05,
+                    "kv_blocks": 48,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -28,8 +28,17 @@ from core.workload.mooncake import load_mooncake
 
 def test_smoke_scale_end_to_end(tmp_path):
     s = run_artifact(ARTIFACT, RunOptions(scale=Scale.SMOKE, out=tmp_path, jobs=2, progress=False))
-    for f in ("claims.json", "CHECKLIST.md", "metrics.csv", "provenance.json", "fig-fig7-vs-vllm.png",
-              "fig-fig8-vs-sglang.png", "fig-fig9-ttft.png", "fig-alpha.png", "fig-real-mode.png"):
+    for f in (
+        "claims.json",
+        "CHECKLIST.md",
+        "metrics.csv",
+        "provenance.json",
+        "fig-fig7-vs-vllm.png",
+        "fig-fig8-vs-sglang.png",
+        "fig-fig9-ttft.png",
+        "fig-alpha.png",
+        "fig-real-mode.png",
+    ):
         assert (tmp_path / f).is_file(), f
     m = pd.read_csv(tmp_path / "metrics.csv")
     hit = m[m.experiment == "hitrate"]
@@ -59,8 +68,16 @@ def _mooncake_lines(n: int) -> list[str]:
     lines = []
     for i in range(n):
         hashes = [0, 1, 2] + [100 + 10 * i + j for j in range(i % 3 + 1)]
-        lines.append(json.dumps({"timestamp": 1000 * i, "input_length": 512 * len(hashes) - 7,
-                                 "output_length": 5, "hash_ids": hashes}))
+        lines.append(
+            json.dumps(
+                {
+                    "timestamp": 1000 * i,
+                    "input_length": 512 * len(hashes) - 7,
+                    "output_length": 5,
+                    "hash_ids": hashes,
+                }
+            )
+        )
     return lines
 
 
@@ -68,8 +85,23 @@ def test_a_never_seen_mooncake_trace(tmp_path):
     trace = tmp_path / "mine.jsonl"
     trace.write_text("\n".join(_mooncake_lines(12)) + "\n")
     out = tmp_path / "out"
-    code = main(ARTIFACT, ["--trace", str(trace), "--out", str(out), "--scale", "smoke", "--quiet",
-                           "--jobs", "1", "--experiments", "hitrate", "--no-plots"])
+    code = main(
+        ARTIFACT,
+        [
+            "--trace",
+            str(trace),
+            "--out",
+            str(out),
+            "--scale",
+            "smoke",
+            "--quiet",
+            "--jobs",
+            "1",
+            "--experiments",
+            "hitrate",
+            "--no-plots",
+        ],
+    )
     assert code == 0
     m = pd.read_csv(out / "metrics.csv")
     assert set(m.workload) == {"trace"} and (m.requests == 12).all()
@@ -139,19 +171,39 @@ def _results(rows: list[dict], real_rows: list[dict] | None = None) -> Results:
 def _row(workload, gb, policy, hit, p95=100.0, flops=None, status=None):
     if status is None:
         status = "tuned" if policy == "marconi" else "fixed"
-    return {"workload": workload, "rate": 1.0, "response_s": 0.0, "sessions": 10, "cache_gb": gb,
-            "policy": policy, "token_hit_rate": hit, "ttft_p95_ms": p95, "ttft_cpu_p95_s": p95 / 50,
-            "flops_saved_fraction": hit if flops is None else flops, "alpha_status": status,
-            "tuned_alpha": 0.5 if status == "tuned" else float("nan"), "n0": 10,
-            "requests": 100, "tuning_window": 50 if policy == "marconi" else -1}
+    return {
+        "workload": workload,
+        "rate": 1.0,
+        "response_s": 0.0,
+        "sessions": 10,
+        "cache_gb": gb,
+        "policy": policy,
+        "token_hit_rate": hit,
+        "ttft_p95_ms": p95,
+        "ttft_cpu_p95_s": p95 / 50,
+        "flops_saved_fraction": hit if flops is None else flops,
+        "alpha_status": status,
+        "tuned_alpha": 0.5 if status == "tuned" else float("nan"),
+        "n0": 10,
+        "requests": 100,
+        "tuning_window": 50 if policy == "marconi" else -1,
+    }
 
 
 def test_claim_measures_on_hand_made_results():
     rows = []
-    for w, gb, m, s, v in (("lmsys", 1, 0.30, 0.28, 0.05), ("lmsys", 5, 0.50, 0.50, 0.25),
-                           ("swebench", 40, 0.60, 0.50, 0.20), ("swebench", 100, 0.70, 0.69, 0.60)):
-        rows += [_row(w, gb, "marconi", m, p95=40.0), _row(w, gb, "sglang+", s),
-                 _row(w, gb, "vllm+", v), _row(w, gb, "marconi-alpha0", m, flops=m - 0.01)]
+    for w, gb, m, s, v in (
+        ("lmsys", 1, 0.30, 0.28, 0.05),
+        ("lmsys", 5, 0.50, 0.50, 0.25),
+        ("swebench", 40, 0.60, 0.50, 0.20),
+        ("swebench", 100, 0.70, 0.69, 0.60),
+    ):
+        rows += [
+            _row(w, gb, "marconi", m, p95=40.0),
+            _row(w, gb, "sglang+", s),
+            _row(w, gb, "vllm+", v),
+            _row(w, gb, "marconi-alpha0", m, flops=m - 0.01),
+        ]
     r = _results(rows)
     assert mc.share_marconi_at_least_sglang(r) == 1.0
     assert mc.max_ratio_vs_vllm(r) == pytest.approx(6.0)
@@ -169,14 +221,22 @@ def test_claim_measures_on_hand_made_results():
 
 def test_alpha_gain_averages_the_tuned_configurations_and_is_na_without_any():
     rows = []
-    for gb, status, gain in ((1, "tuned", 0.02), (2, "window not over", 0.0), (3, "no eviction", 0.0)):
-        rows += [_row("lmsys", gb, "marconi", 0.5, flops=0.3 + gain, status=status),
-                 _row("lmsys", gb, "sglang+", 0.4), _row("lmsys", gb, "vllm+", 0.1),
-                 _row("lmsys", gb, "marconi-alpha0", 0.5, flops=0.3)]
+    for gb, status, gain in (
+        (1, "tuned", 0.02),
+        (2, "window not over", 0.0),
+        (3, "no eviction", 0.0),
+    ):
+        rows += [
+            _row("lmsys", gb, "marconi", 0.5, flops=0.3 + gain, status=status),
+            _row("lmsys", gb, "sglang+", 0.4),
+            _row("lmsys", gb, "vllm+", 0.1),
+            _row("lmsys", gb, "marconi-alpha0", 0.5, flops=0.3),
+        ]
     # the untuned configurations ran alpha = 0 throughout: they are not measurements of tuning
     assert mc.alpha_tuning_gain(_results(rows)) == pytest.approx(2.0)
-    untuned = [dict(x, alpha_status="window not over") if x["policy"] == "marconi" else x
-               for x in rows]
+    untuned = [
+        dict(x, alpha_status="window not over") if x["policy"] == "marconi" else x for x in rows
+    ]
     with pytest.raises(NotApplicable, match="none of the 3 configurations"):
         mc.alpha_tuning_gain(_results(untuned))
     # an agent-vs-chat comparison needs both kinds of sessions
@@ -188,26 +248,39 @@ def test_alpha_gain_averages_the_tuned_configurations_and_is_na_without_any():
 
 
 def test_pairwise_reuse_pays_off_for_vllm_plus_at_once_and_for_marconi_from_the_third_request(
-        tmp_path):
+    tmp_path,
+):
     """Why Marconi trails vLLM+ on the Mooncake trace: a prefix shared by two requests is a hit
     for vLLM+ (a state every 32 tokens) but not for Marconi, whose state at the branch point is
     taken by the second request's prefill and pays off from the third request on."""
-    lines = [json.dumps({"timestamp": 0, "input_length": 4 * 512, "output_length": 4,
-                         "hash_ids": [0, 1, 2, 10 + i]}) for i in range(3)]  # fmt: skip
+    lines = [
+        json.dumps(
+            {
+                "timestamp": 0,
+                "input_length": 4 * 512,
+                "output_length": 4,
+                "hash_ids": [0, 1, 2, 10 + i],
+            }
+        )
+        for i in range(3)
+    ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     wl = load_mooncake(path)
     reqs = with_outputs(Workload(wl.name, wl.requests, [], {}), seed=0).requests
-    hits = {p: [o.hit_tokens for o in replay_requests(reqs, capacity_bytes=2**40, policy=p).requests]
-            for p in ("marconi", "sglang+", "vllm+")}  # fmt: skip
+    hits = {
+        p: [o.hit_tokens for o in replay_requests(reqs, capacity_bytes=2**40, policy=p).requests]
+        for p in ("marconi", "sglang+", "vllm+")
+    }
     assert hits["vllm+"] == [0, 1536, 1536]
     assert hits["marconi"] == hits["sglang+"] == [0, 0, 1536]
 
 
 def test_points_carry_the_profile_so_a_new_profile_recomputes_them(tmp_path, monkeypatch):
     ctx = RunContext(Scale.SMOKE, 0, out=tmp_path)
-    chosen = profiled.cpu_profile_path(hitrate.CPU_PROFILE_MODEL, threads=1,
-                                       fallback=hitrate.CPU_PROFILE_FALLBACK)
+    chosen = profiled.cpu_profile_path(
+        hitrate.CPU_PROFILE_MODEL, threads=1, fallback=hitrate.CPU_PROFILE_FALLBACK
+    )
     before = build_points(ARTIFACT, ctx, ["hitrate"])
     assert {p.config["cpu_profile_sha256"] for p in before} == {sha256_file(chosen)}
     # a recalibrated profile (same model, new times) gives new point hashes
@@ -227,9 +300,26 @@ def test_points_carry_the_profile_so_a_new_profile_recomputes_them(tmp_path, mon
 
 
 def test_real_ordering_agreement_counts_pairs():
-    real = [{"policy": "marconi", "real_hit_rate": 0.8, "replay_hit_rate": 0.85, "identical_fraction": 1.0},
-            {"policy": "sglang+", "real_hit_rate": 0.7, "replay_hit_rate": 0.86, "identical_fraction": 1.0},
-            {"policy": "vllm+", "real_hit_rate": 0.5, "replay_hit_rate": 0.55, "identical_fraction": 0.9}]
+    real = [
+        {
+            "policy": "marconi",
+            "real_hit_rate": 0.8,
+            "replay_hit_rate": 0.85,
+            "identical_fraction": 1.0,
+        },
+        {
+            "policy": "sglang+",
+            "real_hit_rate": 0.7,
+            "replay_hit_rate": 0.86,
+            "identical_fraction": 1.0,
+        },
+        {
+            "policy": "vllm+",
+            "real_hit_rate": 0.5,
+            "replay_hit_rate": 0.55,
+            "identical_fraction": 0.9,
+        },
+    ]
     r = _results([], real)
     # marconi > sglang+ in the engine, a tie in the replay: one pair of three disagrees
     assert mc.real_ordering_agreement(r) == pytest.approx(2 / 3)
@@ -238,18 +328,31 @@ def test_real_ordering_agreement_counts_pairs():
 
 def _real_round(rnd, hits, replay=(0.86, 0.85, 0.55), same=1.0):
     order = [p for r, p in rotated_order(rr.POLICIES, rnd + 1) if r == rnd]
-    return [{"policy": p, "round": rnd, "position": 3 * rnd + k, "sessions": 2, "requests": 10,
-             "real_hit_rate": hits[rr.POLICIES.index(p)],
-             "replay_hit_rate": replay[rr.POLICIES.index(p)], "ttft_mean_ms": 50.0 + k,
-             "ttft_p95_ms": 90.0, "identical_fraction": same}
-            for k, p in enumerate(order)]  # fmt: skip
+    return [
+        {
+            "policy": p,
+            "round": rnd,
+            "position": 3 * rnd + k,
+            "sessions": 2,
+            "requests": 10,
+            "real_hit_rate": hits[rr.POLICIES.index(p)],
+            "replay_hit_rate": replay[rr.POLICIES.index(p)],
+            "ttft_mean_ms": 50.0 + k,
+            "ttft_p95_ms": 90.0,
+            "identical_fraction": same,
+        }
+        for k, p in enumerate(order)
+    ]
 
 
 def test_real_ordering_is_decided_on_the_medians_over_rounds():
     # round 1's batching put SGLang+ 2 points above Marconi: its mean would tie the two, the
     # median keeps Marconi ahead as in the replay
-    rows = (_real_round(0, (0.86, 0.83, 0.50)) + _real_round(1, (0.80, 0.82, 0.49))
-            + _real_round(2, (0.85, 0.83, 0.51)))  # fmt: skip
+    rows = (
+        _real_round(0, (0.86, 0.83, 0.50))
+        + _real_round(1, (0.80, 0.82, 0.49))
+        + _real_round(2, (0.85, 0.83, 0.51))
+    )
     r = _results([], rows)
     assert mc.real_ordering_agreement(r) == 1.0
     mean = pd.DataFrame(rows).groupby("policy").real_hit_rate.mean()
@@ -258,19 +361,23 @@ def test_real_ordering_is_decided_on_the_medians_over_rounds():
     assert mc.real_ordering_agreement(one) == pytest.approx(2 / 3)  # that round alone
     # the exactness check reads every round
     bad = rows[:-1] + [dict(rows[-1], identical_fraction=0.9)]
-    assert mc.real_identical(_results([], rows)) == 1.0 and mc.real_identical(_results([], bad)) == 0.9
+    assert (
+        mc.real_identical(_results([], rows)) == 1.0 and mc.real_identical(_results([], bad)) == 0.9
+    )
     # the note gives the rounds, their order, the clock and each policy's median (min-max)
     note = mc.real_ordering_note(r)
     assert "3 rounds" in note and "CPU clock" in note
-    assert ("marconi, sglang+, vllm+ | sglang+, vllm+, marconi | vllm+, marconi, sglang+"
-            in note)
+    assert "marconi, sglang+, vllm+ | sglang+, vllm+, marconi | vllm+, marconi, sglang+" in note
     assert "marconi 0.85 (0.8-0.86) against 0.86 (0.86-0.86)" in note
     assert "ms" in note and "TTFT" in note
 
 
 def test_the_real_figure_has_spread_bars_and_names_the_clock():
-    rows = (_real_round(0, (0.86, 0.83, 0.50)) + _real_round(1, (0.80, 0.82, 0.49))
-            + _real_round(2, (0.85, 0.83, 0.51)))  # fmt: skip
+    rows = (
+        _real_round(0, (0.86, 0.83, 0.50))
+        + _real_round(1, (0.80, 0.82, 0.49))
+        + _real_round(2, (0.85, 0.83, 0.51))
+    )
     figs = plot_real(pd.DataFrame(rows), RunContext(Scale.SMOKE, 0, out=None))
     try:
         fig = figs["real-mode"]

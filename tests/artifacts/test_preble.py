@@ -29,8 +29,17 @@ from core.sim.profiled import load_pinned_profile
 @pytest.mark.slow
 def test_smoke_scale_end_to_end(tmp_path):
     s = run_artifact(ARTIFACT, RunOptions(scale=Scale.SMOKE, out=tmp_path, jobs=2, progress=False))
-    for f in ("claims.json", "CHECKLIST.md", "metrics.csv", "provenance.json", "fig-fleet-avg.png",
-              "fig-fleet-p99.png", "fig-slo-rate.png", "fig-ablation.png", "fig-real.png"):
+    for f in (
+        "claims.json",
+        "CHECKLIST.md",
+        "metrics.csv",
+        "provenance.json",
+        "fig-fleet-avg.png",
+        "fig-fleet-p99.png",
+        "fig-slo-rate.png",
+        "fig-ablation.png",
+        "fig-real.png",
+    ):
         assert (tmp_path / f).is_file(), f
     m = pd.read_csv(tmp_path / "metrics.csv")
     sim = m[m.experiment.isin(["fleet", "ablation"])]
@@ -97,14 +106,29 @@ def _fleet_rows() -> pd.DataFrame:
     table = {
         ("toolbench", 1.0): {"round-robin": (2, 4), "preble": (1, 2), "prefix-affinity": (2, 9)},
         ("toolbench", 2.0): {"round-robin": (8, 20), "preble": (4, 6), "prefix-affinity": (7, 30)},
-        ("programming", 1.0): {"round-robin": (2, 4), "preble": (1.8, 4), "prefix-affinity": (2, 4)},
+        ("programming", 1.0): {
+            "round-robin": (2, 4),
+            "preble": (1.8, 4),
+            "prefix-affinity": (2, 4),
+        },
         ("programming", 2.0): {"round-robin": (6, 9), "preble": (5, 8), "prefix-affinity": (6, 9)},
     }
     for (w, rate), routers in table.items():
         for router, (avg, p99) in routers.items():
-            rows.append({"setup": "s", "gpus": 4, "workload": w, "load": rate, "rate": rate,
-                         "router": router, "avg_latency_s": avg, "p99_latency_s": p99,
-                         "unloaded_latency_s": 1.0, "requests": 80})
+            rows.append(
+                {
+                    "setup": "s",
+                    "gpus": 4,
+                    "workload": w,
+                    "load": rate,
+                    "rate": rate,
+                    "router": router,
+                    "avg_latency_s": avg,
+                    "p99_latency_s": p99,
+                    "unloaded_latency_s": 1.0,
+                    "requests": 80,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -134,7 +158,9 @@ def test_slo_rate_interpolates_between_the_last_rate_that_meets_it_and_the_first
 def test_ladder_measures_read_the_highest_rate_in_ladder_order():
     avg = {"round-robin": 10, "e2": 8, "e2+rebalance": 9, "e2+rebalance+pd": 7, "preble": 7}
     p99 = {"round-robin": 30, "e2": 25, "e2+rebalance": 24, "e2+rebalance+pd": 22, "preble": 20}
-    rows = [{"router": k, "rate": 2.0, "avg_latency_s": avg[k], "p99_latency_s": p99[k]} for k in LADDER]
+    rows = [
+        {"router": k, "rate": 2.0, "avg_latency_s": avg[k], "p99_latency_s": p99[k]} for k in LADDER
+    ]
     rows += [{"router": k, "rate": 1.0, "avg_latency_s": 1, "p99_latency_s": 1} for k in LADDER]
     r = _results(ablation=pd.DataFrame(rows))
     assert pb.ladder_steps_helping(r) == pytest.approx(2 / 3)  # +rebalancing made it worse
@@ -182,12 +208,27 @@ def test_slo_rate_leaves_out_what_the_sweep_cannot_tell_apart():
 def _real_rows(rr: list[float], e2: list[float]) -> pd.DataFrame:
     rows, pos = [], 0
     for rnd, (a, b) in enumerate(zip(rr, e2, strict=True)):
-        for router, lat in ((("round-robin", a), (real.E2_LABEL, b)) if rnd % 2 == 0
-                            else ((real.E2_LABEL, b), ("round-robin", a))):
-            rows.append({"router": router, "round": rnd, "position": pos, "avg_latency_s": lat,
-                         "p99_latency_s": 2 * lat, "ttft_mean_s": lat, "prefill_tokens": 100,
-                         "prefill_tokens_max_replica": 60, "completed": 10, "requests": 10,
-                         "rate": 6.0, "prompt_mean": 950.0})
+        for router, lat in (
+            (("round-robin", a), (real.E2_LABEL, b))
+            if rnd % 2 == 0
+            else ((real.E2_LABEL, b), ("round-robin", a))
+        ):
+            rows.append(
+                {
+                    "router": router,
+                    "round": rnd,
+                    "position": pos,
+                    "avg_latency_s": lat,
+                    "p99_latency_s": 2 * lat,
+                    "ttft_mean_s": lat,
+                    "prefill_tokens": 100,
+                    "prefill_tokens_max_replica": 60,
+                    "completed": 10,
+                    "requests": 10,
+                    "rate": 6.0,
+                    "prompt_mean": 950.0,
+                }
+            )
             pos += 1
     return pd.DataFrame(rows)
 
@@ -203,8 +244,12 @@ def test_real_ordering_is_the_median_of_paired_rounds():
 
 
 def test_real_measures():
-    f = pd.DataFrame([{"router": "round-robin", "avg_latency_s": 3.0, "completed": 10, "requests": 10},
-                      {"router": real.E2_LABEL, "avg_latency_s": 2.0, "completed": 9, "requests": 10}])
+    f = pd.DataFrame(
+        [
+            {"router": "round-robin", "avg_latency_s": 3.0, "completed": 10, "requests": 10},
+            {"router": real.E2_LABEL, "avg_latency_s": 2.0, "completed": 9, "requests": 10},
+        ]
+    )
     r = _results(real=f)
     assert pb.real_complete(r) == pytest.approx(0.9)
     with pytest.raises(NotApplicable):  # one round

@@ -13,8 +13,15 @@ from core.data import REPO_ROOT
 
 def test_smoke_scale_end_to_end(tmp_path):
     s = run_artifact(ARTIFACT, RunOptions(scale=Scale.SMOKE, out=tmp_path, jobs=1, progress=False))
-    for f in ("claims.json", "CHECKLIST.md", "metrics.csv", "provenance.json",
-              "fig-token-cdfs.png", "fig-token-cdfs.pdf", "fig-arrivals.png"):
+    for f in (
+        "claims.json",
+        "CHECKLIST.md",
+        "metrics.csv",
+        "provenance.json",
+        "fig-token-cdfs.png",
+        "fig-token-cdfs.pdf",
+        "fig-arrivals.png",
+    ):
         assert (tmp_path / f).is_file(), f
     m = pd.read_csv(tmp_path / "metrics.csv")
     lengths = m[m.experiment == "lengths"]
@@ -29,8 +36,12 @@ def test_smoke_scale_end_to_end(tmp_path):
 
 
 def test_default_scale_medians_match_the_released_trace(tmp_path):
-    s = run_artifact(ARTIFACT, RunOptions(scale=Scale.DEFAULT, out=tmp_path, jobs=1,
-                                          progress=False, experiments=("lengths",)))
+    s = run_artifact(
+        ARTIFACT,
+        RunOptions(
+            scale=Scale.DEFAULT, out=tmp_path, jobs=1, progress=False, experiments=("lengths",)
+        ),
+    )
     measured = {c["id"]: c["measured"] for c in s.claims}
     # medians of the shipped files, computed independently of the artifact
     import csv
@@ -40,16 +51,20 @@ def test_default_scale_medians_match_the_released_trace(tmp_path):
         path = REPO_ROOT / "data/traces/azure-llm-2023" / f"AzureLLMInferenceTrace_{kind}.csv"
         rows = list(csv.DictReader(path.open()))
         assert measured[f"{service}-prompt-median"] == statistics.median(
-            int(r["ContextTokens"]) for r in rows)
+            int(r["ContextTokens"]) for r in rows
+        )
         assert measured[f"{service}-output-median"] == statistics.median(
-            int(r["GeneratedTokens"]) for r in rows)
+            int(r["GeneratedTokens"]) for r in rows
+        )
 
 
 def test_foreign_trace_and_malformed_trace(tmp_path, capsys):
     good = tmp_path / "mine.csv"
-    good.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                    "2024-01-01 00:00:00.0,100,10\n2024-01-01 00:00:30.0,300,30\n"
-                    "2024-01-01 00:01:10.0,200,20\n")
+    good.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2024-01-01 00:00:00.0,100,10\n2024-01-01 00:00:30.0,300,30\n"
+        "2024-01-01 00:01:10.0,200,20\n"
+    )
     out = tmp_path / "out"
     assert main(ARTIFACT, ["--trace", str(good), "--out", str(out), "--quiet", "--jobs", "1"]) == 0
     m = pd.read_csv(out / "metrics.csv")
@@ -69,6 +84,11 @@ def test_foreign_trace_and_malformed_trace(tmp_path, capsys):
 
 
 def test_module_help_lists_options():
-    out = subprocess.run([sys.executable, "-m", "artifacts.splitwise", "--help"],
-                         capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "artifacts.splitwise", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+    ).stdout
     assert "--scale" in out and "Azure-LLM-format CSV" in out

@@ -26,16 +26,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_lists_the_benchmarks():
-    out = subprocess.run([sys.executable, "-m", "scripts.bench", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0
     for name in BENCHMARKS:
         assert name in out.stdout
 
 
 def test_unknown_benchmark_is_one_clear_error():
-    out = subprocess.run([sys.executable, "-m", "scripts.bench", "nope"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "invalid choice: 'nope'" in out.stderr
 
 
@@ -43,10 +53,12 @@ def test_engine_help_and_bad_options(capsys):
     with pytest.raises(SystemExit) as e:
         eb.main(["--help"])
     assert e.value.code == 0 and "--quick" in capsys.readouterr().out
-    for bad, message in ((["--dtype", "fp16"], "unknown dtype 'fp16'"),
-                         (["--parts", "offline,foo"], "unknown part(s) foo"),
-                         (["--requests", "0"], "must be >= 1"),
-                         (["--hf-batch-sizes", "8,x"], "not a comma-separated list")):  # fmt: skip
+    for bad, message in (
+        (["--dtype", "fp16"], "unknown dtype 'fp16'"),
+        (["--parts", "offline,foo"], "unknown part(s) foo"),
+        (["--requests", "0"], "must be >= 1"),
+        (["--hf-batch-sizes", "8,x"], "not a comma-separated list"),
+    ):
         with pytest.raises(SystemExit) as e:
             eb.main(bad)
         assert e.value.code == 2 and message in capsys.readouterr().err
@@ -79,8 +91,9 @@ def test_parse_dtypes():
 def test_scale_from_args():
     args = eb.build_parser().parse_args(["--quick"])
     assert eb.scale_from_args(args) == eb.QUICK and eb.QUICK.dtypes == ("fp32",)
-    args = eb.build_parser().parse_args(["--dtype", "bf16", "--requests", "5",
-                                         "--hf-batch-sizes", "2,4"])  # fmt: skip
+    args = eb.build_parser().parse_args(
+        ["--dtype", "bf16", "--requests", "5", "--hf-batch-sizes", "2,4"]
+    )
     s = eb.scale_from_args(args)
     assert (s.dtypes, s.n_requests, s.hf_batch_sizes) == (("bf16",), 5, (2, 4))
     assert eb.FULL.n_requests == 64 and eb.FULL.prompt_range == (32, 256)
@@ -108,8 +121,15 @@ def test_workload_is_seeded_and_in_range():
 
 
 def _rec(n, total, fwd, wall=None, runner=None, module=0.0):
-    return {"wall_s": wall or total, "runner_s": runner or fwd, "module_s": module,
-            "stats_total_s": total, "stats_forward_s": fwd, "num_tokens": n, "num_seqs": n}  # fmt: skip
+    return {
+        "wall_s": wall or total,
+        "runner_s": runner or fwd,
+        "module_s": module,
+        "stats_total_s": total,
+        "stats_forward_s": fwd,
+        "num_tokens": n,
+        "num_seqs": n,
+    }
 
 
 def test_steady_steps_uses_engine_stats_when_present():
@@ -170,8 +190,9 @@ class _FakeEngine:
         f0 = time.perf_counter()
         self.runner.execute(None)
         fwd = time.perf_counter() - f0
-        self.last_step = SimpleNamespace(total_s=time.perf_counter() - t0, forward_s=fwd,
-                                         num_tokens=4, num_seqs=4)  # fmt: skip
+        self.last_step = SimpleNamespace(
+            total_s=time.perf_counter() - t0, forward_s=fwd, num_tokens=4, num_seqs=4
+        )
         return []
 
 
@@ -185,7 +206,9 @@ def test_instrument_engine_times_steps_runner_and_module_then_restores():
     assert len(info["steps"]) == 3
     for r in info["steps"]:
         assert r["wall_s"] >= r["runner_s"] >= r["model_s"] >= r["module_s"] >= 0.002
-        assert r["model_s"] == pytest.approx(r["module_s"] + r["logits_s"]) and r["logits_s"] >= 0.001
+        assert (
+            r["model_s"] == pytest.approx(r["module_s"] + r["logits_s"]) and r["logits_s"] >= 0.001
+        )
         assert r["stats_total_s"] >= r["stats_forward_s"] > 0 and r["num_seqs"] == 4
     # everything is restored: no instance attributes left, no hooks
     assert "step" not in vars(engine) and "execute" not in vars(engine.runner)
@@ -200,26 +223,40 @@ def test_instrument_engine_times_steps_runner_and_module_then_restores():
 
 
 def _results(engine_status="ok"):
-    eng = ({"status": "ok", "tokens_per_s": 60.0} if engine_status == "ok"
-           else {"status": "skipped", "reason": "core.engine cannot be imported (x)"})  # fmt: skip
+    eng = (
+        {"status": "ok", "tokens_per_s": 60.0}
+        if engine_status == "ok"
+        else {"status": "skipped", "reason": "core.engine cannot be imported (x)"}
+    )
     res = {
         "roofline": {"gemm_peak_flops": 1e11, "bandwidth_bytes_per_s": 1e10},
         "offline": {
             "workload": {"n_requests": 4, "prompt_tokens": 400, "output_tokens": 1000},
             "total_flops": 1e12,
-            "hf_generate": {"status": "ok", "tokens_per_s": 20.0,
-                            "by_batch_size": {"8": {"status": "ok", "tokens_per_s": 20.0}}},
+            "hf_generate": {
+                "status": "ok",
+                "tokens_per_s": 20.0,
+                "by_batch_size": {"8": {"status": "ok", "tokens_per_s": 20.0}},
+            },
             "hf_generate_batch": {"status": "ok", "tokens_per_s": 30.0},
             "engine": eng,
             "engine_vs_hf_generate": 3.0 if engine_status == "ok" else None,
             "engine_vs_hf_generate_batch": 2.0 if engine_status == "ok" else None,
         },
-        "decode": {"rows": [{"batch": 1, "flops_per_step": 1e8, "bytes_per_step": 5e8,
-                             "engine": {"status": "ok", "step_s": 0.1} if engine_status == "ok"
-                             else eng, "hf_generate": {"status": "ok", "step_s": 0.2},
-                             "engine_linear_only": {"status": "ok", "step_s": 0.08}}]},
+        "decode": {
+            "rows": [
+                {
+                    "batch": 1,
+                    "flops_per_step": 1e8,
+                    "bytes_per_step": 5e8,
+                    "engine": {"status": "ok", "step_s": 0.1} if engine_status == "ok" else eng,
+                    "hf_generate": {"status": "ok", "step_s": 0.2},
+                    "engine_linear_only": {"status": "ok", "step_s": 0.08},
+                }
+            ]
+        },
         "scheduler": {"status": "ok", "outside_share_pct": 4.0} if engine_status == "ok" else eng,
-    }  # fmt: skip
+    }
     eb.annotate(res)
     return res
 
@@ -243,12 +280,12 @@ def test_targets_pass_flags():
     assert set(targets) == {f"fp32/{k}" for k in eb.TARGETS}
     status = {k: t["status"] for k, t in targets.items()}
     assert status == {
-        "fp32/offline_vs_generate": "pass",        # 3.0 >= 2
+        "fp32/offline_vs_generate": "pass",  # 3.0 >= 2
         "fp32/offline_vs_generate_batch": "FAIL",  # 2.0 < 3
-        "fp32/offline_roofline": "pass",           # 60% >= 60%
-        "fp32/decode_b1_roofline": "FAIL",         # 50% < 60%
-        "fp32/scheduler_share": "pass",            # 4% <= 10%
-    }  # fmt: skip
+        "fp32/offline_roofline": "pass",  # 60% >= 60%
+        "fp32/decode_b1_roofline": "FAIL",  # 50% < 60%
+        "fp32/scheduler_share": "pass",  # 4% <= 10%
+    }
 
 
 def test_targets_without_the_engine_are_not_checked_with_the_reason():
@@ -267,12 +304,17 @@ def test_render_prints_every_section():
         gemm_best={"method": "torch.matmul", "m": 512, "k": 512, "n": 512, "when": "start"},
         bandwidth_best={"when": "end", "copy_bytes_per_s": 1e10, "sum_bytes_per_s": 9e9},
         measurements=[{"when": "start", "gemm_peak_flops": 1e11, "bandwidth_bytes_per_s": 1e10}],
-    )  # fmt: skip
+    )
     res["decode"].update(context=128)
     report = {"results": {"fp32": res}, "targets": eb.make_targets({"fp32": res}, eb.PARTS)}
     text = eb.render(report)
-    for needle in ("machine roofline", "offline throughput", "decode step", "targets",
-                   "3.00x / 2.00x"):  # fmt: skip
+    for needle in (
+        "machine roofline",
+        "offline throughput",
+        "decode step",
+        "targets",
+        "3.00x / 2.00x",
+    ):
         assert needle in text
 
 
@@ -309,7 +351,10 @@ def test_quick_run_end_to_end(tmp_path, capsys, restore_threads):
     assert off["hf_generate_batch"]["output_lengths_ok"]
     for entry in (off["hf_generate"], off["hf_generate_batch"]):
         assert entry["tokens_per_s"] > 0 and entry["pct_of_roofline"] > 0
-    assert off["greedy_agreement"]["hf_generate_vs_hf_generate_batch"]["first_token_match_fraction"] > 0
+    assert (
+        off["greedy_agreement"]["hf_generate_vs_hf_generate_batch"]["first_token_match_fraction"]
+        > 0
+    )
     for row in r["decode"]["rows"]:
         assert row["hf_generate"]["status"] == "ok", row["hf_generate"]
         assert row["hf_generate"]["step_s"] > 0 and row["roofline_step_s"] > 0
@@ -317,9 +362,13 @@ def test_quick_run_end_to_end(tmp_path, capsys, restore_threads):
     targets = {t["id"]: t for t in report["targets"]}
     assert len(targets) == len(eb.TARGETS)
     _, _, reason = eb.import_engine()
-    engine_entries = [off["engine"], *(row["engine"] for row in r["decode"]["rows"]),
-                      *(row["engine_linear_only"] for row in r["decode"]["rows"]),
-                      r["scheduler"], r["ttft"]]  # fmt: skip
+    engine_entries = [
+        off["engine"],
+        *(row["engine"] for row in r["decode"]["rows"]),
+        *(row["engine_linear_only"] for row in r["decode"]["rows"]),
+        r["scheduler"],
+        r["ttft"],
+    ]
     if reason is None:
         for entry in engine_entries:
             assert entry["status"] == "ok", entry

@@ -18,8 +18,12 @@ KEYS = {f"{m}_{s}" for m in ("ttft", "tpot", "e2e") for s in ("mean", "p90")}
 @pytest.fixture(scope="module")
 def quick_profile(tmp_path_factory):
     out = tmp_path_factory.mktemp("calibrate") / "smoke.json"
-    assert calibrate_main(["--quick", "--model", "tiny-llama-smoke", "--device", "cpu",
-                           "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        calibrate_main(
+            ["--quick", "--model", "tiny-llama-smoke", "--device", "cpu", "--out", str(out)]
+        )
+        == 0
+    )
     return out
 
 
@@ -27,7 +31,9 @@ def test_calibration_writes_a_profile_with_provenance(quick_profile, capsys):
     doc = json.loads(quick_profile.read_text())
     assert doc["schema"] == "servelab.step-profile/1"
     assert doc["device"]["type"] == "cpu" and doc["device"]["name"] and doc["threads"] == 1
-    assert doc["model"]["name"] == "tiny-llama-smoke" and doc["model"]["config"]["hidden_size"] == 64
+    assert (
+        doc["model"]["name"] == "tiny-llama-smoke" and doc["model"]["config"]["hidden_size"] == 64
+    )
     assert doc["dtype"] == "float32" and doc["torch_version"] and doc["created"]
     assert doc["engine"]["max_model_len"] == 512  # the model's positions
     assert "git" in doc["provenance"]
@@ -44,8 +50,17 @@ def test_fidelity_smoke_run(quick_profile, tmp_path, capsys):
     doc["device"]["hostname"] = "elsewhere"  # a profile from another machine: a warning
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps(doc))
-    argv = ["--quick", "--profile", str(profile), "--requests", "6", "--loads", "0.5",
-            "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--quick",
+        "--profile",
+        str(profile),
+        "--requests",
+        "6",
+        "--loads",
+        "0.5",
+        "--out",
+        str(tmp_path),
+    ]
     assert fidelity.main(argv) == 0
     out = capsys.readouterr()
     assert "another machine" in out.err and "ttft mean" in out.out

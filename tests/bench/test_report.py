@@ -16,7 +16,11 @@ def test_target_pass_fail_and_not_checked():
     t = rep.target("x", "share", 12.0, "<=", 10.0, "%")
     assert (t["passed"], t["status"]) == (False, rep.STATUS_FAIL)
     t = rep.target("x", "share", None, "<=", 10.0, "%", reason="engine missing")
-    assert (t["passed"], t["status"], t["reason"]) == (None, rep.STATUS_NOT_CHECKED, "engine missing")
+    assert (t["passed"], t["status"], t["reason"]) == (
+        None,
+        rep.STATUS_NOT_CHECKED,
+        "engine missing",
+    )
     assert rep.target("x", "nan", math.nan, ">=", 1.0)["measured"] is None
     assert rep.target("x", "no reason", None, ">=", 1.0)["reason"] == "not measured"
     assert set(t) == set(rep.TARGET_KEYS) and t["measured_on_this_machine"] is True
@@ -25,8 +29,11 @@ def test_target_pass_fail_and_not_checked():
 
 
 def _report(**over):
-    targets = [rep.target("a", "a", 3.0, ">=", 2.0), rep.target("b", "b", 1.0, ">=", 2.0),
-               rep.target("c", "c", None, ">=", 2.0, reason="skipped")]  # fmt: skip
+    targets = [
+        rep.target("a", "a", 3.0, ">=", 2.0),
+        rep.target("b", "b", 1.0, ">=", 2.0),
+        rep.target("c", "c", None, ">=", 2.0, reason="skipped"),
+    ]
     prov = {"git": {"commit": "abc", "dirty": False}, "host": {"cpu_count": 2}}
     r = rep.make_report("demo", {"scale": "quick"}, {"fp32": {"x": 1.0}}, targets, prov, 1.5)
     r.update(over)
@@ -79,8 +86,12 @@ def test_write_json_failure_keeps_the_old_file(tmp_path):
 
 
 def test_format_table():
-    text = rep.format_table(["name", "value"], [["a", 1.23456], ["bb", None], ["c", math.nan]],
-                            title="T", formats=[None, ".2f"])  # fmt: skip
+    text = rep.format_table(
+        ["name", "value"],
+        [["a", 1.23456], ["bb", None], ["c", math.nan]],
+        title="T",
+        formats=[None, ".2f"],
+    )
     lines = text.splitlines()
     assert lines[0] == "T"
     assert lines[1].split() == ["name", "value"]
@@ -92,8 +103,12 @@ def test_format_table():
 
 
 def test_targets_table_shows_reason_when_not_checked():
-    text = rep.targets_table([rep.target("a", "a", 3.0, ">=", 2.0, "x"),
-                              rep.target("c", "c", None, ">=", 2.0, reason="no engine")])  # fmt: skip
+    text = rep.targets_table(
+        [
+            rep.target("a", "a", 3.0, ">=", 2.0, "x"),
+            rep.target("c", "c", None, ">=", 2.0, reason="no engine"),
+        ]
+    )
     assert ">= 2 x" in text and "3 x" in text and "pass" in text
     assert "not checked: no engine" in text
 

@@ -111,11 +111,16 @@ def test_time_best_runs_once_untimed_then_repeats():
 def test_measure_gemm_peak_small():
     import torch
 
-    out = rf.measure_gemm_peak(torch.float32, sizes=(32, 64), shapes=[(8, 32, 48)], repeats=2,
-                               budget_s=0.2)  # fmt: skip
+    out = rf.measure_gemm_peak(
+        torch.float32, sizes=(32, 64), shapes=[(8, 32, 48)], repeats=2, budget_s=0.2
+    )
     methods = {r["method"] for r in out["runs"]}
     assert methods == {"torch.matmul", "torch.nn.functional.linear"}
-    assert {(r["m"], r["k"], r["n"]) for r in out["runs"]} == {(32, 32, 32), (64, 64, 64), (8, 32, 48)}
+    assert {(r["m"], r["k"], r["n"]) for r in out["runs"]} == {
+        (32, 32, 32),
+        (64, 64, 64),
+        (8, 32, 48),
+    }
     assert out["peak_flops"] == max(r["flops_per_s"] for r in out["runs"]) > 0
     assert set(out["best"]) == {"method", "m", "k", "n"} and "2 m k n" in out["method"]
     with pytest.raises(ValueError):
@@ -125,8 +130,9 @@ def test_measure_gemm_peak_small():
 def test_measure_gemm_peak_skips_products_predicted_too_slow():
     import torch
 
-    out = rf.measure_gemm_peak(torch.float32, sizes=(16, 4096), shapes=[(4096, 64, 4096)],
-                               repeats=1, max_single_s=1e-9)  # fmt: skip
+    out = rf.measure_gemm_peak(
+        torch.float32, sizes=(16, 4096), shapes=[(4096, 64, 4096)], repeats=1, max_single_s=1e-9
+    )
     assert {r["n"] for r in out["runs"]} == {16}
     assert len(out["skipped"]) == 4  # two products, two methods
 
@@ -134,13 +140,21 @@ def test_measure_gemm_peak_skips_products_predicted_too_slow():
 def test_model_gemm_shapes_of_the_tiny_llama():
     spec = ModelSpec.from_preset("tiny-llama-125m")
     shapes = rf.model_gemm_shapes(spec, 64)
-    assert shapes == [(64, 768, 768 + 2 * 256), (64, 768, 768), (64, 768, 4096), (64, 2048, 768),
-                      (64, 768, 32000)]  # fmt: skip
+    assert shapes == [
+        (64, 768, 768 + 2 * 256),
+        (64, 768, 768),
+        (64, 768, 4096),
+        (64, 2048, 768),
+        (64, 768, 32000),
+    ]
     # per layer, the projections are the layer's matmul parameters
     per_layer = sum(k * n for _, k, n in shapes[:4])
     assert 12 * per_layer + 768 * 32000 == spec.num_params - 32000 * 768 - 25 * 768
     assert rf.model_gemm_shapes(ModelSpec.from_preset("tiny-mixtral"), 8) == [
-        (8, 64, 64 + 2 * 32), (8, 64, 64), (8, 64, 256)]  # MoE experts are not listed
+        (8, 64, 64 + 2 * 32),
+        (8, 64, 64),
+        (8, 64, 256),
+    ]  # MoE experts are not listed
 
 
 def test_measure_bandwidth_small():

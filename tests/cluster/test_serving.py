@@ -17,11 +17,22 @@ from core.metrics import RequestRecord, summarize
 from core.sched.request import RequestStatus
 from core.workload.schema import Interception, Request
 
-TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 512,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
-        # clear argmax gaps, so batching differences cannot flip a greedy token
-        "initializer_range": 0.1, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+TINY = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    # clear argmax gaps, so batching differences cannot flip a greedy token
+    "initializer_range": 0.1,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
 SPEC = ReplicaSpec(TINY, dict(seed=0, block_size=4, num_kv_blocks=128, max_num_seqs=8))
 OUT = 8
 
@@ -39,8 +50,10 @@ def prompts(lengths, seed=0):
 def workload(arrivals, outs=None, seed=0):
     ps = prompts([7 + 5 * i for i in range(len(arrivals))], seed)
     outs = outs or [OUT] * len(arrivals)
-    return [Request(f"r{i}", a, len(p), n, prompt_token_ids=p)
-            for i, (a, p, n) in enumerate(zip(arrivals, ps, outs, strict=True))]
+    return [
+        Request(f"r{i}", a, len(p), n, prompt_token_ids=p)
+        for i, (a, p, n) in enumerate(zip(arrivals, ps, outs, strict=True))
+    ]
 
 
 STREAM = workload([0.02 * i for i in range(6)])
@@ -56,8 +69,10 @@ def reference():
 
 
 def records(res):
-    return [RequestRecord.from_request(r, replica=res.replica_of.get(r.request_id))
-            for r in res.requests]
+    return [
+        RequestRecord.from_request(r, replica=res.replica_of.get(r.request_id))
+        for r in res.requests
+    ]
 
 
 class Recording(RoundRobin):
@@ -152,9 +167,14 @@ def test_timeout_fails_unfinished_requests_and_fleet_recovers():
 def test_paused_request_resumes_on_an_idle_replica():
     # the only request pauses for a tool call: the replica must wake up by itself to resume it
     p = prompts([9])[0]
-    req = Request("tool", 0.0, 9, 6, prompt_token_ids=p,
-                  interceptions=[Interception(after_output_tokens=2, duration_s=0.05,
-                                              returned_tokens=2)])
+    req = Request(
+        "tool",
+        0.0,
+        9,
+        6,
+        prompt_token_ids=p,
+        interceptions=[Interception(after_output_tokens=2, duration_s=0.05, returned_tokens=2)],
+    )
     with Fleet([SPEC], "round-robin") as fleet:
         res = fleet.run([req], timeout_s=10)
     (rec,) = records(res)
@@ -169,9 +189,17 @@ def test_replica_server_loop_reports_its_death():
         failing_step(server.replica.engine, after=3)
         reqs = workload([0.0, 0.0], outs=[2, 50])
         sp = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
-        server.exchange([Submission(r.request_id, r.prompt_token_ids,
-                                    replace(sp, max_tokens=r.output_len), replica_clock())
-                         for r in reqs])
+        server.exchange(
+            [
+                Submission(
+                    r.request_id,
+                    r.prompt_token_ids,
+                    replace(sp, max_tokens=r.output_len),
+                    replica_clock(),
+                )
+                for r in reqs
+            ]
+        )
         done, deadline = [], time.monotonic() + 10
         while len(done) < 2 and time.monotonic() < deadline:
             ex = server.exchange()
@@ -235,8 +263,10 @@ def test_ray_prefix_router_reads_remote_caches(ray_fleet):
     ray_fleet.router.inner = PrefixAffinity()
     p, q = prompts([32, 32], seed=2)
     tail = prompts([5], seed=3)[0]
-    stream = [Request(f"s{i}", a, len(x), 4, prompt_token_ids=x)
-              for i, (a, x) in enumerate([(0.0, p), (0.001, q), (0.4, p + tail), (0.41, q + tail)])]
+    stream = [
+        Request(f"s{i}", a, len(x), 4, prompt_token_ids=x)
+        for i, (a, x) in enumerate([(0.0, p), (0.001, q), (0.4, p + tail), (0.41, q + tail)])
+    ]
     res = ray_fleet.run(stream)
     # s1 sees s0 queued on replica 0 (sent, not yet acknowledged); s2, s3 follow their caches
     assert [res.replica_of[f"s{i}"] for i in range(4)] == [0, 1, 0, 1]

@@ -55,7 +55,9 @@ def test_the_engine_on_a_cpu_clock_serves_gaps_without_sleeping(tmp_path):
     assert all(r.is_finished and len(r.output_token_ids) == 3 for r in out)
     # each request arrives on the clock at its offset and is served after it, in CPU seconds
     arrivals = [r.timeline.arrival_time for r in out]
-    assert [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)] == pytest.approx([10.0, 10.0])
+    assert [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)] == pytest.approx(
+        [10.0, 10.0]
+    )
     for r in out:
         assert r.timeline.arrival_time < r.timeline.first_token_time <= r.timeline.finish_time
         assert r.timeline.finish_time - r.timeline.arrival_time < 5.0

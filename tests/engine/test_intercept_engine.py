@@ -35,15 +35,20 @@ def run_pair(path, policy, arch="llama", on_step=None):
     decodes 40 tokens; 14 blocks cannot hold both, so ``r`` runs out of KV while ``p`` waits.
     A fake clock advances 0.25 s per step."""
     kw = {"num_host_blocks": 16, "prefix_cache": "block"} if arch == "llama" else {}
-    llm = LLM(path, num_kv_blocks=14, block_size=BS, enable_prefix_caching=False,
-              intercept=policy, **kw)
+    llm = LLM(
+        path, num_kv_blocks=14, block_size=BS, enable_prefix_caching=False, intercept=policy, **kw
+    )
     eng = llm.engine
     assert eng.scheduler.intercept is policy
     now = [0.0]
     eng.clock = lambda: now[0]
     p_prompt, r_prompt = prompts([11, 8], seed=9)
-    icp = Interception(after_output_tokens=3, duration_s=30.0, returned_tokens=len(RETURNED),
-                       returned_token_ids=tuple(RETURNED))  # fmt: skip
+    icp = Interception(
+        after_output_tokens=3,
+        duration_s=30.0,
+        returned_tokens=len(RETURNED),
+        returned_token_ids=tuple(RETURNED),
+    )
     p = eng.add_request("p", p_prompt, greedy(8), interceptions=[icp])
     r = eng.add_request("r", r_prompt, greedy(40))
     schedule, llm.recompute_chunks = eng.scheduler.schedule, []
@@ -69,16 +74,21 @@ def run_pair(path, policy, arch="llama", on_step=None):
 def test_every_policy_resumes_with_the_uninterrupted_tokens(name, checkpoint):
     _, path = checkpoint("llama")
     modes = set()
-    llm, p, r, p_prompt, r_prompt = run_pair(path, POLICIES[name](),
-                                             on_step=lambda eng, p: modes.add(p.pause_mode))
+    llm, p, r, p_prompt, r_prompt = run_pair(
+        path, POLICIES[name](), on_step=lambda eng, p: modes.add(p.pause_mode)
+    )
     assert p.output_token_ids == reference(path, p_prompt, 3, 8)
     plain = LLM(path, num_kv_blocks=128, enable_prefix_caching=False)
     assert r.output_token_ids == plain.generate([r_prompt], greedy(40), use_tqdm=False)[0].token_ids
     assert p.status == r.status == RequestStatus.FINISHED_LENGTH and p.timeline.num_pauses == 1
-    expect = {"preserve": {PauseMode.PRESERVE}, "vllm": {PauseMode.DISCARD},
-              "improved-discard": {PauseMode.DISCARD}, "swap": {PauseMode.SWAP},
-              "infercept": {PauseMode.PRESERVE, PauseMode.SWAP},
-              "infercept-discard": {PauseMode.PRESERVE, PauseMode.DISCARD}}[name]  # fmt: skip
+    expect = {
+        "preserve": {PauseMode.PRESERVE},
+        "vllm": {PauseMode.DISCARD},
+        "improved-discard": {PauseMode.DISCARD},
+        "swap": {PauseMode.SWAP},
+        "infercept": {PauseMode.PRESERVE, PauseMode.SWAP},
+        "infercept-discard": {PauseMode.PRESERVE, PauseMode.DISCARD},
+    }[name]
     assert modes - {None} == expect
     if PauseMode.DISCARD in expect:
         assert p.timeline.recomputed_tokens >= 13  # everything before the pause, again
@@ -97,8 +107,9 @@ def test_every_policy_resumes_with_the_uninterrupted_tokens(name, checkpoint):
 def test_hybrid_models_recompute_discarded_requests_exactly(name, checkpoint):
     _, path = checkpoint("bamba")  # radix backend: no host pool, so no swapping
     modes = set()
-    _, p, r, p_prompt, _ = run_pair(path, POLICIES[name](), arch="bamba",
-                                    on_step=lambda eng, p: modes.add(p.pause_mode))
+    _, p, r, p_prompt, _ = run_pair(
+        path, POLICIES[name](), arch="bamba", on_step=lambda eng, p: modes.add(p.pause_mode)
+    )
     assert p.output_token_ids == reference(path, p_prompt, 3, 8)
     assert PauseMode.DISCARD in modes and p.timeline.recomputed_tokens >= 13
 
@@ -139,14 +150,27 @@ def test_swaps_of_one_step_apply_in_order(first):
     from core.sched.request import EngineRequest
     from core.sim import SimSampling
 
-    tiny = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 512,
-            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+    tiny = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
     # in-then-out: b's swap-out needs the host blocks a's swap-in frees; out-then-in: a's
     # swap-in needs the device blocks b's swap-out frees
     blocks = (4, 2) if first == "in-then-out" else (2, 4)
-    llm = LLM(tiny, num_kv_blocks=blocks[0], num_host_blocks=blocks[1], block_size=16,
-              enable_prefix_caching=False)
+    llm = LLM(
+        tiny,
+        num_kv_blocks=blocks[0],
+        num_host_blocks=blocks[1],
+        block_size=16,
+        enable_prefix_caching=False,
+    )
     kv, runner = llm.engine.scheduler.kv, llm.engine.runner
     a = EngineRequest("a", list(range(4, 36)), SimSampling(1))
     b = EngineRequest("b", list(range(40, 72)), SimSampling(1))

@@ -63,8 +63,14 @@ def test_checkpoints_beyond_the_state_slots_are_skipped_not_fatal(checkpoint):
     ps = prompts([30, 29], seed=6)
     cold = LLM(path, enable_prefix_caching=False, block_size=4, num_kv_blocks=128)
     want = [o.token_ids for o in cold.generate(ps, GREEDY, use_tqdm=False)]
-    warm = LLM(path, block_size=4, num_kv_blocks=128, num_state_slots=3, max_num_seqs=1,
-               admission=CheckpointEveryK(4))
+    warm = LLM(
+        path,
+        block_size=4,
+        num_kv_blocks=128,
+        num_state_slots=3,
+        max_num_seqs=1,
+        admission=CheckpointEveryK(4),
+    )
     got = [warm.generate([p], GREEDY, use_tqdm=False)[0].token_ids for p in ps]
     assert got == want
     assert warm.engine.scheduler.kv.skipped_checkpoints > 0
@@ -77,8 +83,14 @@ def test_preemption_keeps_outputs(mode, checkpoint):
     sp = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     big = LLM(path, block_size=4, num_kv_blocks=256)
     want = [o.token_ids for o in big.generate(ps, sp, use_tqdm=False)]
-    small = LLM(path, block_size=4, num_kv_blocks=14, preemption_mode=mode, num_host_blocks=64,
-                enable_prefix_caching=False)
+    small = LLM(
+        path,
+        block_size=4,
+        num_kv_blocks=14,
+        preemption_mode=mode,
+        num_host_blocks=64,
+        enable_prefix_caching=False,
+    )
     outs = small.generate(ps, sp, use_tqdm=False)
     assert [o.token_ids for o in outs] == want
     assert sum(o.metrics["num_preemptions"] for o in outs) > 0
@@ -120,13 +132,24 @@ def test_request_output_gives_latencies_from_its_timeline():
     from core.engine.engine import RequestOutput
     from core.metrics import RequestRecord
 
-    out = RequestOutput("r", [1, 2], [5, 6, 7], True, "length", metrics={
-        "arrival_time": 100.0, "first_token_time": 100.5, "token_times": [100.5, 100.7, 101.1],
-        "finish_time": 101.1})
+    out = RequestOutput(
+        "r",
+        [1, 2],
+        [5, 6, 7],
+        True,
+        "length",
+        metrics={
+            "arrival_time": 100.0,
+            "first_token_time": 100.5,
+            "token_times": [100.5, 100.7, 101.1],
+            "finish_time": 101.1,
+        },
+    )
     assert out.ttft == pytest.approx(0.5) and out.e2e == pytest.approx(1.1)
     assert out.tpot == pytest.approx(0.3)
     rec = RequestRecord.from_output(out)
     assert (rec.ttft, rec.tpot, rec.e2e) == pytest.approx((out.ttft, out.tpot, out.e2e))
-    running = RequestOutput("r", [1], [5], False, metrics={"arrival_time": 1.0,
-                                                         "first_token_time": 2.0})
+    running = RequestOutput(
+        "r", [1], [5], False, metrics={"arrival_time": 1.0, "first_token_time": 2.0}
+    )
     assert running.e2e is None and running.tpot is None and running.ttft == 1.0

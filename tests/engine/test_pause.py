@@ -16,11 +16,14 @@ RETURNED = [7, 8, 9, 10]
 def reference(path, prompt, k, n):
     """Greedy k tokens, then the tool's tokens appended, then n - k more: two plain runs."""
     llm = LLM(path, num_kv_blocks=128, enable_prefix_caching=False)
-    first = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=k, ignore_eos=True),
-                         use_tqdm=False)[0].token_ids
-    rest = llm.generate([prompt + first + RETURNED],
-                        SamplingParams(temperature=0, max_tokens=n - k, ignore_eos=True),
-                        use_tqdm=False)[0].token_ids
+    first = llm.generate(
+        [prompt], SamplingParams(temperature=0, max_tokens=k, ignore_eos=True), use_tqdm=False
+    )[0].token_ids
+    rest = llm.generate(
+        [prompt + first + RETURNED],
+        SamplingParams(temperature=0, max_tokens=n - k, ignore_eos=True),
+        use_tqdm=False,
+    )[0].token_ids
     return first + rest
 
 
@@ -57,11 +60,15 @@ def test_interceptions_pause_and_resume_by_themselves(checkpoint):
     llm = LLM(path, num_kv_blocks=128)
     now = [0.0]
     llm.engine.clock = lambda: now[0]
-    icp = Interception(after_output_tokens=3, duration_s=2.0, returned_tokens=4,
-                       returned_token_ids=tuple(RETURNED))
-    req = llm.engine.add_request("r", prompt,
-                                 SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
-                                 interceptions=[icp])
+    icp = Interception(
+        after_output_tokens=3, duration_s=2.0, returned_tokens=4, returned_token_ids=tuple(RETURNED)
+    )
+    req = llm.engine.add_request(
+        "r",
+        prompt,
+        SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+        interceptions=[icp],
+    )
 
     def sleep(dt):
         now[0] += dt

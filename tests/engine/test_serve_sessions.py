@@ -27,9 +27,18 @@ def _virtual(llm):
 
 
 def _workload():
-    params = ChatSessionParams(num_sessions=3, turns_mean=3, max_turns=3, input_len_mean=12,
-                               output_len_mean=6, think_time_mean_s=0.5, session_rate=2.0,
-                               system_prompt_len=8, max_prompt_len=200, vocab_size=512)
+    params = ChatSessionParams(
+        num_sessions=3,
+        turns_mean=3,
+        max_turns=3,
+        input_len_mean=12,
+        output_len_mean=6,
+        think_time_mean_s=0.5,
+        session_rate=2.0,
+        system_prompt_len=8,
+        max_prompt_len=200,
+        vocab_size=512,
+    )
     return generate_chat_sessions(params, seed=1)
 
 
@@ -52,10 +61,11 @@ def test_turns_follow_their_session_and_reuse_generated_tokens(llama_dir):
             assert c.prompt_token_ids[: len(p.token_ids)] == p.token_ids
             new_user = cur.prompt_len - prev.prompt_len - prev.output_len
             assert len(c.prompt_token_ids) == len(p.token_ids) + new_user
-            assert c.prompt_token_ids[len(p.token_ids):] == cur.prompt_token_ids[-new_user:]
+            assert c.prompt_token_ids[len(p.token_ids) :] == cur.prompt_token_ids[-new_user:]
             # it arrives after the previous turn finished plus the scaled think time
             assert c.timeline.arrival_time == pytest.approx(
-                p.timeline.finish_time + 2.0 * cur.think_time_s)
+                p.timeline.finish_time + 2.0 * cur.think_time_s
+            )
             # and the prefix cache serves the previous turn's tokens (block-aligned)
             assert c.num_cached_tokens >= (len(p.token_ids) - 1) // 4 * 4 - 4
             later_turns += 1
@@ -65,8 +75,16 @@ def test_turns_follow_their_session_and_reuse_generated_tokens(llama_dir):
 def test_prompt_that_does_not_extend_the_previous_turn_is_served_as_given(llama_dir):
     llm = LLM(llama_dir, block_size=4, num_kv_blocks=128, max_num_seqs=4, max_model_len=256)
     eng, sleep = _virtual(llm)
-    a = Request("a", 0.0, 5, 3, prompt_token_ids=[5, 6, 7, 8, 9], session_id="s", turn=0,
-                output_token_ids=[10, 11, 12])
+    a = Request(
+        "a",
+        0.0,
+        5,
+        3,
+        prompt_token_ids=[5, 6, 7, 8, 9],
+        session_id="s",
+        turn=0,
+        output_token_ids=[10, 11, 12],
+    )
     b = Request("b", 0.0, 4, 2, prompt_token_ids=[5, 6, 40, 41], session_id="s", turn=1)
     out = {r.request_id: r for r in serve_sessions(eng, [b, a], sleep=sleep)}
     assert out["b"].prompt_token_ids == [5, 6, 40, 41]
@@ -76,10 +94,18 @@ def test_prompt_that_does_not_extend_the_previous_turn_is_served_as_given(llama_
 def test_failed_turn_ends_its_session_and_bad_input_is_named(llama_dir):
     llm = LLM(llama_dir, block_size=4, num_kv_blocks=128, max_num_seqs=4, max_model_len=16)
     eng, sleep = _virtual(llm)
-    long = Request("long", 0.0, 20, 2, prompt_token_ids=list(range(3, 23)), session_id="s",
-                   output_token_ids=[1, 2])
-    nxt = Request("next", 0.0, 23, 2, prompt_token_ids=list(range(3, 23)) + [1, 2, 9],
-                  session_id="s", turn=1)
+    long = Request(
+        "long",
+        0.0,
+        20,
+        2,
+        prompt_token_ids=list(range(3, 23)),
+        session_id="s",
+        output_token_ids=[1, 2],
+    )
+    nxt = Request(
+        "next", 0.0, 23, 2, prompt_token_ids=list(range(3, 23)) + [1, 2, 9], session_id="s", turn=1
+    )
     out = serve_sessions(eng, [long, nxt], sleep=sleep)
     assert [r.request_id for r in out] == ["long"] and out[0].error
     with pytest.raises(ValueError, match="'x' has no prompt_token_ids"):
@@ -94,9 +120,14 @@ def test_replay_resumes_a_request_paused_alone(llama_dir):
     from core.workload import Interception
 
     eng, sleep = _virtual(LLM(model=str(llama_dir), num_kv_blocks=64))
-    req = Request("r0", 0.0, prompt_len=6, output_len=5, prompt_token_ids=[1, 2, 3, 4, 5, 6],
-                  interceptions=[Interception(after_output_tokens=2, duration_s=0.3,
-                                              returned_tokens=3)])
+    req = Request(
+        "r0",
+        0.0,
+        prompt_len=6,
+        output_len=5,
+        prompt_token_ids=[1, 2, 3, 4, 5, 6],
+        interceptions=[Interception(after_output_tokens=2, duration_s=0.3, returned_tokens=3)],
+    )
     [done] = replay(eng, [req], sleep=sleep)
     assert done.is_finished and done.num_output_tokens == 5
     assert done.timeline.finish_time >= 0.3

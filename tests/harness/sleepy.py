@@ -29,8 +29,12 @@ def nap(config: dict) -> dict:
 
 
 def nap_points(ctx) -> list[dict]:
-    return [{"x": 0, "sleep": 0.0}, {"x": 1, "sleep": 0.0},
-            {"x": 2, "sleep": LONG_S}, {"x": 3, "sleep": LONG_S}]
+    return [
+        {"x": 0, "sleep": 0.0},
+        {"x": 1, "sleep": 0.0},
+        {"x": 2, "sleep": LONG_S},
+        {"x": 3, "sleep": LONG_S},
+    ]
 
 
 SLEEPY = Artifact(

@@ -96,8 +96,9 @@ def test_summary_counts_not_applicable_apart_from_passes_and_failures():
     entries = [
         evaluate_claim(claim(lambda r: 3.0, at_least(2)), results([1])),
         evaluate_claim(claim(lambda r: 1.0, at_least(2)), results([1])),
-        evaluate_claim(claim(lambda r: (_ for _ in ()).throw(NotApplicable("x")), at_least(2)),
-                       results([1])),
+        evaluate_claim(
+            claim(lambda r: (_ for _ in ()).throw(NotApplicable("x")), at_least(2)), results([1])
+        ),
         evaluate_claim(claim(lambda r: 1.0, at_least(0), ("other",)), results([1])),
     ]
     assert summary_line(entries) == (
@@ -106,8 +107,15 @@ def test_summary_counts_not_applicable_apart_from_passes_and_failures():
 
 
 def test_note_may_depend_on_the_run():
-    c = Claim("c", "w", "1x", measure=lambda r: 1.0, expect=at_least(0), experiments=("e",),
-              note=lambda r: f"scale {r.ctx.scale.value}")
+    c = Claim(
+        "c",
+        "w",
+        "1x",
+        measure=lambda r: 1.0,
+        expect=at_least(0),
+        experiments=("e",),
+        note=lambda r: f"scale {r.ctx.scale.value}",
+    )
     assert evaluate_claim(c, results([1]))["note"] == "scale smoke"
 
 
@@ -118,11 +126,18 @@ def test_checklist_shows_the_reason_of_a_claim_not_applicable():
         raise NotApplicable("only one workload at this scale")
 
     c = Claim("smallest", "w", "1x", measure=measure, expect=at_least(1), experiments=("e",))
-    art = Artifact("a", Paper("T", "V"), "s", [Experiment("e", "d", lambda ctx: [], lambda c: {})],
-                   [c])
+    art = Artifact(
+        "a", Paper("T", "V"), "s", [Experiment("e", "d", lambda ctx: [], lambda c: {})], [c]
+    )
     entry = evaluate_claim(c, results([1]))
-    run = {"scale": "smoke", "seed": 0, "finished_at": "now", "elapsed_s": 1.0,
-           "points_computed": 0, "points_reused": 0}
+    run = {
+        "scale": "smoke",
+        "seed": 0,
+        "finished_at": "now",
+        "elapsed_s": 1.0,
+        "points_computed": 0,
+        "points_reused": 0,
+    }
     page = render_checklist(art, [entry], run)
     assert "| n/a | smallest |" in page
     assert "Not applicable: only one workload at this scale." in page

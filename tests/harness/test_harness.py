@@ -30,8 +30,14 @@ def opts(out, **kw):
 def test_run_writes_every_output(tmp_path, calls):
     out = tmp_path / "toy"
     s = run_artifact(TOY, opts(out))
-    for name in ("claims.json", "CHECKLIST.md", "metrics.csv", "provenance.json",
-                 "fig-squares.png", "fig-squares.pdf"):
+    for name in (
+        "claims.json",
+        "CHECKLIST.md",
+        "metrics.csv",
+        "provenance.json",
+        "fig-squares.png",
+        "fig-squares.pdf",
+    ):
         assert (out / name).is_file(), name
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns[:2]) == ["experiment", "seed"]
@@ -104,8 +110,19 @@ def test_provenance_is_complete(tmp_path):
     trace.write_text("a\nb\nc\n")
     s = run_artifact(TOY, opts(tmp_path / "toy", trace=trace, seed=3))
     prov = json.loads((s.out / "provenance.json").read_text())
-    for key in ("git", "config", "config_hash", "seeds", "packages", "host", "data_files",
-                "points", "scale", "started_at", "finished_at"):
+    for key in (
+        "git",
+        "config",
+        "config_hash",
+        "seeds",
+        "packages",
+        "host",
+        "data_files",
+        "points",
+        "scale",
+        "started_at",
+        "finished_at",
+    ):
         assert key in prov, key
     assert set(prov["git"]) == {"commit", "branch", "dirty"}
     assert prov["seeds"] == [3] and prov["config"]["seed"] == 3
@@ -130,7 +147,11 @@ def test_changed_trace_content_invalidates_points(tmp_path, calls):
 def test_filtered_run_leaves_claims_not_checked(tmp_path):
     s = run_artifact(TOY, opts(tmp_path / "toy", experiments=("cubes",)))
     status = {c["id"]: c["status"] for c in s.claims}
-    assert status == {"max-square": "not checked", "small-cube": "FAIL", "mean-noise": "not checked"}
+    assert status == {
+        "max-square": "not checked",
+        "small-cube": "FAIL",
+        "mean-noise": "not checked",
+    }
 
 
 def test_gathered_checklist_names_every_artifact(tmp_path):
@@ -185,18 +206,41 @@ def test_jobs_zero_means_every_usable_core(tmp_path):
     assert resolve_jobs(0) == resolve_jobs(None) == len(os.sched_getaffinity(0))
     assert resolve_jobs(3) == 3
     s = run_artifact(TOY, RunOptions(scale=Scale.SMOKE, out=tmp_path / "t", jobs=0, progress=False))
-    assert json.loads((s.out / "provenance.json").read_text())["executor"]["jobs"] == resolve_jobs(0)
+    assert json.loads((s.out / "provenance.json").read_text())["executor"]["jobs"] == resolve_jobs(
+        0
+    )
 
 
 def test_provenance_and_checklist_give_the_command_that_reproduces_the_run(tmp_path):
     trace = tmp_path / "t.txt"
     trace.write_text("a\n")
     out = tmp_path / "toy"
-    assert main(TOY, ["--scale", "smoke", "--seed", "4", "--trace", str(trace), "--out", str(out),
-                      "--experiments", "squares", "--jobs", "1", "--quiet"]) == 0
+    assert (
+        main(
+            TOY,
+            [
+                "--scale",
+                "smoke",
+                "--seed",
+                "4",
+                "--trace",
+                str(trace),
+                "--out",
+                str(out),
+                "--experiments",
+                "squares",
+                "--jobs",
+                "1",
+                "--quiet",
+            ],
+        )
+        == 0
+    )
     prov = json.loads((out / "provenance.json").read_text())
-    expected = (f"nox -s artifact-toy -- --scale smoke --seed 4 --trace {trace} "
-                f"--experiments squares --out {out}")
+    expected = (
+        f"nox -s artifact-toy -- --scale smoke --seed 4 --trace {trace} "
+        f"--experiments squares --out {out}"
+    )
     assert prov["command"] == expected
     assert prov["invocation"] and prov["invocation"] != ["__main__.py"]
     assert expected in (out / "CHECKLIST.md").read_text()
@@ -220,10 +264,22 @@ def test_cli_run_and_strict_exit(tmp_path, capsys):
 def test_help_documents_every_option():
     code = "from core.artifact import main; from tests.harness.toy_artifact import TOY; main(TOY)"
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True,
-                         cwd=root, check=True).stdout
-    for opt in ("--scale", "--seed", "--out", "--trace", "--jobs", "--executor", "--ray-address",
-                "--experiments", "--fresh", "--no-plots", "--strict"):
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--help"], capture_output=True, text=True, cwd=root, check=True
+    ).stdout
+    for opt in (
+        "--scale",
+        "--seed",
+        "--out",
+        "--trace",
+        "--jobs",
+        "--executor",
+        "--ray-address",
+        "--experiments",
+        "--fresh",
+        "--no-plots",
+        "--strict",
+    ):
         assert opt in out, opt
     assert "squares: y = x^2 over x" in out
 
@@ -246,4 +302,5 @@ def test_exclusive_points_run_alone_after_the_others_in_this_process(tmp_path):
     assert {rows[f"a{i}"]["pid"] for i in range(2)} == {os.getpid()}
     assert all(rows[f"s{i}"]["pid"] != os.getpid() for i in range(4))
     assert min(rows[f"a{i}"]["finished_ns"] for i in range(2)) > max(
-        rows[f"s{i}"]["finished_ns"] for i in range(4))
+        rows[f"s{i}"]["finished_ns"] for i in range(4)
+    )

@@ -66,13 +66,34 @@ class Run:
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.out, self.marks = tmp / "out", tmp / "marks"
         self.marks.mkdir()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "0",
-               "SLEEPY_MARKS": str(self.marks)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PYTHONHASHSEED": "0",
+            "SLEEPY_MARKS": str(self.marks),
+        }
         self.log = open(tmp / "run.log", "w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", RUN, "--scale", "smoke", "--jobs", "2", "--out", str(self.out),
-             "--quiet", "--no-plots", *extra],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-c",
+                RUN,
+                "--scale",
+                "smoke",
+                "--jobs",
+                "2",
+                "--out",
+                str(self.out),
+                "--quiet",
+                "--no-plots",
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pid = self.proc.pid
 
     def stored(self) -> list[str]:
@@ -81,8 +102,15 @@ class Run:
     def wait_running(self, timeout: float) -> set[int]:
         """Wait until both quick points are stored and both long ones are running; returns the
         session's processes then."""
-        ok = wait_until(lambda: len(list(self.marks.iterdir())) == 2 and len(self.stored()) == 2
-                        or self.proc.poll() is not None, timeout, 0.1)
+        ok = wait_until(
+            lambda: (
+                len(list(self.marks.iterdir())) == 2
+                and len(self.stored()) == 2
+                or self.proc.poll() is not None
+            ),
+            timeout,
+            0.1,
+        )
         assert ok and self.proc.poll() is None, f"run not ready: {self.output()}"
         return session(self.pid)
 
@@ -118,8 +146,11 @@ def run(tmp_path):
 def assert_all_gone(r: Run, before: set[int], timeout: float) -> None:
     wait_until(lambda: not session(r.pid) and not any(alive(p) for p in before), timeout)
     left = {p for p in before | session(r.pid) if alive(p)}
-    cmds = {p: Path(f"/proc/{p}/cmdline").read_bytes()[:100].replace(b"\0", b" ").strip()
-            for p in left if alive(p)}
+    cmds = {
+        p: Path(f"/proc/{p}/cmdline").read_bytes()[:100].replace(b"\0", b" ").strip()
+        for p in left
+        if alive(p)
+    }
     assert not left, f"still running: {cmds}\n{r.output()}"
 
 
@@ -254,8 +285,14 @@ def test_third_signal_exits_at_once():
                 finally:
                     print("clean-up finished")
     """)
-    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=30)
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=30,
+    )
     assert p.returncode == -signal.SIGTERM, p
     assert "already stopping" in p.stderr and "clean-up finished" not in p.stdout
 
@@ -272,14 +309,20 @@ time.sleep(float(sys.argv[2]))
 def test_a_worker_dies_with_its_parent(how):
     """die_with_parent (prctl on Linux) and the watchdog used elsewhere: the grandchild dies
     when its parent, the child, is SIGKILLed."""
-    body = ("from core.shutdown import die_with_parent; die_with_parent(os.getppid())"
-            if how == "pdeathsig" else
-            "from core.shutdown import _watch_parent; import threading; "
-            "threading.Thread(target=_watch_parent, args=(os.getppid(), 0.1), daemon=True).start()")
+    body = (
+        "from core.shutdown import die_with_parent; die_with_parent(os.getppid())"
+        if how == "pdeathsig"
+        else "from core.shutdown import _watch_parent; import threading; "
+        "threading.Thread(target=_watch_parent, args=(os.getppid(), 0.1), daemon=True).start()"
+    )
     grandchild = f"import os, time; {body}; print('bound', flush=True); time.sleep(60)"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, grandchild, "60"], cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                             text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, grandchild, "60"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     pid = int(child.stdout.readline())
     try:
         assert child.stdout.readline().strip() == "bound"  # the grandchild prints to our pipe
@@ -313,8 +356,13 @@ time.sleep(60)
 
 @pytest.mark.parametrize("how", ["killed", "stand-down"])
 def test_the_reaper_kills_descendants_only_if_its_parent_dies(how):
-    parent = subprocess.Popen([sys.executable, "-c", REAPED, how], cwd=REPO, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", REAPED, how],
+        cwd=REPO,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+    )
     pids = [int(x) for x in parent.stdout.readline().split()]
     try:
         assert len(pids) == 3 and all(alive(p) for p in pids[:2])
@@ -334,7 +382,15 @@ def test_the_reaper_kills_descendants_only_if_its_parent_dies(how):
 
 def test_a_worker_whose_parent_is_already_gone_exits():
     p = subprocess.run(
-        [sys.executable, "-c", "import os; from core.shutdown import die_with_parent; "
-         "die_with_parent(os.getppid() + 1000000); print('still here')"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import os; from core.shutdown import die_with_parent; "
+            "die_with_parent(os.getppid() + 1000000); print('still here')",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 1 and "still here" not in p.stdout

@@ -13,8 +13,10 @@ def _nox() -> list[str] | None:
     # nox lives beside the interpreter that runs it (CI's python3), not in the project's venv
     for python in ("python3", "python"):
         exe = shutil.which(python)
-        if exe and subprocess.run([exe, "-m", "nox", "--version"],
-                                  capture_output=True).returncode == 0:
+        if (
+            exe
+            and subprocess.run([exe, "-m", "nox", "--version"], capture_output=True).returncode == 0
+        ):
             return [exe, "-m", "nox"]
     return None
 
@@ -23,8 +25,13 @@ def test_unknown_artifact_session_lists_the_artifacts():
     nox = _nox()
     if nox is None:
         pytest.skip("nox is not installed for any python on PATH")
-    out = subprocess.run([*nox, "-f", str(ROOT / "noxfile.py"), "-s", "artifact-doesnotexist"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [*nox, "-f", str(ROOT / "noxfile.py"), "-s", "artifact-doesnotexist"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode != 0
     artifacts = sorted(p.parent.name for p in (ROOT / "artifacts").glob("*/__main__.py"))
     line = next(x for x in out.stderr.splitlines() if "no artifact 'doesnotexist'" in x)

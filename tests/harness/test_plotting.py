@@ -28,7 +28,9 @@ def test_median_bar_min_max_whiskers_and_a_dot_per_round():
         assert seg[:, 1] == pytest.approx([1e-3, 8e-3])
         (dots,) = [c for c in ax.collections if isinstance(c, PathCollection)]
         assert sorted(dots.get_offsets()[:, 1]) == pytest.approx([1e-3, 3e-3, 8e-3])
-        assert list(ax.get_xticks()) == [0, 1, 2] and not any(t.get_text() for t in ax.get_xticklabels())
+        assert list(ax.get_xticks()) == [0, 1, 2] and not any(
+            t.get_text() for t in ax.get_xticklabels()
+        )
     finally:
         plt.close(fig)
 
@@ -39,8 +41,9 @@ def test_shifted_bars_side_by_side_with_labels():
     fig, ax = plt.subplots()
     try:
         spread_bars(ax, frame, "x", ["a", "b"], colors, shift=-0.2, width=0.4)
-        spread_bars(ax, frame, "y", ["a", "b"], colors, shift=0.2, width=0.4, hatch="//",
-                    labels=True)
+        spread_bars(
+            ax, frame, "y", ["a", "b"], colors, shift=0.2, width=0.4, hatch="//", labels=True
+        )
         centers = [b.get_x() + b.get_width() / 2 for b in ax.patches]
         assert centers == pytest.approx([-0.2, 0.8, 0.2, 1.2])
         assert ax.patches[2].get_hatch() == "//"

@@ -76,15 +76,35 @@ TOY = Artifact(
     summary="Squares and cubes, to test the harness.",
     experiments=[
         Experiment("squares", "y = x^2 over x", square_points, square, plot_squares),
-        Experiment("cubes", "z = k^3", lambda ctx: [{"scale_factor": 1}, {"scale_factor": 2}], cubes),
+        Experiment(
+            "cubes", "z = k^3", lambda ctx: [{"scale_factor": 1}, {"scale_factor": 2}], cubes
+        ),
     ],
     claims=[
-        Claim("max-square", "The largest square is at least 4.", "4", experiments=("squares",),
-              measure=lambda r: r["squares"]["y"].max(), expect=at_least(4)),
-        Claim("small-cube", "Cubes stay below 5.", "5", experiments=("cubes",),
-              measure=lambda r: r["cubes"]["z"].max(), expect=at_most(5)),
-        Claim("mean-noise", "Noise averages to zero.", "0", experiments=("squares",),
-              measure=lambda r: r["squares"]["noise"].mean(), expect=close_to(0.0, 3.0)),
+        Claim(
+            "max-square",
+            "The largest square is at least 4.",
+            "4",
+            experiments=("squares",),
+            measure=lambda r: r["squares"]["y"].max(),
+            expect=at_least(4),
+        ),
+        Claim(
+            "small-cube",
+            "Cubes stay below 5.",
+            "5",
+            experiments=("cubes",),
+            measure=lambda r: r["cubes"]["z"].max(),
+            expect=at_most(5),
+        ),
+        Claim(
+            "mean-noise",
+            "Noise averages to zero.",
+            "0",
+            experiments=("squares",),
+            measure=lambda r: r["squares"]["noise"].mean(),
+            expect=close_to(0.0, 3.0),
+        ),
     ],
     trace=TraceOption(help="a .txt file; its line count is reported", check=check_trace),
 )

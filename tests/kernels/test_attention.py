@@ -42,8 +42,9 @@ def dense_attention(q, k, v, window=None):
     return out.transpose(0, 1)
 
 
-def run_case(specs, heads, kv_heads, head_dim=16, block_size=4, window=None, seed=0,
-             backend="torch"):
+def run_case(
+    specs, heads, kv_heads, head_dim=16, block_size=4, window=None, seed=0, backend="torch"
+):
     """specs: per sequence (cached tokens, new tokens). The cached part is written into the
     cache beforehand; the new part goes through paged_attention. Returns max abs error."""
     gen = torch.Generator().manual_seed(seed)
@@ -60,8 +61,9 @@ def run_case(specs, heads, kv_heads, head_dim=16, block_size=4, window=None, see
         k = torch.randn(total, kv_heads, head_dim, generator=gen)
         v = torch.randn(total, kv_heads, head_dim, generator=gen)
         table = [free.pop() for _ in range(-(-total // block_size))]
-        slots = torch.tensor([table[p // block_size] * block_size + p % block_size
-                              for p in range(total)])
+        slots = torch.tensor(
+            [table[p // block_size] * block_size + p % block_size for p in range(total)]
+        )
         k_cache.view(-1, kv_heads, head_dim)[slots[:cached]] = k[:cached]
         v_cache.view(-1, kv_heads, head_dim)[slots[:cached]] = v[:cached]
         seqs.append((q, k, v, slots, cached))
@@ -72,9 +74,11 @@ def run_case(specs, heads, kv_heads, head_dim=16, block_size=4, window=None, see
         torch.cat([q[c:] for q, _, _, _, c in seqs]),
         torch.cat([k[c:] for _, k, _, _, c in seqs]),
         torch.cat([v[c:] for _, _, v, _, c in seqs]),
-        k_cache, v_cache,
-        query_start_loc=torch.tensor([0] + [sum(n for _, n in specs[: i + 1])
-                                            for i in range(len(specs))], dtype=torch.int32),
+        k_cache,
+        v_cache,
+        query_start_loc=torch.tensor(
+            [0] + [sum(n for _, n in specs[: i + 1]) for i in range(len(specs))], dtype=torch.int32
+        ),
         seq_lens=torch.tensor([c + n for c, n in specs], dtype=torch.int32),
         block_tables=block_tables,
         slot_mapping=torch.cat([s[c:] for _, _, _, s, c in seqs]),
@@ -144,9 +148,13 @@ def test_decode_groups_split_by_length_when_padding_costs_more_than_a_call():
     lens = [1, 2, 30, 31, 32]  # blocks of 4: 1, 1, 8, 8, 8
     tables = torch.arange(5 * 8, dtype=torch.int32).view(5, 8)
     meta = PagedAttentionMetadata.build(
-        torch.arange(6, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32), tables,
-        torch.arange(5), block_size=4, group_cost=4,
-    )  # fmt: skip
+        torch.arange(6, dtype=torch.int32),
+        torch.tensor(lens, dtype=torch.int32),
+        tables,
+        torch.arange(5),
+        block_size=4,
+        group_cost=4,
+    )
     assert [g.rows.tolist() for g in meta.decode_groups] == [[0, 1], [2, 3, 4]]
     assert [g.blocks.shape[1] for g in meta.decode_groups] == [1, 8]
     assert [g.offset for g in meta.decode_groups] == [0, 2]  # packed in one workspace
@@ -203,9 +211,12 @@ def test_gather_workspace_is_reused_across_batches_and_grows():
     def gather(lens):
         b = len(lens)
         meta = backend.build_metadata(
-            torch.arange(b + 1, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32),
-            torch.arange(b * 4, dtype=torch.int32).view(b, 4), torch.arange(b), 4,
-        )  # fmt: skip
+            torch.arange(b + 1, dtype=torch.int32),
+            torch.tensor(lens, dtype=torch.int32),
+            torch.arange(b * 4, dtype=torch.int32).view(b, 4),
+            torch.arange(b),
+            4,
+        )
         k, v = meta.gather_decode_context(0, k_cache, v_cache)
         blocks = meta.decode_groups[0].blocks
         assert torch.equal(k, k_cache[blocks].view(b, -1, 2, 8))
@@ -222,7 +233,11 @@ def test_padding_rows_are_not_written():
     v_cache = torch.zeros_like(k_cache)
     q, k, v = torch.randn(3, 1, 8), torch.randn(3, 1, 8), torch.randn(3, 1, 8)
     paged_attention(
-        q, k, v, k_cache, v_cache,
+        q,
+        k,
+        v,
+        k_cache,
+        v_cache,
         query_start_loc=torch.tensor([0, 2], dtype=torch.int32),  # row 2 is padding
         seq_lens=torch.tensor([2], dtype=torch.int32),
         block_tables=torch.tensor([[3]], dtype=torch.int32),
@@ -233,6 +248,7 @@ def test_padding_rows_are_not_written():
 
 
 # -- backend selection -------------------------------------------------------------------
+
 
 @pytest.fixture
 def fake_fast_backend():

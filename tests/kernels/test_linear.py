@@ -19,7 +19,8 @@ from core.kernels.linear import (
 )
 
 needs_onednn = pytest.mark.skipif(
-    not onednn_supported("cpu", torch.float32), reason="oneDNN cannot pack fp32 weights here")
+    not onednn_supported("cpu", torch.float32), reason="oneDNN cannot pack fp32 weights here"
+)
 
 
 @pytest.fixture
@@ -131,10 +132,18 @@ def test_resolve_backend(monkeypatch):
 @pytest.mark.parametrize("tied", [False, True])
 def test_engine_packs_by_default_and_generates_the_same_tokens(tied, monkeypatch, any_size):
     monkeypatch.delenv(LINEAR_BACKEND_ENV, raising=False)
-    config = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=256,
-                  hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  tie_word_embeddings=tied)
+    config = dict(
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+    )
     prompts = [[5, 9, 11, 3, 7] * k for k in (1, 3, 6)]
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     outputs = {}

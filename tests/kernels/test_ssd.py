@@ -68,11 +68,13 @@ def test_chunked_prefill_in_pieces_equals_one_piece(cuts):
 def test_decode_steps_continue_a_prefill():
     t = ssm_inputs(seqlen=12)
     whole, final_whole = ssd_chunk_scan(**t, chunk_size=4)
-    _, state = ssd_chunk_scan(**{k: (v[:, :9] if v.dim() > 1 else v) for k, v in t.items()},
-                              chunk_size=4)
+    _, state = ssd_chunk_scan(
+        **{k: (v[:, :9] if v.dim() > 1 else v) for k, v in t.items()}, chunk_size=4
+    )
     for i in range(9, 12):
-        y, state = ssd_state_step(state, t["x"][:, i], t["dt"][:, i], t["A"], t["B"][:, i],
-                                  t["C"][:, i], t["D"])
+        y, state = ssd_state_step(
+            state, t["x"][:, i], t["dt"][:, i], t["A"], t["B"][:, i], t["C"][:, i], t["D"]
+        )
         assert close(y, whole[:, i])
     assert close(state, final_whole)
 
@@ -87,8 +89,11 @@ def test_state_step_does_not_modify_its_input():
 
 def conv_inputs(seqlen=11, c=6, k=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(seqlen, c, generator=gen), torch.randn(c, k, generator=gen),
-            torch.randn(c, generator=gen))
+    return (
+        torch.randn(seqlen, c, generator=gen),
+        torch.randn(c, k, generator=gen),
+        torch.randn(c, generator=gen),
+    )
 
 
 def test_conv_matches_zero_padded_conv1d():

@@ -57,8 +57,19 @@ def interpret(monkeypatch):
     monkeypatch.delenv(ATTENTION_BACKEND_ENV, raising=False)
 
 
-def compare(specs, heads, kv_heads, *, block_size, head_dim=16, window=None, seed=0,
-            dtype=torch.float32, backend=SMALL_TILES, padding=0):
+def compare(
+    specs,
+    heads,
+    kv_heads,
+    *,
+    block_size,
+    head_dim=16,
+    window=None,
+    seed=0,
+    dtype=torch.float32,
+    backend=SMALL_TILES,
+    padding=0,
+):
     """specs: per sequence (cached tokens, new tokens). Builds a random paged batch (shuffled
     block ids, unused blocks full of noise), runs the reference and ``backend`` on copies of
     the caches and returns the max abs difference of their outputs; the caches must match."""
@@ -73,16 +84,17 @@ def compare(specs, heads, kv_heads, *, block_size, head_dim=16, window=None, see
     for cached, new in specs:
         table = [free.pop() for _ in range(-(-(cached + new) // block_size))]
         tables.append(table)
-        slots += [table[p // block_size] * block_size + p % block_size
-                  for p in range(cached, cached + new)]
+        slots += [
+            table[p // block_size] * block_size + p % block_size
+            for p in range(cached, cached + new)
+        ]
         starts.append(starts[-1] + new)
     rows = starts[-1] + padding  # padding rows: slot -1, past query_start_loc[-1]
     width = max(len(t) for t in tables)
     batch = dict(
         query_start_loc=torch.tensor(starts, dtype=torch.int32),
         seq_lens=torch.tensor([c + n for c, n in specs], dtype=torch.int32),
-        block_tables=torch.tensor([t + [-1] * (width - len(t)) for t in tables],
-                                  dtype=torch.int32),
+        block_tables=torch.tensor([t + [-1] * (width - len(t)) for t in tables], dtype=torch.int32),
         slot_mapping=torch.tensor(slots + [-1] * padding),
         sliding_window=window,
     )
@@ -97,7 +109,7 @@ def compare(specs, heads, kv_heads, *, block_size, head_dim=16, window=None, see
     assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
     assert outs[1].dtype == dtype and outs[1].shape == q.shape
     if padding:
-        assert not outs[1][starts[-1]:].any()  # padding rows come back zero, as in the reference
+        assert not outs[1][starts[-1] :].any()  # padding rows come back zero, as in the reference
     return (outs[0].double() - outs[1].double()).abs().max().item()
 
 
@@ -143,15 +155,20 @@ def test_half_precision(dtype, tol):  # a couple of ulps of outputs of magnitude
 @pytest.mark.parametrize("seed", range(3))
 def test_random_batches(seed):
     rng = random.Random(seed)
-    specs = [(rng.randint(0, 40), rng.choice([1, 1, rng.randint(2, 20)]))
-             for _ in range(rng.randint(1, 6))]
+    specs = [
+        (rng.randint(0, 40), rng.choice([1, 1, rng.randint(2, 20)]))
+        for _ in range(rng.randint(1, 6))
+    ]
     group = rng.choice([1, 2, 4])
     window = rng.choice([None, 2, 7])
-    assert compare(specs, 4, 4 // group, block_size=rng.choice([2, 4, 16]), window=window,
-                   seed=seed) < 1e-5
+    assert (
+        compare(specs, 4, 4 // group, block_size=rng.choice([2, 4, 16]), window=window, seed=seed)
+        < 1e-5
+    )
 
 
 # -- selection ---------------------------------------------------------------------------
+
 
 def test_selected_by_name_never_automatically_on_cpu(monkeypatch):
     assert "triton" in attention_backends()
@@ -207,6 +224,7 @@ def test_fresh_process_imports_triton_only_when_needed_and_kernels_compile_for_c
 
 
 # -- end to end --------------------------------------------------------------------------
+
 
 @interpreted
 def test_tiny_model_logits_match_reference():

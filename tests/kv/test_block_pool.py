@@ -48,12 +48,18 @@ def test_hash_token_blocks_skips_the_partial_block():
 
 
 def test_hash_is_stable_across_processes():
-    code = "from core.kv import hash_block_tokens as h; print(h(h(None, [1, 2, 3]), [4, 5, 6]).hex())"
+    code = (
+        "from core.kv import hash_block_tokens as h; print(h(h(None, [1, 2, 3]), [4, 5, 6]).hex())"
+    )
     outs = set()
     for seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         )
         outs.add(out.stdout.strip())

@@ -230,7 +230,9 @@ class ManagerMachine(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         # equal second blocks after different first blocks: a hash that is not chained breaks
-        prefix=st.sampled_from([(), (1, 2, 3, 4), (1, 2, 3, 4, 5, 6, 7, 8), (9, 9, 9, 9, 5, 6, 7, 8)]),
+        prefix=st.sampled_from(
+            [(), (1, 2, 3, 4), (1, 2, 3, 4, 5, 6, 7, 8), (9, 9, 9, 9, 5, 6, 7, 8)]
+        ),
         tail=st.lists(st.integers(0, 3), min_size=0, max_size=7),
         chunk=st.integers(1, 12),
     )

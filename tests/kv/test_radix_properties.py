@@ -61,7 +61,9 @@ def shape(cache):
 
 
 class RadixHarness:
-    def __init__(self, page, hybrid, kind, keyed, refresh, admission, capacity, note=lambda s: None):
+    def __init__(
+        self, page, hybrid, kind, keyed, refresh, admission, capacity, note=lambda s: None
+    ):
         self.note = note
         self.kv = SlotAllocator(48, name="kv")
         self.states = SlotAllocator(14, name="state")
@@ -196,7 +198,9 @@ class RadixHarness:
     def abort(self, rid):
         r = self.running.pop(rid)
         self._free_kv(r["own"])
-        self._free_states(list(r["captured"].values()) + ([r["live"]] if r["live"] is not None else []))
+        self._free_states(
+            list(r["captured"].values()) + ([r["live"]] if r["live"] is not None else [])
+        )
         self.cache.unlock(r["m"].hit_node)
 
     def evict(self, what, n):
@@ -281,7 +285,9 @@ class RadixHarness:
             c.unlock(node)
         self.ext_locks = []
         c.reset()
-        assert self.kv.num_free == self.kv.num_slots and self.states.num_free == self.states.num_slots
+        assert (
+            self.kv.num_free == self.kv.num_slots and self.states.num_free == self.states.num_slots
+        )
         assert not self.kv_content and not self.st_content
 
 

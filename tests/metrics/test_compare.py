@@ -14,16 +14,23 @@ from tests.metrics.util import make
 
 def scaled(records, k: float):
     """Every timestamp times ``k``: every latency times ``k``."""
-    return [replace(r, arrival=r.arrival * k,
-                    first_token=None if r.first_token is None else r.first_token * k,
-                    finish=None if r.finish is None else r.finish * k,
-                    token_times=tuple(t * k for t in r.token_times)) for r in records]
+    return [
+        replace(
+            r,
+            arrival=r.arrival * k,
+            first_token=None if r.first_token is None else r.first_token * k,
+            finish=None if r.finish is None else r.finish * k,
+            token_times=tuple(t * k for t in r.token_times),
+        )
+        for r in records
+    ]
 
 
 def test_identical_runs_have_zero_error():
     c = compare(hand_run(), hand_run())
-    assert set(c["relative_error"]) == {f"{m}_{s}" for m in ("ttft", "tpot", "e2e")
-                                        for s in ("mean", "p90")}
+    assert set(c["relative_error"]) == {
+        f"{m}_{s}" for m in ("ttft", "tpot", "e2e") for s in ("mean", "p90")
+    }
     assert all(e == 0.0 for e in c["relative_error"].values())
     assert c["max_abs_relative_error"] == 0.0
     assert c["matched"] == 4 and c["incomplete"] == ["ab", "err"]

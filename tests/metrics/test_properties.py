@@ -17,8 +17,9 @@ REASONS = ["stop", "length", "abort", "error", None]
 
 
 @st.composite
-def records(draw, rid: str = "r", min_tokens: int = 0, reasons=REASONS,
-            pauses: bool = False) -> RequestRecord:
+def records(
+    draw, rid: str = "r", min_tokens: int = 0, reasons=REASONS, pauses: bool = False
+) -> RequestRecord:
     arrival = draw(times)
     reason = draw(st.sampled_from(reasons))
     n = 0 if reason == "error" else draw(st.integers(min_tokens, 12))
@@ -35,9 +36,18 @@ def records(draw, rid: str = "r", min_tokens: int = 0, reasons=REASONS,
         spans = ((k, draw(gaps)),)
     prompt = draw(st.integers(0, 500))
     return RequestRecord(
-        rid, arrival, token_times[0] if token_times else None, finish, tuple(token_times),
-        prompt_tokens=prompt, output_tokens=n, cached_tokens=draw(st.integers(0, 600)),
-        finish_reason=reason, pause_spans=spans, preemptions=draw(st.integers(0, 3)))
+        rid,
+        arrival,
+        token_times[0] if token_times else None,
+        finish,
+        tuple(token_times),
+        prompt_tokens=prompt,
+        output_tokens=n,
+        cached_tokens=draw(st.integers(0, 600)),
+        finish_reason=reason,
+        pause_spans=spans,
+        preemptions=draw(st.integers(0, 3)),
+    )
 
 
 @st.composite
@@ -72,13 +82,17 @@ def test_removing_pauses_keeps_identities_and_never_adds_latency(r):
 
 
 @settings(max_examples=80, deadline=None)
-@given(runs(), st.one_of(st.none(), st.builds(SLO, ttft=st.floats(0.01, 100),
-                                               tpot=st.floats(0.01, 10))))
+@given(
+    runs(),
+    st.one_of(st.none(), st.builds(SLO, ttft=st.floats(0.01, 100), tpot=st.floats(0.01, 10))),
+)
 def test_summary_invariants(recs, slo):
     d = summarize(recs, slo=slo)
     done = [r for r in recs if r.finish_reason in ("stop", "length")]
     assert d["num_requests"] == len(recs) and d["num_completed"] == len(done)
-    assert sum(d[f"num_{k}"] for k in ("stop", "length", "abort", "error", "unfinished")) == len(recs)
+    assert sum(d[f"num_{k}"] for k in ("stop", "length", "abort", "error", "unfinished")) == len(
+        recs
+    )
     assert d["ttft_count"] == sum(r.first_token is not None for r in done)
     for m in LATENCY_METRICS:
         if d[f"{m}_count"] == 0:

@@ -38,8 +38,9 @@ def test_undefined_metrics_are_none():
 
 
 def test_tpot_without_token_times_uses_counts():
-    r = RequestRecord("c", arrival=0.0, first_token=1.0, finish=3.0, output_tokens=5,
-                      finish_reason="length")
+    r = RequestRecord(
+        "c", arrival=0.0, first_token=1.0, finish=3.0, output_tokens=5, finish_reason="length"
+    )
     assert r.tpot == 0.5 and r.normalized_latency == 0.6 and r.itl == []
 
 
@@ -49,17 +50,20 @@ def test_hit_rate_clamps_to_prompt():
     assert make("h", 0, (1.0,), prompt_tokens=40, cached_tokens=55).hit_rate == 1.0
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(first_token=0.5, token_times=(0.5, 0.7), output_tokens=3), "token_times"),
-    (dict(first_token=-1.0), "before arrival"),
-    (dict(finish=-1.0), "before arrival"),
-    (dict(first_token=0.5, token_times=(0.6,), output_tokens=1), "token_times\\[0\\]"),
-    (dict(first_token=0.5, token_times=(0.5, 0.4), output_tokens=2), "non-decreasing"),
-    (dict(first_token=0.5, token_times=(0.5, 0.9), output_tokens=2, finish=0.8), "last token"),
-    (dict(output_tokens=-1), "output_tokens"),
-    (dict(first_token=float("nan")), "finite"),
-    (dict(pause_spans=((1, -2.0),)), "pause_spans"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(first_token=0.5, token_times=(0.5, 0.7), output_tokens=3), "token_times"),
+        (dict(first_token=-1.0), "before arrival"),
+        (dict(finish=-1.0), "before arrival"),
+        (dict(first_token=0.5, token_times=(0.6,), output_tokens=1), "token_times\\[0\\]"),
+        (dict(first_token=0.5, token_times=(0.5, 0.4), output_tokens=2), "non-decreasing"),
+        (dict(first_token=0.5, token_times=(0.5, 0.9), output_tokens=2, finish=0.8), "last token"),
+        (dict(output_tokens=-1), "output_tokens"),
+        (dict(first_token=float("nan")), "finite"),
+        (dict(pause_spans=((1, -2.0),)), "pause_spans"),
+    ],
+)
 def test_inconsistent_timelines_are_rejected(kw, msg):
     with pytest.raises(ValueError, match=msg) as exc:
         RequestRecord("bad-id", arrival=0.0, **kw)
@@ -86,8 +90,6 @@ def test_without_pauses_clamps_instead_of_going_back_in_time():
 # -- constructors from the engine's objects --------------------------------------------------
 
 
-
-
 def _run(sched: Scheduler, now: float) -> None:
     """Step once per second from ``now`` (after every arrival: the scheduler trusts its
     driver to add requests when they arrive)."""
@@ -100,11 +102,17 @@ def _run(sched: Scheduler, now: float) -> None:
 
 
 def test_from_request_reads_a_scheduled_request():
-    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_model_len=128, vocab_size=50),
-                      PagedKVBackend(64, 4))
-    tool = EngineRequest("tool", list(range(3, 11)), Params(5), arrival_time=0.0,
-                         interceptions=[Interception(after_output_tokens=2, duration_s=4.0,
-                                                     returned_tokens=3)])
+    sched = Scheduler(
+        SchedulerConfig(max_num_batched_tokens=64, max_model_len=128, vocab_size=50),
+        PagedKVBackend(64, 4),
+    )
+    tool = EngineRequest(
+        "tool",
+        list(range(3, 11)),
+        Params(5),
+        arrival_time=0.0,
+        interceptions=[Interception(after_output_tokens=2, duration_s=4.0, returned_tokens=3)],
+    )
     plain = EngineRequest("plain", list(range(3, 9)), Params(3), arrival_time=1.0)
     too_long = EngineRequest("long", list(range(200)), Params(3), arrival_time=2.0)
     for req in (tool, plain, too_long):
@@ -133,29 +141,46 @@ def test_from_request_reads_a_scheduled_request():
 
 def test_from_request_orders_interceptions_sharing_a_threshold():
     req = SimpleNamespace(
-        request_id="r", num_prompt_tokens=4, num_output_tokens=3, num_cached_tokens=0,
-        status=RequestStatus.FINISHED_STOPPED, next_interception=2,
+        request_id="r",
+        num_prompt_tokens=4,
+        num_output_tokens=3,
+        num_cached_tokens=0,
+        status=RequestStatus.FINISHED_STOPPED,
+        next_interception=2,
         interceptions=[Interception(1, 0.5, 0), Interception(1, 0.25, 0), Interception(1, 9, 0)],
-        timeline=SimpleNamespace(arrival_time=0.0, first_token_time=1.0,
-                                 token_times=[1.0, 2.0, 3.0], finish_time=3.0,
-                                 num_preemptions=0, num_pauses=2, recomputed_tokens=0))
+        timeline=SimpleNamespace(
+            arrival_time=0.0,
+            first_token_time=1.0,
+            token_times=[1.0, 2.0, 3.0],
+            finish_time=3.0,
+            num_preemptions=0,
+            num_pauses=2,
+            recomputed_tokens=0,
+        ),
+    )
     r = RequestRecord.from_request(req)
     # one interception fires per sampled token; the third never fired
     assert r.pause_spans == ((1, 0.5), (2, 0.25)) and r.finish_reason == "stop"
 
 
 def test_from_output_reads_request_output_shape():
-    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_model_len=128),
-                      PagedKVBackend(64, 4))
+    sched = Scheduler(
+        SchedulerConfig(max_num_batched_tokens=64, max_model_len=128), PagedKVBackend(64, 4)
+    )
     req = EngineRequest("o", list(range(3, 9)), Params(4), arrival_time=0.5)
     sched.add_request(req)
     _run(sched, 1.0)
     # the fields RequestOutput.from_request fills (core.engine imports torch; this stays light)
-    out = SimpleNamespace(request_id="o", prompt_token_ids=list(req.prompt_token_ids),
-                          token_ids=list(req.output_token_ids), finished=True,
-                          finish_reason=req.status.finish_reason, error=None,
-                          num_cached_tokens=req.num_cached_tokens,
-                          metrics=req.timeline.to_dict())
+    out = SimpleNamespace(
+        request_id="o",
+        prompt_token_ids=list(req.prompt_token_ids),
+        token_ids=list(req.output_token_ids),
+        finished=True,
+        finish_reason=req.status.finish_reason,
+        error=None,
+        num_cached_tokens=req.num_cached_tokens,
+        metrics=req.timeline.to_dict(),
+    )
     assert RequestRecord.from_output(out) == RequestRecord.from_request(req)
     assert RequestRecord.from_output(out, session_id="s1").session_id == "s1"
 

@@ -9,10 +9,26 @@ from core.metrics import order_words, rotated_order, summarize_rounds
 
 
 def test_the_order_rotates_from_round_to_round():
-    assert rotated_order(("A", "B"), 3) == [(0, "A"), (0, "B"), (1, "B"), (1, "A"), (2, "A"), (2, "B")]
+    assert rotated_order(("A", "B"), 3) == [
+        (0, "A"),
+        (0, "B"),
+        (1, "B"),
+        (1, "A"),
+        (2, "A"),
+        (2, "B"),
+    ]
     three = rotated_order(("a", "b", "c"), 3)
-    assert three == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"),
-                     (2, "c"), (2, "a"), (2, "b")]  # fmt: skip
+    assert three == [
+        (0, "a"),
+        (0, "b"),
+        (0, "c"),
+        (1, "b"),
+        (1, "c"),
+        (1, "a"),
+        (2, "c"),
+        (2, "a"),
+        (2, "b"),
+    ]
     # every item runs first once, and no item runs all its rounds in a row
     firsts = [three[3 * r][1] for r in range(3)]
     assert sorted(firsts) == ["a", "b", "c"]
@@ -30,8 +46,10 @@ def _frame() -> pd.DataFrame:
     rows = []
     # round 1 is an outlier for B: its mean would flip the ordering, the median does not
     for rnd, a, b in ((0, 2.0, 1.0), (1, 2.2, 9.0), (2, 1.8, 1.2)):
-        rows += [{"round": rnd, "item": "A", "latency": a, "tokens": 100},
-                 {"round": rnd, "item": "B", "latency": b, "tokens": 40}]
+        rows += [
+            {"round": rnd, "item": "A", "latency": a, "tokens": 100},
+            {"round": rnd, "item": "B", "latency": b, "tokens": 40},
+        ]
     rows.append({"round": 0, "item": "C", "latency": 5.0, "tokens": 7})
     return pd.DataFrame(rows)
 

@@ -38,11 +38,25 @@ def hand_run():
     return [
         make("r1", 0.0, (0.5, 0.7, 0.9), prompt_tokens=100, cached_tokens=50),
         make("r2", 0.0, (2.0, 2.1), prompt_tokens=300, cached_tokens=0),
-        make("r3", 1.0, (1.25, 1.75, 2.25), prompt_tokens=60, cached_tokens=60, preemptions=2,
-             recomputed_tokens=30),
+        make(
+            "r3",
+            1.0,
+            (1.25, 1.75, 2.25),
+            prompt_tokens=60,
+            cached_tokens=60,
+            preemptions=2,
+            recomputed_tokens=30,
+        ),
         make("r4", 1.0, (1.125,), prompt_tokens=40, cached_tokens=90),
-        make("ab", 0.0, (0.0625, 0.3125), reason="abort", prompt_tokens=500, cached_tokens=500,
-             preemptions=1),
+        make(
+            "ab",
+            0.0,
+            (0.0625, 0.3125),
+            reason="abort",
+            prompt_tokens=500,
+            cached_tokens=500,
+            preemptions=1,
+        ),
         make("err", 0.0, (), reason="error", prompt_tokens=1000),
     ]
 
@@ -90,8 +104,13 @@ def test_aborts_and_errors_are_counted_but_excluded_from_latency():
         for s in STAT_NAMES:
             assert full[f"{m}_{s}"] == completed_only[f"{m}_{s}"], (m, s)
     assert full["num_requests"] == 6 and full["num_completed"] == 4
-    assert (full["num_stop"], full["num_abort"], full["num_error"], full["num_length"],
-            full["num_unfinished"]) == (4, 1, 1, 0, 0)
+    assert (
+        full["num_stop"],
+        full["num_abort"],
+        full["num_error"],
+        full["num_length"],
+        full["num_unfinished"],
+    ) == (4, 1, 1, 0, 0)
     assert full["preemptions"] == 3 and full["recomputed_tokens"] == 30
 
 
@@ -166,6 +185,7 @@ def test_to_frame_is_one_tidy_row_per_request():
     err = df.set_index("request_id").loc["err"]
     assert math.isnan(err.ttft) and math.isnan(err.tpot) and not err.completed
     assert math.isnan(df.set_index("request_id").loc["r4", "itl_max"])
-    paused = to_frame([make("p", 0.0, (1.0, 2.0, 8.0), pause_spans=((2, 5.0),))],
-                      exclude_pauses=True)
+    paused = to_frame(
+        [make("p", 0.0, (1.0, 2.0, 8.0), pause_spans=((2, 5.0),))], exclude_pauses=True
+    )
     assert paused.loc[0, "e2e"] == 3.0 and paused.loc[0, "pause_time"] == 5.0

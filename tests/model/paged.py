@@ -20,8 +20,14 @@ class Seq:
 
 
 class PagedRunner:
-    def __init__(self, model: CausalLM, num_blocks: int = 96, block_size: int = 4,
-                 num_slots: int = 8, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: CausalLM,
+        num_blocks: int = 96,
+        block_size: int = 4,
+        num_slots: int = 8,
+        seed: int = 0,
+    ) -> None:
         self.model = model
         self.block_size = block_size
         self.kv = model.allocate_kv_cache(num_blocks, block_size)
@@ -55,7 +61,7 @@ class PagedRunner:
         logits = self.model.compute_logits(self.model(batch, self.kv, self.pool))
         out, row = {}, 0
         for key, s, new in zip(work, seqs, work.values(), strict=True):
-            out[key] = logits[row:row + len(new)]
+            out[key] = logits[row : row + len(new)]
             row += len(new)
             s.tokens.extend(new)
         return out

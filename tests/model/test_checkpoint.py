@@ -33,6 +33,7 @@ def copy_of(src, dst):
 
 # -- errors name what is missing -----------------------------------------------------------
 
+
 def test_missing_directory(tmp_path):
     with pytest.raises(MissingCheckpointFileError, match="checkpoint directory not found: .*nope"):
         load_model(tmp_path / "nope")
@@ -78,17 +79,26 @@ def test_unknown_architecture(llama_dir, tmp_path):
         load_model(d)
 
 
-@pytest.mark.parametrize("edit,message", [
-    # a missing key takes transformers' default (hidden_size 4096), which the weights contradict
-    (lambda c: c.pop("hidden_size"),
-     r"'model.embed_tokens.weight' has shape \(512, 64\), config.json implies \(512, 4096\)"),
-    (lambda c: [c.pop("model_type"), c.pop("architectures")], "no 'model_type' key"),
-    (lambda c: c.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}),
-     "rope type 'yarn' is not supported"),
-    (lambda c: c.update(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
-    (lambda c: c.update(intermediate_size=100),
-     "'model.layers.0.mlp.gate_proj.weight' has 128 rows"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        # a missing key takes transformers' default (hidden_size 4096), which the weights contradict
+        (
+            lambda c: c.pop("hidden_size"),
+            r"'model.embed_tokens.weight' has shape \(512, 64\), config.json implies \(512, 4096\)",
+        ),
+        (lambda c: [c.pop("model_type"), c.pop("architectures")], "no 'model_type' key"),
+        (
+            lambda c: c.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}),
+            "rope type 'yarn' is not supported",
+        ),
+        (lambda c: c.update(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+        (
+            lambda c: c.update(intermediate_size=100),
+            "'model.layers.0.mlp.gate_proj.weight' has 128 rows",
+        ),
+    ],
+)
 def test_bad_config(llama_dir, tmp_path, edit, message):
     d = copy_of(llama_dir, tmp_path / "ckpt")
     cfg = json.loads((d / "config.json").read_text())
@@ -105,6 +115,7 @@ def test_config_not_json(tmp_path):
 
 
 # -- configs, random models, weight names ----------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_weight_map_covers_every_parameter(arch):
@@ -129,8 +140,9 @@ def test_random_models_are_seeded():
     c, _ = load_model(cfg, seed=2)
     pa, pb, pc = (dict(m.named_parameters()) for m in (a, b, c))
     assert all(torch.equal(pa[n], pb[n]) for n in pa)
-    assert not torch.equal(pa["layers.0.self_attn.qkv_proj.weight"],
-                           pc["layers.0.self_attn.qkv_proj.weight"])
+    assert not torch.equal(
+        pa["layers.0.self_attn.qkv_proj.weight"], pc["layers.0.self_attn.qkv_proj.weight"]
+    )
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "bamba"])

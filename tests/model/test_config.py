@@ -100,8 +100,9 @@ def test_qwen_sliding_windows_follow_transformers(model_type, case):
     if "sliding_window" not in case:  # the tiny preset's null: leave the key out
         del cfg["sliding_window"]
     hf = transformers.AutoConfig.for_model(**cfg)
-    expected = tuple(hf.sliding_window if t == "sliding_attention" else None
-                     for t in hf.layer_types)  # fmt: skip
+    expected = tuple(
+        hf.sliding_window if t == "sliding_attention" else None for t in hf.layer_types
+    )
     config = load_config(cfg)
     assert config.sliding_windows == expected
     assert load_config(hf).sliding_windows == expected
@@ -113,9 +114,15 @@ def test_qwen_sliding_windows_follow_transformers(model_type, case):
 
 
 def test_qwen2_sliding_window_on_some_layers_matches_transformers_logits():
-    hf_cfg = transformers.Qwen2Config(**COMMON, intermediate_size=128, num_hidden_layers=2,
-                                      num_key_value_heads=2, use_sliding_window=True,
-                                      sliding_window=5, max_window_layers=1)  # fmt: skip
+    hf_cfg = transformers.Qwen2Config(
+        **COMMON,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=5,
+        max_window_layers=1,
+    )
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
     model, config = load_model(hf_cfg.to_dict())
@@ -129,8 +136,10 @@ def test_qwen2_sliding_window_on_some_layers_matches_transformers_logits():
 def _ours_from(model, hf) -> dict[str, torch.Tensor]:
     """Our state dict from a transformers model's weights (fused q/k/v and gate/up)."""
     theirs = hf.state_dict()
-    return {ours: torch.cat([theirs[name] for name, _ in parts])
-            for ours, parts in model.hf_weight_map().items()}  # fmt: skip
+    return {
+        ours: torch.cat([theirs[name] for name, _ in parts])
+        for ours, parts in model.hf_weight_map().items()
+    }
 
 
 # An explicit null num_key_value_heads means as many as the query heads (transformers'
@@ -188,8 +197,10 @@ def test_unimplemented_features_parse_and_the_model_refuses():
     assert ModelSpec.from_hf_config(gelu) == ModelSpec.from_hf_config(tiny("llama"))
     with pytest.raises(ConfigError, match="hidden_act='gelu' is not supported"):
         load_model(gelu)
-    yarn = tiny("qwen2", rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                                       "original_max_position_embeddings": 128})  # fmt: skip
+    yarn = tiny(
+        "qwen2",
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128},
+    )
     assert load_config(yarn).rope.rope_type == "yarn"
     assert ModelSpec.from_hf_config(yarn).num_params > 0
     with pytest.raises(ConfigError, match="rope type 'yarn' is not supported"):

@@ -21,13 +21,20 @@ from .conftest import VOCAB, build_hf, hf_logits
 from .paged import PagedRunner
 
 # max |our logits - transformers logits|, fp32
-TOL = {"llama": 2e-5, "mistral": 2e-5, "qwen2": 2e-5, "qwen3": 2e-5, "mixtral": 2e-5,
-       "bamba": 3e-5}
+TOL = {"llama": 2e-5, "mistral": 2e-5, "qwen2": 2e-5, "qwen3": 2e-5, "mixtral": 2e-5, "bamba": 3e-5}
 
 
 # every linear backend that runs here: "onednn" is the engine's default on CPU fp32
-BACKENDS = ["torch", pytest.param("onednn", marks=pytest.mark.skipif(
-    not onednn_supported("cpu", torch.float32), reason="oneDNN cannot pack fp32 weights here"))]
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "onednn",
+        marks=pytest.mark.skipif(
+            not onednn_supported("cpu", torch.float32),
+            reason="oneDNN cannot pack fp32 weights here",
+        ),
+    ),
+]
 
 
 @pytest.fixture
@@ -62,7 +69,7 @@ def test_logits_match_through_prefill_chunks_and_decode(hf_checkpoint, linear_ba
     for work in schedule:
         got = runner.step(work)
         for key, new in work.items():
-            ref = hf_logits(hf, runner.seqs[key].tokens)[-len(new):]
+            ref = hf_logits(hf, runner.seqs[key].tokens)[-len(new) :]
             worst = max(worst, (got[key] - ref).abs().max().item())
     assert worst < TOL[arch], f"{arch} ({linear_backend}): max |dlogits| = {worst:.2e}"
 
@@ -76,9 +83,13 @@ def test_greedy_batch_matches_generate(hf_checkpoint, linear_backend):
     n_new = 6
     ours = PagedRunner(model, block_size=4).generate(prompts, n_new)
     for prompt, got in zip(prompts, ours, strict=True):
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=n_new, do_sample=False,
-                          attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-        assert got == out[0, len(prompt):].tolist(), arch
+        out = hf.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n_new,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        )
+        assert got == out[0, len(prompt) :].tolist(), arch
 
 
 def test_our_save_loads_in_transformers(hf_checkpoint, tmp_path):

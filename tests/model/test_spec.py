@@ -188,16 +188,21 @@ def test_sliding_window_caps_attention():
 
 
 def test_attended_keys_match_brute_force_with_and_without_window():
-    cfg = preset_config("tiny-mixtral") | {"model_type": "mistral", "sliding_window": 8,
-                                           "architectures": ["MistralForCausalLM"]}  # fmt: skip
+    cfg = preset_config("tiny-mixtral") | {
+        "model_type": "mistral",
+        "sliding_window": 8,
+        "architectures": ["MistralForCausalLM"],
+    }
     windowed = ModelSpec.from_hf_config(cfg)
     full = ModelSpec.from_hf_config(cfg | {"sliding_window": None})
     per_key = 2 * 4 * 4 * 16  # 2 layers * 4 (QK^T + PV) * 4 heads * head_dim 16
     for n in range(1, 14):
         for c in range(0, 14):
             positions = range(c + 1, c + n + 1)
-            for s, attended in ((windowed, sum(min(p, 8) for p in positions)),
-                                (full, sum(positions))):  # fmt: skip
+            for s, attended in (
+                (windowed, sum(min(p, 8) for p in positions)),
+                (full, sum(positions)),
+            ):
                 att = op(s.operators(prefill_chunks=[(n, c)]), "attention")
                 assert att.flops == per_key * attended, (s.attention.sliding_window, n, c)
 
@@ -209,9 +214,23 @@ def test_operators_cover_every_block_and_split_with_tp():
     s = spec("tiny-nemotron-h")
     batch = dict(prefill_chunks=[(64, 0), (16, 100)], decode_contexts=[5, 50, 500])
     names = {o.name for o in s.operators(**batch)}
-    for expected in ("embedding", "norm", "qkv_proj", "attention", "o_proj", "ssm_in_proj",
-                     "ssm_conv", "ssm_scan", "ssm_out_proj", "mlp_up", "mlp_down", "moe_router",
-                     "moe_experts_up", "moe_shared_up", "lm_head"):  # fmt: skip
+    for expected in (
+        "embedding",
+        "norm",
+        "qkv_proj",
+        "attention",
+        "o_proj",
+        "ssm_in_proj",
+        "ssm_conv",
+        "ssm_scan",
+        "ssm_out_proj",
+        "mlp_up",
+        "mlp_down",
+        "moe_router",
+        "moe_experts_up",
+        "moe_shared_up",
+        "lm_head",
+    ):
         assert expected in names
     assert not any(o.kind is OpKind.COMM for o in s.operators(**batch))
     one, two = s.operators(**batch, tp=1), s.operators(**batch, tp=2)
@@ -294,8 +313,12 @@ def test_layer_kinds_of_the_hybrids():
     ]
     assert not nem.mlp.gated and nem.moe.shared_intermediate_size == 64
     bam = spec("tiny-bamba")
-    assert [lyr.mixer for lyr in bam.layers] == [Mixer.MAMBA2, Mixer.ATTENTION, Mixer.MAMBA2,
-                                                 Mixer.MAMBA2]  # fmt: skip
+    assert [lyr.mixer for lyr in bam.layers] == [
+        Mixer.MAMBA2,
+        Mixer.ATTENTION,
+        Mixer.MAMBA2,
+        Mixer.MAMBA2,
+    ]
     assert all(lyr.mlp is MLPKind.DENSE for lyr in bam.layers) and bam.mlp.gated
     # transformers 5 spelling of the NemotronH pattern gives the same spec
     cfg = preset_config("tiny-nemotron-h")
@@ -316,16 +339,30 @@ def test_attention_free_model_has_no_kv():
 # One transformers model per family, built on the meta device (no memory, no weights).
 MODULE_CASES = [
     ("tiny-llama-125m", {}),
-    ("tiny-llama-125m", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True,
-                         "num_hidden_layers": 2}),  # fmt: skip
+    (
+        "tiny-llama-125m",
+        {
+            "attention_bias": True,
+            "mlp_bias": True,
+            "tie_word_embeddings": True,
+            "num_hidden_layers": 2,
+        },
+    ),
     ("tiny-mixtral", {}),
     ("tiny-bamba", {}),
     ("tiny-bamba", {"mamba_proj_bias": True, "attention_bias": True, "mamba_conv_bias": False}),
     ("tiny-nemotron-h", {}),
     ("tiny-nemotron-h", {"moe_latent_size": 24, "mlp_bias": True, "use_bias": True}),
     ("tiny-mixtral", {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}),
-    ("tiny-mixtral", {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
-                      "head_dim": 32, "attention_bias": True}),  # fmt: skip
+    (
+        "tiny-mixtral",
+        {
+            "model_type": "qwen3",
+            "architectures": ["Qwen3ForCausalLM"],
+            "head_dim": 32,
+            "attention_bias": True,
+        },
+    ),
     ("tiny-mixtral", {"model_type": "mistral", "architectures": ["MistralForCausalLM"]}),
 ]
 

@@ -20,8 +20,6 @@ from tests.fakes import Params
 DT = 1 / 64  # every step takes this long: exact times
 
 
-
-
 def token(rid: str, k: int, shared: bool) -> int:
     """The k-th output token; ``shared`` requests all generate the same tokens (so their
     blocks collide in the prefix cache)."""
@@ -39,44 +37,87 @@ class Spec:
 
 
 def build(specs, backend, **cfg):
-    kv = (PagedKVBackend(cfg.pop("blocks"), cfg.pop("bs"), num_host_blocks=cfg.pop("host", 0))
-          if backend == "paged" else RadixKVBackend(cfg.pop("blocks"), cfg.pop("bs")))  # fmt: skip
+    kv = (
+        PagedKVBackend(cfg.pop("blocks"), cfg.pop("bs"), num_host_blocks=cfg.pop("host", 0))
+        if backend == "paged"
+        else RadixKVBackend(cfg.pop("blocks"), cfg.pop("bs"))
+    )
     cfg.pop("host", None)
     return Scheduler(SchedulerConfig(vocab_size=500, **cfg), kv)
 
 
 def engine_request(s: Spec) -> EngineRequest:
-    icps = [Interception(a, d * DT, r, returned_token_ids=tuple(range(400, 400 + r)))
-            for a, d, r in s.icps]  # fmt: skip
-    return EngineRequest(s.rid, list(s.prompt), Params(s.max_tokens),
-                         arrival_time=s.arrival_step * DT, interceptions=icps)  # fmt: skip
+    icps = [
+        Interception(a, d * DT, r, returned_token_ids=tuple(range(400, 400 + r)))
+        for a, d, r in s.icps
+    ]
+    return EngineRequest(
+        s.rid,
+        list(s.prompt),
+        Params(s.max_tokens),
+        arrival_time=s.arrival_step * DT,
+        interceptions=icps,
+    )
 
 
 def snapshot(sched: Scheduler):
     reqs = tuple(
-        (r.request_id, r.status.value, r.num_computed_tokens, r.max_computed_tokens,
-         tuple(r.token_ids), tuple(r.output_token_ids), tuple(r.timeline.token_times),
-         r.timeline.first_token_time, r.timeline.finish_time, r.timeline.recomputed_tokens,
-         r.timeline.num_preemptions, r.timeline.num_pauses, r.next_interception,
-         r.num_cached_tokens)
-        for r in sched.requests.values())  # fmt: skip
-    queues = tuple(tuple(r.request_id for r in q)
-                   for q in (sched.waiting, sched.running, sched.swapped, sched.paused))  # fmt: skip
+        (
+            r.request_id,
+            r.status.value,
+            r.num_computed_tokens,
+            r.max_computed_tokens,
+            tuple(r.token_ids),
+            tuple(r.output_token_ids),
+            tuple(r.timeline.token_times),
+            r.timeline.first_token_time,
+            r.timeline.finish_time,
+            r.timeline.recomputed_tokens,
+            r.timeline.num_preemptions,
+            r.timeline.num_pauses,
+            r.next_interception,
+            r.num_cached_tokens,
+        )
+        for r in sched.requests.values()
+    )
+    queues = tuple(
+        tuple(r.request_id for r in q)
+        for q in (sched.waiting, sched.running, sched.swapped, sched.paused)
+    )
     kv = sched.kv
     if isinstance(kv, PagedKVBackend):
         m = kv.manager
-        state = (tuple((b.block_id, b.block_hash, b.ref_cnt) for b in m.pool.free_queue),
-                 tuple(sorted((h, b.block_id) for h, b in m.pool.cached.items())),
-                 tuple(sorted((rid, tuple(b.block_id for b in r.blocks), r.num_tokens,
-                               tuple(r.block_hashes), r.swapped) for rid, r in m._reqs.items())),
-                 (m.stats.query_tokens, m.stats.hit_tokens, m.pool.stats.evicted))  # fmt: skip
+        state = (
+            tuple((b.block_id, b.block_hash, b.ref_cnt) for b in m.pool.free_queue),
+            tuple(sorted((h, b.block_id) for h, b in m.pool.cached.items())),
+            tuple(
+                sorted(
+                    (
+                        rid,
+                        tuple(b.block_id for b in r.blocks),
+                        r.num_tokens,
+                        tuple(r.block_hashes),
+                        r.swapped,
+                    )
+                    for rid, r in m._reqs.items()
+                )
+            ),
+            (m.stats.query_tokens, m.stats.hit_tokens, m.pool.stats.evicted),
+        )
     else:
         c = kv.cache
-        state = (tuple(sorted(kv.blocks._free)),
-                 tuple(sorted((rid, tuple(kv.block_table(r)))
-                              for rid, r in sched.requests.items() if rid in kv._held)),
-                 tuple((c.node_tokens(n), c.node_values(n), n.last_access) for n in c.iter_nodes()),
-                 kv.hit_rate)  # fmt: skip
+        state = (
+            tuple(sorted(kv.blocks._free)),
+            tuple(
+                sorted(
+                    (rid, tuple(kv.block_table(r)))
+                    for rid, r in sched.requests.items()
+                    if rid in kv._held
+                )
+            ),
+            tuple((c.node_tokens(n), c.node_values(n), n.last_access) for n in c.iter_nodes()),
+            kv.hit_rate,
+        )
     return reqs, queues, state
 
 
@@ -99,9 +140,13 @@ def drive(specs, backend, use_runs, rng=None, bump=None, **cfg):
             sched.add_request(engine_request(pending.pop(0)))
 
     def sample(out):
-        return {c.request.request_id: token(c.request.request_id, c.request.num_output_tokens,
-                                            shared[c.request.request_id])
-                for c in out.chunks if c.sample}  # fmt: skip
+        return {
+            c.request.request_id: token(
+                c.request.request_id, c.request.num_output_tokens, shared[c.request.request_id]
+            )
+            for c in out.chunks
+            if c.sample
+        }
 
     def maybe_bump():
         nonlocal bumped
@@ -118,8 +163,14 @@ def drive(specs, backend, use_runs, rng=None, bump=None, **cfg):
         out = sched.schedule(now)
         snaps[now] = snapshot(sched)
         if out.is_empty:
-            nxt = [t for t in (sched.next_event_time(),
-                               pending[0].arrival_step * DT if pending else None) if t is not None]  # fmt: skip
+            nxt = [
+                t
+                for t in (
+                    sched.next_event_time(),
+                    pending[0].arrival_step * DT if pending else None,
+                )
+                if t is not None
+            ]
             now = max(now, min(nxt))
             continue
         k = 1
@@ -140,8 +191,9 @@ def drive(specs, backend, use_runs, rng=None, bump=None, **cfg):
         toks = {}
         for c in out.chunks:
             r = c.request
-            toks[r.request_id] = [token(r.request_id, r.num_output_tokens + i, shared[r.request_id])
-                                  for i in range(k)]  # fmt: skip
+            toks[r.request_id] = [
+                token(r.request_id, r.num_output_tokens + i, shared[r.request_id]) for i in range(k)
+            ]
         run = DecodeRun(sched, out, k, ends, toks)
         while run.updated < run.steps:
             m = rng.randint(run.updated, run.steps)
@@ -192,11 +244,20 @@ def mixed_specs(seed, n=6, icps=True, shared=True):
         icp = ()
         if icps and i % 3 == 0:
             icp = ((rng.randint(2, 6), rng.randint(0, 4), rng.randint(0, 7)),)
-        specs.append(Spec(f"r{i}", prompts(rng, rng.randint(1, 20), pre), rng.randint(1, 40),
-                          rng.randint(0, 60), icp, shared=shared and i % 2 == 1))  # fmt: skip
+        specs.append(
+            Spec(
+                f"r{i}",
+                prompts(rng, rng.randint(1, 20), pre),
+                rng.randint(1, 40),
+                rng.randint(0, 60),
+                icp,
+                shared=shared and i % 2 == 1,
+            )
+        )
     return specs
 
 
+# fmt: off
 CONFIGS = {
     "paged-roomy": dict(backend="paged", blocks=200, bs=4, max_num_batched_tokens=32,
                         max_num_seqs=8, max_model_len=512),
@@ -215,6 +276,7 @@ CONFIGS = {
     "radix-tight": dict(backend="radix", blocks=18, bs=2, max_num_batched_tokens=32,
                         max_num_seqs=8, max_model_len=512),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -227,8 +289,13 @@ def test_runs_leave_the_same_state_as_steps(name, seed):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), name=st.sampled_from(sorted(CONFIGS)),
-       n=st.integers(1, 8), icps=st.booleans(), shared=st.booleans())  # fmt: skip
+@given(
+    seed=st.integers(0, 10_000),
+    name=st.sampled_from(sorted(CONFIGS)),
+    n=st.integers(1, 8),
+    icps=st.booleans(),
+    shared=st.booleans(),
+)
 def test_runs_match_steps_on_random_workloads(seed, name, n, icps, shared):
     cfg = dict(CONFIGS[name])
     backend = cfg.pop("backend")
@@ -242,41 +309,91 @@ def identical_content_specs(seed):
     rng = random.Random(seed)
     n = rng.randint(2, 6)
     common = tuple(rng.randrange(3, 300) for _ in range(rng.choice([3, 4, 5, 8])))
-    specs = [Spec(f"r{i}", common + tuple(rng.randrange(3, 300) for _ in range(rng.choice([0, 0, 1]))),
-                  rng.randint(3, 25), rng.randint(0, 40), (), shared=True)
-             for i in range(n)]  # fmt: skip
+    specs = [
+        Spec(
+            f"r{i}",
+            common + tuple(rng.randrange(3, 300) for _ in range(rng.choice([0, 0, 1]))),
+            rng.randint(3, 25),
+            rng.randint(0, 40),
+            (),
+            shared=True,
+        )
+        for i in range(n)
+    ]
     return specs, rng.randint(8, 20)
 
 
 @pytest.mark.parametrize("seed", [17, 30, 37])
 def test_hash_registration_and_eviction_order_in_runs(seed):
     specs, blocks = identical_content_specs(seed)
-    compare(specs, "paged", seed=seed, blocks=blocks, bs=4, max_num_batched_tokens=32,
-            max_num_seqs=8, max_model_len=512)  # fmt: skip
+    compare(
+        specs,
+        "paged",
+        seed=seed,
+        blocks=blocks,
+        bs=4,
+        max_num_batched_tokens=32,
+        max_num_seqs=8,
+        max_model_len=512,
+    )
 
 
 def test_recomputed_decodes_are_counted_like_steps():
     specs = [Spec("a", tuple(range(3, 13)), 30, 0), Spec("b", tuple(range(20, 25)), 30, 0)]
-    runs = compare(specs, "paged", bump=("a", 12), blocks=100, bs=4, max_num_batched_tokens=32,
-                   max_num_seqs=8, max_model_len=512)  # fmt: skip
+    runs = compare(
+        specs,
+        "paged",
+        bump=("a", 12),
+        blocks=100,
+        bs=4,
+        max_num_batched_tokens=32,
+        max_num_seqs=8,
+        max_model_len=512,
+    )
     assert runs > 0
-    ref, sched, _ = drive(specs, "paged", False, bump=("a", 12), blocks=100, bs=4,
-                          max_num_batched_tokens=32, max_num_seqs=8, max_model_len=512)  # fmt: skip
+    ref, sched, _ = drive(
+        specs,
+        "paged",
+        False,
+        bump=("a", 12),
+        blocks=100,
+        bs=4,
+        max_num_batched_tokens=32,
+        max_num_seqs=8,
+        max_model_len=512,
+    )
     assert sched.requests["a"].timeline.recomputed_tokens > 0
 
 
 # ---- decode_run_limit -------------------------------------------------------------------------
 
 
-def decoding(n_req=2, max_tokens=20, blocks=100, bs=4, icps=None, ignore_eos=True, stop=(),
-             seqs=8, budget=32, waiting=0, model_len=512, budget_after=None):  # fmt: skip
+def decoding(
+    n_req=2,
+    max_tokens=20,
+    blocks=100,
+    bs=4,
+    icps=None,
+    ignore_eos=True,
+    stop=(),
+    seqs=8,
+    budget=32,
+    waiting=0,
+    model_len=512,
+    budget_after=None,
+):
     """A scheduler whose next step is a pure decode of ``n_req`` requests (prompts of 6)."""
-    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=seqs,
-                                      max_model_len=model_len), PagedKVBackend(blocks, bs))  # fmt: skip
+    sched = Scheduler(
+        SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=seqs, max_model_len=model_len),
+        PagedKVBackend(blocks, bs),
+    )
     for i in range(n_req):
-        req = EngineRequest(f"r{i}", list(range(3 + i, 9 + i)),
-                            Params(max_tokens, ignore_eos=ignore_eos, stop_token_ids=stop),
-                            interceptions=list(icps or []))  # fmt: skip
+        req = EngineRequest(
+            f"r{i}",
+            list(range(3 + i, 9 + i)),
+            Params(max_tokens, ignore_eos=ignore_eos, stop_token_ids=stop),
+            interceptions=list(icps or []),
+        )
         req.eos_token_id = 2
         sched.add_request(req)
     out = sched.schedule(0.0)
@@ -294,7 +411,9 @@ def test_limit_is_the_first_finish_or_interception():
     # 1 token sampled by the prefill; the run's step s samples token 1 + s: the 19th finishes
     assert decode_run_limit(sched, out) == 19
     assert decode_run_limit(sched, out, max_steps=5) == 5
-    sched, out = decoding(icps=[Interception(after_output_tokens=7, duration_s=1.0, returned_tokens=2)])
+    sched, out = decoding(
+        icps=[Interception(after_output_tokens=7, duration_s=1.0, returned_tokens=2)]
+    )
     assert decode_run_limit(sched, out) == 6
     sched, out = decoding(max_tokens=50, model_len=20)  # 6 + 1 tokens now; 20 after step 13
     assert decode_run_limit(sched, out) == 13
@@ -351,8 +470,13 @@ def test_a_scheduler_class_gets_runs_only_if_it_declares_them():
     class Inherits(Declares):  # the capability is declared per class
         pass
 
-    for cls, runs in ((Scheduler, True), (Declares, True), (Refuses, False), (Silent, False),
-                      (Inherits, False)):  # fmt: skip
+    for cls, runs in (
+        (Scheduler, True),
+        (Declares, True),
+        (Refuses, False),
+        (Silent, False),
+        (Inherits, False),
+    ):
         assert cls.supports_decode_runs is runs
         sched, out = decoding()
         sched.__class__ = cls
@@ -396,8 +520,13 @@ def test_a_backend_gets_merged_calls_only_if_it_declares_them():
         k = decode_run_limit(sched, out)
         assert k == 19
         sched.kv.calls.clear()
-        DecodeRun(sched, out, k, [DT * (i + 2) for i in range(k)],
-                  {c.request.request_id: [60] * k for c in out.chunks}).advance(k)  # fmt: skip
+        DecodeRun(
+            sched,
+            out,
+            k,
+            [DT * (i + 2) for i in range(k)],
+            {c.request.request_id: [60] * k for c in out.chunks},
+        ).advance(k)
         results[cls] = sched.kv.calls, snapshot(sched)
     merged, every, undeclared = (results[c][0] for c in (MergedCalls, EveryCall, Calls))
     # steps 2..19 of each request: one call each, or only those that start or fill a block

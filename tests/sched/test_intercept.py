@@ -46,10 +46,6 @@ COST = LinearIterationCost(a_s=0.001, c_s=0.010, kv_bytes_per_token=1000, host_b
 FREE_LINK = LinearIterationCost(a_s=0.001, c_s=0.010)  # no KV bytes: swaps are free, unlimited
 
 
-
-
-
-
 def make(policy, blocks=64, bs=4, host=0, budget=256, seqs=16, prefix=False) -> Scheduler:
     """A scheduler on a paged backend; no prefix caching by default (InferCept's vLLM had
     none, and with it a discarded context's full blocks may be found again in the cache)."""
@@ -60,21 +56,29 @@ def make(policy, blocks=64, bs=4, host=0, budget=256, seqs=16, prefix=False) -> 
 
 def add(sched, rid, n_prompt, n_out, icps=(), arrival=0.0) -> EngineRequest:
     seed = sum(map(ord, rid))  # distinct prompts: no prefix-cache sharing between requests
-    req = EngineRequest(rid, [3 + (i * 13 + seed) % 40 + 40 * (seed % 7) for i in range(n_prompt)],
-                        Params(n_out), arrival_time=arrival, interceptions=list(icps))  # fmt: skip
+    req = EngineRequest(
+        rid,
+        [3 + (i * 13 + seed) % 40 + 40 * (seed % 7) for i in range(n_prompt)],
+        Params(n_out),
+        arrival_time=arrival,
+        interceptions=list(icps),
+    )
     sched.add_request(req)
     return req
 
 
 def step(sched, now) -> SchedulerOutput:
     out = sched.schedule(now)
-    sched.update(out, {c.request.request_id: fake_token(c.request) for c in out.chunks if c.sample}, now)
+    sched.update(
+        out, {c.request.request_id: fake_token(c.request) for c in out.chunks if c.sample}, now
+    )
     return out
 
 
 def call(after=2, duration=100.0, returned=3, kind="tool") -> Interception:
-    return Interception(after_output_tokens=after, duration_s=duration, returned_tokens=returned,
-                        kind=kind)  # fmt: skip
+    return Interception(
+        after_output_tokens=after, duration_s=duration, returned_tokens=returned, kind=kind
+    )
 
 
 # ---- waste formulas ---------------------------------------------------------------------------
@@ -111,15 +115,20 @@ def test_the_authors_iteration_models_and_the_derived_swap_budget():
     p = MinWastePolicy(cost=COST, saturation=30)
     assert (p.swap_out_budget_tokens, p.swap_in_budget_tokens) == (40, 40)
     assert MinWastePolicy(cost=COST, swap_in_budget_tokens=8).swap_in_budget_tokens == 8
-    assert mean_durations([call(duration=1.0), call(duration=3.0), call(kind="x", duration=5.0)]
-                          ) == {"tool": 2.0, "x": 5.0}  # fmt: skip
+    assert mean_durations(
+        [call(duration=1.0), call(duration=3.0), call(kind="x", duration=5.0)]
+    ) == {"tool": 2.0, "x": 5.0}
 
 
 def test_factory_names_and_bad_options():
     kinds = {n: type(make_intercept_policy(n)).__name__ for n in INTERCEPT_POLICIES}
-    assert kinds == {"preserve": "PreservePolicy", "vllm": "DiscardPolicy",
-                     "improved-discard": "DiscardPolicy", "swap": "SwapPolicy",
-                     "infercept": "MinWastePolicy"}  # fmt: skip
+    assert kinds == {
+        "preserve": "PreservePolicy",
+        "vllm": "DiscardPolicy",
+        "improved-discard": "DiscardPolicy",
+        "swap": "SwapPolicy",
+        "infercept": "MinWastePolicy",
+    }
     assert make_intercept_policy("vllm").requeue == "tail"
     assert make_intercept_policy("improved-discard").requeue == "head"
     assert make_intercept_policy(None).name == "preserve"
@@ -138,11 +147,16 @@ def test_factory_names_and_bad_options():
 # ---- decisions --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,mode", [("preserve", PauseMode.PRESERVE),
-                                       ("vllm", PauseMode.DISCARD),
-                                       ("improved-discard", PauseMode.DISCARD),
-                                       ("swap", PauseMode.SWAP),
-                                       ("infercept", PauseMode.PRESERVE)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,mode",
+    [
+        ("preserve", PauseMode.PRESERVE),
+        ("vllm", PauseMode.DISCARD),
+        ("improved-discard", PauseMode.DISCARD),
+        ("swap", PauseMode.SWAP),
+        ("infercept", PauseMode.PRESERVE),
+    ],
+)
 def test_each_policy_pauses_in_its_mode(name, mode):
     sched = make(make_intercept_policy(name), host=32)
     req = add(sched, "a", 10, 6, [call()])
@@ -192,7 +206,8 @@ def test_min_waste_discards_short_contexts_on_long_calls_and_preserves_long_ones
     decode, other = r.num_uncomputed_tokens, r.num_computed_tokens
     # short: 7 tokens of KV idle for 50 s vs recomputing them in one chunk
     assert wastes["short"] == pytest.approx(
-        (50.0 * 7, chunked_discard_waste(7, decode, other, FREE_LINK, 384)))
+        (50.0 * 7, chunked_discard_waste(7, decode, other, FREE_LINK, 384))
+    )
     assert wastes["short"][1] < wastes["short"][0]
     # long: 301 tokens idle for 10 ms vs recomputing 301 tokens while r waits
     assert wastes["long"][1] > wastes["long"][0] == pytest.approx(0.01 * 301)
@@ -211,9 +226,14 @@ def test_min_waste_discards_all_candidates_but_the_largest_at_once():
     assert out.swap_out_tokens == 0 and r in [c.request for c in out.chunks]
 
 
-@pytest.mark.parametrize("budget,host,mode", [(12, 16, PauseMode.SWAP),  # a's 3 blocks fit
-                                              (11, 16, PauseMode.DISCARD),  # over the budget
-                                              (64, 0, PauseMode.DISCARD)])  # no host pool
+@pytest.mark.parametrize(
+    "budget,host,mode",
+    [
+        (12, 16, PauseMode.SWAP),  # a's 3 blocks fit
+        (11, 16, PauseMode.DISCARD),  # over the budget
+        (64, 0, PauseMode.DISCARD),
+    ],
+)  # no host pool
 def test_memory_pressure_swaps_the_largest_waste_within_the_swap_budget(budget, host, mode):
     pol = MinWastePolicy(cost=COST, swap_out_budget_tokens=budget)
     # 12 blocks: r grows into the room a and b hold; b is discarded at once (less waste),
@@ -309,23 +329,37 @@ def test_recompute_fills_only_the_unsaturated_budget():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), saturation=st.integers(1, 48), blocks=st.sampled_from([40, 200]),
-       chunked=st.sampled_from(["discard", "infercept"]))  # fmt: skip
+@given(
+    seed=st.integers(0, 10_000),
+    saturation=st.integers(1, 48),
+    blocks=st.sampled_from([40, 200]),
+    chunked=st.sampled_from(["discard", "infercept"]),
+)
 def test_chunked_recompute_never_exceeds_its_budget(seed, saturation, blocks, chunked):
     rng = random.Random(seed)
     if chunked == "discard":
-        pol = ChunkedDiscard(name="vllm", requeue=rng.choice(["head", "tail"]),
-                             recompute_saturation=saturation)  # fmt: skip
+        pol = ChunkedDiscard(
+            name="vllm", requeue=rng.choice(["head", "tail"]), recompute_saturation=saturation
+        )
     else:
-        pol = MinWastePolicy(cost=COST, saturation=saturation,
-                             swap_out_budget_tokens=rng.choice([None, 4, 16]))  # fmt: skip
-    sched = make(pol, blocks=blocks, host=rng.choice([0, 30]), budget=rng.choice([8, 64, 256]),
-                 seqs=rng.choice([2, 8]), prefix=rng.random() < 0.5)  # fmt: skip
+        pol = MinWastePolicy(
+            cost=COST, saturation=saturation, swap_out_budget_tokens=rng.choice([None, 4, 16])
+        )
+    sched = make(
+        pol,
+        blocks=blocks,
+        host=rng.choice([0, 30]),
+        budget=rng.choice([8, 64, 256]),
+        seqs=rng.choice([2, 8]),
+        prefix=rng.random() < 0.5,
+    )
     reqs = []
     for i in range(rng.randint(2, 7)):
         n_out = rng.randint(2, 25)
-        icps = [call(after=a, duration=rng.choice([0.0, 0.5, 3.0, 50.0]),
-                     returned=rng.randint(0, 6)) for a in sorted(rng.sample(range(1, n_out), 1))]
+        icps = [
+            call(after=a, duration=rng.choice([0.0, 0.5, 3.0, 50.0]), returned=rng.randint(0, 6))
+            for a in sorted(rng.sample(range(1, n_out), 1))
+        ]
         reqs.append(add(sched, f"q{i}", rng.randint(1, 60), n_out, icps, arrival=0.1 * i))
     for out, n in run_all(sched):
         if out.recompute_budget is not None:
@@ -335,8 +369,17 @@ def test_chunked_recompute_never_exceeds_its_budget(seed, saturation, blocks, ch
     assert all(r.status == RequestStatus.FINISHED_LENGTH for r in reqs)
     # policies change when tokens are computed, never which: the same run keeping every KV
     ref = make("preserve", blocks=400)
-    ref_reqs = [add(ref, r.request_id, r.num_prompt_tokens, r.max_tokens, r.interceptions,
-                    arrival=r.arrival_time) for r in reqs]  # fmt: skip
+    ref_reqs = [
+        add(
+            ref,
+            r.request_id,
+            r.num_prompt_tokens,
+            r.max_tokens,
+            r.interceptions,
+            arrival=r.arrival_time,
+        )
+        for r in reqs
+    ]
     run_all(ref)
     assert [r.token_ids for r in reqs] == [r.token_ids for r in ref_reqs]
     sched.kv.manager.check_integrity()
@@ -388,28 +431,55 @@ def tool_workload(seed=0, n=8):
     rng = random.Random(seed)
     reqs = []
     for r in explicit_tools(n, seed=seed):
-        icps = [Interception(i.after_output_tokens, rng.choice([0.05, 0.4, 3.0]), i.returned_tokens,
-                             kind=rng.choice(["calc", "chat"])) for i in r.interceptions]  # fmt: skip
-        reqs.append(Request(r.request_id, r.arrival_time, r.prompt_len, r.output_len,
-                            prompt_token_ids=r.prompt_token_ids, interceptions=icps))  # fmt: skip
+        icps = [
+            Interception(
+                i.after_output_tokens,
+                rng.choice([0.05, 0.4, 3.0]),
+                i.returned_tokens,
+                kind=rng.choice(["calc", "chat"]),
+            )
+            for i in r.interceptions
+        ]
+        reqs.append(
+            Request(
+                r.request_id,
+                r.arrival_time,
+                r.prompt_len,
+                r.output_len,
+                prompt_token_ids=r.prompt_token_ids,
+                interceptions=icps,
+            )
+        )
     return reqs
 
 
 POLICIES = {
     **{name: lambda name=name: make_intercept_policy(name) for name in INTERCEPT_POLICIES},
     "infercept-cost": lambda: MinWastePolicy(cost=COST, saturation=24),
-    "infercept-estimate": lambda: MinWastePolicy(cost=COST, saturation=24, oracle=False,
-                                                 mean_duration_s={"calc": 0.1, "chat": 2.0}),
-    "infercept-tight": lambda: MinWastePolicy(cost=COST, saturation=8, swap_out_budget_tokens=8,
-                                              swap_in_budget_tokens=4),
+    "infercept-estimate": lambda: MinWastePolicy(
+        cost=COST, saturation=24, oracle=False, mean_duration_s={"calc": 0.1, "chat": 2.0}
+    ),
+    "infercept-tight": lambda: MinWastePolicy(
+        cost=COST, saturation=8, swap_out_budget_tokens=8, swap_in_budget_tokens=4
+    ),
 }
 
 
 def sim_replicas(policy, n=2, blocks=60, cache="block"):
     sched = SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=8, max_model_len=4096)
-    return [ReplicaConfig(LinearCost(), num_kv_blocks=blocks, block_size=4, prefix_cache=cache,
-                          scheduler=sched, num_host_blocks=80, intercept=policy, host_link=COST)
-            for _ in range(n)]  # fmt: skip
+    return [
+        ReplicaConfig(
+            LinearCost(),
+            num_kv_blocks=blocks,
+            block_size=4,
+            prefix_cache=cache,
+            scheduler=sched,
+            num_host_blocks=80,
+            intercept=policy,
+            host_link=COST,
+        )
+        for _ in range(n)
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
@@ -417,8 +487,11 @@ def sim_replicas(policy, n=2, blocks=60, cache="block"):
 def test_fast_forward_changes_nothing_under_every_policy(name, blocks, cache):
     results = []
     for ff in (False, True):
-        sim = Simulator(sim_replicas(POLICIES[name](), blocks=blocks, cache=cache), "least-work",
-                        fast_forward=ff)  # fmt: skip
+        sim = Simulator(
+            sim_replicas(POLICIES[name](), blocks=blocks, cache=cache),
+            "least-work",
+            fast_forward=ff,
+        )
         res = sim.run(tool_workload(seed=blocks))
         assert all(r.is_finished for r in res.requests)
         results.append((fingerprint(res), kv_state(sim), res.fast_forwarded_steps))
@@ -427,13 +500,18 @@ def test_fast_forward_changes_nothing_under_every_policy(name, blocks, cache):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), name=st.sampled_from(sorted(POLICIES)),
-       blocks=st.sampled_from([24, 40, 400]), cache=st.sampled_from(["block", "none"]))
+@given(
+    seed=st.integers(0, 10_000),
+    name=st.sampled_from(sorted(POLICIES)),
+    blocks=st.sampled_from([24, 40, 400]),
+    cache=st.sampled_from(["block", "none"]),
+)
 def test_fast_forward_changes_nothing_on_random_tool_workloads(seed, name, blocks, cache):
     results = []
     for ff in (False, True):
-        sim = Simulator(sim_replicas(POLICIES[name](), n=1, blocks=blocks, cache=cache),
-                        fast_forward=ff)  # fmt: skip
+        sim = Simulator(
+            sim_replicas(POLICIES[name](), n=1, blocks=blocks, cache=cache), fast_forward=ff
+        )
         res = sim.run(tool_workload(seed=seed, n=6))
         results.append((fingerprint(res), kv_state(sim)))
     assert results[0] == results[1]
@@ -474,9 +552,15 @@ def test_vllm_spends_its_forward_time_recomputing_and_infercept_does_not():
     for name in ("vllm", "infercept"):
         cost = Split(GPTJ_6B_A100)
         # GPT-J-6B on a 40 GB A100: ~56k tokens of KV besides the 12 GB of weights
-        cfg = ReplicaConfig(cost, num_kv_blocks=3500, block_size=16, prefix_cache="none",
-                            scheduler=SchedulerConfig(max_num_batched_tokens=4096, max_num_seqs=256),
-                            num_host_blocks=8000, intercept=make_intercept_policy(name))  # fmt: skip
+        cfg = ReplicaConfig(
+            cost,
+            num_kv_blocks=3500,
+            block_size=16,
+            prefix_cache="none",
+            scheduler=SchedulerConfig(max_num_batched_tokens=4096, max_num_seqs=256),
+            num_host_blocks=8000,
+            intercept=make_intercept_policy(name),
+        )
         res = Simulator([cfg], fast_forward=False).run(agent_workload())
         assert all(r.status == RequestStatus.FINISHED_LENGTH for r in res.requests)
         shares[name] = cost.recompute / cost.forward

@@ -26,8 +26,9 @@ from tests.fakes import Params
 
 
 def req(rid: str, n: int = 100, arrival: float = 0.0, seq: int = 0, prompt=None) -> EngineRequest:
-    r = EngineRequest(rid, list(prompt) if prompt is not None else [5] * n, Params(4),
-                      arrival_time=arrival)  # fmt: skip
+    r = EngineRequest(
+        rid, list(prompt) if prompt is not None else [5] * n, Params(4), arrival_time=arrival
+    )
     r.seq_no = seq
     return r
 
@@ -52,9 +53,24 @@ def test_registered_with_the_paper_defaults():
         PrebleGroupPolicy(num_groups=0)
 
 
-@pytest.mark.parametrize("cached, group", [
-    (0, 0), (1, 0), (10, 0), (11, 1), (20, 1), (21, 2), (50, 4), (51, 5), (90, 8), (91, 9),
-    (95, 9), (99, 9), (100, 9)])  # fmt: skip
+@pytest.mark.parametrize(
+    "cached, group",
+    [
+        (0, 0),
+        (1, 0),
+        (10, 0),
+        (11, 1),
+        (20, 1),
+        (21, 2),
+        (50, 4),
+        (51, 5),
+        (90, 8),
+        (91, 9),
+        (95, 9),
+        (99, 9),
+        (100, 9),
+    ],
+)
 def test_group_is_ceil_of_ten_times_the_cached_fraction_minus_one(cached, group):
     assert PrebleGroupPolicy().group_of(cached, 100) == group
 
@@ -70,8 +86,9 @@ def test_rotation_and_quotas_follow_the_rule():
         rid = f"g{g}-{i:02d}"
         waiting.append(req(rid, arrival=float(i), seq=i + 1))
         cached[rid] = {0: 0, 1: 15, 9: 95}[g]
-    group = {g: [r.request_id for r in waiting if r.request_id.startswith(f"g{g}-")]
-             for g in (0, 1, 9)}  # fmt: skip
+    group = {
+        g: [r.request_id for r in waiting if r.request_id.startswith(f"g{g}-")] for g in (0, 1, 9)
+    }
     assert [len(group[g]) for g in (0, 1, 9)] == [15, 25, 3]
     p = PrebleGroupPolicy()
     assert admit_all(p, waiting, cached) == group[9]  # all 3 (quota 100)
@@ -143,7 +160,7 @@ def test_a_95_percent_hit_overtakes_an_older_cold_request(backend):
     hot = hot_prefix[:76] + [1, 2, 1, 2]  # 76 of 80 tokens cached: group 9
     first = {}
     for policy in ("fcfs", "preble-priority"):
-        kv = (PagedKVBackend(200, 4) if backend == "block" else RadixKVBackend(200, 4))
+        kv = PagedKVBackend(200, 4) if backend == "block" else RadixKVBackend(200, 4)
         # one sequence at a time: the two requests contend for it
         sched = Scheduler(SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=256), kv, policy)
         warm(sched, hot_prefix)
@@ -154,8 +171,9 @@ def test_a_95_percent_hit_overtakes_an_older_cold_request(backend):
         assert kv.peek_prefix(new.token_ids) == 76 and kv.peek_prefix(old.token_ids) == 0
         out = sched.schedule(20.0)
         first[policy] = [c.request.request_id for c in out.chunks]
-        assert [r.request_id for r in sched.waiting] == [r for r in ("old", "new")
-                                                          if r not in first[policy]]
+        assert [r.request_id for r in sched.waiting] == [
+            r for r in ("old", "new") if r not in first[policy]
+        ]
     assert first == {"fcfs": ["old"], "preble-priority": ["new"]}
 
 
@@ -164,13 +182,17 @@ def test_scheduler_admits_the_quota_of_one_group_per_step():
     up to 10 hot ones or 1 cold one, in turn; the rest keep their FCFS order in the queue."""
     rng = random.Random(1)
     prefix = [rng.randrange(3, 500) for _ in range(80)]
-    sched = Scheduler(SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=4096),
-                      PagedKVBackend(1000, 4), PrebleGroupPolicy(base=1))  # fmt: skip
+    sched = Scheduler(
+        SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=4096),
+        PagedKVBackend(1000, 4),
+        PrebleGroupPolicy(base=1),
+    )
     warm(sched, prefix)  # the warm-up took group 0: the pointer is back at 9
     kinds = "hhchhhhchhhhhch"
     for i, k in enumerate(kinds):
-        prompt = (prefix[:76] + [i, i, i, i] if k == "h"
-                  else [rng.randrange(3, 500) for _ in range(80)])  # fmt: skip
+        prompt = (
+            prefix[:76] + [i, i, i, i] if k == "h" else [rng.randrange(3, 500) for _ in range(80)]
+        )
         sched.add_request(EngineRequest(f"{k}{i:02d}", prompt, Params(50), arrival_time=10.0 + i))
     hot = [f"h{i:02d}" for i, k in enumerate(kinds) if k == "h"]
     cold = [f"c{i:02d}" for i, k in enumerate(kinds) if k == "c"]
@@ -178,8 +200,13 @@ def test_scheduler_admits_the_quota_of_one_group_per_step():
     now = 20.0
     while sched.waiting:
         out = sched.schedule(now)
-        steps.append([c.request.request_id for c in out.chunks
-                      if c.request.timeline.first_scheduled_time == now])  # fmt: skip
+        steps.append(
+            [
+                c.request.request_id
+                for c in out.chunks
+                if c.request.timeline.first_scheduled_time == now
+            ]
+        )
         assert [r.seq_no for r in sched.waiting] == sorted(r.seq_no for r in sched.waiting)
         sched.update(out, {c.request.request_id: 7 for c in out.chunks if c.sample}, now)
         now += 1.0
@@ -216,13 +243,17 @@ def test_fcfs_takes_the_static_path():
         for i in range(12):
             n = rng.randint(1, 20)
             prompt = [3] * rng.randint(0, 12) + [rng.randrange(3, 90) for _ in range(n)]
-            sched.add_request(EngineRequest(f"r{i}", prompt, Params(rng.randint(1, 9)),
-                                            arrival_time=rng.random() * 3))  # fmt: skip
+            sched.add_request(
+                EngineRequest(
+                    f"r{i}", prompt, Params(rng.randint(1, 9)), arrival_time=rng.random() * 3
+                )
+            )
         trace, now = [], 0.0
         while sched.has_unfinished():
             out = sched.schedule(now)
-            trace.append([(c.request.request_id, c.start, c.num_tokens) for c in out.chunks]
-                         + out.preempted)  # fmt: skip
+            trace.append(
+                [(c.request.request_id, c.start, c.num_tokens) for c in out.chunks] + out.preempted
+            )
             sched.update(out, {c.request.request_id: 4 for c in out.chunks if c.sample}, now)
             now += 1.0
         results.append(trace)
@@ -254,15 +285,33 @@ def shared_prefix_workload(n=50, seed=0):
 
 def simulate(policy, fast_forward, cache, n_rep, seqs, budget):
     sched = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=seqs, max_model_len=4096)
-    reps = [ReplicaConfig(LinearCost(), num_kv_blocks=160, block_size=4, prefix_cache=cache,
-                          scheduler=sched, queue_policy=policy) for _ in range(n_rep)]  # fmt: skip
+    reps = [
+        ReplicaConfig(
+            LinearCost(),
+            num_kv_blocks=160,
+            block_size=4,
+            prefix_cache=cache,
+            scheduler=sched,
+            queue_policy=policy,
+        )
+        for _ in range(n_rep)
+    ]
     sim = Simulator(reps, RoundRobin(), fast_forward=fast_forward)
     return sim.run(shared_prefix_workload())
 
 
 def fingerprint(res):
-    reqs = [(r.request_id, res.replica_of[r.request_id], r.status.value, r.timeline.to_dict(),
-             r.num_cached_tokens, tuple(r.token_ids)) for r in res.requests]  # fmt: skip
+    reqs = [
+        (
+            r.request_id,
+            res.replica_of[r.request_id],
+            r.status.value,
+            r.timeline.to_dict(),
+            r.num_cached_tokens,
+            tuple(r.token_ids),
+        )
+        for r in res.requests
+    ]
     return reqs, res.steps, res.busy_time, res.makespan
 
 
@@ -271,12 +320,18 @@ def overtaken(res) -> int:
     by_rep: dict[int, list] = {}
     for r in res.requests:
         by_rep.setdefault(res.replica_of[r.request_id], []).append(r.timeline)
-    return sum(1 for tls in by_rep.values() for a in tls for b in tls
-               if a.arrival_time < b.arrival_time and b.first_scheduled_time < a.first_scheduled_time)
+    return sum(
+        1
+        for tls in by_rep.values()
+        for a in tls
+        for b in tls
+        if a.arrival_time < b.arrival_time and b.first_scheduled_time < a.first_scheduled_time
+    )
 
 
-@pytest.mark.parametrize("cache, n_rep, seqs, budget", [
-    ("radix", 1, 4, 64), ("block", 2, 3, 48), ("radix", 2, 6, 32)])  # fmt: skip
+@pytest.mark.parametrize(
+    "cache, n_rep, seqs, budget", [("radix", 1, 4, 64), ("block", 2, 3, 48), ("radix", 2, 6, 32)]
+)
 def test_fast_forward_is_exact_with_preble_priority(cache, n_rep, seqs, budget):
     slow = simulate("preble-priority", False, cache, n_rep, seqs, budget)
     fast = simulate("preble-priority", True, cache, n_rep, seqs, budget)
@@ -302,13 +357,20 @@ def test_engine_tokens_equal_fcfs(llama_dir, one_thread):
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     outs, admitted = {}, {}
     for policy in ("fcfs", "preble-priority"):
-        llm = LLM(llama_dir, block_size=4, num_kv_blocks=128, max_num_seqs=2,
-                  max_num_batched_tokens=16, queue_policy=policy)  # fmt: skip
+        llm = LLM(
+            llama_dir,
+            block_size=4,
+            num_kv_blocks=128,
+            max_num_seqs=2,
+            max_num_batched_tokens=16,
+            queue_policy=policy,
+        )
         llm.generate([shared + [9]], params, use_tqdm=False)  # cache the shared prefix
         got = llm.generate(prompts, params, use_tqdm=False)
         outs[policy] = [o.token_ids for o in got]
-        admitted[policy] = sorted(range(len(got)),
-                                  key=lambda i: (got[i].metrics["first_scheduled_time"], i))
+        admitted[policy] = sorted(
+            range(len(got)), key=lambda i: (got[i].metrics["first_scheduled_time"], i)
+        )
     assert outs["fcfs"] == outs["preble-priority"]
     assert admitted["fcfs"] == list(range(len(prompts)))
     assert admitted["preble-priority"] != admitted["fcfs"]  # the order did change

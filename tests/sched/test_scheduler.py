@@ -25,8 +25,9 @@ def run(sched: Scheduler, max_steps: int = 10_000) -> list:
 
 
 def add(sched, rid, n_prompt, n_out, arrival=0.0, priority=0):
-    req = EngineRequest(rid, list(range(3, 3 + n_prompt)), Params(n_out), arrival_time=arrival,
-                        priority=priority)
+    req = EngineRequest(
+        rid, list(range(3, 3 + n_prompt)), Params(n_out), arrival_time=arrival, priority=priority
+    )
     sched.add_request(req)
     return req
 
@@ -40,7 +41,8 @@ def test_token_budget_and_chunked_prefill():
     assert all(s.num_tokens <= 10 for s in steps)
     first = steps[0]
     assert [(c.request.request_id, c.start, c.num_tokens, c.sample) for c in first.chunks] == [
-        ("a", 0, 10, False)]
+        ("a", 0, 10, False)
+    ]
     # a's prefill takes three steps (10 + 10 + 5); b is admitted in the leftover budget
     assert a.timeline.first_token_time == 2.0
     assert b.timeline.first_scheduled_time == 2.0
@@ -90,16 +92,22 @@ def test_abort_frees_kv():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    reqs=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 12), st.integers(0, 5)),
-                  min_size=1, max_size=12),
+    reqs=st.lists(
+        st.tuples(st.integers(1, 40), st.integers(1, 12), st.integers(0, 5)),
+        min_size=1,
+        max_size=12,
+    ),
     budget=st.integers(1, 48),
     blocks=st.integers(6, 40),
     radix=st.booleans(),
 )
 def test_every_request_finishes_once_and_nothing_leaks(reqs, budget, blocks, radix):
     cfg = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=6, max_model_len=128)
-    kv = (RadixKVBackend(blocks, 4) if radix
-          else PagedKVBackend(blocks, 4, enable_prefix_caching=True))
+    kv = (
+        RadixKVBackend(blocks, 4)
+        if radix
+        else PagedKVBackend(blocks, 4, enable_prefix_caching=True)
+    )
     sched = Scheduler(cfg, kv)
     made = []
     for i, (n_prompt, n_out, arrival) in enumerate(reqs):

@@ -52,16 +52,35 @@ def test_combine_is_max_sum_and_between():
 
 
 def test_roofline_and_ring_formulas_on_scalars_and_arrays():
-    t = roofline_seconds(2e12, 1e9, peak=1e15, bandwidth=1e12, compute_eff=0.5, memory_eff=0.5,
-                         launches=2, launch_s=1e-6)  # fmt: skip
+    t = roofline_seconds(
+        2e12,
+        1e9,
+        peak=1e15,
+        bandwidth=1e12,
+        compute_eff=0.5,
+        memory_eff=0.5,
+        launches=2,
+        launch_s=1e-6,
+    )
     assert t == pytest.approx(max(2e12 / 5e14, 1e9 / 5e11) + 2e-6)
-    arr = roofline_seconds(np.array([2e12, 1.0]), np.array([1e9, 1e9]), peak=1e15, bandwidth=1e12,
-                           compute_eff=0.5, memory_eff=0.5, ridge_blend=0.4)  # fmt: skip
-    assert arr[0] == pytest.approx(combine(4e-3, 2e-3, 0.4)) and arr[1] == pytest.approx(2e-3, rel=1e-6)
+    arr = roofline_seconds(
+        np.array([2e12, 1.0]),
+        np.array([1e9, 1e9]),
+        peak=1e15,
+        bandwidth=1e12,
+        compute_eff=0.5,
+        memory_eff=0.5,
+        ridge_blend=0.4,
+    )
+    assert arr[0] == pytest.approx(combine(4e-3, 2e-3, 0.4)) and arr[1] == pytest.approx(
+        2e-3, rel=1e-6
+    )
     # ring all-reduce: 2 (p-1)/p of the payload per link, 2 (p-1) steps
     t = ring_seconds(8e6, 4, bandwidth=1e11, latency_s=1e-6, comm_eff=0.5, launch_s=5e-6)
     assert t == pytest.approx(2 * 3 / 4 * 8e6 / 5e10 + 6e-6 + 5e-6)
-    gather = ring_seconds(8e6, 4, bandwidth=1e11, latency_s=1e-6, comm_eff=0.5, collective="all_gather")
+    gather = ring_seconds(
+        8e6, 4, bandwidth=1e11, latency_s=1e-6, comm_eff=0.5, collective="all_gather"
+    )
     assert gather == pytest.approx(3 / 4 * 8e6 / 5e10 + 3e-6)
     assert ring_seconds(8e6, 1, bandwidth=1e11, latency_s=1e-6, comm_eff=0.5, launch_s=5e-6) == 0.0
 
@@ -92,12 +111,14 @@ def test_empty_batch_costs_nothing_and_overhead_is_added_once():
 
 def test_step_time_for_scheduler_output():
     m = model()
-    out = SchedulerOutput(chunks=[
-        ScheduledChunk(None, 0, 300, True),     # a whole prompt
-        ScheduledChunk(None, 512, 256, False),  # a later prefill chunk
-        ScheduledChunk(None, 900, 1, True),     # a decode
-        ScheduledChunk(None, 0, 1, True),       # a one-token prompt is a prefill
-    ])  # fmt: skip
+    out = SchedulerOutput(
+        chunks=[
+            ScheduledChunk(None, 0, 300, True),  # a whole prompt
+            ScheduledChunk(None, 512, 256, False),  # a later prefill chunk
+            ScheduledChunk(None, 900, 1, True),  # a decode
+            ScheduledChunk(None, 0, 1, True),  # a one-token prompt is a prefill
+        ]
+    )
     assert chunks_of(out) == ([(300, 0), (256, 512), (1, 0)], [900])
     assert m.step_time_for(out) == m.step_time([(300, 0), (256, 512), (1, 0)], [900])
 
@@ -106,8 +127,13 @@ chunk = st.tuples(st.integers(1, 600), st.integers(0, 3000))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prefill=st.lists(chunk, max_size=4), decode=st.lists(st.integers(1, 5000), max_size=8),
-       blend=st.sampled_from([0.0, 0.6]), which=st.integers(0, 11), tp=st.sampled_from([1, 2]))  # fmt: skip
+@given(
+    prefill=st.lists(chunk, max_size=4),
+    decode=st.lists(st.integers(1, 5000), max_size=8),
+    blend=st.sampled_from([0.0, 0.6]),
+    which=st.integers(0, 11),
+    tp=st.sampled_from([1, 2]),
+)
 def test_monotone_in_tokens_and_context(prefill, decode, blend, which, tp):
     m = model("llama-3-8b", "h100-sxm", tp=tp, eff=EFF.with_(ridge_blend=blend))
     base = m.step_time(prefill, decode)
@@ -117,12 +143,14 @@ def test_monotone_in_tokens_and_context(prefill, decode, blend, which, tp):
         p, d = list(prefill), list(decode)
         if i < len(p):
             n, c = p[i]
-            more_tokens = m.step_time(p[:i] + [(n + 1, c)] + p[i + 1:], d)
-            more_context = m.step_time(p[:i] + [(n, c + 37)] + p[i + 1:], d)
+            more_tokens = m.step_time(p[:i] + [(n + 1, c)] + p[i + 1 :], d)
+            more_context = m.step_time(p[:i] + [(n, c + 37)] + p[i + 1 :], d)
         else:
             j = i - len(p)
-            more_tokens = m.step_time(p + [(2, d[j])], d[:j] + d[j + 1:])  # decode -> 2-token chunk
-            more_context = m.step_time(p, d[:j] + [d[j] + 37] + d[j + 1:])
+            more_tokens = m.step_time(
+                p + [(2, d[j])], d[:j] + d[j + 1 :]
+            )  # decode -> 2-token chunk
+            more_context = m.step_time(p, d[:j] + [d[j] + 37] + d[j + 1 :])
         assert more_tokens >= base * (1 - 1e-12)
         assert more_context >= base * (1 - 1e-12)
     assert m.step_time(prefill, [*decode, 10]) > base  # another sequence
@@ -148,10 +176,14 @@ def test_large_prefill_is_compute_bound():
     ops = m.per_layer_times([(8192, 0)], [])
     gemms = [o for o in ops if o.kind is OpKind.GEMM and o.name != "lm_head"]
     assert {o.bound for o in gemms} == {"compute"}
-    flops = sum(op.flops for op in m.operators([(8192, 0)]) if op.kind is OpKind.GEMM
-                and op.name != "lm_head")  # fmt: skip
+    flops = sum(
+        op.flops
+        for op in m.operators([(8192, 0)])
+        if op.kind is OpKind.GEMM and op.name != "lm_head"
+    )
     assert sum(o.seconds for o in gemms) == pytest.approx(
-        flops / (GPUS["a100-80g"].peak("bf16") * QUIET.gemm_compute))
+        flops / (GPUS["a100-80g"].peak("bf16") * QUIET.gemm_compute)
+    )
     # twice the tokens: about twice the time (attention grows faster)
     assert 2.0 <= m.step_time([(16384, 0)], []) / m.step_time([(8192, 0)], []) < 2.6
 
@@ -169,7 +201,8 @@ def test_tensor_parallelism_splits_compute_and_adds_all_reduce():
     hw = GPUS["h100-sxm"]
     payload = 4096 * 4096 * 2  # tokens x hidden x bf16
     assert ar.per_layer == pytest.approx(
-        payload / (hw.link_bandwidth * EFF.comm) + 2 * hw.link_latency_s + EFF.collective_launch_s)
+        payload / (hw.link_bandwidth * EFF.comm) + 2 * hw.link_latency_s + EFF.collective_launch_s
+    )
     assert two.step_time(*batch) < one.step_time(*batch)
     assert two.weight_bytes_per_device < 0.51 * one.weight_bytes_per_device
     assert two.max_kv_tokens() > 2 * one.max_kv_tokens()
@@ -185,9 +218,15 @@ def test_kv_heads_fewer_than_tp_are_replicated_and_tp_can_span_nodes():
 
 
 def test_bad_tp_names_heads_and_kv_heads():
-    with pytest.raises(ValueError, match=r"tp=3 does not split llama-2-7b: it has 32 attention heads and 32 KV heads"):
+    with pytest.raises(
+        ValueError,
+        match=r"tp=3 does not split llama-2-7b: it has 32 attention heads and 32 KV heads",
+    ):
         model("llama-2-7b", tp=3)
-    with pytest.raises(ValueError, match="tp=6 does not split llama-3-70b: it has 64 attention heads and 8 KV heads"):
+    with pytest.raises(
+        ValueError,
+        match="tp=6 does not split llama-3-70b: it has 64 attention heads and 8 KV heads",
+    ):
         model("llama-3-70b", "h100-sxm", tp=6)
     with pytest.raises(ValueError, match="tp must be a positive integer"):
         model(tp=0)
@@ -196,7 +235,10 @@ def test_bad_tp_names_heads_and_kv_heads():
 
 
 def test_model_too_big_names_model_hardware_and_bytes():
-    with pytest.raises(ValueError, match=r"llama-2-70b does not fit on a100-80g with tp=1 .*137,953,296,384 bytes of weights"):
+    with pytest.raises(
+        ValueError,
+        match=r"llama-2-70b does not fit on a100-80g with tp=1 .*137,953,296,384 bytes of weights",
+    ):
         model("llama-2-70b", "a100-80g")
     assert model("llama-2-70b", "a100-80g", tp=2).max_kv_tokens() > 0
     with pytest.raises(ValueError, match="does not fit on l40s"):
@@ -210,7 +252,10 @@ def test_unknown_names_and_dtypes_stop_with_one_message():
         model(hw="v100")
     with pytest.raises(ValueError, match="a100-80g has no fp8"):
         RooflineCostModel("llama-2-7b", "a100-80g", dtype="fp8", efficiency=EFF)
-    assert RooflineCostModel("llama-3-70b", "h100-sxm", tp=2, dtype="fp8", efficiency=EFF).dtype == "fp8"
+    assert (
+        RooflineCostModel("llama-3-70b", "h100-sxm", tp=2, dtype="fp8", efficiency=EFF).dtype
+        == "fp8"
+    )
 
 
 def test_max_kv_tokens_by_hand():
@@ -222,7 +267,9 @@ def test_max_kv_tokens_by_hand():
     assert m.max_kv_tokens(0.5) < m.max_kv_tokens()
     assert m.max_kv_blocks(16) == m.max_kv_tokens() // 16
     d = m.describe()
-    assert d["hardware"] == "a100-80g" and d["efficiency_source"] == "given" and d["max_kv_tokens"] > 0
+    assert (
+        d["hardware"] == "a100-80g" and d["efficiency_source"] == "given" and d["max_kv_tokens"] > 0
+    )
 
 
 # ---- the efficiency file ------------------------------------------------------------------
@@ -230,8 +277,19 @@ def test_max_kv_tokens_by_hand():
 
 def test_efficiency_file_is_used_unless_factors_are_given(tmp_path):
     path = tmp_path / "eff.json"
-    path.write_text(json.dumps({"schema": "servelab.gpu-efficiency/1", "hardware": {
-        "l40s": {"efficiency": {"memory": 0.55, "ridge_blend": 0.3}, "fitted_on": "a test"}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "schema": "servelab.gpu-efficiency/1",
+                "hardware": {
+                    "l40s": {
+                        "efficiency": {"memory": 0.55, "ridge_blend": 0.3},
+                        "fitted_on": "a test",
+                    }
+                },
+            }
+        )
+    )
     m = RooflineCostModel("llama-3-8b", "l40s", efficiency_file=path)
     assert m.efficiency == Efficiency(memory=0.55, ridge_blend=0.3)
     assert "a test" in m.efficiency_source
@@ -241,7 +299,9 @@ def test_efficiency_file_is_used_unless_factors_are_given(tmp_path):
     assert given_.efficiency is EFF
     assert load_efficiency("l40s", tmp_path / "absent.json") is None
     path.write_text(json.dumps({"hardware": {"l40s": {"efficiency": {"speed": 2}}}}))
-    with pytest.raises(ValueError, match=r"eff.json: hardware\['l40s'\]: unknown efficiency factors"):
+    with pytest.raises(
+        ValueError, match=r"eff.json: hardware\['l40s'\]: unknown efficiency factors"
+    ):
         load_efficiency("l40s", path)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="eff.json: not valid JSON"):
@@ -288,15 +348,21 @@ def test_vidur_loader_on_the_shipped_csvs(vidur):
     compute, allreduce, skipped = vidur
     assert set(compute["hardware"]) == {"a100-80g", "h100-sxm"}
     models = compute.groupby("hardware")["model"].unique().map(sorted).to_dict()
-    assert models == {"a100-80g": ["llama-2-70b", "llama-2-7b", "llama-3-8b"],
-                      "h100-sxm": ["llama-2-70b", "llama-2-7b"]}  # fmt: skip
+    assert models == {
+        "a100-80g": ["llama-2-70b", "llama-2-7b", "llama-3-8b"],
+        "h100-sxm": ["llama-2-70b", "llama-2-7b"],
+    }
     assert set(compute["tp"]) == {1, 2, 4, 8} and (compute["measured_s"] > 0).all()
     assert set(compute["timer"]) == set(gcm.VIDUR_TIMERS)
     assert compute["num_tokens"].max() == 32768  # Llama-3-8B on A100
     # ms -> s: Llama-2-7B's fused gate+up projection of 4096 tokens on one A100: ~3.3 ms
-    row = compute.query("hardware == 'a100-80g' and model == 'llama-2-7b' and tp == 1 and "
-                        "num_tokens == 4096 and timer == 'mlp_up_proj'")  # fmt: skip
-    assert row["measured_s"].item() == pytest.approx(3.3e-3, rel=0.05) and row["repeats"].item() == 2
+    row = compute.query(
+        "hardware == 'a100-80g' and model == 'llama-2-7b' and tp == 1 and "
+        "num_tokens == 4096 and timer == 'mlp_up_proj'"
+    )
+    assert (
+        row["measured_s"].item() == pytest.approx(3.3e-3, rel=0.05) and row["repeats"].item() == 2
+    )
     assert not compute.duplicated(["hardware", "model", "tp", "num_tokens", "timer"]).any()
     assert set(allreduce["tp"]) == {2, 4, 8} and skipped > 0
     assert allreduce["size_bytes"].min() == 2048 and allreduce["size_bytes"].max() == 64 << 20
@@ -311,7 +377,9 @@ def test_vidur_loader_rejects_a_table_of_another_model(tmp_path):
     df = pd.read_csv(src).head(5)
     df["n_kv_head"] = 8
     df.to_csv(dst / "mlp.csv", index=False)
-    with pytest.raises(ValueError, match=r"mlp.csv: n_kv_head is \[8\], but llama-2-7b has n_kv_heads=32"):
+    with pytest.raises(
+        ValueError, match=r"mlp.csv: n_kv_head is \[8\], but llama-2-7b has n_kv_heads=32"
+    ):
         gcm.load_compute_profiles(tmp_path)
     with pytest.raises(FileNotFoundError, match="no Vidur all-reduce profiles"):
         gcm.load_allreduce_profiles(tmp_path)
@@ -319,8 +387,10 @@ def test_vidur_loader_rejects_a_table_of_another_model(tmp_path):
 
 def test_check_predictions_equal_the_cost_model(vidur):
     compute, allreduce, _ = vidur
-    sub = compute.query("hardware == 'a100-80g' and model == 'llama-2-7b' and tp == 2 and "
-                        "num_tokens in (1, 512, 4096)")  # fmt: skip
+    sub = compute.query(
+        "hardware == 'a100-80g' and model == 'llama-2-7b' and tp == 2 and "
+        "num_tokens in (1, 512, 4096)"
+    )
     ar = allreduce.query("hardware == 'a100-80g' and tp == 2 and size_bytes == 4096 * 4096 * 2")
     points = gcm.build_points(sub, ar)
     assert len(points) == 3 * len(gcm.OP_MAP) + 1 and set(points["half"]) == {"fit", "test"}
@@ -343,18 +413,46 @@ def test_fit_recovers_known_factors():
     rows = []
     for tokens in (1, 8, 64, 256, 1024, 4096):
         ops = {o.name: o for o in spec.operators([(tokens, 0)], tp=1, dtype="fp16")}
-        for name, kind in (("mlp_up", "gemm"), ("o_proj", "gemm"), ("mlp_act", "elementwise"),
-                           ("embedding", "memory")):  # fmt: skip
+        for name, kind in (
+            ("mlp_up", "gemm"),
+            ("o_proj", "gemm"),
+            ("mlp_act", "elementwise"),
+            ("embedding", "memory"),
+        ):
             o = ops[name]
-            rows.append({"kind": kind, "flops": o.flops / o.count, "bytes": o.bytes / o.count,
-                         "launches": 1, "tp": 1, "op": name})  # fmt: skip
+            rows.append(
+                {
+                    "kind": kind,
+                    "flops": o.flops / o.count,
+                    "bytes": o.bytes / o.count,
+                    "launches": 1,
+                    "tp": 1,
+                    "op": name,
+                }
+            )
     for size in (1 << 14, 1 << 20, 1 << 24):
-        rows.append({"kind": "comm", "flops": 0.0, "bytes": float(size), "launches": 1, "tp": 4,
-                     "op": "all_reduce"})  # fmt: skip
+        rows.append(
+            {
+                "kind": "comm",
+                "flops": 0.0,
+                "bytes": float(size),
+                "launches": 1,
+                "tp": 4,
+                "op": "all_reduce",
+            }
+        )
     points = pd.DataFrame(rows)
     hw = GPUS["h100-sxm"]
-    truth = Efficiency(gemm_compute=0.62, memory=0.77, elementwise_memory=0.45, gather_memory=0.2,
-                       ridge_blend=0.5, kernel_launch_s=3e-6, comm=0.6, collective_launch_s=2e-5)  # fmt: skip
+    truth = Efficiency(
+        gemm_compute=0.62,
+        memory=0.77,
+        elementwise_memory=0.45,
+        gather_memory=0.2,
+        ridge_blend=0.5,
+        kernel_launch_s=3e-6,
+        comm=0.6,
+        collective_launch_s=2e-5,
+    )
     points["measured_s"] = gcm.predict(points, hw, truth)
     grid = gcm.FitGrid(step=0.01, gemm_step=0.01, n_blend=11, n_seconds=61, rounds=6)
     fitted = gcm.fit_efficiency(points, hw, Efficiency(), grid)
@@ -375,8 +473,10 @@ def test_benchmark_main_on_a_small_copy(tmp_path, capsys):
     ar.iloc[::25].to_csv(data / "network" / "a100_dgx" / "all_reduce.csv")
     shutil.copy(VIDUR / "LICENSE", data / "LICENSE")
     out, profile = tmp_path / "out", tmp_path / "eff.json"
-    assert gcm.main(["--data", str(data), "--out", str(out), "--profile-out", str(profile),
-                     "--quick"]) == 0  # fmt: skip
+    assert (
+        gcm.main(["--data", str(data), "--out", str(out), "--profile-out", str(profile), "--quick"])
+        == 0
+    )
     report = json.loads((out / "gpu-cost-model.json").read_text())
     assert report["schema"] == "servelab.bench/1" and report["benchmark"] == "gpu-cost-model"
     errors = report["results"]["gpus"]["a100-80g"]["errors"]

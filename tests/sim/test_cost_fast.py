@@ -28,10 +28,20 @@ def model(name, hw="h100-sxm", tp=1, blend=None):
 
 
 # dense, sliding window, MoE, q/k-norm, q/k/v bias, hybrid SSM, NemotronH MoE hybrid
-NAMES = ["llama-3-8b", "mistral-7b", "mixtral-8x7b", "qwen3-8b", "qwen2-7b", "bamba-9b",
-         "tiny-nemotron-h"]  # fmt: skip
-CONFIGS = [(n, hw, tp, b) for n in NAMES for hw, tp, b in
-           (("h100-sxm", 1, None), ("a100-80g", 2, 0.0), ("h100-sxm", 4, 0.35))]  # fmt: skip
+NAMES = [
+    "llama-3-8b",
+    "mistral-7b",
+    "mixtral-8x7b",
+    "qwen3-8b",
+    "qwen2-7b",
+    "bamba-9b",
+    "tiny-nemotron-h",
+]
+CONFIGS = [
+    (n, hw, tp, b)
+    for n in NAMES
+    for hw, tp, b in (("h100-sxm", 1, None), ("a100-80g", 2, 0.0), ("h100-sxm", 4, 0.35))
+]
 
 
 def valid(cfg):
@@ -65,15 +75,20 @@ def test_fast_path_equals_the_operator_list(cfg, prefill, decode):
     m = model(*cfg)
     fast, slow = m.step_time(prefill, decode), m.step_time_reference(prefill, decode)
     assert fast == pytest.approx(slow, rel=1e-9, abs=0.0)
-    out = SchedulerOutput(chunks=[ScheduledChunk(None, c, n, True) for n, c in prefill]
-                          + [ScheduledChunk(None, c, 1, True) for c in decode])  # fmt: skip
+    out = SchedulerOutput(
+        chunks=[ScheduledChunk(None, c, n, True) for n, c in prefill]
+        + [ScheduledChunk(None, c, 1, True) for c in decode]
+    )
     assert m.step_time_for(out) == fast or (not prefill and not decode)
     assert CostModel.step_time_for(m, out) == m.step_time_for(out)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cfg=st.sampled_from(VALID), ctx=st.lists(contexts, min_size=1, max_size=30),
-       k=st.integers(1, 300))  # fmt: skip
+@given(
+    cfg=st.sampled_from(VALID),
+    ctx=st.lists(contexts, min_size=1, max_size=30),
+    k=st.integers(1, 300),
+)
 def test_decode_run_times_are_each_steps_time_exactly(cfg, ctx, k):
     m = model(*cfg)
     times = m.decode_run_times(ctx, k)
@@ -101,7 +116,9 @@ def test_the_reference_is_the_operator_list():
     m = model("llama-3-8b")
     batch = ([(300, 0), (256, 512)], [900, 5])
     ops = m.per_layer_times(*batch)
-    assert m.step_time_reference(*batch) == sum(o.seconds for o in ops) + m.efficiency.step_overhead_s
+    assert (
+        m.step_time_reference(*batch) == sum(o.seconds for o in ops) + m.efficiency.step_overhead_s
+    )
     assert m.step_time_reference() == m.step_time() == 0.0
     with pytest.raises(ValueError, match="token counts must be >= 0"):
         m.step_time([(-1, 0)])
@@ -119,7 +136,9 @@ def test_a_nonlinear_operator_list_keeps_the_slow_path():
     m = Quadratic("llama-3-8b", "h100-sxm")
     assert not m.fast_path and "quadratic" in m.fast_path_reason
     assert m.step_time([(700, 3)], [5]) == m.step_time_reference([(700, 3)], [5])
-    out = SchedulerOutput(chunks=[ScheduledChunk(None, 5, 1, True), ScheduledChunk(None, 9, 1, True)])
+    out = SchedulerOutput(
+        chunks=[ScheduledChunk(None, 5, 1, True), ScheduledChunk(None, 9, 1, True)]
+    )
     assert m.decode_run_times([5, 9], 3)[0] == m.step_time_for(out)
 
 
@@ -128,7 +147,9 @@ def test_new_efficiency_factors_rebuild_the_fast_path():
     before = m.step_time([], [100, 200])
     m.efficiency = replace(m.efficiency, memory=0.4)
     after = m.step_time([], [100, 200])
-    assert after > before and after == pytest.approx(m.step_time_reference([], [100, 200]), rel=1e-12)
+    assert after > before and after == pytest.approx(
+        m.step_time_reference([], [100, 200]), rel=1e-12
+    )
 
 
 def test_fast_path_builds_no_operators(monkeypatch):
@@ -140,8 +161,9 @@ def test_fast_path_builds_no_operators(monkeypatch):
     batches = [[rng.randint(1, 4000) for _ in range(64)] for _ in range(20)]
     calls = []
     original = type(m).per_layer_times
-    monkeypatch.setattr(type(m), "per_layer_times",
-                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        type(m), "per_layer_times", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
     for b in batches:
         assert math.isfinite(m.step_time([], b))
     assert calls == []

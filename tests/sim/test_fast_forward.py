@@ -53,32 +53,61 @@ class LoadAndCache(Router):
     materializes every replica before asking it."""
 
     def route(self, req, replicas, now):
-        return min(range(len(replicas)),
-                   key=lambda i: (-replicas[i].scheduler.kv.peek_prefix(req.token_ids),
-                                  len(replicas[i].scheduler.running), i))  # fmt: skip
+        return min(
+            range(len(replicas)),
+            key=lambda i: (
+                -replicas[i].scheduler.kv.peek_prefix(req.token_ids),
+                len(replicas[i].scheduler.running),
+                i,
+            ),
+        )
 
 
 # ---- workloads --------------------------------------------------------------------------------
 
 
 def chat(n=10, seed=0, out=40, think=1.0, rate=2.0, prompt=48):
-    return generate_chat_sessions(ChatSessionParams(
-        num_sessions=n, turns_mean=3, max_turns=4, system_prompt_len=16, input_len_mean=prompt,
-        output_len_mean=out, think_time_mean_s=think, session_rate=rate, vocab_size=500), seed)
+    return generate_chat_sessions(
+        ChatSessionParams(
+            num_sessions=n,
+            turns_mean=3,
+            max_turns=4,
+            system_prompt_len=16,
+            input_len_mean=prompt,
+            output_len_mean=out,
+            think_time_mean_s=think,
+            session_rate=rate,
+            vocab_size=500,
+        ),
+        seed,
+    )
 
 
 def lengths_only(n=40, seed=0, rate=8.0):
     rng = random.Random(seed)
     times = poisson_arrivals(n, rate=rate, seed=seed)
-    return [Request(f"r{i}", float(times[i]), rng.randint(5, 300), rng.randint(1, 120))
-            for i in range(n)]  # fmt: skip
+    return [
+        Request(f"r{i}", float(times[i]), rng.randint(5, 300), rng.randint(1, 120))
+        for i in range(n)
+    ]
 
 
 def tools(n=6, seed=0):
-    return generate_agentic_sessions(AgenticParams(
-        num_sessions=n, steps_mean=3, max_steps=4, tool_prompt_len=64, task_len_mean=20,
-        action_len_mean=12, observation_len_mean=30, tool_duration_mean_s=0.3,
-        session_rate=4.0, interceptions=True), seed)
+    return generate_agentic_sessions(
+        AgenticParams(
+            num_sessions=n,
+            steps_mean=3,
+            max_steps=4,
+            tool_prompt_len=64,
+            task_len_mean=20,
+            action_len_mean=12,
+            observation_len_mean=30,
+            tool_duration_mean_s=0.3,
+            session_rate=4.0,
+            interceptions=True,
+        ),
+        seed,
+    )
 
 
 def explicit_tools(n=8, seed=0):
@@ -86,11 +115,17 @@ def explicit_tools(n=8, seed=0):
     reqs = []
     for i in range(n):
         prompt = [rng.randrange(3, 500) for _ in range(rng.randint(10, 60))]
-        icps = [Interception(after_output_tokens=a, duration_s=rng.choice([0.0, 0.05, 0.4]),
-                             returned_tokens=rng.randint(0, 9))
-                for a in sorted(rng.sample(range(1, 30), 2))]  # fmt: skip
-        reqs.append(Request(f"t{i}", 0.07 * i, len(prompt), 40, prompt_token_ids=prompt,
-                            interceptions=icps))  # fmt: skip
+        icps = [
+            Interception(
+                after_output_tokens=a,
+                duration_s=rng.choice([0.0, 0.05, 0.4]),
+                returned_tokens=rng.randint(0, 9),
+            )
+            for a in sorted(rng.sample(range(1, 30), 2))
+        ]
+        reqs.append(
+            Request(f"t{i}", 0.07 * i, len(prompt), 40, prompt_token_ids=prompt, interceptions=icps)
+        )
     return reqs
 
 
@@ -100,8 +135,18 @@ def lockstep(n_sessions=8, turns=3):
     for s in range(n_sessions):
         prompt = [7] * 20
         for t in range(turns):
-            reqs.append(Request(f"s{s}t{t}", 0.0, len(prompt), 25, prompt_token_ids=list(prompt),
-                                session_id=f"s{s}", turn=t, think_time_s=0.0))  # fmt: skip
+            reqs.append(
+                Request(
+                    f"s{s}t{t}",
+                    0.0,
+                    len(prompt),
+                    25,
+                    prompt_token_ids=list(prompt),
+                    session_id=f"s{s}",
+                    turn=t,
+                    think_time_s=0.0,
+                )
+            )
             prompt = prompt + [9] * 25 + [11] * 5
     return reqs
 
@@ -112,8 +157,19 @@ def tie_breaker():
     different times. Which one is handled first decides where the next turns go."""
     reqs = []
     for s in ("a", "b"):
-        reqs += [Request(f"{s}{t}", 0.0, 10 + 20 * t, 20, prompt_token_ids=[3] * (10 + 20 * t),
-                         session_id=s, turn=t, think_time_s=0.0) for t in range(3)]  # fmt: skip
+        reqs += [
+            Request(
+                f"{s}{t}",
+                0.0,
+                10 + 20 * t,
+                20,
+                prompt_token_ids=[3] * (10 + 20 * t),
+                session_id=s,
+                turn=t,
+                think_time_s=0.0,
+            )
+            for t in range(3)
+        ]
     reqs.append(Request("c", 0.1, 6, 2, prompt_token_ids=[4] * 6))
     return reqs
 
@@ -121,9 +177,11 @@ def tie_breaker():
 def router_sees_progress():
     """Least-work must compare the replicas' progress at the arrival: replica 0's long request
     started first and is further along than it was when its run started."""
-    return [Request("r0", 0.0, 10, 300, prompt_token_ids=[5] * 10),
-            Request("r1", 1.0, 10, 250, prompt_token_ids=[6] * 10),
-            Request("r2", 2.5, 10, 5, prompt_token_ids=[7] * 10)]  # fmt: skip
+    return [
+        Request("r0", 0.0, 10, 300, prompt_token_ids=[5] * 10),
+        Request("r1", 1.0, 10, 250, prompt_token_ids=[6] * 10),
+        Request("r2", 2.5, 10, 5, prompt_token_ids=[7] * 10),
+    ]
 
 
 def prefix_in_flight():
@@ -133,76 +191,168 @@ def prefix_in_flight():
     0.9 threshold, which would send the request to the idle replica instead)."""
     prompt, out = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], list(range(100, 200))
     # 10 ms + 1 ms/token: prefill ends at 0.020, decode steps at 0.031, 0.042, ...
-    return [Request("a", 0.0, 10, 100, prompt_token_ids=prompt, output_token_ids=out),
-            Request("b", 0.035, 13, 5, prompt_token_ids=prompt + out[:2] + [99])]  # fmt: skip
+    return [
+        Request("a", 0.0, 10, 100, prompt_token_ids=prompt, output_token_ids=out),
+        Request("b", 0.035, 13, 5, prompt_token_ids=prompt + out[:2] + [99]),
+    ]
 
 
 # ---- configurations ---------------------------------------------------------------------------
 
 
-def replicas(n, cost=None, blocks=400, bs=4, cache="radix", seqs=16, budget=256, model_len=4096,
-             **kw):  # fmt: skip
-    sched = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=seqs,
-                            max_model_len=model_len, **kw)  # fmt: skip
-    return [ReplicaConfig(cost or LinearCost(), num_kv_blocks=blocks, block_size=bs,
-                          prefix_cache=cache, scheduler=sched) for _ in range(n)]  # fmt: skip
+def replicas(
+    n, cost=None, blocks=400, bs=4, cache="radix", seqs=16, budget=256, model_len=4096, **kw
+):
+    sched = SchedulerConfig(
+        max_num_batched_tokens=budget, max_num_seqs=seqs, max_model_len=model_len, **kw
+    )
+    return [
+        ReplicaConfig(
+            cost or LinearCost(),
+            num_kv_blocks=blocks,
+            block_size=bs,
+            prefix_cache=cache,
+            scheduler=sched,
+        )
+        for _ in range(n)
+    ]
 
 
 def swap_replicas(n, blocks, host):
-    sched = SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=8, max_model_len=4096,
-                            preemption_mode="swap")  # fmt: skip
-    return [ReplicaConfig(LinearCost(), num_kv_blocks=blocks, block_size=4, prefix_cache="block",
-                          scheduler=sched, num_host_blocks=host) for _ in range(n)]  # fmt: skip
+    sched = SchedulerConfig(
+        max_num_batched_tokens=64, max_num_seqs=8, max_model_len=4096, preemption_mode="swap"
+    )
+    return [
+        ReplicaConfig(
+            LinearCost(),
+            num_kv_blocks=blocks,
+            block_size=4,
+            prefix_cache="block",
+            scheduler=sched,
+            num_host_blocks=host,
+        )
+        for _ in range(n)
+    ]
 
 
 SCENARIOS = {
     # name: (workload factory, sessions, router factory, replica factory)
     "chat-open-rr-radix-1": (chat, "open", RoundRobin, lambda: replicas(1)),
-    "chat-closed-least-work-block-4": (chat, "closed", LeastOutstandingWork,
-                                       lambda: replicas(4, cache="block")),
-    "chat-closed-prefix-affinity-radix-4": (lambda: chat(12, seed=3), "closed", PrefixAffinity,
-                                            lambda: replicas(4)),
-    "chat-open-prefix-affinity-block-roofline-4": (lambda: chat(12, seed=4, out=80), "open",
-                                                   PrefixAffinity,
-                                                   lambda: replicas(4, ROOFLINE, cache="block")),
-    "chat-closed-custom-router-4": (lambda: chat(10, seed=5), "closed", LoadAndCache,
-                                    lambda: replicas(4, cache="block")),
-    "lengths-rr-none-roofline-4": (lambda: lengths_only(60), "open", RoundRobin,
-                                   lambda: replicas(4, ROOFLINE, cache="none", bs=16)),
-    "lengths-least-work-windowed-1": (lambda: lengths_only(30, seed=2, rate=3.0), "open",
-                                      LeastOutstandingWork,
-                                      lambda: replicas(1, WINDOWED, bs=16, cache="none")),
+    "chat-closed-least-work-block-4": (
+        chat,
+        "closed",
+        LeastOutstandingWork,
+        lambda: replicas(4, cache="block"),
+    ),
+    "chat-closed-prefix-affinity-radix-4": (
+        lambda: chat(12, seed=3),
+        "closed",
+        PrefixAffinity,
+        lambda: replicas(4),
+    ),
+    "chat-open-prefix-affinity-block-roofline-4": (
+        lambda: chat(12, seed=4, out=80),
+        "open",
+        PrefixAffinity,
+        lambda: replicas(4, ROOFLINE, cache="block"),
+    ),
+    "chat-closed-custom-router-4": (
+        lambda: chat(10, seed=5),
+        "closed",
+        LoadAndCache,
+        lambda: replicas(4, cache="block"),
+    ),
+    "lengths-rr-none-roofline-4": (
+        lambda: lengths_only(60),
+        "open",
+        RoundRobin,
+        lambda: replicas(4, ROOFLINE, cache="none", bs=16),
+    ),
+    "lengths-least-work-windowed-1": (
+        lambda: lengths_only(30, seed=2, rate=3.0),
+        "open",
+        LeastOutstandingWork,
+        lambda: replicas(1, WINDOWED, bs=16, cache="none"),
+    ),
     "tools-agentic-radix-1": (tools, "open", RoundRobin, lambda: replicas(1)),
-    "tools-explicit-block-4": (explicit_tools, "open", LeastOutstandingWork,
-                               lambda: replicas(4, cache="block")),
-    "small-kv-preemption-block-1": (lambda: chat(8, seed=6, out=60, rate=20.0), "open",
-                                    RoundRobin, lambda: replicas(1, blocks=40, cache="block")),
-    "small-kv-preemption-radix-4": (lambda: chat(16, seed=7, out=60, rate=40.0), "closed",
-                                    LeastOutstandingWork, lambda: replicas(4, blocks=40)),
-    "small-kv-swap-4": (lambda: chat(16, seed=8, out=60, rate=40.0), "open", RoundRobin,
-                        lambda: swap_replicas(4, blocks=40, host=200)),
-    "seq-limit-waiting-1": (lambda: lengths_only(30, seed=9, rate=50.0), "open", RoundRobin,
-                            lambda: replicas(1, seqs=3, cache="none")),
-    "model-len-limit-1": (lambda: chat(6, seed=10, out=200), "closed", RoundRobin,
-                          lambda: replicas(1, model_len=150)),
+    "tools-explicit-block-4": (
+        explicit_tools,
+        "open",
+        LeastOutstandingWork,
+        lambda: replicas(4, cache="block"),
+    ),
+    "small-kv-preemption-block-1": (
+        lambda: chat(8, seed=6, out=60, rate=20.0),
+        "open",
+        RoundRobin,
+        lambda: replicas(1, blocks=40, cache="block"),
+    ),
+    "small-kv-preemption-radix-4": (
+        lambda: chat(16, seed=7, out=60, rate=40.0),
+        "closed",
+        LeastOutstandingWork,
+        lambda: replicas(4, blocks=40),
+    ),
+    "small-kv-swap-4": (
+        lambda: chat(16, seed=8, out=60, rate=40.0),
+        "open",
+        RoundRobin,
+        lambda: swap_replicas(4, blocks=40, host=200),
+    ),
+    "seq-limit-waiting-1": (
+        lambda: lengths_only(30, seed=9, rate=50.0),
+        "open",
+        RoundRobin,
+        lambda: replicas(1, seqs=3, cache="none"),
+    ),
+    "model-len-limit-1": (
+        lambda: chat(6, seed=10, out=200),
+        "closed",
+        RoundRobin,
+        lambda: replicas(1, model_len=150),
+    ),
     "lockstep-ties-rr-4": (lockstep, "closed", RoundRobin, lambda: replicas(4, TickCost())),
-    "lockstep-ties-least-work-4": (lockstep, "closed", LeastOutstandingWork,
-                                   lambda: replicas(4, TickCost(), cache="block")),
+    "lockstep-ties-least-work-4": (
+        lockstep,
+        "closed",
+        LeastOutstandingWork,
+        lambda: replicas(4, TickCost(), cache="block"),
+    ),
     "tie-order-rr-2": (tie_breaker, "closed", RoundRobin, lambda: replicas(2, TickCost())),
-    "router-sees-progress-2": (router_sees_progress, "open", LeastOutstandingWork,
-                               lambda: replicas(2)),
-    "prefix-sees-in-flight-block-2": (prefix_in_flight, "open",
-                                      lambda: PrefixAffinity(min_fraction=0.9),
-                                      lambda: replicas(2, cache="block")),
-    "block-size-1-1": (lambda: chat(5, seed=11), "open", RoundRobin,
-                       lambda: replicas(1, bs=1, blocks=1600, cache="block")),
+    "router-sees-progress-2": (
+        router_sees_progress,
+        "open",
+        LeastOutstandingWork,
+        lambda: replicas(2),
+    ),
+    "prefix-sees-in-flight-block-2": (
+        prefix_in_flight,
+        "open",
+        lambda: PrefixAffinity(min_fraction=0.9),
+        lambda: replicas(2, cache="block"),
+    ),
+    "block-size-1-1": (
+        lambda: chat(5, seed=11),
+        "open",
+        RoundRobin,
+        lambda: replicas(1, bs=1, blocks=1600, cache="block"),
+    ),
 }
 
 
 def fingerprint(res):
-    reqs = [(r.request_id, res.replica_of[r.request_id], r.status.value, r.timeline.to_dict(),
-             r.num_cached_tokens, r.num_computed_tokens, tuple(r.token_ids))
-            for r in res.requests]  # fmt: skip
+    reqs = [
+        (
+            r.request_id,
+            res.replica_of[r.request_id],
+            r.status.value,
+            r.timeline.to_dict(),
+            r.num_cached_tokens,
+            r.num_computed_tokens,
+            tuple(r.token_ids),
+        )
+        for r in res.requests
+    ]
     return reqs, res.steps, res.busy_time, res.makespan
 
 
@@ -213,15 +363,26 @@ def kv_state(sim):
         kv = rep.scheduler.kv
         if isinstance(kv, PagedKVBackend):
             pool = kv.manager.pool
-            out.append(([(b.block_id, b.block_hash, b.ref_cnt) for b in pool.free_queue],
-                        sorted((h, b.block_id) for h, b in pool.cached.items()),
-                        (pool.stats.allocated, pool.stats.evicted, pool.stats.revived)))  # fmt: skip
+            out.append(
+                (
+                    [(b.block_id, b.block_hash, b.ref_cnt) for b in pool.free_queue],
+                    sorted((h, b.block_id) for h, b in pool.cached.items()),
+                    (pool.stats.allocated, pool.stats.evicted, pool.stats.revived),
+                )
+            )
         else:
             assert isinstance(kv, RadixKVBackend)
             cache = kv.cache
-            out.append((sorted(kv.blocks._free),
-                        [(cache.node_tokens(n), cache.node_values(n), n.last_access, n.hit_count)
-                         for n in cache.iter_nodes()], kv.hit_rate))  # fmt: skip
+            out.append(
+                (
+                    sorted(kv.blocks._free),
+                    [
+                        (cache.node_tokens(n), cache.node_values(n), n.last_access, n.hit_count)
+                        for n in cache.iter_nodes()
+                    ],
+                    kv.hit_rate,
+                )
+            )
     return out
 
 
@@ -275,14 +436,20 @@ def test_runs_are_cut_by_arrivals_and_resume_after():
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), n_rep=st.integers(1, 4),
-       router=st.sampled_from([RoundRobin, LeastOutstandingWork, PrefixAffinity, LoadAndCache]),
-       cache=st.sampled_from(["radix", "block", "none"]), blocks=st.sampled_from([40, 60, 400]),
-       seqs=st.sampled_from([2, 16]), sessions=st.sampled_from(["open", "closed"]),
-       kind=st.sampled_from(["chat", "tools", "lengths"]),
-       cost=st.sampled_from(["linear", "tick", "roofline"]))  # fmt: skip
-def test_fast_forward_changes_nothing_on_random_setups(seed, n_rep, router, cache, blocks, seqs,
-                                                        sessions, kind, cost):  # fmt: skip
+@given(
+    seed=st.integers(0, 10_000),
+    n_rep=st.integers(1, 4),
+    router=st.sampled_from([RoundRobin, LeastOutstandingWork, PrefixAffinity, LoadAndCache]),
+    cache=st.sampled_from(["radix", "block", "none"]),
+    blocks=st.sampled_from([40, 60, 400]),
+    seqs=st.sampled_from([2, 16]),
+    sessions=st.sampled_from(["open", "closed"]),
+    kind=st.sampled_from(["chat", "tools", "lengths"]),
+    cost=st.sampled_from(["linear", "tick", "roofline"]),
+)
+def test_fast_forward_changes_nothing_on_random_setups(
+    seed, n_rep, router, cache, blocks, seqs, sessions, kind, cost
+):
     def make():
         c = {"linear": LinearCost(), "tick": TickCost(), "roofline": ROOFLINE}[cost]
         return replicas(n_rep, c, blocks=blocks, cache=cache, seqs=seqs)

@@ -21,9 +21,17 @@ def test_every_listed_gpu_is_in_the_table():
         assert hw.memory_bytes >= 40 * (1 << 30)
 
 
-@pytest.mark.parametrize("alias, name", [("A100", "a100-80g"), ("a100_40g", "a100-40g"),
-                                         ("H100", "h100-sxm"), ("H200 SXM", "h200"),
-                                         ("rtx-a6000", "a6000"), ("L40S", "l40s")])  # fmt: skip
+@pytest.mark.parametrize(
+    "alias, name",
+    [
+        ("A100", "a100-80g"),
+        ("a100_40g", "a100-40g"),
+        ("H100", "h100-sxm"),
+        ("H200 SXM", "h200"),
+        ("rtx-a6000", "a6000"),
+        ("L40S", "l40s"),
+    ],
+)
 def test_aliases_and_spelling(alias, name):
     assert get_hardware(alias) is GPUS[name]
 
@@ -47,7 +55,9 @@ def test_datasheet_figures_are_dense_not_sparse():
     assert GPUS["l40s"].peak("fp8") == pytest.approx(733e12)
     assert GPUS["a6000"].peak("bf16") == pytest.approx(154.8e12)
     # NVLink quoted bidirectional (600 / 900 GB/s): one way is half
-    assert a100.link_bandwidth == pytest.approx(300e9) and h100.link_bandwidth == pytest.approx(450e9)
+    assert a100.link_bandwidth == pytest.approx(300e9) and h100.link_bandwidth == pytest.approx(
+        450e9
+    )
     assert GPUS["l40s"].link == "pcie4" and GPUS["l40s"].link_bandwidth == pytest.approx(32e9)
 
 
@@ -80,8 +90,15 @@ def test_collective_link_within_and_across_nodes():
 
 
 def test_validation_and_hashing():
-    good = dict(name="x", peak_flops={"fp32": 1e12, "bfloat16": 2e12}, memory_bandwidth=1e11,
-                memory_bytes=1 << 30, link="pcie4", link_bandwidth=1e10, link_latency_s=1e-6)  # fmt: skip
+    good = dict(
+        name="x",
+        peak_flops={"fp32": 1e12, "bfloat16": 2e12},
+        memory_bandwidth=1e11,
+        memory_bytes=1 << 30,
+        link="pcie4",
+        link_bandwidth=1e10,
+        link_latency_s=1e-6,
+    )
     hw = Hardware(**good)
     assert hw.dtypes == ("fp32", "bf16")  # keys normalised
     assert hash(hw) == hash(Hardware(**good)) and hw == Hardware(**good)

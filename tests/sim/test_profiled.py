@@ -19,8 +19,12 @@ from core.sim.profiled import PROFILE_SCHEMA, shipped_profile
 from core.workload import Request, poisson_arrivals
 from scripts.calibrate.fit import fit_tables  # profiles are made by the calibration's fit
 
-GRID = {"prefill_tokens": [1, 16, 64, 256], "prefill_contexts": [0, 128, 512],
-        "decode_batches": [1, 4, 16], "decode_contexts": [16, 128, 1024]}  # fmt: skip
+GRID = {
+    "prefill_tokens": [1, 16, 64, 256],
+    "prefill_contexts": [0, 128, 512],
+    "decode_batches": [1, 4, 16],
+    "decode_contexts": [16, 128, 1024],
+}
 
 
 def truth(prefill=(), decode=()):
@@ -47,8 +51,9 @@ def samples(noise=0.0, seed=0, repeats=3):
     def rec(cell, pre, dec):
         for _ in range(repeats):
             t = truth(pre, dec) * (1 + rng.uniform(-noise, noise))
-            out.append({"cell": cell, "prefill": [list(c) for c in pre], "decode": list(dec),
-                        "seconds": t})  # fmt: skip
+            out.append(
+                {"cell": cell, "prefill": [list(c) for c in pre], "decode": list(dec), "seconds": t}
+            )
 
     for n in GRID["prefill_tokens"]:
         for c in GRID["prefill_contexts"]:
@@ -68,14 +73,26 @@ def samples(noise=0.0, seed=0, repeats=3):
 def profile(noise=0.0, seed=0):
     tables, notes = fit_tables(samples(noise, seed), GRID)
     return {
-        "schema": PROFILE_SCHEMA, "created": "2025-01-01T00:00:00Z",
+        "schema": PROFILE_SCHEMA,
+        "created": "2025-01-01T00:00:00Z",
         "device": {"type": "cpu", "name": "test cpu", "threads": 1},
         "model": {"name": "made-up", "config": {"vocab_size": 512}, "parameters": 1},
-        "dtype": "float32", "threads": 1, "torch_version": "x",
-        "engine": {"block_size": 16, "num_kv_blocks": 512, "max_num_batched_tokens": 256,
-                   "max_num_seqs": 16, "max_model_len": 2048, "enable_prefix_caching": False},
-        "grid": GRID, "tables": tables, "samples": [], "calibration": {"notes": notes},
-    }  # fmt: skip
+        "dtype": "float32",
+        "threads": 1,
+        "torch_version": "x",
+        "engine": {
+            "block_size": 16,
+            "num_kv_blocks": 512,
+            "max_num_batched_tokens": 256,
+            "max_num_seqs": 16,
+            "max_model_len": 2048,
+            "enable_prefix_caching": False,
+        },
+        "grid": GRID,
+        "tables": tables,
+        "samples": [],
+        "calibration": {"notes": notes},
+    }
 
 
 EXACT = ProfiledCostModel(profile(), source="exact")
@@ -129,8 +146,11 @@ def test_composition_of_the_tables():
     # a chunk beyond the first is looked up as one more sampled row (a decode at L0), plus
     # extra_chunk_s: here the 0.7 ms the made-up engine charges less that decode's attention
     assert EXACT.extra_chunk_s == pytest.approx(7e-4 - 16 * 0.5e-6, rel=1e-9)
-    for batch in (([(16, 0), (64, 128), (1, 0)], []), ([(256, 0), (16, 512)], [16, 1024, 128]),
-                  ([(32, 0), (32, 0)], [])):  # fmt: skip
+    for batch in (
+        ([(16, 0), (64, 128), (1, 0)], []),
+        ([(256, 0), (16, 512)], [16, 1024, 128]),
+        ([(32, 0), (32, 0)], []),
+    ):
         assert EXACT.step_time(*batch) == pytest.approx(truth(*batch), rel=1e-9)
 
 
@@ -152,8 +172,13 @@ chunk = st.tuples(st.integers(1, 600), st.integers(0, 2000))
 
 
 @settings(max_examples=150, deadline=None)
-@given(prefill=st.lists(chunk, max_size=3), decode=st.lists(st.integers(1, 3000), max_size=20),
-       which=st.integers(0, 30), extra=st.integers(1, 300), noisy=st.booleans())  # fmt: skip
+@given(
+    prefill=st.lists(chunk, max_size=3),
+    decode=st.lists(st.integers(1, 3000), max_size=20),
+    which=st.integers(0, 30),
+    extra=st.integers(1, 300),
+    noisy=st.booleans(),
+)
 def test_monotone_in_tokens_context_and_sequences(prefill, decode, which, extra, noisy):
     m = NOISY if noisy else EXACT
     base = m.step_time(prefill, decode)
@@ -164,11 +189,11 @@ def test_monotone_in_tokens_context_and_sequences(prefill, decode, which, extra,
         p, d = list(prefill), list(decode)
         if i < len(p):
             n, c = p[i]
-            assert m.step_time(p[:i] + [(n + extra, c)] + p[i + 1:], d) >= base  # tokens
-            assert m.step_time(p[:i] + [(n, c + extra)] + p[i + 1:], d) >= base  # context
+            assert m.step_time(p[:i] + [(n + extra, c)] + p[i + 1 :], d) >= base  # tokens
+            assert m.step_time(p[:i] + [(n, c + extra)] + p[i + 1 :], d) >= base  # context
         else:
             j = i - len(p)
-            assert m.step_time(p, d[:j] + [d[j] + extra] + d[j + 1:]) >= base  # context
+            assert m.step_time(p, d[:j] + [d[j] + extra] + d[j + 1 :]) >= base  # context
     assert m.step_time(prefill, [*decode, extra]) >= base  # another decoding sequence
     assert m.step_time([*prefill, (extra, 0)], decode) >= base  # another prefill chunk
 
@@ -196,18 +221,21 @@ def _broken(tmp_path, edit):
     return path
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda d: d.update(schema="other/1"), "schema"),
-    (lambda d: d["tables"].pop("decode"), "tables.decode"),
-    (lambda d: d["tables"]["mixed"].pop(), "tables.mixed must be a 4 x 3"),
-    (lambda d: d["grid"].update(decode_contexts=[128, 16, 1024]), "strictly increasing"),
-    (lambda d: d["grid"].update(prefill_contexts=[5, 128, 512]), "start at 0"),
-    (lambda d: d["tables"]["prefill"][0].__setitem__(0, -1.0), "finite number of seconds"),
-    (lambda d: d["tables"]["decode"][2].__setitem__(2, 0.0), "decreases"),
-    (lambda d: d["tables"].update(extra_chunk_s="x"), "extra_chunk_s"),
-    (lambda d: d["tables"].update(decode_padding_weight=1.5), "decode_padding_weight must be"),
-    (lambda d: d.pop("grid"), "'grid'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda d: d.update(schema="other/1"), "schema"),
+        (lambda d: d["tables"].pop("decode"), "tables.decode"),
+        (lambda d: d["tables"]["mixed"].pop(), "tables.mixed must be a 4 x 3"),
+        (lambda d: d["grid"].update(decode_contexts=[128, 16, 1024]), "strictly increasing"),
+        (lambda d: d["grid"].update(prefill_contexts=[5, 128, 512]), "start at 0"),
+        (lambda d: d["tables"]["prefill"][0].__setitem__(0, -1.0), "finite number of seconds"),
+        (lambda d: d["tables"]["decode"][2].__setitem__(2, 0.0), "decreases"),
+        (lambda d: d["tables"].update(extra_chunk_s="x"), "extra_chunk_s"),
+        (lambda d: d["tables"].update(decode_padding_weight=1.5), "decode_padding_weight must be"),
+        (lambda d: d.pop("grid"), "'grid'"),
+    ],
+)
 def test_malformed_profile_names_the_file(tmp_path, edit, words):
     path = _broken(tmp_path, edit)
     with pytest.raises(ProfileError) as err:
@@ -229,12 +257,17 @@ def test_missing_or_non_json_profile(tmp_path):
 
 def test_decode_run_times_bit_identical_to_steps():
     for m in (EXACT, NOISY):
-        for ctx in ([16], [5, 900, 77], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17],
-                    [0, 40]):  # fmt: skip
+        for ctx in (
+            [16],
+            [5, 900, 77],
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17],
+            [0, 40],
+        ):
             run = m.decode_run_times(ctx, 40)
             for i in range(40):
-                step = m.step_time([(1, 0)] * sum(c + i == 0 for c in ctx),
-                                   [c + i for c in ctx if c + i > 0])  # fmt: skip
+                step = m.step_time(
+                    [(1, 0)] * sum(c + i == 0 for c in ctx), [c + i for c in ctx if c + i > 0]
+                )
                 assert run[i] == step  # exactly, not approximately
 
 
@@ -244,21 +277,29 @@ def _workload(n=40, seed=0):
     reqs = []
     for i in range(n):
         prompt = [rng.randrange(3, 500) for _ in range(rng.randint(2, 300))]
-        reqs.append(Request(f"r{i}", float(times[i]), len(prompt), rng.randint(1, 90),
-                            prompt_token_ids=prompt))  # fmt: skip
+        reqs.append(
+            Request(
+                f"r{i}", float(times[i]), len(prompt), rng.randint(1, 90), prompt_token_ids=prompt
+            )
+        )
     return reqs
 
 
 def _fingerprint(res):
-    return ([(r.request_id, r.timeline.to_dict(), r.num_output_tokens) for r in res.requests],
-            res.steps, res.busy_time, res.makespan)  # fmt: skip
+    return (
+        [(r.request_id, r.timeline.to_dict(), r.num_output_tokens) for r in res.requests],
+        res.steps,
+        res.busy_time,
+        res.makespan,
+    )
 
 
 @pytest.mark.parametrize("model", [EXACT, NOISY], ids=["exact", "noisy"])
 def test_fast_forward_is_bit_identical(model):
     sched = SchedulerConfig(max_num_batched_tokens=128, max_num_seqs=12, max_model_len=2048)
-    reps = [ReplicaConfig(model, num_kv_blocks=400, block_size=16, scheduler=sched,
-                          prefix_cache="none")]  # fmt: skip
+    reps = [
+        ReplicaConfig(model, num_kv_blocks=400, block_size=16, scheduler=sched, prefix_cache="none")
+    ]
     slow = Simulator(reps, fast_forward=False).run(_workload())
     fast = Simulator(reps, fast_forward=True).run(_workload())
     assert fast.fast_forwarded_steps > 0
@@ -310,7 +351,9 @@ def test_profile_origin_names_the_file_the_host_and_the_commit():
 
     model = shipped_profile("profiles/cpu-amd-epyc-1t-tiny-llama-20m.json")
     words = profile_origin(model)
-    assert words.startswith("data/profiles/cpu-amd-epyc-1t-tiny-llama-20m.json, measured on AMD EPYC")
+    assert words.startswith(
+        "data/profiles/cpu-amd-epyc-1t-tiny-llama-20m.json, measured on AMD EPYC"
+    )
     assert "host 'vm'" in words and "2026-11-23" in words and "commit " in words
     same = cpu_model_name() == model.profile["device"]["name"]
     assert ("same CPU model" in words) is same and ("different CPU" in words) is not same
@@ -339,12 +382,17 @@ def test_a_pinned_profile_is_its_path_and_sha256_and_loads_back_checked(tmp_path
     shipped = tmp_path / "profiles" / "cpu-other-1t-m.json"
     shipped.write_text(SHIPPED.read_text())
     pin = pinned_profile("m", fallback="profiles/cpu-other-1t-m.json")
-    assert pin == {"profile": "profiles/cpu-other-1t-m.json", "profile_sha256": sha256_file(shipped)}
+    assert pin == {
+        "profile": "profiles/cpu-other-1t-m.json",
+        "profile_sha256": sha256_file(shipped),
+    }
     model = load_pinned_profile(pin["profile"], pin["profile_sha256"])
     assert model.require_model_config()["hidden_size"] == 256
     assert load_pinned_profile(pin["profile"], pin["profile_sha256"]) is model  # loaded once
     assert str(shipped.resolve()) in core.data.files_read()  # in the run's provenance
-    with pytest.raises(ProfileError, match="cpu-other-1t-m.json: sha256 .* is not the 000000000000"):
+    with pytest.raises(
+        ProfileError, match="cpu-other-1t-m.json: sha256 .* is not the 000000000000"
+    ):
         load_pinned_profile(pin["profile"], "0" * 64)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_pinned_profile("profiles/nope.json", None)
@@ -354,12 +402,19 @@ def test_a_pinned_profile_is_its_path_and_sha256_and_loads_back_checked(tmp_path
     doc["created"] = "2099-01-01T00:00:00Z"
     own.write_text(json.dumps(doc))
     mine = pinned_profile("m", fallback="profiles/cpu-other-1t-m.json", threads=2)
-    assert mine["profile"] == f"profiles/{own.name}" and mine["profile_sha256"] != pin["profile_sha256"]
+    assert (
+        mine["profile"] == f"profiles/{own.name}"
+        and mine["profile_sha256"] != pin["profile_sha256"]
+    )
     # a path outside data/ stays absolute
     outside = tmp_path.parent / f"{tmp_path.name}-elsewhere.json"
     outside.write_text(SHIPPED.read_text())
-    assert load_pinned_profile(str(outside), sha256_file(outside)).model_config == model.model_config
+    assert (
+        load_pinned_profile(str(outside), sha256_file(outside)).model_config == model.model_config
+    )
     # in notes written after the run: where it was measured, or why it cannot be read now
     assert pinned_origin(pin["profile"], pin["profile_sha256"]) == profile_origin(model)
     gone = pinned_origin("profiles/nope.json", "0" * 64)
-    assert gone.startswith("profiles/nope.json (unreadable now: ") and "no such step profile" in gone
+    assert (
+        gone.startswith("profiles/nope.json (unreadable now: ") and "no such step profile" in gone
+    )

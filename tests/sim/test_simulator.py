@@ -45,8 +45,11 @@ class Recorder:
 
 
 def decisions(out):
-    return (round(out.now, 9), tuple((c.request.request_id, c.start, c.num_tokens, c.sample)
-                                     for c in out.chunks), tuple(out.preempted))
+    return (
+        round(out.now, 9),
+        tuple((c.request.request_id, c.start, c.num_tokens, c.sample) for c in out.chunks),
+        tuple(out.preempted),
+    )
 
 
 def workload(n=12, seed=0, vocab=512):
@@ -57,8 +60,11 @@ def workload(n=12, seed=0, vocab=512):
     for i in range(n):
         own = [rng.randrange(3, vocab) for _ in range(rng.randint(4, 30))]
         prompt = (shared if i % 2 else []) + own
-        reqs.append(Request(f"r{i}", float(times[i]), len(prompt), rng.randint(2, 9),
-                            prompt_token_ids=prompt))
+        reqs.append(
+            Request(
+                f"r{i}", float(times[i]), len(prompt), rng.randint(2, 9), prompt_token_ids=prompt
+            )
+        )
     return reqs
 
 
@@ -89,8 +95,10 @@ def test_simulated_replica_makes_the_engines_decisions(tmp_path):
     sim_sched = SchedulerConfig(**SCHED, vocab_size=512)
     # step by step: the recorder sees every step (fast-forward gives the same results, see
     # test_fast_forward.py, but skips the runner for the decode steps it fast-forwards)
-    sim = Simulator([ReplicaConfig(cost, num_kv_blocks=24, block_size=4, scheduler=sim_sched)],
-                    fast_forward=False)
+    sim = Simulator(
+        [ReplicaConfig(cost, num_kv_blocks=24, block_size=4, scheduler=sim_sched)],
+        fast_forward=False,
+    )
     srec = []
     rep = sim.replicas[0]
     orig = rep.runner.execute
@@ -108,23 +116,43 @@ def test_simulated_replica_makes_the_engines_decisions(tmp_path):
 
 
 def chat(n_sessions=6, seed=1):
-    w = generate_chat_sessions(ChatSessionParams(num_sessions=n_sessions, turns_mean=3,
-                                                 max_turns=4, input_len_mean=40,
-                                                 output_len_mean=20, think_time_mean_s=2.0,
-                                                 session_rate=1.0), seed)
+    w = generate_chat_sessions(
+        ChatSessionParams(
+            num_sessions=n_sessions,
+            turns_mean=3,
+            max_turns=4,
+            input_len_mean=40,
+            output_len_mean=20,
+            think_time_mean_s=2.0,
+            session_rate=1.0,
+        ),
+        seed,
+    )
     return w
 
 
 def replicas(n, **kw):
-    cfg = dict(num_kv_blocks=400, block_size=4, prefix_cache="radix",
-               scheduler=SchedulerConfig(max_num_batched_tokens=256, max_num_seqs=16))
+    cfg = dict(
+        num_kv_blocks=400,
+        block_size=4,
+        prefix_cache="radix",
+        scheduler=SchedulerConfig(max_num_batched_tokens=256, max_num_seqs=16),
+    )
     cfg.update(kw)
     return [ReplicaConfig(LinearCost(), **cfg) for _ in range(n)]
 
 
 def fingerprint(result):
-    return [(r.request_id, result.replica_of[r.request_id], r.timeline.first_token_time,
-             r.timeline.finish_time, r.num_cached_tokens) for r in result.requests]
+    return [
+        (
+            r.request_id,
+            result.replica_of[r.request_id],
+            r.timeline.first_token_time,
+            r.timeline.finish_time,
+            r.num_cached_tokens,
+        )
+        for r in result.requests
+    ]
 
 
 def test_same_input_same_result_and_every_request_finishes_once():
@@ -146,7 +174,8 @@ def test_closed_loop_turns_wait_for_the_previous_answer():
     for turns in w.sessions().values():
         for prev, nxt in zip(turns, turns[1:], strict=False):
             assert by_id[nxt.request_id].timeline.arrival_time == pytest.approx(
-                by_id[prev.request_id].timeline.finish_time + nxt.think_time_s)
+                by_id[prev.request_id].timeline.finish_time + nxt.think_time_s
+            )
     # later turns reuse the previous turn's prompt and answer from the cache
     later = [by_id[t.request_id] for turns in w.sessions().values() for t in turns[1:]]
     assert later and all(r.num_cached_tokens > 0 for r in later)
@@ -183,9 +212,18 @@ def test_unknown_router_and_empty_cluster():
         Simulator([])
 
 
-@given(st.lists(st.tuples(st.sampled_from([0.0, 0.5, 1.0]), st.sampled_from([ARRIVAL, STEP_DONE, WAKE]),
-                          st.integers(0, 3), st.integers(0, 3)), max_size=40),  # fmt: skip
-       st.randoms(use_true_random=False))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.5, 1.0]),
+            st.sampled_from([ARRIVAL, STEP_DONE, WAKE]),
+            st.integers(0, 3),
+            st.integers(0, 3),
+        ),
+        max_size=40,
+    ),
+    st.randoms(use_true_random=False),
+)
 def test_events_pop_in_the_order_of_their_tuples(specs, rng):
     """Typed events order exactly as ``(time, kind, key, tag)`` tuples, ties and all."""
     seq = iter(range(10**6))
@@ -202,8 +240,9 @@ def test_events_pop_in_the_order_of_their_tuples(specs, rng):
         heapq.heappush(ref, (ev.time, ev.kind, ev.key, ev.tag))
     popped = [heapq.heappop(heap) for _ in events]
     assert [(e.time, e.kind, e.key, e.tag) for e in popped] == [heapq.heappop(ref) for _ in events]
-    assert [type(e) for e in popped] == [{ARRIVAL: Arrival, STEP_DONE: StepDone, WAKE: Wake}[e.kind]
-                                         for e in popped]  # fmt: skip
+    assert [type(e) for e in popped] == [
+        {ARRIVAL: Arrival, STEP_DONE: StepDone, WAKE: Wake}[e.kind] for e in popped
+    ]
     for e in popped:
         if isinstance(e, StepDone):
             assert (e.replica, e.version) == (e.key, e.tag)

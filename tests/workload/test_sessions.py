@@ -117,8 +117,9 @@ def test_load_trace_detects_marconi_mooncake_and_ours(tmp_path):
     with open(mooncake_trace_path(), encoding="utf-8") as f:
         head = [next(f) for _ in range(3)]
     moon = write(tmp_path, "moon.jsonl", "".join(head))
-    ours = save_jsonl(generate_chat_sessions(ChatSessionParams(num_sessions=2), 1),
-                      tmp_path / "ours.jsonl")
+    ours = save_jsonl(
+        generate_chat_sessions(ChatSessionParams(num_sessions=2), 1), tmp_path / "ours.jsonl"
+    )
     assert detect_format(EXAMPLE) == "marconi"
     assert detect_format(moon) == "mooncake"
     assert detect_format(ours) == "servelab"

@@ -55,7 +55,10 @@ def test_paper_7b_sizes_and_spec_agree():
     assert MarconiCosts.from_spec(ModelSpec.from_preset("marconi-hybrid-7b")) == P7B
     assert (P7B.n_attn, P7B.n_ssm, P7B.n_mlp, P7B.d, P7B.n) == (4, 24, 28, 4096, 128)
     assert P7B.kv_bytes_per_token == KV and P7B.ssm_state_bytes == STATE
-    assert (KV, STATE) == (4 * marconi_kv_bytes_per_token(4096), 24 * marconi_ssm_state_bytes(4096, 128))
+    assert (KV, STATE) == (
+        4 * marconi_kv_bytes_per_token(4096),
+        24 * marconi_ssm_state_bytes(4096, 128),
+    )
     assert STATE / KV == 408.75  # the note: one checkpoint weighs ~400 tokens of KV
     c = P7B.new_cache(capacity_bytes=10**9)
     assert (c.kv_bytes_per_token, c.ssm_state_bytes, c.hybrid) == (KV, STATE, True)
@@ -69,7 +72,11 @@ def test_flop_formulas_against_hand_computed_values():
     #   28 * (mlp(1000)-mlp(800))  = 28 * 16*200*4096^2                         = 1_503_238_553_600
     assert P7B.flops_saved(1000, 200) == 2_641_035_264_000
     # the authors' code subtracts attn(800) in the MLP term; the note's formula does not
-    slip = 1_006_829_568_000 + 130_967_142_400 + 28 * (16 * 1000 * 4096**2 - (8 * 800 * 4096**2 + 4 * 800**2 * 4096))
+    slip = (
+        1_006_829_568_000
+        + 130_967_142_400
+        + 28 * (16 * 1000 * 4096**2 - (8 * 800 * 4096**2 + 4 * 800**2 * 4096))
+    )
     assert slip == 5_353_911_091_200 != P7B.flops_saved(1000, 200)
     # a prefix of 1000 tokens from scratch: 24 mamba + 4 attn + 28 mlp
     assert P7B.prefix_flops(1000) == 13_152_747_520_000
@@ -84,7 +91,9 @@ def test_byte_formulas_against_hand_computed_values():
     assert P7B.efficiency(1000, 200) == 2_641_035_264_000 / 39_895_040
     assert P7B.efficiency(1000, 200, has_checkpoint=False) == 0.0
     small = MarconiCosts(n_attn=1, n_ssm=1, n_mlp=1, d=8, n=4)
-    assert small.kv_bytes_per_token == 32 and small.ssm_state_bytes == 8 * 4 * 2 + (16 + 8) * 8 == 256
+    assert (
+        small.kv_bytes_per_token == 32 and small.ssm_state_bytes == 8 * 4 * 2 + (16 + 8) * 8 == 256
+    )
     assert small.with_bytes(7, 9).node_bytes(3) == 9 + 21
 
 
@@ -199,10 +208,35 @@ def test_policy_factory():
     assert ev.candidates == "leaves" and ev.refresh_path and ev.refresh_on_insert
     adm, ev = make_marconi_policies("vllm+")
     assert isinstance(adm, CheckpointEveryK) and adm.k == 32 and isinstance(ev, BlockLRUEviction)
-    assert [policy_page_size(p) for p in ("marconi", "marconi-alpha0", "sglang+", "vllm+")] == [1, 1, 1, 32]
-    assert ALPHA_GRID == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
-                          1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0)  # fmt: skip
-
+    assert [policy_page_size(p) for p in ("marconi", "marconi-alpha0", "sglang+", "vllm+")] == [
+        1,
+        1,
+        1,
+        32,
+    ]
+    assert ALPHA_GRID == (
+        0.0,
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+        1.0,
+        1.1,
+        1.2,
+        1.3,
+        1.4,
+        1.5,
+        1.6,
+        1.7,
+        1.8,
+        1.9,
+        2.0,
+    )
 
 
 # -- FLOP-aware eviction on hand-built trees ---------------------------------------------------
@@ -293,8 +327,12 @@ def test_a_cache_counting_other_bytes_is_refused():
     c.insert([1, 2, 3], [1, 2, 3], now=1, checkpoints={3: 1})
     with pytest.raises(ValueError, match="26787840 bytes per checkpoint.*counts 65536 and 1000"):
         c.evict(num_tokens=1, now=2)
-    ok = RadixCache(hybrid=True, kv_bytes_per_token=KV, ssm_state_bytes=1000,
-                    eviction=FlopAwareEviction(P7B.with_bytes(KV, 1000)))  # fmt: skip
+    ok = RadixCache(
+        hybrid=True,
+        kv_bytes_per_token=KV,
+        ssm_state_bytes=1000,
+        eviction=FlopAwareEviction(P7B.with_bytes(KV, 1000)),
+    )
     ok.insert([1, 2, 3], [1, 2, 3], now=1, checkpoints={3: 1})
     assert ok.evict(num_tokens=1, now=2).values == [1, 2, 3]
 
@@ -321,7 +359,9 @@ def test_select_policies_get_exact_candidate_lists(seed):
     (what a select-path policy like FlopAwareEviction costs); the list must stay exact."""
     rng = random.Random(seed)
     pol = FreshCheck(seed)
-    c = RadixCache(hybrid=True, kv_bytes_per_token=1, ssm_state_bytes=3, eviction=pol, capacity_bytes=60)
+    c = RadixCache(
+        hybrid=True, kv_bytes_per_token=1, ssm_state_bytes=3, eviction=pol, capacity_bytes=60
+    )
     v, locks = 0, []
     for t in range(30):
         seq = [rng.randrange(3) for _ in range(rng.randrange(1, 20))]
@@ -361,7 +401,10 @@ def test_vllm_plus_checkpoints_every_block_and_hits_block_aligned():
     a = toks(100, 10)
     serve_exact(c, a, 1, 1000)
     assert [(n.start, n.depth, n.checkpoint is not None) for n in c.iter_nodes()] == [
-        (0, 32, True), (32, 64, True), (64, 96, True)]  # the 4-token tail is not cached
+        (0, 32, True),
+        (32, 64, True),
+        (64, 96, True),
+    ]  # the 4-token tail is not cached
     assert c.total_bytes == 96 * KV + 3 * STATE
     m = c.match_prefix(a[:70] + toks(40, 11), now=2)
     assert (m.matched_len, m.hit_len) == (64, 64)
@@ -375,7 +418,9 @@ def test_vllm_plus_evicts_least_recent_leaf_blocks_one_at_a_time():
     c.match_prefix(a[:32], now=3)  # refreshes a's first block only
     block = 32 * KV + STATE
     ev = c.evict(num_bytes=1, now=4)
-    assert ev.num_bytes == block and len(ev.checkpoints) == 1 and ev.values == list(range(1064, 1096))
+    assert (
+        ev.num_bytes == block and len(ev.checkpoints) == 1 and ev.values == list(range(1064, 1096))
+    )
     # next: a's second block (t=1), then b's blocks from the tail, a's first block (t=3) last
     order = [c.evict(num_bytes=1, now=5).values[0] for _ in range(4)]
     assert order == [1032, 2032, 2000, 1000]
@@ -423,10 +468,17 @@ def test_accounting_layout_equals_the_slot_exact_one():
         assert me.hit_len == mf.hit_len
         seq = prompt + out
         ck = {p: 10**6 + 100 * t + i for i, p in enumerate(exact.checkpoint_positions(seq, me))}
-        exact.insert(seq, [*me.values, *range(10**7 * (t + 1), 10**7 * (t + 1) + len(seq) - me.matched_len)],
-                     2 * t + 1, checkpoints=ck)  # fmt: skip
-        fast.insert(seq, [*mf.values, *range(10**7 * (t + 1), 10**7 * (t + 1) + len(seq) - mf.matched_len)],
-                    2 * t + 1)  # fmt: skip
+        exact.insert(
+            seq,
+            [*me.values, *range(10**7 * (t + 1), 10**7 * (t + 1) + len(seq) - me.matched_len)],
+            2 * t + 1,
+            checkpoints=ck,
+        )
+        fast.insert(
+            seq,
+            [*mf.values, *range(10**7 * (t + 1), 10**7 * (t + 1) + len(seq) - mf.matched_len)],
+            2 * t + 1,
+        )
         assert exact.total_bytes == fast.total_bytes and exact.num_tokens == fast.num_tokens
         hist[s] = seq
     assert exact.stats.evicted_tokens == fast.stats.evicted_tokens > 0
@@ -485,8 +537,12 @@ def test_tuner_picks_the_alpha_whose_replay_saves_most_flops():
     for a in ALPHA_GRID:
         c = snapshot.clone(eviction=FlopAwareEviction(P7B, a))
         r = CacheReplayer(c, first_value=1 << 62)
-        expected[a] = sum(P7B.prefix_flops(r.serve(w.prompt, w.output, match_now=w.match_now,
-                                                   insert_now=w.insert_now)[0]) for w in window)  # fmt: skip
+        expected[a] = sum(
+            P7B.prefix_flops(
+                r.serve(w.prompt, w.output, match_now=w.match_now, insert_now=w.insert_now)[0]
+            )
+            for w in window
+        )
     assert tuner.scores == expected
     best = max(ALPHA_GRID, key=expected.__getitem__)
     assert tuner.tuned_alpha == ev.alpha == best > 0
@@ -527,7 +583,9 @@ class FakeReq:
         return len(self.token_ids)
 
 
-def run_on_backend(kv: RadixKVBackend, req: FakeReq, output: list[int], now: float, cache: bool = True):
+def run_on_backend(
+    kv: RadixKVBackend, req: FakeReq, output: list[int], now: float, cache: bool = True
+):
     req.token_ids = list(req.prompt_token_ids)
     lk = kv.lookup(req, now)
     assert kv.allocate(req, req.num_tokens - lk.num_cached_tokens, lk, now)
@@ -541,7 +599,9 @@ def run_on_backend(kv: RadixKVBackend, req: FakeReq, output: list[int], now: flo
 
 def test_backend_notifies_its_observer_of_each_cached_request():
     seen = []
-    kv = RadixKVBackend(64, 4, request_observer=lambda c, p, o, now: seen.append((c, list(p), list(o), now)))
+    kv = RadixKVBackend(
+        64, 4, request_observer=lambda c, p, o, now: seen.append((c, list(p), list(o), now))
+    )
     run_on_backend(kv, FakeReq("a", [1, 2, 3, 4, 5]), [6, 7], now=1.0)
     run_on_backend(kv, FakeReq("b", [9, 9, 9]), [8], now=2.0, cache=False)  # preempted: no call
     assert seen == [(kv.cache, [1, 2, 3, 4, 5], [6, 7], 1.0)]
@@ -553,15 +613,25 @@ def test_alpha_tuner_runs_inside_the_engine_backend():
     tunes after its window."""
     costs = MarconiCosts(n_attn=1, n_ssm=1, n_mlp=1, d=8, n=4)  # 32 B per token, 256 B per state
     adm, ev = make_marconi_policies("marconi", costs)
-    kv = RadixKVBackend(90, 1, hybrid=True, num_state_slots=12, kv_bytes_per_token=32,
-                        ssm_state_bytes=256, eviction=ev, admission=adm)  # fmt: skip
+    kv = RadixKVBackend(
+        90,
+        1,
+        hybrid=True,
+        num_state_slots=12,
+        kv_bytes_per_token=32,
+        ssm_state_bytes=256,
+        eviction=ev,
+        admission=adm,
+    )
     tuner = AlphaTuner(ev, window_factor=1, alphas=(0.0, 1.0), capacity_bytes=90 * 32 + 12 * 256)
     kv.request_observer = tuner.observe
     held = FakeReq("held", toks(5, 30))  # in flight while the others come and go
     held.token_ids = list(held.prompt_token_ids)
     assert kv.allocate(held, 5, kv.lookup(held, 0.0), 0.0)
     for i in range(12):
-        run_on_backend(kv, FakeReq(f"r{i}", toks(12, 40 + i % 5)), toks(3, 60 + i), now=float(i + 1))
+        run_on_backend(
+            kv, FakeReq(f"r{i}", toks(12, 40 + i % 5)), toks(3, 60 + i), now=float(i + 1)
+        )
         if tuner.snapshot is not None:
             assert tuner.snapshot.protected_tokens == 0  # the held request's lock is gone
             tuner.snapshot.check_integrity()

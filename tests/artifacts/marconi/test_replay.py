@@ -32,8 +32,17 @@ def toks(n: int, rng: random.Random, vocab: int = 32000) -> list[int]:
     return [rng.randrange(vocab) for _ in range(n)]
 
 
-def chat(n_sessions: int, turns: tuple[int, int], sys_len: int, user: int, resp: int, seed: int,
-         gap: float = 50.0, start_every: float = 5.0, vocab: int = 32000) -> list[Req]:  # fmt: skip
+def chat(
+    n_sessions: int,
+    turns: tuple[int, int],
+    sys_len: int,
+    user: int,
+    resp: int,
+    seed: int,
+    gap: float = 50.0,
+    start_every: float = 5.0,
+    vocab: int = 32000,
+) -> list[Req]:
     """Multi-turn sessions sharing one system prompt: turn k's prompt is the conversation so
     far plus a new user message; turns of a session are ``gap`` apart."""
     rng = random.Random(seed)
@@ -55,10 +64,16 @@ def test_hits_on_hand_built_sessions():
     a0, b0, c0 = (system + toks(20, rng) for _ in range(3))
     oa = toks(30, rng)
     a1 = a0 + oa + toks(10, rng)
-    reqs = [Req("a0", 0, a0, oa), Req("b0", 1, b0, toks(5, rng)), Req("a1", 2, a1, toks(5, rng)),
-            Req("c0", 3, c0, toks(5, rng))]  # fmt: skip
-    hits = {p: [o.hit_tokens for o in replay_requests(reqs, capacity_bytes=BIG, policy=p).requests]
-            for p in POLICY_NAMES}  # fmt: skip
+    reqs = [
+        Req("a0", 0, a0, oa),
+        Req("b0", 1, b0, toks(5, rng)),
+        Req("a1", 2, a1, toks(5, rng)),
+        Req("c0", 3, c0, toks(5, rng)),
+    ]
+    hits = {
+        p: [o.hit_tokens for o in replay_requests(reqs, capacity_bytes=BIG, policy=p).requests]
+        for p in POLICY_NAMES
+    }
     # b0 splits a0 at the system prompt (no state there yet: a miss that captures one);
     # a1 resumes from a0's leaf; c0 from the state b0 captured at the branch point
     for p in ("marconi", "marconi-alpha0", "sglang+"):
@@ -70,7 +85,9 @@ def test_hits_on_hand_built_sessions():
 @pytest.mark.parametrize("policy", POLICY_NAMES)
 def test_outcomes_add_up(policy):
     reqs = chat(6, (3, 5), 40, 30, 20, seed=1, vocab=50)
-    res = replay_requests(reqs, capacity_bytes=600 * 32, policy=policy, costs=SMALL, keep_cache=True)
+    res = replay_requests(
+        reqs, capacity_bytes=600 * 32, policy=policy, costs=SMALL, keep_cache=True
+    )
     assert res.num_requests == len(reqs)
     for o, r in zip(res.requests, sorted(reqs, key=lambda r: r.arrival_time), strict=True):
         assert o.request_id == r.request_id and o.prompt_len == len(r.prompt_token_ids)
@@ -80,7 +97,8 @@ def test_outcomes_add_up(policy):
     assert res.hit_tokens == sum(o.hit_tokens for o in res.requests)
     assert res.token_hit_rate == res.hit_tokens / res.prompt_tokens
     assert res.flops_saved_fraction == pytest.approx(
-        res.flops_saved / sum(SMALL.prefix_flops(o.prompt_len) for o in res.requests))
+        res.flops_saved / sum(SMALL.prefix_flops(o.prompt_len) for o in res.requests)
+    )
     assert res.request_hit_rate == sum(o.hit_tokens > 0 for o in res.requests) / len(reqs)
     assert res.evicted_tokens > 0 and res.n0 is not None
     assert res.final_bytes == res.cache.total_bytes <= res.capacity_bytes
@@ -99,9 +117,12 @@ def test_outcomes_add_up(policy):
 )
 def test_any_workload_is_conserved_and_fits(seed, policy, capacity, sessions):
     reqs = chat(sessions, (1, 4), 10, 12, 8, seed=seed, vocab=4)
-    res = replay_requests(reqs, capacity_bytes=capacity, policy=policy, costs=SMALL, keep_cache=True,
-                          window_factor=1)  # fmt: skip
-    assert sorted(o.prompt_len for o in res.requests) == sorted(len(r.prompt_token_ids) for r in reqs)
+    res = replay_requests(
+        reqs, capacity_bytes=capacity, policy=policy, costs=SMALL, keep_cache=True, window_factor=1
+    )
+    assert sorted(o.prompt_len for o in res.requests) == sorted(
+        len(r.prompt_token_ids) for r in reqs
+    )
     for o in res.requests:
         assert 0 <= o.hit_tokens <= o.matched_tokens <= o.prompt_len
         if policy == "vllm+":
@@ -114,13 +135,23 @@ def test_any_workload_is_conserved_and_fits(seed, policy, capacity, sessions):
 def test_vllm_plus_layouts_give_the_same_replay():
     reqs = chat(8, (3, 6), 60, 40, 30, seed=6, vocab=20)
     for cap in (300 * 32, 900 * 32, 3000 * 32):
-        fast = replay_requests(reqs, capacity_bytes=cap, policy="vllm+", costs=SMALL, keep_cache=True)
-        exact = replay_requests(reqs, capacity_bytes=cap, policy="vllm+", costs=SMALL, keep_cache=True,
-                                exact_blocks=True)  # fmt: skip
+        fast = replay_requests(
+            reqs, capacity_bytes=cap, policy="vllm+", costs=SMALL, keep_cache=True
+        )
+        exact = replay_requests(
+            reqs,
+            capacity_bytes=cap,
+            policy="vllm+",
+            costs=SMALL,
+            keep_cache=True,
+            exact_blocks=True,
+        )
         assert not fast.cache.hybrid and exact.cache.hybrid
         assert fast == exact and fast.evicted_checkpoints == fast.evicted_tokens // 32
         assert fast.evicted_tokens > 0 or cap > 300 * 32
-        pair = replay_requests(reqs, capacity_bytes=cap, policy=make_marconi_policies("vllm+"), costs=SMALL)
+        pair = replay_requests(
+            reqs, capacity_bytes=cap, policy=make_marconi_policies("vllm+"), costs=SMALL
+        )
         assert pair.page_size == 32 and pair.requests == fast.requests
 
 
@@ -129,32 +160,47 @@ def test_vllm_plus_layouts_give_the_same_replay():
 def test_vllm_plus_layouts_agree_on_any_workload(seed, capacity):
     reqs = chat(5, (1, 5), 40, 30, 20, seed=seed, vocab=3)
     fast = replay_requests(reqs, capacity_bytes=capacity, policy="vllm+", costs=SMALL)
-    exact = replay_requests(reqs, capacity_bytes=capacity, policy="vllm+", costs=SMALL, exact_blocks=True)
+    exact = replay_requests(
+        reqs, capacity_bytes=capacity, policy="vllm+", costs=SMALL, exact_blocks=True
+    )
     assert fast == exact
 
 
 def test_replay_is_deterministic_and_follows_arrival_order():
     reqs = chat(8, (3, 6), 60, 40, 30, seed=2, vocab=100)
-    a = replay_requests(reqs, capacity_bytes=700 * 32, policy="marconi", costs=SMALL, window_factor=2)
+    a = replay_requests(
+        reqs, capacity_bytes=700 * 32, policy="marconi", costs=SMALL, window_factor=2
+    )
     shuffled = list(reqs)
     random.Random(3).shuffle(shuffled)
-    b = replay_requests(shuffled, capacity_bytes=700 * 32, policy="marconi", costs=SMALL, window_factor=2)
+    b = replay_requests(
+        shuffled, capacity_bytes=700 * 32, policy="marconi", costs=SMALL, window_factor=2
+    )
     assert a == b and a.tuned_alpha is not None and a.alpha_scores
     assert [o.arrival_time for o in a.requests] == sorted(r.arrival_time for r in reqs)
 
 
 def test_marconi_tunes_once_inside_the_replay():
     reqs = chat(8, (3, 6), 60, 40, 30, seed=4, vocab=100)
-    res = replay_requests(reqs, capacity_bytes=700 * 32, policy="marconi", costs=SMALL, window_factor=2)
+    res = replay_requests(
+        reqs, capacity_bytes=700 * 32, policy="marconi", costs=SMALL, window_factor=2
+    )
     assert res.n0 is not None and res.n0 + 2 * res.n0 <= len(reqs)
     assert res.tuned_alpha in res.alpha_scores and len(res.alpha_scores) == 21
     assert res.alpha_scores[res.tuned_alpha] == max(res.alpha_scores.values())
     for p in ("marconi-alpha0", "sglang+", "vllm+"):
         r = replay_requests(reqs, capacity_bytes=700 * 32, policy=p, costs=SMALL)
         assert r.tuned_alpha is None and r.alpha_scores == {}
-    static = replay_requests(reqs, capacity_bytes=700 * 32, costs=SMALL,
-                             policy=make_marconi_policies("marconi", SMALL, alpha=0.5))  # fmt: skip
-    assert static.tuned_alpha is None and static.policy == "CheckpointAtBranchesAndLeaves+FlopAwareEviction"
+    static = replay_requests(
+        reqs,
+        capacity_bytes=700 * 32,
+        costs=SMALL,
+        policy=make_marconi_policies("marconi", SMALL, alpha=0.5),
+    )
+    assert (
+        static.tuned_alpha is None
+        and static.policy == "CheckpointAtBranchesAndLeaves+FlopAwareEviction"
+    )
 
 
 def test_paper_direction_on_a_small_multi_turn_workload():
@@ -164,8 +210,10 @@ def test_paper_direction_on_a_small_multi_turn_workload():
     Marconi drops the older turns' states and keeps more conversations. (Seeds 5-9 all give
     Marconi +3-4 points over SGLang+ and SGLang+ ~3x vLLM+.)"""
     reqs = chat(16, (6, 10), 300, 200, 150, seed=5)
-    rate = {p: replay_requests(reqs, capacity_bytes=2 * 10**9, policy=p).token_hit_rate
-            for p in ("marconi", "sglang+", "vllm+")}  # fmt: skip
+    rate = {
+        p: replay_requests(reqs, capacity_bytes=2 * 10**9, policy=p).token_hit_rate
+        for p in ("marconi", "sglang+", "vllm+")
+    }
     assert rate["marconi"] >= rate["sglang+"] >= 2 * rate["vllm+"] > 0, rate
 
 
@@ -177,7 +225,10 @@ def test_paper_direction_on_a_small_multi_turn_workload():
         ({"requests": [Req("r9", float("nan"), [1])]}, "arrival_time=nan"),
         ({"capacity_bytes": -1}, "capacity_bytes must be an integer >= 0, got -1"),
         ({"policy": "lru"}, "unknown policy 'lru'"),
-        ({"policy": make_marconi_policies("sglang+"), "tune": True}, "tune=True needs a FlopAwareEviction"),
+        (
+            {"policy": make_marconi_policies("sglang+"), "tune": True},
+            "tune=True needs a FlopAwareEviction",
+        ),
     ],
 )
 def test_bad_input_is_named(kwargs, match):

@@ -135,8 +135,13 @@ class TreeMachine(RuleBasedStateMachine):
         self.inflight: list[tuple[list[int], int, object]] = []
         self.now = 0.0
 
-    @rule(base=st.integers(0, 2), cut=st.integers(0, 16), tail=st.lists(st.integers(0, 4), max_size=6),
-          replica=st.integers(0, 2), keep=st.booleans())
+    @rule(
+        base=st.integers(0, 2),
+        cut=st.integers(0, 16),
+        tail=st.lists(st.integers(0, 4), max_size=6),
+        replica=st.integers(0, 2),
+        keep=st.booleans(),
+    )
     def insert(self, base, cut, tail, replica, keep):
         prompt = self.bases[base][:cut] + tail
         self.now += 1.0
@@ -239,7 +244,8 @@ def test_authors_prefill_equations():
     n, ctx = 512, 1024
     attention = (1.86e-4 * (n + ctx) + 0.159) / 2
     assert preble_mistral7b_a6000_ms(n, ctx) == pytest.approx(
-        (0.10842571 * n + 4.209777054806409 + attention) / 0.9)
+        (0.10842571 * n + 4.209777054806409 + attention) / 0.9
+    )
     assert preble_mistral7b_a6000_ms(100, 0) == pytest.approx((22 + 0.32) / 0.9)
     # their quadratic between 192 and 384 goes negative near 370: floored at 22 ms
     assert min(preble_mistral7b_a6000_ms(k, 0) for k in range(1, 4097)) > 0
@@ -257,7 +263,8 @@ def test_costs_from_our_cost_model():
     assert c.tpot_s == pytest.approx(m.step_time(decode_contexts=[2048]))
     chunked = E2Costs.from_cost_model(m, chunk_tokens=512)
     assert chunked.prefill_s(1024, 100) == pytest.approx(
-        m.step_time(prefill_chunks=[(512, 100)]) + m.step_time(prefill_chunks=[(512, 612)]))
+        m.step_time(prefill_chunks=[(512, 100)]) + m.step_time(prefill_chunks=[(512, 612)])
+    )
 
 
 # -- E2 decisions ----------------------------------------------------------------------------
@@ -386,8 +393,9 @@ def test_rebalancing_moves_cheap_groups_only_past_the_load_ratio(heavy_doc, move
         m = made[0]
         assert (m.kind, m.source, m.target) == ("move", 0, 1)
         assert segments(r.tree, m.node) == small
-        assert r.loads(min_count=2) == pytest.approx([group_load(heavy_doc),
-                                                      group_load(100) + group_load(20)])
+        assert r.loads(min_count=2) == pytest.approx(
+            [group_load(heavy_doc), group_load(100) + group_load(20)]
+        )
         # its next request goes where rebalancing put it, although replica 0 caches it
         assert route(r, req(small + fresh(2)), 1.0) == 1
         assert r.last_decision.kind == "exploit" and r.last_decision.candidates == (1,)
@@ -467,24 +475,46 @@ def test_e2_in_the_simulator_on_a_skewed_shared_prefix_workload():
 
     cost = RooflineCostModel("mistral-7b", "a6000")
     blocks, block_size, n = 2000, 16, 3
-    w = generate_shared_prefix(SharedPrefixParams(
-        num_requests=450, fanout=(2, 4, 8), segment_lens=(256, 512, 1024), zipf_s=1.1,
-        suffix_len_mean=64, output_len_mean=64, arrival_rate=18.0), seed=0)
+    w = generate_shared_prefix(
+        SharedPrefixParams(
+            num_requests=450,
+            fanout=(2, 4, 8),
+            segment_lens=(256, 512, 1024),
+            zipf_s=1.1,
+            suffix_len_mean=64,
+            output_len_mean=64,
+            arrival_rate=18.0,
+        ),
+        seed=0,
+    )
     sched = SchedulerConfig(max_num_batched_tokens=2048, max_num_seqs=64, max_model_len=8192)
 
     def run(router: Router):
-        reps = [ReplicaConfig(cost, num_kv_blocks=blocks, block_size=block_size,
-                              prefix_cache="radix", scheduler=sched) for _ in range(n)]
+        reps = [
+            ReplicaConfig(
+                cost,
+                num_kv_blocks=blocks,
+                block_size=block_size,
+                prefix_cache="radix",
+                scheduler=sched,
+            )
+            for _ in range(n)
+        ]
         res = Simulator(reps, router).run(w)
         assert len(res.requests) == len(w)
-        hit = (sum(r.num_cached_tokens for r in res.requests)
-               / sum(r.num_prompt_tokens for r in res.requests))
-        mean = sum(r.timeline.finish_time - r.timeline.arrival_time
-                   for r in res.requests) / len(res.requests)
+        hit = sum(r.num_cached_tokens for r in res.requests) / sum(
+            r.num_prompt_tokens for r in res.requests
+        )
+        mean = sum(r.timeline.finish_time - r.timeline.arrival_time for r in res.requests) / len(
+            res.requests
+        )
         return hit, mean
 
-    e2 = E2Router(int(0.8 * blocks * block_size),
-                  E2Costs.from_cost_model(cost, chunk_tokens=2048), num_replicas=n)
+    e2 = E2Router(
+        int(0.8 * blocks * block_size),
+        E2Costs.from_cost_model(cost, chunk_tokens=2048),
+        num_replicas=n,
+    )
     hit_e2, mean_e2 = run(e2)
     hit_rr, mean_rr = run(RoundRobin())
     hit_pa, mean_pa = run(PrefixAffinity())
