@@ -4,58 +4,14 @@ replicas, fed by a timed request stream; the real counterpart of :class:`core.si
 ``Fleet([spec] * 2, "round-robin", backend="ray").run(workload) -> FleetResult``: the result
 has :class:`~core.sim.simulator.SimResult`'s shape (``requests``, ``replica_of``, ``steps``,
 ``busy_time``, ``makespan``, ``wall_s``), so ``core.metrics`` reads both the same way.
+Backends: ``"inprocess"`` (deterministic, not parallel; for tests) and ``"ray"`` (one actor per
+replica; a local Ray instance is started and shut down by :meth:`Fleet.close` unless one is
+running or ``address`` is given). Every timeline is in seconds since the run started, on the
+driver's clock. A dead replica's unreturned requests finish with
+``RequestStatus.FINISHED_ERROR`` and ``error == "replica <i> died: <why>"``; ``timeout_s``
+bounds a whole run.
 
-Backends
---------
-- ``"inprocess"``: the replicas live in this process and the driver loop steps them in turn,
-  one step of each replica with work per round. Deterministic and simple, but not parallel:
-  latencies are those of replicas sharing one thread. For tests and debugging.
-- ``"ray"``: each replica is a Ray actor (:class:`~core.cluster.replica.ReplicaServer`, whose
-  engine loop runs in a background thread of the actor) with ``num_cpus_per_replica`` CPUs, so
-  replicas run in parallel. A local Ray instance (with one logical CPU per replica CPU, no
-  dashboard, a 100 MiB object store, worker logs not forwarded) is started and shut down by
-  :meth:`Fleet.close`, unless Ray is already initialized or ``address`` names a cluster to join.
-  Inside :func:`core.shutdown.interrupt_on_signals` (as in an artifact run) SIGTERM closes it as
-  Ctrl-C does; if this process is SIGKILLed, :mod:`core.shutdown` states what is left.
-
-Requests and routing
---------------------
-A request arrives at ``arrival_time * time_scale`` seconds after :meth:`Fleet.run` starts; it
-is routed then, by the router seeing only the live replicas (the index it returns is mapped
-back to the replica's real index), and sent to that replica with its intended arrival time, so
-routing and transfer delays count in its TTFT. Sampling is greedy for exactly ``output_len``
-tokens by default (:func:`~core.engine.serve.greedy_for`).
-
-Ray views are cached, not fetched per request: a replica's load comes from its latest
-*exchange* (one remote call every ``poll_interval_s`` that also carries new submissions and
-returns finished requests), plus the requests sent to it since. So a router sees completions up
-to ``poll_interval_s`` + one round trip late, never a missed submission. (Timelines are
-stamped by the replicas themselves: polling delays routing information, not latencies.)
-``cached_prefix`` is the exception: it is a remote call each time a router asks (only prefix
-routers do), because a cache has no small snapshot; it costs one round trip (~1 ms) plus up
-to one engine step (it reads the cache between steps).
-
-Clocks
-------
-Every timeline in a :class:`FleetResult` is in seconds since the run started, on the driver's
-clock (``time.perf_counter``): arrival times equal the workload's times ``* time_scale``, as
-in the simulator. Each replica's engine uses ``time.perf_counter`` of its own process. When it
-starts a Ray replica the fleet measures the offset between the two clocks (best of 5 round
-trips, Cristian's algorithm: error <= half the round trip, reported as ``clock_error_s``) and
-converts each submission's arrival to the replica's clock and each returned timeline back.
-On one Linux machine ``perf_counter`` is the system-wide monotonic clock, so the offset is ~0;
-across nodes it is real. Drift during a run is ignored. In-process replicas share the clock.
-
-Failure
--------
-A replica dies when its engine raises (it fails its own requests, keeping their partial tokens)
-or when its actor dies or stops answering for ``replica_timeout_s``. The fleet records why in
-:attr:`Fleet.failed` and :attr:`FleetResult.failed`; every request it had not returned finishes
-with ``RequestStatus.FINISHED_ERROR`` and ``error == "replica <i> died: <why>"``; later
-arrivals go to live replicas only (with none left they fail at once). ``timeout_s`` bounds a
-whole run: then every unfinished request fails with ``"fleet timed out ..."`` (checked between
-in-process steps: a step that never returns cannot be interrupted in-process; Ray replicas
-that stop answering are killed after ``replica_timeout_s``).
+Routing, cached Ray views, clock offsets and failure handling in detail: docs/core/cluster.md.
 """
 
 from __future__ import annotations
@@ -154,7 +110,7 @@ class _Backend(Protocol):
 
 
 class _InProcess:
-    """Replicas in this process, stepped in turn by the driver (see the module doc)."""
+    """Replicas in this process, stepped in turn by the driver (see docs/core/cluster.md)."""
 
     def __init__(self, specs: Sequence[ReplicaSpec]) -> None:
         self.replicas = [Replica(i, s) for i, s in enumerate(specs)]
@@ -252,7 +208,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Ray:
-    """Replicas as Ray actors (see the module doc)."""
+    """Replicas as Ray actors (see docs/core/cluster.md)."""
 
     def __init__(
         self,
@@ -420,7 +376,7 @@ def _shift(req: EngineRequest, dt: float) -> EngineRequest:
 
 
 class Fleet:
-    """Engine replicas behind one router, serving timed request streams (see the module doc).
+    """Engine replicas behind one router, serving timed request streams (see docs/core/cluster.md).
 
     Contract:
     - ``replicas``: one :class:`ReplicaSpec` per replica (``[spec] * n`` for identical ones);
@@ -496,7 +452,7 @@ class Fleet:
         timeout_s: float | None = 3600.0,
         progress: Callable[[int], Any] | None = None,
     ) -> FleetResult:
-        """Serve ``workload`` (requests with ``prompt_token_ids``) open-loop; see the module doc.
+        """Serve ``workload`` (requests with ``prompt_token_ids``) open-loop; see docs/core/cluster.md.
 
         ``time_scale`` multiplies arrival times (0.5 = twice the rate). ``progress(n)`` is
         called as ``n`` requests finish. Raises ValueError naming a request without token ids
@@ -603,7 +559,7 @@ class _Run:
         )
 
     def dispatch(self, r: Request, arrival: float) -> None:
-        """Route and send ``r``, arriving ``arrival`` s after the start (see the module doc)."""
+        """Route and send ``r``, arriving ``arrival`` s after the start (see docs/core/cluster.md)."""
         sub = self.submission(r, arrival)
         failed = self.fleet.failed
         live = [v for v in self.b.views() if v.index not in failed]

@@ -1,38 +1,18 @@
 """Paged attention over a flattened varlen batch: the torch reference and the backend registry.
 
-Layout (vLLM v1 style; every tensor on the model's device):
+Layout (vLLM v1 style, on the model's device): ``q`` ``[T, num_heads, head_dim]`` and ``k``,
+``v`` ``[T, num_kv_heads, head_dim]`` are the new tokens of all sequences concatenated
+(sequence ``b`` owns rows ``query_start_loc[b]:query_start_loc[b + 1]``, its last ones);
+``k_cache``/``v_cache`` are ``[num_blocks, block_size, num_kv_heads, head_dim]`` per layer,
+addressed through ``block_tables`` (``[B, max_blocks]``, -1 padded) and ``slot_mapping``
+(``[T]``, -1 skips a row); ``seq_lens`` counts context + new tokens. New K/V are written first,
+then each query attends causally (bottom-right aligned) to its sequence's keys, only the last
+``W`` with ``sliding_window=W``; GQA maps query head ``h`` to ``h // (num_heads // num_kv_heads)``.
+:class:`AttentionBackend` is the contract fast kernels implement, :class:`TorchPagedAttention`
+the reference; :func:`get_attention_backend` picks ``name``, else ``SERVELAB_ATTENTION_BACKEND``,
+else ``"auto"`` (the available, auto-selectable backend with the highest ``priority``).
 
-- ``q``: ``[T, num_heads, head_dim]``, the new tokens of all sequences concatenated;
-  ``k``, ``v``: ``[T, num_kv_heads, head_dim]``.
-- ``k_cache``, ``v_cache``: ``[num_blocks, block_size, num_kv_heads, head_dim]``, one pair per
-  attention layer. Token ``i`` of a sequence lives in block ``block_tables[b, i // block_size]``
-  at offset ``i % block_size``, i.e. flat slot ``block * block_size + offset``.
-- ``query_start_loc``: ``[B + 1]`` int, cumulative count of new tokens; sequence ``b`` owns rows
-  ``query_start_loc[b]:query_start_loc[b + 1]``.
-- ``seq_lens``: ``[B]`` int, tokens of each sequence after this step (cached context + new).
-  The new tokens of sequence ``b`` are its last ones: positions
-  ``seq_lens[b] - query_len[b] ... seq_lens[b] - 1``.
-- ``block_tables``: ``[B, max_blocks]`` int, padded with -1.
-- ``slot_mapping``: ``[T]`` long, the flat slot each new token's K/V is written to; -1 skips
-  the row (padding tokens).
-
-Semantics: new K/V are written first, then every query attends to its sequence's keys at
-positions ``<= its own`` (causal, bottom-right aligned), and, with ``sliding_window=W``, only to
-the last ``W`` of them (``key_pos > query_pos - W``, as Mistral and transformers define it).
-Grouped-query attention maps query head ``h`` to kv head ``h // (num_heads // num_kv_heads)``.
-
-Backends. :class:`AttentionBackend` is the contract a fast kernel (Triton, CUDA, FlashInfer)
-implements; :class:`TorchPagedAttention` is the reference every backend is tested against
-(``tests/kernels/test_attention.py`` runs the same cases over every backend available on the
-machine). Selection, in order: the ``name`` passed to :func:`get_attention_backend`, else the
-``SERVELAB_ATTENTION_BACKEND`` environment variable, else ``"auto"``: the available backend
-with the highest ``priority``. To add a backend: subclass :class:`AttentionBackend`, give it a
-``name``, a ``priority`` above 0 and an ``is_available(device)`` that checks its imports and the
-device, decorate it with :func:`register_attention_backend`, and import its module from
-``core/kernels/__init__.py`` inside a ``try`` so a machine without Triton still imports.
-``"auto"`` skips backends whose ``auto_selectable(device)`` is False (Triton on CPU runs only in
-its interpreter). :mod:`core.kernels.triton_attention` imports Triton lazily, so it is imported
-at the end of this module and registers wherever the registry is used.
+The layout in full and how to add a backend: docs/core/kernels.md.
 """
 
 from __future__ import annotations

@@ -1,38 +1,14 @@
 """Paged attention in Triton: the ``"triton"`` backend (CUDA; CPU only in Triton's interpreter).
 
-Same layouts and semantics as the torch reference (:mod:`core.kernels.attention`); two kernels
-per layer, each launched only when its group of sequences is not empty:
+Same layouts and semantics as the torch reference (:mod:`core.kernels.attention`): a decode
+kernel (PagedAttention-v1 style) and a FlashAttention-style prefill kernel, each launched only
+when its group of sequences is not empty; ``write_kv`` stays in torch. Scores and softmax
+accumulate in fp32; float32 inputs match the reference to ~1e-6. Importing this module does not
+import Triton (that happens at the first ``forward``); set ``TRITON_INTERPRET`` before Triton is
+first imported. ``"auto"`` picks it on CUDA when Triton is installed; on CPU it runs only with
+``TRITON_INTERPRET=1`` and only by name (``SERVELAB_ATTENTION_BACKEND=triton``).
 
-- **decode** (sequences with one new token), PagedAttention-v1 style: one program per
-  (sequence, kv head). The ``num_heads // num_kv_heads`` query heads that share the kv head are
-  the rows of one tile (padded to 16 for ``tl.dot``), so each K/V tile is read once per group.
-  The program walks the sequence's context in tiles of ``BLOCK_N`` positions (a tile may span
-  several pages: each position looks up its page in the block table), with an online softmax
-  in fp32. No split over the context (v2 / flash-decoding): one program covers the whole
-  sequence, which is what a batch of many short-to-medium decodes wants.
-- **prefill** (sequences with several new tokens: a prompt, a chunk of one, or a prompt after
-  a prefix-cache hit): FlashAttention-style, one program per (tile of ``BLOCK_M`` new tokens,
-  sequence, query head), over the keys in the paged cache (cached context and this step's
-  tokens alike, since ``write_kv`` ran first). Causal mask bottom-right aligned, sliding
-  window ``key_pos > query_pos - W``; tiles entirely outside the window are never visited.
-
-``write_kv`` stays in torch (one ``index_copy_`` per cache), as in the reference.
-
-Precision: scores and the softmax accumulate in fp32; K/V are cast to the query dtype after
-loading (a cache may be stored in another dtype), and 16-bit inputs use 16-bit ``tl.dot``
-operands as FlashAttention does. Float32 inputs use IEEE products (not TF32), so the result
-matches the reference to ~1e-6.
-
-Importing this module does not import Triton: the kernel bodies below are plain functions
-until the first ``forward``, when :func:`_kernels` imports Triton and wraps them with
-``triton.jit``. Triton reads ``TRITON_INTERPRET`` whenever a function is decorated: for these
-kernels at that first forward (they are wrapped once per value of the variable), but for its
-own library (``tl.zeros``, ...) when ``triton`` is first imported, so set it before that import
-(``torch.compile`` and ``torch.utils._triton`` import it too).
-
-Selection: available on CUDA when Triton is installed, where ``"auto"`` prefers it to the
-reference; on CPU only with ``TRITON_INTERPRET=1`` (slow: for tests and kernel debugging), and
-then only by name (``SERVELAB_ATTENTION_BACKEND=triton``), never by ``"auto"``.
+The kernels' design and precision in detail: docs/core/kernels.md.
 """
 
 from __future__ import annotations
@@ -338,7 +314,7 @@ class TritonAttentionMetadata:
 
 @register_attention_backend
 class TritonPagedAttention(AttentionBackend):
-    """Triton kernels for decode and prefill rows over the paged cache (see the module doc).
+    """Triton kernels for decode and prefill rows over the paged cache (see docs/core/kernels.md).
 
     ``block_m`` and ``block_n`` override the query and key tile sizes (powers of two, >= 16).
     By default a tile holds 64 keys and up to 64 query rows (fewer for short chunks); 32 for

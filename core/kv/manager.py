@@ -1,37 +1,14 @@
 """Paged KV cache manager: per-request block tables on a :class:`~core.kv.block_pool.BlockPool`.
 
-One step of an engine or simulator uses it like this (vLLM v1's shape, nano-vllm's size)::
+``allocate_slots`` grows a request's computed tokens (``num_tokens``) by ``num_new_tokens`` and
+returns only the new blocks, or ``None`` changing nothing if the pool cannot supply them.
+:meth:`get_computed_blocks` never covers the whole prompt (the last token is always computed).
+With prefix caching a block is registered under its hash as soon as it is allocated for known
+``token_ids`` (as vLLM v1 does). Hit rates count once per admission (again after preemption).
+:meth:`swap_out`/:meth:`swap_in` move a request's blocks to and from the host pool and return
+block-id mappings for :func:`core.kv.swap.copy_blocks`; :meth:`free` releases a request.
 
-    # admission of a waiting request
-    hit = kv.get_computed_blocks(prompt_ids)            # longest cached full-block prefix
-    new = kv.allocate_slots(rid, len(prompt_ids) - hit.num_tokens, hit, token_ids=prompt_ids)
-    if new is None: ...                                 # out of blocks: wait or preempt someone
-    # the forward computes tokens [hit.num_tokens, len(prompt_ids)) into
-    # kv.slot_mapping(rid, hit.num_tokens, len(prompt_ids))
-    # each decode step (the last sampled token is the new input)
-    kv.allocate_slots(rid, 1, token_ids=all_ids)        # None -> preempt (free) or swap out
-    # finished, aborted or preempted by recompute
-    kv.free(rid)
-
-Design notes
-------------
-- A request's *computed* tokens are the ones its block table has slots for (``num_tokens``);
-  ``allocate_slots`` grows that by ``num_new_tokens`` and returns only the new blocks, or
-  ``None`` (changing nothing) if the pool cannot supply them.
-- Prefix caching registers a block under its hash as soon as it is allocated for tokens whose
-  ids are known (``token_ids``), before the forward pass fills it, as vLLM v1 does: a request
-  that hits such a block in the same step reads it in the same forward, after each layer wrote
-  its KV. Pass ``token_ids`` (the request's whole known sequence) on every call that should
-  register blocks; a call without it only defers hashing to the next call that has it.
-- :meth:`get_computed_blocks` never covers the whole prompt: the last prompt token is always
-  computed, to produce the logits of the first output token.
-- Hit-rate accounting happens once per admission (the first ``allocate_slots`` of a request):
-  ``query_tokens`` += prompt length, ``hit_tokens`` += cached tokens. A request readmitted after
-  preemption counts again, like vLLM.
-- Swapping (InferCept): :meth:`swap_out` moves a running request's blocks to the host pool and
-  frees them on the device (cached ones stay revivable); :meth:`swap_in` brings them back into
-  fresh device blocks and re-registers their hashes. Both return block-id mappings for
-  :func:`core.kv.swap.copy_blocks`.
+A step's call sequence and the design notes in full: docs/core/kv.md.
 """
 
 from __future__ import annotations

@@ -1,56 +1,17 @@
 """A token-level radix prefix cache with optional SSM-state checkpoints (hybrid models).
 
-The tree (SGLang's RadixAttention, Marconi's hybrid tree) maps token prefixes to *values*:
-one opaque integer per token, normally the token's KV slot index in the engine's KV pool. A
-hybrid model's node may also hold one *checkpoint*: an opaque SSM-state slot id for the state
-after the node's last token. The cache owns every value and checkpoint stored in it, and gives
-them back through ``free_kv`` / ``free_checkpoints`` callbacks (and the returned results) when
-it evicts them. It never touches a tensor.
+The tree (SGLang's RadixAttention, Marconi's hybrid tree) maps token prefixes to opaque integer
+*values* (normally KV slot indices) and, on hybrid models, nodes to SSM-state *checkpoints*; it
+never touches a tensor. Callers may rely on: ownership (after ``insert`` each value is owned by
+the tree, equal to the tree's, or listed in ``InsertResult.unused_values``; evicted values reach
+``free_kv`` exactly once; the same for checkpoints); locked nodes (``lock`` up to the root) are
+never evicted, unlocked match results are valid until the next mutating call; a resumed SSM
+state is a copy (:meth:`RadixCache.fork_checkpoint`); hybrid hits stop at the deepest
+checkpoint; edges are multiples of ``page_size``; ``total_bytes`` is exact and ``capacity_bytes``
+is enforced unless locks prevent it; time comes from ``now`` or the injected ``clock``, never
+the wall clock.
 
-How an engine uses it for one request (``kv_slots``/``state_slots`` are
-:class:`~core.kv.slots.SlotAllocator` pools wired to the callbacks; lines marked (H) are for
-hybrid models only)::
-
-    m = cache.match_prefix(prompt[:-1], now)        # leave >= 1 token to compute
-    cache.lock(m.hit_node)                          # the reused prefix cannot be evicted
-    state = cache.fork_checkpoint(m) if m.checkpoint is not None else state_slots.alloc_one()  # (H)
-    stops = cache.checkpoint_positions(prompt, m)   # (H) end prefill chunks there, copy states
-    own = kv_slots.alloc(n)                         # as it goes; cache.evict(num_tokens=...) if short
-    ...                                             # prefill [m.hit_len, len(prompt)), decode
-    ckpts = dict(captured)                          # (H) {position: state slot} for the stops
-    if cache.admit_leaf(seq) and len(seq) not in ckpts:
-        ckpts[len(seq)] = state                     # (H) the live state is the leaf's
-    r = cache.insert(seq, [*m.hit_values, *own], now, checkpoints=ckpts)
-    kv_slots.free(r.unused_values)
-    state_slots.free(r.unused_checkpoints)          # (H) and ``state`` if it was not offered
-    cache.unlock(m.hit_node)
-
-Rules that make this safe:
-
-- *Ownership.* After ``insert``, each value passed in is either owned by the tree, equal to the
-  tree's own value at that position (the request reused it), or listed in
-  ``InsertResult.unused_values`` for the caller to free; the same holds for checkpoints. Values
-  the cache evicts reach the ``free_kv`` callback (or ``EvictResult.values``) exactly once.
-- *Locks.* ``lock(node)`` adds one to every node from ``node`` to the root; locked nodes are
-  never evicted. Nodes returned by a match are valid until the next mutating call unless
-  locked (an unlocked node may be evicted or merged into its child).
-- *Copy-on-write SSM states.* SSM states are updated in place, so a request that resumes from
-  a cached checkpoint must get a copy: :meth:`RadixCache.fork_checkpoint` asks the
-  ``copy_checkpoint`` callback for a new slot holding the same state. The cached slot itself
-  is never handed out for writing.
-- *Hybrid hits.* KV can be cut at any token, an SSM state only where a checkpoint exists, so
-  a hybrid hit stops at the deepest checkpointed node on the matched path (``hit_len``); the
-  KV for ``[hit_len, matched_len)`` is recomputed.
-- *Pages.* ``page_size = k > 1`` keeps every edge a multiple of ``k`` tokens (vLLM-like
-  block alignment): matches and inserts are truncated to multiples of ``k``; the truncated
-  tail's values come back as unused.
-- *Bytes.* ``total_bytes = num_tokens * kv_bytes_per_token + num_checkpoints *
-  ssm_state_bytes``, exact after every call. With ``capacity_bytes`` set, ``insert`` evicts
-  (other nodes first, then if needed the new sequence itself) until the cache fits, unless
-  locked nodes make that impossible; :meth:`RadixCache.fit_capacity` does the same on demand
-  (e.g. after unlocking).
-- *Time.* Every mutating call takes ``now``; when omitted the cache reads its injected
-  ``clock`` (default: a :class:`~core.kv.clock.LogicalClock`), never the wall clock.
+The engine's call sequence and each rule in full: docs/core/kv.md.
 """
 
 from __future__ import annotations

@@ -1,45 +1,15 @@
 """ModelSpec: a model's shapes, and from them its bytes and FLOPs.
 
 A :class:`ModelSpec` describes a decoder-only LLM well enough for memory planning (weights, KV
-cache, SSM state) and for cost models (FLOPs and bytes moved per operator of a serving step). It is
-derived from a :class:`~core.model.config.ModelConfig`, the one parse of a Hugging Face config
-that the torch models are built from too (a dict, a ``transformers.PretrainedConfig``, a path to a
-``config.json``, or a preset of :mod:`core.model.presets`); no weights are needed.
+cache, SSM state) and for cost models (FLOPs and bytes moved per operator of a serving step),
+derived from a :class:`~core.model.config.ModelConfig` (no weights needed). Families:
+``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``mixtral``, ``bamba``, ``nemotron_h``; anything
+else raises ``UnknownArchitectureError`` (a ``ValueError``), attention windows that differ
+between layers a ``ConfigError``. Units: parameter counts are scalars (``int``), memory sizes
+bytes (``int``, rounded up), FLOPs count a multiply-add as 2 (``float``); a *dtype* is a name,
+a ``torch.dtype`` or bytes per value (:func:`dtype_bytes`).
 
-Supported families (``model_type``): ``llama``, ``mistral``, ``qwen2`` (q/k/v bias), ``qwen3``
-(q/k RMSNorm), ``mixtral`` (MoE, top-k routing), ``bamba`` (attention or Mamba2 mixer per layer,
-each followed by a gated MLP; attention layers listed in ``attn_layer_indices``) and
-``nemotron_h`` (each layer is exactly one block: Mamba2 ``M``, attention ``*``, MLP ``-`` or MoE
-``E``, from ``hybrid_override_pattern`` or transformers 5's ``layers_block_type``). Anything else
-stops with an ``UnknownArchitectureError`` (a ``ValueError``) naming the ``model_type`` and
-``architectures``. Attention windows must be the same on every attention layer (Qwen's
-``use_sliding_window`` on only some layers stops with a ``ConfigError``).
-
-Units, everywhere in this module:
-
-- parameter counts are numbers of scalars (``int``);
-- memory sizes are bytes (``int``, rounded up when a dtype packs several values per byte);
-- FLOPs count one multiply and one add as 2 FLOPs (``float``);
-- a *dtype* is a name (``"bfloat16"``, ``"bf16"``, ``"fp8"``, ``"int4"``, ...), a
-  ``torch.dtype``, or a number of bytes per value (``2``, ``0.5``); see :func:`dtype_bytes`.
-
-The FLOP and byte model, in one place (see :meth:`ModelSpec.operators` for the per-operator list):
-
-- every linear layer costs ``2 * params`` FLOPs per token that goes through it (biases counted as
-  parameters); MoE layers count the router, the shared experts and ``top_k`` routed experts, so
-  linear FLOPs are ``2 * active matmul params * tokens``. The lm_head runs on one token per
-  sequence in the step (the one whose next token is sampled) unless ``all_logits=True``.
-- causal attention: a token at position ``p`` (1-based) attends ``p`` tokens (``min(p, window)``
-  with a sliding window) and costs ``4 * n_heads * head_dim * attended`` FLOPs (QK^T and PV);
-  softmax FLOPs are left out (``~5 / (4 * head_dim)`` of that).
-- Mamba2 scan: counted as the recurrence computes it, per token: ``5 * H * P * N`` (decay of the
-  state, ``dt*x (outer) B`` added, readout by ``C``) plus ``3 * d_inner`` (``dt*x`` and the ``D``
-  skip), for both prefill and decode, so a prefill costs exactly what the same tokens cost one by
-  one. (The chunked SSD kernel used for prefill does a different but same-order amount of
-  arithmetic; at these sizes the scan is ~2-3% of a Mamba2 layer's FLOPs.)
-- the short causal conv: ``2 * d_conv`` FLOPs per channel per token plus 4 for bias and SiLU.
-- elementwise work (RMSNorm, RoPE, SiLU-gating, q/k-norm) has small per-element constants given
-  where they are computed; they make the list complete, not precise.
+Family details and the FLOP and byte model: docs/core/model.md.
 """
 
 from __future__ import annotations
@@ -282,7 +252,7 @@ class ModelSpec:
     deliberate NemotronH exceptions: ``tie_word_embeddings=true`` is honoured (transformers
     ignores it for NemotronH) and ``n_shared_experts=0`` means no shared expert (transformers
     builds one anyway); the router's correction-bias buffer is not a parameter and not counted.
-    Memory sizes are bytes; FLOPs follow the module docstring's model and are whole-model totals
+    Memory sizes are bytes; FLOPs follow the model in docs/core/model.md and are whole-model totals
     (tensor parallelism only splits them in :meth:`operators`). Specs are frozen and hashable;
     two specs are equal when all shapes and the name are.
     """
@@ -672,43 +642,9 @@ class ModelSpec:
 
         Returns one :class:`Operator` per kind of operator (summed over the ``count`` layers of
         that kind), in forward order, with FLOPs and bytes **per tensor-parallel rank** for a
-        ``tp``-way Megatron-style split: column/row-parallel projections, attention heads, SSM
-        heads and MLP/expert columns divided by ``tp`` (KV heads replicated when fewer than
-        ``tp``: ``ceil(n_kv_heads / tp)`` per rank); norms, residuals and the MoE router
-        replicated. With ``tp > 1`` the list has ``*_allreduce`` operators (``comm_bytes`` =
-        payload ``tokens * hidden * bytes(dtype)`` after each attention/SSM/MLP/MoE block and
-        after the vocab-parallel embedding) and an ``lm_head_allgather`` of the logits.
-
-        Byte model (``dtype`` for weights and activations, ``kv_dtype`` for the KV cache, default
-        ``dtype``; ``ssm_dtype`` for the SSM state, ``conv_dtype`` for the conv state, default
-        ``dtype``):
-
-        - weights are read once per step, whatever the number of tokens;
-        - MoE reads only the experts hit: with uniform independent routing (what the
-          load-balancing loss aims at), ``E * (1 - (1 - k/E)^T)`` distinct experts per layer
-          for ``T`` tokens;
-        - GEMMs read their input activations and write their output once;
-        - attention reads Q, reads the K/V of every token each sequence attends once (the whole
-          cached context, or the window), writes its output and the new tokens' K/V;
-        - SSM conv and scan read and write each sequence's conv/SSM state once per step;
-        - an RMSNorm is fused with the residual add: reads hidden and residual, writes both.
-
-        Elementwise FLOP constants per element: RMSNorm+residual 5, RoPE 3, q/k-norm 4,
-        SiLU-gate 5 (SwiGLU) or ReLU^2 2, conv 2*kernel+4, Mamba gate+gated-norm 9, MoE combine
-        2 per expert output.
-
-        Not modelled: softmax FLOPs, K/V re-reads by attention kernels that tile long query
-        chunks, partial RoPE (Bamba rotates half of each head: RoPE counted in full), sampling,
-        expert parallelism, and kernel launch or fusion effects (a cost model adds those).
-
-        Operator names, in order (those of blocks the model lacks are absent): ``embedding``,
-        ``norm`` (all RMSNorms), ``qkv_proj``, ``qk_norm``, ``rope``, ``attention``, ``o_proj``,
-        ``ssm_in_proj``, ``ssm_conv``, ``ssm_scan``, ``ssm_gated_norm``, ``ssm_out_proj``,
-        ``mlp_up`` (gate+up), ``mlp_act``, ``mlp_down``, ``moe_router``, ``moe_latent_in``,
-        ``moe_experts_up``/``_act``/``_down``, ``moe_combine``, ``moe_latent_out``,
-        ``moe_shared_up``/``_act``/``_down``, ``lm_head``; with ``tp > 1`` also
-        ``embedding_allreduce``, ``attention_allreduce``, ``ssm_allreduce``, ``mlp_allreduce``,
-        ``moe_allreduce``, ``lm_head_allgather``.
+        ``tp``-way Megatron-style split; with ``tp > 1`` the list also has ``*_allreduce``
+        operators and an ``lm_head_allgather``. Byte model, constants, what is not modelled and the
+        operator names: docs/core/model.md.
         """
         if tp < 1 or int(tp) != tp:
             raise ValueError(f"tp must be a positive integer, got {tp!r}")

@@ -1,68 +1,16 @@
 """Interception policies (InferCept, ICML'24): what a paused request's KV does while its
 external call runs, and how it comes back.
 
-A request that stops for a tool call holds KV that produces nothing until the call returns.
-An :class:`InterceptPolicy` decides, for the :class:`~core.sched.scheduler.Scheduler`:
+An :class:`InterceptPolicy` decides, for the :class:`~core.sched.scheduler.Scheduler`, a
+paused request's :class:`~core.sched.request.PauseMode` (preserve, discard, swap), which
+preserved requests to discard or swap out each iteration (:meth:`InterceptPolicy.plan`),
+where a discarded request re-queues, and the chunked-recompute and pipelined-swap budgets.
+Policies are immutable configuration: one object can serve many schedulers. Names
+(:func:`make_intercept_policy`, :data:`INTERCEPT_POLICIES`): ``preserve`` (default), ``vllm``,
+``improved-discard``, ``swap``, ``infercept`` (min-waste).
 
-- at pause time, the request's :class:`~core.sched.request.PauseMode` (preserve the KV on the
-  device, discard it and recompute later, or swap it to the host);
-- at every iteration, which preserved requests to discard now and which to swap out if memory
-  runs short (:meth:`InterceptPolicy.plan`);
-- where a discarded request waits when its call returns (``requeue``: tail or head);
-- whether recomputation is *chunked* into the iteration's unsaturated token budget, and how many
-  KV tokens may cross the host link per iteration (*pipelined* swap).
-
-Policies are immutable configuration: one object can serve many schedulers (the scheduler
-keeps every per-iteration state). Names (:func:`make_intercept_policy`):
-
-======================  ==========================================================
-``preserve``            keep the KV (the scheduler's default: manual pauses keep the
-                        mode they ask for and ``SchedulerConfig.discard_requeue``)
-``vllm``                discard, re-queue at the tail (as if it had just arrived)
-``improved-discard``    discard, re-queue at the head (its original place)
-``swap``                swap the whole context out at pause, back in on return; the
-                        transfer is not overlapped with the forward
-``infercept``           min-waste (below), chunked recompute, pipelined swap
-======================  ==========================================================
-
-A discarded context is freed like a preempted one: with prefix caching on, its full blocks may
-still be found in the cache on return (less to recompute than the waste model assumes);
-InferCept's vLLM had no prefix cache (``prefix_cache="none"`` reproduces it).
-
-Pipelined swap: each iteration moves at most the policy's budget each way; a swap-out that does
-not fit is not started (the target is discarded instead), a swap-in larger than the budget
-continues over the next iterations while the batch runs, and the request runs once all of its
-KV has crossed.
-
-Waste (GPU memory x time that produces nothing)
------------------------------------------------
-For a request with ``C`` context tokens, ``M`` bytes of KV per token and ``T`` seconds of call
-left: preserve ``T*C*M``; discard ``T_fwd(C)*C*M + T_fwd(C)*C_other*M`` (recomputing stalls
-the ``C_other`` tokens of every other running request); swap ``~2*T_swap(C)*C_batch*M`` (out and
-back). With chunked recompute the authors' code charges discard differently
-(:func:`chunked_discard_waste`). ``T_fwd`` and ``T_swap`` come from an :class:`InterceptCost`,
-usually :class:`LinearIterationCost` (``a*tokens + c``, the authors' fitted model, and the
-host-link bandwidth).
-
-Min-waste (``infercept``), after the authors' ``scheduler_v2.py`` (policy "V", chunk fill)
---------------------------------------------------------------------------------------------
-Every interception starts preserved. Each iteration, every preserved request whose discard
-waste is below its preserve waste is a candidate; the candidates with less waste than the
-largest are discarded at once, the largest (ties included) stay preserved as swap targets: when
-the scheduler cannot allocate, it swaps one out if the transfer fits in this iteration's
-swap-out budget and the host pool, else discards it, and only then preempts running requests
-(by swapping them out, as the authors do).
-``T`` is the true remaining time (``oracle``) or a per-kind mean duration minus the time spent
-so far (never below 0).
-
-Simplified against the authors' code: whole requests move (they swap single blocks from the
-back of a request and can leave it half swapped); swap-in and swap-out have separate budgets
-derived from bandwidth x the saturated iteration time (they fit one shared budget, split by
-free memory, to profiles); only recomputation is capped at the saturation point (chunk fill
-caps their whole batch at 384 tokens); a full host pool discards the target (they discard the
-swapped request whose call returns last); a swap-in takes its device blocks when its last part
-has crossed, not when the first starts; swaps that preempt running requests (memory is needed
-now) count against the budget but are never held back by it.
+Policy table, the waste model, min-waste and the simplifications against the authors' code:
+docs/core/sched.md.
 """
 
 from __future__ import annotations
@@ -353,7 +301,7 @@ class SwapPolicy(InterceptPolicy):
 
 @dataclass(frozen=True)
 class MinWastePolicy(InterceptPolicy):
-    """InferCept: min-waste decisions, chunked recompute, pipelined swap (see the module doc).
+    """InferCept: min-waste decisions, chunked recompute, pipelined swap (see docs/core/sched.md).
 
     - ``cost``: ``T_fwd``/``T_swap`` (:class:`InterceptCost`), GPT-J-6B on an A100 by default;
     - ``saturation``: tokens per iteration recomputation fills up to (384 on an A100);

@@ -1,88 +1,16 @@
 """Cost models: how long one serving step takes, behind one interface.
 
 A :class:`CostModel` turns a batch (prefill chunks with their cached contexts, and decode
-tokens with theirs) into seconds. The simulator asks it once per scheduler step through
-:meth:`CostModel.step_time_for`. Two kinds are planned: :class:`RooflineCostModel` (here:
-from the model's shapes and a GPU's datasheet) and a profiled model from a measured table
-(later, same interface).
+tokens with theirs) into seconds; the simulator asks it once per scheduler step through
+:meth:`CostModel.step_time_for`. :class:`RooflineCostModel` (here) prices a step from the
+model's operators (:meth:`core.model.spec.ModelSpec.operators`) and a GPU's datasheet, scaled
+by :class:`Efficiency` factors (fitted ones from ``data/profiles/gpu-efficiency.json`` when the
+GPU has an entry); :class:`~core.sim.profiled.ProfiledCostModel` uses measured tables. Bad
+configurations raise one ``ValueError`` in the constructor naming the values. The fast path
+equals :meth:`RooflineCostModel.step_time_reference` to ~1e-15 relative, and
+:meth:`RooflineCostModel.decode_run_times` is bit-identical to step-by-step times.
 
-The roofline model
-------------------
-The step's operators come from :meth:`core.model.spec.ModelSpec.operators` (FLOPs and bytes per
-tensor-parallel rank, summed over the layers that run each operator). Each operator costs
-
-    time = max(flops / (peak * compute_eff), bytes / (bandwidth * memory_eff))
-           + count * kernel_launch_s        (the max is smoothed by ``ridge_blend``, below)
-
-with the ceilings by kind (:func:`op_ceilings`):
-
-==============================  ===============================  ==============================
-operator kind                   compute ceiling                  memory ceiling
-==============================  ===============================  ==============================
-GEMM (projections, MLP, head)   peak(dtype) * gemm_compute       bandwidth * memory
-attention                       peak(dtype) * attention_compute  bandwidth * memory
-elementwise, SSM scan           peak(fp32) * vector_compute      bandwidth * elementwise_memory
-embedding gather                peak(fp32) * vector_compute      bandwidth * gather_memory
-==============================  ===============================  ==============================
-
-With ``ridge_blend = b > 0`` the ``max`` becomes the smooth ``(t_c^(1/b) + t_m^(1/b))^b`` of the
-compute time ``t_c`` and the memory time ``t_m``: ``b = 0`` is the classic roofline (compute and
-memory overlap perfectly), ``b = 1`` their sum (no overlap). Measured GEMMs near the ridge
-point reach neither ceiling (Vidur's A100/H100 data: up to ~30% slower than ``max`` predicts
-at 128-1024 tokens); the fitted ``b`` is 0.65 (A100) and 0.70 (H100). The default, 0, keeps the
-classic roofline for GPUs without measurements.
-
-A collective over ``p = tp`` ranks (ring algorithm; :func:`ring_seconds`) costs, per call,
-
-    all-reduce:  2 (p-1)/p * payload / (link_bw * comm) + 2 (p-1) * link_latency + collective_launch_s
-    all-gather:    (p-1)/p * payload / (link_bw * comm) +   (p-1) * link_latency + collective_launch_s
-
-(the link is NVLink/PCIe within a node, the inter-node network beyond ``devices_per_node``).
-A step adds ``step_overhead_s`` (scheduler, input preparation, sampling on the CPU) once; an
-empty batch costs 0. Operators run one after another: no overlap of communication and compute.
-
-Efficiency factors
-------------------
-All are fields of :class:`Efficiency`, with documented defaults. For a GPU that has an entry in
-``data/profiles/gpu-efficiency.json`` (written by ``python -m scripts.bench gpu-cost-model``,
-which fits the factors to operator times Vidur measured on real A100 and H100 GPUs), the
-model uses the fitted factors instead of the defaults, unless ``efficiency=`` is given; the
-attribute :attr:`RooflineCostModel.efficiency_source` says which were used. Factors the file
-does not fit (``step_overhead_s``, ``attention_compute``, ...) keep their defaults.
-
-Validation
-----------
-Bad configurations stop in the constructor with one ``ValueError`` naming the values: unknown
-model or hardware names, a dtype the GPU has no peak for, a tensor-parallel degree that does
-not divide the attention heads (KV heads may be fewer than ``tp`` if ``tp`` is a multiple of
-them: they are then replicated, as vLLM does), a ``tp`` spanning nodes without an inter-node
-link, and a model whose weights per GPU plus the least KV cache do not fit in memory.
-
-Fast path
----------
-The simulator asks for millions of steps, so :meth:`RooflineCostModel.step_time` does not build
-the operator list each time. Every operator's FLOPs, bytes and collective payload are linear in
-a few *features* of the batch (:data:`FEATURES`): 1, the new tokens ``T``, the sequences ``S``
-(= logits rows), the attended keys ``A`` (summed over tokens, sliding window applied), the
-distinct K/V tokens read ``K`` and, for MoE models, the expected distinct experts hit ``H(T)``.
-The coefficients are read off :meth:`ModelSpec.operators` once per model, by evaluating it on
-a few small batches and solving the linear system exactly (in rationals); they are then checked
-against the operator list on larger batches (sliding windows included), and if any operator
-disagrees by more than 1e-12 the model keeps using the operator list
-(:attr:`RooflineCostModel.fast_path` is False and ``fast_path_reason`` says why). A step then
-costs its features plus a few multiply-adds per operator; the operators that do not depend on
-``A`` or ``K`` are summed once per ``(T, S)`` and memoized. The result equals
-:meth:`RooflineCostModel.step_time_reference` (the operator list, as before) to ~1e-15
-relative (float rounding in a different order). :meth:`RooflineCostModel.decode_run_times`
-gives the times of ``k`` consecutive pure-decode steps in one vectorized call, bit-identical
-to asking :meth:`~RooflineCostModel.step_time_for` for each of them (the simulator's decode
-fast-forward relies on that).
-
-Not modelled: kernel fusion beyond what the operator list assumes (RMSNorm fused with the
-residual add; one kernel per operator and layer), CUDA graphs (lower launch costs: use a
-smaller ``kernel_launch_s``), overlap of communication with compute, pipeline parallelism,
-sampling, and the lm_head of mid-prefill chunks (the operator list gives every sequence one
-logits row).
+Formulas, efficiency factors, fast path and what is not modelled: docs/core/sim.md.
 """
 
 from __future__ import annotations
@@ -135,36 +63,11 @@ GiB = 1 << 30
 class Efficiency:
     """The named factors that turn datasheet peaks into achieved rates.
 
-    Fractions (``0 < f <= 1``) of a ceiling:
-
-    - ``gemm_compute`` (0.70): of the dense tensor-core peak that large GEMMs reach (cuBLAS on
-      A100/H100 reaches ~70-75% on LLM shapes in Vidur's measurements);
-    - ``attention_compute`` (0.50): of that peak reached by attention kernels (FlashAttention-2
-      reports ~50-70% on A100 in the forward pass; decode attention is memory-bound anyway);
-    - ``vector_compute`` (0.50): of the non-tensor FP32 peak reached by elementwise and scan
-      kernels (almost never the binding ceiling);
-    - ``memory`` (0.80): of the memory bandwidth reached by GEMMs streaming their weights and
-      by attention reading the KV cache (STREAM-like kernels reach 80-90% of HBM peak);
-    - ``elementwise_memory`` (0.50): of the memory bandwidth reached by elementwise kernels
-      (norms, RoPE, activation), lower because they are short (Vidur: ~40-60%);
-    - ``gather_memory`` (0.15): of the memory bandwidth reached by the embedding lookup
-      (PyTorch's embedding kernel: ~10-20% of HBM bandwidth in Vidur's A100/H100 data);
-    - ``comm`` (0.70): of the one-way link bandwidth a ring collective reaches (NCCL's bus
-      bandwidth on large messages).
-
-    Shape of the roofline:
-
-    - ``ridge_blend`` (0.0): how compute and memory time combine, from 0 (``max``: the classic
-      roofline) to 1 (their sum); see the module doc.
-
-    Fixed costs, seconds:
-
-    - ``kernel_launch_s`` (4e-6): per kernel (one per operator and layer): the smallest time a
-      kernel takes on the GPU plus the gap to the next; a floor for tiny operators;
-    - ``collective_launch_s`` (20e-6): per collective call, on top of the per-step latencies
-      (NCCL's fixed cost: ~10-40 us in Vidur's all-reduce data);
-    - ``step_overhead_s`` (1e-3): once per scheduler step: scheduling, input preparation and
-      sampling on the CPU (vLLM-like engines spend ~0.5-2 ms; 0 for a pure-GPU bound).
+    Fractions (``0 < f <= 1``) of a ceiling: ``gemm_compute``, ``attention_compute``,
+    ``vector_compute``, ``memory``, ``elementwise_memory``, ``gather_memory``, ``comm``;
+    ``ridge_blend`` in [0, 1] (0: ``max``, the classic roofline; 1: the sum); fixed costs in
+    seconds: ``kernel_launch_s`` per kernel, ``collective_launch_s`` per collective call and
+    ``step_overhead_s`` per scheduler step. Defaults and where they come from: docs/core/sim.md.
     """
 
     gemm_compute: float = 0.70
@@ -345,7 +248,7 @@ def op_ceilings(
     kind: OpKind, hardware: Hardware, dtype: Any, efficiency: Efficiency
 ) -> tuple[float, float, float, float]:
     """``(peak FLOP/s, compute efficiency, bandwidth, memory efficiency)`` for an operator of
-    ``kind`` (see the module doc's table). ``COMM`` operators use :func:`ring_seconds`."""
+    ``kind`` (see the table in docs/core/sim.md). ``COMM`` operators use :func:`ring_seconds`."""
     bw = hardware.memory_bandwidth
     if kind is OpKind.GEMM:
         return hardware.peak(dtype), efficiency.gemm_compute, bw, efficiency.memory
@@ -563,7 +466,7 @@ class _LinearOp:
 
 
 class _FastRoofline:
-    """The fast path of one :class:`RooflineCostModel` (see the module doc)."""
+    """The fast path of one :class:`RooflineCostModel` (see docs/core/sim.md)."""
 
     def __init__(
         self,
@@ -752,7 +655,7 @@ class _FastRoofline:
 
 class RooflineCostModel(CostModel):
     """Step time of ``spec`` on ``tp`` devices of ``hardware`` from the roofline of each
-    operator; see the module doc for the formulas and the validation.
+    operator; see docs/core/sim.md for the formulas and the validation.
 
     ``spec``: a :class:`ModelSpec` or a preset name; ``hardware``: a :class:`Hardware` or a
     name (:func:`core.sim.hardware.get_hardware`); ``dtype``: weights and activations
@@ -922,7 +825,7 @@ class RooflineCostModel(CostModel):
         )
 
     def op_time(self, op: Operator) -> OpTime:
-        """The cost of one operator (see the module doc)."""
+        """The cost of one operator (see docs/core/sim.md)."""
         eff = self.efficiency
         if op.kind is OpKind.COMM:
             collective = "all_gather" if op.name.endswith("allgather") else "all_reduce"
@@ -970,7 +873,7 @@ class RooflineCostModel(CostModel):
 
     @property
     def fast_path(self) -> bool:
-        """Whether :meth:`step_time` uses the fast path (see the module doc); if not,
+        """Whether :meth:`step_time` uses the fast path (see docs/core/sim.md); if not,
         ``fast_path_reason`` says why."""
         return self._fast_model() is not None
 

@@ -1,90 +1,15 @@
 """The profiled cost model: measured engine step times, interpolated.
 
-A :class:`ProfiledCostModel` answers :meth:`~core.sim.cost.CostModel.step_time` from tables of
-*whole engine steps* (``Engine.step()``: scheduling, input preparation, forward, sampling and
-bookkeeping, i.e. the time the simulator's clock must advance) measured on one device by
-``python -m scripts.calibrate``, which drives the real engine with crafted batches. No formula of
-the hardware is assumed: what the device does (Python overhead, memory-bound decode, padded
-attention, ...) is in the numbers.
+:class:`ProfiledCostModel` answers :meth:`~core.sim.cost.CostModel.step_time` from tables of
+whole ``Engine.step()`` times measured on one device by ``python -m scripts.calibrate``; no
+formula of the hardware is assumed. Callers may rely on: exact values at every grid point of
+each table; monotone step times (more tokens, context or sequences never cost less);
+determinism (a pure function of the batch); and :meth:`ProfiledCostModel.decode_run_times`
+bit-identical to step-by-step :meth:`~ProfiledCostModel.step_time`. Files use the JSON schema
+``servelab.step-profile/1``; a missing file raises ``FileNotFoundError``, a malformed one
+:class:`ProfileError` (a ``ValueError``) naming the file and the fault.
 
-Tables (seconds, the expected time of repeated steps)
------------------------------------------------------
-On the grid ``N`` (``prefill_tokens``, >= 1), ``C`` (``prefill_contexts``, starting at 0),
-``B`` (``decode_batches``, >= 1) and ``L`` (``decode_contexts``, >= 1; ``L[0]`` is the
-reference context ``L0``); contexts are the cached tokens *before* the step, as in
-:func:`~core.sim.cost.chunks_of`:
-
-- ``prefill[i][j]``: one prefill chunk of ``N[i]`` new tokens after ``C[j]`` cached ones, alone;
-- ``decode[i][j]``: ``B[i]`` sequences decoding one token each, all with context ``L[j]``;
-- ``mixed[i][j]``: a prefill chunk of ``N[i]`` tokens (context 0) with ``B[j]`` decodes at
-  context ``L0``;
-- ``extra_chunk_s`` (``eps``): what a second, third, ... prefill chunk costs beyond its tokens
-  and its sampled row (>= 0);
-- ``decode_padding_weight`` (``w``, in [0, 1]): how decode contexts of unequal length combine.
-
-A step with ``P`` prefill chunks ``(n_k, c_k)`` (``Tp`` tokens in all) and ``b`` decodes with
-contexts ``l_j`` costs
-
-    t = M(Tp - (P - 1), b + (P - 1)) + D(b, E) + sum_k Xp(n_k, c_k) + eps (P - 1)
-
-- ``M`` is the table over ``([0] + N) x ([0] + B)`` whose edges are the pure steps
-  (``M(n, 0) = prefill[n][C=0]``, ``M(0, b) = decode[b][L0]``, ``M(0, 0) = 0``) and whose
-  inside is ``mixed``: the dense part of a mixed batch comes from measured mixed steps, not from
-  adding a prefill to a decode (which would pay the weight reads twice). Its arguments count
-  the step's tokens (``Tp + b``) and the rows it samples (``b + P``: every chunk is counted as
-  one that samples): a chunk beyond the first is looked up as one more sampling row, which is
-  what it costs in the dense layers and the LM head (on a CPU, one sampled row takes a
-  matrix-vector path and two a slower matrix-matrix one, so a second chunk costs far more
-  without decodes than with them);
-- ``Xp(n, c) = prefill(n, c) - prefill(n, 0)``: what a chunk's cached context adds;
-- ``D(b, E)`` is what the decode contexts add, as a function of the *extra keys*
-  ``E = (1 - w) sum_j (l_j - L0)+ + w b (max_j l_j - L0)+``. With equal contexts ``l`` both
-  sums are ``b (l - L0)`` and ``D(b, b (l - L0)) = decode(b, l) - decode(b, L0)``; with unequal
-  ones, ``w = 1`` is attention padded to the longest context (what the torch reference's
-  arithmetic does) and ``w = 0`` attention over the real keys only (what memory traffic does:
-  the padding re-reads one block). The calibration fits ``w`` on decode batches with unequal
-  contexts.
-
-Each term is interpolated (bi)linearly on its grid (``D`` on ``B`` x the extra keys of every
-decode cell) and extrapolated linearly beyond it, with the last segment's slope made
-non-decreasing along the other axis so that monotone tables stay monotone there. So the model
-is *exact at every grid point* of each table (a pure prefill at ``(N[i], C[j])`` returns
-``prefill[i][j]``, a pure decode at ``(B[i], L[j])`` returns ``decode[i][j]``, and so on).
-
-Guarantees
-----------
-- Monotone: the tables are repaired at calibration time to be non-decreasing along every axis
-  (``M`` in tokens and rows; ``Xp`` in tokens and context and ``D`` in batch and extra keys,
-  both >= 0) and :meth:`ProfiledCostModel.load` refuses a file whose tables are not;
-  interpolation and the extrapolation keep that, and ``E`` grows with every context and
-  sequence, so adding a token to a prefill chunk, a cached context token to any sequence, or a
-  sequence to the batch never makes a step cheaper (a new chunk of ``m`` tokens moves ``M``'s
-  arguments by ``m - 1 >= 0`` and ``1``). Not promised: that a decode turned into a two-token
-  chunk costs no less (the engine runs the two on different paths).
-- Deterministic: a pure function of the batch (no state, no randomness).
-- Fast-forward exact: :meth:`ProfiledCostModel.decode_run_times` evaluates the same expression
-  as :meth:`~ProfiledCostModel.step_time` with the same numpy operations on an array of
-  contexts, so each element is bit-identical to the step-by-step time.
-
-Not modelled: a chunk that does not sample (the middle of a long prompt) is counted as one that
-does, as in the roofline model; the engine stamps a step's tokens before its bookkeeping
-(``Scheduler.update``, 0.1-0.6 ms on a CPU) while the simulator stamps them at the end of the
-step, so simulated token times are that much later; time outside ``Engine.step()`` (the serving
-loop) is not in the tables.
-
-File format (JSON, ``schema: servelab.step-profile/1``)
--------------------------------------------------------
-``{"schema", "created", "device": {"name", "type", ...}, "model": {"name", "config",
-"parameters"}, "dtype", "threads", "torch_version", "engine": {block_size,
-max_num_batched_tokens, max_num_seqs, max_model_len, enable_prefix_caching, num_kv_blocks,
-attention_backend, seed}, "calibration": {...}, "grid": {"prefill_tokens", "prefill_contexts",
-"decode_batches", "decode_contexts"}, "tables": {"prefill", "decode", "mixed", "extra_chunk_s",
-"decode_padding_weight"}, "samples": [...], "checks": {...}, "provenance": {...}}``.
-``samples`` are the raw measured steps (``cell``, ``prefill`` chunks, ``decode`` contexts,
-``seconds``, ``cpu_seconds``, ``disturbed``); ``scripts/calibrate/fit.py`` turns them into
-``tables``. A
-missing file raises ``FileNotFoundError`` and a malformed one :class:`ProfileError` (a
-``ValueError``), each naming the file and what is wrong.
+Tables, the step-time formula, guarantees and file format: docs/core/sim.md.
 """
 
 from __future__ import annotations
@@ -187,7 +112,7 @@ class Surface:
 def keys_table(
     xd: np.ndarray, batches: np.ndarray, contexts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``D`` of the module doc on its grid: ``(E grid, table)`` from ``xd[i][j] = decode(B[i],
+    """``D`` of docs/core/sim.md on its grid: ``(E grid, table)`` from ``xd[i][j] = decode(B[i],
     L[j]) - decode(B[i], L0)``. The grid holds the extra keys of every decode cell
     (``B[i] (L[j] - L0)``); row ``i`` at ``E`` is ``xd`` of batch ``B[i]`` at context ``L0 + E /
     B[i]`` (linear along ``L``, and beyond its last value with the last slope)."""
@@ -205,7 +130,7 @@ def keys_table(
 
 
 def extra_keys(contexts: Sequence[int], L0: float, w: float) -> float:
-    """``E`` of the module doc for one decode batch (an exact integer sum, then the blend)."""
+    """``E`` of docs/core/sim.md for one decode batch (an exact integer sum, then the blend)."""
     total = sum(max(int(c) - L0, 0) for c in contexts)
     padded = len(contexts) * max(max(contexts) - L0, 0)
     return (1.0 - w) * float(total) + w * float(padded)
@@ -306,7 +231,7 @@ def _monotone(
 
 
 class ProfiledCostModel(CostModel):
-    """Step times interpolated from a calibrated profile of the real engine (module doc).
+    """Step times interpolated from a calibrated profile of the real engine (docs/core/sim.md).
 
     Contract: pure (same batch, same time), 0 for an empty batch, non-decreasing when a prefill
     chunk gains a token, any sequence gains cached context, or a sequence joins the batch;
@@ -314,7 +239,7 @@ class ProfiledCostModel(CostModel):
     :meth:`~core.sim.cost.CostModel.step_time_for` of each step. (The one part of the
     :class:`~core.sim.cost.CostModel` contract it does not promise: a decode turned into a
     two-token chunk takes another path through the engine and may cost less.) ``profile`` is
-    the parsed JSON document (the layout in the module doc); ``source`` names where it came
+    the parsed JSON document (the layout in docs/core/sim.md); ``source`` names where it came
     from in error messages and in :meth:`describe`. Use :meth:`load` for a file.
     """
 

@@ -5,38 +5,11 @@ Each :class:`SimReplica` is exactly what a real replica runs (``Scheduler`` + ``
 from ``core.sched``/``core.kv``), driven by :class:`SimulatedRunner`. :class:`Simulator` is a
 discrete-event loop over request arrivals, replica step completions and tool-call returns,
 with a global :class:`~core.cluster.Router` choosing replicas. No policy is re-implemented
-here: only time is.
+here: only time is. Events are ordered by time, then kind (arrivals, step completions,
+tool-call returns), then creation order (arrivals) or replica index. Decode fast-forward gives
+results identical to ``Simulator(..., fast_forward=False)``.
 
-Event order
------------
-Events are ordered by time, then kind (arrivals, then step completions, then tool-call
-returns: an arrival at ``t`` joins before the step scheduled at ``t``, as in the real engine),
-then arrivals by the order they were created and step completions and tool-call returns by
-replica index. (Breaking ties by replica rather than by when the event was created makes the
-order independent of how many intermediate events a replica created, which decode
-fast-forward needs; it only matters when two replicas finish steps at exactly the same time.)
-
-Decode fast-forward
--------------------
-Most steps decode one token of the same requests as the step before. When
-:func:`~core.sched.decode_run.decode_run_limit` proves
-that the next ``k`` steps of a replica are such a *run* (nothing waiting that could be
-admitted, no request finishing, pausing or resuming before step ``k``, free KV blocks for
-all of it), the replica computes the ``k`` step times at once
-(``cost.decode_run_times``, vectorized by the roofline model) and posts one completion event
-for the end of step ``k``. The run is applied lazily
-(:meth:`DecodeRun.advance <core.sched.decode_run.DecodeRun.advance>`):
-
-- when a request arrives at ``T``, a replica whose state the router reads (through the
-  :class:`~core.cluster.router.ReplicaView` methods; every replica for routers other than the
-  built-in ones) is first brought to what a step-by-step simulation would show at ``T``: the
-  steps that ended before ``T`` applied, the step in flight scheduled;
-- the replica the request goes to ends its run with the step in flight at ``T`` (a stale
-  completion event is recognised by a per-replica version and skipped).
-
-The results (every token time, finish, replica, cache hit, step count, busy time) are
-identical to stepping one step at a time (``Simulator(..., fast_forward=False)``); the tests
-check that on many workloads.
+Event order and how decode fast-forward works: docs/core/sim.md.
 """
 
 from __future__ import annotations
@@ -218,7 +191,7 @@ class ReplicaConfig:
 class SimReplica:
     """A replica in virtual time: a real :class:`Scheduler` and KV backend, a simulated runner.
 
-    With ``fast_forward`` a step that starts a decode run (see the module doc) stands for the
+    With ``fast_forward`` a step that starts a decode run (see docs/core/sim.md) stands for the
     whole run: :attr:`run` holds it, :attr:`busy_until` is the end of its last step, and
     :meth:`materialize` / :meth:`end_run_at` apply it lazily. :attr:`version` changes whenever
     the end of the work in flight changes (so a simulator can drop stale completion events).
@@ -389,7 +362,7 @@ now)."""
 
 class Event(NamedTuple):
     """An entry of the event heap, ordered as the tuple ``(time, kind, key, tag)``: ``key`` and
-    then ``tag`` break ties within a kind (see the module doc). Made by the subclasses below,
+    then ``tag`` break ties within a kind (see docs/core/sim.md). Made by the subclasses below,
     which give ``key`` and ``tag`` their names."""
 
     time: float
@@ -459,11 +432,11 @@ class Simulator:
 
     ``sessions="open"`` uses every request's ``arrival_time``; ``"closed"`` sends a session's
     first turn at its arrival time and each later turn ``think_time_s`` after the previous
-    turn finished (a user waits for the answer). Deterministic: see the module doc for the
+    turn finished (a user waits for the answer). Deterministic: see docs/core/sim.md for the
     order of simultaneous events.
 
-    ``fast_forward`` (default on) applies runs of identical decode steps in one go (see the
-    module doc); the results are the same as without it, only faster.
+    ``fast_forward`` (default on) applies runs of identical decode steps in one go (see
+    docs/core/sim.md); the results are the same as without it, only faster.
     """
 
     def __init__(
@@ -494,7 +467,7 @@ class Simulator:
         reqs = list(workload)
         engine_reqs = {r.request_id: to_engine_request(r, i) for i, r in enumerate(reqs)}
         # tie-breakers: arrivals by creation, step completions by (replica, version), tool-call
-        # returns by (replica, creation); see the module doc
+        # returns by (replica, creation); see docs/core/sim.md
         order = itertools.count()
         wakes = itertools.count()
         events: list[Arrival | StepDone | Wake] = []
