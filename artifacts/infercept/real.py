@@ -58,7 +58,7 @@ from core.sched.intercept import InterceptPolicy, LinearIterationCost
 from core.sim.profiled import ProfiledCostModel, load_pinned_profile, pinned_profile
 from core.workload import Workload
 
-from .sim import ESTIMATED, POLICIES
+from .sim import ESTIMATED, POLICIES, latency_metrics
 from .workloads import generate_infercept_workload, infercept_workload_stats
 
 PROFILE_MODEL = "tiny-llama-20m"
@@ -258,13 +258,7 @@ def run_point(config: dict[str, Any]) -> list[dict[str, Any]]:
                 "policy": policy,
                 "round": rnd,
                 "position": position,
-                "norm_latency_mean": s["normalized_latency_mean"],
-                "norm_latency_p50": s["normalized_latency_p50"],
-                "norm_latency_p90": s["normalized_latency_p90"],
-                "norm_latency_p99": s["normalized_latency_p99"],
-                "ttft_mean_s": s["ttft_mean"],
-                "completed": s["num_completed"],
-                "failed": s["num_error"] + s["num_abort"],
+                **latency_metrics(s),
                 "recomputed_tokens": s["recomputed_tokens"],
                 "preemptions": s["preemptions"],
                 "pauses": s["pauses"],

@@ -217,6 +217,19 @@ def window_metrics(records: list[RequestRecord], window_s: float) -> dict[str, f
     return {"completed_in_window": done, "completed_rps": done / window_s}
 
 
+def latency_metrics(s: dict[str, Any]) -> dict[str, Any]:
+    """The latency columns of a point, simulated or real, from ``summarize``."""
+    return {
+        "norm_latency_mean": s["normalized_latency_mean"],
+        "norm_latency_p50": s["normalized_latency_p50"],
+        "norm_latency_p90": s["normalized_latency_p90"],
+        "norm_latency_p99": s["normalized_latency_p99"],
+        "ttft_mean_s": s["ttft_mean"],
+        "completed": s["num_completed"],
+        "failed": s["num_error"] + s["num_abort"],
+    }
+
+
 def point_metrics(
     setup: str, records: list[RequestRecord], res: Any, probe: StepProbe, window_s: float
 ) -> dict[str, Any]:
@@ -230,13 +243,7 @@ def point_metrics(
         "swap": t.swap_waste * gb,
     }
     return {
-        "norm_latency_mean": s["normalized_latency_mean"],
-        "norm_latency_p50": s["normalized_latency_p50"],
-        "norm_latency_p90": s["normalized_latency_p90"],
-        "norm_latency_p99": s["normalized_latency_p99"],
-        "ttft_mean_s": s["ttft_mean"],
-        "completed": s["num_completed"],
-        "failed": s["num_error"] + s["num_abort"],
+        **latency_metrics(s),
         **window_metrics(records, window_s),
         "recomputed_tokens": s["recomputed_tokens"],
         "preemptions": s["preemptions"],

@@ -157,6 +157,19 @@ def build_router(name: str, setup: str, replicas: int) -> tuple[Router, str]:
     return router, ("preble-priority" if name == "preble" else "fcfs")
 
 
+def latency_metrics(s: dict[str, Any]) -> dict[str, Any]:
+    """The latency and hit-rate columns of a point, simulated or real, from ``summarize``."""
+    return {
+        "avg_latency_s": s["e2e_mean"],
+        "p99_latency_s": s["e2e_p99"],
+        "p50_latency_s": s["e2e_p50"],
+        "ttft_mean_s": s["ttft_mean"],
+        "ttft_p99_s": s["ttft_p99"],
+        "token_hit_rate": s["token_hit_rate"],
+        "completed": s["num_completed"],
+    }
+
+
 def simulate(config: dict[str, Any]) -> dict[str, Any]:
     """One point: the workload at ``rate`` through ``replicas`` replicas behind ``router``."""
     setup, replicas = config["setup"], config["replicas"]
@@ -170,13 +183,7 @@ def simulate(config: dict[str, Any]) -> dict[str, Any]:
     busy = np.asarray(res.busy_time, dtype=float)
     per_replica = np.bincount(list(res.replica_of.values()), minlength=replicas)
     return {
-        "avg_latency_s": s["e2e_mean"],
-        "p99_latency_s": s["e2e_p99"],
-        "p50_latency_s": s["e2e_p50"],
-        "ttft_mean_s": s["ttft_mean"],
-        "ttft_p99_s": s["ttft_p99"],
-        "token_hit_rate": s["token_hit_rate"],
-        "completed": s["num_completed"],
+        **latency_metrics(s),
         "throughput_rps": s["request_throughput"],
         "preemptions": s["preemptions"],
         "busy_imbalance": float(busy.max() / busy.min()) if busy.min() > 0 else float("inf"),

@@ -38,6 +38,7 @@ from core.metrics import RequestRecord, rotated_order, summarize
 from core.sim.profiled import load_pinned_profile, pinned_profile
 from core.workload import Workload
 
+from .fleet import latency_metrics
 from .router import E2Costs, E2Router
 from .workloads import generate_preble_workload, preble_workload_stats
 
@@ -125,13 +126,7 @@ def serve_once(router: str, wl: Workload, config: dict[str, Any]) -> dict[str, A
         if i is not None:
             computed[i] += rec.prompt_tokens - (rec.cached_tokens or 0)
     return {
-        "avg_latency_s": s["e2e_mean"],
-        "p99_latency_s": s["e2e_p99"],
-        "p50_latency_s": s["e2e_p50"],
-        "ttft_mean_s": s["ttft_mean"],
-        "ttft_p99_s": s["ttft_p99"],
-        "token_hit_rate": s["token_hit_rate"],
-        "completed": s["num_completed"],
+        **latency_metrics(s),
         "failed": len(res.failed),
         "makespan_s": res.makespan,
         "prefill_tokens": sum(computed),
