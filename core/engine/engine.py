@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.metrics.record import RequestRecord
 from core.sched.request import EngineRequest, PauseMode
 from core.sched.runner import Runner
 from core.sched.scheduler import Scheduler
@@ -39,28 +40,24 @@ class RequestOutput:
     num_cached_tokens: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
 
-    def _since_arrival(self, key: str) -> float | None:
-        t, arrival = self.metrics.get(key), self.metrics.get("arrival_time")
-        return None if t is None or arrival is None else t - arrival
+    def record(self) -> RequestRecord:
+        """This output as a :class:`core.metrics.RequestRecord`, which defines the latencies."""
+        return RequestRecord.from_output(self)
 
     @property
     def ttft(self) -> float | None:
-        """Time to first token (s): first token minus arrival."""
-        return self._since_arrival("first_token_time")
+        """Time to first token (s); None before the first token."""
+        return self.record().ttft
 
     @property
     def e2e(self) -> float | None:
-        """End-to-end latency (s): finish minus arrival; None while unfinished."""
-        return self._since_arrival("finish_time")
+        """End-to-end latency (s); None while unfinished."""
+        return self.record().e2e
 
     @property
     def tpot(self) -> float | None:
-        """Time per output token after the first (s/token): ``(e2e - ttft) / (n - 1)``, as
-        :class:`core.metrics.RequestRecord` defines it; None below two tokens or unfinished."""
-        first, finish = self.metrics.get("first_token_time"), self.metrics.get("finish_time")
-        if len(self.token_ids) < 2 or first is None or finish is None:
-            return None
-        return (finish - first) / (len(self.token_ids) - 1)
+        """Time per output token after the first (s/token); None below two tokens."""
+        return self.record().tpot
 
     @classmethod
     def from_request(cls, req: EngineRequest) -> RequestOutput:
