@@ -282,6 +282,7 @@ class RequestRecord:
             return sum(d for after, d in self.pause_spans if after <= index)
 
         total = self.pause_time
+        first: float | None
         if self.token_times:
             new_times: list[float] = []
             prev = self.arrival

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Final
 
 import numpy as np
 
 __all__ = ["PERCENTILES", "PERCENTILE_METHOD", "STAT_NAMES", "Stats", "percentile"]
 
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
-PERCENTILE_METHOD = "linear"
+PERCENTILE_METHOD: Final = "linear"
 #: The statistics a :class:`Stats` holds, in column order.
 STAT_NAMES: tuple[str, ...] = ("count", "mean", "min", "p50", "p90", "p95", "p99", "max")
 
@@ -49,7 +50,9 @@ class Stats:
     max: float
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> Stats:
+    def of(cls, values: Iterable[float | None]) -> Stats:
+        """The statistics of ``values``; ``None`` entries (a quantity not defined for one
+        request) are skipped."""
         arr = np.asarray([v for v in values if v is not None], dtype=float)
         if arr.size == 0:
             nan = math.nan
