@@ -12,10 +12,10 @@ from core.kernels.attention import AttentionBackend, get_attention_backend
 from core.kernels.linear import Linear, PackedWeight, linear, pack_weight, resolve_linear_backend
 
 from .batch import ForwardBatch, ForwardContext
-from .cache import KVCache, StatePool
+from .cache import KVCache, Slots, StatePool
 from .config import ModelConfig
 from .errors import ConfigError
-from .layers import HFWeights, RMSNorm, RotaryEmbedding
+from .layers import HFWeights, RMSNorm, RotaryEmbedding, hf_weights_of
 
 __all__ = ["CausalLM"]
 
@@ -143,11 +143,11 @@ class CausalLM(nn.Module):
         layer (model dtype and device unless given)."""
         c = self.config
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
-        kw = {"dtype": dtype or self.dtype, "device": device or self.device}
+        dtype, device = dtype or self.dtype, device or self.device
         n = len(c.attention_layers)
         return KVCache(
-            k=[torch.zeros(shape, **kw) for _ in range(n)],
-            v=[torch.zeros(shape, **kw) for _ in range(n)],
+            k=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
+            v=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
         )
 
     def allocate_state_pool(
@@ -174,7 +174,7 @@ class CausalLM(nn.Module):
         )
 
     @staticmethod
-    def copy_state_slot(pool: StatePool, src: int | torch.Tensor, dst: int | torch.Tensor) -> None:
+    def copy_state_slot(pool: StatePool, src: Slots, dst: Slots) -> None:
         """Copy state slot(s) ``src`` to ``dst`` in every Mamba layer: the engine's
         copy-on-write step before a sequence continues from a cached checkpoint."""
         pool.copy_(src, dst)
@@ -208,6 +208,6 @@ class CausalLM(nn.Module):
         if self.lm_head is not None:
             out["lm_head.weight"] = [("lm_head.weight", None)]
         for i, layer in enumerate(self.layers):
-            for name, parts in layer.hf_weights(f"model.layers.{i}.").items():
+            for name, parts in hf_weights_of(layer, f"model.layers.{i}.").items():
                 out[f"layers.{i}.{name}"] = parts
         return out

@@ -169,9 +169,27 @@ class ForwardContext:
     attn_backend: AttentionBackend
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def kv(self) -> KVCache:
+        """The paged KV cache the attention layers read and write; ValueError if absent."""
+        if self.kv_cache is None:
+            raise ValueError("an attention layer ran without a kv_cache")
+        return self.kv_cache
+
+    def states(self) -> StatePool:
+        """The conv/SSM state pool the Mamba layers read and write; ValueError if absent."""
+        if self.state_pool is None:
+            raise ValueError("a Mamba layer ran without a state_pool")
+        return self.state_pool
+
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE ``(cos, sin)`` of the batch's positions; ValueError if the forward set none."""
+        if self.rope is None:
+            raise ValueError("an attention layer ran without RoPE tables (ForwardContext.rope)")
+        return self.rope
+
     def attn_metadata(self) -> Any:
         """The backend's metadata for this batch, built by the first attention layer."""
-        backend, block_size, batch = self.attn_backend, self.kv_cache.block_size, self.batch
+        backend, block_size, batch = self.attn_backend, self.kv().block_size, self.batch
         return batch.memo(
             f"attention:{backend.name}:{block_size}",
             lambda: backend.build_metadata(

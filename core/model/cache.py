@@ -7,11 +7,16 @@ and which slot each sequence uses and passes them in every :class:`~core.model.b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 
-__all__ = ["KVCache", "StatePool"]
+__all__ = ["KVCache", "Slots", "StatePool"]
+
+Slots: TypeAlias = int | Sequence[int] | torch.Tensor
+"""One state slot or several (anything ``torch.as_tensor`` makes a tensor of longs from)."""
 
 
 @dataclass
@@ -57,14 +62,14 @@ class StatePool:
     def num_slots(self) -> int:
         return self.ssm[0].shape[0] if self.ssm else 0
 
-    def copy_(self, src: int | torch.Tensor, dst: int | torch.Tensor) -> None:
+    def copy_(self, src: Slots, dst: Slots) -> None:
         """Copy slot(s) ``src`` into slot(s) ``dst`` in every layer (``dst`` not in ``src``)."""
         src_t = torch.as_tensor(src, dtype=torch.long).reshape(-1)
         dst_t = torch.as_tensor(dst, dtype=torch.long).reshape(-1)
         for t in (*self.conv, *self.ssm):
             t.index_copy_(0, dst_t.to(t.device), t.index_select(0, src_t.to(t.device)))
 
-    def zero_(self, slots: int | torch.Tensor) -> None:
+    def zero_(self, slots: Slots) -> None:
         """Reset slot(s) to the zero state."""
         idx = torch.as_tensor(slots, dtype=torch.long).reshape(-1)
         for t in (*self.conv, *self.ssm):

@@ -19,6 +19,7 @@ torch modules do not implement (a GELU MLP, YaRN RoPE) parse fine: the model ref
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import os
@@ -307,7 +308,7 @@ def parse_rope(
 ) -> RopeConfig:
     """Read rope settings from either the 5.x ``rope_parameters`` or 4.x ``rope_theta`` and
     ``rope_scaling``; a scaling type's required parameters missing raise ConfigError."""
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    params: dict[str, Any] = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     if params and all(isinstance(v, Mapping) for v in params.values()):
         raise ConfigError("config.json: per-layer-type rope_parameters are not supported")
     rope_type = params.get("rope_type", params.get("type", "default"))
@@ -450,7 +451,7 @@ class _Reader:
     def flag(self, key: str, default: bool = False) -> bool:
         return bool(self.raw(key, default))
 
-    def limit(self, key: str) -> tuple[float, float]:
+    def limit(self, key: str) -> tuple[builtins.float, builtins.float]:  # `float` here: the method
         lo, hi = self.raw(key, (0.0, math.inf))
         return float(lo), float(hi)
 

@@ -28,7 +28,16 @@ from core.kernels.ssd import causal_conv1d, causal_conv1d_step, ssd_chunk_scan, 
 from .base import CausalLM
 from .batch import ForwardBatch, ForwardContext
 from .config import ATTENTION, MAMBA, ModelConfig
-from .layers import Attention, GatedMLP, GatedRMSNorm, HFWeights, RMSNorm, _same
+from .errors import ConfigError
+from .layers import (
+    Attention,
+    GatedMLP,
+    GatedRMSNorm,
+    HFWeights,
+    RMSNorm,
+    _same,
+    nested_hf_weights,
+)
 
 __all__ = ["BambaDecoderLayer", "BambaForCausalLM", "Mamba2Mixer"]
 
@@ -47,6 +56,8 @@ class _SSMSplit:
     @classmethod
     def of(cls, batch: ForwardBatch) -> _SSMSplit:
         qlens = batch.query_lens()
+        if batch.state_indices is None:
+            raise ValueError("a batch through Mamba layers needs state_indices")
         slots = batch.state_indices.tolist()
         if batch.has_initial_state is None:  # infer: a sequence with cached tokens has a state
             has = [s > q for s, q in zip(batch.context_lens(), qlens, strict=True)]
@@ -83,6 +94,8 @@ class Mamba2Mixer(nn.Module):
     def __init__(self, config: ModelConfig, state_index: int) -> None:
         super().__init__()
         m = config.mamba
+        if m is None:
+            raise ConfigError("a Mamba2 mixer needs config.mamba")
         self.m = m
         self.state_index = state_index
         inner = m.d_inner
@@ -101,8 +114,8 @@ class Mamba2Mixer(nn.Module):
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         m = self.m
         inner, gn = m.d_inner, m.n_groups * m.d_state
-        conv_pool = ctx.state_pool.conv[self.state_index]
-        ssm_pool = ctx.state_pool.ssm[self.state_index]
+        pool = ctx.states()
+        conv_pool, ssm_pool = pool.conv[self.state_index], pool.ssm[self.state_index]
         plan: _SSMSplit = ctx.batch.memo("ssm_split", lambda: _SSMSplit.of(ctx.batch))
 
         z, xbc, dt = self.in_proj(x).split([inner, m.conv_dim, m.n_heads], dim=-1)
@@ -201,11 +214,8 @@ class BambaDecoderLayer(nn.Module):
 
     def hf_weights(self, prefix: str) -> HFWeights:
         mixer = "self_attn" if self.is_attention else "mamba"
-        out: HFWeights = {}
-        for name in ("input_layernorm", mixer, "pre_ff_layernorm", "feed_forward"):
-            weights = getattr(self, name).hf_weights(f"{prefix}{name}.")
-            out.update({f"{name}.{k}": v for k, v in weights.items()})
-        return out
+        names = ("input_layernorm", mixer, "pre_ff_layernorm", "feed_forward")
+        return nested_hf_weights(self, prefix, {n: n for n in names})
 
 
 class BambaForCausalLM(CausalLM):
@@ -215,7 +225,8 @@ class BambaForCausalLM(CausalLM):
     hf_final_norm = "final_layernorm"
 
     def build_layers(self, config: ModelConfig) -> list[nn.Module]:
-        layers, n_attn, n_mamba = [], 0, 0
+        layers: list[nn.Module] = []
+        n_attn = n_mamba = 0
         for i, kind in enumerate(config.layer_types):
             layers.append(BambaDecoderLayer(config, i, cache_index=n_attn, state_index=n_mamba))
             n_attn += kind == ATTENTION

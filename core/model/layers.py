@@ -12,6 +12,8 @@ it in both directions).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +30,12 @@ __all__ = [
     "GatedMLP",
     "GatedRMSNorm",
     "HFWeights",
+    "NamesHFWeights",
     "RMSNorm",
     "RotaryEmbedding",
     "apply_rotary",
+    "hf_weights_of",
+    "nested_hf_weights",
     "rope_inv_freq",
 ]
 
@@ -41,6 +46,31 @@ HFWeights = dict[str, list[tuple[str, int | None]]]
 def _same(prefix: str, *names: str) -> HFWeights:
     """Parameters stored under the same relative name in HF checkpoints."""
     return {n: [(prefix + n, None)] for n in names}
+
+
+@runtime_checkable
+class NamesHFWeights(Protocol):
+    """A module that says which HF tensors make up its parameters (every layer here does)."""
+
+    def hf_weights(self, prefix: str) -> HFWeights: ...
+
+
+def hf_weights_of(module: nn.Module, prefix: str) -> HFWeights:
+    """``module.hf_weights(prefix)`` for a submodule typed as a bare ``nn.Module`` (an item of
+    an ``nn.ModuleList``, a ``getattr``); TypeError if it does not name its weights."""
+    if not isinstance(module, NamesHFWeights):
+        raise TypeError(f"{type(module).__name__} does not name its HF weights (hf_weights)")
+    return module.hf_weights(prefix)
+
+
+def nested_hf_weights(owner: nn.Module, prefix: str, children: Mapping[str, str]) -> HFWeights:
+    """The HF weights of ``owner``'s children, each under ``<child>.``: ``children`` maps our
+    child's attribute name to its name in the checkpoint under ``prefix``."""
+    out: HFWeights = {}
+    for ours, theirs in children.items():
+        weights = hf_weights_of(getattr(owner, ours), f"{prefix}{theirs}.")
+        out.update({f"{ours}.{k}": v for k, v in weights.items()})
+    return out
 
 
 class RMSNorm(nn.Module):
@@ -93,6 +123,10 @@ def rope_inv_freq(rope: RopeConfig, rotary_dim: int) -> torch.Tensor:
     if rope.rope_type == "llama3":
         # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
         old_len = rope.original_max_position_embeddings
+        if old_len is None:
+            raise ConfigError(
+                "config.json: rope type 'llama3' needs original_max_position_embeddings"
+            )
         low_wavelen = old_len / rope.low_freq_factor
         high_wavelen = old_len / rope.high_freq_factor
         wavelen = 2 * math.pi / inv_freq
@@ -202,11 +236,11 @@ class Attention(nn.Module):
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
         )
         self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        self.q_norm: RMSNorm | None = None  # per-head q/k norms (Qwen3): both or neither
+        self.k_norm: RMSNorm | None = None
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-        else:
-            self.q_norm = self.k_norm = None
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         n = x.shape[0]
@@ -214,13 +248,13 @@ class Attention(nn.Module):
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.view(n, self.num_kv_heads, self.head_dim)
         v = v.view(n, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = ctx.rope
+        cos, sin = ctx.rope_tables()
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
-        k_cache = ctx.kv_cache.k[self.cache_index]
-        v_cache = ctx.kv_cache.v[self.cache_index]
+        kv = ctx.kv()
+        k_cache, v_cache = kv.k[self.cache_index], kv.v[self.cache_index]
         backend, meta = ctx.attn_backend, ctx.attn_metadata()
         backend.write_kv(k, v, k_cache, v_cache, meta)
         out = backend.forward(

@@ -18,7 +18,7 @@ from torch import nn
 from .base import CausalLM
 from .batch import ForwardContext
 from .config import ModelConfig
-from .layers import Attention, GatedMLP, HFWeights, RMSNorm
+from .layers import Attention, GatedMLP, HFWeights, RMSNorm, nested_hf_weights
 
 __all__ = ["LlamaDecoderLayer", "LlamaForCausalLM"]
 
@@ -38,11 +38,8 @@ class LlamaDecoderLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
     def hf_weights(self, prefix: str) -> HFWeights:
-        out: HFWeights = {}
-        for name in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"):
-            module = getattr(self, name)
-            out.update({f"{name}.{k}": v for k, v in module.hf_weights(f"{prefix}{name}.").items()})
-        return out
+        names = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+        return nested_hf_weights(self, prefix, {n: n for n in names})
 
 
 class LlamaForCausalLM(CausalLM):

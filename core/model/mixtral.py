@@ -15,7 +15,8 @@ from core.kernels.linear import Linear
 from .base import CausalLM
 from .batch import ForwardContext
 from .config import ModelConfig, MoEConfig
-from .layers import Attention, GatedMLP, HFWeights, RMSNorm
+from .errors import ConfigError
+from .layers import Attention, GatedMLP, HFWeights, RMSNorm, hf_weights_of, nested_hf_weights
 
 __all__ = ["MixtralDecoderLayer", "MixtralForCausalLM", "SparseMoE"]
 
@@ -50,7 +51,7 @@ class SparseMoE(nn.Module):
     def hf_weights(self, prefix: str) -> HFWeights:
         out: HFWeights = {"gate.weight": [(f"{prefix}gate.weight", None)]}
         for e, expert in enumerate(self.experts):
-            for k, v in expert.hf_weights(f"{prefix}experts.{e}.").items():
+            for k, v in hf_weights_of(expert, f"{prefix}experts.{e}.").items():
                 out[f"experts.{e}.{k}"] = v
         return out
 
@@ -63,6 +64,8 @@ class MixtralDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_id, cache_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if config.moe is None:
+            raise ConfigError("a Mixtral layer needs config.moe")
         self.moe = SparseMoE(config.hidden_size, config.moe)
 
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -77,11 +80,7 @@ class MixtralDecoderLayer(nn.Module):
             "post_attention_layernorm": "post_attention_layernorm",
             "moe": "block_sparse_moe",
         }
-        out: HFWeights = {}
-        for ours, theirs in parts.items():
-            weights = getattr(self, ours).hf_weights(f"{prefix}{theirs}.")
-            out.update({f"{ours}.{k}": v for k, v in weights.items()})
-        return out
+        return nested_hf_weights(self, prefix, parts)
 
 
 class MixtralForCausalLM(CausalLM):
