@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from core.kv.backend import KVBackend, PendingCopies
+from core.kv.backend import KVBackend, KVRequest, PendingCopies
 from core.kv.swap import copy_blocks
 from core.model import ForwardBatch
 from core.model.base import CausalLM
@@ -76,10 +76,16 @@ class ModelRunner:
         src, dst = zip(*pairs, strict=True)
         self.state_pool.copy_(list(src), list(dst))
 
+    def _state_slot(self, req: KVRequest) -> int:
+        slot = self.kv.state_slot(req)
+        if slot is None:
+            raise RuntimeError(f"request {req.request_id!r} has no state slot (hybrid model)")
+        return slot
+
     def build_batch(self, out: SchedulerOutput) -> ForwardBatch:
         chunks = out.chunks
         state_slots = (
-            [self.kv.state_slot(c.request) for c in chunks] if self.state_pool is not None else None
+            [self._state_slot(c.request) for c in chunks] if self.state_pool is not None else None
         )
         return ForwardBatch.build(
             [c.request.token_ids[c.start : c.end] for c in chunks],

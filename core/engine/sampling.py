@@ -172,7 +172,12 @@ class SamplingParams:
         """
         ids = set(self.stop_token_ids)
         if not self.ignore_eos and eos_token_id is not None:
-            ids.update([eos_token_id] if _is_int(eos_token_id) else eos_token_id)
+            if isinstance(eos_token_id, Iterable):
+                ids.update(eos_token_id)
+            elif _is_int(eos_token_id):
+                ids.add(eos_token_id)
+            else:
+                raise TypeError(f"eos_token_id must be an int or ints, got {eos_token_id!r}")
         return frozenset(int(t) for t in ids)
 
     def new_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:

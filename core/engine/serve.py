@@ -47,9 +47,7 @@ def replay(
     without token ids.
     """
     pending = sorted(requests, key=lambda r: r.arrival_time)
-    for r in pending:
-        if r.prompt_token_ids is None:
-            raise ValueError(f"request {r.request_id!r} has no prompt_token_ids to serve")
+    prompts = [_prompt_ids(r) for r in pending]  # every request checked before one is served
     t0 = engine.clock()
     out: list[EngineRequest] = []
     i = 0
@@ -60,7 +58,7 @@ def replay(
             out.append(
                 engine.add_request(
                     r.request_id,
-                    list(r.prompt_token_ids),
+                    prompts[i],
                     sampling(r),
                     arrival_time=t0 + r.arrival_time,
                     interceptions=r.interceptions,
@@ -95,6 +93,13 @@ def _has_work(s: Any, now: float) -> bool:
         return True
     nxt = s.next_event_time()
     return nxt is not None and nxt <= now
+
+
+def _prompt_ids(r: Request) -> list[int]:
+    """A copy of ``r``'s prompt token ids; ValueError naming ``r`` when it has none."""
+    if r.prompt_token_ids is None:
+        raise ValueError(f"request {r.request_id!r} has no prompt_token_ids to serve")
+    return list(r.prompt_token_ids)
 
 
 def _user_delta(prev: Request, req: Request) -> list[int] | None:
