@@ -213,7 +213,7 @@ class Replica:
             # an arrival a clock-offset error puts in our future would precede its own start
             arrival_time=min(sub.arrival_time, clock()),
             interceptions=sub.interceptions,
-            eos_token_id=self.llm.eos_token_id,
+            eos_token_id=self.llm.config.eos_token_id,  # all of them, if the config lists several
         )
         self._held[req.request_id] = req
         return [req] if req.is_finished else []

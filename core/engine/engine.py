@@ -89,6 +89,16 @@ class StepStats:
         return self.total_s - self.forward_s
 
 
+def _eos_ids(eos: int | Iterable[int] | None) -> int | tuple[int, ...] | None:
+    """EOS id(s) as an :class:`EngineRequest` keeps them: one int, a tuple of several, or None
+    (also for an empty list)."""
+    if eos is None:
+        return None
+    if isinstance(eos, Iterable):
+        return tuple(int(t) for t in eos) or None
+    return int(eos)
+
+
 class Engine:
     """Continuous batching over a :class:`Scheduler` and a :class:`Runner`.
 
@@ -116,9 +126,13 @@ class Engine:
         arrival_time: float | None = None,
         priority: int = 0,
         interceptions: Iterable[Any] = (),
-        eos_token_id: int | None = None,
+        eos_token_id: int | Iterable[int] | None = None,
     ) -> EngineRequest:
-        """Queue a request. An empty or too-long prompt finishes at once with an error."""
+        """Queue a request. An empty or too-long prompt finishes at once with an error.
+
+        ``eos_token_id``: the model's EOS id, or several (a config's list): any of them stops
+        the request unless its sampling ignores EOS; None or an empty list: no EOS.
+        """
         req = EngineRequest(
             request_id=request_id,
             prompt_token_ids=list(prompt_token_ids),
@@ -126,7 +140,7 @@ class Engine:
             arrival_time=self.clock() if arrival_time is None else arrival_time,
             priority=priority,
             interceptions=list(interceptions),
-            eos_token_id=eos_token_id,
+            eos_token_id=_eos_ids(eos_token_id),
         )
         self.scheduler.add_request(req)
         return req

@@ -116,7 +116,7 @@ class ModelRunner:
                     [r.sampling for r in reqs],
                     [self._generator(r) for r in reqs],
                     output_lens=[r.num_output_tokens for r in reqs],
-                    eos_token_id=reqs[0].eos_token_id,  # one model, one EOS
+                    eos_token_id=reqs[0].eos_token_ids,  # one model, one set of EOS ids
                 )
                 tokens = sampled.sampled_token_ids.tolist()
                 for i, r in enumerate(reqs):

@@ -62,7 +62,7 @@ def decode_run_limit(
             return 1
         sp = req.sampling
         if getattr(sp, "stop_token_ids", None) or not (
-            getattr(sp, "ignore_eos", False) or req.eos_token_id is None
+            getattr(sp, "ignore_eos", False) or not req.eos_token_ids
         ):
             return 1
         if sched.kv.next_stop(req) is not None:

@@ -90,6 +90,8 @@ class EngineRequest:
     - ``priority``: smaller is served first by priority queue policies (ties: arrival).
     - ``interceptions``: pauses that fire when the request has generated
       ``after_output_tokens`` tokens (tool calls; see :class:`PauseMode`).
+    - ``eos_token_id``: the model's EOS id, or several (a config may list more than one):
+      sampling any of :attr:`eos_token_ids` stops the request unless ``ignore_eos``.
     - ``sampling`` is opaque to the scheduler except ``max_tokens``, ``stop_token_ids``,
       ``ignore_eos`` and ``min_tokens`` (any object with those attributes works, so the
       simulator needs no sampler).
@@ -101,7 +103,7 @@ class EngineRequest:
     arrival_time: float = 0.0
     priority: int = 0
     interceptions: list[Interception] = field(default_factory=list)
-    eos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
     status: RequestStatus = RequestStatus.WAITING
     token_ids: list[int] = field(default_factory=list)
     output_token_ids: list[int] = field(default_factory=list)
@@ -128,6 +130,14 @@ class EngineRequest:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The EOS ids that stop this request (empty: none)."""
+        eos = self.eos_token_id
+        if eos is None:
+            return ()
+        return (eos,) if isinstance(eos, int) else eos
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -569,7 +569,7 @@ class Scheduler:
         sp = req.sampling
         min_tokens = getattr(sp, "min_tokens", 0)
         if req.num_output_tokens >= min_tokens:
-            if not getattr(sp, "ignore_eos", False) and token == req.eos_token_id:
+            if not getattr(sp, "ignore_eos", False) and token in req.eos_token_ids:
                 return RequestStatus.FINISHED_STOPPED
             if token in (getattr(sp, "stop_token_ids", None) or ()):
                 return RequestStatus.FINISHED_STOPPED

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core.cluster.replica import ReplicaServer, Submission
+from core.cluster.replica import Replica, ReplicaServer, Submission
 from core.cluster.replica import clock as replica_clock
 from core.cluster.router import PrefixAffinity, RoundRobin, Router
 from core.cluster.serving import Fleet, ReplicaSpec
@@ -103,6 +103,24 @@ def test_inprocess_fleet_serves_like_one_engine(reference):
         assert rec.arrival <= rec.first_token <= rec.finish <= res.makespan
     s = summarize(recs)
     assert s["num_completed"] == 6 and s["num_error"] == 0 and s["ttft_mean"] > 0
+
+
+def test_replica_stops_on_any_eos_id_its_config_lists(reference):
+    # HF configs may list several EOS ids (Llama 3 instruct: end of text, end of message, end of
+    # turn); generation ends at whichever comes first, not only at the first id of the list
+    req = STREAM[0]
+    ref = reference[req.request_id]
+    k = next((i for i in range(1, OUT) if ref[i] not in ref[:i]), 0)
+    unused = next(t for t in range(3, 512) if t not in ref)
+    spec = replace(SPEC, model={**TINY, "eos_token_id": [unused, ref[k]]})
+    replica = Replica(0, spec)
+    sp = SamplingParams(temperature=0.0, max_tokens=OUT)
+    replica.submit([Submission(req.request_id, req.prompt_token_ids, sp, replica_clock())])
+    done = []
+    while not done:
+        done = replica.pump()
+    assert done[0].status == RequestStatus.FINISHED_STOPPED
+    assert done[0].output_token_ids == ref[: k + 1]
 
 
 def failing_step(engine, after):

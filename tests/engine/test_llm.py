@@ -153,3 +153,32 @@ def test_request_output_gives_latencies_from_its_timeline():
         "r", [1], [5], False, metrics={"arrival_time": 1.0, "first_token_time": 2.0}
     )
     assert running.e2e is None and running.tpot is None and running.ttft == 1.0
+
+
+def test_any_of_several_eos_ids_stops_a_request():
+    """Engine.add_request takes the model's EOS id or several (a config's list): sampling any
+    of them stops the request; an empty list is no EOS."""
+    tiny = {
+        "model_type": "llama",
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "initializer_range": 0.1,
+    }
+    llm = LLM(tiny, num_kv_blocks=64, block_size=4)
+    prompt = prompts([9], seed=4)[0]
+    free = llm.generate([prompt], GREEDY, use_tqdm=False)[0].token_ids
+    k = next((i for i in range(1, len(free)) if free[i] not in free[:i]), 0)
+    unused = next(t for t in range(512) if t not in free)
+    sp = SamplingParams(temperature=0, max_tokens=len(free))
+    stop, length = (free[: k + 1], "FINISHED_STOPPED"), (free, "FINISHED_LENGTH")
+    cases = [([unused, free[k]], stop), ((free[k],), stop), (free[k], stop)]
+    cases += [(unused, length), ([], length), (None, length)]
+    for i, (eos, (tokens, status)) in enumerate(cases):
+        req = llm.engine.add_request(f"r{i}", prompt, sp, eos_token_id=eos)
+        while not req.is_finished:
+            llm.engine.step()
+        assert (req.output_token_ids, req.status.name) == (tokens, status), eos
