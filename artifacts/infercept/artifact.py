@@ -14,9 +14,9 @@ Three experiments:
   rounds, timed on the engine thread's CPU clock (arrivals and calls not slept), compared on
   medians over rounds.
 
-The policies live in :mod:`core.sched.intercept`, the workloads in :mod:`.workloads`; this
-folder composes them (:mod:`.sim`, :mod:`.real`) and measures where time and memory go
-(:mod:`.probe`).
+The four baselines live in :mod:`core.sched.intercept`, InferCept's min-waste policy in
+:mod:`.policy` and the workloads in :mod:`.workloads`; this folder composes them (:mod:`.sim`,
+:mod:`.real`) and measures where time and memory go (:mod:`.probe`).
 """
 
 from __future__ import annotations

@@ -54,10 +54,11 @@ from core.engine.serve import replay
 from core.metrics import RequestRecord, rotated_order, summarize
 from core.model.spec import ModelSpec
 from core.sched import make_intercept_policy
-from core.sched.intercept import InterceptPolicy, LinearIterationCost
+from core.sched.intercept import InterceptPolicy
 from core.sim.profiled import ProfiledCostModel, load_pinned_profile, pinned_profile
 from core.workload import Workload
 
+from .policy import LinearIterationCost, MinWastePolicy
 from .sim import ESTIMATED, POLICIES, latency_metrics
 from .workloads import generate_infercept_workload, infercept_workload_stats
 
@@ -149,7 +150,7 @@ def make_policy(name: str, wl: Workload, config: dict[str, Any]) -> InterceptPol
             if name == "infercept"
             else {"oracle": False, "mean_duration_s": wl.params["mean_duration_s"]}
         )
-        return make_intercept_policy("infercept", cost=cost, saturation=saturation, **extra)
+        return MinWastePolicy(cost=cost, saturation=saturation, **extra)
     return make_intercept_policy(name)
 
 

@@ -14,11 +14,11 @@ paged KV pool (no prefix cache, as in the authors' vLLM), with
   Vicuna-13B is a Llama-13B). The roofline charges decode steps for reading every running
   request's KV, which the authors' linear iteration model does not: see the README.
 - **the policy's own model of the GPU**: InferCept's min-waste policy estimates ``T_fwd`` with
-  the authors' fitted ``a*tokens + c`` (:data:`core.sched.intercept.GPTJ_6B_A100`,
-  :data:`~core.sched.intercept.LLAMA_13B_TP2_A100`) and saturation 384 tokens, as their
+  the authors' fitted ``a*tokens + c`` (:data:`.policy.GPTJ_6B_A100`,
+  :data:`.policy.LLAMA_13B_TP2_A100`) and saturation 384 tokens, as their
   ``scheduler_v2.py`` does, not with the simulator's roofline.
 - **the host link**: PCIe 4.0 x16 at 25 GB/s per direction per GPU
-  (:data:`core.sched.intercept.PCIE4_X16_BYTES_PER_S`), and the authors' swap space per GPU
+  (:data:`.policy.PCIE4_X16_BYTES_PER_S`), and the authors' swap space per GPU
   (``--swap-space`` 128 GiB for GPT-J, 64 GiB per GPU for 13B with TP 2: ``exps/*.sh``).
 - **memory**: 90% of the GPU's memory (vLLM's default ``gpu_memory_utilization``) minus the
   weights, in 16-token blocks (prompts longer than the context are rejected, as vLLM does); vLLM v0's batching defaults for a 2048-token model (2048 tokens and 256
@@ -48,17 +48,18 @@ from core.artifact import RunContext, Scale
 from core.metrics import RequestRecord, summarize
 from core.model.spec import ModelSpec
 from core.sched import SchedulerConfig, make_intercept_policy
-from core.sched.intercept import (
-    GPTJ_6B_A100,
-    LLAMA_13B_TP2_A100,
-    SATURATION_TOKENS_A100,
-    InterceptPolicy,
-    LinearIterationCost,
-)
+from core.sched.intercept import InterceptPolicy
 from core.sim import ReplicaConfig, Simulator
 from core.sim.cost import RooflineCostModel
 from core.workload import Workload
 
+from .policy import (
+    GPTJ_6B_A100,
+    LLAMA_13B_TP2_A100,
+    SATURATION_TOKENS_A100,
+    LinearIterationCost,
+    MinWastePolicy,
+)
 from .probe import StepProbe
 from .workloads import AUGMENTATIONS, generate_infercept_workload, infercept_workload_stats
 
@@ -168,10 +169,9 @@ def make_policy(name: str, setup: str, workload: Workload) -> InterceptPolicy:
     """A policy by the artifact's name; InferCept gets the authors' model of this GPU."""
     cost = SETUPS[setup].policy_cost
     if name == "infercept":
-        return make_intercept_policy("infercept", cost=cost, saturation=SATURATION_TOKENS_A100)
+        return MinWastePolicy(cost=cost, saturation=SATURATION_TOKENS_A100)
     if name == ESTIMATED:
-        return make_intercept_policy(
-            "infercept",
+        return MinWastePolicy(
             cost=cost,
             saturation=SATURATION_TOKENS_A100,
             oracle=False,

@@ -28,6 +28,7 @@ from core.sim import ReplicaConfig, Simulator
 from core.sim.cost import RooflineCostModel
 from core.workload import Workload
 
+from .priority import PrebleGroupPolicy
 from .router import E2Costs, E2Router
 from .workloads import generate_preble_workload, preble_workload_stats
 
@@ -147,14 +148,15 @@ def replica_config(setup: str, queue_policy: str = "fcfs") -> ReplicaConfig:
 
 
 def build_router(name: str, setup: str, replicas: int) -> tuple[Router, str]:
-    """The router of a Fig. 3 baseline or a Table 1 rung, and its replicas' queue policy."""
+    """The router of a Fig. 3 baseline or a Table 1 rung, and its replicas' queue policy (a
+    registered name: each replica's scheduler makes its own stateful policy)."""
     if name not in RUNG_FEATURES:
         return make_router(name), "fcfs"
     cost = cost_model(setup)
     router = E2Router(
         cost.max_kv_blocks(BLOCK) * BLOCK, E2Costs.from_cost_model(cost), **RUNG_FEATURES[name]
     )
-    return router, ("preble-priority" if name == "preble" else "fcfs")
+    return router, (PrebleGroupPolicy.name if name == "preble" else "fcfs")
 
 
 def latency_metrics(s: dict[str, Any]) -> dict[str, Any]:

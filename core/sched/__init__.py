@@ -1,6 +1,8 @@
 """Scheduling: the request lifecycle, token-budget continuous batching, queue policies,
 interception policies (what paused requests' KV does: ``core.sched.intercept``), and decode
 runs, the simulator's fast-forward over steps that only decode (``core.sched.decode_run``).
+Both kinds of policy are named through registries that artifacts extend with their own
+(``register_queue_policy``, ``register_intercept_policy``).
 
 The same :class:`Scheduler` object is driven by the real engine (``core.engine``) and by the
 simulator; it reads no clock and touches no tensor.
@@ -11,17 +13,16 @@ from core.sched.intercept import (
     INTERCEPT_POLICIES,
     InterceptPolicy,
     IterationPlan,
-    LinearIterationCost,
-    MinWastePolicy,
     make_intercept_policy,
+    register_intercept_policy,
 )
 from core.sched.policies import (
     FCFS,
     POLICIES,
-    PrebleGroupPolicy,
     PriorityPolicy,
     QueuePolicy,
     make_policy,
+    register_queue_policy,
 )
 from core.sched.request import EngineRequest, PauseMode, RequestStatus, RequestTimeline
 from core.sched.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
@@ -34,10 +35,7 @@ __all__ = [
     "EngineRequest",
     "InterceptPolicy",
     "IterationPlan",
-    "LinearIterationCost",
-    "MinWastePolicy",
     "PauseMode",
-    "PrebleGroupPolicy",
     "PriorityPolicy",
     "QueuePolicy",
     "RequestStatus",
@@ -49,4 +47,6 @@ __all__ = [
     "decode_run_limit",
     "make_intercept_policy",
     "make_policy",
+    "register_intercept_policy",
+    "register_queue_policy",
 ]

@@ -11,6 +11,7 @@ from artifacts.infercept import artifact as ic
 from artifacts.infercept import real, sim
 from artifacts.infercept.artifact import ARTIFACT
 from artifacts.infercept.plots import SLO_FACTOR, slo_rates
+from artifacts.infercept.policy import LinearIterationCost
 from artifacts.infercept.probe import StepProbe, recomputed_in, without_recompute
 from core.artifact import NotApplicable, Results, RunContext, RunOptions, Scale, run_artifact
 from core.artifact.report import evaluate_claim
@@ -23,7 +24,6 @@ from core.sched import (
     SchedulerOutput,
     make_intercept_policy,
 )
-from core.sched.intercept import LinearIterationCost
 from core.sim import ReplicaConfig, SimSampling, Simulator
 from core.sim.profiled import load_pinned_profile
 from core.workload.schema import Interception, Request

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from artifacts.infercept.policy import MinWastePolicy  # importing it registers "infercept"
 from core.engine import LLM, SamplingParams
 from core.sched import PauseMode, RequestStatus, make_intercept_policy
-from core.sched.intercept import MinWastePolicy
 from core.workload import Interception
 
 from .conftest import prompts
