@@ -14,8 +14,8 @@ from core.kv.backend import KVBackend, PagedKVBackend, RadixKVBackend
 from core.kv.policies import AdmissionPolicy, EvictionPolicy
 from core.model import load_model
 from core.model.checkpoint import load_tokenizer
-from core.sched.intercept import InterceptPolicy
-from core.sched.policies import QueuePolicy
+from core.sched.intercept import InterceptPolicy, make_intercept_policy
+from core.sched.policies import QueuePolicy, make_policy
 from core.sched.scheduler import Scheduler, SchedulerConfig
 
 from .engine import Engine, RequestOutput
@@ -53,14 +53,17 @@ class LLM:
       dense models) or ``"radix"`` (radix tree; the only choice for hybrid models, whose
       checkpoint ``admission`` and ``eviction`` policies plug in here); ``"auto"`` picks.
     - batching: ``max_num_seqs``, ``max_num_batched_tokens``, ``enable_chunked_prefill``,
-      ``preemption_mode`` (``"recompute"`` / ``"swap"``), ``queue_policy``.
+      ``preemption_mode`` (``"recompute"`` / ``"swap"``), ``queue_policy`` (a
+      :class:`~core.sched.policies.QueuePolicy` or a name, see :func:`~core.sched.make_policy`).
     - kernels: ``attention_backend`` (see :mod:`core.kernels.attention`) and
       ``linear_backend``: ``"torch"``, ``"onednn"`` (CPU: weights prepacked for oneDNN, several
       times faster at decode batch sizes, one extra copy of the weights in memory) or None
       (``$SERVELAB_LINEAR_BACKEND``, else oneDNN where it runs; see :mod:`core.kernels.linear`).
     - interceptions (requests that pause for a tool call): ``intercept``, a policy or its name
-      (``"preserve"`` by default, ``"vllm"``, ``"improved-discard"``, ``"swap"``,
-      ``"infercept"``; see :mod:`core.sched.intercept`).
+      (``"preserve"`` by default, ``"vllm"``, ``"improved-discard"``, ``"swap"``, or one an
+      imported artifact registered, e.g. ``"infercept"`` after ``import artifacts.infercept``)
+      or an import path ``"module:Class"``; see :mod:`core.sched.intercept`.
+    Policy names are resolved before the model loads: an unknown one raises ValueError at once.
     """
 
     def __init__(
@@ -89,6 +92,8 @@ class LLM:
         linear_backend: str | None = None,
         intercept: InterceptPolicy | str | None = None,
     ) -> None:
+        queue = make_policy(queue_policy)
+        icp_policy = make_intercept_policy(intercept)
         torch_dtype = _dtype(dtype)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.config = load_model(model, dtype=torch_dtype, device=device, seed=seed)
@@ -158,7 +163,7 @@ class LLM:
         )
         state_pool = (
             self.model.allocate_state_pool(backend.states.num_slots, torch_dtype, device)
-            if hybrid
+            if hybrid and isinstance(backend, RadixKVBackend)  # hybrid models are radix-only
             else None
         )
         runner = ModelRunner(
@@ -169,7 +174,7 @@ class LLM:
             state_pool=state_pool,
             host_kv=host_kv,
         )
-        self.engine = Engine(Scheduler(sched_cfg, backend, queue_policy, intercept), runner)
+        self.engine = Engine(Scheduler(sched_cfg, backend, queue, icp_policy), runner)
         self._counter = 0
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
