@@ -10,12 +10,19 @@ colour means two things. Titles say what the run swept (scale, windows, rounds).
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from core.artifact import RunContext, color_map, spread_bars
+from core.artifact import (
+    RunContext,
+    anchor_right,
+    color_map,
+    item_legend,
+    log_axis,
+    marker_lines,
+    spread_panels,
+)
 from core.metrics import RoundsSummary, highest_rate_within, summarize_rounds
 
 from .sim import ESTIMATED, LONG_KINDS, POLICIES, SETUPS, SHORT_KINDS
@@ -67,15 +74,6 @@ def slo_rates(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def log_axis(ax: plt.Axes) -> None:
-    """A log y axis labelled 0.01, 0.02, 0.05, 0.1, ... in plain numbers (no 4x10^-1, no
-    crowded minor labels)."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
-
-
 def _order(present: set[str]) -> list[str]:
     return [p for p in ALL_POLICIES if p in present]
 
@@ -84,32 +82,18 @@ def _window(frame: pd.DataFrame) -> str:
     return "/".join(f"{w:g}" for w in sorted(set(frame["window_s"]))) + " s arrival windows"
 
 
-def _anchor_right(ax: plt.Axes, rotation: float = 30, size: float | None = None) -> None:
-    """Rotated tick labels that end under their tick (no label runs into its neighbour)."""
-    for t in ax.get_xticklabels():
-        t.set_rotation(rotation)
-        t.set_ha("right")
-        t.set_rotation_mode("anchor")
-        if size:
-            t.set_fontsize(size)
-
-
 def _policy_legend(
     fig: plt.Figure, policies: list[str], *, markers: bool = True, loc: str = "center right", **kw
 ) -> None:
-    if markers:
-        handles = [
-            plt.Line2D([], [], color=COLORS[p], marker=MARKERS[p], label=p) for p in policies
-        ]
-    else:
-        handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[p], label=p) for p in policies]
     kw.setdefault("title", "policy")
-    fig.legend(
-        handles=handles,
+    item_legend(
+        fig,
+        policies,
+        COLORS,
+        markers=MARKERS if markers else None,
         loc=loc,
         fontsize=LEGEND_FONT,
         title_fontsize=LEGEND_FONT,
-        frameon=False,
         **kw,
     )
 
@@ -127,21 +111,7 @@ def _lines(
     for j, model in enumerate(models):
         ax = axes[0][j]
         g = frame[frame["model"] == model]
-        order = _order(set(g["policy"]))
-        sns.lineplot(
-            data=g,
-            x="rate",
-            y=y,
-            hue="policy",
-            style="policy",
-            hue_order=order,
-            style_order=order,
-            markers=MARKERS,
-            dashes=False,
-            palette=COLORS,
-            ax=ax,
-            legend=False,
-        )
+        marker_lines(ax, g, "rate", y, _order(set(g["policy"])), COLORS, MARKERS)
         if bound:
             ax.axhline(
                 SLO_FACTOR * g["unloaded_norm_latency"].iloc[0], color="grey", ls=":", lw=1.2
@@ -243,7 +213,7 @@ def plot_sim(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     grid.set_axis_labels("", "GB x s wasted")
     grid.set_titles("{row_name}, {col_name}", size=10)
     for ax in grid.axes.flat:
-        _anchor_right(ax, 35, 9)
+        anchor_right(ax, 35, 9)
     grid.figure.suptitle(f"GPU memory x time wasted, by cause ({run})", y=1.02, fontsize=12)
     figs["waste"] = grid.figure
 
@@ -287,7 +257,7 @@ def _slo_bars(frame: pd.DataFrame, run: str) -> plt.Figure:
         )
         ax.set_xticks(range(len(order)), order)
         ax.grid(axis="x", visible=False)
-        _anchor_right(ax)
+        anchor_right(ax, 30)
         ax.set_title(model, fontsize=11)
     axes[0][0].set_ylabel(f"highest req/s with mean\nlatency <= {SLO_FACTOR:g}x unloaded")
     fig.suptitle(
@@ -323,20 +293,7 @@ def plot_breakdown(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure
             kind = kinds[j]
             g = frame[frame["kind"] == kind]
             order = _order(set(g["policy"]))
-            sns.lineplot(
-                data=g,
-                x="rate",
-                y="norm_latency_mean",
-                hue="policy",
-                style="policy",
-                hue_order=order,
-                style_order=order,
-                markers=MARKERS,
-                dashes=False,
-                palette=COLORS,
-                ax=ax,
-                legend=False,
-            )
+            marker_lines(ax, g, "rate", "norm_latency_mean", order, COLORS, MARKERS)
             log_axis(ax)
             span = "short calls" if kind in SHORT_KINDS else "long calls"
             ax.set_title(f"{kind} ({span})", fontsize=11)
@@ -393,12 +350,7 @@ def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
         ("recomputed_tokens", "recomputed tokens\n(thousands)", 1e-3),
         ("engine_cpu_s", "engine CPU seconds\n(steps that ran a forward)", 1.0),
     ]
-    panels = [p for p in panels if p[0] in frame]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.7), squeeze=False)
-    axes = axes[0]
-    for ax, (metric, label, scale) in zip(axes, panels, strict=True):
-        spread_bars(ax, frame, metric, order, COLORS, scale=scale)
-        ax.set_ylabel(label)
+    fig = spread_panels(frame, panels, order, COLORS, panel_size=(3.4, 3.7))
     _policy_legend(
         fig,
         order,

@@ -7,12 +7,19 @@ the run swept (its scale, requests per point, rounds of the real mode)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from core.artifact import RunContext, color_map, spread_bars
+from core.artifact import (
+    RunContext,
+    anchor_right,
+    color_map,
+    item_legend,
+    log_axis,
+    marker_lines,
+    spread_panels,
+)
 from core.metrics import RoundsSummary, highest_rate_within, summarize_rounds
 
 from .fleet import FLEET_ROUTERS, LADDER, WORKLOADS
@@ -71,21 +78,17 @@ def gains(
     return out
 
 
-def log_axis(ax: plt.Axes) -> None:
-    """A log y axis labelled 1, 2, 5, 10, 20, ... in plain numbers (no 6x10^0, no crowded
-    minor labels)."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
-
-
-def _rotate(ax: plt.Axes, rotation: float = 25) -> None:
-    """Rotated tick labels that end under their tick (no label runs into its neighbour)."""
-    for t in ax.get_xticklabels():
-        t.set_rotation(rotation)
-        t.set_ha("right")
-        t.set_rotation_mode("anchor")
+def _router_legend(fig: plt.Figure, routers: list[str], *, markers: bool) -> None:
+    item_legend(
+        fig,
+        routers,
+        ROUTER_COLORS,
+        markers=ROUTER_MARKERS if markers else None,
+        title="router",
+        loc="center right",
+        fontsize=LEGEND_FONT,
+        title_fontsize=LEGEND_FONT,
+    )
 
 
 def _per_point(frame: pd.DataFrame) -> str:
@@ -111,36 +114,14 @@ def _curves(frame: pd.DataFrame, metric: str, title: str, ctx: RunContext) -> pl
             if g.empty:  # a workload this fleet's grid leaves out
                 ax.set_visible(False)
                 continue
-            sns.lineplot(
-                data=g,
-                x="rate",
-                y=metric,
-                hue="router",
-                style="router",
-                markers=ROUTER_MARKERS,
-                dashes=False,
-                palette=ROUTER_COLORS,
-                hue_order=routers,
-                style_order=routers,
-                ax=ax,
-                legend=False,
+            marker_lines(
+                ax, g, "rate", metric, routers, ROUTER_COLORS, ROUTER_MARKERS, key="router"
             )
             log_axis(ax)
             ax.set_title(f"{w}\n{fleet}", fontsize=10)
             ax.set_xlabel("requests/s")
             ax.set_ylabel(title if j == 0 else "")
-    handles = [
-        plt.Line2D([], [], color=ROUTER_COLORS[r], marker=ROUTER_MARKERS[r], label=r)
-        for r in routers
-    ]
-    fig.legend(
-        handles=handles,
-        title="router",
-        loc="center right",
-        fontsize=LEGEND_FONT,
-        title_fontsize=LEGEND_FONT,
-        frameon=False,
-    )
+    _router_legend(fig, routers, markers=True)
     fig.suptitle(
         f"Fig. 3, simulated ({ctx.scale.value} scale, {_per_point(frame)}): "
         f"{title} against request rate",
@@ -193,18 +174,10 @@ def _slo_bars(frame: pd.DataFrame, ctx: RunContext) -> plt.Figure:
             )
         ax.set_xticks(range(len(workloads)), workloads)
         ax.grid(axis="x", visible=False)
-        _rotate(ax)
+        anchor_right(ax, 25)
         ax.set_title(fleet, fontsize=11)
     axes[0][0].set_ylabel(f"highest req/s with\navg latency <= {SLO_FACTOR:g}x unloaded")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=ROUTER_COLORS[r], label=r) for r in routers]
-    fig.legend(
-        handles=handles,
-        title="router",
-        loc="center right",
-        fontsize=LEGEND_FONT,
-        title_fontsize=LEGEND_FONT,
-        frameon=False,
-    )
+    _router_legend(fig, routers, markers=False)
     fig.suptitle(
         f"Highest rate under the SLO, simulated ({ctx.scale.value} scale, "
         f"{_per_point(frame)})\nno bar: missed at every swept rate; a bar at a "
@@ -255,7 +228,7 @@ def plot_ablation(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]
     grid.set_axis_labels("", "latency (s)")
     grid.set_titles("{col_name}, {row_name}")
     for ax in grid.axes.flat:
-        _rotate(ax)
+        anchor_right(ax, 25)
     a = frame.iloc[0]
     grid.figure.suptitle(
         f"Table 1, simulated: ToolBench (Zipf-1.1) on {int(a['gpus'])} "
@@ -303,18 +276,14 @@ def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
             1e-3,
         ),
     ]
-    panels = [p for p in panels if p[0] in frame]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.6), squeeze=False)
-    for ax, (metric, label, scale) in zip(axes[0], panels, strict=True):
-        spread_bars(ax, frame, metric, order, ROUTER_COLORS, key="router", scale=scale)
-        ax.set_ylabel(label)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=ROUTER_COLORS[r], label=r) for r in order]
-    fig.legend(
-        handles=handles,
+    fig = spread_panels(frame, panels, order, ROUTER_COLORS, key="router", panel_size=(3.0, 3.6))
+    item_legend(
+        fig,
+        order,
+        ROUTER_COLORS,
         loc="lower center",
         ncol=len(order),
         fontsize=LEGEND_FONT,
-        frameon=False,
         bbox_to_anchor=(0.5, -0.02),
     )
     s = real_summary(frame)

@@ -7,7 +7,17 @@ resume), and writes ``metrics.csv``, ``fig-*.png/pdf``, ``claims.json``, ``CHECK
 ``provenance.json``.
 """
 
-from .plotting import color_map, figure_style, save_figure, spread_bars
+from .plotting import (
+    anchor_right,
+    color_map,
+    figure_style,
+    item_legend,
+    log_axis,
+    marker_lines,
+    save_figure,
+    spread_bars,
+    spread_panels,
+)
 from .runner import ArtifactInputError, RunOptions, RunSummary, SweepFailed, main, run_artifact
 from .spec import (
     Artifact,
@@ -43,6 +53,7 @@ __all__ = [
     "Scale",
     "SweepFailed",
     "TraceOption",
+    "anchor_right",
     "at_least",
     "at_most",
     "between",
@@ -50,8 +61,12 @@ __all__ = [
     "color_map",
     "config_hash",
     "figure_style",
+    "item_legend",
+    "log_axis",
     "main",
+    "marker_lines",
     "run_artifact",
     "save_figure",
     "spread_bars",
+    "spread_panels",
 ]
