@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from core.artifact import Results
+from core.artifact.words import pinned_profile
 from core.metrics import order_words
-from core.sim.profiled import pinned_origin
 
 from . import real
 from .plots import SLO_FACTOR, real_summary, setup_label
@@ -98,13 +98,12 @@ def real_words(r: Results) -> str:
 
 def profile_words(r: Results) -> str:
     """Which step profile InferCept's cost line was fitted to, where it was measured."""
-    if "real" not in r or "profile" not in r["real"]:
+    pinned = pinned_profile(r)
+    if pinned is None:
         return ""
-    c = r["real"].iloc[0]
-    origin = pinned_origin(c["profile"], c["profile_sha256"])
+    c, profile = pinned
     return (
         f"InferCept's T_fwd line ({c['policy_a_ms']:.3g} ms/token + {c['policy_c_ms']:.3g} "
         f"ms, saturation {int(c['policy_saturation'])} tokens) is fitted to the profile "
-        f"{origin}; sha256 {c['profile_sha256'][:12]}. The engine's own times are measured, "
-        "not the profile's."
+        f"{profile}. The engine's own times are measured, not the profile's."
     )

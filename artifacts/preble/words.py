@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from core.artifact import Results
+from core.artifact.words import pinned_profile
 from core.metrics import order_words
-from core.sim.profiled import pinned_origin
 
 from . import real
 from .plots import real_summary
@@ -98,11 +98,10 @@ def real_words(r: Results) -> str:
 
 def profile_words(r: Results) -> str:
     """Which step profile E2's cost estimates came from, where it was measured, its sha256."""
-    if "real" not in r or "profile" not in r["real"]:
+    pinned = pinned_profile(r)
+    if pinned is None:
         return ""
-    c = r["real"].iloc[0]
-    origin = pinned_origin(c["profile"], c["profile_sha256"])
     return (
-        f"E2's step-cost estimates come from the profile {origin}; sha256 "
-        f"{c['profile_sha256'][:12]}. The replicas' own speed is measured, not the profile's."
+        f"E2's step-cost estimates come from the profile {pinned[1]}. The replicas' own speed "
+        "is measured, not the profile's."
     )
