@@ -155,20 +155,11 @@ def test_request_output_gives_latencies_from_its_timeline():
     assert running.e2e is None and running.tpot is None and running.ttft == 1.0
 
 
-def test_any_of_several_eos_ids_stops_a_request():
+def test_any_of_several_eos_ids_stops_a_request(checkpoint):
     """Engine.add_request takes the model's EOS id or several (a config's list): sampling any
     of them stops the request; an empty list is no EOS."""
-    tiny = {
-        "model_type": "llama",
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "initializer_range": 0.1,
-    }
-    llm = LLM(tiny, num_kv_blocks=64, block_size=4)
+    _, path = checkpoint("llama")
+    llm = LLM(path, num_kv_blocks=64, block_size=4)
     prompt = prompts([9], seed=4)[0]
     free = llm.generate([prompt], GREEDY, use_tqdm=False)[0].token_ids
     k = next((i for i in range(1, len(free)) if free[i] not in free[:i]), 0)
