@@ -106,6 +106,16 @@ def calibrate(session: nox.Session) -> None:
     _py(session, "-m", "scripts.calibrate", *session.posargs)
 
 
+@nox.session
+def zoo(session: nox.Session) -> None:
+    """Retrain the model zoo from scratch with its recipes (results/zoo/; about 2.5 hours on
+    2 cores, resumable) and print the metrics beside the shipped model cards' (data/models/).
+    ``nox -s zoo -- zoo-small`` rebuilds one model."""
+    _env(session)
+    _py(session, "-m", "core.zoo", "build", "--out", "results/zoo", *session.posargs)
+    _py(session, "-m", "core.zoo", "compare", "results/zoo", "data/models")
+
+
 def _artifact_names() -> list[str]:
     base = ROOT / "artifacts"
     return sorted(

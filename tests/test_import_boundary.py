@@ -31,7 +31,7 @@ TORCH_FREE = [
 # models and checkpoint I/O of core.model (core.model loads them on first use).
 ENGINE_SIDE = re.compile(
     r"core\.cluster\.serving|core\.model\.(base|batch|cache|checkpoint|hybrid|layers|llama|"
-    r"mixtral|registry)$"
+    r"mixtral|registry|training)$"
 )
 ENGINE_PACKAGES = ("torch", "transformers", "safetensors", "accelerate", "triton")
 

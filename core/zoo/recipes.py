@@ -1,0 +1,106 @@
+"""The zoo's recipes, as data: what each shipped model is, and how it was trained.
+
+Sizes were chosen for a 2-core CPU: *large* (about 3.5M parameters) trains in about an hour,
+*small* is ~7x cheaper per token, *hybrid* is a Bamba (attention + Mamba2) of the large one's
+width. All share one tokenizer, one task mix and one seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .train import Recipe
+
+__all__ = ["EVAL_SEED", "MIX", "RECIPES", "TOKENIZER_SEED", "TOKENIZER_VOCAB"]
+
+TOKENIZER_VOCAB = 1024
+TOKENIZER_SEED = 7
+EVAL_SEED = 1_000_003
+MIX = {"arith": 0.75, "retrieval": 0.1, "classify": 0.1, "text": 0.05}
+"""Share of training examples per task. Arith dominates (it carries the accuracy targets);
+a text passage costs ~4x an arith problem and a retrieval prompt ~1.5x, so these shares give
+arith ~70% of the tokens processed."""
+
+
+def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict[str, Any]:
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "initializer_range": 0.02,
+        "attention_bias": False,
+        "mlp_bias": False,
+    }
+
+
+def _bamba(hidden: int, layers: int, attn_layers: list[int], intermediate: int) -> dict[str, Any]:
+    return {
+        "model_type": "bamba",
+        "architectures": ["BambaForCausalLM"],
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": hidden // 64,
+        "num_key_value_heads": hidden // 64,
+        "attn_layer_indices": attn_layers,
+        "mamba_n_heads": 8,
+        "mamba_d_head": hidden * 2 // 8,
+        "mamba_d_state": 32,
+        "mamba_n_groups": 1,
+        "mamba_d_conv": 4,
+        "mamba_expand": 2,
+        "mamba_chunk_size": 64,
+        "mamba_conv_bias": True,
+        "mamba_proj_bias": False,
+        "hidden_act": "silu",
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "initializer_range": 0.02,
+    }
+
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            name="zoo-large",
+            architecture=_llama(256, 4, 4, 704),
+            mix=MIX,
+            tokens=5_000_000,
+            lr=2e-3,
+            eval_every_tokens=500_000,
+            description="Llama-family, 4 layers, d=256: the target model of speculation and "
+            "the judge of SpecReason.",
+        ),
+        Recipe(
+            name="zoo-small",
+            architecture=_llama(128, 2, 2, 352),
+            mix=MIX,
+            tokens=4_000_000,
+            lr=3e-3,
+            eval_every_tokens=500_000,
+            description="Llama-family, 2 layers, d=128, the large model's tokenizer: the "
+            "draft model.",
+        ),
+        Recipe(
+            name="zoo-hybrid",
+            architecture=_bamba(256, 4, [1], 704),
+            mix=MIX,
+            tokens=4_000_000,
+            lr=2e-3,
+            eval_every_tokens=500_000,
+            description="Bamba (Mamba2 + attention), 4 layers (attention in layer 1), d=256: "
+            "the large model's size with 3 of 4 token mixers replaced by Mamba2.",
+        ),
+    )
+}
