@@ -21,7 +21,12 @@ if TYPE_CHECKING:
 
     from .cache import KVCache, StatePool
 
-__all__ = ["ForwardBatch", "ForwardContext"]
+__all__ = ["DENSE_SHAPE", "ForwardBatch", "ForwardContext"]
+
+DENSE_SHAPE = "dense_shape"
+"""Memo key of a dense training batch (:mod:`core.model.training`): ``(B, L)`` when every
+sequence has ``L`` new tokens from an empty cache and state, so a layer may treat the rows as a
+``[B, L]`` block (the Mamba mixer then scans all sequences at once)."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ from core.kernels.linear import Linear
 from core.kernels.ssd import causal_conv1d, causal_conv1d_step, ssd_chunk_scan, ssd_state_step
 
 from .base import CausalLM
-from .batch import ForwardBatch, ForwardContext
+from .batch import DENSE_SHAPE, ForwardBatch, ForwardContext
 from .config import ATTENTION, MAMBA, ModelConfig
 from .errors import ConfigError
 from .layers import (
@@ -126,6 +126,10 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         w = self.conv1d.weight[:, 0, :]
         b = self.conv1d.bias
+        dense = ctx.batch.memo(DENSE_SHAPE, lambda: None)
+        if dense is not None:  # a training batch: no per-sequence loop, no states to keep
+            y = self._dense_scan(xbc, dt, A, w, b, dense)
+            return self.out_proj(self.norm(y.view(x.shape[0], inner), z, out_dtype=x.dtype))
         y = torch.zeros(x.shape[0], m.n_heads, m.head_dim, dtype=torch.float32, device=x.device)
 
         for start, end, slot, has_state in plan.prefills:
@@ -173,6 +177,34 @@ class Mamba2Mixer(nn.Module):
 
         y = self.norm(y.view(x.shape[0], inner), z, out_dtype=x.dtype)
         return self.out_proj(y)
+
+    def _dense_scan(
+        self,
+        xbc: torch.Tensor,
+        dt: torch.Tensor,
+        A: torch.Tensor,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        shape: tuple[int, int],
+    ) -> torch.Tensor:
+        """Conv and SSM over ``B`` sequences of ``L`` tokens from zero state at once (what the
+        prefill loop computes one sequence at a time); ``[B * L, heads, head_dim]`` fp32."""
+        m, (nb, n) = self.m, shape
+        gn = m.n_groups * m.d_state
+        xc = xbc.view(nb, n, m.conv_dim).transpose(1, 2).to(w.dtype)
+        conv = F.conv1d(F.pad(xc, (m.d_conv - 1, 0)), w[:, None, :], b, groups=m.conv_dim)
+        conv = F.silu(conv).transpose(1, 2).to(xbc.dtype)
+        xs, B, C = conv.split([m.d_inner, gn, gn], dim=-1)
+        y, _ = ssd_chunk_scan(
+            xs.reshape(nb, n, m.n_heads, m.head_dim),
+            dt.view(nb, n, m.n_heads),
+            A,
+            B.reshape(nb, n, m.n_groups, m.d_state),
+            C.reshape(nb, n, m.n_groups, m.d_state),
+            m.chunk_size,
+            D=self.D,
+        )
+        return y.reshape(nb * n, m.n_heads, m.head_dim)
 
     def hf_weights(self, prefix: str) -> HFWeights:
         names = [

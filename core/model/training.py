@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from core.kernels.attention import AttentionBackend
 
 from .base import CausalLM
-from .batch import ForwardBatch, ForwardContext
+from .batch import DENSE_SHAPE, ForwardBatch, ForwardContext
 from .cache import KVCache
 
 __all__ = ["DenseCausalAttention", "dense_forward", "dense_logits", "train_mode"]
@@ -134,7 +134,9 @@ def dense_forward(model: CausalLM, input_ids: torch.Tensor) -> torch.Tensor:
     c = model.config
     empty = torch.empty(0, 1, c.num_kv_heads, c.head_dim, device=device)
     kv = KVCache(k=[empty] * len(c.attention_layers), v=[empty] * len(c.attention_layers))
-    pool = model.allocate_state_pool(b, device=device) if model.config.mamba_layers else None
+    # Mamba layers see DENSE_SHAPE and scan the whole block; the pool only satisfies the API
+    pool = model.allocate_state_pool(1, device=device) if model.config.mamba_layers else None
+    batch.memo(DENSE_SHAPE, lambda: (b, n))
     backend = DenseCausalAttention(b, n)
     ctx = ForwardContext(batch, kv, pool, backend, rope=model.rotary_emb(positions))
     hidden = model.embed_tokens(flat)
