@@ -51,12 +51,12 @@ class Recipe:
     architecture: dict[str, Any]
     mix: dict[str, float]
     tokens: int
-    batch_tokens: int = 4096
+    batch_tokens: int = 2048
     round_examples: int = 512
     max_len: int = 384
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_tokens: int = 200_000
+    warmup_tokens: int = 100_000
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
