@@ -105,8 +105,8 @@ class LLM:
             if isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
             else None
         )
-        eos = self.config.eos_token_id
-        self.eos_token_id = eos[0] if isinstance(eos, list) and eos else eos
+        # every EOS id the config lists ends a request (Llama 3 instruct lists three)
+        self.eos_token_id = self.config.eos_token_id
         hybrid = bool(self.config.mamba) if hasattr(self.config, "mamba") else False
 
         per_block = self.model.kv_cache_bytes_per_block(block_size, torch_dtype)

@@ -173,3 +173,24 @@ def test_any_of_several_eos_ids_stops_a_request(checkpoint):
         while not req.is_finished:
             llm.engine.step()
         assert (req.output_token_ids, req.status.name) == (tokens, status), eos
+
+
+def test_llm_stops_on_any_eos_id_its_config_lists(checkpoint, tmp_path):
+    """A config whose eos_token_id is a list: LLM.generate stops on the second id too."""
+    import json
+    import shutil
+
+    _, path = checkpoint("llama")
+    prompt = prompts([9], seed=4)[0]
+    free = LLM(path, num_kv_blocks=64, block_size=4).generate([prompt], GREEDY, use_tqdm=False)
+    tokens = free[0].token_ids
+    k = next((i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i]), 0)
+    unused = next(t for t in range(512) if t not in tokens)
+    listed = tmp_path / "listed"
+    shutil.copytree(path, listed)
+    config = json.loads((listed / "config.json").read_text())
+    config["eos_token_id"] = [unused, tokens[k]]
+    (listed / "config.json").write_text(json.dumps(config))
+    sp = SamplingParams(temperature=0, max_tokens=len(tokens))
+    out = LLM(listed, num_kv_blocks=64, block_size=4).generate([prompt], sp, use_tqdm=False)[0]
+    assert out.token_ids == tokens[: k + 1] and out.finish_reason == "stop"
