@@ -582,17 +582,8 @@ class _FastRoofline:
 
     def _op_seconds(self, op: _LinearOp, x: Sequence[Any]) -> Any:
         if op.kind is OpKind.COMM:
-            m, eff = self.model, self.efficiency
-            collective = "all_gather" if op.name.endswith("allgather") else "all_reduce"
-            return ring_seconds(
-                _lin(op.comm, x),
-                m.tp,
-                bandwidth=m.link_bandwidth,
-                latency_s=m.link_latency_s,
-                comm_eff=eff.comm,
-                launches=op.count,
-                launch_s=eff.collective_launch_s,
-                collective=collective,
+            return self.model._collective_seconds(
+                op.name, _lin(op.comm, x), op.count, self.efficiency
             )
         tc = _lin(op.flops, x) / op.compute_rate
         tm = _lin(op.nbytes, x) / op.memory_rate
@@ -824,21 +815,29 @@ class RooflineCostModel(CostModel):
             ssm_dtype=self.ssm_dtype,
         )
 
+    def _collective_seconds(self, name: str, comm_bytes: Any, count: int, eff: Efficiency) -> Any:
+        """Seconds of ``count`` collectives of operator ``name`` moving ``comm_bytes`` over this
+        model's ``tp`` ranks and links with factors ``eff`` (:func:`ring_seconds`; an operator
+        whose name ends in ``allgather`` is an all-gather, any other an all-reduce). The one
+        pricing of a ``COMM`` operator, for :meth:`op_time` and the fast path alike
+        (``comm_bytes`` may be an array there)."""
+        collective = "all_gather" if name.endswith("allgather") else "all_reduce"
+        return ring_seconds(
+            comm_bytes,
+            self.tp,
+            bandwidth=self.link_bandwidth,
+            latency_s=self.link_latency_s,
+            comm_eff=eff.comm,
+            launches=count,
+            launch_s=eff.collective_launch_s,
+            collective=collective,
+        )
+
     def op_time(self, op: Operator) -> OpTime:
         """The cost of one operator (see docs/core/sim.md)."""
         eff = self.efficiency
         if op.kind is OpKind.COMM:
-            collective = "all_gather" if op.name.endswith("allgather") else "all_reduce"
-            t = ring_seconds(
-                op.comm_bytes,
-                self.tp,
-                bandwidth=self.link_bandwidth,
-                latency_s=self.link_latency_s,
-                comm_eff=eff.comm,
-                launches=op.count,
-                launch_s=eff.collective_launch_s,
-                collective=collective,
-            )
+            t = self._collective_seconds(op.name, op.comm_bytes, op.count, eff)
             return OpTime(op.name, op.kind, op.count, t, 0.0, 0.0, t, 0.0)
         peak, ce, bw, me = op_ceilings(op.kind, self.hardware, self.dtype, eff)
         compute = op.flops / (peak * ce)
