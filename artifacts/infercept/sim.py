@@ -46,6 +46,7 @@ import numpy as np
 
 from core.artifact import RunContext, Scale
 from core.metrics import RequestRecord, summarize
+from core.model.presets import llama_config
 from core.model.spec import ModelSpec
 from core.sched import SchedulerConfig, make_intercept_policy
 from core.sched.intercept import InterceptPolicy
@@ -80,29 +81,17 @@ LONG_KINDS = ("chatbot", "image", "tts")
 BREAKDOWN_POLICIES = ("vllm", "preserve", "infercept")
 
 
-def _llama_config(
-    vocab: int, hidden: int, inter: int, layers: int, heads: int, head_dim: int | None = None
-) -> dict[str, Any]:
-    cfg = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": heads,
-        "hidden_act": "silu",
-        "max_position_embeddings": MAX_MODEL_LEN,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": False,
-    }
-    if head_dim is not None:
-        cfg["head_dim"] = head_dim
-    return cfg
+def _gpt_j_6b() -> dict[str, Any]:
+    # 2 x 4096 x 16384 MLP written as a gated 3 x 4096 x 10923 (same bytes and FLOPs).
+    return llama_config(
+        hidden_size=4096,
+        intermediate_size=10923,
+        num_layers=28,
+        num_heads=16,
+        head_dim=256,
+        vocab_size=50400,
+        max_position_embeddings=MAX_MODEL_LEN,
+    )
 
 
 @dataclass(frozen=True)
@@ -119,17 +108,23 @@ class Setup:
 
 
 SETUPS = {
-    # GPT-J-6B: 2 x 4096 x 16384 MLP written as a gated 3 x 4096 x 10923 (same bytes and FLOPs).
     "gpt-j-6b": Setup(
         "GPT-J-6B, 1x A100-80GB",
-        _llama_config(50400, 4096, 10923, 28, 16, 256),
+        _gpt_j_6b(),
         1,
         GPTJ_6B_A100,
         128,
     ),
     "vicuna-13b-tp2": Setup(
         "Vicuna-13B, 2x A100-80GB (TP 2)",
-        _llama_config(32000, 5120, 13824, 40, 40),
+        llama_config(
+            hidden_size=5120,
+            intermediate_size=13824,
+            num_layers=40,
+            num_heads=40,
+            vocab_size=32000,
+            max_position_embeddings=MAX_MODEL_LEN,
+        ),
         2,
         LLAMA_13B_TP2_A100,
         64,
@@ -137,7 +132,7 @@ SETUPS = {
     # the same GPT-J on the 40 GB A100: the paper says "A100" without its memory size
     "gpt-j-6b-40g": Setup(
         "GPT-J-6B, 1x A100-40GB",
-        _llama_config(50400, 4096, 10923, 28, 16, 256),
+        _gpt_j_6b(),
         1,
         GPTJ_6B_A100,
         128,

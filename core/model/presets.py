@@ -4,7 +4,8 @@
 :data:`PRESETS` is read-only (lists appear as tuples); :func:`preset_config` gives a fresh
 ``dict`` to edit, to pass to transformers (``AutoConfig.for_model(**cfg)``) or to write to disk.
 Names are case-insensitive, ``_`` and ``-`` alike; a preset copied from a hub model also answers
-to its Hugging Face repo id.
+to its Hugging Face repo id. :func:`llama_config` writes a Llama ``config.json`` dict from its
+dimensions, for shapes that are not presets.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["PRESETS", "preset_config", "preset_key", "preset_names"]
+__all__ = ["PRESETS", "llama_config", "preset_config", "preset_key", "preset_names"]
 
 # fmt: off
 _CONFIGS: dict[str, dict[str, Any]] = {
@@ -201,3 +202,52 @@ def preset_key(name: str) -> str:
 def preset_config(name: str) -> dict[str, Any]:
     """A fresh ``config.json`` dict of preset ``name``."""
     return _thaw(PRESETS[preset_key(name)])
+
+
+def llama_config(
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    vocab_size: int,
+    max_position_embeddings: int,
+    num_kv_heads: int | None = None,
+    head_dim: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A fresh ``config.json`` dict of a Llama (``LlamaForCausalLM``) with these dimensions.
+
+    ``num_kv_heads`` defaults to ``num_heads`` (multi-head attention); ``head_dim`` is written
+    only when given (else readers take ``hidden_size // num_heads``). The rest is fixed: SiLU,
+    ``rms_norm_eps`` 1e-5, ``rope_theta`` 10000.0, no attention or MLP biases, untied embeddings.
+    ``extra`` keys (e.g. ``bos_token_id``) come last; one named like a fixed key replaces its
+    value. Keys are in this order: ``model_type``, ``architectures``, ``vocab_size``,
+    ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``, ``num_attention_heads``,
+    ``num_key_value_heads``, [``head_dim``], ``hidden_act``, ``max_position_embeddings``,
+    ``rms_norm_eps``, ``rope_theta``, ``attention_bias``, ``mlp_bias``,
+    ``tie_word_embeddings``, then ``extra``. No value is checked (the parser,
+    :func:`core.model.config.config_from_hf`, does that)."""
+    cfg: dict[str, Any] = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_heads if num_kv_heads is None else num_kv_heads,
+    }
+    if head_dim is not None:
+        cfg["head_dim"] = head_dim
+    cfg.update(
+        hidden_act="silu",
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=False,
+    )
+    cfg.update(extra)
+    return cfg

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.model.presets import llama_config
 from core.sim.profiled import cpu_device_slug, cpu_model_name
 
 __all__ = [
@@ -43,39 +44,36 @@ __all__ = [
 ]
 
 
-def _llama(
-    hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int, max_pos: int
-) -> dict[str, Any]:
-    return {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "head_dim": hidden // heads,
-        "hidden_act": "silu",
-        "max_position_embeddings": max_pos,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
+_TOKEN_IDS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 
 
 MODELS: dict[str, dict[str, Any]] = {
     # The fidelity model: the architecture of tiny-llama-125m (GQA, RoPE, SwiGLU, a 32k
     # vocabulary), narrowed to 19.5M parameters so that a 2-core CPU serves a few requests a
     # second and the whole fidelity benchmark runs in minutes.
-    "tiny-llama-20m": _llama(256, 768, 4, 4, 2, 32000, 2048),
+    "tiny-llama-20m": llama_config(
+        hidden_size=256,
+        intermediate_size=768,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=256 // 4,
+        vocab_size=32000,
+        max_position_embeddings=2048,
+        **_TOKEN_IDS,
+    ),
     # For tests and smoke runs only: steps of a few milliseconds, mostly Python overhead.
-    "tiny-llama-smoke": _llama(64, 128, 2, 4, 2, 512, 512),
+    "tiny-llama-smoke": llama_config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64 // 4,
+        vocab_size=512,
+        max_position_embeddings=512,
+        **_TOKEN_IDS,
+    ),
 }
 """Models the calibration builds by name (random weights from a seed); any preset of
 :func:`core.model.spec.preset_config` (e.g. ``tiny-llama-125m``) or a ``config.json`` path
