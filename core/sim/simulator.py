@@ -351,6 +351,28 @@ class SimResult:
     def total_steps(self) -> int:
         return sum(self.steps)
 
+    def fingerprint(self) -> tuple[list[tuple[Any, ...]], list[int], list[float], float]:
+        """Everything two runs of one simulation must agree on exactly, as a value to compare
+        with ``==``: for each request (in :attr:`requests` order) its id, replica, status,
+        timeline (:meth:`~core.sched.request.RequestTimeline.to_dict`), prefix-cache hit,
+        computed and output token counts and token ids; then the per-replica step counts and
+        busy times, and the makespan. Left out: ``wall_s`` and ``fast_forwarded_steps``, which
+        differ between a fast-forwarded and a step-by-step run of the same simulation."""
+        reqs = [
+            (
+                r.request_id,
+                self.replica_of[r.request_id],
+                r.status.value,
+                r.timeline.to_dict(),
+                r.num_cached_tokens,
+                r.num_computed_tokens,
+                r.num_output_tokens,
+                tuple(r.token_ids),
+            )
+            for r in self.requests
+        ]
+        return reqs, self.steps, self.busy_time, self.makespan
+
 
 # -- events -------------------------------------------------------------------------------------
 

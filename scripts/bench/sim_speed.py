@@ -133,22 +133,6 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def fingerprint(res: Any) -> tuple[Any, ...]:
-    """Everything two simulations must agree on exactly."""
-    reqs = [
-        (
-            r.request_id,
-            res.replica_of[r.request_id],
-            r.status.value,
-            r.timeline.to_dict(),
-            r.num_cached_tokens,
-            r.num_output_tokens,
-        )
-        for r in res.requests
-    ]
-    return reqs, res.steps, res.busy_time, res.makespan
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark for parsed ``args``; returns the report (also written)."""
     from core.metrics import RequestRecord, summarize
@@ -210,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if compare:
         ref, ref_wall = _simulate(args, workload, cost, blocks, not args.fast_forward)
-        same = fingerprint(ref) == fingerprint(res)
+        same = ref.fingerprint() == res.fingerprint()
         fast_wall, slow_wall = (wall, ref_wall) if args.fast_forward else (ref_wall, wall)
         results["step_by_step" if args.fast_forward else "fast_forward"] = {
             "wall_s": ref_wall,

@@ -340,22 +340,6 @@ SCENARIOS = {
 }
 
 
-def fingerprint(res):
-    reqs = [
-        (
-            r.request_id,
-            res.replica_of[r.request_id],
-            r.status.value,
-            r.timeline.to_dict(),
-            r.num_cached_tokens,
-            r.num_computed_tokens,
-            tuple(r.token_ids),
-        )
-        for r in res.requests
-    ]
-    return reqs, res.steps, res.busy_time, res.makespan
-
-
 def kv_state(sim):
     """Everything a replica's KV backend holds, block ids included."""
     out = []
@@ -400,7 +384,7 @@ def test_fast_forward_changes_nothing(name):
     assert slow.fast_forwarded_steps == 0
     assert fast.fast_forwarded_steps > 0, "the scenario should fast-forward some steps"
     assert all(r.is_finished for r in slow.requests)
-    assert fingerprint(fast) == fingerprint(slow)
+    assert fast.fingerprint() == slow.fingerprint()
     assert fast.replica_of == slow.replica_of
     assert kv_state(fast_sim) == kv_state(slow_sim)
 
@@ -431,7 +415,7 @@ def test_runs_are_cut_by_arrivals_and_resume_after():
     slow = Simulator(replicas(1), fast_forward=False).run([long, *short])
     fast_sim = Simulator(replicas(1))
     fast = fast_sim.run([long, *short])
-    assert fingerprint(fast) == fingerprint(slow)
+    assert fast.fingerprint() == slow.fingerprint()
     assert fast_sim.replicas[0].version > 0  # runs were cut short
 
 
@@ -464,5 +448,5 @@ def test_fast_forward_changes_nothing_on_random_setups(
     results = []
     for ff in (False, True):
         sim = Simulator(make(), router(), fast_forward=ff)
-        results.append((fingerprint(sim.run(workload(), sessions=sessions)), kv_state(sim)))
+        results.append((sim.run(workload(), sessions=sessions).fingerprint(), kv_state(sim)))
     assert results[0] == results[1]

@@ -285,15 +285,6 @@ def _workload(n=40, seed=0):
     return reqs
 
 
-def _fingerprint(res):
-    return (
-        [(r.request_id, r.timeline.to_dict(), r.num_output_tokens) for r in res.requests],
-        res.steps,
-        res.busy_time,
-        res.makespan,
-    )
-
-
 @pytest.mark.parametrize("model", [EXACT, NOISY], ids=["exact", "noisy"])
 def test_fast_forward_is_bit_identical(model):
     sched = SchedulerConfig(max_num_batched_tokens=128, max_num_seqs=12, max_model_len=2048)
@@ -303,7 +294,7 @@ def test_fast_forward_is_bit_identical(model):
     slow = Simulator(reps, fast_forward=False).run(_workload())
     fast = Simulator(reps, fast_forward=True).run(_workload())
     assert fast.fast_forwarded_steps > 0
-    assert _fingerprint(fast) == _fingerprint(slow)
+    assert fast.fingerprint() == slow.fingerprint()
 
 
 SHIPPED = DATA_DIR / "profiles" / "cpu-amd-epyc-1t-tiny-llama-20m.json"

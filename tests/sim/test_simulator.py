@@ -142,24 +142,11 @@ def replicas(n, **kw):
     return [ReplicaConfig(LinearCost(), **cfg) for _ in range(n)]
 
 
-def fingerprint(result):
-    return [
-        (
-            r.request_id,
-            result.replica_of[r.request_id],
-            r.timeline.first_token_time,
-            r.timeline.finish_time,
-            r.num_cached_tokens,
-        )
-        for r in result.requests
-    ]
-
-
 def test_same_input_same_result_and_every_request_finishes_once():
     w = chat()
     a = Simulator(replicas(2), LeastOutstandingWork()).run(w, sessions="closed")
     b = Simulator(replicas(2), LeastOutstandingWork()).run(w, sessions="closed")
-    assert fingerprint(a) == fingerprint(b)
+    assert a.fingerprint() == b.fingerprint()
     assert len(a.requests) == len(w)
     for r in a.requests:
         assert r.is_finished and r.status.finish_reason == "length"

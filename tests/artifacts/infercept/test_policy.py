@@ -48,7 +48,7 @@ from tests.sched.test_intercept import (
     step,
     tool_workload,
 )
-from tests.sim.test_fast_forward import fingerprint, kv_state
+from tests.sim.test_fast_forward import kv_state
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -299,7 +299,7 @@ def test_fast_forward_changes_nothing_under_every_policy(name, blocks, cache):
         )
         res = sim.run(tool_workload(seed=blocks))
         assert all(r.is_finished for r in res.requests)
-        results.append((fingerprint(res), kv_state(sim), res.fast_forwarded_steps))
+        results.append((res.fingerprint(), kv_state(sim), res.fast_forwarded_steps))
     assert results[0][:2] == results[1][:2]
     assert results[1][2] > 0
 
@@ -318,7 +318,7 @@ def test_fast_forward_changes_nothing_on_random_tool_workloads(seed, name, block
             sim_replicas(POLICIES[name](), n=1, blocks=blocks, cache=cache), fast_forward=ff
         )
         res = sim.run(tool_workload(seed=seed, n=6))
-        results.append((fingerprint(res), kv_state(sim)))
+        results.append((res.fingerprint(), kv_state(sim)))
     assert results[0] == results[1]
 
 

@@ -276,21 +276,6 @@ def simulate(policy, fast_forward, cache, n_rep, seqs, budget):
     return sim.run(shared_prefix_workload())
 
 
-def fingerprint(res):
-    reqs = [
-        (
-            r.request_id,
-            res.replica_of[r.request_id],
-            r.status.value,
-            r.timeline.to_dict(),
-            r.num_cached_tokens,
-            tuple(r.token_ids),
-        )
-        for r in res.requests
-    ]
-    return reqs, res.steps, res.busy_time, res.makespan
-
-
 def overtaken(res) -> int:
     """Pairs on one replica where the later arrival was scheduled first."""
     by_rep: dict[int, list] = {}
@@ -313,7 +298,7 @@ def test_fast_forward_is_exact_with_preble_priority(cache, n_rep, seqs, budget):
     fast = simulate("preble-priority", True, cache, n_rep, seqs, budget)
     assert fast.fast_forwarded_steps > 0 and slow.fast_forwarded_steps == 0
     assert all(r.is_finished for r in slow.requests)
-    assert fingerprint(fast) == fingerprint(slow)
+    assert fast.fingerprint() == slow.fingerprint()
     # not vacuous: the policy reorders admissions here, which FCFS never does
     assert overtaken(slow) > 0
     assert overtaken(simulate("fcfs", False, cache, n_rep, seqs, budget)) == 0
