@@ -71,7 +71,7 @@ def draw_curves(log: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def _table(acc: dict[str, float], header: str) -> list[str]:
-    keys = [k for k in acc if k != "all"] + ["all"]
+    keys = sorted((k for k in acc if k != "all"), key=int) + ["all"]  # JSON sorts "10" < "2"
     return [
         f"| {header} | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 1) + "|",

@@ -4,8 +4,8 @@ Each task makes :class:`Example` objects (a prompt, its reference completion, a 
 the facts a checker needs) and has an exact checker of a model's completion. Torch-free.
 
 - ``arith``: a word problem of ``steps`` operations on a running count, solved as a chain of
-  thought with one operation per step, steps separated by a blank line (SpecReason's unit),
-  then ``Answer: N``. :func:`check_arith_step` checks one step, :func:`check_answer` the end.
+  thought with one operation per step (the step restates its sentence, then computes), steps
+  separated by a blank line (SpecReason's unit), then ``Answer: N``. :func:`check_arith_step` checks one step, :func:`check_answer` the end.
 - ``retrieval``: facts about invented people (a colour, a pet, a city, a friend) in the prompt,
   and a question whose answer needs 1-4 of them (follow ``friend`` links, then read one
   attribute). Distractor facts about other people are mixed in.
@@ -78,7 +78,6 @@ _NAMES = ("Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", 
 _ITEMS = ("apples", "coins", "cards", "books", "shells", "stamps", "beads", "marbles")
 _ADD = ("gets {n} more", "buys {n} more", "finds {n} more", "wins {n} more")
 _SUB = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}")
-_MAX_VALUE = 999
 
 
 def long_tailed_steps(rng: random.Random, max_steps: int = 12, alpha: float = 1.6) -> int:
@@ -89,34 +88,33 @@ def long_tailed_steps(rng: random.Random, max_steps: int = 12, alpha: float = 1.
 
 
 def arith_example(rng: random.Random, steps: int, digits: int = 2) -> Example:
-    """A word problem of ``steps`` additions and subtractions of ``digits``-digit numbers on a
-    running count that stays in ``0..999``."""
+    """A word problem of ``steps`` additions and subtractions on a running count; the count
+    and every operand stay in ``0 .. 10**digits - 1`` (two digits by default: no result needs a
+    third). Each step restates its sentence, then computes: ``Then sells 7: 30 - 7 = 23``."""
     if steps < 1 or digits < 1:
         raise ValueError(f"arith needs steps >= 1 and digits >= 1, got {steps}, {digits}")
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    hi = 10**digits - 1
-    value = start = rng.randint(1, hi)
+    top = 10**digits - 1
+    value = start = rng.randint(1, top)
     sentences = [f"{name} has {value} {item}."]
     ops: list[tuple[str, int]] = []
     lines = []
     for _ in range(steps):
-        n = rng.randint(1, hi)
-        can_add, can_sub = value + n <= _MAX_VALUE, value - n >= 0
-        op = rng.choice("+-") if can_add and can_sub else ("+" if can_add else "-")
-        if not (can_add or can_sub):  # unreachable for digits <= 2; kept for larger ones
-            n, op = value, "-"
-        template = rng.choice(_ADD if op == "+" else _SUB)
-        sentences.append("Then " + template.format(n=n) + ".")
+        op = rng.choice("+-") if 0 < value < top else ("+" if value == 0 else "-")
+        n = rng.randint(1, top - value if op == "+" else value)
+        said = "Then " + rng.choice(_ADD if op == "+" else _SUB).format(n=n)
+        sentences.append(said + ".")
         new = value + n if op == "+" else value - n
-        lines.append(f"{value} {op} {n} = {new}")
+        lines.append(f"{said}: {value} {op} {n} = {new}")
         ops.append((op, n))
         value = new
     prompt = " ".join(sentences) + f" How many {item} now?\n"
     completion = STEP_SEPARATOR.join(lines) + STEP_SEPARATOR + f"{ANSWER_PREFIX}{value}{EOS}"
-    return Example("arith", prompt, completion, str(value), steps, {"start": start, "ops": ops})
+    meta = {"start": start, "ops": ops, "sentences": sentences[1:]}
+    return Example("arith", prompt, completion, str(value), steps, meta)
 
 
-_STEP = re.compile(r"^(\d+) ([+-]) (\d+) = (\d+)$")
+_STEP = re.compile(r"^(.*): (\d+) ([+-]) (\d+) = (\d+)$")
 
 
 def split_steps(completion: str) -> list[str]:
@@ -127,8 +125,8 @@ def split_steps(completion: str) -> list[str]:
 
 def check_arith_step(example: Example, index: int, step: str) -> bool:
     """Whether ``step`` is exactly a right ``index``-th step (0-based) of ``example``: it
-    starts from the running count after the earlier steps, applies the problem's
-    ``index``-th operation and gets the arithmetic right."""
+    restates the problem's ``index``-th sentence, starts from the running count after the
+    earlier steps, applies that sentence's operation and gets the arithmetic right."""
     ops = example.meta["ops"]
     if not 0 <= index < len(ops):
         return False
@@ -139,7 +137,9 @@ def check_arith_step(example: Example, index: int, step: str) -> bool:
     for op, n in ops[:index]:
         value = value + n if op == "+" else value - n
     op, n = ops[index]
-    a, sign, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+    said, a, sign, b, c = m[1], int(m[2]), m[3], int(m[4]), int(m[5])
+    if said + "." != example.meta["sentences"][index]:
+        return False
     return (a, sign, b) == (value, op, n) and c == (a + b if sign == "+" else a - b)
 
 

@@ -4,6 +4,7 @@ step or answer never does; generation is a function of the seed."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -34,7 +35,8 @@ def test_reference_arith_solution_checks(seed, steps, digits):
     assert ex.difficulty == steps and ex.completion.endswith(EOS)
     assert check_arith_steps(ex, ex.completion) == [True] * steps
     assert check_answer(ex, ex.completion)
-    assert 0 <= int(ex.answer) <= 999
+    numbers = [int(t) for t in re.findall(r"\d+", ex.text)]
+    assert all(0 <= v < 10**digits for v in numbers)
 
 
 @given(seeds, st.integers(1, 12), st.data())
@@ -43,22 +45,27 @@ def test_a_corrupted_step_never_checks(seed, steps, data):
     ex = arith_example(random.Random(seed), steps)
     lines = split_steps(ex.completion)
     i = data.draw(st.integers(0, steps - 1))
-    a, op, b, _, c = lines[i].split(" ")
-    kind = data.draw(st.sampled_from(["result", "operand", "start", "op", "garble"]))
+    said, equation = lines[i].split(": ")
+    a, op, b, _, c = equation.split(" ")
+    kind = data.draw(st.sampled_from(["result", "operand", "start", "op", "garble", "sentence"]))
     delta = data.draw(st.integers(1, 50))
-    if kind == "result":
-        bad = f"{a} {op} {b} = {int(c) + delta}"
+    if kind == "sentence":  # the right equation under another step's (or a changed) sentence
+        other = ex.meta["sentences"][(i + 1) % steps][:-1] if steps > 1 else said + " now"
+        bad = f"{other if other != said else said + ' now'}: {equation}"
+    elif kind == "result":
+        bad = f"{said}: {a} {op} {b} = {int(c) + delta}"
     elif kind == "operand":  # the arithmetic is right but the problem's number is not used
         b2 = int(b) + delta
-        bad = f"{a} {op} {b2} = {int(a) + b2 if op == '+' else int(a) - b2}"
+        bad = f"{said}: {a} {op} {b2} = {int(a) + b2 if op == '+' else int(a) - b2}"
     elif kind == "start":  # right arithmetic from a wrong running count
         a2 = int(a) + delta
-        bad = f"{a2} {op} {b} = {a2 + int(b) if op == '+' else a2 - int(b)}"
+        bad = f"{said}: {a2} {op} {b} = {a2 + int(b) if op == '+' else a2 - int(b)}"
     elif kind == "op":
         op2 = "-" if op == "+" else "+"
-        bad = f"{a} {op2} {b} = {int(a) + int(b) if op2 == '+' else int(a) - int(b)}"
+        bad = f"{said}: {a} {op2} {b} = {int(a) + int(b) if op2 == '+' else int(a) - int(b)}"
     else:
         bad = lines[i].replace(" = ", "=")
+    assert check_arith_step(ex, i, f"{said}: {equation}")
     assert not check_arith_step(ex, i, bad)
     assert check_arith_step(ex, i, lines[i])
 
