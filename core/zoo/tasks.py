@@ -76,8 +76,12 @@ class Example:
 
 _NAMES = ("Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Leo", "Mia")
 _ITEMS = ("apples", "coins", "cards", "books", "shells", "stamps", "beads", "marbles")
-_ADD = ("gets {n} more", "buys {n} more", "finds {n} more", "wins {n} more")
-_SUB = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}")
+_ADD = ("gets {n} more", "buys {n} more", "finds {n} more", "wins {n} more", "earns {n} more", "makes {n} more")
+_SUB = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}", "spends {n}", "drops {n}")
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
 
 
 def long_tailed_steps(rng: random.Random, max_steps: int = 12, alpha: float = 1.6) -> int:
@@ -88,27 +92,39 @@ def long_tailed_steps(rng: random.Random, max_steps: int = 12, alpha: float = 1.
 
 
 def arith_example(rng: random.Random, steps: int, digits: int = 2) -> Example:
-    """A word problem of ``steps`` additions and subtractions on a running count; the count
-    and every operand stay in ``0 .. 10**digits - 1`` (two digits by default: no result needs a
-    third). Each step restates its sentence, then computes: ``Then sells 7: 30 - 7 = 23``."""
-    if steps < 1 or digits < 1:
-        raise ValueError(f"arith needs steps >= 1 and digits >= 1, got {steps}, {digits}")
+    """A ledger-style word problem of ``steps`` (1-12) additions and subtractions on a running
+    count, one per month and line; the count and every operand stay in ``0 .. 10**digits - 1``. Each
+    step restates its month's sentence, then computes: ``March sells 7: 30 - 7 = 23``.
+
+    Why this shape: the month says which sentence is next without counting, and the verb right
+    after it is unique within a problem while each operation's six verbs last, so the sentence
+    can be copied token by token from the question (what small models learn early); with
+    sentences that all began alike ("Then sells 7."), a 3.5M-parameter model trained on 10M
+    tokens could not tell which one came next."""
+    if not 1 <= steps <= len(_MONTHS) or digits < 1:
+        raise ValueError(f"arith needs 1 <= steps <= 12 and digits >= 1, got {steps}, {digits}")
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     top = 10**digits - 1
     value = start = rng.randint(1, top)
     sentences = [f"{name} has {value} {item}."]
     ops: list[tuple[str, int]] = []
     lines = []
-    for _ in range(steps):
+    unused = {"+": list(_ADD), "-": list(_SUB)}
+    for month in _MONTHS[:steps]:
         op = rng.choice("+-") if 0 < value < top else ("+" if value == 0 else "-")
         n = rng.randint(1, top - value if op == "+" else value)
-        said = "Then " + rng.choice(_ADD if op == "+" else _SUB).format(n=n)
+        if not unused[op]:
+            unused[op] = list(_ADD if op == "+" else _SUB)
+        verb = unused[op].pop(rng.randrange(len(unused[op])))
+        said = f"{month} {verb.format(n=n)}"
         sentences.append(said + ".")
         new = value + n if op == "+" else value - n
         lines.append(f"{said}: {value} {op} {n} = {new}")
         ops.append((op, n))
         value = new
-    prompt = " ".join(sentences) + f" How many {item} now?\n"
+    # one sentence per line, so a month starts a line in the question as in the steps (the
+    # same token both times)
+    prompt = "\n".join(sentences) + f"\nHow many {item} now?\n"
     completion = STEP_SEPARATOR.join(lines) + STEP_SEPARATOR + f"{ANSWER_PREFIX}{value}{EOS}"
     meta = {"start": start, "ops": ops, "sentences": sentences[1:]}
     return Example("arith", prompt, completion, str(value), steps, meta)

@@ -1,5 +1,5 @@
 """The zoo's tokenizer: byte-level BPE trained with the ``tokenizers`` library on the tasks'
-texts, digits always split one per token (so arithmetic sees every digit), no BOS, and
+texts, one digit per token (a number's first digit carries the space before it), no BOS, and
 :data:`~core.zoo.tasks.EOS` as end of sequence. Saved as ``tokenizer.json`` plus the two small
 files ``transformers.AutoTokenizer`` reads, so our engine and transformers tokenize alike."""
 
@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .tasks import EOS
 
@@ -23,9 +23,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
     """Byte-level BPE of ``vocab_size`` tokens (ids 0 and 1 are :data:`PAD` and EOS)
     trained on ``texts``; deterministic for the same texts in the same order."""
     tok = Tokenizer(models.BPE())
+    # each digit its own piece, the space before a number kept with its first digit (" 4",
+    # "1"): a number is then copied from its context without a bare space token in between
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Split(Regex(r" ?\d"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )
