@@ -212,7 +212,11 @@ def finish(name: str, out: Path, tok: Tokenizer, model: Any, state: Any) -> dict
         **measure(d, tok),
     }
     write_json(d / "recipe.json", recipe.to_json())
-    write_json(d / "training_log.json", state.log)
+    # every 10th step's loss is plenty for a curve; the whole log is in the run's checkpoint
+    write_json(
+        d / "training_log.json",
+        [e for e in state.log if e["kind"] == "eval" or e["step"] % 10 == 0],
+    )
     draw_curves(state.log, d / "curves.png", name)
     write_json(d / "metrics.json", metrics)
     (d / "README.md").write_text(render_card(metrics))
