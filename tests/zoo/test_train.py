@@ -61,7 +61,9 @@ def test_rounds_are_a_function_of_the_recipe(tok):
 def test_held_out_prompts_are_never_trained_on(tok):
     r = tiny_recipe(mix={"arith": 1.0})
     plain = round_batches(r, tok, 0)
-    prompt = tok.decode(plain[0].input_ids[0].tolist()).split("\n")[0] + "\n"
+    first = plain[0]
+    prompt_len = int((first.targets[0] != -100).nonzero()[0]) + 1  # loss starts after the prompt
+    prompt = tok.decode(first.input_ids[0, :prompt_len].tolist())
     again = round_batches(r, tok, 0, exclude={prompt})
     assert sum(b.input_ids.shape[0] for b in again) == sum(b.input_ids.shape[0] for b in plain) - 1
 
