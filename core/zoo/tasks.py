@@ -76,7 +76,14 @@ class Example:
 
 _NAMES = ("Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Leo", "Mia")
 _ITEMS = ("apples", "coins", "cards", "books", "shells", "stamps", "beads", "marbles")
-_ADD = ("gets {n} more", "buys {n} more", "finds {n} more", "wins {n} more", "earns {n} more", "makes {n} more")
+_ADD = (
+    "gets {n} more",
+    "buys {n} more",
+    "finds {n} more",
+    "wins {n} more",
+    "earns {n} more",
+    "makes {n} more",
+)
 _SUB = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}", "spends {n}", "drops {n}")
 _MONTHS = (
     "January", "February", "March", "April", "May", "June",
