@@ -463,21 +463,43 @@ def sim_replicas(policy, n=2, blocks=60, cache="block"):
     ]
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
-@pytest.mark.parametrize("blocks,cache", [(30, "block"), (400, "none")])  # short of KV, or not
-def test_fast_forward_changes_nothing_under_every_policy(name, blocks, cache):
-    results = []
+def run_with_and_without_fast_forward(make_policy, *, blocks, cache, seed, replicas=2, n=8):
+    """The simulated run of a tool workload under ``make_policy()`` without and with the decode
+    fast-forward: per run its fingerprint, the KV state left behind, the fast-forwarded steps
+    and whether every request finished. Shared by the tests of every interception policy."""
+    runs = []
     for ff in (False, True):
         sim = Simulator(
-            sim_replicas(POLICIES[name](), blocks=blocks, cache=cache),
+            sim_replicas(make_policy(), n=replicas, blocks=blocks, cache=cache),
             "least-work",
             fast_forward=ff,
         )
-        res = sim.run(tool_workload(seed=blocks))
-        assert all(r.is_finished for r in res.requests)
-        results.append((res.fingerprint(), kv_state(sim), res.fast_forwarded_steps))
-    assert results[0][:2] == results[1][:2]
-    assert results[1][2] > 0
+        res = sim.run(tool_workload(seed=seed, n=n))
+        finished = all(r.is_finished for r in res.requests)
+        runs.append((res.fingerprint(), kv_state(sim), res.fast_forwarded_steps, finished))
+    return runs
+
+
+def check_fast_forward_changes_nothing(make_policy, blocks, cache):
+    plain, fast = run_with_and_without_fast_forward(
+        make_policy, blocks=blocks, cache=cache, seed=blocks
+    )
+    assert plain[3] and fast[3]
+    assert plain[:2] == fast[:2]
+    assert fast[2] > 0
+
+
+def check_fast_forward_changes_nothing_randomly(make_policy, seed, blocks, cache):
+    plain, fast = run_with_and_without_fast_forward(
+        make_policy, blocks=blocks, cache=cache, seed=seed, replicas=1, n=6
+    )
+    assert plain[:2] == fast[:2]
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("blocks,cache", [(30, "block"), (400, "none")])  # short of KV, or not
+def test_fast_forward_changes_nothing_under_every_policy(name, blocks, cache):
+    check_fast_forward_changes_nothing(POLICIES[name], blocks, cache)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -488,11 +510,4 @@ def test_fast_forward_changes_nothing_under_every_policy(name, blocks, cache):
     cache=st.sampled_from(["block", "none"]),
 )
 def test_fast_forward_changes_nothing_on_random_tool_workloads(seed, name, blocks, cache):
-    results = []
-    for ff in (False, True):
-        sim = Simulator(
-            sim_replicas(POLICIES[name](), n=1, blocks=blocks, cache=cache), fast_forward=ff
-        )
-        res = sim.run(tool_workload(seed=seed, n=6))
-        results.append((res.fingerprint(), kv_state(sim)))
-    assert results[0] == results[1]
+    check_fast_forward_changes_nothing_randomly(POLICIES[name], seed, blocks, cache)

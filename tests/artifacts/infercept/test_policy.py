@@ -41,14 +41,13 @@ from tests.sched.test_intercept import (
     add,
     call,
     check_chunked_run,
+    check_fast_forward_changes_nothing,
+    check_fast_forward_changes_nothing_randomly,
     make,
     paused_pair,
     run_all,
-    sim_replicas,
     step,
-    tool_workload,
 )
-from tests.sim.test_fast_forward import kv_state
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -290,18 +289,7 @@ POLICIES = {
 @pytest.mark.parametrize("name", sorted(POLICIES))
 @pytest.mark.parametrize("blocks,cache", [(30, "block"), (400, "none")])  # short of KV, or not
 def test_fast_forward_changes_nothing_under_every_policy(name, blocks, cache):
-    results = []
-    for ff in (False, True):
-        sim = Simulator(
-            sim_replicas(POLICIES[name](), blocks=blocks, cache=cache),
-            "least-work",
-            fast_forward=ff,
-        )
-        res = sim.run(tool_workload(seed=blocks))
-        assert all(r.is_finished for r in res.requests)
-        results.append((res.fingerprint(), kv_state(sim), res.fast_forwarded_steps))
-    assert results[0][:2] == results[1][:2]
-    assert results[1][2] > 0
+    check_fast_forward_changes_nothing(POLICIES[name], blocks, cache)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -312,14 +300,7 @@ def test_fast_forward_changes_nothing_under_every_policy(name, blocks, cache):
     cache=st.sampled_from(["block", "none"]),
 )
 def test_fast_forward_changes_nothing_on_random_tool_workloads(seed, name, blocks, cache):
-    results = []
-    for ff in (False, True):
-        sim = Simulator(
-            sim_replicas(POLICIES[name](), n=1, blocks=blocks, cache=cache), fast_forward=ff
-        )
-        res = sim.run(tool_workload(seed=seed, n=6))
-        results.append((res.fingerprint(), kv_state(sim)))
-    assert results[0] == results[1]
+    check_fast_forward_changes_nothing_randomly(POLICIES[name], seed, blocks, cache)
 
 
 class Split:
