@@ -108,9 +108,9 @@ def calibrate(session: nox.Session) -> None:
 
 @nox.session
 def zoo(session: nox.Session) -> None:
-    """Retrain the model zoo from scratch with its recipes (results/zoo/; about 2.5 hours on
-    2 cores, resumable) and print the metrics beside the shipped model cards' (data/models/).
-    ``nox -s zoo -- zoo-small`` rebuilds one model."""
+    """Retrain the model zoo from scratch with its recipes (results/zoo/, resumable; the large
+    model alone took 40 minutes on 2 cores) and print the metrics beside the shipped model
+    cards' (data/models/). ``nox -s zoo -- zoo-small`` rebuilds one model."""
     _env(session)
     _py(session, "-m", "core.zoo", "build", "--out", "results/zoo", *session.posargs)
     _py(session, "-m", "core.zoo", "compare", "results/zoo", "data/models")

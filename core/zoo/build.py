@@ -125,7 +125,6 @@ def train_recipe(name: str, out: Path, tok: Tokenizer, progress: bool = True) ->
         out["heldout_loss"]["text"] = heldout_loss(model, tok, text)
         return out
 
-    torch.set_num_threads(torch.get_num_threads())
     return train(
         recipe,
         tok,

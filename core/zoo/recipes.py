@@ -1,7 +1,8 @@
 """The zoo's recipes, as data: what each shipped model is, and how it was trained.
 
-Sizes were chosen for a 2-core CPU: *large* (about 3.5M parameters) trains in about an hour,
-*small* is ~7x cheaper per token, *hybrid* is a Bamba (attention + Mamba2) of the large one's
+Sizes were chosen for a 2-core CPU: *large* (3.48M parameters; 10M tokens took 40 minutes on
+the 2-core EPYC here), *small* (0.53M: 6.5x fewer parameters, trained 4.6x faster per token
+there, 24k against 5.3k tokens/s), *hybrid*, a Bamba (attention + Mamba2) of the large one's
 width. All share one tokenizer, one task mix and one seed.
 """
 

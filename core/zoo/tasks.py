@@ -35,7 +35,6 @@ __all__ = [
     "check_answer",
     "check_arith_step",
     "check_arith_steps",
-    "check_example",
     "classify_example",
     "classify_stream",
     "long_tailed_steps",
@@ -301,11 +300,6 @@ def text_examples(
 
 
 # -- mixes ----------------------------------------------------------------------------------
-
-
-def check_example(example: Example, completion: str) -> bool:
-    """The final-answer checker of ``example``'s task (text: exact continuation)."""
-    return check_answer(example, completion)
 
 
 def make_examples(

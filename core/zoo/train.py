@@ -19,7 +19,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,12 +66,6 @@ class Recipe:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Recipe:
-        d = dict(d)
-        d["betas"] = tuple(d.get("betas", (0.9, 0.95)))
-        return cls(**d)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:16]
@@ -177,10 +171,13 @@ def round_batches(
     return batches
 
 
-def lm_loss(model: CausalLM, batch: Batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions ``batch.targets`` keeps."""
+def lm_loss(model: CausalLM, batch: Batch, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy over the positions ``batch.targets`` keeps (their mean, or
+    their sum with ``reduction="sum"``)."""
     logits = dense_logits(model, dense_forward(model, batch.input_ids)).float()
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), batch.targets.view(-1))
+    return F.cross_entropy(
+        logits.view(-1, logits.shape[-1]), batch.targets.view(-1), reduction=reduction
+    )
 
 
 def lr_at(recipe: Recipe, tokens: int) -> float:
@@ -332,26 +329,14 @@ def _progress(recipe: Recipe, state: TrainState, enabled: bool) -> Any:
     )
 
 
-def iter_eval_batches(
-    tok: Tokenizer, examples: Sequence[Example], batch_tokens: int = 8192
-) -> Iterator[tuple[list[Example], Batch]]:
-    """Held-out examples in padded batches (sorted by length), for teacher-forced losses."""
-    pairs = sorted(((encode_example(tok, e), e) for e in examples), key=lambda r: len(r[0][0]))
-    pad_id = pad_token_id(tok)
-    start = 0
-    for group in _groups([row for row, _ in pairs], batch_tokens):
-        yield [e for _, e in pairs[start : start + len(group)]], _batch(group, pad_id)
-        start += len(group)
-
-
 def heldout_loss(model: CausalLM, tok: Tokenizer, examples: Sequence[Example]) -> float:
-    """Mean next-token loss per kept token over ``examples`` (teacher forced)."""
+    """Mean next-token loss per kept token over ``examples`` (teacher forced), in padded
+    batches of examples of similar length."""
+    rows = sorted((encode_example(tok, e) for e in examples), key=lambda row: len(row[0]))
+    pad_id = pad_token_id(tok)
     total, count = 0.0, 0
-    for _, batch in iter_eval_batches(tok, examples):
-        logits = dense_logits(model, dense_forward(model, batch.input_ids)).float()
-        loss = F.cross_entropy(
-            logits.view(-1, logits.shape[-1]), batch.targets.view(-1), reduction="sum"
-        )
-        total += loss.item()
+    for group in _groups(rows, 8192):
+        batch = _batch(group, pad_id)
+        total += lm_loss(model, batch, reduction="sum").item()
         count += batch.loss_tokens
     return total / max(count, 1)
