@@ -28,15 +28,22 @@ from core.zoo.tasks import (
 seeds = st.integers(0, 2**32 - 1)
 
 
-@given(seeds, st.integers(1, 12), st.integers(1, 3))
+@given(seeds, st.integers(1, 12), st.integers(1, 3), st.data())
 @settings(max_examples=200, deadline=None)
-def test_reference_arith_solution_checks(seed, steps, digits):
-    ex = arith_example(random.Random(seed), steps, digits)
+def test_reference_arith_solution_checks(seed, steps, digits, data):
+    operand_digits = data.draw(st.integers(1, digits))
+    ex = arith_example(random.Random(seed), steps, digits, operand_digits)
     assert ex.difficulty == steps and ex.completion.endswith(EOS)
     assert check_arith_steps(ex, ex.completion) == [True] * steps
     assert check_answer(ex, ex.completion)
     numbers = [int(t) for t in re.findall(r"\d+", ex.text)]
     assert all(0 <= v < 10**digits for v in numbers)
+    assert all(1 <= n < 10**operand_digits for _, n in ex.meta["ops"])
+
+
+def test_arith_rejects_operands_wider_than_the_count():
+    with pytest.raises(ValueError, match="operand_digits=3"):
+        arith_example(random.Random(0), 2, digits=2, operand_digits=3)
 
 
 @given(seeds, st.integers(1, 12), st.data())
