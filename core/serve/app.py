@@ -62,6 +62,8 @@ class ServeConfig:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
 
+STOP_STRING = "stop string"  # the abort reason of a request a stop string ended
+
 # -- one HTTP request's engine requests ------------------------------------------------------
 
 
@@ -69,7 +71,6 @@ class ServeConfig:
 class _Choice:
     index: int
     request_id: str
-    prompt_len: int
     detok: Detokenizer
     stops: StopStrings
     token_ids: list[int] = field(default_factory=list)
@@ -126,9 +127,7 @@ class _Job:
                 rid = f"{self.id}-{index}"
                 self.engine.submit(rid, prompt, sp, self.queue, index)
                 codec = app_state.cfg.codec
-                self.choices.append(
-                    _Choice(index, rid, len(prompt), Detokenizer(codec), StopStrings(stops))
-                )
+                self.choices.append(_Choice(index, rid, Detokenizer(codec), StopStrings(stops)))
                 self.open.add(index)
 
     def close(self, reason: str = "aborted") -> None:
@@ -170,19 +169,13 @@ class _Job:
         if c.stops.hit:
             c.finish_reason = "stop"
             if not u.finished:
-                self.engine.abort(c.request_id, "stop string")
+                self.engine.abort(c.request_id, STOP_STRING)
         elif u.finished:
             if u.finish_reason in ("abort", "error"):
                 self.close(u.error or u.finish_reason)
-                self._count(c, u.finish_reason, u)
                 raise _failure(u)
             c.finish_reason = u.finish_reason
-        if c.finish_reason is not None:
-            self._count(c, c.finish_reason, u)
         return _Event(c, piece, list(u.token_ids), c.finish_reason)
-
-    def _count(self, c: _Choice, reason: str, u: Update) -> None:
-        self.state.cfg.metrics.request_done(reason, c.prompt_len, len(c.token_ids), u.timeline)
 
     def usage(self) -> dict[str, int]:
         out = sum(len(c.token_ids) for c in self.choices)
@@ -636,6 +629,15 @@ def build_app(engine: AsyncEngine, cfg: ServeConfig) -> FastAPI:
         yield
         await engine.shutdown(cfg.shutdown_grace_s)
 
+    def finished(u: Update) -> None:
+        reason = (
+            "stop" if u.finish_reason == "abort" and u.error == STOP_STRING else u.finish_reason
+        )
+        cfg.metrics.request_done(
+            reason or "error", u.num_prompt_tokens, u.num_output_tokens, u.timeline
+        )
+
+    engine.on_finished = finished
     app = FastAPI(
         title="servelab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )

@@ -19,7 +19,7 @@ import inspect
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,6 +209,8 @@ class AsyncEngine:
         self._streams: dict[str, RequestStream] = {}
         self._abort_reasons: dict[str, str] = {}
         self._shutdown_task: asyncio.Task[None] | None = None
+        self.on_finished: Callable[[Update], None] | None = None
+        """Called on the event loop with every request's final update, once each."""
         self._inbox: deque[_Submission] = deque()
         self._aborts: deque[str] = deque()
         self._wake = threading.Event()
@@ -290,9 +292,10 @@ class AsyncEngine:
         self._wake.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30.0)
-        for rid, stream in list(self._streams.items()):  # the thread is gone: fail what is left
-            stream.put(Update([], True, "abort", "server shutting down"))
-            del self._streams[rid]
+        # the thread is gone: fail what is left
+        self._deliver(
+            [(rid, Update([], True, "abort", "server shutting down")) for rid in self._streams]
+        )
 
     def _deliver(self, updates: list[tuple[str, Update]]) -> None:
         for rid, update in updates:
@@ -305,6 +308,8 @@ class AsyncEngine:
             if update.finished:
                 del self._streams[rid]
                 self._abort_reasons.pop(rid, None)
+                if self.on_finished is not None:
+                    self.on_finished(update)
 
     # -- driver thread -------------------------------------------------------------------------
 

@@ -1,0 +1,92 @@
+"""--fleet N behind a router (by name or import path), and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from core.cluster.router import RoundRobin
+from core.engine import SamplingParams
+from core.serve.cli import build_parser, parse_bytes
+from core.serve.server import make_router_spec, resolve_model
+from tests.serve.conftest import MODEL, client_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CountingRouter(RoundRobin):
+    """Round-robin that records where each request went (served by import path)."""
+
+    routed: list[int] = []
+
+    def route(self, req, replicas, now):
+        i = super().route(req, replicas, now)
+        CountingRouter.routed.append(replicas[i].index)
+        return i
+
+
+def test_fleet_routes_over_replicas_with_equal_outputs(start_server, offline):
+    prompts = [[4 + i, 9, 30 + i] for i in range(8)]
+    want = [
+        o.token_ids
+        for o in offline.generate(
+            prompts, SamplingParams(temperature=0, max_tokens=6), use_tqdm=False
+        )
+    ]
+    CountingRouter.routed = []
+    with start_server(fleet=2, router="tests.serve.test_fleet_cli:CountingRouter") as s:
+        assert len(s.engine.workers) == 2
+
+        def ask(p):
+            r = client_for(s).completions.create(model=MODEL, prompt=p, max_tokens=6, temperature=0)
+            return r.choices[0].model_extra["token_ids"]
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(ask, prompts))
+    assert got == want
+    assert sorted(CountingRouter.routed) == [0] * 4 + [1] * 4
+
+
+def test_router_names_and_bad_specs():
+    assert make_router_spec("least-work").name == "least-work"
+    with pytest.raises(ValueError, match="unknown router"):
+        make_router_spec("fastest")
+    with pytest.raises(ValueError, match="cannot import"):
+        make_router_spec("no.such.module:Router")
+
+
+def test_model_resolution(model_dir):
+    assert resolve_model(model_dir) == model_dir
+    assert resolve_model("tiny-llama-125m")["hidden_size"] == 768
+    with pytest.raises(ValueError, match="not a folder, not a zoo model"):
+        resolve_model("no-such-model")
+
+
+def test_parser():
+    args = build_parser().parse_args(["serve", "m", "--kv-cache-memory", "64MiB", "--fleet", "2"])
+    assert (args.model, args.host, args.kv_cache_memory, args.fleet) == (
+        "m",
+        "127.0.0.1",
+        64 * 2**20,
+        2,
+    )
+    assert args.enable_prefix_caching
+    assert parse_bytes("2G") == 2 * 10**9 and parse_bytes("1024") == 1024
+
+
+def test_cli_unknown_model_is_one_clear_error():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "core.serve", "no-such-model", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "no-such-model" in out.stderr and "Traceback" not in out.stderr
