@@ -79,6 +79,8 @@ from typing import Any
 
 from . import report as rep
 from . import roofline as rf
+from .peers import bench as peer_bench
+from .peers.systems import PEERS
 
 MODEL_PRESET = "tiny-llama-125m"
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -1214,6 +1216,9 @@ def _why(entry: Any, default: str = "") -> str:
     return default
 
 
+peer_targets = peer_bench.targets
+
+
 def make_targets(results: dict[str, Any], parts: Sequence[str]) -> list[dict[str, Any]]:
     """The issue's targets for each dtype measured, each with its pass flag (or the reason it
     could not be checked)."""
@@ -1284,6 +1289,8 @@ def render(report: dict[str, Any]) -> str:
     """The printed summary: tables per dtype, then the targets."""
     blocks = []
     for dtype, r in report["results"].items():
+        if dtype == "peers":  # printed by peers.bench.render
+            continue
         roof = r.get("roofline") or {}
         if roof.get("gemm_peak_flops"):
             g, b = roof["gemm_best"], roof["bandwidth_best"]
@@ -1517,8 +1524,9 @@ def build_parser(prog: str = "python -m scripts.bench engine") -> argparse.Argum
     p.add_argument(
         "--parts",
         type=_parts,
-        default=PARTS,
-        help=f"measurements besides the roofline (default all: {','.join(PARTS)})",
+        default=None,
+        help=f"measurements besides the roofline (default all: {','.join(PARTS)}; with "
+        "--peers: none)",
     )
     p.add_argument(
         "--requests",
@@ -1538,6 +1546,37 @@ def build_parser(prog: str = "python -m scripts.bench engine") -> argparse.Argum
         type=rep.positive_int,
         default=None,
         help="torch intra-op threads (default: torch's default, all cores)",
+    )
+    peers = p.add_argument_group(
+        "peers",
+        "--peers compares our engine with vLLM's CPU build and llama.cpp on the offline "
+        "workload and at batch-1 decode, each in its own process and cached venv "
+        "(scripts/bench/peers/; built on first use, vLLM ~2 min, llama.cpp ~10 CPU-min)",
+    )
+    peers.add_argument("--peers", action="store_true", help="run the peer comparison")
+    peers.add_argument(
+        "--peer-systems",
+        type=peer_bench.parse_systems,
+        default=tuple(PEERS),
+        help=f"peers to compare with (default {','.join(PEERS)})",
+    )
+    peers.add_argument(
+        "--peer-threads",
+        type=_int_list,
+        default=peer_bench.DEFAULT_THREADS,
+        help="thread counts, each a separate interleaved comparison (default 1,2)",
+    )
+    peers.add_argument(
+        "--peer-rounds",
+        type=rep.positive_int,
+        default=peer_bench.DEFAULT_ROUNDS,
+        help=f"interleaved rounds per thread count (default {peer_bench.DEFAULT_ROUNDS})",
+    )
+    peers.add_argument(
+        "--peer-dtype",
+        type=parse_dtypes,
+        default=("fp32",),
+        help="dtypes of the peer comparison (default fp32; bf16: llama.cpp gets a bf16 GGUF)",
     )
     return p
 
@@ -1571,7 +1610,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     _quiet_transformers()
-    parts = tuple(args.parts)
+    parts = tuple(args.parts if args.parts is not None else () if args.peers else PARTS)
     out_path = Path(args.out) / "engine.json"
     prov = rep.provenance()
     reason = import_engine()[2]
@@ -1590,13 +1629,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "engine_api_assumed": ENGINE_API,
     }
     results: dict[str, Any] = {}
+    peers: dict[str, Any] = {}
 
     def write() -> dict[str, Any]:
         report = rep.make_report(
             "engine",
             config,
-            results,
-            make_targets(results, parts),
+            {**results, **({"peers": peers} if peers else {})},
+            make_targets(results, parts) + peer_targets(peers),
             prov,
             time.perf_counter() - started,
         )
@@ -1611,15 +1651,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ttft" in parts,
         )
     )
+    dtypes = scale.dtypes if parts else ()  # --peers alone: no roofline or HF runs
     with (
         tempfile.TemporaryDirectory(prefix="servelab-bench-") as tmp,
-        tqdm(total=1 + per_dtype * len(scale.dtypes), unit="step", file=sys.stderr) as progress,
+        tqdm(total=1 + per_dtype * len(dtypes), unit="step", file=sys.stderr) as progress,
     ):
         progress.set_description("build model")
         ckpt = Path(tmp) / MODEL_PRESET
         build_checkpoint(ckpt, args.seed)
         progress.update(1)
-        for dtype in scale.dtypes:
+        for dtype in dtypes:
             bench = Bench(scale, dtype, ckpt, args.seed, progress)
             results[dtype] = bench.res
             bench.roofline("start")
@@ -1637,6 +1678,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bench.close()
             bench.roofline("end")
             write()
+        if args.peers:
+            config["peers"] = {
+                "systems": list(args.peer_systems),
+                "threads": list(args.peer_threads),
+                "rounds": args.peer_rounds,
+                "dtypes": list(args.peer_dtype),
+            }
+            for dtype in args.peer_dtype:
+
+                def update(res: dict[str, Any], dtype: str = dtype) -> None:
+                    peers[dtype] = res
+                    write()
+
+                peer_args = (args.peer_threads, args.peer_rounds, args.peer_systems)
+                peer_bench.run_part(
+                    ckpt,
+                    scale,
+                    args.seed,
+                    dtype,
+                    *peer_args,
+                    work=Path(tmp) / "peers",
+                    logs=Path(args.out) / "peer-logs",
+                    log=lambda msg: tqdm.write(msg, file=sys.stderr),
+                    on_update=update,
+                )
     return write()
 
 
@@ -1644,6 +1710,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(**({"prog": prog} if prog else {})).parse_args(argv)
     report = run(args)
     print(render(report))
+    if "peers" in report["results"]:
+        print("\n" + peer_bench.render(report["results"]["peers"]))
     print(f"\nwrote {Path(args.out) / 'engine.json'}")
     return 0
 
