@@ -3,9 +3,16 @@ kernels tested against it.
 
 - :mod:`core.kernels.attention`: paged attention over flattened varlen batches, the
   :class:`AttentionBackend` contract and its registry (``SERVELAB_ATTENTION_BACKEND``).
-- :mod:`core.kernels.linear`: ``F.linear`` and a oneDNN path over prepacked weights for CPU
-  (the :class:`Linear` layer every model uses; ``SERVELAB_LINEAR_BACKEND``). Its function
-  ``linear`` is not re-exported here: that name stays the module's.
+- :mod:`core.kernels.linear`: ``F.linear``, a oneDNN path over prepacked weights and the C++
+  small-M kernel for CPU (the :class:`Linear` layer every model uses;
+  ``SERVELAB_LINEAR_BACKEND``). Its function ``linear`` is not re-exported here: that name
+  stays the module's.
+- :mod:`core.kernels.layer_ops`: RMSNorm, residual add + RMSNorm, RoPE, silu * up: the torch
+  reference of each and its C++ kernel.
+- :mod:`core.kernels.cpu_attention`: the ``"cpp"`` attention backend (decode attention read
+  in place through the block table).
+- :mod:`core.kernels.cpu_ext`: the C++ sources of those kernels and their loader (compiled on
+  first use, cached under ``~/.cache/servelab/cpu_ext``).
 - :mod:`core.kernels.ssd`: the Mamba2 chunked SSD scan, its recurrent step, and the causal
   conv1d with carried state.
 

@@ -445,7 +445,24 @@ class TorchPagedAttention(AttentionBackend):
                 qd, kd, vd, attn_mask=metadata.decode_mask(i, sliding_window), scale=scale
             )
             out[dg.rows] = od.reshape(n, num_heads, head_dim)
+        self.attend_prefills(out, q, k_cache, v_cache, metadata, scale, sliding_window)
+        return out
 
+    def attend_prefills(
+        self,
+        out: torch.Tensor,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        metadata: PagedAttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> None:
+        """Write the attention of every prefill sequence of the batch into ``out``: one SDPA
+        call each over its gathered context."""
+        num_heads, head_dim = q.shape[1], q.shape[2]
+        num_kv_heads = k_cache.shape[2]
+        group = num_heads // num_kv_heads
         for i, (start, end, ctx_blocks, n_ctx) in enumerate(metadata.prefills):
             n_q = end - start
             # [1, H, Tq, D] against [1, Hkv, L, D]: batched 4-d inputs take torch's fused CPU
@@ -468,7 +485,6 @@ class TorchPagedAttention(AttentionBackend):
                 attn_mask=None if plain else metadata.prefill_mask(i, sliding_window),
             )
             out[start:end] = op[0].transpose(0, 1)
-        return out
 
 
 def paged_attention(
@@ -502,4 +518,4 @@ def paged_attention(
 
 
 # Optional backends that register themselves; each imports its own dependencies lazily.
-from . import triton_attention  # noqa: E402, F401
+from . import cpu_attention, triton_attention  # noqa: E402, F401

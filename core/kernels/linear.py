@@ -24,27 +24,39 @@ without autograd (the op has no backward). Packing costs one extra copy of the w
 memory.
 
 Backends, chosen per model by :func:`resolve_linear_backend`: ``"torch"`` (``F.linear``
-everywhere) or ``"onednn"`` (packed weights where :func:`onednn_supported` says the device and
+everywhere), ``"onednn"`` (packed weights where :func:`onednn_supported` says the device and
 dtype allow it: CPU fp32 on any x86 with AVX2; bf16 only on CPUs with AVX512-BF16 / AVX-NE-
-CONVERT). The name comes from the caller, else ``$SERVELAB_LINEAR_BACKEND``, else ``"auto"``
-(oneDNN where supported, torch elsewhere).
+CONVERT) or ``"cpp"`` (:class:`CppPackedWeight`: the C++ kernel of :mod:`core.kernels.cpu_ext`
+for products of up to :data:`CPP_MAX_ROWS` rows, the decode sizes, where it streams the weights
+near the memory bandwidth; oneDNN above that where it runs; CPU fp32 and bf16; the model's small
+per-layer ops then run on C++ kernels too, see :mod:`core.kernels.layer_ops`). The name comes
+from the caller, else ``$SERVELAB_LINEAR_BACKEND``, else ``"auto"``: ``"cpp"`` where the
+extension builds, else oneDNN where supported, torch elsewhere. Asking for ``"cpp"`` where the
+extension cannot be built (no compiler) warns once and runs what ``"auto"`` would without it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_ext
+
 __all__ = [
+    "CPP_MAX_ROWS",
     "LINEAR_BACKEND_ENV",
     "LINEAR_BACKENDS",
     "PACKED_MIN_MACS",
+    "CppPackedWeight",
     "Linear",
     "PackedWeight",
+    "WeightPack",
+    "cpp_supported",
     "linear",
     "onednn_supported",
     "pack_weight",
@@ -52,9 +64,12 @@ __all__ = [
 ]
 
 LINEAR_BACKEND_ENV = "SERVELAB_LINEAR_BACKEND"
-LINEAR_BACKENDS = ("auto", "torch", "onednn")
+LINEAR_BACKENDS = ("auto", "torch", "onednn", "cpp")
 # below this many multiply-adds (rows x in x out) a product goes to F.linear (see above)
 PACKED_MIN_MACS = 1_500_000
+# the C++ kernel takes products of up to this many rows, per weight dtype; above, oneDNN
+# (docs/core/kernels.md has the measurements behind these)
+CPP_MAX_ROWS = {torch.float32: 16, torch.bfloat16: 4}
 
 
 @functools.cache
@@ -75,12 +90,23 @@ def onednn_supported(device_type: str, dtype: torch.dtype) -> bool:
     return bool(torch.all(y == 8))
 
 
-def resolve_linear_backend(name: str | None, device: torch.device | str, dtype: torch.dtype) -> str:
-    """``"torch"`` or ``"onednn"``: what ``name`` (or ``$SERVELAB_LINEAR_BACKEND``, or auto)
-    means for weights of ``dtype`` on ``device``.
+def cpp_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """True when the C++ kernel can take weights of ``dtype`` here (CPU, fp32 or bf16, and the
+    extension builds; building it is the first call's cost, see :mod:`core.kernels.cpu_ext`)."""
+    return (
+        device_type == "cpu"
+        and dtype in (torch.float32, torch.bfloat16)
+        and cpu_ext.load() is not None
+    )
 
-    Raises ValueError for an unknown name and RuntimeError when ``"onednn"`` is asked for where
-    it cannot run.
+
+def resolve_linear_backend(name: str | None, device: torch.device | str, dtype: torch.dtype) -> str:
+    """``"torch"``, ``"onednn"`` or ``"cpp"``: what ``name`` (or ``$SERVELAB_LINEAR_BACKEND``,
+    or auto) means for weights of ``dtype`` on ``device``.
+
+    Raises ValueError for an unknown name and RuntimeError when ``"onednn"`` or ``"cpp"`` is
+    asked for a device or dtype it cannot take. ``"cpp"`` where only the extension is missing
+    (it could not be built; its loader has warned) falls back as ``"auto"`` would.
     """
     name = name or os.environ.get(LINEAR_BACKEND_ENV) or "auto"
     if name not in LINEAR_BACKENDS:
@@ -94,7 +120,14 @@ def resolve_linear_backend(name: str | None, device: torch.device | str, dtype: 
             f"linear backend 'onednn' cannot run {dtype} weights on {device_type} here "
             "(CPU only; bf16 needs AVX512-BF16 or AVX-NE-CONVERT); use 'torch' or 'auto'"
         )
-    if name == "auto":
+    if name == "cpp" and (device_type != "cpu" or dtype not in (torch.float32, torch.bfloat16)):
+        raise RuntimeError(
+            f"linear backend 'cpp' cannot run {dtype} weights on {device_type} "
+            "(CPU fp32 or bf16 only); use 'torch' or 'auto'"
+        )
+    if name in ("auto", "cpp"):
+        if cpp_supported(device_type, dtype):
+            return "cpp"
         return "onednn" if supported else "torch"
     return name
 
@@ -108,15 +141,11 @@ def _version(t: torch.Tensor) -> int:
         return -1
 
 
-class PackedWeight:
-    """A ``[out, in]`` weight reordered into oneDNN's blocked layout, tied to its source tensor.
-
-    Valid for a call while the source keeps its storage and version (see the module contract).
-    """
+class WeightPack:
+    """A reordered copy of one ``[out, in]`` weight tensor, tied to it: valid for a call while
+    the source keeps its storage and version (see the module contract)."""
 
     def __init__(self, weight: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
         self._ptr = weight.data_ptr()
         self._version = _version(weight)
         self.dtype = weight.dtype
@@ -124,8 +153,37 @@ class PackedWeight:
     def valid_for(self, weight: torch.Tensor) -> bool:
         return weight.data_ptr() == self._ptr and _version(weight) == self._version
 
+    def accepts(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether this call may go through the pack: CPU input of the weight's dtype, a
+        valid pack, no autograd."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype == self.dtype
+            and self.valid_for(weight)
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        )
+
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``x @ weight.T + bias`` for ``x`` of shape ``[..., in]``."""
+        raise NotImplementedError
+
+
+class PackedWeight(WeightPack):
+    """A ``[out, in]`` weight reordered into oneDNN's blocked layout, tied to its source tensor.
+
+    Valid for a call while the source keeps its storage and version (see the module contract).
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__(weight)
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+
+    def accepts(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        rows = x.numel() // max(x.shape[-1], 1)
+        return rows * weight.numel() >= PACKED_MIN_MACS and super().accepts(x, weight)
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         if not rows.is_contiguous():
             rows = rows.contiguous()
@@ -133,9 +191,40 @@ class PackedWeight:
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def pack_weight(weight: torch.Tensor, backend: str) -> PackedWeight | None:
-    """``weight`` packed for ``backend``; None for ``"torch"`` or where oneDNN cannot take this
-    weight's device and dtype (that weight then runs on ``F.linear``)."""
+class CppPackedWeight(WeightPack):
+    """A ``[out, in]`` weight packed for the C++ small-M kernel (``cpu_ext.packed_linear``:
+    groups of output rows, k-major), plus a oneDNN pack for products of more than
+    ``CPP_MAX_ROWS`` rows where oneDNN runs (the C++ kernel takes every size elsewhere).
+
+    Valid for a call while the source keeps its storage and version (see the module contract).
+    Memory: one packed copy, two with the oneDNN pack.
+    """
+
+    def __init__(self, weight: torch.Tensor, ext: ModuleType) -> None:
+        super().__init__(weight)
+        with torch.no_grad():
+            self.packed = ext.pack_linear_weight(weight.detach())
+        self._ext = ext
+        self.out_features = weight.shape[0]
+        self.max_rows = CPP_MAX_ROWS.get(weight.dtype, 0)
+        large = onednn_supported(weight.device.type, weight.dtype)
+        self.large = PackedWeight(weight) if large else None
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if self.large is not None and rows.shape[0] > self.max_rows:
+            return self.large.matmul(x, bias)
+        out = self._ext.packed_linear(rows, self.packed, self.out_features, bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def pack_weight(weight: torch.Tensor, backend: str) -> WeightPack | None:
+    """``weight`` packed for ``backend``; None for ``"torch"`` or where the backend cannot take
+    this weight's device and dtype (that weight then runs on ``F.linear``)."""
+    if backend == "cpp" and cpp_supported(weight.device.type, weight.dtype):
+        ext = cpu_ext.load()
+        if ext is not None:
+            return CppPackedWeight(weight, ext)
     usable = backend == "onednn" and onednn_supported(weight.device.type, weight.dtype)
     return PackedWeight(weight) if usable else None
 
@@ -144,18 +233,11 @@ def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    packed: PackedWeight | None = None,
+    packed: WeightPack | None = None,
 ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, through ``packed`` when it is valid for this call and
-    large enough to gain from it."""
-    if (
-        packed is not None
-        and x.device.type == "cpu"
-        and x.numel() // max(x.shape[-1], 1) * weight.numel() >= PACKED_MIN_MACS
-        and x.dtype == packed.dtype
-        and packed.valid_for(weight)
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    ):
+    """``F.linear(x, weight, bias)``, through ``packed`` when it is valid for this call (and,
+    for oneDNN, large enough to gain from it)."""
+    if packed is not None and packed.accepts(x, weight):
         return packed.matmul(x, bias)
     return F.linear(x, weight, bias)
 
@@ -163,11 +245,11 @@ def linear(
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, state dict and init) that can run on a packed weight.
 
-    ``set_backend("onednn")`` packs the current weight; ``"torch"`` drops the packed copy. A
-    stale pack (the weight was reloaded or edited) is ignored, never used.
+    ``set_backend("onednn")`` or ``("cpp")`` packs the current weight; ``"torch"`` drops the
+    packed copy. A stale pack (the weight was reloaded or edited) is ignored, never used.
     """
 
-    packed: PackedWeight | None = None
+    packed: WeightPack | None = None
 
     def set_backend(self, backend: str) -> None:
         self.packed = pack_weight(self.weight, backend)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from core.kernels.attention import AttentionBackend, get_attention_backend
-from core.kernels.linear import Linear, PackedWeight, linear, pack_weight, resolve_linear_backend
+from core.kernels.layer_ops import UsesCpuKernels
+from core.kernels.linear import Linear, WeightPack, linear, pack_weight, resolve_linear_backend
 
 from .batch import ForwardBatch, ForwardContext
 from .cache import KVCache, Slots, StatePool
@@ -62,7 +63,7 @@ class CausalLM(nn.Module):
             else Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.linear_backend = "torch"  # set_linear_backend packs the weights for another
-        self._tied_head_pack: PackedWeight | None = None
+        self._tied_head_pack: WeightPack | None = None
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope)
         self.attention_backend_name: str | None = None  # None: $SERVELAB_ATTENTION_BACKEND or auto
         self._backends: dict[tuple[str | None, torch.device], AttentionBackend] = {}
@@ -88,11 +89,14 @@ class CausalLM(nn.Module):
     def set_linear_backend(self, name: str | None) -> str:
         """Run every linear layer (and the LM head) on backend ``name`` (None:
         ``$SERVELAB_LINEAR_BACKEND`` or auto; see :mod:`core.kernels.linear`); returns the one
-        chosen. Packs the current weights, so call it after loading them."""
+        chosen. Packs the current weights, so call it after loading them. ``"cpp"`` also runs
+        the layers' small ops (norms, RoPE, activation) on the C++ kernels."""
         backend = resolve_linear_backend(name, self.device, self.dtype)
         for module in self.modules():
             if isinstance(module, Linear):
                 module.set_backend(backend)
+            if isinstance(module, UsesCpuKernels):
+                module.cpu_kernels = backend == "cpp"
         tied = self.lm_head is None
         self._tied_head_pack = pack_weight(self.embed_tokens.weight, backend) if tied else None
         self.linear_backend = backend

@@ -19,6 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.kernels.layer_ops import (
+    UsesCpuKernels,
+    add_rms_norm,
+    apply_rotary,
+    apply_rotary_,
+    rms_norm,
+    silu_mul,
+)
 from core.kernels.linear import Linear
 
 from .batch import ForwardContext
@@ -73,7 +81,7 @@ def nested_hf_weights(owner: nn.Module, prefix: str, children: Mapping[str, str]
     return out
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(nn.Module, UsesCpuKernels):
     """``weight * x / sqrt(mean(x^2) + eps)``, normalized in fp32, over the last axis."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
@@ -82,9 +90,13 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, fast=self.cpu_kernels)
+
+    def add_and_norm(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x + residual, self(x + residual))``, one pass on the C++ kernel."""
+        return add_rms_norm(x, residual, self.weight, self.eps, fast=self.cpu_kernels)
 
     def hf_weights(self, prefix: str) -> HFWeights:
         return _same(prefix, "weight")
@@ -165,18 +177,7 @@ class RotaryEmbedding(nn.Module):
         return f"rotary_dim={self.rotary_dim}"
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.shape[-1]`` channels of ``x`` ``[T, heads, head_dim]``
-    (rotate-half convention, as Llama checkpoints expect); the rest pass through."""
-    rot = cos.shape[-1]
-    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
-    xr, xpass = x[..., :rot], x[..., rot:]
-    x1, x2 = xr[..., : rot // 2], xr[..., rot // 2 :]
-    rotated = xr * cos + torch.cat([-x2, x1], dim=-1) * sin
-    return torch.cat([rotated, xpass], dim=-1) if xpass.shape[-1] else rotated
-
-
-class GatedMLP(nn.Module):
+class GatedMLP(nn.Module, UsesCpuKernels):
     """``down(silu(gate(x)) * up(x))`` with gate and up fused into one matmul.
 
     ``hf_names`` are the checkpoint names of (gate, up, down): Llama's ``gate_proj``,
@@ -197,8 +198,7 @@ class GatedMLP(nn.Module):
         self.hf_names = hf_names
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_mul(self.gate_up_proj(x), fast=self.cpu_kernels))
 
     def hf_weights(self, prefix: str) -> HFWeights:
         gate, up, down = (prefix + n for n in self.hf_names)
@@ -213,7 +213,7 @@ class GatedMLP(nn.Module):
         return out
 
 
-class Attention(nn.Module):
+class Attention(nn.Module, UsesCpuKernels):
     """Causal self-attention over the paged KV cache, with grouped-query heads.
 
     Covers the Llama family: optional q/k/v bias (Qwen2), o bias (Llama ``attention_bias``),
@@ -251,7 +251,8 @@ class Attention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = ctx.rope_tables()
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        fast = self.cpu_kernels  # the C++ kernel rotates in place in the qkv output
+        q, k = apply_rotary_(q, cos, sin, fast=fast), apply_rotary_(k, cos, sin, fast=fast)
 
         kv = ctx.kv()
         k_cache, v_cache = kv.k[self.cache_index], kv.v[self.cache_index]

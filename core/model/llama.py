@@ -34,8 +34,9 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.mlp_bias)
 
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), ctx)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        attn = self.self_attn(self.input_layernorm(h), ctx)
+        h, x = self.post_attention_layernorm.add_and_norm(h, attn)
+        return h + self.mlp(x)
 
     def hf_weights(self, prefix: str) -> HFWeights:
         names = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")

@@ -13,6 +13,7 @@ from core.kernels.linear import (
     LINEAR_BACKEND_ENV,
     Linear,
     PackedWeight,
+    cpp_supported,
     linear,
     onednn_supported,
     resolve_linear_backend,
@@ -119,7 +120,8 @@ def test_resolve_backend(monkeypatch):
     assert resolve_linear_backend("torch", "cpu", torch.float32) == "torch"
     assert resolve_linear_backend(None, "cuda", torch.float32) == "torch"  # auto off CPU
     auto = resolve_linear_backend(None, "cpu", torch.float32)
-    assert auto == ("onednn" if onednn_supported("cpu", torch.float32) else "torch")
+    fallback = "onednn" if onednn_supported("cpu", torch.float32) else "torch"
+    assert auto == ("cpp" if cpp_supported("cpu", torch.float32) else fallback)
     monkeypatch.setenv(LINEAR_BACKEND_ENV, "torch")
     assert resolve_linear_backend(None, "cpu", torch.float32) == "torch"
     with pytest.raises(ValueError, match="unknown linear backend 'mkl'"):
@@ -130,7 +132,7 @@ def test_resolve_backend(monkeypatch):
 
 @needs_onednn
 @pytest.mark.parametrize("tied", [False, True])
-def test_engine_packs_by_default_and_generates_the_same_tokens(tied, monkeypatch, any_size):
+def test_engine_on_onednn_generates_the_same_tokens(tied, monkeypatch, any_size):
     monkeypatch.delenv(LINEAR_BACKEND_ENV, raising=False)
     config = dict(
         model_type="llama",
@@ -147,12 +149,12 @@ def test_engine_packs_by_default_and_generates_the_same_tokens(tied, monkeypatch
     prompts = [[5, 9, 11, 3, 7] * k for k in (1, 3, 6)]
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     outputs = {}
-    for backend in ("torch", None):
+    for backend in ("torch", "onednn"):
         llm = LLM(config, seed=3, num_kv_blocks=64, linear_backend=backend)
         calls = _counting(monkeypatch)
         outputs[backend] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-        assert (calls[0] > 0) == (backend is None), backend
+        assert (calls[0] > 0) == (backend == "onednn"), backend
     assert llm.model.linear_backend == "onednn"
     assert all(m.packed is not None for m in llm.model.modules() if isinstance(m, Linear))
     assert (llm.model._tied_head_pack is not None) == tied  # the embedding as LM head, packed too
-    assert outputs["torch"] == outputs[None]
+    assert outputs["torch"] == outputs["onednn"]

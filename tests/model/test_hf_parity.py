@@ -14,7 +14,7 @@ import torch
 import transformers
 
 import core.kernels.linear as linear_module
-from core.kernels.linear import onednn_supported
+from core.kernels.linear import cpp_supported, onednn_supported
 from core.model import load_model, save_model
 
 from .conftest import VOCAB, build_hf, hf_logits
@@ -24,7 +24,8 @@ from .paged import PagedRunner
 TOL = {"llama": 2e-5, "mistral": 2e-5, "qwen2": 2e-5, "qwen3": 2e-5, "mixtral": 2e-5, "bamba": 3e-5}
 
 
-# every linear backend that runs here: "onednn" is the engine's default on CPU fp32
+# every linear backend that runs here ("cpp" also runs the small ops and decode attention on
+# the C++ kernels)
 BACKENDS = [
     "torch",
     pytest.param(
@@ -34,7 +35,15 @@ BACKENDS = [
             reason="oneDNN cannot pack fp32 weights here",
         ),
     ),
+    pytest.param(
+        "cpp",
+        marks=pytest.mark.skipif(
+            not cpp_supported("cpu", torch.float32), reason="the CPU extension cannot be built"
+        ),
+    ),
 ]
+# the attention backend each linear backend is tested with
+ATTENTION = {"torch": "torch", "onednn": "torch", "cpp": "cpp"}
 
 
 @pytest.fixture
@@ -55,6 +64,7 @@ def test_logits_match_through_prefill_chunks_and_decode(hf_checkpoint, linear_ba
     arch, hf, path = hf_checkpoint
     model, _ = load_model(path)
     model.set_linear_backend(linear_backend)
+    model.set_attention_backend(ATTENTION[linear_backend])
     runner = PagedRunner(model, block_size=4)
     a, b, c = _tokens(11, 1), _tokens(9, 2), _tokens(6, 3)
     decode = iter(_tokens(12, 4))
@@ -79,6 +89,7 @@ def test_greedy_batch_matches_generate(hf_checkpoint, linear_backend):
     arch, hf, path = hf_checkpoint
     model, _ = load_model(path)
     model.set_linear_backend(linear_backend)
+    model.set_attention_backend(ATTENTION[linear_backend])
     prompts = [_tokens(3, 10), _tokens(14, 11), _tokens(8, 12)]
     n_new = 6
     ours = PagedRunner(model, block_size=4).generate(prompts, n_new)

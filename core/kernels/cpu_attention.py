@@ -1,0 +1,123 @@
+"""The ``"cpp"`` attention backend: decode attention read in place from the paged KV cache.
+
+The torch reference gathers each decode sequence's context blocks into a padded buffer and
+calls SDPA with a mask (a dozen ops a layer, and a copy of every context); this backend hands
+the block table to one C++ kernel (:mod:`core.kernels.cpu_ext`, ``paged_decode_attention``)
+that reads each position's K/V row where it lives, one task per (sequence, kv head) across
+torch's intra-op threads. The K/V write is one C++ call too. Prefill sequences keep the
+reference's SDPA path. Same layouts and semantics as :mod:`core.kernels.attention`; tested
+against the reference in tests/kernels/.
+
+Runs on CPU for fp32 and bf16 (q and caches in one dtype) when the extension builds; any
+other call goes to the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from . import cpu_ext
+from .attention import PagedAttentionMetadata, TorchPagedAttention, register_attention_backend
+
+__all__ = ["CppPagedAttention"]
+
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+@register_attention_backend
+class CppPagedAttention(TorchPagedAttention):
+    """Decode attention by the C++ kernel over the block table; prefills as the reference."""
+
+    name = "cpp"
+    priority = 5
+    # the kernel reads only each sequence's own blocks: no padding to trade against calls
+    decode_group_cost = math.inf
+
+    @classmethod
+    def is_available(cls, device: torch.device) -> bool:
+        return device.type == "cpu" and cpu_ext.load() is not None
+
+    def build_metadata(
+        self,
+        query_start_loc: torch.Tensor,
+        seq_lens: torch.Tensor,
+        block_tables: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        block_size: int,
+        *,
+        query_lens_host: Sequence[int] | None = None,
+        seq_lens_host: Sequence[int] | None = None,
+    ) -> PagedAttentionMetadata:
+        meta = super().build_metadata(
+            query_start_loc,
+            seq_lens,
+            block_tables,
+            slot_mapping,
+            block_size,
+            query_lens_host=query_lens_host,
+            seq_lens_host=seq_lens_host,
+        )
+        for group in meta.decode_groups:  # the kernel takes dense int64 tables
+            group.blocks = group.blocks.contiguous()
+        return meta
+
+    @staticmethod
+    def _fits(*tensors: torch.Tensor) -> bool:
+        first = tensors[0]
+        return (
+            first.device.type == "cpu"
+            and first.dtype in _DTYPES
+            and all(t.dtype == first.dtype for t in tensors)
+            and all(t.stride(-1) == 1 for t in tensors)
+        )
+
+    def write_kv(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        metadata: PagedAttentionMetadata,
+    ) -> None:
+        ext = cpu_ext.load()
+        if (
+            ext is None
+            or metadata.write_rows is not None  # padding rows: the reference drops them
+            or not self._fits(k, v, k_cache, v_cache)
+            or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+        ):
+            super().write_kv(k, v, k_cache, v_cache, metadata)
+            return
+        ext.write_kv(k, v, k_cache, v_cache, metadata.write_slots)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        metadata: PagedAttentionMetadata,
+        *,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
+        ext = cpu_ext.load()
+        if (
+            ext is None
+            or not self._fits(q, k_cache, v_cache)
+            or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+        ):
+            return super().forward(
+                q, k_cache, v_cache, metadata, scale=scale, sliding_window=sliding_window
+            )
+        decoded = sum(g.rows.numel() for g in metadata.decode_groups)
+        # padding rows stay zero rather than uninitialized (as in the reference)
+        out = torch.empty_like(q) if decoded == q.shape[0] else torch.zeros_like(q)
+        for g in metadata.decode_groups:
+            ext.paged_decode_attention(
+                out, q, k_cache, v_cache, g.rows, g.blocks, g.seq_lens, scale, sliding_window or 0
+            )
+        self.attend_prefills(out, q, k_cache, v_cache, metadata, scale, sliding_window)
+        return out

@@ -1,0 +1,186 @@
+// Decode attention over the paged KV cache, read in place through the block table (no gather
+// into a padded copy), and the K/V write. Layouts: core/kernels/attention.py.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "ops.h"
+#include "vec.h"
+
+namespace servelab {
+namespace {
+
+template <typename T>
+float dot(const float* q, const T* k, int64_t D) {
+  Vec16 acc = Vec16::zero();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) acc = fma(Vec16::load(q + d), Vec16::load(k + d), acc);
+  float s = acc.sum();
+  for (; d < D; ++d) s += q[d] * static_cast<float>(k[d]);
+  return s;
+}
+
+template <typename T>
+void axpy(float a, const T* v, float* acc, int64_t D) {
+  const Vec16 av = Vec16::broadcast(a);
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) fma(av, Vec16::load(v + d), Vec16::load(acc + d)).store(acc + d);
+  for (; d < D; ++d) acc[d] += a * static_cast<float>(v[d]);
+}
+
+// One task: sequence s, kv head h, and the `group` query heads that share it.
+template <typename T>
+void attend(T* out, const T* q, int64_t q_row_stride, int64_t q_head_stride, int64_t o_row_stride,
+            int64_t o_head_stride, const T* kc, const T* vc, int64_t block_size, int64_t kv_heads,
+            int64_t D, int64_t group, int64_t h, int64_t row, const int64_t* blocks, int64_t len,
+            float scale, int64_t window, std::vector<float>& scratch) {
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - lo;
+  scratch.resize(group * (n + 2 * D));
+  float* qs = scratch.data();         // [group, D] queries in fp32
+  float* acc = qs + group * D;        // [group, D] weighted sums of V
+  float* scores = acc + group * D;    // [group, n]
+  for (int64_t g = 0; g < group; ++g) {
+    const T* qg = q + row * q_row_stride + (h * group + g) * q_head_stride;
+    for (int64_t d = 0; d < D; ++d) qs[g * D + d] = static_cast<float>(qg[d]);
+  }
+  auto slot = [&](int64_t t) {  // element offset of position t's row of kv head h
+    return ((blocks[t / block_size] * block_size + t % block_size) * kv_heads + h) * D;
+  };
+  for (int64_t t = 0; t < n; ++t) {
+    const T* kt = kc + slot(lo + t);
+    for (int64_t g = 0; g < group; ++g) scores[g * n + t] = dot(qs + g * D, kt, D) * scale;
+  }
+  std::vector<float> denom(group);
+  for (int64_t g = 0; g < group; ++g) {
+    float* s = scores + g * n;
+    float m = -INFINITY;
+    for (int64_t t = 0; t < n; ++t) m = std::max(m, s[t]);
+    float sum = 0.f;
+    for (int64_t t = 0; t < n; ++t) sum += (s[t] = std::exp(s[t] - m));
+    denom[g] = sum;
+  }
+  std::fill(acc, acc + group * D, 0.f);
+  for (int64_t t = 0; t < n; ++t) {
+    const T* vt = vc + slot(lo + t);
+    for (int64_t g = 0; g < group; ++g) axpy(scores[g * n + t], vt, acc + g * D, D);
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    T* og = out + row * o_row_stride + (h * group + g) * o_head_stride;
+    const float inv = 1.f / denom[g];
+    for (int64_t d = 0; d < D; ++d) og[d] = static_cast<T>(acc[g * D + d] * inv);
+  }
+}
+
+template <typename T>
+void copy_rows(const at::Tensor& src, at::Tensor& cache, const int64_t* slots, int64_t T_) {
+  const int64_t heads = src.size(1), D = src.size(2);
+  T* dst = cache.data_ptr<T>();
+  const T* s = src.data_ptr<T>();
+  const bool packed_row = src.stride(1) == D;  // the heads of a row are contiguous
+  for (int64_t t = 0; t < T_; ++t) {
+    if (slots[t] < 0) continue;
+    const T* row = s + t * src.stride(0);
+    T* to = dst + slots[t] * heads * D;
+    if (packed_row) {
+      std::memcpy(to, row, heads * D * sizeof(T));
+    } else {
+      for (int64_t h = 0; h < heads; ++h) std::memcpy(to + h * D, row + h * src.stride(1), D * sizeof(T));
+    }
+  }
+}
+
+void check_cache(const at::Tensor& c, const char* name) {
+  TORCH_CHECK(c.dim() == 4 && c.is_contiguous(), name,
+              " must be a contiguous [num_blocks, block_size, kv_heads, head_dim] cache");
+}
+
+}  // namespace
+
+void write_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+              at::Tensor& v_cache, const at::Tensor& slots) {
+  check_cache(k_cache, "k_cache");
+  check_cache(v_cache, "v_cache");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.dim() == 1,
+              "write_kv: slots must be a contiguous int64 vector");
+  for (const auto* t : {&k, &v}) {
+    TORCH_CHECK(t->dim() == 3 && t->stride(2) == 1 && t->size(0) == slots.size(0) &&
+                    t->size(1) == k_cache.size(2) && t->size(2) == k_cache.size(3) &&
+                    t->scalar_type() == k_cache.scalar_type(),
+                "write_kv: k/v must be [T, kv_heads, head_dim] in the cache dtype, last axis dense");
+  }
+  const int64_t* s = slots.data_ptr<int64_t>();
+  const int64_t capacity = k_cache.size(0) * k_cache.size(1);
+  for (int64_t t = 0; t < slots.size(0); ++t)
+    TORCH_CHECK(s[t] < capacity, "write_kv: slot ", s[t], " is outside the cache");
+  if (k.scalar_type() == at::kFloat) {
+    copy_rows<float>(k, k_cache, s, slots.size(0));
+    copy_rows<float>(v, v_cache, s, slots.size(0));
+  } else {
+    TORCH_CHECK(k.scalar_type() == at::kBFloat16, "write_kv: fp32 or bf16 only");
+    copy_rows<c10::BFloat16>(k, k_cache, s, slots.size(0));
+    copy_rows<c10::BFloat16>(v, v_cache, s, slots.size(0));
+  }
+}
+
+void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                            const at::Tensor& v_cache, const at::Tensor& rows,
+                            const at::Tensor& blocks, const at::Tensor& seq_lens, double scale,
+                            int64_t window) {
+  check_cache(k_cache, "k_cache");
+  check_cache(v_cache, "v_cache");
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && out.dim() == 3 && out.stride(2) == 1 &&
+                  out.sizes() == q.sizes(),
+              "paged_decode_attention: q and out must be [T, heads, head_dim], last axis dense");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && out.scalar_type() == q.scalar_type() &&
+                  v_cache.scalar_type() == q.scalar_type(),
+              "paged_decode_attention: q, out and the caches must share one dtype");
+  const int64_t n = rows.numel(), heads = q.size(1), D = q.size(2);
+  const int64_t kv_heads = k_cache.size(2), block_size = k_cache.size(1);
+  TORCH_CHECK(heads % kv_heads == 0 && k_cache.size(3) == D, "paged_decode_attention: head shapes");
+  TORCH_CHECK(rows.scalar_type() == at::kLong && blocks.scalar_type() == at::kLong &&
+                  seq_lens.scalar_type() == at::kLong && rows.is_contiguous() &&
+                  blocks.is_contiguous() && seq_lens.is_contiguous() && blocks.dim() == 2 &&
+                  blocks.size(0) == n && seq_lens.numel() == n,
+              "paged_decode_attention: rows [n], blocks [n, max_blocks], seq_lens [n], int64");
+  const int64_t* r = rows.data_ptr<int64_t>();
+  const int64_t* b = blocks.data_ptr<int64_t>();
+  const int64_t* lens = seq_lens.data_ptr<int64_t>();
+  const int64_t nb = blocks.size(1), num_blocks = k_cache.size(0);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(lens[i] >= 1 && lens[i] <= nb * block_size && r[i] >= 0 && r[i] < q.size(0),
+                "paged_decode_attention: sequence ", i, " has length ", lens[i], " for ", nb,
+                " blocks of ", block_size, " (row ", r[i], ")");
+    for (int64_t j = 0; j < (lens[i] + block_size - 1) / block_size; ++j)
+      TORCH_CHECK(b[i * nb + j] >= 0 && b[i * nb + j] < num_blocks,
+                  "paged_decode_attention: block ", b[i * nb + j], " out of range");
+  }
+  const int64_t group = heads / kv_heads;
+  auto run = [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    at::parallel_for(0, n * kv_heads, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t i = task / kv_heads, h = task % kv_heads;
+        attend<T>(out.data_ptr<T>(), q.data_ptr<T>(), q.stride(0), q.stride(1), out.stride(0),
+                  out.stride(1), k_cache.data_ptr<T>(), v_cache.data_ptr<T>(), block_size,
+                  kv_heads, D, group, h, r[i], b + i * nb, lens[i], static_cast<float>(scale),
+                  window, scratch);
+      }
+    });
+  };
+  if (q.scalar_type() == at::kFloat) {
+    run(static_cast<float*>(nullptr));
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_decode_attention: fp32 or bf16 only");
+    run(static_cast<c10::BFloat16*>(nullptr));
+  }
+}
+
+}  // namespace servelab

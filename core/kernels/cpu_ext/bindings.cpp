@@ -1,0 +1,20 @@
+#include <pybind11/stl.h>
+#include <torch/python.h>
+
+#include "ops.h"
+#include "vec.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.attr("isa") = servelab::kIsa;
+  m.def("linear_group_width", &servelab::linear_group_width,
+        "output rows per packed weight group");
+  m.def("pack_linear_weight", &servelab::pack_linear_weight, "pack [out, in] for packed_linear");
+  m.def("packed_linear", &servelab::packed_linear, "x @ W^T + b over a packed weight");
+  m.def("write_kv", &servelab::write_kv, "store K/V rows at flat cache slots (-1: skip)");
+  m.def("paged_decode_attention", &servelab::paged_decode_attention,
+        "one-token attention over paged K/V, read in place through the block table");
+  m.def("rms_norm", &servelab::rms_norm, "RMSNorm over the last axis");
+  m.def("add_rms_norm", &servelab::add_rms_norm, "(x + residual, RMSNorm(x + residual))");
+  m.def("rotary_", &servelab::rotary_, "rotate-half RoPE in place");
+  m.def("silu_mul", &servelab::silu_mul, "silu(gate) * up of a fused [.., 2I] projection");
+}

@@ -1,0 +1,165 @@
+// The small per-layer ops of a decoder, each one pass over its rows instead of several torch
+// ops: RMSNorm (with the residual add), rotate-half RoPE in place, silu(gate) * up. Each rounds
+// to the storage dtype where the torch reference does (core/model/layers.py), so bf16 results
+// agree with it up to the order of fp32 sums.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+#include "ops.h"
+#include "vec.h"
+
+namespace servelab {
+namespace {
+
+// rows per parallel task: enough work (~16k elements) to pay for waking a thread
+int64_t grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
+
+template <typename T>
+float sum_squares(const T* x, int64_t C) {
+  Vec16 acc = Vec16::zero();
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16) {
+    Vec16 v = Vec16::load(x + c);
+    acc = fma(v, v, acc);
+  }
+  float s = acc.sum();
+  for (; c < C; ++c) s += static_cast<float>(x[c]) * static_cast<float>(x[c]);
+  return s;
+}
+
+// out = w * round_T(x * rsqrt(mean(x^2) + eps)), rounded to T (RMSNorm.forward)
+template <typename T>
+void norm_row(const T* x, const T* w, T* out, int64_t C, float eps) {
+  const float r = 1.f / std::sqrt(sum_squares(x, C) / static_cast<float>(C) + eps);
+  for (int64_t c = 0; c < C; ++c)
+    out[c] = static_cast<T>(static_cast<float>(w[c]) * round_to<T>(static_cast<float>(x[c]) * r));
+}
+
+template <typename F>
+void dispatch(at::ScalarType t, const char* op, F&& f) {
+  if (t == at::kFloat) {
+    f(static_cast<float*>(nullptr));
+  } else {
+    TORCH_CHECK(t == at::kBFloat16, op, ": fp32 or bf16 only, got ", t);
+    f(static_cast<c10::BFloat16*>(nullptr));
+  }
+}
+
+void check_rows(const at::Tensor& x, const at::Tensor& w, const char* op) {
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, op, ": x must be [rows, C] with a dense last axis");
+  TORCH_CHECK(w.dim() == 1 && w.is_contiguous() && w.size(0) == x.size(1) &&
+                  w.scalar_type() == x.scalar_type(),
+              op, ": weight must be a contiguous [C] in x's dtype");
+}
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_rows(x, weight, "rms_norm");
+  auto out = at::empty(x.sizes(), x.options());
+  const int64_t C = x.size(1);
+  dispatch(x.scalar_type(), "rms_norm", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const T* xp = x.data_ptr<T>();
+    const T* w = weight.data_ptr<T>();
+    T* o = out.data_ptr<T>();
+    at::parallel_for(0, x.size(0), grain(C), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) norm_row(xp + i * x.stride(0), w, o + i * C, C, eps);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
+                                                      const at::Tensor& residual,
+                                                      const at::Tensor& weight, double eps) {
+  check_rows(x, weight, "add_rms_norm");
+  check_rows(residual, weight, "add_rms_norm");
+  TORCH_CHECK(residual.size(0) == x.size(0), "add_rms_norm: x and residual differ in rows");
+  auto sum = at::empty(x.sizes(), x.options());
+  auto out = at::empty(x.sizes(), x.options());
+  const int64_t C = x.size(1);
+  dispatch(x.scalar_type(), "add_rms_norm", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const T* w = weight.data_ptr<T>();
+    const T* xp = x.data_ptr<T>();
+    const T* rp = residual.data_ptr<T>();
+    T* sp = sum.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, x.size(0), grain(C), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const T* a = xp + i * x.stride(0);
+        const T* r = rp + i * residual.stride(0);
+        T* s = sp + i * C;
+        for (int64_t c = 0; c < C; ++c)
+          s[c] = static_cast<T>(static_cast<float>(a[c]) + static_cast<float>(r[c]));
+        norm_row(s, w, op + i * C, C, eps);
+      }
+    });
+  });
+  return {sum, out};
+}
+
+void rotary_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1, "rotary_: x must be [T, heads, head_dim]");
+  TORCH_CHECK(cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(0) == x.size(0) &&
+                  cos.size(1) <= x.size(2) && cos.size(1) % 2 == 0 &&
+                  cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                  cos.is_contiguous() && sin.is_contiguous(),
+              "rotary_: cos/sin must be contiguous fp32 [T, rotary_dim] with an even rotary_dim");
+  const int64_t heads = x.size(1), rot = cos.size(1), half = rot / 2;
+  dispatch(x.scalar_type(), "rotary_", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    T* xp = x.data_ptr<T>();
+    const float* cp = cos.data_ptr<float>();
+    const float* sp = sin.data_ptr<float>();
+    at::parallel_for(0, x.size(0), grain(heads * rot), [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const float* c = cp + t * rot;
+        const float* s = sp + t * rot;
+        for (int64_t h = 0; h < heads; ++h) {
+          T* p = xp + t * x.stride(0) + h * x.stride(1);
+          for (int64_t i = 0; i < half; ++i) {
+            // x * cos + rotate_half(x) * sin, each product and the sum rounded to T
+            const float x1 = static_cast<float>(p[i]), x2 = static_cast<float>(p[i + half]);
+            const float c1 = round_to<T>(c[i]), s1 = round_to<T>(s[i]);
+            const float c2 = round_to<T>(c[i + half]), s2 = round_to<T>(s[i + half]);
+            p[i] = static_cast<T>(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
+            p[i + half] = static_cast<T>(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
+          }
+        }
+      }
+    });
+  });
+}
+
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.stride(1) == 1 && gate_up.size(1) % 2 == 0,
+              "silu_mul: gate_up must be [rows, 2 * I] with a dense last axis");
+  const int64_t I = gate_up.size(1) / 2;
+  auto out = at::empty({gate_up.size(0), I}, gate_up.options());
+  dispatch(gate_up.scalar_type(), "silu_mul", [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const T* gp = gate_up.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    at::parallel_for(0, gate_up.size(0), grain(I), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const T* g = gp + i * gate_up.stride(0);
+        const T* u = g + I;
+        T* o = op + i * I;
+        for (int64_t c = 0; c < I; ++c) {
+          const float gv = static_cast<float>(g[c]);
+          o[c] = static_cast<T>(round_to<T>(gv / (1.f + std::exp(-gv))) * static_cast<float>(u[c]));
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace servelab

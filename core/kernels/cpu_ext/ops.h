@@ -1,0 +1,33 @@
+// The operators of the servelab CPU extension; the Python side is core/kernels/cpu_ext/__init__.py.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace servelab {
+
+// linear.cpp
+int64_t linear_group_width();
+at::Tensor pack_linear_weight(const at::Tensor& weight);
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
+                            const std::optional<at::Tensor>& bias);
+
+// attention.cpp
+void write_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+              at::Tensor& v_cache, const at::Tensor& slots);
+void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                            const at::Tensor& v_cache, const at::Tensor& rows,
+                            const at::Tensor& blocks, const at::Tensor& seq_lens, double scale,
+                            int64_t window);
+
+// layer_ops.cpp
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
+                                                      const at::Tensor& residual,
+                                                      const at::Tensor& weight, double eps);
+void rotary_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+at::Tensor silu_mul(const at::Tensor& gate_up);
+
+}  // namespace servelab
