@@ -1679,6 +1679,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bench.roofline("end")
             write()
         if args.peers:
+            progress.set_description("peers (log lines below)")
             config["peers"] = {
                 "systems": list(args.peer_systems),
                 "threads": list(args.peer_threads),

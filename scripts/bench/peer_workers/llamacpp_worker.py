@@ -80,7 +80,7 @@ class Worker:
             "load_s": time.perf_counter() - t0,
             "version": ll.__version__,
             "config": {
-                "n_ctx": cparams.n_ctx,
+                "n_ctx": ll.llama_n_ctx(self.ctx),
                 "n_batch": cparams.n_batch,
                 "n_ubatch": cparams.n_ubatch,
                 "n_seq_max": cparams.n_seq_max,

@@ -161,7 +161,8 @@ def render(peers: dict[str, Any] | None) -> str:
     missing."""
     blocks = []
     for dtype, res in (peers or {}).items():
-        rows = []
+        rows: list[list[Any]] = []
+        load_lines: list[str] = []
         weights, bw = res.get("weight_bytes"), res.get("bandwidth_bytes_per_s")
         for t in res.get("threads_run", []):
             tr = res["threads"].get(str(t))
@@ -190,18 +191,9 @@ def render(peers: dict[str, Any] | None) -> str:
                     ]
                 )
             loads = [tr[p]["loadavg_1m"] for p in ("offline", "decode")]
-            rows.append(
-                [
-                    t,
-                    "  load avg (1 min) offline / decode",
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    " / ".join(f"{x['min']:.2f}-{x['max']:.2f}" if x else "-" for x in loads),
-                    None,
-                ]
+            load_lines.append(
+                f"  {t} thread(s): offline "
+                + ", decode ".join(f"{x['min']:.2f}-{x['max']:.2f}" if x else "-" for x in loads)
             )
         title = f"== peers, {dtype}: ratios are ours / that system (median over rounds)"
         if bw:
@@ -224,6 +216,8 @@ def render(peers: dict[str, Any] | None) -> str:
                 formats=[None, None, ".1f", ".2f", ".1f", ".2f", ".1f", None, None],
             )
         )
+        if load_lines:
+            blocks.append("load average (1 min) sampled before each job:\n" + "\n".join(load_lines))
         notes = [
             f"  {n}: {info['status']}: {info.get('reason', '')}"
             for n, info in res["systems"].items()

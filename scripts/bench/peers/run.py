@@ -39,8 +39,12 @@ class PeerRunError(RuntimeError):
 
 
 class SystemLike(Protocol):
-    name: str
-    label: str
+    """What :class:`PeerRun` needs of a system (:class:`.systems.System`, or a test's fake)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def label(self) -> str: ...
 
     def python(self, log: Callable[[str], None] = ...) -> Path: ...
     def version(self) -> str: ...
@@ -171,9 +175,9 @@ class PeerRun:
             raise ValueError(f"the first system must be ours ({OURS!r})")
         self.systems, self.hf_dir, self.work, self.logs = list(systems), hf_dir, work, logs
         self.job, self.decode, self.load, self.dtype = job, decode, load, dtype
-        self.warmup = warmup or compare.Job(
-            [p[:16] for p in job.prompts[:4]], [4] * min(4, len(job.prompts))
-        )
+        # warm-up: a quarter of the workload's requests (at least 4), outputs cut to 8 tokens
+        head = job.prompts[: max(4, len(job.prompts) // 4)]
+        self.warmup = warmup or compare.Job(head, [min(8, n) for n in job.max_tokens[: len(head)]])
         self.log, self.on_update = log, on_update
         self.res: dict[str, Any] = {"dtype": dtype, "systems": {}, "threads": {}}
         self.ready: dict[str, tuple[Path, Path]] = {}  # name -> (python, model)
