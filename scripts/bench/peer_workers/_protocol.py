@@ -24,9 +24,17 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # the bench's dtype names -> torch's
+
+
+class Worker(Protocol):
+    """What a worker script implements: ``load`` and ``generate`` as described above."""
+
+    def load(self, req: dict[str, Any]) -> dict[str, Any]: ...
+    def generate(self, req: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def check_generate(req: dict[str, Any]) -> tuple[list[list[int]], list[int]]:
@@ -62,6 +70,11 @@ def handle(handlers: dict[str, Handler], line: str) -> tuple[dict[str, Any], boo
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(limit=-4),
         }, False
+
+
+def serve_worker(worker: Worker) -> None:
+    """Serve ``worker``'s ``load`` and ``generate`` on stdin/stdout."""
+    serve({"load": worker.load, "generate": worker.generate})
 
 
 def serve(handlers: dict[str, Handler], stdin: IO[str] | None = None) -> None:

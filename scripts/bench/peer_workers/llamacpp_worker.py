@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from _protocol import check_generate, serve
+from _protocol import check_generate, serve_worker
 
 GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16 = 0, 1, 30
 KV_TYPES = {"fp32": GGML_TYPE_F32, "bf16": GGML_TYPE_BF16, "fp16": GGML_TYPE_F16}
@@ -154,5 +154,4 @@ class Worker:
 
 
 if __name__ == "__main__":
-    w = Worker()
-    serve({"load": w.load, "generate": w.generate})
+    serve_worker(Worker())

@@ -7,9 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from _protocol import check_generate, serve
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+from _protocol import TORCH_DTYPES, check_generate, serve_worker
 
 
 class Worker:
@@ -25,7 +23,7 @@ class Worker:
 
         kv_bytes = int(req["kv_tokens"]) * int(req["kv_bytes_per_token"])
         config = {
-            "dtype": DTYPES[req["dtype"]],
+            "dtype": TORCH_DTYPES[req["dtype"]],
             "block_size": 16,
             "enable_prefix_caching": False,
             "seed": 0,
@@ -65,5 +63,4 @@ class Worker:
 
 
 if __name__ == "__main__":
-    w = Worker()
-    serve({"load": w.load, "generate": w.generate})
+    serve_worker(Worker())

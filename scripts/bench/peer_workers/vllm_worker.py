@@ -13,9 +13,7 @@ import os
 import time
 from typing import Any
 
-from _protocol import check_generate, serve
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+from _protocol import TORCH_DTYPES, check_generate, serve_worker
 
 
 class Worker:
@@ -29,7 +27,7 @@ class Worker:
         import vllm
 
         config = {
-            "dtype": DTYPES[req["dtype"]],
+            "dtype": TORCH_DTYPES[req["dtype"]],
             "skip_tokenizer_init": True,
             "enable_prefix_caching": False,
             "seed": 0,
@@ -61,5 +59,4 @@ class Worker:
 
 
 if __name__ == "__main__":
-    w = Worker()
-    serve({"load": w.load, "generate": w.generate})
+    serve_worker(Worker())

@@ -4,6 +4,7 @@ tested directly."""
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -123,15 +124,9 @@ def agreement(
     if not ours:
         raise ValueError("no outputs to compare")
 
-    def common(a: Sequence[int], b: Sequence[int]) -> int:
-        n = 0
-        for x, y in zip(a, b, strict=False):
-            if x != y:
-                break
-            n += 1
-        return n
-
-    shared = [common(a, b) for a, b in zip(ours, theirs, strict=True)]
+    shared = [
+        len(os.path.commonprefix([list(a), list(b)])) for a, b in zip(ours, theirs, strict=True)
+    ]
     lengths = [max(len(a), len(b)) for a, b in zip(ours, theirs, strict=True)]
     n = len(ours)
     out: dict[str, Any] = {"n_requests": n}
