@@ -187,3 +187,7 @@ def module_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.serve", description=serve_description())
     add_serve_arguments(parser)
     return serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

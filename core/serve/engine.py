@@ -292,10 +292,7 @@ class AsyncEngine:
         self._wake.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30.0)
-        # the thread is gone: fail what is left
-        self._deliver(
-            [(rid, Update([], True, "abort", "server shutting down")) for rid in self._streams]
-        )
+        self._fail_in_flight("abort", "server shutting down")  # the thread is gone
 
     def _deliver(self, updates: list[tuple[str, Update]]) -> None:
         for rid, update in updates:
@@ -367,10 +364,13 @@ class AsyncEngine:
                 if not busy:
                     self._wake.wait(self.IDLE_WAIT_S)
         except Exception as exc:  # noqa: BLE001 - a broken engine fails every request it holds
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error = f"{type(exc).__name__}: {exc}"  # from now on submit() refuses
             message = f"engine failed: {self.error}"
-            updates = [u for w in self.workers for u in w.fail_all(message)]
-            updates += [
-                (s.request_id, Update([], True, "error", message)) for s in list(self._inbox)
-            ]
-            self._post(updates)
+            self._post([u for w in self.workers for u in w.fail_all(message)])
+            if self._loop is not None and not self._loop.is_closed():
+                # on the loop, after those: whatever is still in flight (e.g. not admitted yet)
+                self._loop.call_soon_threadsafe(self._fail_in_flight, "error", message)
+
+    def _fail_in_flight(self, finish_reason: str, message: str) -> None:
+        """End every request still in flight (on the loop, once the thread cannot)."""
+        self._deliver([(rid, Update([], True, finish_reason, message)) for rid in self._streams])

@@ -34,4 +34,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "simulator speed: the full Azure conversation trace (19,366 requests) on 8 simulated "
         "Llama-3-8B/H100 replicas; simulated requests per wall-clock second (target < 60 s)",
     ),
+    "serve": (
+        "scripts.bench.serve",
+        "the OpenAI-compatible HTTP server + load client vs the engine in-process on the same "
+        "Azure requests (~125M model): latency percentiles at Poisson rates, overhead at "
+        "saturation (target < 10%)",
+    ),
 }

@@ -90,3 +90,41 @@ def test_cli_unknown_model_is_one_clear_error():
     )
     assert out.returncode == 2
     assert "no-such-model" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_servelab_serve_answers_and_exits_cleanly_on_sigterm(model_dir):
+    """The console script as a user runs it: it binds 127.0.0.1, answers curl-like requests, and
+    SIGTERM shuts it down with exit status 0."""
+    import re
+    import signal
+    import time
+
+    import httpx
+
+    exe = Path(sys.executable).with_name("servelab")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "core.serve.cli"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [*cmd, "serve", str(model_dir), "--port", "0", "--served-model-name", MODEL],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        url = None
+        end = time.monotonic() + 120
+        while url is None and time.monotonic() < end:
+            line = proc.stderr.readline()
+            m = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
+            url = m.group(1) if m else None
+        assert url, "the server did not report its address"
+        r = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": MODEL, "prompt": "hello", "max_tokens": 4},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
