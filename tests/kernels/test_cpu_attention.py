@@ -70,7 +70,7 @@ def _run(backend, views, k_cache, v_cache, args, window):
     lens=st.lists(st.integers(1, 70), min_size=1, max_size=64),
     group=st.sampled_from([1, 2, 3, 4]),
     kv_heads=st.sampled_from([1, 2]),
-    head_dim=st.sampled_from([8, 16, 64, 72]),
+    head_dim=st.sampled_from([8, 16, 64, 72, 128]),
     block_size=st.sampled_from([1, 4, 16]),
     window=st.sampled_from([None, 1, 7]),
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),

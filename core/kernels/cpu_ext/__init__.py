@@ -12,7 +12,8 @@ of each kernel. The module offers (layouts and semantics in the C++ sources, ``o
 - ``isa``: the vector ISA it was compiled for (``"avx512"``, ``"avx2"`` or ``"generic"``).
 
 Build: ``torch.utils.cpp_extension`` with ``-O3 -march=native -fopenmp`` (threads are torch's
-intra-op threads through ``at::parallel_for``), into
+intra-op threads through ``at::parallel_for``; ``$SERVELAB_CPU_EXT_MARCH`` replaces ``native``,
+e.g. ``haswell`` to build and test the AVX2 path on an AVX-512 machine), into
 ``$SERVELAB_CPU_EXT_DIR`` (default ``~/.cache/servelab/cpu_ext``) under a name keyed by the
 sources, the flags, the torch and Python versions and this CPU's feature flags, so a changed
 source or another CPU builds anew and everything else reuses the build.
@@ -34,14 +35,15 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["CPU_EXT_DIR_ENV", "CPU_EXT_ENV", "build_dir", "load"]
+__all__ = ["CPU_EXT_DIR_ENV", "CPU_EXT_ENV", "CPU_EXT_MARCH_ENV", "build_dir", "load"]
 
 CPU_EXT_ENV = "SERVELAB_CPU_EXT"  # "0": never build or load the extension
 CPU_EXT_DIR_ENV = "SERVELAB_CPU_EXT_DIR"
+CPU_EXT_MARCH_ENV = "SERVELAB_CPU_EXT_MARCH"
 _HERE = Path(__file__).resolve().parent
 _SOURCES = ("bindings.cpp", "linear.cpp", "attention.cpp", "layer_ops.cpp")
 _HEADERS = ("ops.h", "vec.h")
-_CFLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-Wno-unused-function")
+_CFLAGS = ("-O3", "-fopenmp", "-std=c++17", "-Wno-unused-function")
 _LDFLAGS = ("-fopenmp",)
 _DONE = "built"  # marker written after a complete build; a half-built library is never loaded
 
@@ -56,11 +58,15 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cflags() -> list[str]:
+    return [*_CFLAGS, f"-march={os.environ.get(CPU_EXT_MARCH_ENV) or 'native'}"]
+
+
 def _key() -> str:
     h = hashlib.sha256()
     for name in (*_SOURCES, *_HEADERS):
         h.update(name.encode() + b"\0" + (_HERE / name).read_bytes())
-    for part in (*_CFLAGS, *_LDFLAGS, torch.__version__, sys.version, _cpu_flags()):
+    for part in (*_cflags(), *_LDFLAGS, torch.__version__, sys.version, _cpu_flags()):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -95,7 +101,7 @@ def _build() -> ModuleType:
     module = cpp_extension.load(
         name=name,
         sources=[str(_HERE / s) for s in _SOURCES],
-        extra_cflags=list(_CFLAGS),
+        extra_cflags=_cflags(),
         extra_ldflags=list(_LDFLAGS),
         build_directory=str(directory),
         verbose=False,

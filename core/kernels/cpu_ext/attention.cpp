@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "ops.h"
@@ -27,6 +28,46 @@ float dot(const float* q, const T* k, int64_t D) {
   return s;
 }
 
+// scores[g * n + t] = scale * q_g . k_t for the `group` query heads and the first n4 (a
+// multiple of 4) positions, four at a time: one reduction tree for four dot products, each K
+// row read once for all heads.
+template <typename T, int DC>  // DC: head_dim / 16
+void scores_block(const float* qs, const T* const* k, int64_t n4, int64_t n, int64_t group,
+                  float scale, float* scores) {
+  for (int64_t t = 0; t + 4 <= n4; t += 4) {
+    for (int64_t g = 0; g < group; ++g) {
+      const float* q = qs + g * DC * 16;
+      Vec16 p[4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        p[j] = Vec16::zero();
+#pragma GCC unroll 8
+        for (int c = 0; c < DC; ++c)
+          p[j] = fma(Vec16::load(q + 16 * c), Vec16::load(k[t + j] + 16 * c), p[j]);
+      }
+      float* out = scores + g * n + t;
+      sum4(p[0], p[1], p[2], p[3], out);
+      for (int j = 0; j < 4; ++j) out[j] *= scale;
+    }
+  }
+}
+
+// acc_g = sum_t probs[g * n + t] * v_t, accumulators in registers
+template <typename T, int DC>
+void weighted_values(const float* probs, const T* const* v, int64_t n, int64_t group, float* acc) {
+  for (int64_t g = 0; g < group; ++g) {
+    Vec16 a[DC];
+    for (int c = 0; c < DC; ++c) a[c] = Vec16::zero();
+    const float* pg = probs + g * n;
+    for (int64_t t = 0; t < n; ++t) {
+      const Vec16 w = Vec16::broadcast(pg[t]);
+#pragma GCC unroll 8
+      for (int c = 0; c < DC; ++c) a[c] = fma(w, Vec16::load(v[t] + 16 * c), a[c]);
+    }
+    for (int c = 0; c < DC; ++c) a[c].store(acc + g * DC * 16 + 16 * c);
+  }
+}
+
 template <typename T>
 void axpy(float a, const T* v, float* acc, int64_t D) {
   const Vec16 av = Vec16::broadcast(a);
@@ -40,36 +81,58 @@ template <typename T>
 void attend(T* out, const T* q, int64_t q_row_stride, int64_t q_head_stride, int64_t o_row_stride,
             int64_t o_head_stride, const T* kc, const T* vc, int64_t block_size, int64_t kv_heads,
             int64_t D, int64_t group, int64_t h, int64_t row, const int64_t* blocks, int64_t len,
-            float scale, int64_t window, std::vector<float>& scratch) {
+            float scale, int64_t window, std::vector<float>& scratch,
+            std::pair<std::vector<const T*>, std::vector<const T*>>& rows) {
   const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - lo;
-  scratch.resize(group * (n + 2 * D));
-  float* qs = scratch.data();         // [group, D] queries in fp32
-  float* acc = qs + group * D;        // [group, D] weighted sums of V
-  float* scores = acc + group * D;    // [group, n]
+  scratch.resize(group * (n + 2 * D + 1));
+  float* qs = scratch.data();       // [group, D] queries in fp32
+  float* acc = qs + group * D;      // [group, D] weighted sums of V
+  float* denom = acc + group * D;   // [group] softmax denominators
+  float* scores = denom + group;    // [group, n]
   for (int64_t g = 0; g < group; ++g) {
     const T* qg = q + row * q_row_stride + (h * group + g) * q_head_stride;
     for (int64_t d = 0; d < D; ++d) qs[g * D + d] = static_cast<float>(qg[d]);
   }
-  auto slot = [&](int64_t t) {  // element offset of position t's row of kv head h
-    return ((blocks[t / block_size] * block_size + t % block_size) * kv_heads + h) * D;
-  };
+  // where each position's K and V rows of kv head h live
+  std::vector<const T*>& krow = rows.first;
+  std::vector<const T*>& vrow = rows.second;
+  krow.resize(n);
+  vrow.resize(n);
   for (int64_t t = 0; t < n; ++t) {
-    const T* kt = kc + slot(lo + t);
-    for (int64_t g = 0; g < group; ++g) scores[g * n + t] = dot(qs + g * D, kt, D) * scale;
+    const int64_t p = lo + t;
+    const int64_t off = ((blocks[p / block_size] * block_size + p % block_size) * kv_heads + h) * D;
+    krow[t] = kc + off;
+    vrow[t] = vc + off;
   }
-  std::vector<float> denom(group);
-  for (int64_t g = 0; g < group; ++g) {
+  const int64_t n4 = D == 64 || D == 128 ? n / 4 * 4 : 0;  // positions the blocked path takes
+  if (D == 64) scores_block<T, 4>(qs, krow.data(), n4, n, group, scale, scores);
+  if (D == 128) scores_block<T, 8>(qs, krow.data(), n4, n, group, scale, scores);
+  for (int64_t t = n4; t < n; ++t)
+    for (int64_t g = 0; g < group; ++g) scores[g * n + t] = dot(qs + g * D, krow[t], D) * scale;
+  for (int64_t g = 0; g < group; ++g) {  // softmax numerators in place; denominators at the end
     float* s = scores + g * n;
     float m = -INFINITY;
     for (int64_t t = 0; t < n; ++t) m = std::max(m, s[t]);
-    float sum = 0.f;
-    for (int64_t t = 0; t < n; ++t) sum += (s[t] = std::exp(s[t] - m));
+    const Vec16 mv = Vec16::broadcast(m);
+    Vec16 sums = Vec16::zero();
+    int64_t t = 0;
+    for (; t + 16 <= n; t += 16) {
+      const Vec16 e = exp(Vec16::load(s + t) - mv);
+      e.store(s + t);
+      sums = sums + e;
+    }
+    float sum = sums.sum();
+    for (; t < n; ++t) sum += (s[t] = std::exp(s[t] - m));
     denom[g] = sum;
   }
-  std::fill(acc, acc + group * D, 0.f);
-  for (int64_t t = 0; t < n; ++t) {
-    const T* vt = vc + slot(lo + t);
-    for (int64_t g = 0; g < group; ++g) axpy(scores[g * n + t], vt, acc + g * D, D);
+  if (D == 64) {
+    weighted_values<T, 4>(scores, vrow.data(), n, group, acc);
+  } else if (D == 128) {
+    weighted_values<T, 8>(scores, vrow.data(), n, group, acc);
+  } else {
+    std::fill(acc, acc + group * D, 0.f);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t g = 0; g < group; ++g) axpy(scores[g * n + t], vrow[t], acc + g * D, D);
   }
   for (int64_t g = 0; g < group; ++g) {
     T* og = out + row * o_row_stride + (h * group + g) * o_head_stride;
@@ -166,12 +229,13 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
     using T = std::remove_pointer_t<decltype(tag)>;
     at::parallel_for(0, n * kv_heads, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> scratch;
+      std::pair<std::vector<const T*>, std::vector<const T*>> kv_rows;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t i = task / kv_heads, h = task % kv_heads;
         attend<T>(out.data_ptr<T>(), q.data_ptr<T>(), q.stride(0), q.stride(1), out.stride(0),
                   out.stride(1), k_cache.data_ptr<T>(), v_cache.data_ptr<T>(), block_size,
                   kv_heads, D, group, h, r[i], b + i * nb, lens[i], static_cast<float>(scale),
-                  window, scratch);
+                  window, scratch, kv_rows);
       }
     });
   };
