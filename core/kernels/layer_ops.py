@@ -39,28 +39,25 @@ class UsesCpuKernels:
     cpu_kernels: bool = False
 
 
-def _fits(*tensors: torch.Tensor) -> bool:
-    """Whether the C++ kernels can take these tensors (and do not break autograd)."""
-    first = tensors[0]
-    if first.device.type != "cpu" or first.dtype not in _DTYPES:
+def _fits(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the C++ kernels can take these tensors (and do not break autograd). Called for
+    every small op of every layer: kept to a few attribute reads."""
+    dtype = x.dtype
+    if dtype not in _DTYPES or x.device.type != "cpu":
         return False
-    if any(t.dtype != first.dtype or t.device != first.device for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as ``[rows, last axis]`` with a dense last axis (a view when it can be)."""
-    rows = x.reshape(-1, x.shape[-1])
-    # clone, not contiguous(): a width-1 view counts as contiguous whatever its stride
-    return rows if rows.stride(-1) == 1 else rows.clone(memory_format=torch.contiguous_format)
+    for t in others:
+        if t.dtype != dtype or t.device.type != "cpu":
+            return False
+    if torch.is_grad_enabled():
+        return not (x.requires_grad or any(t.requires_grad for t in others))
+    return True
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, fast: bool = False) -> torch.Tensor:
     """``weight * x / sqrt(mean(x^2) + eps)`` over the last axis, normalized in fp32 and
     rounded to ``x.dtype`` before the weight (as transformers' Llama RMSNorm)."""
     if fast and _fits(x, weight) and (ext := cpu_ext.load()) is not None:
-        return ext.rms_norm(_rows(x), weight.contiguous(), eps).view(x.shape)
+        return ext.rms_norm(x, weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
@@ -70,10 +67,14 @@ def add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, fast: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s, rms_norm(s))`` for ``s = x + residual``: the residual add and the next norm."""
-    if fast and _fits(x, residual, weight) and (ext := cpu_ext.load()) is not None:
-        shape = x.shape
-        s, normed = ext.add_rms_norm(_rows(x), _rows(residual), weight.contiguous(), eps)
-        return s.view(shape), normed.view(shape)
+    if (
+        fast
+        and x.shape == residual.shape
+        and _fits(x, residual, weight)
+        and (ext := cpu_ext.load()) is not None
+    ):
+        s, normed = ext.add_rms_norm(x, residual, weight, eps)
+        return s, normed
     s = x + residual
     return s, rms_norm(s, weight, eps)
 
@@ -110,8 +111,6 @@ def apply_rotary_(
 def silu_mul(gate_up: torch.Tensor, fast: bool = False) -> torch.Tensor:
     """``silu(gate) * up`` where ``gate_up`` is ``[..., 2 * I]``: gate first, then up."""
     if fast and _fits(gate_up) and (ext := cpu_ext.load()) is not None:
-        shape = gate_up.shape
-        out = ext.silu_mul(_rows(gate_up))
-        return out.view(*shape[:-1], shape[-1] // 2)
+        return ext.silu_mul(gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up

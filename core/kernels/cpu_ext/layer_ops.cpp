@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "ops.h"
 #include "vec.h"
@@ -51,18 +52,26 @@ void dispatch(at::ScalarType t, const char* op, F&& f) {
   }
 }
 
-void check_rows(const at::Tensor& x, const at::Tensor& w, const char* op) {
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, op, ": x must be [rows, C] with a dense last axis");
-  TORCH_CHECK(w.dim() == 1 && w.is_contiguous() && w.size(0) == x.size(1) &&
-                  w.scalar_type() == x.scalar_type(),
-              op, ": weight must be a contiguous [C] in x's dtype");
+// x as [rows, last axis] with a dense last axis: a view when it can be (these ops take any
+// leading axes and strides, so the Python side makes no reshapes of its own)
+at::Tensor as_rows(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one axis");
+  at::Tensor rows = x.reshape({-1, x.size(-1)});
+  return rows.size(1) > 1 && rows.stride(1) != 1 ? rows.contiguous() : rows;
+}
+
+at::Tensor norm_weight(const at::Tensor& w, const at::Tensor& x, const char* op) {
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == x.size(-1) && w.scalar_type() == x.scalar_type(), op,
+              ": weight must be [C] in x's dtype");
+  return w.contiguous();
 }
 
 }  // namespace
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  check_rows(x, weight, "rms_norm");
-  auto out = at::empty(x.sizes(), x.options());
+at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& w_in, double eps) {
+  const at::Tensor x = as_rows(input, "rms_norm");
+  const at::Tensor weight = norm_weight(w_in, input, "rms_norm");
+  auto out = at::empty(input.sizes(), input.options());
   const int64_t C = x.size(1);
   dispatch(x.scalar_type(), "rms_norm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -76,14 +85,16 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
-                                                      const at::Tensor& residual,
-                                                      const at::Tensor& weight, double eps) {
-  check_rows(x, weight, "add_rms_norm");
-  check_rows(residual, weight, "add_rms_norm");
-  TORCH_CHECK(residual.size(0) == x.size(0), "add_rms_norm: x and residual differ in rows");
-  auto sum = at::empty(x.sizes(), x.options());
-  auto out = at::empty(x.sizes(), x.options());
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x_in,
+                                                const at::Tensor& r_in, const at::Tensor& w_in,
+                                                double eps) {
+  TORCH_CHECK(x_in.sizes() == r_in.sizes() && x_in.scalar_type() == r_in.scalar_type(),
+              "add_rms_norm: x and residual differ in shape or dtype");
+  const at::Tensor x = as_rows(x_in, "add_rms_norm");
+  const at::Tensor residual = as_rows(r_in, "add_rms_norm");
+  const at::Tensor weight = norm_weight(w_in, x_in, "add_rms_norm");
+  auto sum = at::empty(x_in.sizes(), x_in.options());
+  auto out = at::empty(x_in.sizes(), x_in.options());
   const int64_t C = x.size(1);
   dispatch(x.scalar_type(), "add_rms_norm", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -139,11 +150,13 @@ void rotary_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   });
 }
 
-at::Tensor silu_mul(const at::Tensor& gate_up) {
-  TORCH_CHECK(gate_up.dim() == 2 && gate_up.stride(1) == 1 && gate_up.size(1) % 2 == 0,
-              "silu_mul: gate_up must be [rows, 2 * I] with a dense last axis");
+at::Tensor silu_mul(const at::Tensor& input) {
+  const at::Tensor gate_up = as_rows(input, "silu_mul");
+  TORCH_CHECK(gate_up.size(1) % 2 == 0, "silu_mul: the last axis must be 2 * I");
   const int64_t I = gate_up.size(1) / 2;
-  auto out = at::empty({gate_up.size(0), I}, gate_up.options());
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = I;
+  auto out = at::empty(shape, input.options());
   dispatch(gate_up.scalar_type(), "silu_mul", [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const T* gp = gate_up.data_ptr<T>();
