@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from core.engine.sampling import SamplingParams
 
-from .engine import AsyncEngine, EngineDead, QueueFull, Update
+from .engine import ENGINE_FAILED, SHUTTING_DOWN, AsyncEngine, EngineDead, QueueFull, Update
 from .metrics import Gauges, ServerMetrics
 from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, parse_request
 from .text import Detokenizer, StopStrings, TextCodec
@@ -118,15 +118,15 @@ class _Job:
             raise QueueFull(
                 f"the server is at its limit of {self.engine.max_outstanding} requests in flight"
             )
+        codec = app_state.cfg.codec
         for i, prompt in enumerate(prompts):
             for j in range(n):
                 index = i * n + j
                 sp = params
                 if j and params.seed is not None:  # n samples of one seeded request differ
-                    sp = _replace(params, seed=(params.seed + j) % 2**64)
+                    sp = replace(params, seed=(params.seed + j) % 2**64)
                 rid = f"{self.id}-{index}"
                 self.engine.submit(rid, prompt, sp, self.queue, index)
-                codec = app_state.cfg.codec
                 self.choices.append(_Choice(index, rid, Detokenizer(codec), StopStrings(stops)))
                 self.open.add(index)
 
@@ -186,17 +186,11 @@ class _Job:
         }
 
 
-def _replace(params: SamplingParams, **changes: Any) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(params, **changes)
-
-
 def _failure(u: Update) -> ApiError:
     why = u.error or u.finish_reason or "unknown"
-    if "shutting down" in why:
+    if why == SHUTTING_DOWN:
         return ApiError(503, f"request not finished: {why}", type="server_error", code="shutdown")
-    if u.finish_reason == "error" and why.startswith("engine failed"):
+    if u.finish_reason == "error" and why.startswith(ENGINE_FAILED):
         return ApiError(500, why, type="server_error", code="engine_failed")
     if u.finish_reason == "error":
         return ApiError(400, f"the engine rejected the request: {why}")
@@ -365,6 +359,24 @@ async def _abort_on_disconnect(request: Request, job: _Job) -> None:
             return
 
 
+def _final_response(
+    job: _Job, head: dict[str, Any], content: Callable[[str], dict[str, Any]]
+) -> JSONResponse:
+    """The non-streamed answer: ``head`` with every choice (``content(text)`` holds its text)
+    and the usage."""
+    choices = [
+        {
+            "index": c.index,
+            **content(c.detok.text[: c.sent_chars]),
+            "logprobs": None,
+            "finish_reason": c.finish_reason,
+            "token_ids": c.token_ids,
+        }
+        for c in job.choices
+    ]
+    return JSONResponse({**head, "choices": choices, "usage": job.usage()})
+
+
 class _Api:
     """The route bodies; one per app."""
 
@@ -423,19 +435,7 @@ class _Api:
         if req.stream:
             return self._stream(request, job, chunk, None, req.include_usage())
         await self._collect(request, job)
-        body = chunk([])
-        body["choices"] = [
-            {
-                "index": c.index,
-                "text": c.detok.text[: c.sent_chars],
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-                "token_ids": c.token_ids,
-            }
-            for c in job.choices
-        ]
-        body["usage"] = job.usage()
-        return JSONResponse(body)
+        return _final_response(job, chunk([]), lambda text: {"text": text})
 
     async def chat(self, request: Request) -> Response:
         cfg = self.cfg
@@ -481,20 +481,10 @@ class _Api:
         if req.stream:
             return self._stream(request, job, chunk, first, req.include_usage())
         await self._collect(request, job)
-        body = chunk([])
-        body["object"] = "chat.completion"
-        body["choices"] = [
-            {
-                "index": c.index,
-                "message": {"role": "assistant", "content": c.detok.text[: c.sent_chars]},
-                "logprobs": None,
-                "finish_reason": c.finish_reason,
-                "token_ids": c.token_ids,
-            }
-            for c in job.choices
-        ]
-        body["usage"] = job.usage()
-        return JSONResponse(body)
+        head = {**chunk([]), "object": "chat.completion"}
+        return _final_response(
+            job, head, lambda text: {"message": {"role": "assistant", "content": text}}
+        )
 
     def _job(
         self,

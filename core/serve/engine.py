@@ -26,7 +26,22 @@ from typing import Any
 from core.cluster.router import Router, RouteRequest
 from core.sched.request import EngineRequest
 
-__all__ = ["AsyncEngine", "EngineDead", "QueueFull", "RequestStream", "Update", "Worker"]
+__all__ = [
+    "ENGINE_FAILED",
+    "SHUTTING_DOWN",
+    "AsyncEngine",
+    "EngineDead",
+    "QueueFull",
+    "RequestStream",
+    "Update",
+    "Worker",
+]
+
+
+SHUTTING_DOWN = "server shutting down"
+"""The error of a request shutdown gave up on."""
+ENGINE_FAILED = "engine failed"
+"""How the error of every request a failed engine held begins."""
 
 
 class QueueFull(RuntimeError):
@@ -287,12 +302,12 @@ class AsyncEngine:
         while self._streams and time.monotonic() < deadline and self.error is None:
             await asyncio.sleep(0.02)
         for rid in list(self._streams):
-            self.abort(rid, "server shutting down")
+            self.abort(rid, SHUTTING_DOWN)
         self._stop = True
         self._wake.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30.0)
-        self._fail_in_flight("abort", "server shutting down")  # the thread is gone
+        self._fail_in_flight("abort", SHUTTING_DOWN)  # the thread is gone
 
     def _deliver(self, updates: list[tuple[str, Update]]) -> None:
         for rid, update in updates:
@@ -365,7 +380,7 @@ class AsyncEngine:
                     self._wake.wait(self.IDLE_WAIT_S)
         except Exception as exc:  # noqa: BLE001 - a broken engine fails every request it holds
             self.error = f"{type(exc).__name__}: {exc}"  # from now on submit() refuses
-            message = f"engine failed: {self.error}"
+            message = f"{ENGINE_FAILED}: {self.error}"
             self._post([u for w in self.workers for u in w.fail_all(message)])
             if self._loop is not None and not self._loop.is_closed():
                 # on the loop, after those: whatever is still in flight (e.g. not admitted yet)

@@ -2,27 +2,30 @@
 
 ``python -m scripts.bench serve [--quick] [--out results/bench] [--requests N] [--rounds R]``
 
-Model: the ``tiny-llama-125m`` preset with random weights (seed 0), fp32, prefix caching off
-(repeated rounds would otherwise hit the cache), the same engine options on both sides.
+Model: the ``tiny-llama-125m`` preset with random weights (seed 0), fp32, at most 8 sequences
+per batch (so 24 requests run in waves and the steady state counts), prefix caching off
+(repeated rounds would otherwise hit the cache), the same engine options everywhere.
 Workload: the first N requests of the shipped Azure conversation trace, lengths capped for a
-CPU, random prompt ids (seeded), greedy with EOS ignored, so both sides generate exactly the
+CPU, random prompt ids (seeded), greedy with EOS ignored, so every system generates exactly the
 trace's output lengths.
 
-Two systems on the same requests, interleaved A/B/B/A... round by round (one process for A;
-B's server is a subprocess that idles while A runs); A steps its engine on a second thread, as
-B's server does (see :func:`_in_thread`):
+Systems on the same requests, their order rotating from round to round; every engine steps on
+a thread of its own, as the server's does (see :func:`_in_thread`):
 
-- A, offline: at saturation ``LLM.generate`` on all requests at once; at a rate, the engine's
+- offline: at saturation ``LLM.generate`` on all requests at once; at a rate, the engine's
   own timed replay (:func:`core.engine.serve.replay`) with the same Poisson arrivals;
-- B, server: ``python -m core.serve`` on loopback, driven by :mod:`scripts.loadgen` (streamed
-  ``/v1/completions``, one connection per request).
+- engine-loop (saturation only): the server's :class:`~core.serve.engine.AsyncEngine` on the
+  same ``LLM`` in this process, fed from asyncio: the serving loop without HTTP;
+- server: ``python -m core.serve`` in a subprocess on loopback (idle while the others run),
+  driven by :mod:`scripts.loadgen` (streamed ``/v1/completions``, one connection per request).
 
-Reported: per point and system, throughput and TTFT/TPOT/E2E percentiles (median over rounds),
-and the server's overhead at saturation: ``makespan_B / makespan_A - 1`` per round, its median
-over six rounds (target < 10%); rate points run once. Rates are fractions of A's saturation
-throughput (requests/s) measured in the first round. For B, the share of its makespan its
-engine spent stepping (from ``/metrics``) tells overhead outside the steps (HTTP, streaming,
-the driver loop) from slower steps (a busier machine).
+Reported: per point and system, throughput and TTFT/TPOT/E2E percentiles (median over rounds);
+the server's overhead at saturation, ``makespan_server / makespan_offline - 1`` per round and
+its median over six rounds (target < 10%), and the engine loop's the same way; rate points run
+once. Rates are fractions of the offline saturation throughput (requests/s) of the first round.
+For the server, the share of its makespan its engine spent stepping (from ``/metrics``) tells
+time outside the steps (HTTP, streaming, the driver loop) from slower steps (cores shared with
+the event loop and the client).
 """
 
 from __future__ import annotations
@@ -60,12 +63,12 @@ class Scale:
     load_fractions: tuple[float, ...]
     rounds: int
     rate_rounds: int
-    max_num_seqs: int = 32
+    max_num_seqs: int = 8
     kv_cache_memory: int = 256 * 2**20
 
 
-FULL = Scale("default", 16, 128, 32, (0.5, 0.9), rounds=6, rate_rounds=1)
-QUICK = Scale("quick", 6, 32, 8, (0.5,), rounds=1, rate_rounds=1)
+FULL = Scale("default", 24, 64, 32, (0.5, 0.9), rounds=6, rate_rounds=1)
+QUICK = Scale("quick", 4, 16, 4, (0.5,), rounds=1, rate_rounds=1)
 
 
 class Server:
@@ -133,6 +136,36 @@ def _offline(
     return [RequestRecord.from_request(er) for er in done], wall
 
 
+async def _engine_loop(llm: Any, reqs: Sequence[LoadRequest]) -> list[RequestRecord]:
+    """System A': the server's engine loop (:class:`~core.serve.engine.AsyncEngine`, its driver
+    thread stepping ``llm``) fed from asyncio in this process, without HTTP or a client; each
+    token stamped when its update reaches the coroutine, as the load client stamps chunks."""
+    from core.engine import SamplingParams
+    from core.serve.engine import AsyncEngine, Worker
+
+    engine = AsyncEngine([Worker(0, llm)], max_outstanding=len(reqs))
+    engine.start()
+    t0 = time.perf_counter()
+
+    async def one(i: int, r: LoadRequest) -> RequestRecord:
+        sent = time.perf_counter() - t0
+        sp = SamplingParams(temperature=0.0, max_tokens=r.max_tokens, ignore_eos=True)
+        times: list[float] = []
+        reason = None
+        async for u in engine.submit(f"loop-{i}", r.prompt, sp):
+            times += [time.perf_counter() - t0] * len(u.token_ids)
+            reason = u.finish_reason
+        end = times[-1] if times else sent
+        return RequestRecord(r.request_id, sent, times[0] if times else None, end, tuple(times),
+                             prompt_tokens=len(r.prompt), output_tokens=len(times),
+                             finish_reason=reason)  # fmt: skip
+
+    try:
+        return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(reqs))))
+    finally:
+        await engine.shutdown(0.0)
+
+
 def _in_thread(fn: Any, *args: Any) -> Any:
     """``fn(*args)`` on a fresh thread, as the server steps its engine on its driver thread.
 
@@ -172,6 +205,7 @@ def _makespan(records: Sequence[RequestRecord]) -> float:
     return max(ends) - min(r.arrival for r in records)
 
 
+SYSTEMS = ("offline", "engine-loop", "server")
 KEYS = ("request_throughput", "output_throughput", "num_completed", "num_error")
 STATS = (
     "ttft_p50",
@@ -252,11 +286,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rate = rates[i - 1]
                     reqs = build_requests(wl, vocab_size=32000, max_prompt_len=scale.max_prompt_len,
                                           max_output_len=scale.max_output_len, rate=rate, seed=rnd)  # fmt: skip
-                order = ("offline", "server") if (rnd + i) % 2 == 0 else ("server", "offline")
+                systems = SYSTEMS if rate is None else ("offline", "server")
+                k = (rnd + i) % len(systems)  # the order rotates from round to round
+                order = systems[k:] + systems[:k]
                 row[name] = {"rate": rate, "order": list(order)}
                 for system in order:
                     if system == "offline":
                         recs, _ = _in_thread(_offline, llm, reqs, rate)
+                    elif system == "engine-loop":
+                        recs = asyncio.run(_engine_loop(llm, reqs))
                     else:
                         before = _engine_counters(server.url)
                         recs, _ = asyncio.run(replay(server.url, MODEL, reqs))
@@ -286,16 +324,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def summarize_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per point and system, the median of each number over the rounds that ran the point;
-    the server's makespan overhead per round and its median."""
+    per round and as the median: the server's makespan over the offline one, minus 1
+    (``makespan_overhead``), and the same for the engine loop alone (``loop_overhead``)."""
     out: dict[str, Any] = {}
     for name in rounds[0]:
         ran = [r[name] for r in rounds if name in r]
         entry: dict[str, Any] = {"rate": ran[0]["rate"], "rounds": len(ran)}
-        for system in ("offline", "server"):
+        for system in (s for s in SYSTEMS if s in ran[0]):
             entry[system] = {k: median(p[system][k] for p in ran) for k in ran[0][system]}
-        per_round = [p["server"]["makespan_s"] / p["offline"]["makespan_s"] - 1 for p in ran]
-        entry["makespan_overhead_per_round"] = per_round
-        entry["makespan_overhead"] = median(per_round)
+        for key, system in (("makespan_overhead", "server"), ("loop_overhead", "engine-loop")):
+            if system in ran[0]:
+                per_round = [p[system]["makespan_s"] / p["offline"]["makespan_s"] - 1 for p in ran]
+                entry[f"{key}_per_round"] = per_round
+                entry[key] = median(per_round)
         out[name] = entry
     return out
 
@@ -321,7 +362,7 @@ def render(report: dict[str, Any]) -> str:
     summary = report["results"].get("summary", {})
     rows = []
     for name, e in summary.items():
-        for system in ("offline", "server"):
+        for system in (s for s in SYSTEMS if s in e):
             p, server = e[system], system == "server"
             latencies = (
                 1e3 * p[k] for k in ("ttft_p50", "ttft_p90", "tpot_p50", "e2e_p50", "e2e_p90")
@@ -330,7 +371,8 @@ def render(report: dict[str, Any]) -> str:
                 name, system, e["rate"], e["rounds"], p["makespan_s"], p["output_throughput"],
                 *latencies,
                 100 * p["engine_busy_share"] if server else None,
-                100 * e["makespan_overhead"] if server else None,
+                100 * e["makespan_overhead"] if server else
+                100 * e["loop_overhead"] if system == "engine-loop" else None,
             ])  # fmt: skip
     headers = ["point", "system", "req/s", "rounds", "makespan s", "out tok/s", "TTFT p50",
                "TTFT p90", "TPOT p50", "E2E p50", "E2E p90", "busy %", "overhead %"]  # fmt: skip
@@ -360,8 +402,8 @@ def render(report: dict[str, Any]) -> str:
 
 def build_parser(prog: str = "python -m scripts.bench serve") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="6 short requests, one rate, one round")
-    p.add_argument("--requests", type=int, default=None, help="requests per point (default 16)")
+    p.add_argument("--quick", action="store_true", help="4 short requests, one rate, one round")
+    p.add_argument("--requests", type=int, default=None, help="requests per point (default 24)")
     p.add_argument(
         "--rounds", type=int, default=None, help="interleaved rounds at saturation (default 6)"
     )

@@ -94,8 +94,8 @@ def test_cli_unknown_model_is_one_clear_error():
 
 @pytest.mark.slow
 def test_servelab_serve_answers_and_exits_cleanly_on_sigterm(model_dir):
-    """The console script as a user runs it: it binds 127.0.0.1, answers curl-like requests, and
-    SIGTERM shuts it down with exit status 0."""
+    """The console script as a user runs it: it binds 127.0.0.1, answers a request, and SIGTERM
+    shuts it down cleanly."""
     import re
     import signal
     import time
@@ -124,7 +124,9 @@ def test_servelab_serve_answers_and_exits_cleanly_on_sigterm(model_dir):
         )
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        # uvicorn shuts down, then re-raises the signal it caught, as supervisors expect
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

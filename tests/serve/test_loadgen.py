@@ -83,6 +83,7 @@ def test_bench_quick_run(tmp_path):
     assert set(summary) == {"saturation", "rate-0.5"}
     for point in summary.values():
         for system in ("offline", "server"):
-            assert point[system]["num_completed"] == 6 and point[system]["num_error"] == 0
+            assert point[system]["num_completed"] == 4 and point[system]["num_error"] == 0
+    assert summary["saturation"]["engine-loop"]["num_completed"] == 4
     assert report["targets"][0]["measured"] is not None
     assert "server-overhead-saturation" in out.stdout
