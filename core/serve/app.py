@@ -76,6 +76,7 @@ class _Choice:
     token_ids: list[int] = field(default_factory=list)
     sent_chars: int = 0
     finish_reason: str | None = None
+    cached_tokens: int = 0  # prompt tokens the prefix cache held when it was admitted
 
 
 @dataclass
@@ -110,6 +111,7 @@ class _Job:
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.prompt_tokens = sum(len(p) for p in prompts)
+        self.n = n
         self.queue: asyncio.Queue[tuple[int, Update]] = asyncio.Queue()
         self.choices: list[_Choice] = []
         self.open: set[int] = set()
@@ -175,14 +177,18 @@ class _Job:
                 self.close(u.error or u.finish_reason)
                 raise _failure(u)
             c.finish_reason = u.finish_reason
+            c.cached_tokens = min(u.num_cached_tokens, u.num_prompt_tokens)
         return _Event(c, piece, list(u.token_ids), c.finish_reason)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
+        """OpenAI's usage; a prompt counts once however many samples (``n``) it has."""
         out = sum(len(c.token_ids) for c in self.choices)
+        cached = sum(c.cached_tokens for c in self.choices if c.index % self.n == 0)
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": out,
             "total_tokens": self.prompt_tokens + out,
+            "prompt_tokens_details": {"cached_tokens": cached},
         }
 
 

@@ -172,6 +172,12 @@ def serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError, FileNotFoundError) as exc:
         print(f"servelab serve: error: {exc}", file=sys.stderr)
         return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
+        print(
+            f"servelab: warning: listening on {args.host} without --api-key: anyone who can reach "
+            "this port can use the model",
+            file=sys.stderr,
+        )
     print(f"servelab: serving {cfg.model_name!r} on {server.url}", file=sys.stderr, flush=True)
     server.run()
     return 0

@@ -197,3 +197,76 @@ def test_shutdown_finishes_short_requests_and_fails_long_ones_cleanly(start_serv
         assert s.engine.num_outstanding == 0
         with pytest.raises(httpx.ConnectError):
             post(s, GOOD)
+
+
+def metric(server, name):
+    text = httpx.get(f"{server.url}/metrics").text
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name)
+    }
+
+
+def test_metrics_in_prometheus_text(server):
+    before = metric(server, "servelab_requests_finished_total")
+    gen_before = metric(server, "servelab_generation_tokens_total")[
+        "servelab_generation_tokens_total"
+    ]
+    assert post(server, {**GOOD, "max_tokens": 4}).status_code == 200
+    assert post(server, {**GOOD, "n": 2, "max_tokens": 2}).status_code == 200
+    after = metric(server, "servelab_requests_finished_total")
+    key = 'servelab_requests_finished_total{reason="length"}'
+    assert after[key] - before[key] == 3
+    gen = metric(server, "servelab_generation_tokens_total")["servelab_generation_tokens_total"]
+    assert gen - gen_before == 8
+    text = httpx.get(f"{server.url}/metrics").text
+    assert "# TYPE servelab_time_to_first_token_seconds histogram" in text
+    assert 'servelab_time_to_first_token_seconds_bucket{le="+Inf"}' in text
+    kv = metric(server, "servelab_kv_free_blocks")
+    assert kv['servelab_kv_free_blocks{replica="0"}'] == free_blocks(server)
+
+
+def test_mixed_faults_under_load_lose_no_request(start_server):
+    """Good, streamed, disconnecting, timed-out and bad requests at once: every engine request
+    that was admitted finishes exactly once, and the KV pool and the queue end where they began."""
+    with start_server(request_timeout_s=1.0, engine={"max_num_seqs": 4}, max_queue=64) as s:
+        start = free_blocks(s)
+        base = sum(s.cfg.metrics.finished.values())
+        statuses = []
+
+        def good(i):
+            statuses.append(post(s, {**GOOD, "prompt": [5 + i, 6, 7], "max_tokens": 8}).status_code)
+
+        def timed_out(i):
+            statuses.append(post(s, {**GOOD, "max_tokens": 1900}).status_code)
+
+        def left(i):
+            body = json.dumps({**GOOD, "max_tokens": 1500, "stream": True})
+            with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+                sock.sendall(
+                    f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                    f"Content-Type: application/json\r\n\r\n{body}".encode()
+                )
+                sock.recv(1024)
+            statuses.append("left")
+
+        def bad(i):
+            statuses.append(post(s, {**GOOD, "max_tokens": -1}).status_code)
+
+        kinds = [good] * 8 + [timed_out] * 2 + [left] * 3 + [bad] * 3
+        threads = [threading.Thread(target=k, args=(i,)) for i, k in enumerate(kinds)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(map(str, statuses)) == sorted(
+            ["200"] * 8 + ["408"] * 2 + ["left"] * 3 + ["400"] * 3
+        )
+        wait_until(lambda: s.engine.num_outstanding == 0 and free_blocks(s) == start)
+        finished = s.cfg.metrics.finished
+        assert sum(finished.values()) - base == 13  # 8 completed + 2 timed out + 3 left
+        assert (
+            s.engine.workers[0].live == {}
+            and not s.engine.workers[0].engine.has_unfinished_requests()
+        )

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from core.engine import SamplingParams
-from tests.serve.conftest import MODEL
+from tests.serve.conftest import MODEL, client_for
 
 PROMPTS = ["The quick brown fox", "Serving systems batch", "Numbers like 12 and"]
 ID_PROMPTS = [[5, 17, 300, 42], [7] * 20, list(range(3, 40))]
@@ -127,7 +127,7 @@ def test_concurrent_clients_each_get_their_own_answer_once(server, offline):
     want = [ids for ids, _ in greedy(offline, prompts, 10)]
 
     def ask(i):
-        c = client_for_thread()
+        c = client_for(server)
         if i % 2:
             r = c.completions.create(model=MODEL, prompt=prompts[i], max_tokens=10, temperature=0)
             return r.id, extra(r.choices[0])
@@ -138,11 +138,6 @@ def test_concurrent_clients_each_get_their_own_answer_once(server, offline):
         )
         return chunks[0].id, [t for ch in chunks for t in extra(ch.choices[0])]
 
-    from tests.serve.conftest import client_for
-
-    def client_for_thread():
-        return client_for(server)
-
     before = server.cfg.metrics.finished.copy()
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(ask, range(24)))
@@ -151,3 +146,16 @@ def test_concurrent_clients_each_get_their_own_answer_once(server, offline):
     after = server.cfg.metrics.finished
     assert sum(after.values()) - sum(before.values()) == 24
     assert server.engine.num_outstanding == 0
+
+
+def test_prefix_cache_hits_show_in_usage(start_server):
+    prompt = list(range(10, 90))  # five 16-token blocks
+    for caching, want in ((True, 64), (False, 0)):
+        with start_server(engine={"enable_prefix_caching": caching}) as s:
+            c = client_for(s)
+            first = c.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)
+            again = c.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0)
+            assert first.usage.prompt_tokens_details.cached_tokens == 0
+            # whole blocks are cached; the last prompt token is always computed
+            assert again.usage.prompt_tokens_details.cached_tokens == want
+            assert extra(again.choices[0]) == extra(first.choices[0])
