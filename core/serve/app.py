@@ -365,6 +365,29 @@ async def _abort_on_disconnect(request: Request, job: _Job) -> None:
             return
 
 
+def _chunk(
+    job: _Job, obj: str, events: Sequence[_Event], content: Callable[[_Event], dict[str, Any]]
+) -> dict[str, Any]:
+    """One response object (a stream chunk, or the head of a whole answer) with a choice per
+    event; ``content(event)`` gives the choice's text field (``text`` or ``delta``)."""
+    return {
+        "id": job.id,
+        "object": obj,
+        "created": job.created,
+        "model": job.state.cfg.model_name,
+        "choices": [
+            {
+                "index": e.choice.index,
+                **content(e),
+                "logprobs": None,
+                "finish_reason": e.finish_reason,
+                "token_ids": e.token_ids,
+            }
+            for e in events
+        ],
+    }
+
+
 def _final_response(
     job: _Job, head: dict[str, Any], content: Callable[[str], dict[str, Any]]
 ) -> JSONResponse:
@@ -421,22 +444,7 @@ class _Api:
         job = self._job(prompts, params, req.n, req.stop_strings(), "cmpl")
 
         def chunk(events: Sequence[_Event]) -> dict[str, Any]:
-            return {
-                "id": job.id,
-                "object": "text_completion",
-                "created": job.created,
-                "model": cfg.model_name,
-                "choices": [
-                    {
-                        "index": e.choice.index,
-                        "text": e.text,
-                        "logprobs": None,
-                        "finish_reason": e.finish_reason,
-                        "token_ids": e.token_ids,
-                    }
-                    for e in events
-                ],
-            }
+            return _chunk(job, "text_completion", events, lambda e: {"text": e.text})
 
         if req.stream:
             return self._stream(request, job, chunk, None, req.include_usage())
@@ -453,23 +461,11 @@ class _Api:
         params = _sampling(req, _max_tokens(cfg, [prompt], req.max_new_tokens()))
         job = self._job([prompt], params, req.n, req.stop_strings(), "chatcmpl")
 
+        def delta(e: _Event) -> dict[str, Any]:
+            return {"delta": {"content": e.text} if e.text or not e.finish_reason else {}}
+
         def chunk(events: Sequence[_Event]) -> dict[str, Any]:
-            return {
-                "id": job.id,
-                "object": "chat.completion.chunk",
-                "created": job.created,
-                "model": cfg.model_name,
-                "choices": [
-                    {
-                        "index": e.choice.index,
-                        "delta": {"content": e.text} if e.text or not e.finish_reason else {},
-                        "logprobs": None,
-                        "finish_reason": e.finish_reason,
-                        "token_ids": e.token_ids,
-                    }
-                    for e in events
-                ],
-            }
+            return _chunk(job, "chat.completion.chunk", events, delta)
 
         def first() -> dict[str, Any]:
             body = chunk([])

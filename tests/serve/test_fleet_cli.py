@@ -130,3 +130,28 @@ def test_servelab_serve_answers_and_exits_cleanly_on_sigterm(model_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_without_the_serve_extra_one_clear_error():
+    code = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "fastapi":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _Block())
+import core, core.engine  # the rest of core does not need it
+try:
+    import core.serve.cli
+except ImportError as e:
+    print(e)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (
+        "core.serve needs the 'serve' extra (fastapi is missing): pip install -e '.[serve]'"
+        in out.stdout
+    )
