@@ -16,7 +16,8 @@ measurement.
 Parts:
 
 - ``linears``: one pass over every linear layer of the model and the LM head (all the weights,
-  ~400 MB in fp32, far beyond any cache) with inputs of 1..64 rows: weight GB/s per row count.
+  ~400 MB in fp32, far beyond any cache) with inputs of 1..64 rows: weight GB/s per row count
+  (the best of three passes).
 - ``decode``: TPOT (seconds per decode step, from the request metrics) of batches of 1 and 8
   equal requests with ~128 tokens of context, reported as decode tok/s per sequence and total.
 - ``offline``: generated tok/s of 64 requests (prompts uniform in 32..256 tokens, outputs in
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dtype=dtype,
         seed=0,
         kv_cache_memory=256 * 2**20,
+        enable_prefix_caching=False,  # rounds reuse prompts: no round may hit an earlier one's
         max_num_seqs=64,
         max_num_batched_tokens=4096,
     )
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cases: list[tuple[str, str, Callable[[], float]]] = []  # (part, case, measurement)
     for part in args.parts:
         if part == "linears":
-            for rows in (1, 4, 8, 16, 32, 64):
+            for rows in (1, 4, 8, 16, 24, 32, 48, 64):
                 cases.append((part, f"{rows} rows GB/s", lambda r=rows: measure_linears(llm, r)))
         elif part == "decode":
             for batch in (1, 8):
@@ -156,7 +158,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for v in order:
                 _use(llm, v)
                 for part, case, fn in cases:
-                    fn()  # warm-up (and the first call's allocations) outside the timing
+                    if part != "offline":  # (offline is long enough to need none)
+                        fn()  # warm-up (and the first call's allocations) outside the timing
                     key = f"{part} | {case} | {threads} thr"
                     results.setdefault(key, {}).setdefault(v, []).append(_measure(fn))
         print(f"round {r + 1}/{args.rounds} done, load {os.getloadavg()[0]:.2f}", flush=True)

@@ -15,7 +15,6 @@ other call goes to the reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
@@ -39,30 +38,6 @@ class CppPagedAttention(TorchPagedAttention):
     @classmethod
     def is_available(cls, device: torch.device) -> bool:
         return device.type == "cpu" and cpu_ext.load() is not None
-
-    def build_metadata(
-        self,
-        query_start_loc: torch.Tensor,
-        seq_lens: torch.Tensor,
-        block_tables: torch.Tensor,
-        slot_mapping: torch.Tensor,
-        block_size: int,
-        *,
-        query_lens_host: Sequence[int] | None = None,
-        seq_lens_host: Sequence[int] | None = None,
-    ) -> PagedAttentionMetadata:
-        meta = super().build_metadata(
-            query_start_loc,
-            seq_lens,
-            block_tables,
-            slot_mapping,
-            block_size,
-            query_lens_host=query_lens_host,
-            seq_lens_host=seq_lens_host,
-        )
-        for group in meta.decode_groups:  # the kernel takes dense int64 tables
-            group.blocks = group.blocks.contiguous()
-        return meta
 
     @staticmethod
     def _fits(*tensors: torch.Tensor) -> bool:
@@ -116,6 +91,8 @@ class CppPagedAttention(TorchPagedAttention):
         # padding rows stay zero rather than uninitialized (as in the reference)
         out = torch.empty_like(q) if decoded == q.shape[0] else torch.zeros_like(q)
         for g in metadata.decode_groups:
+            if not g.blocks.is_contiguous():  # the kernel takes a dense table; once per batch
+                g.blocks = g.blocks.contiguous()
             ext.paged_decode_attention(
                 out, q, k_cache, v_cache, g.rows, g.blocks, g.seq_lens, scale, sliding_window or 0
             )

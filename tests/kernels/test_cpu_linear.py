@@ -24,6 +24,7 @@ from core.kernels.linear import (
     onednn_supported,
     resolve_linear_backend,
 )
+from tests.model.conftest import hf_config
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1.6e-2}  # relative to the output's scale
 
@@ -177,22 +178,11 @@ def test_disabled_extension_is_silent(monkeypatch):
         cpu_ext.load.cache_clear()
 
 
-TINY = dict(
-    model_type="llama",
-    architectures=["LlamaForCausalLM"],
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
 PROMPTS = [[5, 9, 11, 3, 7] * k for k in (1, 3, 6)]
 
 
-def _generate(**kwargs):
-    llm = LLM(TINY, seed=3, num_kv_blocks=64, **kwargs)
+def _generate(arch="llama", **kwargs):
+    llm = LLM(hf_config(arch), seed=3, num_kv_blocks=64, **kwargs)
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     return llm, [o.token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
 
@@ -205,20 +195,17 @@ def test_engine_without_a_compiler_generates_the_reference_tokens(no_compiler):
     assert got == _generate(linear_backend="torch", attention_backend="torch")[1]
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_engine_on_cpp_generates_the_reference_tokens(ext, tied, monkeypatch):
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # qwen3: the LM head is the embedding
+def test_engine_on_cpp_generates_the_reference_tokens(ext, arch, monkeypatch):
     monkeypatch.delenv(linear_module.LINEAR_BACKEND_ENV, raising=False)
-    calls = [0]
-    real = CppPackedWeight.matmul
-
-    def counted(self, x, bias):
-        calls[0] += 1
-        return real(self, x, bias)
-
-    monkeypatch.setattr(CppPackedWeight, "matmul", counted)
-    monkeypatch.setitem(TINY, "tie_word_embeddings", tied)
-    llm, got = _generate()  # auto
+    llm = LLM(hf_config(arch), seed=3, num_kv_blocks=64)  # auto
     assert llm.model.linear_backend == "cpp" and llm.model.attention_backend().name == "cpp"
-    assert calls[0] > 0
-    assert isinstance(llm.model._tied_head_pack, CppPackedWeight) == tied
-    assert got == _generate(linear_backend="torch", attention_backend="torch")[1]
+    assert isinstance(llm.model._tied_head_pack, CppPackedWeight) == (arch == "qwen3")
+    spy = _Spy(ext)
+    for module in llm.model.modules():
+        if isinstance(module, Linear):
+            module.packed._ext = spy
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    got = [o.token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
+    assert len(PROMPTS) in spy.rows  # the decode steps of the three prompts ran on it
+    assert got == _generate(arch, linear_backend="torch", attention_backend="torch")[1]
