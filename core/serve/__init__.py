@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP server on the real engine (``servelab serve MODEL``).
 
 - :mod:`core.serve.engine`: :class:`AsyncEngine`, one driver thread stepping the engine
-  replicas, reached from asyncio through per-request streams;
+  replicas, reached from asyncio through per-request streams; :mod:`core.serve.remote`:
+  replicas as Ray actors;
 - :mod:`core.serve.protocol`: the OpenAI request models and error bodies;
 - :mod:`core.serve.text`: tokenizing, chat templates, streaming detokenization, stop strings;
 - :mod:`core.serve.app`: the FastAPI app; :mod:`core.serve.metrics`: ``/metrics``;

@@ -582,7 +582,7 @@ class _Api:
 
     async def metrics(self) -> Response:
         engine = self.state.engine
-        kv = [(str(w.index), w.engine.scheduler.kv) for w in engine.workers]
+        kv = [(str(w.index), *w.kv_stats()) for w in engine.workers]
         gauges: Gauges = {
             "servelab_requests_outstanding": (
                 "Requests in flight (running or queued).",
@@ -594,11 +594,11 @@ class _Api:
             ),
             "servelab_kv_cache_usage": (
                 "Share of KV blocks in use, per replica.",
-                [({"replica": i}, float(b.usage)) for i, b in kv],
+                [({"replica": i}, usage) for i, usage, _ in kv],
             ),
             "servelab_kv_free_blocks": (
                 "Free KV blocks, per replica.",
-                [({"replica": i}, float(b.num_free_blocks)) for i, b in kv],
+                [({"replica": i}, float(free)) for i, _, free in kv],
             ),
             "servelab_engine_steps": ("Engine steps so far.", [({}, float(engine.stats["steps"]))]),
             "servelab_engine_busy_seconds": (

@@ -83,6 +83,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--fleet", type=int, default=1, help="engine replicas in this process (default 1)"
     )
     fleet.add_argument(
+        "--fleet-backend",
+        choices=("inprocess", "ray"),
+        default="inprocess",
+        help="inprocess: replicas stepped in turn by one thread; ray: one Ray actor (one CPU) "
+        "per replica, in parallel, on a local Ray instance or the one running (default inprocess)",
+    )
+    fleet.add_argument(
         "--router",
         default="round-robin",
         help="with --fleet > 1: round-robin, least-work, prefix-affinity, a name an artifact "
@@ -147,6 +154,7 @@ def serve(args: argparse.Namespace) -> int:
     opts = EngineOptions(
         served_model_name=args.served_model_name,
         fleet=args.fleet,
+        backend=args.fleet_backend,
         router=args.router,
         max_queue=args.max_queue,
         api_key=args.api_key,

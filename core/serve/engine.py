@@ -1,9 +1,10 @@
 """The engine behind the HTTP server: one driver thread steps real engines, asyncio waits.
 
-:class:`AsyncEngine` owns one or more :class:`Worker` (an :class:`~core.engine.LLM` engine
-each; several sit behind a :class:`~core.cluster.router.Router`) and one driver thread that
-admits submissions, applies aborts, steps every worker with work and hands each request's new
-tokens to its :class:`RequestStream` on the event loop. Handlers only touch the event-loop side
+:class:`AsyncEngine` owns one or more workers (a :class:`Worker` is an :class:`~core.engine.LLM`
+engine in this process; :class:`~core.serve.remote.RemoteWorker` one in a Ray actor; several sit
+behind a :class:`~core.cluster.router.Router`) and one driver thread that admits submissions,
+applies aborts, pumps every worker (one step, or one exchange with an actor) and hands each
+request's new tokens to its :class:`RequestStream` on the event loop. Handlers only touch the event-loop side
 (:meth:`AsyncEngine.submit`, :meth:`AsyncEngine.abort`), so no lock guards the engines.
 
 Every submitted request gets exactly one final :class:`Update` (finished, with a reason):
@@ -21,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from core.cluster.router import Router, RouteRequest
 from core.sched.request import EngineRequest
@@ -31,6 +32,7 @@ __all__ = [
     "SHUTTING_DOWN",
     "AsyncEngine",
     "EngineDead",
+    "EngineWorker",
     "QueueFull",
     "RequestStream",
     "Update",
@@ -104,14 +106,20 @@ class RequestStream:
 
 
 class Worker:
-    """One engine replica, driven only by the :class:`AsyncEngine` thread; a
-    :class:`~core.cluster.router.ReplicaView` for routers."""
+    """One engine replica in this process, driven only by the :class:`AsyncEngine` thread; a
+    :class:`~core.cluster.router.ReplicaView` for routers.
+
+    The driver calls :meth:`add` and :meth:`abort`, then :meth:`pump` (one step if there is
+    work, and the updates since the last pump); :meth:`idle` says whether a pump would step.
+    ``steps`` and ``busy_s`` count the steps and their seconds."""
 
     def __init__(self, index: int, llm: Any) -> None:
         self.index = index
         self.llm = llm
         self.engine = llm.engine
         self.live: dict[str, EngineRequest] = {}
+        self.steps = 0
+        self.busy_s = 0.0
         self._sent: dict[str, int] = {}
 
     # -- ReplicaView ---------------------------------------------------------------------------
@@ -140,12 +148,25 @@ class Worker:
         if request_id in self.live:
             self.engine.abort(request_id)  # frees its KV now
 
-    def has_work(self) -> bool:
+    def idle(self) -> bool:
         s = self.engine.scheduler
-        return bool(s.running or s.waiting or s.swapped)
+        return not (s.running or s.waiting or s.swapped)
 
     def step(self) -> None:
+        t0 = time.perf_counter()
         self.engine.step()
+        self.steps += 1
+        self.busy_s += time.perf_counter() - t0
+
+    def pump(self) -> list[tuple[str, Update]]:
+        if not self.idle():
+            self.step()
+        return self.collect()
+
+    def kv_stats(self) -> tuple[float, int]:
+        """The share of KV blocks in use and the number of free blocks."""
+        kv = self.engine.scheduler.kv
+        return float(kv.usage), int(kv.num_free_blocks)
 
     def collect(self) -> list[tuple[str, Update]]:
         """New tokens of every live request; finished ones leave the engine."""
@@ -174,6 +195,25 @@ class Worker:
         self.live.clear()
         self._sent.clear()
         return out
+
+
+class EngineWorker(Protocol):
+    """What :class:`AsyncEngine` drives: a :class:`Worker` here, or a
+    :class:`~core.serve.remote.RemoteWorker` for a Ray actor."""
+
+    index: int
+    steps: int
+    busy_s: float
+
+    def outstanding_requests(self) -> int: ...
+    def outstanding_tokens(self) -> int: ...
+    def cached_prefix(self, token_ids: Sequence[int]) -> int: ...
+    def add(self, request_id: str, prompt_token_ids: list[int], sampling: Any) -> None: ...
+    def abort(self, request_id: str) -> None: ...
+    def idle(self) -> bool: ...
+    def pump(self) -> list[tuple[str, Update]]: ...
+    def kv_stats(self) -> tuple[float, int]: ...
+    def fail_all(self, message: str) -> list[tuple[str, Update]]: ...
 
 
 def _takes_output_tokens(router: Router) -> bool:
@@ -207,7 +247,11 @@ class AsyncEngine:
     IDLE_WAIT_S = 0.05
 
     def __init__(
-        self, workers: Sequence[Worker], router: Router | None = None, max_outstanding: int = 256
+        self,
+        workers: Sequence[EngineWorker],
+        router: Router | None = None,
+        max_outstanding: int = 256,
+        closers: Sequence[Callable[[], None]] = (),
     ) -> None:
         if not workers:
             raise ValueError("an AsyncEngine needs at least one worker")
@@ -216,11 +260,11 @@ class AsyncEngine:
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be >= 1, got {max_outstanding}")
         self.workers = list(workers)
+        self.closers = list(closers)  # run after shutdown (stop Ray actors, ...)
         self.router = router
         self.max_outstanding = max_outstanding
         self.error: str | None = None
         self.closing = False
-        self.stats = {"steps": 0, "busy_s": 0.0}
         self._streams: dict[str, RequestStream] = {}
         self._abort_reasons: dict[str, str] = {}
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -230,7 +274,7 @@ class AsyncEngine:
         self._aborts: deque[str] = deque()
         self._wake = threading.Event()
         self._stop = False
-        self._owner: dict[str, Worker] = {}  # driver thread only
+        self._owner: dict[str, EngineWorker] = {}  # driver thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._finish_kw = router is not None and _takes_output_tokens(router)
@@ -241,6 +285,14 @@ class AsyncEngine:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._drive, name="serve-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """Engine steps and their seconds, over all workers."""
+        return {
+            "steps": float(sum(w.steps for w in self.workers)),
+            "busy_s": sum(w.busy_s for w in self.workers),
+        }
 
     @property
     def num_outstanding(self) -> int:
@@ -308,6 +360,8 @@ class AsyncEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30.0)
         self._fail_in_flight("abort", SHUTTING_DOWN)  # the thread is gone
+        for close in self.closers:
+            await asyncio.to_thread(close)
 
     def _deliver(self, updates: list[tuple[str, Update]]) -> None:
         for rid, update in updates:
@@ -338,7 +392,7 @@ class AsyncEngine:
         worker.add(sub.request_id, sub.prompt_token_ids, sub.sampling)
         self._owner[sub.request_id] = worker
 
-    def _finished(self, worker: Worker, rid: str, update: Update) -> None:
+    def _finished(self, worker: EngineWorker, rid: str, update: Update) -> None:
         del self._owner[rid]
         if self.router is not None and len(self.workers) > 1:
             now = time.perf_counter()
@@ -361,22 +415,16 @@ class AsyncEngine:
                     owner = self._owner.get(rid)
                     if owner is not None:
                         owner.abort(rid)
-                busy = [w for w in self.workers if w.has_work()]
-                for w in busy:
-                    t0 = time.perf_counter()
-                    w.step()
-                    self.stats["steps"] += 1
-                    self.stats["busy_s"] += time.perf_counter() - t0
                 updates = []
                 for w in self.workers:
-                    for rid, update in w.collect():
+                    for rid, update in w.pump():
                         if update.finished:
                             self._finished(w, rid, update)
                         updates.append((rid, update))
                 self._post(updates)
                 if stopping:
                     return
-                if not busy:
+                if all(w.idle() for w in self.workers):
                     self._wake.wait(self.IDLE_WAIT_S)
         except Exception as exc:  # noqa: BLE001 - a broken engine fails every request it holds
             self.error = f"{type(exc).__name__}: {exc}"  # from now on submit() refuses

@@ -14,7 +14,7 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from core.data import DATA_DIR
 from core.sched.registry import resolve
 
 from .app import ServeConfig, build_app
-from .engine import AsyncEngine, Worker
+from .engine import AsyncEngine, EngineWorker, Worker
 from .text import TextCodec
 
 __all__ = ["EngineOptions", "HttpServer", "load_engine", "make_router_spec", "resolve_model"]
@@ -70,6 +70,7 @@ class EngineOptions:
 
     served_model_name: str | None = None
     fleet: int = 1
+    backend: str = "inprocess"
     router: str = "round-robin"
     max_queue: int = 256
     api_key: str | None = None
@@ -86,31 +87,46 @@ class EngineOptions:
 def load_engine(
     model: str | os.PathLike[str], opts: EngineOptions
 ) -> tuple[AsyncEngine, ServeConfig]:
-    """Build ``opts.fleet`` engine replicas of ``model`` (and their router) and the app config."""
+    """Build ``opts.fleet`` engine replicas of ``model`` (in this process, or as Ray actors
+    with ``opts.backend == "ray"``), their router, and the app config."""
     import torch
 
     from core.engine import LLM
+    from core.model.checkpoint import load_tokenizer
 
     if opts.fleet < 1:
         raise ValueError(f"--fleet must be >= 1, got {opts.fleet}")
     if opts.max_queue < 0:
         raise ValueError(f"--max-queue must be >= 0, got {opts.max_queue}")
+    if opts.backend not in ("inprocess", "ray"):
+        raise ValueError(f"--fleet-backend must be inprocess or ray, got {opts.backend!r}")
     router = make_router_spec(opts.router) if opts.fleet > 1 else None
     if opts.threads:
         torch.set_num_threads(opts.threads)
     source = resolve_model(model)
-    workers = [Worker(i, LLM(source, **dict(opts.engine))) for i in range(opts.fleet)]
-    llm = workers[0].llm
-    sched = llm.engine.scheduler.config
-    codec = None
-    if llm.tokenizer is not None and isinstance(source, Path):
-        codec = TextCodec(llm.tokenizer, source)
-    max_seqs = sched.max_num_seqs * opts.fleet
-    engine = AsyncEngine(workers, router, max_outstanding=max_seqs + opts.max_queue)
+    workers: list[EngineWorker]
+    closers: list[Callable[[], None]] = []
+    if opts.backend == "ray":
+        workers, info, closers = _ray_workers(source, opts)
+        max_model_len, vocab_size, max_num_seqs = (
+            info["max_model_len"], info["vocab_size"], info["max_num_seqs"]
+        )  # fmt: skip
+    else:
+        local = [Worker(i, LLM(source, **dict(opts.engine))) for i in range(opts.fleet)]
+        sched = local[0].engine.scheduler.config
+        max_model_len, max_num_seqs = sched.max_model_len, sched.max_num_seqs
+        vocab_size = local[0].llm.config.vocab_size
+        workers = list(local)
+    tokenizer = load_tokenizer(source) if isinstance(source, Path) else None
+    codec = (
+        TextCodec(tokenizer, source) if tokenizer is not None and isinstance(source, Path) else None
+    )
+    max_outstanding = max_num_seqs * opts.fleet + opts.max_queue
+    engine = AsyncEngine(workers, router, max_outstanding=max_outstanding, closers=closers)
     cfg = ServeConfig(
         model_name=opts.served_model_name or str(model),
-        max_model_len=sched.max_model_len,
-        vocab_size=llm.config.vocab_size,
+        max_model_len=max_model_len,
+        vocab_size=vocab_size,
         codec=codec,
         api_key=opts.api_key,
         max_choices=opts.max_choices,
@@ -119,6 +135,55 @@ def load_engine(
         shutdown_grace_s=opts.shutdown_grace_s,
     )
     return engine, cfg
+
+
+def _ray_workers(
+    source: Path | dict[str, Any], opts: EngineOptions
+) -> tuple[list[EngineWorker], dict[str, int], list[Callable[[], None]]]:
+    """``opts.fleet`` :class:`~core.serve.remote.ActorWorker` actors (one CPU each) on the Ray
+    instance running, or on a local one this server starts and stops."""
+    import logging
+    import sys
+
+    try:
+        import ray
+    except ImportError as exc:
+        raise ValueError("--fleet-backend ray needs Ray: pip install -e '.[ray]'") from exc
+    from core.shutdown import start_local_ray
+
+    from .remote import ActorWorker, RemoteWorker
+
+    closers: list[Callable[[], None]] = []
+    if not ray.is_initialized():
+        path = os.pathsep.join(p for p in sys.path if p)  # actors import what we import
+        closers.append(
+            start_local_ray(
+                ray,
+                num_cpus=opts.fleet,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                object_store_memory=100 * 2**20,
+                runtime_env={"env_vars": {"PYTHONPATH": path}},
+            )
+        )
+    cls: Any = ray.remote(ActorWorker).options(num_cpus=1, max_concurrency=4, max_restarts=0)
+    actors = [
+        cls.remote(i, source, dict(opts.engine), opts.threads or 1) for i in range(opts.fleet)
+    ]
+
+    def stop_actors() -> None:
+        for a in actors:
+            ray.kill(a)
+
+    closers.insert(0, stop_actors)
+    try:
+        infos = ray.get([a.describe.remote() for a in actors], timeout=600)
+    except BaseException:
+        for close in closers:
+            close()
+        raise
+    return [RemoteWorker(i, a, ray) for i, a in enumerate(actors)], infos[0], closers
 
 
 class _Uvicorn(uvicorn.Server):

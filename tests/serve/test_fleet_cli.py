@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -155,3 +156,45 @@ except ImportError as e:
         "core.serve needs the 'serve' extra (fastapi is missing): pip install -e '.[serve]'"
         in out.stdout
     )
+
+
+@pytest.mark.slow
+def test_ray_fleet_streams_equal_outputs_and_aborts(start_server, offline):
+    """Two replicas as Ray actors: outputs equal LLM.generate's, streamed token by token, a
+    disconnect aborts on the actor, and every request is answered once."""
+    pytest.importorskip("ray")
+    import httpx
+
+    prompts = [[4 + i, 9, 30 + i] for i in range(6)]
+    want = [
+        o.token_ids
+        for o in offline.generate(
+            prompts, SamplingParams(temperature=0, max_tokens=6), use_tqdm=False
+        )
+    ]
+    with start_server(fleet=2, backend="ray", router="least-work", threads=1) as s:
+
+        def ask(p):
+            chunks = list(
+                client_for(s).completions.create(
+                    model=MODEL, prompt=p, max_tokens=6, temperature=0, stream=True
+                )
+            )
+            return [t for c in chunks for t in c.choices[0].model_extra["token_ids"]]
+
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(ask, prompts))
+        assert got == want
+        # a long stream that the client drops: aborted on its actor, nothing left in flight
+        body = {"model": MODEL, "prompt": [5, 6], "max_tokens": 1500, "stream": True}
+        with (
+            httpx.Client(timeout=60) as c,
+            c.stream("POST", f"{s.url}/v1/completions", json=body) as r,
+        ):
+            assert next(line for line in r.iter_lines() if line.startswith("data:"))
+        end = time.monotonic() + 30
+        while s.engine.num_outstanding and time.monotonic() < end:
+            time.sleep(0.05)
+        assert s.engine.num_outstanding == 0
+        assert s.cfg.metrics.finished["abort"] == 1 and s.cfg.metrics.finished["length"] == 6
+        assert {w.steps > 0 for w in s.engine.workers} == {True}  # both replicas stepped
