@@ -69,7 +69,7 @@ LINEAR_BACKENDS = ("auto", "torch", "onednn", "cpp")
 PACKED_MIN_MACS = 1_500_000
 # the C++ kernel takes products of up to this many rows, per weight dtype; above, oneDNN
 # (docs/core/kernels.md has the measurements behind these)
-CPP_MAX_ROWS = {torch.float32: 16, torch.bfloat16: 4}
+CPP_MAX_ROWS = {torch.float32: 64, torch.bfloat16: 4}
 
 
 @functools.cache
