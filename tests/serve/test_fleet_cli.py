@@ -94,40 +94,43 @@ def test_cli_unknown_model_is_one_clear_error():
 
 
 @pytest.mark.slow
-def test_servelab_serve_answers_and_exits_cleanly_on_sigterm(model_dir):
+def test_servelab_serve_answers_and_exits_cleanly_on_sigterm(model_dir, tmp_path):
     """The console script as a user runs it: it binds 127.0.0.1, answers a request, and SIGTERM
     shuts it down cleanly."""
     import re
     import signal
-    import time
 
     import httpx
 
     exe = Path(sys.executable).with_name("servelab")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "core.serve.cli"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [*cmd, "serve", str(model_dir), "--port", "0", "--served-model-name", MODEL],
-        stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    log = tmp_path / "server.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [*cmd, "serve", str(model_dir), "--port", "0", "--served-model-name", MODEL],
+            stderr=err, env=env,
+        )  # fmt: skip
     try:
         url = None
-        end = time.monotonic() + 120
-        while url is None and time.monotonic() < end:
-            line = proc.stderr.readline()
-            m = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", line)
-            url = m.group(1) if m else None
-        assert url, "the server did not report its address"
-        r = httpx.post(
-            f"{url}/v1/completions",
-            json={"model": MODEL, "prompt": "hello", "max_tokens": 4},
-            timeout=60,
-        )
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        end = time.monotonic() + 180
+        while url is None and time.monotonic() < end and proc.poll() is None:
+            m = re.search(r"serving .* on (http://127\.0\.0\.1:\d+)", log.read_text())
+            if m:
+                url = m.group(1)
+            else:
+                time.sleep(0.1)
+        assert url, f"the server did not report its address:\n{log.read_text()[-3000:]}"
+        body = {"model": MODEL, "prompt": "hello", "max_tokens": 4, "ignore_eos": True}
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 4
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down, then re-raises the signal it caught, as supervisors expect
-        assert proc.wait(60) in (0, -signal.SIGTERM)
-        assert "Application shutdown complete" in proc.stderr.read()
+        code = proc.wait(120)
+        text = log.read_text()
+        assert code in (0, -signal.SIGTERM), f"exit status {code}:\n{text[-3000:]}"
+        assert "Application shutdown complete" in text, text[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
