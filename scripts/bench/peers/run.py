@@ -277,11 +277,12 @@ class PeerRun:
                             out["errors"][name] = f"round {r}, {part}: {exc}"
                             self.log(f"peers: {name} failed: {exc}")
                         self.on_update()
+                out.update(summarize(out["rounds"], outputs))  # an interrupted run keeps ratios
+                self.on_update()
                 self.log(f"peers: {threads} thread(s), round {r + 1}/{rounds} done")
         finally:
             for w in workers.values():
                 w.close()
-        out.update(summarize(out["rounds"], outputs))
         return out
 
     def _one(
