@@ -322,13 +322,17 @@ def make_examples(
     *,
     difficulty: int | None = None,
     documents: Sequence[tuple[str, str]] | None = None,
+    step_alpha: float = 1.6,
 ) -> list[Example]:
     """``n`` examples of ``task`` from ``seed``. ``difficulty`` fixes the knob (arith steps,
-    retrieval hops, classify margin); None draws it from the task's training distribution
-    (arith long-tailed over 1-12 steps, hops uniform 1-4, margins 1-9)."""
+    retrieval hops, classify margin); None draws it from the task's distribution (arith
+    long-tailed over 1-12 steps with exponent ``step_alpha``, hops uniform 1-4, margins 1-9)."""
     rng = random.Random(f"{task}:{seed}")
     if task == "arith":
-        return [arith_example(rng, difficulty or long_tailed_steps(rng)) for _ in range(n)]
+        return [
+            arith_example(rng, difficulty or long_tailed_steps(rng, alpha=step_alpha))
+            for _ in range(n)
+        ]
     if task == "retrieval":
         return [retrieval_example(rng, difficulty or rng.randint(1, 4)) for _ in range(n)]
     if task == "classify":

@@ -44,8 +44,8 @@ class Recipe:
     """How one zoo model is trained. ``architecture`` is a Hugging Face ``config.json`` without
     the vocabulary and special-token ids (they come from the tokenizer); ``mix`` the share of
     examples per task; ``tokens`` the budget of tokens processed (prompts and completions, not
-    padding); ``difficulty`` per
-    task fixes a knob (None: the task's training distribution)."""
+    padding); ``arith_step_alpha`` the exponent of the arith problems' long-tailed step counts
+    (``P(k) ~ k^-alpha``, see :func:`core.zoo.tasks.long_tailed_steps`)."""
 
     name: str
     architecture: dict[str, Any]
@@ -62,6 +62,7 @@ class Recipe:
     grad_clip: float = 1.0
     seed: int = 0
     eval_every_tokens: int = 1_000_000
+    arith_step_alpha: float = 1.6
     description: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -159,7 +160,10 @@ def round_batches(
     for t in tasks:
         if counts[t]:
             seed = rng.randrange(2**31)
-            for ex in make_examples(t, seed, counts[t], documents=documents):
+            examples = make_examples(
+                t, seed, counts[t], documents=documents, step_alpha=recipe.arith_step_alpha
+            )
+            for ex in examples:
                 if ex.prompt in exclude:
                     continue
                 ids, plen = encode_example(tok, ex)
