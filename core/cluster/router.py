@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.sched.registry import resolve
+
 
 @dataclass(frozen=True)
 class RouteRequest:
@@ -133,8 +135,11 @@ ROUTERS: dict[str, type[Router]] = {
 
 
 def make_router(name: str | Router) -> Router:
+    """A router given as itself, by registered name, or by import path ``module:Class`` (a
+    router that no import registered, e.g. one of a paper's); ValueError naming what failed."""
     if isinstance(name, Router):
         return name
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router {name!r} (known: {', '.join(ROUTERS)})")
-    return ROUTERS[name]()
+    router = resolve(ROUTERS, "router", name)()
+    if not isinstance(router, Router):
+        raise ValueError(f"router {name!r} made a {type(router).__name__}, not a Router")
+    return router

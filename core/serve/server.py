@@ -21,15 +21,14 @@ from typing import Any
 
 import uvicorn
 
-from core.cluster.router import ROUTERS, Router, make_router
+from core.cluster.router import make_router
 from core.data import DATA_DIR
-from core.sched.registry import resolve
 
 from .app import ServeConfig, build_app
 from .engine import AsyncEngine, EngineWorker, Worker
 from .text import TextCodec
 
-__all__ = ["EngineOptions", "HttpServer", "load_engine", "make_router_spec", "resolve_model"]
+__all__ = ["EngineOptions", "HttpServer", "load_engine", "resolve_model"]
 
 
 def resolve_model(name: str | os.PathLike[str]) -> Path | dict[str, Any]:
@@ -50,18 +49,6 @@ def resolve_model(name: str | os.PathLike[str]) -> Path | dict[str, Any]:
             f"MODEL {str(name)!r} is not a folder, not a zoo model under {DATA_DIR / 'models'}, "
             f"and {exc}"
         ) from None
-
-
-def make_router_spec(spec: str | Router) -> Router:
-    """A core router by name (``round-robin``, ``least-work``, ``prefix-affinity``, or one an
-    imported artifact registered) or an import path ``module:Class``."""
-    if isinstance(spec, Router) or ":" not in spec:
-        return make_router(spec)
-    factory = resolve(ROUTERS, "router", spec)
-    router = factory()
-    if not isinstance(router, Router):
-        raise ValueError(f"router {spec!r} made a {type(router).__name__}, not a Router")
-    return router
 
 
 @dataclass
@@ -100,7 +87,7 @@ def load_engine(
         raise ValueError(f"--max-queue must be >= 0, got {opts.max_queue}")
     if opts.backend not in ("inprocess", "ray"):
         raise ValueError(f"--fleet-backend must be inprocess or ray, got {opts.backend!r}")
-    router = make_router_spec(opts.router) if opts.fleet > 1 else None
+    router = make_router(opts.router) if opts.fleet > 1 else None
     if opts.threads:
         torch.set_num_threads(opts.threads)
     source = resolve_model(model)

@@ -17,3 +17,11 @@ def test_make_router_by_name_and_on_finish_stays_compatible():
     assert {"round-robin", "least-work", "prefix-affinity"} <= set(ROUTERS)
     RoundRobin().on_finish(0, "x", 0.0)  # the old call still works
     RoundRobin().on_finish(0, "x", 0.0, output_tokens=3)
+
+
+def test_make_router_by_import_path():
+    assert isinstance(make_router("core.cluster.router:PrefixAffinity"), PrefixAffinity)
+    with pytest.raises(ValueError, match="cannot import module 'no.such.module'"):
+        make_router("no.such.module:Router")
+    with pytest.raises(ValueError, match="made a dict, not a Router"):
+        make_router("builtins:dict")

@@ -14,7 +14,7 @@ import pytest
 from core.cluster.router import RoundRobin
 from core.engine import SamplingParams
 from core.serve.cli import build_parser, parse_bytes
-from core.serve.server import make_router_spec, resolve_model
+from core.serve.server import resolve_model
 from tests.serve.conftest import MODEL, client_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,14 +51,6 @@ def test_fleet_routes_over_replicas_with_equal_outputs(start_server, offline):
             got = list(pool.map(ask, prompts))
     assert got == want
     assert sorted(CountingRouter.routed) == [0] * 4 + [1] * 4
-
-
-def test_router_names_and_bad_specs():
-    assert make_router_spec("least-work").name == "least-work"
-    with pytest.raises(ValueError, match="unknown router"):
-        make_router_spec("fastest")
-    with pytest.raises(ValueError, match="cannot import"):
-        make_router_spec("no.such.module:Router")
 
 
 def test_model_resolution(model_dir):
