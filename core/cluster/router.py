@@ -6,6 +6,7 @@ replicas; a router sees replicas only through :class:`ReplicaView`.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,3 +144,20 @@ def make_router(name: str | Router) -> Router:
     if not isinstance(router, Router):
         raise ValueError(f"router {name!r} made a {type(router).__name__}, not a Router")
     return router
+
+
+def notify_finish(
+    router: Router, replica: int, request_id: str, now: float, output_tokens: int
+) -> None:
+    """``router.on_finish`` with ``output_tokens`` when its signature takes it; routers written
+    before that argument existed keep the old three-argument call."""
+    try:
+        params = dict(inspect.signature(router.on_finish).parameters)
+    except (TypeError, ValueError):
+        params = {}
+    if "output_tokens" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    ):
+        router.on_finish(replica, request_id, now, output_tokens=output_tokens)
+    else:
+        router.on_finish(replica, request_id, now)

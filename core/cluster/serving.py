@@ -16,7 +16,6 @@ Routing, cached Ray views, clock offsets and failure handling in detail: docs/co
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import re
@@ -41,7 +40,7 @@ from .replica import (
     clock,
     failed_request,
 )
-from .router import ReplicaView, Router, RouteRequest, make_router
+from .router import ReplicaView, Router, RouteRequest, make_router, notify_finish
 
 __all__ = ["BACKENDS", "Fleet", "FleetResult", "ReplicaSpec", "ReplicaStats"]
 
@@ -348,16 +347,6 @@ class _Ray:
             shutdown()
 
 
-def _accepts_output_tokens(router: Router) -> bool:
-    try:
-        params = inspect.signature(router.on_finish).parameters
-    except (TypeError, ValueError):
-        return False
-    return "output_tokens" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-
-
 def _shift(req: EngineRequest, dt: float) -> EngineRequest:
     """Move every time of ``req`` by ``dt`` seconds (one clock to another)."""
     tl = req.timeline
@@ -411,7 +400,6 @@ class Fleet:
         self.router = make_router(router)
         self.backend = backend
         self.failed: dict[int, str] = {}
-        self._finish_kw = _accepts_output_tokens(self.router)
         self._b: _Backend
         if backend == "inprocess":
             self._b = _InProcess(replicas)
@@ -588,12 +576,7 @@ class _Run:
         """``req`` finished (times since the start): keep it, tell the router and progress."""
         self.results[req.request_id] = req
         if replica is not None:
-            if self.fleet._finish_kw:
-                self.router.on_finish(
-                    replica, req.request_id, self.now(), output_tokens=req.num_output_tokens
-                )
-            else:
-                self.router.on_finish(replica, req.request_id, self.now())
+            notify_finish(self.router, replica, req.request_id, self.now(), req.num_output_tokens)
         if self.progress is not None:
             self.progress(1)
 

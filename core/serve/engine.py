@@ -16,7 +16,6 @@ on it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import threading
 import time
 from collections import deque
@@ -24,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core.cluster.router import Router, RouteRequest
+from core.cluster.router import Router, RouteRequest, notify_finish
 from core.sched.request import EngineRequest
 
 __all__ = [
@@ -216,13 +215,6 @@ class EngineWorker(Protocol):
     def fail_all(self, message: str) -> list[tuple[str, Update]]: ...
 
 
-def _takes_output_tokens(router: Router) -> bool:
-    params = inspect.signature(router.on_finish).parameters
-    return "output_tokens" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    )
-
-
 @dataclass
 class _Submission:
     request_id: str
@@ -277,7 +269,6 @@ class AsyncEngine:
         self._owner: dict[str, EngineWorker] = {}  # driver thread only
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._finish_kw = router is not None and _takes_output_tokens(router)
 
     # -- event-loop side -----------------------------------------------------------------------
 
@@ -395,13 +386,9 @@ class AsyncEngine:
     def _finished(self, worker: EngineWorker, rid: str, update: Update) -> None:
         del self._owner[rid]
         if self.router is not None and len(self.workers) > 1:
-            now = time.perf_counter()
-            if self._finish_kw:
-                self.router.on_finish(
-                    worker.index, rid, now, output_tokens=update.num_output_tokens
-                )
-            else:
-                self.router.on_finish(worker.index, rid, now)
+            notify_finish(
+                self.router, worker.index, rid, time.perf_counter(), update.num_output_tokens
+            )
 
     def _drive(self) -> None:
         try:

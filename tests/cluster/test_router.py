@@ -25,3 +25,21 @@ def test_make_router_by_import_path():
         make_router("no.such.module:Router")
     with pytest.raises(ValueError, match="made a dict, not a Router"):
         make_router("builtins:dict")
+
+
+def test_notify_finish_passes_output_tokens_only_to_routers_that_take_them():
+    from core.cluster.router import notify_finish
+
+    calls = []
+
+    class Old(RoundRobin):
+        def on_finish(self, replica, request_id, now):
+            calls.append(("old", replica, request_id))
+
+    class New(RoundRobin):
+        def on_finish(self, replica, request_id, now, output_tokens=None):
+            calls.append(("new", replica, request_id, output_tokens))
+
+    notify_finish(Old(), 1, "a", 0.0, 7)
+    notify_finish(New(), 2, "b", 0.0, 7)
+    assert calls == [("old", 1, "a"), ("new", 2, "b", 7)]
