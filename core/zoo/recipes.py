@@ -25,10 +25,10 @@ arith ~70% of the tokens processed."""
 
 TRAIN_STEP_ALPHA = 0.7
 """The training mix's arith step counts, flatter than the task's default (1.6): with 1.6, 63%
-of problems had 1 or 2 steps, where an operand can be found as "the first line" or "the last
-line"; the large model learned those (100% and 97% right after 10M tokens) but copied the
-operand of a middle line wrong in nearly every problem of 3+ steps (13% right at 3 steps). With
-0.7, 63% of problems have a middle line (mean 4.7 steps)."""
+of problems had 1 or 2 steps, where an operand can be found by where its line sits; the large
+model got those right (100% and 97% after 10M tokens) but only 13% of 3-step problems, whose
+second and third operands it mostly copied wrong. With 0.7, 63% of problems have a middle line
+(mean 4.7 steps)."""
 
 
 def _llama(hidden: int, layers: int, heads: int, intermediate: int) -> dict[str, Any]:
