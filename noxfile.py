@@ -215,3 +215,12 @@ def checklist(session: nox.Session) -> None:
     """Gather every artifact's latest claims into results/CHECKLIST.md."""
     _env(session)
     _py(session, "-m", "core.artifact.checklist", *session.posargs)
+
+
+@nox.session
+def site(session: nox.Session) -> None:
+    """Build the static results site in results/site/ from what artifact runs and benchmarks
+    wrote; open results/site/index.html or serve it with `python -m http.server -d results/site`.
+    Options after -- go to `python -m core.site` (--results, --out, ...)."""
+    _env(session)
+    _py(session, "-m", "core.site", *session.posargs)
