@@ -11,6 +11,7 @@ simulator also drives, with a cost-model runner in place of :class:`ModelRunner`
 :class:`CpuClock` times it on its thread's CPU seconds instead of the wall clock.
 """
 
+from core.lora.request import LoRARequest
 from core.sched.runner import Runner, StepResult
 
 from .clock import CpuClock
@@ -22,6 +23,7 @@ from .serve import greedy_for, replay, serve_sessions
 
 __all__ = [
     "LLM",
+    "LoRARequest",
     "CpuClock",
     "Engine",
     "ModelRunner",

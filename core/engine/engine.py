@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.lora.request import LoRARequest
 from core.metrics.record import RequestRecord
 from core.sched.request import EngineRequest, PauseMode
 from core.sched.runner import Runner
@@ -127,8 +128,10 @@ class Engine:
         priority: int = 0,
         interceptions: Iterable[Any] = (),
         eos_token_id: int | Iterable[int] | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> EngineRequest:
         """Queue a request. An empty or too-long prompt finishes at once with an error.
+        ``lora_request``: the LoRA adapter it runs with (the engine needs LoRA enabled).
 
         ``eos_token_id``: the model's EOS id, or several (a config's list): any of them stops
         the request unless its sampling ignores EOS; None or an empty list: no EOS.
@@ -141,6 +144,7 @@ class Engine:
             priority=priority,
             interceptions=list(interceptions),
             eos_token_id=_eos_ids(eos_token_id),
+            lora=lora_request,
         )
         self.scheduler.add_request(req)
         return req

@@ -12,6 +12,9 @@ from tqdm.auto import tqdm
 
 from core.kv.backend import KVBackend, PagedKVBackend, RadixKVBackend
 from core.kv.policies import AdmissionPolicy, EvictionPolicy
+from core.lora.request import LoRARequest
+from core.lora.runtime import LoRARuntime
+from core.lora.scheduler import LoRAScheduler, make_lora_scheduler
 from core.model import load_model
 from core.model.checkpoint import load_tokenizer
 from core.sched.intercept import InterceptPolicy, make_intercept_policy
@@ -63,6 +66,12 @@ class LLM:
       (``"preserve"`` by default, ``"vllm"``, ``"improved-discard"``, ``"swap"``, or one an
       imported artifact registered, e.g. ``"infercept"`` after ``import artifacts.infercept``)
       or an import path ``"module:Class"``; see :mod:`core.sched.intercept`.
+    - LoRA (vLLM's options): ``enable_lora`` with ``max_loras`` adapters on the device at once,
+      of rank up to ``max_lora_rank``, ``max_cpu_loras`` parsed adapters kept on the host;
+      ``lora_scheduler`` picks the batching (:func:`core.lora.scheduler.make_lora_scheduler`:
+      ``"unmerged"`` by default, ``"merged"``, ``"single"``, or a
+      :class:`~core.lora.scheduler.LoRAScheduler` subclass). Prefix caching is off with LoRA
+      (a block's KV depends on the adapter). See docs/core/lora.md.
     Policy names are resolved before the model loads: an unknown one raises ValueError at once.
     """
 
@@ -91,8 +100,16 @@ class LLM:
         attention_backend: str | None = None,
         linear_backend: str | None = None,
         intercept: InterceptPolicy | str | None = None,
+        enable_lora: bool = False,
+        max_loras: int = 4,
+        max_lora_rank: int = 16,
+        max_cpu_loras: int | None = None,
+        lora_scheduler: str | type[LoRAScheduler] = "unmerged",
     ) -> None:
         queue = make_policy(queue_policy)
+        if enable_lora:
+            make_lora_scheduler(lora_scheduler)  # an unknown name fails before the model loads
+            enable_prefix_caching = False
         icp_policy = make_intercept_policy(intercept)
         torch_dtype = _dtype(dtype)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -166,6 +183,16 @@ class LLM:
             if hybrid and isinstance(backend, RadixKVBackend)  # hybrid models are radix-only
             else None
         )
+        self.lora = (
+            LoRARuntime(
+                self.model,
+                max_loras=max_loras,
+                max_lora_rank=max_lora_rank,
+                max_cpu_loras=max_cpu_loras,
+            )
+            if enable_lora
+            else None
+        )
         runner = ModelRunner(
             self.model,
             kv_cache,
@@ -173,8 +200,16 @@ class LLM:
             Sampler(seed=seed),
             state_pool=state_pool,
             host_kv=host_kv,
+            lora=self.lora,
         )
-        self.engine = Engine(Scheduler(sched_cfg, backend, queue, icp_policy), runner)
+        scheduler = (
+            make_lora_scheduler(lora_scheduler)(
+                sched_cfg, backend, queue, icp_policy, max_loras=max_loras
+            )
+            if enable_lora
+            else Scheduler(sched_cfg, backend, queue, icp_policy)
+        )
+        self.engine = Engine(scheduler, runner)
         self._counter = 0
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
@@ -187,27 +222,49 @@ class LLM:
             return list(self.tokenizer.encode(prompt).ids)
         return [int(t) for t in prompt]
 
+    def _lora_requests(
+        self, lora: LoRARequest | Sequence[LoRARequest | None] | None, n: int
+    ) -> list[LoRARequest | None]:
+        llist = list(lora) if isinstance(lora, Sequence) else [lora] * n
+        if len(llist) != n:
+            raise ValueError(f"{len(llist)} LoRA requests for {n} prompts")
+        if any(lr is not None for lr in llist) and self.lora is None:
+            raise ValueError(
+                "lora_request given but LoRA is not enabled: LLM(..., enable_lora=True)"
+            )
+        for lr in llist:
+            if lr is not None and self.lora is not None:
+                self.lora.adapter(lr)  # read (and check) it now, before anything runs
+        return llist
+
     def generate(
         self,
         prompts: Sequence[str | Sequence[int]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         *,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Generate for every prompt; outputs in prompt order. Invalid sampling parameters raise
         ValueError before anything runs; a bad prompt (empty, too long) gets an output with
-        ``finish_reason == "error"`` while the others complete."""
+        ``finish_reason == "error"`` while the others complete. ``lora_request``: one adapter
+        for every prompt, or a list with one (or None) per prompt; adapters are read when
+        first used (a malformed folder raises :class:`~core.lora.adapter.AdapterFormatError`
+        before anything runs)."""
         params = sampling_params if sampling_params is not None else SamplingParams()
         plist = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise ValueError(f"{len(plist)} sampling params for {len(prompts)} prompts")
+        llist = self._lora_requests(lora_request, len(prompts))
         ids = []
-        for prompt, sp in zip(prompts, plist, strict=True):
+        for prompt, sp, lora in zip(prompts, plist, llist, strict=True):
             if not isinstance(sp, SamplingParams):
                 raise ValueError(f"sampling params must be SamplingParams, got {type(sp).__name__}")
             rid = f"req-{self._counter}"
             self._counter += 1
-            self.engine.add_request(rid, self._encode(prompt), sp, eos_token_id=self.eos_token_id)
+            self.engine.add_request(
+                rid, self._encode(prompt), sp, eos_token_id=self.eos_token_id, lora_request=lora
+            )
             ids.append(rid)
         bar = tqdm(total=len(ids), desc="generate", unit="req", disable=not use_tqdm)
         bar.update(sum(self.engine.request(r).is_finished for r in ids))

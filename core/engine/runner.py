@@ -14,6 +14,7 @@ import torch
 
 from core.kv.backend import KVBackend, KVRequest, PendingCopies
 from core.kv.swap import copy_blocks
+from core.lora.runtime import LoRARuntime
 from core.model import ForwardBatch
 from core.model.base import CausalLM
 from core.model.cache import KVCache, StatePool
@@ -29,7 +30,9 @@ class ModelRunner:
     Contract: the block and state-slot ids in a step come from the scheduler's KV backend
     ``kv`` and index ``kv_cache``/``state_pool`` directly; host block ids index ``host_kv``. Copies queued
     by the backend are applied in a safe order: device->host swaps, host->device swaps, state
-    forks, the forward, then state checkpoints.
+    forks, the forward, then state checkpoints. With ``lora`` (a
+    :class:`~core.lora.runtime.LoRARuntime`) each request's adapter applies to its rows, in the
+    mode the step's ``lora_step`` says (unmerged when it says nothing).
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class ModelRunner:
         *,
         state_pool: StatePool | None = None,
         host_kv: KVCache | None = None,
+        lora: LoRARuntime | None = None,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
@@ -49,6 +53,7 @@ class ModelRunner:
         self.state_pool = state_pool
         self.host_kv = host_kv
         self.sampler = sampler
+        self.lora = lora
         self.device = model.device
         self._generators: dict[str, torch.Generator] = {}
 
@@ -105,6 +110,7 @@ class ModelRunner:
         if out.chunks:
             t0 = time.perf_counter()
             batch = self.build_batch(out)
+            self._prepare_lora(out)
             hidden = self.model(batch, self.kv_cache, self.state_pool)
             rows = [i for i, c in enumerate(out.chunks) if c.sample]
             if rows:
@@ -126,6 +132,15 @@ class ModelRunner:
             result.forward_s = time.perf_counter() - t0
         self.apply_copies(out.copies, after=True)
         return result
+
+    def _prepare_lora(self, out: SchedulerOutput) -> None:
+        loras = [c.request.lora for c in out.chunks]
+        if self.lora is None:
+            if any(lr is not None for lr in loras):
+                raise RuntimeError("a request asks for a LoRA adapter but LoRA is not enabled")
+            return
+        merged = out.lora_step.merged if out.lora_step is not None else None
+        self.lora.prepare(loras, [c.num_tokens for c in out.chunks], merged=merged)
 
     def _generator(self, req: Any) -> torch.Generator | None:
         seed = getattr(req.sampling, "seed", None)

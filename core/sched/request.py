@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from core.lora.request import LoRARequest
     from core.workload.schema import Interception
 
 
@@ -92,6 +93,7 @@ class EngineRequest:
       ``after_output_tokens`` tokens (tool calls; see :class:`PauseMode`).
     - ``eos_token_id``: the model's EOS id, or several (a config may list more than one):
       sampling any of :attr:`eos_token_ids` stops the request unless ``ignore_eos``.
+    - ``lora``: the LoRA adapter it runs with (None: the base model); see :mod:`core.lora`.
     - ``sampling`` is opaque to the scheduler except ``max_tokens``, ``stop_token_ids``,
       ``ignore_eos`` and ``min_tokens`` (any object with those attributes works, so the
       simulator needs no sampler).
@@ -104,6 +106,7 @@ class EngineRequest:
     priority: int = 0
     interceptions: list[Interception] = field(default_factory=list)
     eos_token_id: int | tuple[int, ...] | None = None
+    lora: LoRARequest | None = None
     status: RequestStatus = RequestStatus.WAITING
     token_ids: list[int] = field(default_factory=list)
     output_token_ids: list[int] = field(default_factory=list)

@@ -104,7 +104,8 @@ class SchedulerOutput:
     of a longer swap-in done in this step; ``swap_overlaps_forward``: the transfer runs beside
     the forward (pipelined) rather than before it. ``num_recompute_tokens``: tokens of the
     chunks that were computed before (recomputation); ``recompute_budget``: the cap on the
-    chunks of recomputing requests this step (None: no cap).
+    chunks of recomputing requests this step (None: no cap). ``lora_step``: the step's LoRA
+    mode (a :class:`core.lora.scheduler.LoRAStep`) when a LoRA scheduler made it, else None.
     """
 
     chunks: list[ScheduledChunk] = field(default_factory=list)
@@ -116,6 +117,7 @@ class SchedulerOutput:
     swap_overlaps_forward: bool = False
     num_recompute_tokens: int = 0
     recompute_budget: int | None = None
+    lora_step: Any = None
 
     @property
     def num_tokens(self) -> int:
