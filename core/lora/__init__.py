@@ -7,6 +7,7 @@ model (:mod:`core.lora.cost`). The engine side: :mod:`core.lora.adapter` (readin
 :mod:`core.lora.runtime` (slots, host cache, merged/unmerged forward).
 """
 
+from .cost import LinearStepCost, LoRACostModel, LoRAProfile
 from .request import LoRARequest
 from .scheduler import (
     LoRAPlan,
@@ -18,6 +19,9 @@ from .scheduler import (
 )
 
 __all__ = [
+    "LinearStepCost",
+    "LoRACostModel",
+    "LoRAProfile",
     "LoRAPlan",
     "LoRARequest",
     "LoRAScheduler",

@@ -143,7 +143,8 @@ class ReplicaConfig:
 
     ``prefix_cache``: ``"block"`` (vLLM hashing), ``"radix"`` (needed for hybrids and for
     Marconi/Preble policies) or ``"none"``. ``intercept``: the scheduler's interception policy
-    (:mod:`core.sched.intercept`); ``host_link``: times swaps (see :class:`SimulatedRunner`).
+    (:mod:`core.sched.intercept`); ``host_link``: times swaps (see :class:`SimulatedRunner`);
+    ``scheduler_factory``: see :meth:`make_scheduler`.
     """
 
     cost: StepCost
@@ -161,6 +162,16 @@ class ReplicaConfig:
     admission: AdmissionPolicy | None = None
     intercept: Any = None
     host_link: Any = None
+    scheduler_factory: Callable[..., Scheduler] | None = None
+
+    def make_scheduler(self) -> Scheduler:
+        """The replica's scheduler: ``scheduler_factory(config, backend, queue_policy,
+        intercept)`` (e.g. a :class:`core.lora.LoRAScheduler` subclass, or a ``partial`` of one),
+        or a plain :class:`Scheduler`."""
+        factory = self.scheduler_factory or Scheduler
+        return factory(
+            self.scheduler, self.make_backend(), self.queue_policy, intercept=self.intercept
+        )
 
     def make_backend(self) -> KVBackend:
         if self.prefix_cache == "radix" or self.hybrid:
@@ -204,9 +215,7 @@ class SimReplica:
     def __init__(self, index: int, config: ReplicaConfig, *, fast_forward: bool = False) -> None:
         self.index = index
         self.config = config
-        self.scheduler = Scheduler(
-            config.scheduler, config.make_backend(), config.queue_policy, intercept=config.intercept
-        )
+        self.scheduler = config.make_scheduler()
         self.runner = SimulatedRunner(config.cost, config.host_link)
         self.fast_forward = fast_forward
         self.busy_until: float | None = None  # end of the step (or run) in flight
@@ -430,7 +439,8 @@ class Wake(Event):
 
 def to_engine_request(req: Request, index: int) -> EngineRequest:
     """The engine-side request for a workload request. Prompts without token ids get
-    content no other request shares (so they never hit a prefix cache by accident)."""
+    content no other request shares (so they never hit a prefix cache by accident). A LoRA
+    adapter comes from ``req.metadata["lora"]`` (a :class:`core.lora.LoRARequest`)."""
     if req.prompt_token_ids is not None:
         ids = list(req.prompt_token_ids)
     elif req.block_hashes is not None and req.block_size:
@@ -446,6 +456,7 @@ def to_engine_request(req: Request, index: int) -> EngineRequest:
         sampling=SimSampling(max_tokens=max(1, req.output_len), reference=ref),
         arrival_time=req.arrival_time,
         interceptions=list(req.interceptions),
+        lora=req.metadata.get("lora"),
     )
 
 
