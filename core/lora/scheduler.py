@@ -112,8 +112,23 @@ class LoRAScheduler(Scheduler):
 
     def schedule(self, now: float) -> SchedulerOutput:
         plan = self.plan(now)
+        out = self._schedule_allowed(now, plan.allow)
+        if out.is_empty and plan.allow is not None and (self.running or self.waiting):
+            # the plan's requests cannot run now (no KV left for them while the others hold
+            # it): run everyone unmerged rather than stall
+            plan = LoRAPlan()
+            out = self._schedule_allowed(now, None)
+        names = sorted({a for c in out.chunks if (a := adapter_of(c.request)) is not None})
+        merged = plan.merged if out.chunks else self.merged
+        out.lora_step = LoRAStep(merged, self.merged, tuple(names) if merged is None else ())
+        self.merged = merged
+        self.after_step(out, plan)
+        return out
+
+    def _schedule_allowed(
+        self, now: float, allow: Callable[[EngineRequest], bool] | None
+    ) -> SchedulerOutput:
         fits = self._slot_filter()
-        allow = plan.allow
 
         def ok(r: EngineRequest) -> bool:
             return fits(r) and (allow is None or allow(r))
@@ -122,15 +137,8 @@ class LoRAScheduler(Scheduler):
         hidden_waiting = [r for r in self.waiting if not ok(r)]
         hidden_swapped = [r for r in self.swapped if not ok(r)]
         if hidden_running or hidden_waiting or hidden_swapped:
-            out = self._schedule_without(now, hidden_running, hidden_waiting, hidden_swapped)
-        else:
-            out = super().schedule(now)
-        names = sorted({a for c in out.chunks if (a := adapter_of(c.request)) is not None})
-        merged = plan.merged if out.chunks else self.merged
-        out.lora_step = LoRAStep(merged, self.merged, tuple(names) if merged is None else ())
-        self.merged = merged
-        self.after_step(out, plan)
-        return out
+            return self._schedule_without(now, hidden_running, hidden_waiting, hidden_swapped)
+        return super().schedule(now)
 
     def _slot_filter(self) -> Callable[[EngineRequest], bool]:
         """Admission under ``max_loras``: the adapters already holding KV plus the first new

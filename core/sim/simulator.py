@@ -385,10 +385,10 @@ class SimResult:
 
 # -- events -------------------------------------------------------------------------------------
 
-ARRIVAL, STEP_DONE, WAKE = 0, 1, 2
+ARRIVAL, STEP_DONE, WAKE, TICK = 0, 1, 2, 3
 """Event kinds, in the order they are handled at equal times: an arrival at ``t`` joins before
 the step scheduled at ``t``, as in the real engine (which admits every request with arrival <=
-now)."""
+now); a controller's tick comes last."""
 
 
 class Event(NamedTuple):
@@ -437,6 +437,27 @@ class Wake(Event):
         return tuple.__new__(cls, (time, WAKE, replica, seq))
 
 
+class Tick(Event):
+    """The cluster controller's periodic call (see :class:`Controller`); ``seq`` counts them."""
+
+    __slots__ = ()
+    seq = Event.key
+
+    def __new__(cls, time: float, seq: int) -> Tick:
+        return tuple.__new__(cls, (time, TICK, seq, None))
+
+
+class Controller(Protocol):
+    """A cluster-level policy called every ``interval_s`` simulated seconds (e.g. dLoRA's
+    request migration): ``tick(now, replicas)`` sees the replicas as they are at ``now`` and
+    returns moves ``(request_id, from_replica, to_replica)`` of *waiting* requests (admitted to
+    no batch yet, holding no KV), which the simulator applies in order."""
+
+    interval_s: float
+
+    def tick(self, now: float, replicas: Sequence[SimReplica]) -> list[tuple[str, int, int]]: ...
+
+
 def to_engine_request(req: Request, index: int) -> EngineRequest:
     """The engine-side request for a workload request. Prompts without token ids get
     content no other request shares (so they never hit a prefix cache by accident). A LoRA
@@ -469,7 +490,9 @@ class Simulator:
     order of simultaneous events.
 
     ``fast_forward`` (default on) applies runs of identical decode steps in one go (see
-    docs/core/sim.md); the results are the same as without it, only faster.
+    docs/core/sim.md); the results are the same as without it, only faster. ``controller``:
+    a :class:`Controller` ticked every ``interval_s`` while work remains; its moves re-home
+    waiting requests (a migrated request keeps its arrival time and timeline).
     """
 
     def __init__(
@@ -478,6 +501,7 @@ class Simulator:
         router: Router | str = "round-robin",
         *,
         fast_forward: bool = True,
+        controller: Controller | None = None,
     ) -> None:
         if not replicas:
             raise ValueError("a simulation needs at least one replica")
@@ -486,6 +510,9 @@ class Simulator:
             SimReplica(i, c, fast_forward=self.fast_forward) for i, c in enumerate(replicas)
         ]
         self.router = make_router(router)
+        if controller is not None and not controller.interval_s > 0:
+            raise ValueError(f"controller.interval_s must be > 0, got {controller.interval_s}")
+        self.controller = controller
 
     def run(
         self,
@@ -503,7 +530,7 @@ class Simulator:
         # returns by (replica, creation); see docs/core/sim.md
         order = itertools.count()
         wakes = itertools.count()
-        events: list[Arrival | StepDone | Wake] = []
+        events: list[Arrival | StepDone | Wake | Tick] = []
         next_turn: dict[str, Request] = {}
         if sessions == "closed":
             by_session: dict[str, list[Request]] = {}
@@ -523,6 +550,9 @@ class Simulator:
         idle = set(range(len(self.replicas)))
         replicas = self.replicas
         lazy_views = self.router.views_only
+        ticks = itertools.count()
+        if self.controller is not None:
+            heapq.heappush(events, Tick(self.controller.interval_s, next(ticks)))
 
         def kick(rep: SimReplica, t: float) -> None:
             end = rep.start_step(t)
@@ -572,10 +602,23 @@ class Simulator:
                 for done in rep.finish_step():
                     self._after_finish(done, rep.index, now, next_turn, events, order, progress)
                 kick(rep, now)
-            else:  # Wake: a paused request's tool call returns on an idle replica
+            elif isinstance(ev, Wake):  # a paused request's tool call returns on an idle replica
                 rep = replicas[ev.replica]
                 if rep.index in idle:
                     kick(rep, now)
+            else:  # Tick: the controller looks at the cluster and may move waiting requests
+                assert self.controller is not None
+                for rep in replicas:
+                    rep.materialize(now)
+                for rid, src, dst in self.controller.tick(now, replicas):
+                    self._move(rid, replicas[src], replicas[dst], now, events)
+                    replica_of[rid] = dst
+                for rep in replicas:
+                    if rep.index in idle and rep.scheduler.has_unfinished():
+                        kick(rep, now)
+                busy = len(idle) < len(replicas)
+                if busy or any(not isinstance(e, Tick) for e in events):
+                    heapq.heappush(events, Tick(now + self.controller.interval_s, next(ticks)))
         return SimResult(
             requests=[engine_reqs[r.request_id] for r in reqs if r.request_id in replica_of],
             replica_of=replica_of,
@@ -586,13 +629,32 @@ class Simulator:
             fast_forwarded_steps=sum(r.fast_forwarded_steps for r in replicas),
         )
 
+    @staticmethod
+    def _move(
+        rid: str,
+        src: SimReplica,
+        dst: SimReplica,
+        now: float,
+        events: list[Arrival | StepDone | Wake | Tick],
+    ) -> None:
+        """Move waiting request ``rid`` from ``src`` to ``dst`` (as an arrival there)."""
+        req = src.scheduler.requests.get(rid)
+        if req is None or req not in src.scheduler.waiting or req.num_computed_tokens:
+            raise ValueError(f"request {rid!r} is not waiting on replica {src.index}: cannot move")
+        src.scheduler.waiting.remove(req)
+        del src.scheduler.requests[rid]
+        end = dst.end_run_at(now)
+        if end is not None:
+            heapq.heappush(events, StepDone(end, dst.index, dst.version))
+        dst.scheduler.add_request(req)
+
     def _after_finish(
         self,
         req: EngineRequest,
         replica: int,
         now: float,
         next_turn: dict[str, Request],
-        events: list[Arrival | StepDone | Wake],
+        events: list[Arrival | StepDone | Wake | Tick],
         order: Iterator[int],
         progress: Callable[[int], Any] | None,
     ) -> None:
