@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import re
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +249,27 @@ def _normalize(entry: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+def public_command(command: str, scrub: Scrubber) -> str:
+    """The reproducing command as a reader can run it: paths scrubbed, and an ``--out`` folder
+    outside the repository dropped (the default ``results/<name>/`` serves a reader better than
+    an anonymized ``…/name``)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return scrub.text(command)
+    kept: list[str] = []
+    skip = False
+    for i, word in enumerate(words):
+        if skip:
+            skip = False
+            continue
+        if word == "--out" and i + 1 < len(words) and scrub.path(words[i + 1]).startswith("…/"):
+            skip = True
+            continue
+        kept.append(scrub.text(word))
+    return shlex.join(kept)
+
+
 def load_artifact(
     name: str, artifacts_dir: Path, results_dir: Path, scrub: Scrubber
 ) -> ArtifactPage:
@@ -280,6 +302,8 @@ def load_artifact(
             prov = _read_json(out / "provenance.json")
             if not isinstance(prov, dict):
                 raise ValueError("not a JSON object")
+            if isinstance(prov.get("command"), str):
+                page.command = public_command(prov["command"], scrub)
             page.provenance = scrub.value(prov)
         except ValueError as exc:
             page.problems.append(f"provenance.json: {exc}")
@@ -287,7 +311,6 @@ def load_artifact(
         page.problems.append("provenance.json: missing")
     paper = page.provenance.get("paper")
     page.paper = {k: (paper or {}).get(k) for k in ("title", "venue", "url")}
-    page.command = page.provenance.get("command") or page.command
     if (out / "metrics.csv").is_file():
         try:
             page.metrics = _read_metrics(out / "metrics.csv", scrub)

@@ -58,6 +58,7 @@ def test_overview_lists_every_artifact_folder(page, site_dir, serve):
     assert page.problems == []
 
 
+@pytest.mark.slow
 def test_every_page_loads_cleanly_and_every_image_and_link_resolves(page, site_dir, serve):
     base = serve(site_dir)
     pages = crawl(page, base + "index.html")

@@ -13,7 +13,7 @@ from core.data import REPO_ROOT
 from core.site import Scrubber, SiteError, build_site, collect_artifacts
 from core.site.__main__ import main
 from core.site.build import MARKER, cell_text, format_duration, format_number
-from core.site.collect import artifact_folders, bench_ratios, readme_facts
+from core.site.collect import artifact_folders, bench_ratios, public_command, readme_facts
 
 
 def _texts(folder: Path):
@@ -33,6 +33,14 @@ def test_scrubber_makes_paths_relative_or_anonymous(tmp_path):
     value = {"host": {"hostname": "box", "cpu_count": 2}, "argv": ["/usr/bin/python"], "n": 1.5}
     assert s.value(value) == {"host": {"cpu_count": 2}, "n": 1.5}
     assert s.value({f"{tmp_path}/repo/d.csv": "ab"}) == {"d.csv": "ab"}
+
+
+def test_public_command_drops_a_private_out_folder(tmp_path):
+    s = Scrubber([tmp_path])
+    cmd = f"nox -s artifact-t -- --scale smoke --trace {tmp_path}/data/t.csv --out /tmp/x/out"
+    assert public_command(cmd, s) == "nox -s artifact-t -- --scale smoke --trace data/t.csv"
+    kept = f"nox -s artifact-t -- --out {tmp_path}/results/t"
+    assert public_command(kept, s) == "nox -s artifact-t -- --out results/t"
 
 
 def test_formatting():
