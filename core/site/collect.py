@@ -83,6 +83,7 @@ class ArtifactPage:
     figures: list[Figure] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    stored_points: int = 0
 
     def _prov(self, *keys: str) -> Any:
         value: Any = self.provenance
@@ -286,6 +287,9 @@ def load_artifact(
     )
     out = results_dir / name
     if not (out / "claims.json").is_file():
+        # an interrupted or failed run stores its finished sweep points before any claims.json
+        points = out / "points"
+        page.stored_points = sum(1 for _ in points.rglob("*.json")) if points.is_dir() else 0
         return page
     page.ran = True
     try:

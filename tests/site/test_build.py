@@ -82,6 +82,10 @@ def test_discovers_artifact_folders_not_a_fixed_list(tmp_path):
         ("alpha", False, "nox -s artifact-alpha"),
         ("beta", False, "nox -s artifact-beta"),
     ]
+    (tmp_path / "results" / "beta" / "points").mkdir(parents=True)
+    (tmp_path / "results" / "beta" / "points" / "abc.json").write_text("{}")
+    pages = collect_artifacts(arts, tmp_path / "results", Scrubber([tmp_path]))
+    assert [(p.ran, p.stored_points) for p in pages] == [(False, 0), (False, 1)]
     real = artifact_folders(REPO_ROOT / "artifacts")
     assert {"marconi", "splitwise"} <= set(real)
 
