@@ -173,7 +173,9 @@ class Engine:
         t0 = time.perf_counter()
         out = self.scheduler.schedule(self.clock())
         result = self.runner.execute(out)
-        finished = self.scheduler.update(out, result.sampled, self.clock(), result.logprobs)
+        finished = self.scheduler.update(
+            out, result.sampled, self.clock(), result.logprobs, spec=result.spec
+        )
         for req in finished:
             forget = getattr(self.runner, "forget", None)
             if forget is not None:

@@ -20,6 +20,7 @@ from core.model.checkpoint import load_tokenizer
 from core.sched.intercept import InterceptPolicy, make_intercept_policy
 from core.sched.policies import QueuePolicy, make_policy
 from core.sched.scheduler import Scheduler, SchedulerConfig
+from core.spec.config import SpeculativeConfig
 
 from .engine import Engine, RequestOutput
 from .runner import ModelRunner
@@ -72,6 +73,11 @@ class LLM:
       ``"unmerged"`` by default, ``"merged"``, ``"single"``, or a
       :class:`~core.lora.scheduler.LoRAScheduler` subclass). Prefix caching is off with LoRA
       (a block's KV depends on the adapter). See docs/core/lora.md.
+    - speculative decoding (vLLM's option): ``speculative_config``, e.g. ``{"method":
+      "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}``, ``{"model":
+      draft_path, "num_speculative_tokens": 4}`` or ``{"method": "suffix", ...}``; see
+      :class:`~core.spec.SpeculativeConfig` and docs/core/spec.md. Outputs' ``metrics`` count
+      ``num_draft_tokens`` and ``num_accepted_tokens`` per request.
     Policy names are resolved before the model loads: an unknown one raises ValueError at once.
     """
 
@@ -105,7 +111,15 @@ class LLM:
         max_lora_rank: int = 16,
         max_cpu_loras: int | None = None,
         lora_scheduler: str | type[LoRAScheduler] = "unmerged",
+        speculative_config: dict[str, Any] | SpeculativeConfig | None = None,
     ) -> None:
+        spec_cfg = (
+            SpeculativeConfig.from_dict(speculative_config)
+            if speculative_config is not None
+            else None
+        )
+        if spec_cfg is not None and enable_lora:
+            raise ValueError("speculative_config and enable_lora cannot be combined yet")
         queue = make_policy(queue_policy)
         if enable_lora:
             make_lora_scheduler(lora_scheduler)  # an unknown name fails before the model loads
@@ -193,14 +207,29 @@ class LLM:
             if enable_lora
             else None
         )
-        runner = ModelRunner(
-            self.model,
-            kv_cache,
-            backend,
-            Sampler(seed=seed),
-            state_pool=state_pool,
-            host_kv=host_kv,
-            lora=self.lora,
+        runner = (
+            self._spec_runner(
+                spec_cfg,
+                kv_cache,
+                backend,
+                state_pool,
+                host_kv,
+                seed,
+                torch_dtype,
+                device,
+                max_num_seqs,
+                max_len,
+            )
+            if spec_cfg is not None
+            else ModelRunner(
+                self.model,
+                kv_cache,
+                backend,
+                Sampler(seed=seed),
+                state_pool=state_pool,
+                host_kv=host_kv,
+                lora=self.lora,
+            )
         )
         scheduler = (
             make_lora_scheduler(lora_scheduler)(
@@ -211,6 +240,46 @@ class LLM:
         )
         self.engine = Engine(scheduler, runner)
         self._counter = 0
+
+    def _spec_runner(
+        self,
+        cfg: SpeculativeConfig,
+        kv_cache: Any,
+        backend: KVBackend,
+        state_pool: Any,
+        host_kv: Any,
+        seed: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        max_num_seqs: int,
+        max_len: int,
+    ) -> ModelRunner:
+        from core.spec.build import make_drafter
+        from core.spec.runner import SpecModelRunner
+
+        drafter = make_drafter(
+            cfg,
+            target_vocab_size=self.config.vocab_size,
+            dtype=dtype,
+            device=device,
+            seed=seed,
+            kv_tokens=backend.capacity_tokens,
+            block_size=backend.block_size,
+            max_num_seqs=max_num_seqs,
+            eos_token_id=self.eos_token_id,
+            max_model_len=max_len,
+        )
+        return SpecModelRunner(
+            self.model,
+            kv_cache,
+            backend,
+            Sampler(seed=seed),
+            state_pool=state_pool,
+            host_kv=host_kv,
+            drafter=drafter,
+            num_speculative_tokens=cfg.num_speculative_tokens,
+            max_num_seqs=max_num_seqs,
+        )
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):

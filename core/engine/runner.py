@@ -93,7 +93,7 @@ class ModelRunner:
             [self._state_slot(c.request) for c in chunks] if self.state_pool is not None else None
         )
         return ForwardBatch.build(
-            [c.request.token_ids[c.start : c.end] for c in chunks],
+            [c.input_token_ids for c in chunks],
             [c.start for c in chunks],
             [self.kv.block_table(c.request) for c in chunks],
             self.block_size,
@@ -116,22 +116,25 @@ class ModelRunner:
             if rows:
                 last = batch.last_token_rows()[torch.tensor(rows, device=hidden.device)]
                 logits = self.model.compute_logits(hidden[last])
-                reqs = [out.chunks[i].request for i in rows]
-                sampled = self.sampler.sample(
-                    logits,
-                    [r.sampling for r in reqs],
-                    [self._generator(r) for r in reqs],
-                    output_lens=[r.num_output_tokens for r in reqs],
-                    eos_token_id=reqs[0].eos_token_ids,  # one model, one set of EOS ids
-                )
-                tokens = sampled.sampled_token_ids.tolist()
-                for i, r in enumerate(reqs):
-                    result.sampled[r.request_id] = tokens[i]
-                    if sampled.logprobs[i] is not None:
-                        result.logprobs[r.request_id] = sampled.logprobs[i]
+                self.sample_into(result, [out.chunks[i].request for i in rows], logits)
             result.forward_s = time.perf_counter() - t0
         self.apply_copies(out.copies, after=True)
         return result
+
+    def sample_into(self, result: StepResult, reqs: list[Any], logits: torch.Tensor) -> None:
+        """Sample one token per request from its row of ``logits`` into ``result``."""
+        sampled = self.sampler.sample(
+            logits,
+            [r.sampling for r in reqs],
+            [self._generator(r) for r in reqs],
+            output_lens=[r.num_output_tokens for r in reqs],
+            eos_token_id=reqs[0].eos_token_ids,  # one model, one set of EOS ids
+        )
+        tokens = sampled.sampled_token_ids.tolist()
+        for i, r in enumerate(reqs):
+            result.sampled[r.request_id] = tokens[i]
+            if sampled.logprobs[i] is not None:
+                result.logprobs[r.request_id] = sampled.logprobs[i]
 
     def _prepare_lora(self, out: SchedulerOutput) -> None:
         loras = [c.request.lora for c in out.chunks]

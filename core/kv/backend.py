@@ -129,6 +129,12 @@ class KVBackend(ABC):
     def free(self, req: KVRequest, now: float, *, cache: bool) -> None:
         """Release the request's KV; ``cache`` offers its computed tokens to the prefix cache."""
 
+    def truncate(self, req: KVRequest, num_tokens: int) -> None:
+        """Keep KV slots for the request's first ``num_tokens`` positions only and free the
+        blocks past them (speculative tokens that were rejected). The request keeps its place;
+        its next :meth:`allocate` grows from ``num_tokens``."""
+        raise KVCacheError(f"{type(self).__name__} cannot truncate a request's KV")
+
     @abstractmethod
     def block_table(self, req: KVRequest) -> list[int]: ...
 
@@ -239,6 +245,9 @@ class PagedKVBackend(KVBackend):
         # finished blocks stay hashed in the pool's free queue: that *is* the prefix cache
         if self.manager.has_request(req.request_id):
             self.manager.free(req.request_id)
+
+    def truncate(self, req: KVRequest, num_tokens: int) -> None:
+        self.manager.truncate(req.request_id, num_tokens)
 
     def block_table(self, req: KVRequest) -> list[int]:
         return self.manager.block_ids(req.request_id)
@@ -456,6 +465,18 @@ class RadixKVBackend(KVBackend):
     def slot_mapping(self, req: KVRequest, start: int, end: int) -> list[int]:
         table, bs = self.block_table(req), self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    def truncate(self, req: KVRequest, num_tokens: int) -> None:
+        hold = self._hold(req)
+        hit_blocks = len(hold.match.hit_values) // self.block_size
+        keep = max(0, -(-num_tokens // self.block_size) - hit_blocks)
+        if num_tokens < hold.match.hit_len:
+            raise KVCacheError(
+                f"request {req.request_id!r}: cannot truncate to {num_tokens} tokens, below "
+                f"its cached prefix of {hold.match.hit_len}"
+            )
+        dropped, hold.own_blocks = hold.own_blocks[keep:], hold.own_blocks[:keep]
+        self.blocks.free(dropped)
 
     def state_slot(self, req: KVRequest) -> int | None:
         return self._hold(req).state

@@ -255,6 +255,24 @@ class KVCacheManager:
             hashes.append(h)
             self.pool.cache_block(req.blocks[i], h)
 
+    def truncate(self, request_id: str, num_tokens: int) -> None:
+        """Shrink the request's slots to its first ``num_tokens`` (speculative tokens that were
+        rejected) and free the blocks past them. Hashed blocks hold only committed tokens, so
+        none past ``num_tokens`` is dropped from the cache by this."""
+        req = self._get(request_id)
+        if req.swapped:
+            raise KVCacheError(f"request {request_id!r} is swapped out")
+        if not 0 <= num_tokens <= req.num_tokens:
+            raise ValueError(
+                f"cannot truncate request {request_id!r} from {req.num_tokens} to {num_tokens}"
+            )
+        keep = self.blocks_for(num_tokens)
+        dropped, req.blocks = req.blocks[keep:], req.blocks[:keep]
+        del req.block_hashes[keep:]
+        req.num_tokens = num_tokens
+        if dropped:
+            self.pool.free(dropped)
+
     def free(self, request_id: str) -> None:
         """Release everything the request holds (device blocks, or host blocks if swapped out)."""
         req = self._reqs.pop(request_id, None)

@@ -64,6 +64,9 @@ class RequestTimeline:
     num_preemptions: int = 0
     num_pauses: int = 0
     recomputed_tokens: int = 0  # tokens computed again after KV was dropped
+    num_spec_steps: int = 0  # speculative decoding: steps that verified draft tokens,
+    num_draft_tokens: int = 0  # the draft tokens they verified,
+    num_accepted_tokens: int = 0  # and how many of those were accepted
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,9 @@ class RequestTimeline:
             "num_preemptions": self.num_preemptions,
             "num_pauses": self.num_pauses,
             "recomputed_tokens": self.recomputed_tokens,
+            "num_spec_steps": self.num_spec_steps,
+            "num_draft_tokens": self.num_draft_tokens,
+            "num_accepted_tokens": self.num_accepted_tokens,
         }
 
 
@@ -94,6 +100,8 @@ class EngineRequest:
     - ``eos_token_id``: the model's EOS id, or several (a config may list more than one):
       sampling any of :attr:`eos_token_ids` stops the request unless ``ignore_eos``.
     - ``lora``: the LoRA adapter it runs with (None: the base model); see :mod:`core.lora`.
+    - ``spec_token_ids``: draft tokens proposed for its next step (speculative decoding,
+      :mod:`core.spec`); never part of ``token_ids``, and dropped when it is preempted.
     - ``sampling`` is opaque to the scheduler except ``max_tokens``, ``stop_token_ids``,
       ``ignore_eos`` and ``min_tokens`` (any object with those attributes works, so the
       simulator needs no sampler).
@@ -110,6 +118,7 @@ class EngineRequest:
     status: RequestStatus = RequestStatus.WAITING
     token_ids: list[int] = field(default_factory=list)
     output_token_ids: list[int] = field(default_factory=list)
+    spec_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0
     max_computed_tokens: int = 0  # high-water mark, to count recomputed tokens

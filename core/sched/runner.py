@@ -11,18 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core.sched.scheduler import SchedulerOutput
+from core.sched.scheduler import SchedulerOutput, SpecOutcome
 
 
 @dataclass
 class StepResult:
     """What executing one step produced: a sampled token per request that needed one,
     optional logprobs, and how long the model part took (seconds: measured for a real
-    forward, the cost model's answer for a simulated one)."""
+    forward, the cost model's answer for a simulated one). ``spec``: draft tokens accepted
+    and proposed, when the runner speculates (:mod:`core.spec`)."""
 
     sampled: dict[str, int] = field(default_factory=dict)
     logprobs: dict[str, Any] = field(default_factory=dict)
     forward_s: float = 0.0
+    spec: SpecOutcome | None = None
 
 
 class Runner(Protocol):

@@ -83,16 +83,42 @@ class SchedulerConfig:
 @dataclass
 class ScheduledChunk:
     """``num_tokens`` tokens of ``request`` computed this step, from position ``start``;
-    ``sample`` when the chunk ends at the request's last known token (a new token follows)."""
+    ``sample`` when the chunk ends at the request's last known token (a new token follows).
+    ``spec_token_ids``: draft tokens fed after the request's known tokens, the last
+    ``len(spec_token_ids)`` of ``num_tokens`` (speculative decoding verifies them in this step;
+    :mod:`core.spec`)."""
 
     request: EngineRequest
     start: int
     num_tokens: int
     sample: bool
+    spec_token_ids: tuple[int, ...] = ()
 
     @property
     def end(self) -> int:
         return self.start + self.num_tokens
+
+    @property
+    def num_spec_tokens(self) -> int:
+        return len(self.spec_token_ids)
+
+    @property
+    def input_token_ids(self) -> list[int]:
+        """The tokens this chunk feeds the model: known tokens, then any draft tokens."""
+        known = self.request.token_ids[self.start : self.end - self.num_spec_tokens]
+        return [*known, *self.spec_token_ids]
+
+
+@dataclass
+class SpecOutcome:
+    """What verifying draft tokens gave (speculative decoding, :mod:`core.spec`), besides the
+    one sampled token per request: ``accepted`` draft tokens (they precede the sampled one),
+    ``drafts`` proposed for each request's next step, and ``rolled_back``: requests whose SSM
+    state the runner restored to its chunk's start (a hybrid model after a rejection)."""
+
+    accepted: dict[str, list[int]] = field(default_factory=dict)
+    drafts: dict[str, list[int]] = field(default_factory=dict)
+    rolled_back: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -304,6 +330,7 @@ class Scheduler:
             if n == 0:
                 i += 1
                 continue
+            n += self._num_spec_tokens(req, n, budget)
             while not self.kv.allocate(req, n, None, now):
                 if self._relieve(now):
                     continue  # a paused request's KV went first
@@ -485,9 +512,27 @@ class Scheduler:
             n = min(n, stop - req.num_computed_tokens)
         return max(n, 0)
 
+    def _num_spec_tokens(self, req: EngineRequest, n: int, budget: int) -> int:
+        """Draft tokens to verify after the ``n`` known tokens of ``req``'s chunk: only when
+        the chunk reaches its last known token, within the token budget, the output tokens
+        left and the model length, and never across a prefill stop (an SSM checkpoint)."""
+        if not req.spec_token_ids or n != req.num_uncomputed_tokens:
+            return 0
+        if self.kv.next_stop(req) is not None:
+            return 0
+        room = min(
+            budget - n,
+            req.max_tokens - req.num_output_tokens - 1,
+            self.config.max_model_len - req.num_tokens - 1,
+        )
+        return max(0, min(len(req.spec_token_ids), room))
+
     def _add_chunk(self, out: SchedulerOutput, req: EngineRequest, n: int, now: float) -> None:
         start = req.num_computed_tokens
-        out.chunks.append(ScheduledChunk(req, start, n, sample=start + n == req.num_tokens))
+        spec = tuple(req.spec_token_ids[: max(0, start + n - req.num_tokens)])
+        out.chunks.append(
+            ScheduledChunk(req, start, n, sample=start + n >= req.num_tokens, spec_token_ids=spec)
+        )
         if start < req.max_computed_tokens:
             out.num_recompute_tokens += min(start + n, req.max_computed_tokens) - start
             if self._recompute_left is not None:
@@ -496,6 +541,7 @@ class Scheduler:
 
     def _preempt(self, req: EngineRequest, now: float, out: SchedulerOutput) -> None:
         self.running.remove(req)
+        req.spec_token_ids = []
         req.timeline.num_preemptions += 1
         out.preempted.append(req.request_id)
         mode = self.intercept.preemption_mode or self.config.preemption_mode
@@ -530,42 +576,91 @@ class Scheduler:
         sampled: dict[str, int],
         now: float,
         logprobs: dict[str, Any] | None = None,
+        spec: SpecOutcome | None = None,
     ) -> list[EngineRequest]:
-        """Advance every scheduled request by its chunk and append its sampled token; returns
-        the requests that finished in this step."""
+        """Advance every scheduled request by its chunk and append its sampled token (after
+        the draft tokens ``spec`` says were accepted, each checked for a stop); returns the
+        requests that finished in this step."""
         finished: list[EngineRequest] = []
         for chunk in out.chunks:
             req = chunk.request
             if req.is_finished or req.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
+            known_end = chunk.end - chunk.num_spec_tokens
             # tokens below the high-water mark were computed before and dropped: recomputation
             req.timeline.recomputed_tokens += max(
-                0, min(chunk.end, req.max_computed_tokens) - chunk.start
+                0, min(known_end, req.max_computed_tokens) - chunk.start
             )
-            req.num_computed_tokens = chunk.end
-            req.max_computed_tokens = max(req.max_computed_tokens, chunk.end)
+            req.num_computed_tokens = known_end
             if not chunk.sample:
+                req.max_computed_tokens = max(req.max_computed_tokens, known_end)
                 continue
-            token = sampled[req.request_id]
-            req.token_ids.append(token)
-            req.output_token_ids.append(token)
-            if logprobs is not None and req.request_id in logprobs:
-                req.logprobs.append(logprobs[req.request_id])
+            rid = req.request_id
+            accepted = spec.accepted.get(rid, []) if spec is not None else []
+            tokens = [*accepted[: chunk.num_spec_tokens], sampled[rid]]
             tl = req.timeline
             if tl.first_token_time is None:
                 tl.first_token_time = now
-            tl.token_times.append(now)
-            status = self._stop_status(req, token)
+            status, icp, appended = None, None, 0
+            for token in tokens:
+                appended += 1
+                req.token_ids.append(token)
+                req.output_token_ids.append(token)
+                tl.token_times.append(now)
+                status = self._stop_status(req, token)
+                icp = req.interception_due() if status is None else None
+                if status is not None or icp is not None:
+                    break
+            if logprobs is not None and rid in logprobs:
+                req.logprobs.append(logprobs[rid])
+            stale_state = chunk.num_spec_tokens > 0 and self._settle_spec(
+                req, chunk, appended, len(tokens) - 1, spec
+            )
+            req.max_computed_tokens = max(req.max_computed_tokens, req.num_computed_tokens)
+            req.spec_token_ids = list(spec.drafts.get(rid, ())) if spec is not None else []
             if status is not None:
+                if stale_state:  # its SSM state is ahead of its tokens: nothing to cache
+                    self.kv.free(req, now, cache=False)
                 self._finish(req, status, now)
                 finished.append(req)
                 continue
-            icp = req.interception_due()
             if icp is not None:
                 req.next_interception += 1
                 mode = self.intercept.pause_mode(req, icp, now)
+                if stale_state and mode == PauseMode.PRESERVE:
+                    mode = PauseMode.DISCARD
                 self.pause(req.request_id, now, mode, now + icp.duration_s, interception=icp)
         return finished
+
+    def _settle_spec(
+        self,
+        req: EngineRequest,
+        chunk: ScheduledChunk,
+        kept: int,
+        num_accepted: int,
+        spec: SpecOutcome | None,
+    ) -> bool:
+        """After a step that verified draft tokens: count them, set the computed tokens to the
+        positions whose KV holds accepted tokens (the last known token stays uncomputed) and
+        free the rejected ones' KV slots. Hybrid models: the SSM state covers the whole chunk
+        unless the runner rolled it back to the chunk's start; True when it is ahead of the
+        tokens (a stop among accepted drafts), so it must not be cached or kept."""
+        # ``kept`` tokens were appended this step; the first ``num_accepted`` of them were drafts
+        tl = req.timeline
+        tl.num_draft_tokens += chunk.num_spec_tokens
+        tl.num_accepted_tokens += num_accepted
+        tl.num_spec_steps += 1
+        known_end = chunk.end - chunk.num_spec_tokens
+        computed = min(known_end + min(kept, num_accepted), req.num_tokens - 1)
+        stale = False
+        if self.kv.hybrid:
+            if spec is not None and req.request_id in spec.rolled_back:
+                computed = chunk.start
+            else:
+                stale = computed != chunk.end
+        req.num_computed_tokens = computed
+        self.kv.truncate(req, computed)
+        return stale
 
     def _stop_status(self, req: EngineRequest, token: int) -> RequestStatus | None:
         sp = req.sampling
