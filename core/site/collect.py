@@ -135,6 +135,7 @@ class BenchPage:
     ratios: list[tuple[str, float]]
     file: str
     problems: list[str] = field(default_factory=list)
+    command: str = ""
 
 
 def artifact_folders(artifacts_dir: Path) -> list[str]:
@@ -350,6 +351,16 @@ def bench_ratios(results: Any) -> list[tuple[str, float]]:
     return list(_walk_ratios(results, ()))
 
 
+def bench_command(report: dict[str, Any], default: str, scrub: Scrubber) -> str:
+    """``nox -s bench -- <name> <options>`` from the argv the report recorded (``python -m
+    scripts.bench <name> ...``), made public like an artifact's command."""
+    argv = (report.get("provenance") or {}).get("argv")
+    words = [str(w) for w in argv[1:]] if isinstance(argv, list) and len(argv) > 1 else []
+    if not words:
+        words = [str(report.get("benchmark") or default)]
+    return public_command(shlex.join(["nox", "-s", "bench", "--", *words]), scrub)
+
+
 def collect_benchmarks(bench_dir: Path, scrub: Scrubber) -> list[BenchPage]:
     """One page per ``<bench_dir>/*.json`` written by ``scripts/bench`` (schema
     ``servelab.bench/1``); another JSON file there is listed with the reason it was skipped."""
@@ -361,6 +372,7 @@ def collect_benchmarks(bench_dir: Path, scrub: Scrubber) -> list[BenchPage]:
             report = _read_json(path)
             if not isinstance(report, dict) or report.get("schema") != BENCH_SCHEMA:
                 raise ValueError(f"not a benchmark report (schema {BENCH_SCHEMA})")
+            command = bench_command(report, path.stem, scrub)
             report = scrub.value(report)
             targets = [_normalize(t, TARGET_FIELDS) for t in report.get("targets") or []]
         except ValueError as exc:
@@ -368,5 +380,5 @@ def collect_benchmarks(bench_dir: Path, scrub: Scrubber) -> list[BenchPage]:
             continue
         name = str(report.get("benchmark") or path.stem)
         ratios = bench_ratios(report.get("results") or {})
-        pages.append(BenchPage(name, report, targets, ratios, path.name))
+        pages.append(BenchPage(name, report, targets, ratios, path.name, command=command))
     return pages

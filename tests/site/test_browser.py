@@ -149,6 +149,7 @@ def test_benchmark_targets_and_ratios_are_shown(page, site_dir, serve):
     assert section.locator('tr[data-target="tokens-vs-generate"] .badge').inner_text() == "pass"
     assert section.locator('tr[data-target="ttft-hit"] .badge').inner_text() == "FAIL"
     assert "no GPU on this machine" in section.locator('tr[data-target="gpu-only"]').inner_text()
+    assert "Reproduce: nox -s bench -- " in section.inner_text()
     ratios = section.locator("table.ratios tbody tr").all_inner_texts()
     assert [" ".join(r.split()) for r in ratios] == ["offline / vs_generate 2.5"]
     assert page.problems == []

@@ -13,7 +13,13 @@ from core.data import REPO_ROOT
 from core.site import Scrubber, SiteError, build_site, collect_artifacts
 from core.site.__main__ import main
 from core.site.build import MARKER, cell_text, format_duration, format_number
-from core.site.collect import artifact_folders, bench_ratios, public_command, readme_facts
+from core.site.collect import (
+    artifact_folders,
+    bench_command,
+    bench_ratios,
+    public_command,
+    readme_facts,
+)
 
 
 def _texts(folder: Path):
@@ -41,6 +47,16 @@ def test_public_command_drops_a_private_out_folder(tmp_path):
     assert public_command(cmd, s) == "nox -s artifact-t -- --scale smoke --trace data/t.csv"
     kept = f"nox -s artifact-t -- --out {tmp_path}/results/t"
     assert public_command(kept, s) == "nox -s artifact-t -- --out results/t"
+
+
+def test_bench_command_comes_from_the_recorded_argv(tmp_path):
+    s = Scrubber([tmp_path])
+    report = {
+        "benchmark": "engine",
+        "provenance": {"argv": [f"{tmp_path}/x.py", "engine", "--quick"]},
+    }
+    assert bench_command(report, "engine", s) == "nox -s bench -- engine --quick"
+    assert bench_command({"benchmark": "serve"}, "serve", s) == "nox -s bench -- serve"
 
 
 def test_formatting():
