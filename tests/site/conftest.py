@@ -108,8 +108,11 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium) -> Iterator:
+    """Playwright driving ``chromium``, for one test module: while Playwright runs, its event
+    loop counts as running on this thread and ``asyncio.run`` in any later test would fail, so
+    it stops with the module, not with the session."""
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is in the test extra: pip install -e '.[test]'"
     )
