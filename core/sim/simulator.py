@@ -144,7 +144,9 @@ class ReplicaConfig:
     ``prefix_cache``: ``"block"`` (vLLM hashing), ``"radix"`` (needed for hybrids and for
     Marconi/Preble policies) or ``"none"``. ``intercept``: the scheduler's interception policy
     (:mod:`core.sched.intercept`); ``host_link``: times swaps (see :class:`SimulatedRunner`);
-    ``scheduler_factory``: see :meth:`make_scheduler`.
+    ``scheduler_factory``: see :meth:`make_scheduler`; ``runner_factory``: ``(cost,
+    host_link) -> runner`` (default :class:`SimulatedRunner`; speculative decoding:
+    :meth:`core.spec.sim.SpecSimConfig.runner`).
     """
 
     cost: StepCost
@@ -163,6 +165,7 @@ class ReplicaConfig:
     intercept: Any = None
     host_link: Any = None
     scheduler_factory: Callable[..., Scheduler] | None = None
+    runner_factory: Callable[[StepCost, Any], SimulatedRunner] | None = None
 
     def make_scheduler(self) -> Scheduler:
         """The replica's scheduler: ``scheduler_factory(config, backend, queue_policy,
@@ -216,10 +219,11 @@ class SimReplica:
         self.index = index
         self.config = config
         self.scheduler = config.make_scheduler()
-        self.runner = SimulatedRunner(config.cost, config.host_link)
+        factory = config.runner_factory or SimulatedRunner
+        self.runner = factory(config.cost, config.host_link)
         self.fast_forward = fast_forward
         self.busy_until: float | None = None  # end of the step (or run) in flight
-        self.in_flight: tuple[SchedulerOutput, dict[str, int]] | None = None
+        self.in_flight: tuple[SchedulerOutput, StepResult] | None = None
         self.run: DecodeRun | None = None
         self._run_times: list[float] = []
         self.version = 0
@@ -266,13 +270,15 @@ class SimReplica:
             return self.busy_until
         result = self.runner.execute(out)
         dt = result.forward_s
-        self.in_flight = (out, result.sampled)
+        self.in_flight = (out, result)
         self.busy_until = now + dt
         self.steps += 1
         self.busy_time += dt
         return self.busy_until
 
     def _start_run(self, out: SchedulerOutput, now: float) -> bool:
+        if getattr(self.runner, "speculative", False):
+            return False  # each step proposes the next drafts: no two steps are alike
         times: list[float] = []
         ends: list[float] = []
 
@@ -307,10 +313,15 @@ class SimReplica:
             self.busy_until = None
             return done
         assert self.in_flight is not None
-        out, sampled = self.in_flight
+        out, result = self.in_flight
         now = self.busy_until
         self.in_flight, self.busy_until = None, None
-        return self.scheduler.update(out, sampled, now)
+        done = self.scheduler.update(out, result.sampled, now, spec=result.spec)
+        forget = getattr(self.runner, "forget", None)
+        if forget is not None:
+            for req in done:
+                forget(req.request_id)
+        return done
 
     def materialize(self, t: float) -> None:
         """Apply the steps of the run in flight that ended before ``t`` (and schedule the next):
