@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "AdapterFormatError", "LoRAAdapter", "load_adapter"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "AdapterFormatError",
+    "LoRAAdapter",
+    "load_adapter",
+    "save_adapter",
+]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -159,3 +166,41 @@ def load_adapter(
         weights[module] = (a, b)
     rank = max(a.shape[0] for a, _ in weights.values())
     return LoRAAdapter(name or folder.name, rank, weights, str(folder), cfg)
+
+
+def save_adapter(
+    path: str | os.PathLike[str],
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    lora_alpha: float | None = None,
+    base_model: str = "",
+) -> Path:
+    """Write a PEFT LoRA folder: ``weights`` maps HF module names to ``(A [r, in], B [out, r])``
+    *without* the scaling (``lora_alpha / r`` is applied when loaded; default alpha = r, a
+    scaling of 1). All modules share one rank. Returns the folder."""
+    from safetensors.torch import save_file
+
+    ranks = {a.shape[0] for a, _ in weights.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"save_adapter writes one rank for all modules, got ranks {sorted(ranks)}")
+    r = ranks.pop()
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for module, (a, b) in weights.items():
+        tensors[f"{_PREFIX}{module}.lora_A.weight"] = a.detach().contiguous().cpu()
+        tensors[f"{_PREFIX}{module}.lora_B.weight"] = b.detach().contiguous().cpu()
+    save_file(tensors, str(folder / ADAPTER_WEIGHTS))
+    targets = sorted({m.rsplit(".", 1)[-1] for m in weights})
+    config = {
+        "peft_type": "LORA",
+        "r": r,
+        "lora_alpha": lora_alpha if lora_alpha is not None else r,
+        "target_modules": targets,
+        "bias": "none",
+        "lora_dropout": 0.0,
+        "base_model_name_or_path": base_model,
+        "task_type": "CAUSAL_LM",
+    }
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    return folder

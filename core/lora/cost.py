@@ -186,19 +186,19 @@ class LoRAProfile:
     def from_ratio(
         cls,
         base_step_s: float,
-        batch_tokens: int,
         rho: float,
         switch_s: float,
         source: str = "",
     ) -> LoRAProfile:
-        """A profile that reproduces a measured ratio ``rho = t_merged / t_unmerged`` at a
-        reference batch of ``batch_tokens`` tokens whose base step takes ``base_step_s`` (dLoRA
-        reports rho = 0.015 / 0.027 and a 0.02 s switch on Llama-7B): the extra is charged per
-        token."""
+        """A profile that reproduces a measured ratio ``rho = t_merged / t_unmerged`` of a
+        decode iteration whose base step takes ``base_step_s`` (dLoRA reports rho = 0.015 /
+        0.027 and a 0.02 s switch on Llama-7B at its batch size). The extra is charged per
+        unmerged iteration, whatever its size: it is the cost of the gathered LoRA kernels'
+        launches and copies, which a long prefill chunk does not multiply."""
         if not 0 < rho <= 1:
             raise ValueError(f"rho must be in (0, 1], got {rho}")
         extra = base_step_s * (1.0 / rho - 1.0)
-        return cls(0.0, 0.0, extra / batch_tokens, switch_s, switch_s, source)
+        return cls(extra, 0.0, 0.0, switch_s, switch_s, source)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from core.kv.backend import KVBackend
 from core.sched.intercept import InterceptPolicy
@@ -161,17 +161,15 @@ class LoRAScheduler(Scheduler):
         swapped: list[EngineRequest],
     ) -> SchedulerOutput:
         """One :meth:`Scheduler.schedule` with these requests hidden (they keep their KV and
-        state); the hidden running requests still count against ``max_num_seqs``."""
+        state, like dLoRA's "ready" requests: ``max_num_seqs`` bounds the batch, KV memory
+        bounds how many wait beside it)."""
         hide_r, hide_w, hide_s = (set(map(id, q)) for q in (running, waiting, swapped))
         self.running = [r for r in self.running if id(r) not in hide_r]
         self.waiting = [r for r in self.waiting if id(r) not in hide_w]
         self.swapped = [r for r in self.swapped if id(r) not in hide_s]
-        config = self.config
-        self.config = replace(config, max_num_seqs=max(1, config.max_num_seqs - len(running)))
         try:
             out = super().schedule(now)
         finally:
-            self.config = config
             self.running = running + self.running
             for queue, back in ((self.waiting, waiting), (self.swapped, swapped)):
                 for r in back:

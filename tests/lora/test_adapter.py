@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from core.lora.adapter import AdapterFormatError, load_adapter
+from core.lora.adapter import AdapterFormatError, load_adapter, save_adapter
 from core.lora.request import LoRARequest
 from core.lora.runtime import LoRAPoolError, LoRARuntime
 from core.model import ForwardBatch, load_model
@@ -159,3 +159,24 @@ def test_adapter_for_another_model_is_refused(lora_setup, ours, tmp_path):
     save_file(tensors, wpath)
     with pytest.raises(AdapterFormatError, match="do not fit the model's layer"):
         rt.adapter(LoRARequest("x", 9, str(d)))
+
+
+def test_save_adapter_round_trips_and_peft_reads_it(lora_setup, ours, tmp_path):
+    from peft import PeftModel
+
+    from tests.model.conftest import build_hf
+
+    _, peft_model = lora_setup[1]["a"]
+    src = load_adapter(lora_setup[1]["a"][0])
+    scale = 8 / 4  # lora_alpha / r of adapter "a"
+    raw = {k: (a, b / scale) for k, (a, b) in src.weights.items()}
+    out = save_adapter(tmp_path / "saved", raw, lora_alpha=8)
+    again = load_adapter(out)
+    assert again.weights.keys() == src.weights.keys()
+    for k, (a, b) in src.weights.items():
+        torch.testing.assert_close(again.weights[k][0], a)
+        torch.testing.assert_close(again.weights[k][1], b)
+    reread = PeftModel.from_pretrained(build_hf("llama"), out).eval()
+    with torch.no_grad():
+        x = torch.tensor([PROMPT])
+        torch.testing.assert_close(reread(x).logits, peft_model(x).logits, atol=1e-5, rtol=1e-5)

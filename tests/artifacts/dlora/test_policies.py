@@ -69,26 +69,30 @@ def test_short_queues_run_unmerged_fcfs():
 
 
 def test_thresholds_adapt_aimd():
-    s = scheduler(max_num_seqs=4, rho=0.5)
+    s = scheduler(max_num_seqs=4, rho=0.5, switch_cost=1.0)
     s.theta_r, s.theta_l = 1.0, 0.5
-    # merged served 4 requests per iteration at cost 0.5, unmerged 1 per iteration: merged wins
-    s.window.merged_reqs, s.window.merged_iters = 40, 10
-    s.window.unmerged_reqs, s.window.unmerged_iters = 10, 10
-    s._adapt(leaving="merged")
-    assert s.theta_r == pytest.approx(0.95)
-    s.window.merged_reqs, s.window.merged_iters = 1, 10
-    s.window.unmerged_reqs, s.window.unmerged_iters = 40, 10
-    s._adapt(leaving="merged")
+    # merged would serve 4 per iteration at 0.5 each (+1 switch): 40 / 6 > unmerged's 1
+    s.window.iters, s.window.merged_reqs, s.window.unmerged_reqs, s.window.switches = 10, 40, 10, 1
+    s._adapt()
+    assert s.theta_r == pytest.approx(0.95) and s.theta_l == pytest.approx(0.5 / 1.1)
+    assert s.window.iters == 0  # a fresh window
+    # merged would switch every iteration: 10 / (5 + 10) < unmerged's 4
+    s.window.iters, s.window.merged_reqs, s.window.unmerged_reqs, s.window.switches = 10, 10, 40, 10
+    s._adapt()
     assert s.theta_r == pytest.approx(0.95 * 1.1)
-    s.window.merged_reqs, s.window.merged_iters = 1, 10
-    s.window.unmerged_reqs, s.window.unmerged_iters = 40, 10
-    s._adapt(leaving="unmerged")
-    assert s.theta_l == pytest.approx(0.55)
-    s.window.merged_reqs, s.window.merged_iters = 40, 10
-    s.window.unmerged_reqs, s.window.unmerged_iters = 1, 10
-    s._adapt(leaving="unmerged")
-    assert s.theta_l == pytest.approx(0.55 / 1.1)
-    assert len(s.window.history) == 4
+    assert s.theta_l == pytest.approx(0.5 / 1.1 + 0.05)
+    assert len(s.window.history) == 2
+
+
+def test_thresholds_drop_while_one_adapter_dominates():
+    s = scheduler(max_num_seqs=4, rho=0.5, adapt_every=4)
+    for i in range(3):
+        add(s, f"a{i}", "a", float(i))
+    add(s, "b0", "b", 3.0)  # |Q_a| = 3 < theta_R |F| = 4: unmerged at first
+    for _ in range(40):
+        s.schedule(5.0)
+    assert s.theta_r < 1.0  # merging a would have served 3 per half iteration vs 4 per one
+    assert s.mode_iters["merged"] > 0
 
 
 def test_dlora_serves_everything_in_the_simulator():

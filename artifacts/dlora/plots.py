@@ -1,0 +1,136 @@
+"""The figures, laid out like the paper's: Fig. 10 (per-token latency and throughput against
+request rate per batching system), the skew sweep, Fig. 11a (queueing delay against rate with
+and without migration, and ILP solve times) and the real engine's policies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from core.artifact import RunContext, color_map, figure_style, item_legend, log_axis, marker_lines
+
+SYSTEMS = ["vllm", "peft", "slora", "dlora"]
+LABELS = {
+    "vllm": "vLLM (merged only)",
+    "peft": "PEFT (one adapter)",
+    "slora": "S-LoRA (unmerged only)",
+    "dlora": "dLoRA",
+    "round-robin": "round-robin dispatch",
+    "proactive": "proactive placement only",
+}
+MARKERS = {
+    "vllm": "s",
+    "peft": "v",
+    "slora": "^",
+    "dlora": "o",
+    "round-robin": "D",
+    "proactive": "P",
+}
+COLORS = color_map([*SYSTEMS, "round-robin", "proactive"])
+
+
+def _lines(
+    frame: pd.DataFrame, x: str, panels: list[tuple[str, str]], order: list[str], title: str
+):
+    order = [s for s in order if s in set(frame["system"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels, strict=True):
+        marker_lines(ax, frame, x, metric, order, COLORS, MARKERS, key="system")
+        ax.set_ylabel(label)
+        ax.set_xlabel(x.replace("_", " "))
+        if metric.endswith("latency_s") or metric == "queueing_s":
+            log_axis(ax)
+    item_legend(
+        fig,
+        order,
+        COLORS,
+        markers=MARKERS,
+        loc="upper center",
+        ncol=len(order),
+        bbox_to_anchor=(0.5, 1.08),
+    )
+    fig.suptitle(title, y=1.15)
+    return fig
+
+
+def plot_batching(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
+    figs = {}
+    with figure_style():
+        for model, g in frame.groupby("model"):
+            figs[f"fig10-{model}"] = _lines(
+                g,
+                "rate",
+                [
+                    ("per_token_latency_s", "per-token latency (s)"),
+                    ("throughput_tok_s", "tokens/s"),
+                ],
+                SYSTEMS,
+                f"Fig. 10: {model}, {g['adapters'].iloc[0]} adapters, one simulated A100",
+            )
+    return figs
+
+
+def plot_skew(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
+    with figure_style():
+        fig = _lines(
+            frame,
+            "skew",
+            [("per_token_latency_s", "per-token latency (s)"), ("throughput_tok_s", "tokens/s")],
+            SYSTEMS,
+            f"Adapter popularity skew (Zipf exponent) at {frame['rate'].iloc[0]:g} req/s",
+        )
+    return {"skew": fig}
+
+
+def plot_cluster(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
+    with figure_style():
+        fig = _lines(
+            frame,
+            "rate",
+            [
+                ("queueing_s", "mean queueing delay (s)"),
+                ("per_token_latency_s", "per-token latency (s)"),
+            ],
+            ["round-robin", "proactive", "dlora"],
+            f"Fig. 11a: {frame['replicas'].iloc[0]} replicas, {frame['adapters'].iloc[0]} adapters",
+        )
+        solves = frame[frame["system"] == "dlora"]
+        fig2, ax = plt.subplots(figsize=(4.5, 3.2))
+        sns.barplot(data=solves, x="rate", y="ilp_solve_max_s", color=COLORS["dlora"], ax=ax)
+        ax.set_ylabel("slowest ILP solve (s)")
+        ax.set_title("ILP solve time (HiGHS)")
+    return {"fig11a-queueing": fig, "fig11a-ilp": fig2}
+
+
+def plot_real(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
+    with figure_style():
+        fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
+        order = [s for s in SYSTEMS if s in set(frame["policy"])]
+        sns.barplot(
+            data=frame,
+            x="policy",
+            y="cpu_s",
+            order=order,
+            hue="policy",
+            palette=COLORS,
+            ax=axes[0],
+            legend=False,
+        )
+        axes[0].set_ylabel("engine CPU seconds")
+        sns.barplot(
+            data=frame,
+            x="policy",
+            y="identical_fraction",
+            order=order,
+            hue="policy",
+            palette=COLORS,
+            ax=axes[1],
+            legend=False,
+        )
+        axes[1].set_ylabel("outputs equal to alone runs")
+        axes[1].set_ylim(0, 1.05)
+        fig.suptitle("Real engine on this CPU: tiny Llama, 4 PEFT adapters")
+    return {"real-mode": fig}
