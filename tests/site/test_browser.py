@@ -94,7 +94,7 @@ def test_opens_from_the_file_system(page, site_dir):
 def test_claim_numbers_equal_claims_json(page, site_dir, results_dir, serve, name):
     claims = json.loads((results_dir / name / "claims.json").read_text())
     page.goto(f"{serve(site_dir)}artifacts/{name}/index.html")
-    rows = page.locator("table.claims tbody tr")
+    rows = page.locator("table.claims tbody tr.claim")
     assert rows.count() == len(claims)
     for claim in claims:
         row = page.locator(f'tr[data-claim="{claim["id"]}"]')
@@ -110,6 +110,9 @@ def test_claim_numbers_equal_claims_json(page, site_dir, results_dir, serve, nam
         if claim.get("unit"):
             assert cell.inner_text().strip().endswith(claim["unit"])
         assert claim["paper_value"] in row.inner_text()
+        if claim["note"]:
+            note = page.locator(f'tr[data-note-of="{claim["id"]}"]').inner_text()
+            assert " ".join(claim["note"].split()) in " ".join(note.split())
 
 
 def test_a_failed_claim_is_as_visible_as_a_passed_one(page, site_dir, serve):
