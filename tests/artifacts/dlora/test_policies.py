@@ -49,7 +49,7 @@ def test_long_queue_is_merged_and_displaced_adapters_earn_credit():
 
 
 def test_credit_above_threshold_is_served_first_unmerged():
-    s = scheduler(max_num_seqs=4, rho=0.5, credit_high=1.0)
+    s = scheduler(max_num_seqs=4, rho=0.5, credit_high=1.0, credit_low=0.5)
     add(s, "b0", "b", 0.0)
     for i in range(6):
         add(s, f"a{i}", "a", 1.0 + i)
