@@ -23,7 +23,6 @@ from core.artifact.report import (
     STATUS_NOT_CHECKED,
     STATUS_PASS,
     count_statuses,
-    summary_line,
 )
 
 from .privacy import Scrubber
@@ -77,7 +76,6 @@ class ArtifactPage:
     paper: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(("title", "venue", "url")))
     claims: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-    summary: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: MetricsTable | None = None
     figures: list[Figure] = field(default_factory=list)
@@ -205,7 +203,15 @@ def _read_metrics(path: Path, scrub: Scrubber) -> MetricsTable:
 
 def _figures(folder: Path, listed: list[str]) -> list[Figure]:
     """The run's figures in the order provenance lists them, then any other ``fig-*`` file."""
-    names = [n for n in listed if (folder / n).is_file()]
+    # plain file names only: a name with a folder in it must not copy files from elsewhere
+    names = [
+        n
+        for n in listed
+        if isinstance(n, str)
+        and Path(n).name == n
+        and n.endswith((".png", ".pdf"))
+        and (folder / n).is_file()
+    ]
     names += sorted(
         p.name for p in folder.glob("fig-*") if p.suffix in (".png", ".pdf") and p.name not in names
     )
@@ -301,7 +307,6 @@ def load_artifact(
     except ValueError as exc:
         page.problems.append(f"claims.json: {exc}")
     page.counts = count_statuses(page.claims)
-    page.summary = summary_line(page.claims)
     if (out / "provenance.json").is_file():
         try:
             prov = _read_json(out / "provenance.json")
@@ -315,13 +320,14 @@ def load_artifact(
     else:
         page.problems.append("provenance.json: missing")
     paper = page.provenance.get("paper")
-    page.paper = {k: (paper or {}).get(k) for k in ("title", "venue", "url")}
+    page.paper = {k: paper.get(k) if isinstance(paper, dict) else None for k in page.paper}
     if (out / "metrics.csv").is_file():
         try:
             page.metrics = _read_metrics(out / "metrics.csv", scrub)
         except (OSError, csv.Error, UnicodeDecodeError) as exc:
             page.problems.append(f"metrics.csv: {exc}")
-    page.figures = _figures(out, list(page.provenance.get("figures") or []))
+    listed = page.provenance.get("figures")
+    page.figures = _figures(out, listed if isinstance(listed, list) else [])
     return page
 
 

@@ -166,6 +166,19 @@ def test_unreadable_results_show_as_problems(tmp_path):
     assert "not a benchmark report" in (tmp_path / "site" / "benchmarks.html").read_text()
 
 
+def test_figures_are_only_files_of_the_run_folder(tmp_path):
+    results = tmp_path / "results"
+    (results / "evil").mkdir(parents=True)
+    (results / "outside.png").write_bytes(b"\x89PNG private")
+    (results / "evil" / "fig-ok.png").write_bytes(b"\x89PNG")
+    (results / "evil" / "claims.json").write_text("[]")
+    prov = {"figures": ["../outside.png", "/etc/hostname", "fig-ok.png"]}
+    (results / "evil" / "provenance.json").write_text(json.dumps(prov))
+    build_site(tmp_path / "site", results, tmp_path / "no-artifacts")
+    published = sorted(p.name for p in (tmp_path / "site").rglob("*.png"))
+    assert published == ["fig-ok.png"]
+
+
 def test_rebuild_replaces_its_own_site_but_never_a_foreign_folder(tmp_path, results_dir):
     out = tmp_path / "site"
     build_site(out, results_dir, tmp_path / "none")
