@@ -14,6 +14,7 @@ seed. See docs/core/jobsim.md.
 """
 
 from core.jobsim.budget import (
+    EPS_BUDGET,
     RDP_ORDERS,
     BudgetExceeded,
     PrivacyBlock,
@@ -53,6 +54,7 @@ from core.jobsim.scheduler import InvalidDecision, JobScheduler
 from core.jobsim.work import EpochWork
 
 __all__ = [
+    "EPS_BUDGET",
     "FINISHED",
     "GRANTED",
     "PENDING",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 #: Tolerance for float sums against a capacity (a sum of 100 demands of 0.01 must fit 1.0).
-EPS = 1e-9
+EPS_BUDGET = 1e-9
 
 #: RDP orders the DPF artifact tracks (the paper's {2, 3, 4, 8, ..., 64}).
 RDP_ORDERS: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 16.0, 32.0, 64.0)
@@ -66,7 +66,7 @@ class PrivacyBlock:
     def fits(self, demand: Sequence[float], limit: Sequence[float] | None = None) -> bool:
         lim = self.capacity if limit is None else limit
         return any(
-            c > 0 and s + d <= lm + EPS
+            c > 0 and s + d <= lm + EPS_BUDGET
             for c, s, d, lm in zip(self.capacity, self.spent, demand, lim, strict=True)
         )
 
