@@ -6,7 +6,7 @@ the replica with the least popularity so far), then greedily adds replicas of th
 (``capacity`` adapters each): popular adapters end up on more replicas.
 
 :class:`AdapterRouter` sends a request only to replicas hosting its adapter: the least loaded
-one (outstanding tokens; dLoRA's dispatch) or round-robin among them (the paper's baseline
+one (outstanding requests; dLoRA's dispatch) or round-robin among them (the paper's baseline
 dispatch). The placement is shared with the migration controller, which may change it.
 """
 
@@ -85,8 +85,9 @@ def place_adapters(
 
 class AdapterRouter(Router):
     """Routes each request to a replica hosting its adapter (``adapter_of[request_id]``; a
-    request without one may go anywhere): the least outstanding tokens (``"least-work"``) or
-    in turn (``"round-robin"``)."""
+    request without one may go anywhere): the fewest outstanding requests (``"least-work"``:
+    a dispatcher cannot know how long each request will generate, so it counts requests, not
+    tokens) or in turn (``"round-robin"``)."""
 
     name = "dlora"
     views_only = True
@@ -110,4 +111,4 @@ class AdapterRouter(Router):
             t = self._turn.get(k, 0)
             self._turn[k] = t + 1
             return hosts[t % len(hosts)]
-        return min(hosts, key=lambda j: (replicas[j].outstanding_tokens(), j))
+        return min(hosts, key=lambda j: (replicas[j].outstanding_requests(), j))

@@ -20,6 +20,7 @@ LABELS = {
     "dlora": "dLoRA",
     "round-robin": "round-robin dispatch",
     "proactive": "proactive placement only",
+    "rr-migration": "round-robin + ILP migration",
 }
 MARKERS = {
     "vllm": "s",
@@ -29,7 +30,7 @@ MARKERS = {
     "round-robin": "D",
     "proactive": "P",
 }
-COLORS = color_map([*SYSTEMS, "round-robin", "proactive"])
+COLORS = color_map([*SYSTEMS, "round-robin", "rr-migration", "proactive"])
 
 
 def _lines(
@@ -94,12 +95,12 @@ def plot_cluster(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figur
                 ("queueing_s", "mean queueing delay (s)"),
                 ("per_token_latency_s", "per-token latency (s)"),
             ],
-            ["round-robin", "proactive", "dlora"],
+            ["round-robin", "rr-migration", "proactive", "dlora"],
             f"Fig. 11a: {frame['replicas'].iloc[0]} replicas, {frame['adapters'].iloc[0]} adapters",
         )
-        solves = frame[frame["system"] == "dlora"]
+        solves = frame[frame["system"].isin(["rr-migration", "dlora"])]
         fig2, ax = plt.subplots(figsize=(4.5, 3.2))
-        sns.barplot(data=solves, x="rate", y="ilp_solve_max_s", color=COLORS["dlora"], ax=ax)
+        sns.barplot(data=solves, x="rate", y="ilp_solve_max_s", hue="system", palette=COLORS, ax=ax)
         ax.set_ylabel("slowest ILP solve (s)")
         ax.set_title("ILP solve time (HiGHS)")
     return {"fig11a-queueing": fig, "fig11a-ilp": fig2}

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from core.cluster.router import RoundRobin
 from core.lora import (
     LoRACostModel,
     LoRAProfile,
@@ -49,7 +48,7 @@ BATCHING: dict[str, Callable[..., Any]] = {
     "peft": SingleAdapterScheduler,
     "dlora": DLoRAScheduler,
 }
-CLUSTER = ("round-robin", "proactive", "dlora")
+CLUSTER = ("round-robin", "rr-migration", "proactive", "dlora")
 
 
 @functools.cache
@@ -153,11 +152,10 @@ def run_cluster(config: dict[str, Any]) -> dict[str, Any]:
     placement = place_adapters(pop, n_rep, config["capacity"])
     system = config["system"]
     rep = _replica(config["model"], config["profile"], config["rank"], DLoRAScheduler)
-    router = AdapterRouter(
-        placement, adapter_of, "round-robin" if system == "round-robin" else "least-work"
-    )
+    dispatch = "round-robin" if system in ("round-robin", "rr-migration") else "least-work"
+    router = AdapterRouter(placement, adapter_of, dispatch)
     controller = None
-    if system == "dlora":
+    if system in ("dlora", "rr-migration"):
         base, _, _ = _costs(config["model"], config["profile"], config["rank"])
         spt = base.step_time(decode_contexts=[1024] * MAX_SEQS) / MAX_SEQS
         controller = MigrationController(
@@ -169,9 +167,7 @@ def run_cluster(config: dict[str, Any]) -> dict[str, Any]:
             interval_s=config["interval_s"],
             time_limit_s=config["ilp_time_limit_s"],
         )
-    sim = Simulator(
-        [rep] * n_rep, router if system != "any" else RoundRobin(), controller=controller
-    )
+    sim = Simulator([rep] * n_rep, router, controller=controller)
     res = sim.run(reqs)
     row = _summary(res, reqs)
     log = controller.log if controller is not None else []

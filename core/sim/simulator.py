@@ -580,7 +580,7 @@ class Simulator:
             ev = heapq.heappop(events)
             if isinstance(ev, StepDone) and ev.version != replicas[ev.replica].version:
                 continue  # a run that an arrival cut short: its new end has its own event
-            now = ev.time
+            last_work, now = now, ev.time
             if isinstance(ev, Arrival):
                 wreq = ev.request
                 ereq = engine_reqs[wreq.request_id]
@@ -621,15 +621,20 @@ class Simulator:
                 assert self.controller is not None
                 for rep in replicas:
                     rep.materialize(now)
-                for rid, src, dst in self.controller.tick(now, replicas):
+                moves = self.controller.tick(now, replicas)
+                for rid, src, dst in moves:
                     self._move(rid, replicas[src], replicas[dst], now, events)
                     replica_of[rid] = dst
+                kicked = False
                 for rep in replicas:
                     if rep.index in idle and rep.scheduler.has_unfinished():
                         kick(rep, now)
+                        kicked = True
                 busy = len(idle) < len(replicas)
                 if busy or any(not isinstance(e, Tick) for e in events):
                     heapq.heappush(events, Tick(now + self.controller.interval_s, next(ticks)))
+                if not (moves or kicked):
+                    now = last_work  # a tick that changed nothing does not extend the makespan
         return SimResult(
             requests=[engine_reqs[r.request_id] for r in reqs if r.request_id in replica_of],
             replica_of=replica_of,

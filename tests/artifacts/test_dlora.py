@@ -70,15 +70,12 @@ def test_measures_on_hand_made_results():
     assert dl.skew_crossover(r) == 1.0
     assert dl.skew_dlora_tracks_best(r) == pytest.approx(1.2)
     cluster = [
-        dict(system=s, rate=8.0, queueing_s=q, ilp_solves=n, ilp_solve_max_s=t)
-        for s, q, n, t in [
-            ("round-robin", 9, 0, float("nan")),
-            ("proactive", 4, 0, float("nan")),
-            ("dlora", 1, 0, float("nan")),
-        ]
+        dict(system=s, rate=8.0, queueing_s=q, ilp_solves=0, ilp_solve_max_s=float("nan"))
+        for s, q in [("round-robin", 9), ("rr-migration", 3), ("proactive", 4), ("dlora", 1)]
     ]
     r = results(cluster=cluster)
     assert dl.migration_gain(r) == pytest.approx(4.0)
     assert dl.rr_vs_dlora(r) == pytest.approx(9.0)
+    assert dl.rr_migration_gain(r) == pytest.approx(3.0)
     with pytest.raises(NotApplicable, match="never fired"):
         dl.ilp_solve_max(r)

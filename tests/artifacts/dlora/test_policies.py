@@ -137,7 +137,7 @@ def test_router_sends_requests_only_to_hosts():
             return self.load
 
         def outstanding_requests(self):
-            return 0
+            return self.load
 
         def cached_prefix(self, ids):
             return 0
