@@ -75,15 +75,23 @@ class Example:
 
 _NAMES = ("Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Leo", "Mia")
 _ITEMS = ("apples", "coins", "cards", "books", "shells", "stamps", "beads", "marbles")
+# The operand comes right after the month (``February 6 more are won.``): see arith_example.
 _ADD = (
-    "gets {n} more",
-    "buys {n} more",
-    "finds {n} more",
-    "wins {n} more",
-    "earns {n} more",
-    "makes {n} more",
+    "{n} more are bought",
+    "{n} more are found",
+    "{n} more are won",
+    "{n} more are earned",
+    "{n} more are made",
+    "{n} more are kept",
 )
-_SUB = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}", "spends {n}", "drops {n}")
+_SUB = (
+    "{n} are given away",
+    "{n} are lost",
+    "{n} are sold",
+    "{n} are used",
+    "{n} are spent",
+    "{n} are dropped",
+)
 _MONTHS = (
     "January", "February", "March", "April", "May", "June",
     "July", "August", "September", "October", "November", "December",
@@ -103,16 +111,21 @@ def arith_example(
     """A ledger-style word problem of ``steps`` (1-12) additions and subtractions on a running
     count, one per month and line; the count stays in ``0 .. 10**digits - 1`` and every operand
     in ``1 .. 10**operand_digits - 1``. Each step restates its month's sentence, then computes:
-    ``March sells 7: 30 - 7 = 23``.
+    ``March 7 are sold: 30 - 7 = 23``.
 
-    Why this shape: the month says which sentence is next without counting, and the verb right
-    after it is unique within a problem while each operation's six verbs last, so the sentence
-    can be copied token by token from the question (what small models learn early); with
-    sentences that all began alike ("Then sells 7."), a 3.5M-parameter model trained on 10M
-    tokens could not tell which one came next.
+    Why this shape: a step has to fetch its operand from the question, and what small models
+    learn early is to copy the token right after a token that occurs once (an induction head),
+    while fetching a token two or more places after it stays out of reach in our budget. The
+    month occurs once in the question and is known from the step count, so the operand sits
+    right after it. With the verb first (``March sells 7.``) the 3.5M-parameter model copied
+    every verb but fetched the second operand of 4-step problems 25% of the time after
+    10M tokens (1- and 2-step problems, where first/last-line shortcuts work, were 100%); with
+    the operand first the same model fetched it 96% (second step) and 79% (third) after 4.4M
+    arith tokens. The words after the operand say the operation (``more`` for additions) and
+    are unique within a problem until an operation's six phrasings are used up.
 
     Why one-digit operands by default: a number is one token per digit, so a one-digit operand
-    is copied by matching the single token before it (the verb), while the second digit of a
+    is copied by matching the single token before it (the month), while the second digit of a
     two-digit one can only be found by matching two tokens back; with two-digit operands the
     3.5M-parameter model got 75% of one-step and 12% of two-step problems right after 9M tokens
     (``operand_digits=2`` stays available as a harder setting)."""
