@@ -64,7 +64,8 @@ BudgetScheduler = JobScheduler[BudgetView, Sequence[int]]
 
 @dataclass
 class BudgetRun:
-    """The outcome: one record per pipeline (in id order) and the blocks as they ended."""
+    """The outcome: one record per pipeline that arrived by the end (in the order given), the
+    blocks as they ended, and the grants as (time, pipeline id) in order."""
 
     records: list[JobRecord]
     blocks: dict[int, PrivacyBlock]
@@ -103,7 +104,8 @@ def simulate_budget(
 
     live: dict[int, PrivacyBlock] = {}
     waiting: dict[int, Pipeline] = {}
-    records = {p.pid: JobRecord(p.pid, p.arrival, p.label) for p in pipelines}
+    # pipelines arriving after the end never enter the system, nor the records
+    records = {p.pid: JobRecord(p.pid, p.arrival, p.label) for p in pipelines if p.arrival <= until}
     grants: list[tuple[float, int]] = []
     while q and q.peek_time() <= until:
         ev = q.pop()

@@ -111,6 +111,7 @@ def test_timeouts_and_pending_at_the_end():
         Pipeline(0, 1.0, (0,), (0.9,)),
         Pipeline(1, 2.0, (0,), (0.5,), timeout=3.0),  # never fits: times out at 5
         Pipeline(2, 8.0, (0,), (0.5,)),  # never fits, no timeout: still pending at 10
+        Pipeline(3, 11.0, (0,), (0.01,)),  # after the end: never in the system
     ]
     run = simulate_budget(GreedyFits(), blocks, pipes, until=10.0)
     assert [r.status for r in run.records] == [GRANTED, TIMED_OUT, PENDING]
