@@ -127,7 +127,8 @@ class StepScorer:
     """The large model's log-probability of each token of a step after a history, from one
     prefill of ``history + step`` in ``llm``'s engine (the history's cached blocks are reused;
     positions inside a cache hit are not recomputed, so the step's first token is scored only
-    when the hit ends before it: at most the first token is lost, and then the rest are)."""
+    when the hit ends before it; a step a previous request already cached is scored on the
+    positions the prefill recomputes only)."""
 
     def __init__(self, llm: LLM) -> None:
         self.llm = llm

@@ -151,7 +151,7 @@ def spec_reason(
             break
         if ids == previous:  # a repeated step: the run is stuck
             break
-        previous = ids
+        previous = list(ids)
         if ids[-1] == newline:
             ids.append(newline)
         history += ids
