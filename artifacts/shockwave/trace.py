@@ -200,16 +200,17 @@ def to_gpu_job(job_id: int, job: TraceJob, throughputs: Throughputs, source: str
     for bs in batch_schedule(job, epochs):
         ok = all(rate(t, bs) is not None for t in throughputs)
         schedule.append(bs if ok else (schedule[-1] if schedule else job.batch_size))
-    seconds = {
-        t: [samples / bs / rate(t, bs) for bs in schedule]  # type: ignore[operator]
-        for t in throughputs
-    }
-    modes = sorted(set(batch_schedule(job, max(epochs, 100))) & set(schedule) | {job.batch_size})
-    mode_seconds = (
-        {bs: samples / bs / rate("v100", bs) for bs in modes if rate("v100", bs)}
-        if "v100" in throughputs
-        else {}
-    )
+
+    def epoch_s(t: str, bs: int) -> float:
+        r = rate(t, bs)
+        assert r is not None  # every batch size left in the schedule has a rate on every type
+        return samples / bs / r
+
+    seconds = {t: [epoch_s(t, bs) for bs in schedule] for t in throughputs}
+    # the regimes the job goes through (Shockwave's prior knows them, not when they come) and
+    # the V100 epoch time of each, what the authors' predictor reads from the profile
+    modes = sorted(set(schedule))
+    mode_seconds = {bs: epoch_s("v100", bs) for bs in modes} if "v100" in throughputs else {}
     return GpuJob(
         job_id,
         job.arrival_s,
