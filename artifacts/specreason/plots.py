@@ -5,6 +5,7 @@ accuracy and latency by difficulty."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 import pandas as pd
 import seaborn as sns
 
@@ -57,11 +58,14 @@ def _accuracy_latency(summary: pd.DataFrame, colors: dict) -> plt.Figure:
                         textcoords="offset points",
                     )  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
         ax.set_xlabel("mean latency per problem (s)")
         ax.set_ylabel("accuracy")
         ax.set_title(title, fontsize=10)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08))
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.12))
     fig.suptitle("Accuracy vs latency (numbers: tau of the likelihood judge)")
     return fig
 

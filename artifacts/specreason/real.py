@@ -28,7 +28,11 @@ BASELINES = ("large", "small", "spec-decode")
 
 SCALES: dict[Scale, dict[str, Any]] = {
     Scale.SMOKE: {"difficulties": (1, 2), "problems": 1, "taus": (8.0,)},
-    Scale.DEFAULT: {"difficulties": (1, 2, 3, 4, 6), "problems": 4, "taus": (6.0, 7.5, 8.5)},
+    Scale.DEFAULT: {
+        "difficulties": (1, 2, 3, 4, 6, 8),
+        "problems": 6,
+        "taus": (5.0, 7.0, 8.0, 8.5, 8.8),
+    },
     Scale.FULL: {
         "difficulties": (1, 2, 3, 4, 5, 6, 8),
         "problems": 12,
