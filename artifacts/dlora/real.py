@@ -76,7 +76,17 @@ def write_adapters(folder: Path, n: int, rank: int, seed: int) -> list[LoRAReque
 
 
 def run_policies(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every policy on the same requests, in order; one row each."""
+    """Every policy on the same requests, in order; one row each. torch runs on one thread (a
+    tiny model's small ops run faster so, and far faster when other jobs share the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_policies(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_policies(config: dict[str, Any]) -> list[dict[str, Any]]:
     seed = config["seed"]
     folder = Path(config["workdir"]) / f"adapters-{seed}"
     loras = write_adapters(folder, config["adapters"], config["rank"], seed)
@@ -120,15 +130,19 @@ def run_policies(config: dict[str, Any]) -> list[dict[str, Any]]:
 def run_profile(config: dict[str, Any]) -> dict[str, Any]:
     """LoRA's costs on this CPU: rho = merged / unmerged decode step at each batch size (the most
     adapters the batch holds), the fitted profile and the merge/unmerge times."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(config["threads"])
-    r = measure_lora(
-        PROFILE_MODEL,
-        rank=config["rank"],
-        batch_sizes=(1, 8, 32),
-        adapter_counts=(1, 4, 16),
-        rounds=config["rounds"],
-        seed=config["seed"],
-    )
+    try:
+        r = measure_lora(
+            PROFILE_MODEL,
+            rank=config["rank"],
+            batch_sizes=(1, 8, 32),
+            adapter_counts=(1, 4, 16),
+            rounds=config["rounds"],
+            seed=config["seed"],
+        )
+    finally:
+        torch.set_num_threads(threads)
     p = r["lora"]
     return {
         "rho_b1": r["rho"][1],

@@ -39,3 +39,9 @@ def lora_setup(tmp_path_factory):
         model.save_pretrained(path)
         adapters[name] = (path, model)
     return base_dir, adapters
+
+
+@pytest.fixture(autouse=True)
+def _torch_on_one_thread(one_thread):
+    """Tiny models run faster on one thread, and far faster when other jobs share the cores
+    (as in the engine, kernel and model test folders)."""

@@ -17,7 +17,9 @@ def requests(lora_setup):
 
 @pytest.fixture(scope="module")
 def llm(lora_setup):
-    return LLM(lora_setup[0], enable_lora=True, max_loras=3, max_lora_rank=8)
+    return LLM(
+        lora_setup[0], enable_lora=True, max_loras=3, max_lora_rank=8, linear_backend="torch"
+    )
 
 
 def alone(llm, prompt, lora):
@@ -34,7 +36,14 @@ def test_matches_peft_greedy(lora_setup, llm):
     assert alone(llm, PROMPTS[1], reqs["a"]) == want
 
 
-@pytest.mark.parametrize("scheduler", ["unmerged", "merged", "single"])
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        "unmerged",
+        pytest.param("merged", marks=pytest.mark.slow),
+        pytest.param("single", marks=pytest.mark.slow),
+    ],
+)
 def test_mixed_batch_equals_each_alone(lora_setup, llm, scheduler):
     reqs = requests(lora_setup)
     loras = [reqs["a"], reqs["b"], None, reqs["c"]]
@@ -44,7 +53,11 @@ def test_mixed_batch_equals_each_alone(lora_setup, llm, scheduler):
         llm
         if scheduler == "unmerged"
         else LLM(
-            lora_setup[0], enable_lora=True, max_loras=2, max_lora_rank=8, lora_scheduler=scheduler
+            lora_setup[0],
+            enable_lora=True,
+            max_loras=2,
+            max_lora_rank=8,
+            lora_scheduler=scheduler,  # the default linear backend: merges repack its weights
         )
     )
     outs = server.generate(PROMPTS * 2, GREEDY, lora_request=loras * 2, use_tqdm=False)
@@ -53,9 +66,12 @@ def test_mixed_batch_equals_each_alone(lora_setup, llm, scheduler):
         assert server.lora.stats.merges >= 3  # a, b and c each ran merged
 
 
+@pytest.mark.slow
 def test_more_adapters_than_slots_wait_their_turn(lora_setup):
     reqs = requests(lora_setup)
-    small = LLM(lora_setup[0], enable_lora=True, max_loras=1, max_lora_rank=8)
+    small = LLM(
+        lora_setup[0], enable_lora=True, max_loras=1, max_lora_rank=8, linear_backend="torch"
+    )
     loras = [reqs["a"], reqs["b"], reqs["c"], reqs["a"]]
     outs = small.generate(PROMPTS, GREEDY, lora_request=loras, use_tqdm=False)
     want = [alone(small, p, lr) for p, lr in zip(PROMPTS, loras, strict=True)]
