@@ -28,6 +28,7 @@ MARKERS = {
     "slora": "^",
     "dlora": "o",
     "round-robin": "D",
+    "rr-migration": "X",
     "proactive": "P",
 }
 COLORS = color_map([*SYSTEMS, "round-robin", "rr-migration", "proactive"])
