@@ -13,15 +13,6 @@ import seaborn as sns
 from core.artifact import RunContext, color_map, figure_style, item_legend, log_axis, marker_lines
 
 SYSTEMS = ["vllm", "peft", "slora", "dlora"]
-LABELS = {
-    "vllm": "vLLM (merged only)",
-    "peft": "PEFT (one adapter)",
-    "slora": "S-LoRA (unmerged only)",
-    "dlora": "dLoRA",
-    "round-robin": "round-robin dispatch",
-    "proactive": "proactive placement only",
-    "rr-migration": "round-robin + ILP migration",
-}
 MARKERS = {
     "vllm": "s",
     "peft": "v",
