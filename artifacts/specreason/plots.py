@@ -81,6 +81,7 @@ def _speedup_tau(summary: pd.DataFrame) -> plt.Figure:
     long["clock"] = long["clock"].str.removeprefix("speedup_").map(CLOCKS)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.lineplot(data=long, x="tau", y="speedup", hue="clock", marker="o", ax=ax)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), title=None)
     ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle="--")
     ax.set_xlabel("tau (accept a step when its score >= tau)")
     ax.set_ylabel("speedup over the large model")
@@ -91,9 +92,11 @@ def _speedup_tau(summary: pd.DataFrame) -> plt.Figure:
 def _acceptance_position(frame: pd.DataFrame) -> plt.Figure:
     acc = acceptance_by_position(frame)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    acc = acc[acc["steps"] >= 3]  # a position few problems reach says little
     if not acc.empty:
         sns.lineplot(data=acc, x="position", y="acceptance", hue="run", marker="o", ax=ax)
-    ax.set_xlabel("step position (0 = first step)")
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), title=None)
+    ax.set_xlabel("step position (0 = first step; positions with >= 3 steps)")
     ax.set_ylabel("share of small-model steps accepted")
     ax.set_ylim(-0.02, 1.05)
     ax.set_title("Acceptance per step position")
@@ -109,12 +112,13 @@ def _difficulty(frame: pd.DataFrame, colors: dict) -> plt.Figure:
     palette = {r: colors[m] for r, m in zip(d["run"], d["method"], strict=True)}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     sns.lineplot(
-        data=d, x="difficulty", y="accuracy", hue="run", palette=palette, marker="o", ax=axes[0]
-    )
-    sns.lineplot(
-        data=d, x="difficulty", y="a100-80g_s", hue="run", palette=palette, marker="o", ax=axes[1],
+        data=d, x="difficulty", y="accuracy", hue="run", palette=palette, marker="o", ax=axes[0],
         legend=False,
     )  # fmt: skip
+    sns.lineplot(
+        data=d, x="difficulty", y="a100-80g_s", hue="run", palette=palette, marker="o", ax=axes[1],
+    )  # fmt: skip
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1.0), title=None)
     axes[0].set_ylabel("accuracy")
     axes[1].set_ylabel("mean latency, A100 priced (s)")
     for ax in axes:

@@ -90,6 +90,13 @@ def _runs(config: dict[str, Any]) -> tuple[list[tuple[str, str, float, Runner]],
     track_model(large_dir)
     small_llm = make_llm(small_dir)
     large_llm = make_llm(large_dir)
+    if small_llm.tokenizer is None or large_llm.tokenizer is None:
+        raise ValueError(f"{small_dir} and {large_dir} both need a tokenizer.json")
+    if small_llm.tokenizer.get_vocab() != large_llm.tokenizer.get_vocab():
+        raise ValueError(
+            f"{small_dir} and {large_dir} have different tokenizers: SpecReason passes token "
+            "ids between the two models, so they must share one"
+        )
     spec_llm = make_llm(large_dir, draft=small_dir, k=config["k"])
     tok = small_llm.tokenizer
     newline = tok.token_to_id("\u010a")  # the byte-level BPE token of "\n"
