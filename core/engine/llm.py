@@ -207,29 +207,27 @@ class LLM:
             if enable_lora
             else None
         )
-        runner = (
-            self._spec_runner(
+        runner_cls: type[ModelRunner] = ModelRunner
+        extra: dict[str, Any] = {"lora": self.lora}
+        if spec_cfg is not None:
+            runner_cls, extra = self._speculation(
                 spec_cfg,
-                kv_cache,
                 backend,
-                state_pool,
-                host_kv,
                 seed,
                 torch_dtype,
                 device,
                 max_num_seqs,
                 max_len,
+                (attention_backend, linear_backend),
             )
-            if spec_cfg is not None
-            else ModelRunner(
-                self.model,
-                kv_cache,
-                backend,
-                Sampler(seed=seed),
-                state_pool=state_pool,
-                host_kv=host_kv,
-                lora=self.lora,
-            )
+        runner = runner_cls(
+            self.model,
+            kv_cache,
+            backend,
+            Sampler(seed=seed),
+            state_pool=state_pool,
+            host_kv=host_kv,
+            **extra,
         )
         scheduler = (
             make_lora_scheduler(lora_scheduler)(
@@ -241,19 +239,18 @@ class LLM:
         self.engine = Engine(scheduler, runner)
         self._counter = 0
 
-    def _spec_runner(
+    def _speculation(
         self,
         cfg: SpeculativeConfig,
-        kv_cache: Any,
         backend: KVBackend,
-        state_pool: Any,
-        host_kv: Any,
         seed: int,
         dtype: torch.dtype,
         device: torch.device,
         max_num_seqs: int,
         max_len: int,
-    ) -> ModelRunner:
+        backends: tuple[str | None, str | None],
+    ) -> tuple[type[ModelRunner], dict[str, Any]]:
+        """The speculating runner class and its extra arguments (its drafter built)."""
         from core.spec.build import make_drafter
         from core.spec.runner import SpecModelRunner
 
@@ -268,17 +265,12 @@ class LLM:
             max_num_seqs=max_num_seqs,
             eos_token_id=self.eos_token_id,
             max_model_len=max_len,
+            attention_backend=backends[0],
+            linear_backend=backends[1],
         )
-        return SpecModelRunner(
-            self.model,
-            kv_cache,
-            backend,
-            Sampler(seed=seed),
-            state_pool=state_pool,
-            host_kv=host_kv,
-            drafter=drafter,
-            num_speculative_tokens=cfg.num_speculative_tokens,
-            max_num_seqs=max_num_seqs,
+        k = cfg.num_speculative_tokens
+        return SpecModelRunner, dict(
+            drafter=drafter, num_speculative_tokens=k, max_num_seqs=max_num_seqs
         )
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:

@@ -14,7 +14,7 @@ from core.model.base import CausalLM
 from core.model.cache import KVCache
 
 from .drafter import Draft, Drafter, DraftRequest
-from .verify import block_stop_tokens, is_greedy, target_probs
+from .verify import block_stop_tokens, blocks_stop_tokens, is_greedy, target_probs
 
 
 class DraftModelDrafter(Drafter):
@@ -124,9 +124,14 @@ class DraftModelDrafter(Drafter):
             hidden = self.model(batch, self.kv_cache)
             logits = self.model.compute_logits(hidden[batch.last_token_rows()])
             self.num_forwards += 1
+            best = logits.argmax(dim=-1).tolist()
             for row, j in enumerate(rows):
                 r = requests[active[j]]
-                tok, q = self._pick(logits[row : row + 1], r, len(out[active[j]].token_ids))
+                n_out = len(r.token_ids) - r.num_prompt_tokens + len(out[active[j]].token_ids)
+                if is_greedy(r.sampling) and not blocks_stop_tokens(r.sampling, n_out):
+                    tok, q = best[row], None
+                else:
+                    tok, q = self._pick(logits[row : row + 1], r, n_out)
                 out[active[j]].token_ids.append(tok)
                 if q is not None:
                     probs[j].append(q)
@@ -143,10 +148,11 @@ class DraftModelDrafter(Drafter):
     def _k(self, r: DraftRequest) -> int:
         return min(r.num_drafts, self.max_model_len - len(r.token_ids))
 
-    def _pick(self, logits: torch.Tensor, r: DraftRequest, i: int) -> tuple[int, Any]:
+    def _pick(self, logits: torch.Tensor, r: DraftRequest, out_len: int) -> tuple[int, Any]:
+        """The draft token for output position ``out_len`` and the distribution it was drawn
+        from (None: argmax)."""
         sp = r.sampling
         if sp is not None:
-            out_len = len(r.token_ids) - r.num_prompt_tokens + i
             logits = block_stop_tokens(logits, sp, out_len, self.eos_token_id)
         if is_greedy(sp):
             return int(logits[0].argmax()), None

@@ -14,7 +14,14 @@ from core.sched.runner import StepResult
 from core.sched.scheduler import ScheduledChunk, SchedulerOutput, SpecOutcome
 
 from .drafter import Drafter, DraftRequest
-from .verify import block_stop_tokens, is_greedy, target_probs, verify_greedy, verify_sampled
+from .verify import (
+    block_stop_tokens,
+    blocks_stop_tokens,
+    is_greedy,
+    target_probs,
+    verify_greedy,
+    verify_sampled,
+)
 
 
 class SpecModelRunner(ModelRunner):
@@ -108,11 +115,13 @@ class SpecModelRunner(ModelRunner):
                 reqs = [out.chunks[i].request for i in plain]
                 self.sample_into(result, reqs, logits[: len(plain)])
             at = len(plain)
+            # one argmax for every verified row: greedy requests need nothing else
+            best = logits[at:].argmax(dim=-1).tolist() if verify and logits is not None else []
             for i in verify:
                 c = out.chunks[i]
                 n = c.num_spec_tokens
                 assert logits is not None
-                a, tok = self._verify(c, logits[at : at + n + 1])
+                a, tok = self._verify(c, logits[at : at + n + 1], best[at - len(plain) :][: n + 1])
                 at += n + 1
                 rid = c.request.request_id
                 spec.accepted[rid] = list(c.spec_token_ids[:a])
@@ -127,12 +136,16 @@ class SpecModelRunner(ModelRunner):
         self.apply_copies(out.copies, after=True)
         return result
 
-    def _verify(self, c: ScheduledChunk, logits: torch.Tensor) -> tuple[int, int]:
+    def _verify(
+        self, c: ScheduledChunk, logits: torch.Tensor, argmax: list[int]
+    ) -> tuple[int, int]:
         req = c.request
         sp = req.sampling
         draft = list(c.spec_token_ids)
-        logits = block_stop_tokens(logits, sp, req.num_output_tokens, req.eos_token_ids)
         q = self._draft_probs.pop(req.request_id, None)
+        if is_greedy(sp) and not blocks_stop_tokens(sp, req.num_output_tokens):
+            return verify_greedy(argmax, draft)
+        logits = block_stop_tokens(logits, sp, req.num_output_tokens, req.eos_token_ids)
         if is_greedy(sp):
             return verify_greedy(logits, draft)
         if q is not None:

@@ -46,16 +46,21 @@ def block_stop_tokens(
     return logits
 
 
+def blocks_stop_tokens(sampling: Any, num_output_tokens: int) -> bool:
+    """Whether :func:`block_stop_tokens` would change a row at this output length."""
+    return num_output_tokens < int(getattr(sampling, "min_tokens", 0) or 0)
+
+
 def is_greedy(sampling: Any) -> bool:
     return sampling is None or float(sampling.temperature) < SAMPLING_EPS
 
 
-def verify_greedy(logits: torch.Tensor, draft: Sequence[int]) -> tuple[int, int]:
+def verify_greedy(logits: torch.Tensor | Sequence[int], draft: Sequence[int]) -> tuple[int, int]:
     """``logits`` ``[len(draft) + 1, vocab]``: the target's at each draft position and after
-    the last. Accept drafts while each equals the target's argmax; ``(accepted, next_token)``
-    where the next token is the argmax after the accepted ones (exactly what decoding one token
-    at a time gives)."""
-    best = logits.argmax(dim=-1).tolist()
+    the last (or their argmax ids). Accept drafts while each equals the target's argmax;
+    ``(accepted, next_token)`` where the next token is the argmax after the accepted ones
+    (exactly what decoding one token at a time gives)."""
+    best = logits.argmax(dim=-1).tolist() if isinstance(logits, torch.Tensor) else list(logits)
     a = 0
     while a < len(draft) and draft[a] == best[a]:
         a += 1

@@ -34,6 +34,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "simulator speed: the full Azure conversation trace (19,366 requests) on 8 simulated "
         "Llama-3-8B/H100 replicas; simulated requests per wall-clock second (target < 60 s)",
     ),
+    "spec": (
+        "scripts.bench.spec",
+        "speculative decoding: tokens/s of the target alone, with n-gram, suffix and draft-model "
+        "drafting, greedy, interleaved; acceptance and the expected speedup beside the measured",
+    ),
     "serve": (
         "scripts.bench.serve",
         "the OpenAI-compatible HTTP server + load client vs the engine in-process on the same "

@@ -4,6 +4,8 @@ preemption in play."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from core.engine.sampling import SamplingParams
@@ -15,8 +17,14 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}
 SUFFIX = {"method": "suffix", "num_speculative_tokens": 4}
 
 
-def reference(arch, ps=PROMPTS, sp=GREEDY, **kw):
-    return [o.token_ids for o in run(make_llm(arch, **kw), ps, sp)]
+@functools.cache
+def _reference(arch):
+    return [o.token_ids for o in run(make_llm(arch), PROMPTS, GREEDY)]
+
+
+def reference(arch):
+    """The tokens without speculation (computed once per model family)."""
+    return [list(t) for t in _reference(arch)]
 
 
 @pytest.mark.parametrize("arch", ["llama", "mixtral", "bamba"])
@@ -68,6 +76,7 @@ def test_greedy_equal_with_rejections(arch, wrong_every):
     assert (accepted == drafted) == (wrong_every == 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "bamba"])
 def test_greedy_equal_under_pressure(arch):
     """Few KV blocks (preemption by recompute), a small token budget (chunked prefill cuts
