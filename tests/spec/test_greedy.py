@@ -105,3 +105,23 @@ def test_greedy_equal_under_pressure(arch):
         )
     ]
     assert got == want
+
+
+def test_greedy_equal_with_swap_preemption():
+    """Preemption by swapping to the host pool, with rejections: the same tokens, and every
+    block back in the pool at the end."""
+    shared = prompts([20], seed=5)[0]
+    ps = [shared + p for p in prompts([3, 7, 11, 5], seed=6)]
+    sp = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    kw = dict(
+        num_kv_blocks=24, max_num_batched_tokens=24, preemption_mode="swap", num_host_blocks=64
+    )
+    ref = [o.token_ids for o in run(make_llm("llama", **kw), ps, sp)]
+    llm = make_llm("llama", speculative_config=NGRAM, **kw)
+    drafter = ScriptedDrafter({tuple(p): r for p, r in zip(ps, ref, strict=True)}, 3)
+    outs = run(with_drafter(llm, drafter, 5), ps, sp)
+    assert [o.token_ids for o in outs] == ref
+    assert sum(o.metrics["num_preemptions"] for o in outs) > 0
+    kv = llm.engine.scheduler.kv
+    assert kv.num_free_blocks == kv.num_blocks
+    kv.manager.check_integrity()
