@@ -118,3 +118,38 @@ def _greedy():
     from .conftest import GREEDY
 
     return GREEDY
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_interception_inside_accepted_drafts_pauses_there(hybrid):
+    """A tool call due after 3 output tokens, with 4 drafts accepted in the step that reaches
+    it: the request pauses after exactly 3 tokens, keeps KV only for what it computed, and
+    resumes with the call's tokens; a hybrid model's SSM state (ahead of the tokens) is not
+    kept (the pause discards instead of preserving)."""
+    from core.workload.schema import Interception
+
+    backend = (
+        RadixKVBackend(32, 4, hybrid=True, num_state_slots=8, enable_prefix_caching=False)
+        if hybrid
+        else PagedKVBackend(32, 4, enable_prefix_caching=False)
+    )
+    s = _sched(backend)
+    req = EngineRequest(
+        "a",
+        list(range(10, 16)),
+        Params(),
+        interceptions=[Interception(3, 1.0, 2, returned_token_ids=(40, 41))],
+    )
+    s.add_request(req)
+    s.update(s.schedule(0.0), {"a": 7}, 0.0, spec=SpecOutcome(drafts={"a": [1, 2, 3, 4]}))
+    out = s.schedule(1.0)
+    s.update(out, {"a": 9}, 1.0, spec=SpecOutcome(accepted={"a": [1, 2, 3, 4]}))
+    assert req.output_token_ids == [7, 1, 2]
+    assert req.status.value == "paused"
+    if hybrid:
+        assert req.num_computed_tokens == 0 and backend.num_free_blocks == 32
+    else:
+        assert req.num_computed_tokens == 8  # KV of 7 and 1 kept; 2 is the next input
+        assert len(backend.block_table(req)) == 2
+    s.schedule(2.5)  # the call returned: its tokens are appended and the request runs on
+    assert req.token_ids[-2:] == [40, 41] and req.status.value == "running"
