@@ -25,6 +25,7 @@ TORCH_FREE = [
     "core.workload",
     "core.artifact",
     "core.model",
+    "core.jobsim",
 ]
 # Submodules of those packages that are the engine side on purpose: real serving on engine
 # replicas (core.cluster's docstring says it is not imported by the package) and the torch
