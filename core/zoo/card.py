@@ -79,6 +79,10 @@ def _table(acc: dict[str, float], header: str) -> list[str]:
     ]
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
 def render_card(metrics: dict[str, Any]) -> str:
     """The model card (Markdown) from a model's ``metrics.json``."""
     r = metrics["recipe"]
@@ -118,7 +122,7 @@ def render_card(metrics: dict[str, Any]) -> str:
         f"`text`), seed {r['seed']}. Full recipe: `recipe.json`.",
         "",
         f"- trained on {t['tokens']:,} tokens in {t['steps']:,} steps, {t['seconds'] / 60:.1f} "
-        f"minutes on {metrics['machine']['cpu']} ({metrics['machine']['threads']} threads), "
+        f"minutes on {metrics['machine']['cpu']} ({_threads(metrics['machine']['threads'])}), "
         f"{metrics['machine']['date']}",
         f"- final training loss {t['final_loss']:.3f}; held-out loss per token: "
         + ", ".join(f"{k} {v:.3f}" for k, v in metrics["heldout_loss"].items()),
