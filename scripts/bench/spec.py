@@ -20,8 +20,9 @@ Reported per system: tokens/s (median over rounds), the speedup over the target 
 of per-round ratios), the acceptance rate (accepted / drafted tokens), tokens per verify step,
 and the speedup expected from those: ``T / (k_d * c + v)`` with ``T`` the measured tokens per
 step, ``k_d`` the mean drafts per step, ``c`` the draft's decode-step time over the target's
-and ``v`` the target's verify-step time (``k + 1`` tokens per sequence) over its decode-step
-time, both timed here on the batch's shape (Leviathan et al.'s ``1 / (c + (1 - a))`` family).
+and ``v`` the target's verify-step time (``1 + k_d`` tokens per sequence, interpolated between
+steps of 1 .. k + 1 tokens) over its decode-step time, all timed here on the batch's shape in
+interleaved repetitions (Leviathan et al.'s ``1 / (c + (1 - a))`` family).
 """
 
 from __future__ import annotations
@@ -109,23 +110,39 @@ def _systems(draft: Path, k: int) -> dict[str, dict[str, Any] | None]:
     }
 
 
-def _step_time(model: Any, kv_cache: Any, block_size: int, batch: int, ctx: int, q: int) -> float:
-    """Median seconds of one forward of ``batch`` sequences, ``q`` new tokens each after
-    ``ctx`` cached ones (the cache's first blocks serve as scratch)."""
+def _step_times(
+    shapes: dict[str, tuple[Any, Any, int]], block_size: int, batch: int, ctx: int, reps: int = 7
+) -> dict[str, float]:
+    """Median seconds of one forward per shape ``name -> (model, kv_cache, q)``: ``batch``
+    sequences of ``q`` new tokens after ``ctx`` cached ones (the cache's first blocks serve as
+    scratch). The shapes are timed in interleaved rounds, so a stall hits all of them."""
     import torch
 
     from core.model import ForwardBatch
 
-    per = -(-(ctx + q) // block_size)
-    tables = [list(range(b * per, (b + 1) * per)) for b in range(batch)]
-    fb = ForwardBatch.build([[5] * q] * batch, [ctx] * batch, tables, block_size)
-    times = []
+    batches = {}
+    for name, (_, _, q) in shapes.items():
+        per = -(-(ctx + q) // block_size)
+        tables = [list(range(b * per, (b + 1) * per)) for b in range(batch)]
+        batches[name] = ForwardBatch.build([[5] * q] * batch, [ctx] * batch, tables, block_size)
+    times: dict[str, list[float]] = {name: [] for name in shapes}
     with torch.inference_mode():
-        for _ in range(5):
-            t0 = time.perf_counter()
-            model(fb, kv_cache)
-            times.append(time.perf_counter() - t0)
-    return median(times[1:])
+        for _ in range(reps + 1):
+            for name, (model, kv_cache, _) in shapes.items():
+                t0 = time.perf_counter()
+                model(batches[name], kv_cache)
+                times[name].append(time.perf_counter() - t0)
+    return {name: median(t[1:]) for name, t in times.items()}
+
+
+def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear ``y(x)`` through the points (clamped at the ends)."""
+    if x <= xs[0]:
+        return ys[0]
+    for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,25 +199,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for key in ("num_spec_steps", "num_draft_tokens", "num_accepted_tokens")
                 }
         lossless = all(tokens[n] == tokens["target"] for n in names)
-        # cost ratios on this batch's shape, at the mean context of the run
+        # cost ratios on this batch's shape, at the mean context of the run: the target's step
+        # with q = 1 .. k + 1 tokens per sequence and the draft's one-token step
         base = llms["target"]
         runner = base.engine.runner
-        ctx = scale.prompt_len + scale.max_tokens // 2
-        t_dec = _step_time(base.model, runner.kv_cache, 16, scale.prompts, ctx, 1)
-        t_ver = _step_time(base.model, runner.kv_cache, 16, scale.prompts, ctx, scale.k + 1)
         drafter = llms["draft-model"].engine.runner.drafter  # type: ignore[attr-defined]
-        t_draft = _step_time(drafter.model, drafter.kv_cache, 16, scale.prompts, ctx, 1)
-        c, v = t_draft / t_dec, t_ver / t_dec
+        ctx = scale.prompt_len + scale.max_tokens // 2
+        qs = list(range(1, scale.k + 2))
+        shapes = {f"q{q}": (base.model, runner.kv_cache, q) for q in qs}
+        shapes["draft"] = (drafter.model, drafter.kv_cache, 1)
+        t = _step_times(shapes, 16, scale.prompts, ctx)
+        v_of_q = [t[f"q{q}"] / t["q1"] for q in qs]
+        c = t["draft"] / t["q1"]
 
     results: dict[str, Any] = {
         "models": models,
         "lossless": lossless,
         "cost": {
-            "decode_step_s": t_dec,
-            "verify_step_s": t_ver,
-            "draft_step_s": t_draft,
+            "step_s": t,
             "c": c,
-            "v": v,
+            "v_by_tokens_per_seq": dict(zip(qs, v_of_q, strict=True)),
         },
         "systems": {},
     }
@@ -213,12 +231,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             acc = n["num_accepted_tokens"] / n["num_draft_tokens"] if n["num_draft_tokens"] else 0.0
             per_step = 1 + n["num_accepted_tokens"] / steps
             k_d = n["num_draft_tokens"] / steps
+            v = _interp(qs, v_of_q, 1 + k_d)  # the verify step at this system's drafts
             cost = (k_d * c if name == "draft-model" else 0.0) + v
             row.update(
                 speedup=median(ratios),
                 acceptance=acc,
                 tokens_per_step=per_step,
                 drafts_per_step=k_d,
+                verify_cost=v,
                 expected_speedup=per_step / cost,
                 **n,
             )
@@ -275,7 +295,8 @@ def render(report: dict[str, Any]) -> str:
         rows,
         title=(
             f"Speculative decoding, greedy ({res['models']}); lossless: {res['lossless']}; "
-            f"draft/target step c = {c['c']:.3f}, verify/decode v = {c['v']:.2f}"
+            f"draft/target step c = {c['c']:.3f}, verify (k+1 tokens)/decode "
+            f"v = {max(c['v_by_tokens_per_seq'].values()):.2f}"
         ),
         formats=[None, ".1f", ".2f", ".2f", ".2f", ".2f"],
     )

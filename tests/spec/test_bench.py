@@ -26,5 +26,5 @@ def test_quick_run(tmp_path, capsys):
         assert s["tokens_per_s"] > 0
         if name != "target":
             assert 0 <= s["acceptance"] <= 1 and s["expected_speedup"] > 0
-    assert res["cost"]["c"] > 0 and res["cost"]["v"] > 0
+    assert res["cost"]["c"] > 0 and min(res["cost"]["v_by_tokens_per_seq"].values()) > 0
     assert "expected" in capsys.readouterr().out
