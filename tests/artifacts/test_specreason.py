@@ -240,7 +240,7 @@ def test_claim_measures_on_a_hand_made_frame():
     assert sr.tau_moves_latency(r) == pytest.approx(1.0)
     assert sr.accuracy_gain(r) == 0.0 and sr.oracle_gain(r) == 0.0
     assert sr.judge_auc(r) == pytest.approx(1.0)  # right steps scored 8.8-8.9, wrong 7.5
-    assert sr.cpu_speedup(r) == pytest.approx(2.5)
+    assert sr.best_speedup(sr.CPU)(r) == pytest.approx(2.5)
     pos = summary.acceptance_by_position(_frame()).set_index(["run", "position"])["acceptance"]
     assert pos[("specreason tau=8.5", 2)] == 0.0 and pos[("specreason tau=6", 1)] == 1.0
     assert "specreason tau=8: accuracy 100%" in sr.table_note(r)
