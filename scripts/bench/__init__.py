@@ -39,6 +39,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "speculative decoding: tokens/s of the target alone, with n-gram, suffix and draft-model "
         "drafting, greedy, interleaved; acceptance and the expected speedup beside the measured",
     ),
+    "lora": (
+        "scripts.bench.lora",
+        "LoRA decode steps on a ~125M Llama: unmerged with 1/4/16/64 adapters in a batch of 64 "
+        "vs merged vs peft, interleaved (target: unmerged-16 within 1.5x of merged)",
+    ),
     "serve": (
         "scripts.bench.serve",
         "the OpenAI-compatible HTTP server + load client vs the engine in-process on the same "
