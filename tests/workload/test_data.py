@@ -17,16 +17,22 @@ TRACES = DATA_DIR / "traces"
 README = (DATA_DIR / "README.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("folder", ["azure-llm-2023", "mooncake", "loogle", "toolbench"])
+@pytest.mark.parametrize(
+    "folder", ["azure-llm-2023", "mooncake", "loogle", "toolbench", "shockwave"]
+)
 def test_every_trace_folder_has_its_license_and_a_readme_row(folder):
     assert (TRACES / folder / "LICENSE").is_file()
     files = [p for p in (TRACES / folder).rglob("*") if p.is_file() and p.name != "LICENSE"]
     assert files
     for p in files:
         rel = p.relative_to(DATA_DIR).as_posix()
-        # ToolBench's 20 files are listed by pattern; the others by name.
+        # ToolBench's 20 files and Shockwave's traces are listed by pattern; the others by name.
         top = "/".join(rel.split("/")[:3])  # traces/toolbench/answer, traces/toolbench/instruction
-        listed = rel in README or (folder == "toolbench" and f"`{top}/" in README)
+        listed = (
+            rel in README
+            or (folder == "toolbench" and f"`{top}/" in README)
+            or (rel.endswith(".trace") and f"`traces/{folder}/*.trace`" in README)
+        )
         assert listed, rel
 
 
@@ -50,8 +56,9 @@ def test_readme_names_sources_commits_licenses_and_citations():
         assert needle in README, needle
 
 
-def test_no_other_issues_data_here():
-    assert not (TRACES / "shockwave").exists()
+def test_every_trace_folder_is_checked_here():
+    folders = {p.name for p in TRACES.iterdir() if p.is_dir()}
+    assert folders == {"azure-llm-2023", "mooncake", "loogle", "toolbench", "shockwave"}
 
 
 def test_loaders_record_every_file_they_read_with_its_sha256():
