@@ -208,6 +208,9 @@ class HttpServer:
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
+        # listen now, not when uvicorn starts: a client told the address (the CLI prints it
+        # before run()) waits in the backlog instead of being refused while the app starts
+        self.sock.listen(2048)
         self.port: int = self.sock.getsockname()[1]
         config = uvicorn.Config(
             build_app(engine, cfg),
