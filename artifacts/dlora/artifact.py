@@ -26,6 +26,7 @@ import numpy as np
 from core.artifact import (
     Artifact,
     Claim,
+    Expect,
     Experiment,
     NotApplicable,
     Paper,
@@ -257,6 +258,12 @@ def _note(text: str):
     return text
 
 
+def half_the_gain(paper_factor: float) -> Expect:
+    """A paper's speedup ``F`` reproduces when ours shows at least half of its gain over 1x,
+    ``1 + (F - 1) / 2`` (a gain, not merely no loss)."""
+    return at_least(1 + (paper_factor - 1) / 2)
+
+
 ARTIFACT = Artifact(
     name="dlora",
     version="1",
@@ -316,18 +323,18 @@ ARTIFACT = Artifact(
             "dLoRA improves throughput by up to 57.9x over vLLM.",
             "up to 57.9x",
             throughput_vs("vllm"),
-            at_least(1.0),
+            half_the_gain(57.9),
             ("batching",),
             unit="x (best over rates)",
-            expected=">= 1x at some swept rate (our vLLM baseline merges one adapter at a "
-            "time but still batches that adapter's requests continuously)",
+            note="Our vLLM baseline merges one adapter at a time but still batches that "
+            "adapter's requests continuously.",
         ),
         Claim(
             "throughput-vs-peft",
             "dLoRA improves throughput by up to 26.0x over HF PEFT.",
             "up to 26.0x",
             throughput_vs("peft"),
-            at_least(1.0),
+            half_the_gain(26.0),
             ("batching",),
             unit="x (best over rates)",
         ),
@@ -336,7 +343,7 @@ ARTIFACT = Artifact(
             "dLoRA reduces average latency by up to 1.8x compared with S-LoRA.",
             "up to 1.8x",
             latency_vs_slora,
-            at_least(1.0),
+            half_the_gain(1.8),
             ("batching",),
             unit="x (S-LoRA / dLoRA, best over rates)",
         ),
@@ -385,7 +392,7 @@ ARTIFACT = Artifact(
             "placement only vs 1.83 s with ILP migration.",
             "4.0x (7.38 / 1.83)",
             migration_gain,
-            at_least(1.0),
+            half_the_gain(7.38 / 1.83),
             ("cluster",),
             unit="x (proactive / dLoRA at the highest rate)",
             note="Only waiting requests migrate (no KV migration).",
