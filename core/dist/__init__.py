@@ -3,6 +3,7 @@
 communication cost model the simulator uses is :mod:`core.sim.network`. See docs/core/dist.md.
 """
 
+from .ep import ExpertParallelMoE, expert_parallel, idle_moe_step
 from .group import (
     DEFAULT_TIMEOUT_S,
     CollectiveError,
@@ -12,6 +13,7 @@ from .group import (
     init_distributed,
     spawn,
 )
+from .tp import tensor_parallel
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -20,5 +22,9 @@ __all__ = [
     "LocalGroup",
     "RankFailedError",
     "init_distributed",
+    "ExpertParallelMoE",
+    "expert_parallel",
+    "idle_moe_step",
     "spawn",
+    "tensor_parallel",
 ]

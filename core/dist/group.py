@@ -270,6 +270,10 @@ def _worker(
 ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(num_threads)
+    # join only when every rank has started (imports can take longer than a short timeout)
+    results.put((rank, "started", None))
+    if tasks.get() is None:
+        return
     try:
         comm = init_distributed(
             backend, timeout_s=timeout_s, rank=rank, world_size=world, local_rank=rank
@@ -343,6 +347,9 @@ class LocalGroup:
         for p in self._procs:
             p.start()
         self._closed = False
+        self._collect("started", "start", start_timeout_s)
+        for q in self._tasks:
+            q.put("join")
         self._collect("ready", "start", start_timeout_s)
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None) -> list[Any]:
