@@ -268,7 +268,14 @@ def _worker(
     tasks: Any,
     results: Any,
 ) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # torchrun's variables, so code on the rank that calls init_distributed() joins this group
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )
     torch.set_num_threads(num_threads)
     # join only when every rank has started (imports can take longer than a short timeout)
     results.put((rank, "started", None))

@@ -78,6 +78,10 @@ class LLM:
       draft_path, "num_speculative_tokens": 4}`` or ``{"method": "suffix", ...}``; see
       :class:`~core.spec.SpeculativeConfig` and docs/core/spec.md. Outputs' ``metrics`` count
       ``num_draft_tokens`` and ``num_accepted_tokens`` per request.
+    - parallelism (vLLM's options): ``tensor_parallel_size`` ranks each hold a shard of the model
+      and run this same engine loop, rank 0 sampling for all; start one process per rank
+      (``torchrun --nproc-per-node N``); ``enable_expert_parallel`` places Mixtral's experts
+      whole on ranks instead of sharding each. See :mod:`core.dist` and docs/core/dist.md.
     Policy names are resolved before the model loads: an unknown one raises ValueError at once.
     """
 
@@ -112,6 +116,8 @@ class LLM:
         max_cpu_loras: int | None = None,
         lora_scheduler: str | type[LoRAScheduler] = "unmerged",
         speculative_config: dict[str, Any] | SpeculativeConfig | None = None,
+        tensor_parallel_size: int = 1,
+        enable_expert_parallel: bool = False,
     ) -> None:
         spec_cfg = (
             SpeculativeConfig.from_dict(speculative_config)
@@ -127,7 +133,21 @@ class LLM:
         icp_policy = make_intercept_policy(intercept)
         torch_dtype = _dtype(dtype)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        comm = None
+        if tensor_parallel_size > 1:
+            if spec_cfg is not None or enable_lora:
+                raise ValueError(
+                    "tensor_parallel_size > 1 does not combine with LoRA or speculation yet"
+                )
+            from core.dist.runner import join_for_engine
+
+            comm = join_for_engine(tensor_parallel_size)
+            device = comm.device
         self.model, self.config = load_model(model, dtype=torch_dtype, device=device, seed=seed)
+        if comm is not None:
+            from core.dist.tp import tensor_parallel
+
+            tensor_parallel(self.model, comm, moe="ep" if enable_expert_parallel else "tp")
         if attention_backend is not None:
             self.model.set_attention_backend(attention_backend)
         self.model.set_linear_backend(linear_backend)
@@ -209,6 +229,10 @@ class LLM:
         )
         runner_cls: type[ModelRunner] = ModelRunner
         extra: dict[str, Any] = {"lora": self.lora}
+        if comm is not None:
+            from core.dist.runner import ParallelModelRunner
+
+            runner_cls, extra["comm"] = ParallelModelRunner, comm
         if spec_cfg is not None:
             runner_cls, extra = self._speculation(
                 spec_cfg,

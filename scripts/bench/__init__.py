@@ -44,6 +44,11 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "LoRA decode steps on a ~125M Llama: unmerged with 1/4/16/64 adapters in a batch of 64 "
         "vs merged vs peft, interleaved (target: unmerged-16 within 1.5x of merged)",
     ),
+    "collectives": (
+        "scripts.bench.collectives",
+        "collective cost model vs measured: gloo on 2 local ranks (all-reduce, all-gather, "
+        "all-to-all, broadcast; model/measured per size) and Vidur's A100/H100 NCCL tables",
+    ),
     "serve": (
         "scripts.bench.serve",
         "the OpenAI-compatible HTTP server + load client vs the engine in-process on the same "
