@@ -1,0 +1,357 @@
+"""Step-level fidelity: every engine step recorded with its composition and time, drift probes
+taken in the same minutes, and the cost model's error per kind of step.
+
+- :class:`StepRecorder` wraps an engine's ``step`` and its runner's ``execute``: one
+  :class:`StepRecord` per step the runner executed (the prefill chunks and decode contexts the
+  scheduler chose, as :func:`core.sim.cost.chunks_of` reads them, and the wall and CPU seconds
+  of the whole ``Engine.step()``), labelled with the run it belongs to.
+- :class:`DriftProbe` times a fixed reference computation now and then: in the replay's idle
+  waits (:meth:`StepRecorder.idle_sleep`, where it delays nothing) and, when no wait came for
+  ``max_gap`` steps, between two steps.
+- :class:`Drift` turns the probe times into the machine's speed at any moment, relative to
+  the speed the profile was calibrated at; :func:`step_errors` divides it out of the
+  comparison, and :class:`ScaledCost` multiplies a cost model by it for a simulation.
+
+The clocks are parameters, so a test can drive all of it on a synthetic drifting clock.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.sim.cost import CostModel, chunks_of
+
+STEP_KINDS = ("prefill", "decode", "mixed")
+QUIET_CPU_SHARE = 0.9  # as scripts.calibrate.measure.DISTURBED_CPU_SHARE
+PROBE_WINDOW = 5  # probes whose median gives the speed at a moment (the nearest ones in time)
+
+
+def step_kind(prefill: Sequence[Any], decode: Sequence[int]) -> str:
+    """``prefill``, ``decode`` or ``mixed`` (both in one step)."""
+    if prefill and decode:
+        return "mixed"
+    return "prefill" if prefill else "decode"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One engine step: when it started (``clock`` seconds), how long it took (wall and process
+    CPU seconds), what it ran (prefill chunks ``(tokens, cached context)`` and decode contexts)
+    and the run it belongs to."""
+
+    start: float
+    seconds: float
+    cpu_seconds: float
+    prefill: tuple[tuple[int, int], ...]
+    decode: tuple[int, ...]
+    run: str = ""
+
+    @property
+    def kind(self) -> str:
+        return step_kind(self.prefill, self.decode)
+
+    @property
+    def mid(self) -> float:
+        return self.start + self.seconds / 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run,
+            "start": self.start,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "prefill": [list(c) for c in self.prefill],
+            "decode": list(self.decode),
+        }
+
+
+class DriftProbe:
+    """A fixed reference computation (``work``), timed ``repeats`` times back to back each call
+    of :meth:`measure`; the fastest of them is one sample ``(clock time, seconds)`` in
+    :attr:`samples` (waiting for a core only adds time, so the fastest is the machine's speed
+    with the least of that in it). :attr:`cost_s` is what a call costs (for fitting one into
+    an idle wait)."""
+
+    def __init__(
+        self,
+        work: Callable[[], Any],
+        clock: Callable[[], float] = time.perf_counter,
+        repeats: int = 3,
+    ) -> None:
+        self.work, self.clock, self.repeats = work, clock, int(repeats)
+        self.samples: list[tuple[float, float]] = []
+        self.cost_s = 0.0
+
+    def measure(self) -> float:
+        t_start = self.clock()
+        times = []
+        for _ in range(self.repeats):
+            t0 = self.clock()
+            self.work()
+            times.append(self.clock() - t0)
+        t_end = self.clock()
+        s = min(times)
+        self.samples.append(((t_start + t_end) / 2, s))
+        self.cost_s = max(self.cost_s, t_end - t_start)
+        return s
+
+
+class StepRecorder:
+    """Records every step of ``engine`` while installed (see the module doc).
+
+    ``probe`` (optional): measured by :meth:`idle_sleep` in waits long enough for it, and before
+    a step when ``max_gap`` steps ran since the last probe (the time it takes then delays that
+    step, so keep the probe short). :attr:`run` labels the records that follow;
+    :attr:`update_s` holds how long ``Scheduler.update`` took after each step's tokens were
+    stamped (the simulator stamps them at the step's end)."""
+
+    def __init__(
+        self,
+        engine: Any,
+        probe: DriftProbe | None = None,
+        *,
+        max_gap: int = 32,
+        clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] = time.process_time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.engine, self.probe, self.max_gap = engine, probe, int(max_gap)
+        self.clock, self.cpu_clock, self.sleep = clock, cpu_clock, sleep
+        self.records: list[StepRecord] = []
+        self.update_s: list[float] = []
+        self.forced_probes = 0
+        self.run = ""
+        self._since_probe = 0
+        self._out: Any = None
+        runner, sched = engine.runner, engine.scheduler
+        execute, step = runner.execute, engine.step
+        update = getattr(sched, "update", None)
+
+        def recording_execute(out: Any) -> Any:
+            self._out = out
+            return execute(out)
+
+        def timed_step() -> Any:
+            if self.probe is not None and self._since_probe >= self.max_gap:
+                self.probe.measure()
+                self.forced_probes += 1
+                self._since_probe = 0
+            self._out = None
+            c0, t0 = self.cpu_clock(), self.clock()
+            done = step()
+            t1, c1 = self.clock(), self.cpu_clock()
+            if self._out is not None:
+                pre, dec = chunks_of(self._out)
+                self.records.append(
+                    StepRecord(t0, t1 - t0, c1 - c0, tuple(pre), tuple(dec), self.run)
+                )
+                self._since_probe += 1
+            self._out = None
+            return done
+
+        if update is not None:
+
+            def timed_update(*a: Any, **k: Any) -> Any:
+                t0 = self.clock()
+                try:
+                    return update(*a, **k)
+                finally:
+                    self.update_s.append(self.clock() - t0)
+
+            sched.update = timed_update
+        runner.execute = recording_execute
+        engine.step = timed_step
+
+    def idle_sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a replay waiting for the next arrival), measuring the probe while
+        the wait left is more than twice what a probe costs."""
+        end = self.clock() + max(0.0, seconds)
+        p = self.probe
+        while p is not None and end - self.clock() > 2 * max(p.cost_s, 1e-4):
+            p.measure()
+            self._since_probe = 0
+        left = end - self.clock()
+        if left > 0:
+            self.sleep(left)
+
+    def of_run(self, *runs: str) -> list[StepRecord]:
+        return [r for r in self.records if r.run in runs]
+
+
+@dataclass
+class Drift:
+    """The machine's speed relative to the profile's calibration, at any moment.
+
+    ``factor(t)`` = ``anchor_ratio * probe(t) / reference_s``: ``probe(t)`` is the median of the
+    :data:`PROBE_WINDOW` probe samples nearest to ``t``; ``reference_s`` the probe's time at the
+    anchor, when reference steps of the engine took ``anchor_ratio`` times what the profile
+    predicts for them (1 when the profile was measured at that speed). A factor of 1.2 means
+    steps take 20% longer now than the profile says."""
+
+    reference_s: float
+    anchor_ratio: float = 1.0
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.reference_s > 0:
+            raise ValueError(f"drift reference must be > 0 seconds, got {self.reference_s}")
+
+    def factor(self, t: float) -> float:
+        if not self.samples:
+            return self.anchor_ratio
+        times = np.fromiter((s[0] for s in self.samples), float)
+        near = np.argsort(np.abs(times - t), kind="stable")[:PROBE_WINDOW]
+        probe = float(np.median([self.samples[int(i)][1] for i in near]))
+        return self.anchor_ratio * probe / self.reference_s
+
+    def median_factor(self, records: Iterable[StepRecord]) -> float:
+        """The median factor over the steps of ``records`` (one run's speed)."""
+        fs = [self.factor(r.mid) for r in records]
+        return statistics.median(fs) if fs else self.anchor_ratio
+
+
+class ScaledCost(CostModel):
+    """``base``'s step times times ``factor`` (a run's measured drift); its decode runs stay
+    element-wise equal to its step times, as the simulator requires."""
+
+    def __init__(self, base: CostModel, factor: float) -> None:
+        if not factor > 0:
+            raise ValueError(f"a cost scale must be > 0, got {factor}")
+        self.base, self.factor = base, float(factor)
+
+    def step_time(
+        self, prefill_chunks: Sequence[tuple[int, int]] = (), decode_contexts: Sequence[int] = ()
+    ) -> float:
+        return self.factor * self.base.step_time(prefill_chunks, decode_contexts)
+
+    def decode_run_times(self, context_lens: Sequence[int], k: int) -> np.ndarray:
+        return self.factor * np.asarray(self.base.decode_run_times(context_lens, k))
+
+
+def _summary(pairs: Sequence[tuple[float, float, StepRecord]]) -> dict[str, Any]:
+    """MAPE, bias (total predicted over total measured, minus 1) and the worst step."""
+    if not pairs:
+        return {"steps": 0}
+    rel = [(p - m) / m for m, p, _ in pairs]
+    worst = int(np.argmax(np.abs(rel)))
+    m_tot, p_tot = sum(m for m, _, _ in pairs), sum(p for _, p, _ in pairs)
+    w = pairs[worst][2]
+    return {
+        "steps": len(pairs),
+        "mape": statistics.fmean(abs(x) for x in rel),
+        "median_abs_error": statistics.median(abs(x) for x in rel),
+        "bias": p_tot / m_tot - 1 if m_tot else None,
+        "worst_error": rel[worst],
+        "worst_step": {
+            "measured_s": pairs[worst][0],
+            "predicted_s": pairs[worst][1],
+            "prefill": [list(c) for c in w.prefill],
+            "decodes": len(w.decode),
+            "max_context": max(w.decode, default=0),
+            "run": w.run,
+        },
+    }
+
+
+def step_errors(
+    records: Sequence[StepRecord], cost: Any, drift: Drift | None = None
+) -> dict[str, Any]:
+    """The cost model against measured steps, per kind of step and in all: MAPE, bias and the
+    worst step; with ``drift``, each prediction times the drift factor at that step
+    (``corrected``) beside the raw one; ``quiet``: the steps during which the process had its
+    core (CPU time >= 90% of wall time with one thread), corrected."""
+    raw: dict[str, list[tuple[float, float, StepRecord]]] = {k: [] for k in STEP_KINDS}
+    cor: dict[str, list[tuple[float, float, StepRecord]]] = {k: [] for k in STEP_KINDS}
+    quiet: dict[str, list[tuple[float, float, StepRecord]]] = {k: [] for k in STEP_KINDS}
+    for r in records:
+        if r.seconds <= 0:
+            continue
+        p = cost.step_time(r.prefill, r.decode)
+        raw[r.kind].append((r.seconds, p, r))
+        if drift is not None:
+            pc = p * drift.factor(r.mid)
+            cor[r.kind].append((r.seconds, pc, r))
+            if r.cpu_seconds >= QUIET_CPU_SHARE * r.seconds:
+                quiet[r.kind].append((r.seconds, pc, r))
+
+    def block(groups: dict[str, list[tuple[float, float, StepRecord]]]) -> dict[str, Any]:
+        out = _summary([x for g in groups.values() for x in g])
+        out["by_kind"] = {k: _summary(v) for k, v in groups.items() if v}
+        return out
+
+    res = {"raw": block(raw)}
+    if drift is not None:
+        res["corrected"] = block(cor)
+        res["quiet_corrected"] = block(quiet)
+    return res
+
+
+def step_pairs(
+    records: Sequence[StepRecord], cost: Any, drift: Drift | None = None
+) -> list[dict[str, Any]]:
+    """Per step: kind, run, measured and predicted seconds (corrected with ``drift``), for the
+    figure and the JSON."""
+    out = []
+    for r in records:
+        p = cost.step_time(r.prefill, r.decode)
+        f = drift.factor(r.mid) if drift is not None else 1.0
+        out.append(
+            {
+                "run": r.run,
+                "kind": r.kind,
+                "tokens": sum(n for n, _ in r.prefill) + len(r.decode),
+                "measured_s": r.seconds,
+                "predicted_s": p * f,
+                "predicted_raw_s": p,
+                "cpu_share": r.cpu_seconds / r.seconds if r.seconds > 0 else None,
+            }
+        )
+    return out
+
+
+def linear_probe(model: Any, rows: int = 8) -> Callable[[], None]:
+    """A reference computation on ``model``'s own weights: every linear layer and the LM head on
+    ``rows`` rows (fixed inputs). It streams the weights as a decode step does, so it slows
+    down with the engine when the machine does (memory bandwidth, clock, a shared core)."""
+    import torch
+
+    from core.kernels.linear import Linear
+
+    gen = torch.Generator().manual_seed(0)
+    layers = [m for m in model.modules() if isinstance(m, Linear) and m is not model.lm_head]
+    inputs = [torch.randn(rows, m.in_features, generator=gen).to(model.dtype) for m in layers]
+    head_in = torch.randn(rows, model.config.hidden_size, generator=gen).to(model.dtype)
+
+    def work() -> None:
+        with torch.inference_mode():
+            for m, x in zip(layers, inputs, strict=True):
+                m(x)
+            model.compute_logits(head_in)
+
+    return work
+
+
+class StepRecorderCost(CostModel):
+    """``base`` that also keeps every step it is asked about, as a :class:`StepRecord` with the
+    predicted seconds (``run="sim"``): the simulator's own batching decisions, step by step
+    (run it with ``fast_forward=False``: a decode run is asked about in one call)."""
+
+    def __init__(self, base: CostModel) -> None:
+        self.base = base
+        self.records: list[StepRecord] = []
+
+    def step_time(
+        self, prefill_chunks: Sequence[tuple[int, int]] = (), decode_contexts: Sequence[int] = ()
+    ) -> float:
+        t = self.base.step_time(prefill_chunks, decode_contexts)
+        pre = tuple((int(n), int(c)) for n, c in prefill_chunks)
+        self.records.append(
+            StepRecord(0.0, t, 0.0, pre, tuple(int(c) for c in decode_contexts), "sim")
+        )
+        return t
