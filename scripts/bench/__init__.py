@@ -26,8 +26,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "fidelity": (
         "scripts.bench.fidelity",
-        "simulator vs real engine on this machine: 200 Azure conversation requests at 30/60/90% "
-        "load, profiled cost model; relative error of mean/p90 TTFT, TPOT, E2E (target <= 5%)",
+        "simulator vs real engines on this machine: every step vs the profiled cost model "
+        "(drift-corrected), Azure requests at 30/50/70/90% load beside the engine's own "
+        "run-to-run spread, and vLLM's CPU build predicted from its own step times",
     ),
     "sim-speed": (
         "scripts.bench.sim_speed",

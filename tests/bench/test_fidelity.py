@@ -12,7 +12,7 @@ from core.sim import ProfiledCostModel
 from scripts.bench import BENCHMARKS, fidelity
 from scripts.calibrate.__main__ import main as calibrate_main
 
-KEYS = {f"{m}_{s}" for m in ("ttft", "tpot", "e2e") for s in ("mean", "p90")}
+KEYS = {f"{m}_{s}" for m in ("ttft", "tpot", "e2e") for s in ("mean", "p50", "p90", "p99")}
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +63,34 @@ def test_fidelity_smoke_run(quick_profile, tmp_path, capsys):
     ]
     assert fidelity.main(argv) == 0
     out = capsys.readouterr()
-    assert "another machine" in out.err and "ttft mean" in out.out
+    assert "another machine" in out.err and "MAPE corrected" in out.out
     report = json.loads((tmp_path / "fidelity.json").read_text())
     assert report["benchmark"] == "fidelity"
-    res, cfg = report["results"], report["config"]
+    assert (tmp_path / "fig-fidelity.png").stat().st_size > 0
+    res, cfg = report["results"]["engine"], report["config"]["engine"]
+    assert report["config"]["levels"] == ["engine"] and "vllm" not in report["results"]
     assert res["capacity_per_s"] > 0 and cfg["requests"] == 6
     assert any("hostname" in m for m in cfg["profile_machine_mismatch"])
     assert cfg["profile_calibrated_in_this_run"] is False
-    for pt in [res["offline"], *res["loads"]]:
-        assert set(pt["relative_error"]) == KEYS
-        assert all(math.isfinite(v) for v in pt["relative_error"].values())
-        assert pt["matched"] == 6 and not pt["incomplete"]
-        assert pt["step_time"]["steps"] > 0 and pt["steps"]["simulator"] > 0
-    assert [p["load"] for p in res["loads"]] == [0.5]
-    assert set(res["loads"][0]["engine_repeat"]["relative_error"]) == KEYS  # the noise floor
-    assert res["loads"][0]["probe_before"]["ratio"] > 0
-    assert {t["id"] for t in report["targets"]} == {f"load-50-{k}" for k in KEYS}
-    assert isinstance(res["all_within_target"], bool)
+    # level 1: every served step compared, by kind, raw and drift-corrected
+    steps = res["steps"]
+    assert steps["raw"]["steps"] == steps["corrected"]["steps"] > 0
+    assert set(steps["corrected"]["by_kind"]) <= {"prefill", "decode", "mixed"}
+    assert set(steps["by_run"]) == {"offline", "load-50-a", "load-50-b"}
+    assert res["anchor_start"]["ratio"] > 0 and res["probes"]["count"] >= 2
+    # level 2: each statistic against the mean of two engine runs, beside their spread
+    (pt,) = res["loads"]
+    assert pt["load"] == 0.5 and pt["drift_factor"] > 0
+    assert set(pt["requests"]) == KEYS
+    for e in pt["requests"].values():
+        assert len(e["engine_runs"]) == 2 and math.isfinite(e["error"])
+        assert e["spread"] >= 0 and e["bound"] == max(0.05, e["spread"])
+        assert e["measured"] == pytest.approx(sum(e["engine_runs"]) / 2)
+    ids = {t["id"] for t in report["targets"]}
+    assert {
+        f"engine-load-50-{m}_{s}" for m in ("ttft", "tpot", "e2e") for s in ("mean", "p90")
+    } <= ids
+    assert any(i.startswith("engine-steps-") for i in ids) or not steps["quiet_corrected"]["steps"]
 
 
 def test_fidelity_bad_profile_is_one_clear_error(tmp_path, capsys):

@@ -14,8 +14,8 @@ already computed before the step. Commands (besides ``quit``):
   limit set for it alone -> ``{"record", "requests", "running", "waiting"}``;
 - ``abort`` ``{"ids": [...]}`` -> ``{"running", "waiting"}``;
 - ``probe`` -> ``{"seconds"}``: the reference computation (:func:`reference_work`) once;
-- ``replay`` ``{"requests": [{"id", "prompt", "max_tokens", "arrival"}]}``: serve them in wall
-  time, each added when its arrival (seconds after the start) has come, probing in idle waits ->
+- ``replay`` ``{"requests": [{"id", "prompt", "max_tokens", "arrival"}]}``: with the prefix
+  cache emptied first, serve them in wall time, each added when its arrival (seconds after the start) has come, probing in idle waits ->
   ``{"t0", "steps": [record, ...], "requests": [{"id", "arrival", "token_times", "finish"}],
   "probes": [[t, seconds], ...]}`` (times in seconds since ``t0``, the replay's start on
   ``time.perf_counter``'s clock).
@@ -204,6 +204,8 @@ class StepWorker:
         steps: list[dict[str, Any]] = []
         probes: list[list[float]] = []
         probe_cost = 0.0
+        # every stream starts cold: a replay of the same prompts must not hit the last one's KV
+        self.engine.reset_prefix_cache()
         t0 = time.perf_counter()
         i = 0
         while i < len(pending) or self.engine.has_unfinished_requests():
