@@ -13,6 +13,7 @@ from .group import (
     init_distributed,
     spawn,
 )
+from .runner import generate_parallel
 from .tp import tensor_parallel
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "init_distributed",
     "ExpertParallelMoE",
     "expert_parallel",
+    "generate_parallel",
     "idle_moe_step",
     "spawn",
     "tensor_parallel",

@@ -2,7 +2,8 @@
 batches) over its shard of a tensor-parallel model; rank 0 samples and broadcasts the tokens.
 
 ``LLM(model, tensor_parallel_size=N)`` started on N ranks (``torchrun --nproc-per-node N``, or
-inside a :class:`~core.dist.group.LocalGroup`) builds this. Each rank's scheduler sees the same
+inside a :class:`~core.dist.group.LocalGroup`) builds this; :func:`generate_parallel` starts the
+N local ranks itself. Each rank's scheduler sees the same
 requests in the same order and the same sampled tokens, so it makes the same decisions; every
 step checks that (rank 0 broadcasts the step's schedule and every rank compares it with its own)
 and stops with an error naming the first differing rank instead of running mismatched
@@ -19,9 +20,9 @@ from core.engine.runner import ModelRunner
 from core.sched.runner import StepResult
 from core.sched.scheduler import SchedulerOutput
 
-from .group import Comm, init_distributed
+from .group import Comm, LocalGroup, init_distributed
 
-__all__ = ["ParallelModelRunner", "ScheduleMismatchError", "join_for_engine"]
+__all__ = ["ParallelModelRunner", "ScheduleMismatchError", "generate_parallel", "join_for_engine"]
 
 
 class ScheduleMismatchError(RuntimeError):
@@ -73,3 +74,30 @@ class ParallelModelRunner(ModelRunner):
         sampled, logprobs = self.comm.broadcast_object((result.sampled, result.logprobs))
         result.sampled.update(sampled)
         result.logprobs.update(logprobs)
+
+
+def _generate_on_rank(
+    comm: Comm, model: Any, prompts: Any, params: Any, llm_kwargs: dict[str, Any]
+) -> Any:
+    from core.engine.llm import LLM
+
+    llm = LLM(model, tensor_parallel_size=comm.world_size, **llm_kwargs)
+    return llm.generate(prompts, params, use_tqdm=False)
+
+
+def generate_parallel(
+    model: Any,
+    prompts: Any,
+    params: Any = None,
+    *,
+    tensor_parallel_size: int = 2,
+    timeout_s: float | None = None,
+    **llm_kwargs: Any,
+) -> list[Any]:
+    """``LLM(model, tensor_parallel_size=N, **llm_kwargs).generate(prompts, params)`` on N gloo
+    processes of this machine (a :class:`LocalGroup` started for the call); rank 0's outputs.
+    ``model`` must load the same on every rank: a checkpoint folder, or a config (the random
+    weights come from ``seed``, the same on every rank)."""
+    with LocalGroup(tensor_parallel_size, timeout_s=timeout_s) as group:
+        outputs: list[Any] = group.run(_generate_on_rank, model, prompts, params, llm_kwargs)[0]
+    return outputs

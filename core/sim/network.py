@@ -36,8 +36,8 @@ from __future__ import annotations
 import csv
 import functools
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -93,7 +93,10 @@ def algorithm_factors(collective: str, world: int) -> tuple[int, float]:
 class Link:
     """One rank's view of a link: nominal one-way ``bandwidth`` (bytes/s), the achieved
     fraction ``efficiency`` of it, ``hop_latency_s`` per algorithm step, ``launch_s`` once per
-    collective (seconds). ``source`` says where the numbers come from."""
+    collective (seconds). ``collective_efficiency`` and ``collective_launch_s`` override the
+    last two for the collectives they name (implementations differ per collective: NCCL's
+    all-reduce has a larger fixed cost than its send/recv). ``source`` says where the numbers
+    come from."""
 
     name: str
     bandwidth: float
@@ -101,26 +104,36 @@ class Link:
     launch_s: float = 0.0
     efficiency: float = 1.0
     source: str = ""
+    collective_efficiency: Mapping[str, float] = field(default_factory=dict)
+    collective_launch_s: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for attr in ("bandwidth", "efficiency"):
-            value = getattr(self, attr)
+        effs = [("efficiency", self.efficiency), *self.collective_efficiency.items()]
+        for what, value in [("bandwidth", self.bandwidth), *effs]:
             if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"link {self.name}: {attr} must be positive, got {value!r}")
-        for attr in ("hop_latency_s", "launch_s"):
-            value = getattr(self, attr)
+                raise ValueError(f"link {self.name}: {what} must be positive, got {value!r}")
+        launches = [("launch_s", self.launch_s), *self.collective_launch_s.items()]
+        for what, value in [("hop_latency_s", self.hop_latency_s), *launches]:
             if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"link {self.name}: {attr} must be >= 0, got {value!r}")
+                raise ValueError(f"link {self.name}: {what} must be >= 0, got {value!r}")
+        for c in (*self.collective_efficiency, *self.collective_launch_s):
+            if c not in COLLECTIVES:
+                raise ValueError(f"link {self.name}: unknown collective {c!r}")
 
     @property
     def effective_bandwidth(self) -> float:
-        """Bytes/s a collective achieves through one rank's link."""
+        """Bytes/s a collective achieves through one rank's link (without overrides)."""
         return self.bandwidth * self.efficiency
 
-    def phase_seconds(self, steps: float, volume: float) -> float:
+    def launch(self, collective: str) -> float:
+        """The fixed cost of one ``collective``."""
+        return self.collective_launch_s.get(collective, self.launch_s)
+
+    def phase_seconds(self, steps: float, volume: float, collective: str = "") -> float:
         """Seconds of ``steps`` algorithm steps moving ``volume`` bytes through this link
-        (without the launch cost)."""
-        return steps * self.hop_latency_s + volume / self.effective_bandwidth
+        (without the launch cost), at ``collective``'s efficiency."""
+        eff = self.collective_efficiency.get(collective, self.efficiency)
+        return steps * self.hop_latency_s + volume / (self.bandwidth * eff)
 
 
 @dataclass(frozen=True)
@@ -150,15 +163,18 @@ class NetworkModel:
             return 0.0
         if collective == "send_recv":
             link = self.intra if self.devices_per_node >= 2 else self._inter(world)
-            return link.launch_s + link.phase_seconds(1, nbytes)
+            return link.launch(collective) + link.phase_seconds(1, nbytes, collective)
         if world <= self.devices_per_node:
-            return self.intra.launch_s + self.intra.phase_seconds(steps, factor * nbytes)
+            intra = self.intra
+            return intra.launch(collective) + intra.phase_seconds(
+                steps, factor * nbytes, collective
+            )
         return self._hierarchical(collective, nbytes, world)
 
     def send_recv_across_nodes(self, nbytes: float) -> float:
         """Seconds of one message between ranks on two nodes."""
         inter = self._inter(2 * self.devices_per_node)
-        return inter.launch_s + inter.phase_seconds(1, nbytes)
+        return inter.launch("send_recv") + inter.phase_seconds(1, nbytes, "send_recv")
 
     def _inter(self, world: int) -> Link:
         if self.inter is None:
@@ -173,25 +189,27 @@ class NetworkModel:
         if world % g:
             raise ValueError(f"{world} ranks do not fill whole nodes of {g} devices")
         nodes = world // g
-        inter, intra = self._inter(world), self.intra
-        launch = max(intra.launch_s, inter.launch_s)
-        if collective == "all_to_all":
+        inter, intra, c = self._inter(world), self.intra, collective
+        launch = max(intra.launch(c), inter.launch(c))
+        if c == "all_to_all":
             # the off-node share on the NIC while the on-node share crosses the intra link
-            off = inter.phase_seconds(world - g, nbytes * (world - g) / world)
-            on = intra.phase_seconds(g - 1, nbytes * (g - 1) / world)
+            off = inter.phase_seconds(world - g, nbytes * (world - g) / world, c)
+            on = intra.phase_seconds(g - 1, nbytes * (g - 1) / world, c)
             return launch + max(off, on)
-        if collective == "broadcast":
+        if c == "broadcast":
+            steps, factor = algorithm_factors("broadcast", g)
             return (
                 launch
-                + inter.phase_seconds(nodes - 1, nbytes)
-                + intra.phase_seconds(*_scaled(algorithm_factors("broadcast", g), nbytes))
+                + inter.phase_seconds(nodes - 1, nbytes, c)
+                + intra.phase_seconds(steps, factor * nbytes, c)
             )
         # all-reduce = reduce-scatter in the node, all-reduce of 1/g across nodes, all-gather
         # in the node; all-gather / reduce-scatter have one intra phase and the inter phase
-        inner = "all_reduce" if collective == "all_reduce" else collective
-        t_inter = inter.phase_seconds(*_scaled(algorithm_factors(inner, nodes), nbytes / g))
-        t_intra = intra.phase_seconds(*_scaled(algorithm_factors("all_gather", g), nbytes))
-        intra_phases = 2 if collective == "all_reduce" else 1
+        steps, factor = algorithm_factors(c, nodes)
+        t_inter = inter.phase_seconds(steps, factor * nbytes / g, c)
+        steps, factor = algorithm_factors("all_gather", g)
+        t_intra = intra.phase_seconds(steps, factor * nbytes, c)
+        intra_phases = 2 if c == "all_reduce" else 1
         return launch + t_inter + intra_phases * t_intra
 
     # convenience names ------------------------------------------------------------------
@@ -214,11 +232,6 @@ class NetworkModel:
         return self.seconds("send_recv", nbytes, 2)
 
 
-def _scaled(factors: tuple[int, float], nbytes: float) -> tuple[int, float]:
-    steps, factor = factors
-    return steps, factor * nbytes
-
-
 # --------------------------------------------------------------------------------------------
 # Calibration
 # --------------------------------------------------------------------------------------------
@@ -234,27 +247,50 @@ class Measurement(NamedTuple):
     seconds: float
 
 
-def fit_link(base: Link, points: Sequence[Measurement]) -> Link:
+def fit_link(base: Link, points: Sequence[Measurement], *, per_collective: bool = False) -> Link:
     """``base`` with ``launch_s``, ``hop_latency_s`` and ``efficiency`` fitted to ``points``
     (all on this one link) by non-negative least squares on the relative error: each point
-    says ``t = launch + steps * hop + volume / (bandwidth * eff)``."""
+    says ``t = launch + steps * hop + volume / (bandwidth * eff)``. ``per_collective``: also
+    a launch cost and an efficiency of their own for each collective measured (one shared hop
+    latency), kept in ``collective_launch_s`` / ``collective_efficiency``."""
     if len(points) < 3:
         raise ValueError(f"fitting link {base.name} needs >= 3 measurements, got {len(points)}")
-    rows, times = [], []
-    for m in points:
-        steps, factor = algorithm_factors(m.collective, m.world)
-        rows.append([1.0, steps, factor * m.nbytes / base.bandwidth])
-        times.append(m.seconds)
-    a = np.asarray(rows)
-    t = np.asarray(times)
+    t = np.asarray([m.seconds for m in points])
     if np.any(t <= 0):
         raise ValueError(f"fitting link {base.name}: measured times must be positive")
-    launch, hop, inv_eff = _nnls(a / t[:, None], np.ones_like(t))
+    shared = [[1.0, *_steps_volume(base, m)] for m in points]
+    launch, hop, inv_eff = _nnls(np.asarray(shared) / t[:, None], np.ones_like(t))
     if inv_eff <= 0:
         raise ValueError(f"fitting link {base.name}: the times do not grow with the bytes")
-    return replace(
+    fitted = replace(
         base, launch_s=float(launch), hop_latency_s=float(hop), efficiency=float(1.0 / inv_eff)
     )
+    names = sorted({m.collective for m in points})
+    if not per_collective or len(names) < 2:
+        return fitted
+    # columns: [launch_c for each c] + [hop] + [volume_c for each c]
+    rows = []
+    for m in points:
+        steps, volume = _steps_volume(base, m)
+        onehot = [float(m.collective == c) for c in names]
+        rows.append([*onehot, steps, *(x * volume for x in onehot)])
+    x = _nnls(np.asarray(rows) / t[:, None], np.ones_like(t))
+    k = len(names)
+    inv = dict(zip(names, x[k + 1 :], strict=True))
+    if any(v <= 0 for v in inv.values()):
+        return fitted  # a collective whose times do not grow with bytes: keep the shared fit
+    return replace(
+        fitted,
+        hop_latency_s=float(x[k]),
+        collective_launch_s={c: float(v) for c, v in zip(names, x[:k], strict=True)},
+        collective_efficiency={c: float(1.0 / v) for c, v in inv.items()},
+    )
+
+
+def _steps_volume(base: Link, m: Measurement) -> tuple[float, float]:
+    """A measurement's algorithm steps and volume in units of ``1 / base.bandwidth`` s."""
+    steps, factor = algorithm_factors(m.collective, m.world)
+    return float(steps), factor * m.nbytes / base.bandwidth
 
 
 def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -311,23 +347,38 @@ def vidur_network(node: str) -> NetworkModel:
     intra_pts = [m for m, g in rows if g == m.world]
     inter_pts = [m for m, g in rows if g == 1]
     src = "fitted to Vidur's NCCL measurements (data/reference/vidur-profiles/network)"
-    intra = fit_link(Link(hw.link, hw.link_bandwidth, hw.link_latency_s, source=src), intra_pts)
+    intra_base = Link(hw.link, hw.link_bandwidth, hw.link_latency_s, source=src)
+    intra = fit_link(intra_base, intra_pts, per_collective=True)
     assert hw.internode_bandwidth is not None and hw.internode_latency_s is not None
     inter_base = Link("infiniband", hw.internode_bandwidth, hw.internode_latency_s, source=src)
-    inter = fit_link(inter_base, inter_pts)
+    inter = fit_link(inter_base, inter_pts, per_collective=True)
     return NetworkModel(intra, inter, hw.devices_per_node)
 
 
-# gloo over loopback TCP between processes of this 2-core machine, fitted by
-# `python -m scripts.bench collectives --fit` (all-reduce, all-gather, all-to-all and
-# broadcast of 4 KiB-16 MiB fp32 on 2 ranks, medians; see docs/core/dist.md).
+# gloo over loopback TCP between 2 processes of this 2-core machine (one torch thread each),
+# fitted per collective by `python -m scripts.bench collectives --fit`: all-reduce, all-gather,
+# all-to-all and broadcast of 4 KiB-16 MiB fp32, the fastest of 5 rounds of 10 calls, with a
+# training job and other tests sharing the cores (docs/core/dist.md has the table). Bandwidth
+# is the broadcast's (a one-way stream); the others achieve a fraction of it.
 GLOO_LOOPBACK = Link(
     "gloo-loopback",
-    bandwidth=1e9,  # nominal 1 GB/s: the fitted efficiency carries the achieved rate
-    hop_latency_s=60e-6,
-    launch_s=40e-6,
-    efficiency=1.0,
+    bandwidth=3.65e9,
+    hop_latency_s=154e-6,
+    launch_s=0.0,
+    efficiency=0.69,
     source="gloo on loopback TCP, 2 local processes, measured here",
+    collective_efficiency={
+        "all_reduce": 0.355,
+        "all_gather": 0.167,
+        "all_to_all": 0.273,
+        "broadcast": 1.0,
+    },
+    collective_launch_s={
+        "all_reduce": 148e-6,
+        "all_gather": 273e-6,
+        "all_to_all": 33e-6,
+        "broadcast": 0.0,
+    },
 )
 
 

@@ -109,13 +109,12 @@ def _gloo_part(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]:
     def nbytes(n: int) -> float:  # the fp32 tensor _measure made for size n
         return float(max(2, n // 4 // 2 * 2) * 4)
 
-    points = {
-        key: Measurement(key[0], 2, nbytes(key[1]), statistics.median(ts))
-        for key, ts in samples.items()
-    }
+    points = {key: Measurement(key[0], 2, nbytes(key[1]), min(ts)) for key, ts in samples.items()}
     shipped = gloo_network()
     fitted_link = fit_link(
-        replace(GLOO_LOOPBACK, source="fitted to this run"), list(points.values())
+        replace(GLOO_LOOPBACK, source="fitted to this run"),
+        list(points.values()),
+        per_collective=True,
     )
     fitted = gloo_network(fitted_link)
     rows = []
@@ -151,6 +150,8 @@ def _link_dict(link: Any) -> dict[str, Any]:
         "effective_bandwidth": link.effective_bandwidth,
         "hop_latency_s": link.hop_latency_s,
         "launch_s": link.launch_s,
+        "collective_efficiency": dict(link.collective_efficiency),
+        "collective_launch_s": dict(link.collective_launch_s),
     }
 
 
@@ -277,8 +278,10 @@ def render(report: dict[str, Any], fit: bool = False) -> str:
     if fit:
         link = g["fitted_link"]
         parts.append(
-            f"fitted gloo link: efficiency={link['efficiency']:.4g} of {link['bandwidth']:.3g} "
-            f"B/s, hop_latency_s={link['hop_latency_s']:.3g}, launch_s={link['launch_s']:.3g}"
+            f"fitted gloo link (to ship as GLOO_LOOPBACK): bandwidth {link['bandwidth']:.3g} B/s, "
+            f"hop_latency_s={link['hop_latency_s']:.3g}, efficiency per collective "
+            f"{link['collective_efficiency']}, launch_s per collective "
+            f"{link['collective_launch_s']}"
         )
     for node, v in report["results"]["vidur"].items():
         rows = [

@@ -103,3 +103,31 @@ def test_gloo_model_is_one_link_for_any_world():
     net = gloo_network()
     assert math.isfinite(net.all_reduce(MB, 64))
     assert net.all_reduce(MB, 2) > net.all_reduce(MB / 2, 2)
+
+
+def test_per_collective_overrides_and_their_fit():
+    link = Link(
+        "t",
+        bandwidth=100e9,
+        hop_latency_s=2e-6,
+        launch_s=10e-6,
+        efficiency=0.5,
+        collective_efficiency={"send_recv": 0.8},
+        collective_launch_s={"all_reduce": 30e-6},
+    )
+    net = NetworkModel(link)
+    # all-reduce: its own launch, the link's efficiency; send/recv: the link's launch, 80 GB/s
+    assert net.all_reduce(4 * MB, 4) == pytest.approx(30e-6 + 6 * 2e-6 + 120e-6)
+    assert net.send_recv(8 * MB) == pytest.approx(10e-6 + 2e-6 + 100e-6)
+    points = [
+        Measurement(c, p, n, net.seconds(c, n, p))
+        for c, worlds in (("all_reduce", (2, 4, 8)), ("send_recv", (2,)))
+        for p in worlds
+        for n in (4e3, 1e5, 1e6, 3e7)
+    ]
+    fitted = fit_link(Link("t", 100e9, 0.0), points, per_collective=True)
+    assert fitted.collective_efficiency == pytest.approx({"all_reduce": 0.5, "send_recv": 0.8})
+    assert fitted.collective_launch_s == pytest.approx({"all_reduce": 30e-6, "send_recv": 10e-6})
+    assert fitted.hop_latency_s == pytest.approx(2e-6)
+    with pytest.raises(ValueError, match="unknown collective 'gather'"):
+        Link("x", 1e9, 0.0, collective_launch_s={"gather": 1e-6})
