@@ -1,0 +1,5 @@
+from core.artifact import main
+
+from .artifact import ARTIFACT
+
+raise SystemExit(main(ARTIFACT))
