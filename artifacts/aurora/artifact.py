@@ -363,7 +363,7 @@ def _speedup_note(kind: str):
             s = _speedups(f, base, SPEED_KEYS)
             parts.append(f"over {base}: max {s.max():.2f}x, median {s.median():.2f}x")
         by_net = _speedups(f, "EP (rotation)", SPEED_KEYS).groupby(level="network").max()
-        nets = ", ".join(f"{k} {v:.2f}x" for k, v in by_net.items())
+        nets = ", ".join(f"{k} {by_net[k]:.2f}x" for k in NETWORKS if k in by_net)
         return (
             "; ".join(parts)
             + f". Max over EP (rotation) per NIC speed: {nets}. Two Mixtral-8x7B-sized MoE layers "

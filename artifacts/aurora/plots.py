@@ -86,7 +86,7 @@ def plot_speedup(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figur
         ax.set_xlabel("NIC speed per GPU")
         ax.set_ylabel("Aurora's speedup (max over skews)")
         ax.legend(fontsize=8, title="over")
-    fig.suptitle("Inference time of two MoE models' layer: speedup of Aurora")
+    fig.suptitle("Inference time of two MoE models' layer: speedup of Aurora", y=1.03)
     figs = {"speedup": fig}
 
     t = frame.pivot_table(
