@@ -18,7 +18,9 @@ def plot_deployments(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figu
     out: dict[str, plt.Figure] = {}
     best = frame[frame["system"].isin(SYSTEMS)]
     models = list(dict.fromkeys(frame["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(4 * len(models), 3.4), squeeze=False, layout="constrained"
+    )
     colors = color_map(SYSTEMS)
     for ax, model in zip(axes[0], models, strict=True):
         sns.barplot(
@@ -83,7 +85,9 @@ def plot_pingpong(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]
     pick = frame[(frame["tc_ratio"] == 0.25) & (frame["layer"] < 2)]
     ms = sorted(pick["m"].unique())[:3]
     if ms:
-        fig, axes = plt.subplots(len(ms), 1, figsize=(7, 1.4 * len(ms) + 0.6), sharex=True)
+        fig, axes = plt.subplots(
+            len(ms), 1, figsize=(7, 1.5 * len(ms) + 0.8), sharex=True, layout="constrained"
+        )
         axes = [axes] if len(ms) == 1 else list(axes)
         for ax, m in zip(axes, ms, strict=True):
             _gantt(ax, pick[pick["m"] == m], f"m = {m} (T_c = T_f / 4; first 2 layers)", "")
@@ -119,7 +123,7 @@ def plot_real(frame: pd.DataFrame, ctx: RunContext) -> dict[str, plt.Figure]:
     slots = frame[frame["kind"] == "slot"]
     ms = sorted(slots["m"].unique())
     if ms:
-        fig, axes = plt.subplots(len(ms), 1, figsize=(7, 1.4 * len(ms) + 0.6))
+        fig, axes = plt.subplots(len(ms), 1, figsize=(7, 1.7 * len(ms) + 0.8), layout="constrained")
         axes = [axes] if len(ms) == 1 else list(axes)
         for ax, m in zip(axes, ms, strict=True):
             s = slots[slots["m"] == m].copy()
