@@ -121,9 +121,10 @@ def render_card(metrics: dict[str, Any]) -> str:
         f"{r['batch_tokens']:,} padded tokens, loss on completions (and on every token of "
         f"`text`), seed {r['seed']}. Full recipe: `recipe.json`.",
         "",
+        # the threads are the exporting process's; a resumed run may have trained with others
         f"- trained on {t['tokens']:,} tokens in {t['steps']:,} steps, {t['seconds'] / 60:.1f} "
-        f"minutes on {metrics['machine']['cpu']} ({_threads(metrics['machine']['threads'])}), "
-        f"{metrics['machine']['date']}",
+        f"minutes summed over its resumed runs on {metrics['machine']['cpu']}; evaluated with "
+        f"{_threads(metrics['machine']['threads'])}, {metrics['machine']['date']}",
         f"- final training loss {t['final_loss']:.3f}; held-out loss per token: "
         + ", ".join(f"{k} {v:.3f}" for k, v in metrics["heldout_loss"].items()),
         "",
