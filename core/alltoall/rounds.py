@@ -238,7 +238,7 @@ def fair_share_time(traffic: np.ndarray, bandwidth: np.ndarray) -> float:
     left = d.copy()
     now = 0.0
     while True:
-        active = left > _REL_EPS * max(1.0, float(d.max()))
+        active = left > _REL_EPS * float(d.max())  # relative: bytes may be any unit
         if not active.any():
             return now
         rates = _max_min_rates(active, bw)
@@ -286,7 +286,7 @@ def check_schedule(
     d, bw = check_traffic(traffic, bandwidth)
     n = d.shape[0]
     rates = pair_rates(bw)
-    tol = rel_tol * max(1.0, float(d.max()))
+    tol = rel_tol * float(d.max())
     for k, r in enumerate(sched.rounds):
         if r.duration < 0:
             raise ValueError(f"round {k}: negative duration {r.duration}")
