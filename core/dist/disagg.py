@@ -28,7 +28,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -279,21 +279,25 @@ class Generation:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
 
-def colocated_generate(
-    model: CausalLM, prompts: Sequence[Sequence[int]], max_new_tokens: int
+def _greedy(
+    model: CausalLM,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    step: Callable[[_Sequences], torch.Tensor],
 ) -> Generation:
-    """Greedy generation with the whole model in this process (the reference)."""
+    """Greedy generation: ``step(seqs)`` gives each sequence's next-token logits ``[B, V]``;
+    the decode time counts every step after the first (the prefill)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     seqs = _Sequences(model, prompts, max_new_tokens)
     rows = range(len(prompts))
     logits_per_step: list[torch.Tensor] = []
     decode_start = 0.0
     with torch.inference_mode():
-        for step in range(max_new_tokens):
-            if step == 1:
+        for i in range(max_new_tokens):
+            if i == 1:
                 decode_start = time.perf_counter()
-            fb = seqs.batch(rows)
-            hidden = model(fb, seqs.kv)
-            logits = model.compute_logits(hidden[fb.last_token_rows()])
+            logits = step(seqs)
             logits_per_step.append(logits)
             seqs.advance(rows, logits.argmax(dim=-1).tolist())
     decode_s = time.perf_counter() - decode_start if max_new_tokens > 1 else 0.0
@@ -303,6 +307,19 @@ def colocated_generate(
         decode_s,
         (max_new_tokens - 1) * len(prompts),
     )
+
+
+def colocated_generate(
+    model: CausalLM, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> Generation:
+    """Greedy generation with the whole model in this process (the reference)."""
+
+    def step(seqs: _Sequences) -> torch.Tensor:
+        fb = seqs.batch(range(len(prompts)))
+        hidden = model(fb, seqs.kv)
+        return model.compute_logits(hidden[fb.last_token_rows()])
+
+    return _greedy(model, prompts, max_new_tokens, step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,30 +355,17 @@ class AttentionSide:
         self.runs = 0
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, m: int) -> Generation:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        seqs = _Sequences(self.model, prompts, max_new_tokens)
         groups = micro_batches(len(prompts), m)
         run, self.runs = self.runs, self.runs + 1
         timeline: list[Slot] = []
-        logits_per_step: list[torch.Tensor] = []
-        decode_start = 0.0
-        with torch.inference_mode():
-            for step in range(max_new_tokens):
-                if step == 1:
-                    decode_start = time.perf_counter()
-                logits = self._step(seqs, groups, run, timeline)
-                logits_per_step.append(logits)
-                next_tokens = logits.argmax(dim=-1).tolist()
-                seqs.advance(range(len(prompts)), next_tokens)
-        decode_s = time.perf_counter() - decode_start if max_new_tokens > 1 else 0.0
-        return Generation(
-            [s[len(p) :] for s, p in zip(seqs.tokens, prompts, strict=True)],
-            logits_per_step,
-            decode_s,
-            (max_new_tokens - 1) * len(prompts),
-            timeline,
+        out = _greedy(
+            self.model,
+            prompts,
+            max_new_tokens,
+            lambda seqs: self._step(seqs, groups, run, timeline),
         )
+        out.timeline = timeline
+        return out
 
     def _step(
         self, seqs: _Sequences, groups: list[range], run: int, timeline: list[Slot]
