@@ -316,28 +316,38 @@ def reference_steps(cal: Any, cost: Any, grid: Any) -> list[tuple[float, float, 
     return out
 
 
-def anchor(cal: Any, cost: Any, probe: Any, rounds: int = 3) -> dict[str, Any]:
-    """Reference steps against the profile, alternating with the drift probe: ``ratio`` is the
-    median of their measured over predicted times, over the steps during which the process had
-    its core (all of them if none did): the machine's speed now relative to the profile's;
-    ``probe_s`` the probe's median time meanwhile."""
+def anchor(cal: Any, cost: Any, probe: Any = None, rounds: int = 3) -> dict[str, Any]:
+    """Reference steps against the profile (alternating with the drift probe, if any):
+    ``ratio`` is the median of their measured over predicted times, over the steps during which
+    the process had its core (all of them if none did): the machine's speed now relative to the
+    profile's, at ``time`` (``time.perf_counter``); ``probe_s`` the probe's median meanwhile."""
     from .fidelity_steps import QUIET_CPU_SHARE
 
-    steps, probes = [], [probe.measure()]
+    t0 = time.perf_counter()
+    steps, probes = [], [probe.measure()] if probe is not None else []
     for _ in range(rounds):
         steps += reference_steps(cal, cost, cost.grid)
-        probes.append(probe.measure())
+        if probe is not None:
+            probes.append(probe.measure())
     quiet = [(m, p) for m, c, p in steps if c >= QUIET_CPU_SHARE * m] or [
         (m, p) for m, _, p in steps
     ]
     return {
+        "time": (t0 + time.perf_counter()) / 2,
         "steps": len(steps),
         "undisturbed_steps": len(quiet),
         "measured_s": sum(m for m, _, _ in steps),
         "predicted_s": sum(p for _, _, p in steps),
         "ratio": statistics.median(m / p for m, p in quiet),
-        "probe_s": statistics.median(probes),
+        "probe_s": statistics.median(probes) if probes else None,
     }
+
+
+def anchor_drift(anchors: Sequence[dict[str, Any]]) -> Any:
+    """The speed between anchors: the mean of the ratios of the two anchors nearest in time."""
+    from .fidelity_steps import Drift
+
+    return Drift(1.0, 1.0, [(a["time"], a["ratio"]) for a in anchors], window=2)
 
 
 def replay_engine(
@@ -513,12 +523,15 @@ def run_engine_levels(
     replay_engine(engine, warm, recorder, "warm-up")  # lazy initialisation, allocator growth
     probe.measure()  # the probe's own first-call costs
     recorder.run = "anchor"
-    start_anchor = anchor(cal, cost, probe)
-    drift = Drift(start_anchor["probe_s"], start_anchor["ratio"], probe.samples)
+    anchors = [anchor(cal, cost, probe)]
+    probe_drift = Drift(anchors[0]["probe_s"], anchors[0]["ratio"], probe.samples)
 
     # capacity: everything at once
     e_recs, e_span = replay_engine(engine, reqs, recorder, "offline")
+    recorder.run = "anchor"
+    anchors.append(anchor(cal, cost, probe))
     capacity = len(reqs) / e_span
+    drift = anchor_drift(anchors)
     f_off = drift.median_factor(recorder.of_run("offline"))
     s_recs, s_span, _ = simulate(ScaledCost(cost, f_off), settings, vocab, reqs)
     offline = {
@@ -528,23 +541,30 @@ def run_engine_levels(
         "requests": request_level([e_recs], s_recs, None, TARGET),
     }
 
-    points = []
+    streams = []
     for i, load in enumerate(args.loads):
         rate = load * capacity
         times = PoissonProcess(rate).times(len(reqs), np.random.default_rng([args.seed, i + 1]))
         timed = with_arrivals(reqs, times)
         name = f"load-{round(100 * load)}"
         runs = [replay_engine(engine, timed, recorder, f"{name}-{k}")[0] for k in ("a", "b")]
-        f = drift.median_factor(recorder.of_run(f"{name}-a", f"{name}-b"))
+        recorder.run = "anchor"
+        anchors.append(anchor(cal, cost, probe))
+        streams.append((name, load, rate, timed, runs))
+    drift = anchor_drift(anchors)
+    points = []
+    for name, load, rate, timed, runs in streams:
+        steps_ab = recorder.of_run(f"{name}-a", f"{name}-b")
+        f = drift.median_factor(steps_ab)
         raw, _, _ = simulate(cost, settings, vocab, timed)
         sim, sim_span, sim_res = simulate(ScaledCost(cost, f), settings, vocab, timed)
-        steps_ab = recorder.of_run(f"{name}-a", f"{name}-b")
         points.append(
             _load_point(
                 name,
                 load,
                 rate,
                 drift_factor=f,
+                probe_drift_factor=probe_drift.median_factor(steps_ab),
                 requests=request_level(runs, sim, raw, TARGET),
                 makespan_s={"engine": [_span(r) for r in runs], "simulator": sim_span},
                 steps={"engine": len(steps_ab), "simulator": sim_res.total_steps},
@@ -552,11 +572,10 @@ def run_engine_levels(
                 / max(1e-9, sum(r.seconds for r in steps_ab)),
             )
         )
-    recorder.run = "anchor"
-    end_anchor = anchor(cal, cost, probe)
 
     served = [r for r in recorder.records if r.run not in ("warm-up", "anchor")]
     steps = step_errors(served, cost, drift)
+    steps["probe_corrected"] = step_errors(served, cost, probe_drift)["corrected"]
     steps["by_run"] = {
         run: step_errors([r for r in served if r.run == run], cost, drift)["corrected"]
         for run in dict.fromkeys(r.run for r in served)
@@ -585,16 +604,15 @@ def run_engine_levels(
         "steps": steps,
         "offline": offline,
         "loads": points,
-        "anchor_start": start_anchor,
-        "anchor_end": end_anchor,
+        "anchors": anchors,
         "probes": {
             "count": len(probes),
             "forced_between_steps": recorder.forced_probes,
             "min_s": min(probes),
             "max_s": max(probes),
             "drift_factor_range": [
-                drift.anchor_ratio * min(probes) / drift.reference_s,
-                drift.anchor_ratio * max(probes) / drift.reference_s,
+                probe_drift.anchor_ratio * min(probes) / probe_drift.reference_s,
+                probe_drift.anchor_ratio * max(probes) / probe_drift.reference_s,
             ],
         },
         "update_after_stamp_mean_s": statistics.fmean(recorder.update_s)
@@ -702,11 +720,12 @@ def run_vllm_level(
         )
         load_s = time.perf_counter() - t0
         info = {**device_info("cpu", threads), "torch_version": torch.__version__}
-        profile, cal_probes, raw_replies = calibrate_vllm(
+        profile, cal_probes, raw_replies, cal = calibrate_vllm(
             worker.call, model_cfg, settings, grid, args.seed, info
         )
         profile_path = write_profile(profile, out_dir / f"{BENCHMARK}-vllm-profile.json")
         cost = ProfiledCostModel(profile, source=str(profile_path))
+        anchors = [anchor(cal, cost)]
         vocab = int(model_cfg["vocab_size"])
         n = args.vllm_requests or args.requests
         reqs, workload_info = make_workload(
@@ -728,6 +747,7 @@ def run_vllm_level(
         e_recs, steps, reply = _vllm_stream(worker.call, reqs, "offline")
         all_steps += steps
         later_probes += [(float(reply["t0"]) + t, s) for t, s in reply["probes"]]
+        anchors.append(anchor(cal, cost))
         capacity = len(reqs) / _span(e_recs)
         stream_runs: list[tuple[str, float, float, list[Any], list[list[Any]]]] = []
         loads = (0.5,) if args.quick else args.vllm_loads
@@ -744,11 +764,13 @@ def run_vllm_level(
                 runs.append(recs)
                 all_steps += steps
                 later_probes += [(float(reply["t0"]) + t, s) for t, s in reply["probes"]]
+            anchors.append(anchor(cal, cost))
             stream_runs.append((name, load, rate, timed, runs))
     finally:
         worker.close()
 
-    drift = drift_of(cal_probes, later_probes)
+    drift = anchor_drift(anchors)
+    probe_drift = drift_of(cal_probes, later_probes)
     f_off = drift.median_factor([s for s in all_steps if s.run == "offline"])
     s_off, sim_steps_off = simulate_as_vllm(ScaledCost(cost, f_off), reqs, blocks, vocab)
     offline = {
@@ -772,6 +794,7 @@ def run_vllm_level(
                 load,
                 rate,
                 drift_factor=f,
+                probe_drift_factor=probe_drift.median_factor(mine),
                 requests=request_level(runs, sim, raw, VLLM_TARGET),
                 scheduling={
                     "vllm": scheduling_summary([s for s in mine if s.run.endswith("-a")]),
@@ -780,6 +803,7 @@ def run_vllm_level(
             )
         )
     steps = step_errors(all_steps, cost, drift)
+    steps["probe_corrected"] = step_errors(all_steps, cost, probe_drift)["corrected"]
     config = {
         "system": loaded.get("version"),
         "vllm_config": loaded.get("config"),
@@ -805,6 +829,7 @@ def run_vllm_level(
         "offline": offline,
         "loads": points,
         "probes": {"calibration": len(cal_probes), "replays": len(later_probes)},
+        "anchors": anchors,
     }
     rep.write_json(
         out_dir / f"{BENCHMARK}-vllm-sample.json",
@@ -916,6 +941,7 @@ def _step_table(name: str, steps: dict[str, Any]) -> str:
     rows = []
     for kind, s in (steps["corrected"].get("by_kind") or {}).items():
         raw = steps["raw"]["by_kind"].get(kind, {})
+        probe = (steps.get("probe_corrected") or {}).get("by_kind", {}).get(kind, {})
         quiet = (steps.get("quiet_corrected") or {}).get("by_kind", {}).get(kind, {})
         rows.append(
             [
@@ -923,13 +949,23 @@ def _step_table(name: str, steps: dict[str, Any]) -> str:
                 s["steps"],
                 f"{100 * raw.get('mape', math.nan):.1f}",
                 f"{100 * s['mape']:.1f}",
+                f"{100 * probe.get('mape', math.nan):.1f}",
                 _pct(s["bias"]),
                 _pct(s["worst_error"]),
                 "-" if not quiet else f"{100 * quiet['mape']:.1f} ({quiet['steps']})",
             ]
         )
     return rep.format_table(
-        ["kind", "steps", "MAPE raw %", "MAPE corrected %", "bias %", "worst %", "quiet MAPE %"],
+        [
+            "kind",
+            "steps",
+            "MAPE raw %",
+            "MAPE anchor-corrected %",
+            "MAPE probe-corrected %",
+            "bias %",
+            "worst %",
+            "quiet MAPE %",
+        ],
         rows,
         title=f"{name}: profiled step time vs every measured step (target MAPE <= "
         f"{100 * STEP_TARGET:.0f}%)",
@@ -961,9 +997,10 @@ def render(report: dict[str, Any]) -> str:
         e = r["engine"]
         parts.append(_step_table("our engine", e["steps"]))
         parts.append(
-            f"capacity {e['capacity_per_s']:.2f} req/s; anchor ratio (measured / profile) "
-            f"{e['anchor_start']['ratio']:.2f} at the start, {e['anchor_end']['ratio']:.2f} at "
-            f"the end; drift factor over the probes {e['probes']['drift_factor_range'][0]:.2f}-"
+            f"capacity {e['capacity_per_s']:.2f} req/s; anchors (reference steps, measured / "
+            "profile) before and after each stream: "
+            + ", ".join(f"{a['ratio']:.2f}" for a in e["anchors"])
+            + f"; probe drift factors {e['probes']['drift_factor_range'][0]:.2f}-"
             f"{e['probes']['drift_factor_range'][1]:.2f}"
         )
         parts.append(
@@ -977,7 +1014,8 @@ def render(report: dict[str, Any]) -> str:
         parts.append(
             f"vLLM capacity {v['capacity_per_s']:.2f} req/s (simulated "
             f"{v['offline']['capacity_per_s']['simulator']:.2f}); calibration "
-            f"{v['calibration_s']:.0f} s"
+            f"{v['calibration_s']:.0f} s; anchors (reference steps, measured / profile): "
+            + ", ".join(f"{a['ratio']:.2f}" for a in v["anchors"])
         )
         parts.append(_request_table("vLLM", [{"name": "offline", **v["offline"]}, *v["loads"]]))
     s = report["summary"]

@@ -189,14 +189,16 @@ class Drift:
     """The machine's speed relative to the profile's calibration, at any moment.
 
     ``factor(t)`` = ``anchor_ratio * probe(t) / reference_s``: ``probe(t)`` is the median of the
-    :data:`PROBE_WINDOW` probe samples nearest to ``t``; ``reference_s`` the probe's time at the
+    ``window`` probe samples nearest to ``t``; ``reference_s`` the probe's time at the
     anchor, when reference steps of the engine took ``anchor_ratio`` times what the profile
     predicts for them (1 when the profile was measured at that speed). A factor of 1.2 means
-    steps take 20% longer now than the profile says."""
+    steps take 20% longer now than the profile says. With ``reference_s = 1`` and samples of
+    ``(time, measured over predicted)`` of reference steps, it interpolates those ratios."""
 
     reference_s: float
     anchor_ratio: float = 1.0
     samples: list[tuple[float, float]] = field(default_factory=list)
+    window: int = PROBE_WINDOW
 
     def __post_init__(self) -> None:
         if not self.reference_s > 0:
@@ -206,7 +208,7 @@ class Drift:
         if not self.samples:
             return self.anchor_ratio
         times = np.fromiter((s[0] for s in self.samples), float)
-        near = np.argsort(np.abs(times - t), kind="stable")[:PROBE_WINDOW]
+        near = np.argsort(np.abs(times - t), kind="stable")[: self.window]
         probe = float(np.median([self.samples[int(i)][1] for i in near]))
         return self.anchor_ratio * probe / self.reference_s
 

@@ -299,9 +299,10 @@ def calibrate_vllm(
     seed: int,
     info: dict[str, Any],
     progress: bool = True,
-) -> tuple[dict[str, Any], list[tuple[float, float]], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[tuple[float, float]], list[dict[str, Any]], VllmCalibrator]:
     """A step profile of vLLM (the ``servelab.step-profile/1`` document), the probe samples
-    taken during the calibration and the worker's first step replies as it sent them."""
+    taken during the calibration, the worker's first step replies as it sent them, and the
+    calibrator (it times reference steps later: the anchors)."""
     from tqdm.auto import tqdm
 
     from core.sim.profiled import PROFILE_SCHEMA, ProfiledCostModel
@@ -368,7 +369,7 @@ def calibrate_vllm(
     profile["checks"] = _check_errors(
         ProfiledCostModel(profile, source="vllm calibration"), cal.samples
     )
-    return profile, engine.probes, engine.replies
+    return profile, engine.probes, engine.replies, cal
 
 
 # ---- the benchmark part ------------------------------------------------------------------

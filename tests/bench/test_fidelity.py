@@ -63,7 +63,7 @@ def test_fidelity_smoke_run(quick_profile, tmp_path, capsys):
     ]
     assert fidelity.main(argv) == 0
     out = capsys.readouterr()
-    assert "another machine" in out.err and "MAPE corrected" in out.out
+    assert "another machine" in out.err and "MAPE anchor-corrected" in out.out
     report = json.loads((tmp_path / "fidelity.json").read_text())
     assert report["benchmark"] == "fidelity"
     assert (tmp_path / "fig-fidelity.png").stat().st_size > 0
@@ -77,7 +77,11 @@ def test_fidelity_smoke_run(quick_profile, tmp_path, capsys):
     assert steps["raw"]["steps"] == steps["corrected"]["steps"] > 0
     assert set(steps["corrected"]["by_kind"]) <= {"prefill", "decode", "mixed"}
     assert set(steps["by_run"]) == {"offline", "load-50-a", "load-50-b"}
-    assert res["anchor_start"]["ratio"] > 0 and res["probes"]["count"] >= 2
+    # anchors before the offline run, after it and after each stream
+    assert len(res["anchors"]) == 3 and all(a["ratio"] > 0 for a in res["anchors"])
+    assert (
+        res["probes"]["count"] >= 4 and steps["probe_corrected"]["steps"] == steps["raw"]["steps"]
+    )
     # level 2: each statistic against the mean of two engine runs, beside their spread
     (pt,) = res["loads"]
     assert pt["load"] == 0.5 and pt["drift_factor"] > 0
