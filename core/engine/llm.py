@@ -71,8 +71,10 @@ class LLM:
       of rank up to ``max_lora_rank``, ``max_cpu_loras`` parsed adapters kept on the host;
       ``lora_scheduler`` picks the batching (:func:`core.lora.scheduler.make_lora_scheduler`:
       ``"unmerged"`` by default, ``"merged"``, ``"single"``, or a
-      :class:`~core.lora.scheduler.LoRAScheduler` subclass). Prefix caching is off with LoRA
-      (a block's KV depends on the adapter). See docs/core/lora.md.
+      :class:`~core.lora.scheduler.LoRAScheduler` subclass). With block prefix caching the
+      adapter is part of the block hashes (requests share KV only with requests of their
+      adapter); the radix cache does not key adapters, so it is off with LoRA. See
+      docs/core/lora.md.
     - speculative decoding (vLLM's option): ``speculative_config``, e.g. ``{"method":
       "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}``, ``{"model":
       draft_path, "num_speculative_tokens": 4}`` or ``{"method": "suffix", ...}``; see
@@ -129,7 +131,6 @@ class LLM:
         queue = make_policy(queue_policy)
         if enable_lora:
             make_lora_scheduler(lora_scheduler)  # an unknown name fails before the model loads
-            enable_prefix_caching = False
         icp_policy = make_intercept_policy(intercept)
         torch_dtype = _dtype(dtype)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -200,7 +201,8 @@ class LLM:
                 ssm_state_bytes=self.model.state_bytes_per_slot(torch_dtype) if hybrid else 0,
                 eviction=eviction,
                 admission=admission,
-                enable_prefix_caching=enable_prefix_caching,
+                # radix keys are tokens only: KV of one adapter would serve another
+                enable_prefix_caching=enable_prefix_caching and not enable_lora,
             )
         else:
             raise ValueError(

@@ -45,6 +45,15 @@ class KVRequest(Protocol):
     def num_computed_tokens(self) -> int: ...
 
 
+def cache_extra_key(req: KVRequest) -> bytes | None:
+    """What a request's KV depends on besides its tokens, mixed into its block hashes (vLLM's
+    extra keys): its LoRA adapter (``req.lora``, by int id and name), so requests of one
+    adapter share cached prefixes and those of different adapters (or the base model) never
+    do. None for the base model."""
+    lora = getattr(req, "lora", None)
+    return None if lora is None else f"lora:{lora.lora_int_id}:{lora.lora_name}".encode()
+
+
 @dataclass
 class PendingCopies:
     """Tensor copies for the runner: SSM state slots (before / after the forward) and KV
@@ -200,6 +209,7 @@ class KVBackend(ABC):
 
 class PagedKVBackend(KVBackend):
     """Block-hash prefix caching (vLLM v1) on a :class:`KVCacheManager`; dense models only.
+    A request's LoRA adapter is part of its block hashes (:func:`cache_extra_key`).
     The manager keys requests by id and returns block moves; this adapter reads them from the
     request (:class:`KVRequest`) and queues the moves as copies."""
 
@@ -226,7 +236,7 @@ class PagedKVBackend(KVBackend):
         )
 
     def lookup(self, req: KVRequest, now: float) -> Lookup:
-        hit = self.manager.get_computed_blocks(req.token_ids)
+        hit = self.manager.get_computed_blocks(req.token_ids, cache_extra_key(req))
         return Lookup(hit.num_tokens, hit)
 
     def peek_prefix(self, token_ids: Sequence[int]) -> int:
@@ -237,7 +247,11 @@ class PagedKVBackend(KVBackend):
     ) -> bool:
         computed: ComputedBlocks | None = lookup.handle if lookup is not None else None
         got = self.manager.allocate_slots(
-            req.request_id, num_new_tokens, computed, token_ids=req.token_ids
+            req.request_id,
+            num_new_tokens,
+            computed,
+            token_ids=req.token_ids,
+            extra_key=cache_extra_key(req),
         )
         return got is not None
 

@@ -62,6 +62,7 @@ class _RequestBlocks:
     num_tokens: int
     block_hashes: list[BlockHash] = field(default_factory=list)  # leading full blocks, hashed
     swapped: bool = False
+    extra_key: bytes | None = None  # what else its KV depends on (a LoRA adapter)
 
 
 class KVCacheManager:
@@ -159,11 +160,15 @@ class KVCacheManager:
         bs, blocks = self.block_size, req.blocks
         return [blocks[p // bs].block_id * bs + p % bs for p in range(start, end)]
 
-    def get_computed_blocks(self, token_ids: Sequence[int]) -> ComputedBlocks:
+    def get_computed_blocks(
+        self, token_ids: Sequence[int], extra_key: bytes | None = None
+    ) -> ComputedBlocks:
         """The longest run of cached full blocks that prefixes ``token_ids``, short of its end.
 
         At most ``(len(token_ids) - 1) // block_size`` blocks, so at least one token is left
         to compute. Empty when prefix caching is off. Reads only: no counts change.
+        ``extra_key``: what else the KV depends on (vLLM's extra keys, e.g. the LoRA adapter);
+        only blocks cached under the same key match.
         """
         n = len(token_ids)
         if not self.enable_prefix_caching or n == 0:
@@ -173,7 +178,7 @@ class KVCacheManager:
         hashes: list[BlockHash] = []
         parent: BlockHash | None = None
         for i in range((n - 1) // bs):
-            h = hash_block_tokens(parent, token_ids[i * bs : (i + 1) * bs])
+            h = hash_block_tokens(parent, token_ids[i * bs : (i + 1) * bs], extra_key)
             b = self.pool.get_cached_block(h)
             if b is None:
                 break
@@ -189,6 +194,7 @@ class KVCacheManager:
         computed_blocks: ComputedBlocks | None = None,
         *,
         token_ids: Sequence[int] | None = None,
+        extra_key: bytes | None = None,
     ) -> list[KVBlock] | None:
         """Give the request slots for ``num_new_tokens`` more tokens; the new blocks, or None.
 
@@ -197,6 +203,8 @@ class KVCacheManager:
         ``computed_blocks.num_tokens`` tokens count as computed. Later calls extend it and must
         not pass computed blocks. Returns ``None`` and changes nothing when the pool has too few
         free blocks (cached free blocks the request itself revives count as used).
+        ``extra_key`` (first call only, as given to :meth:`get_computed_blocks`): the request's
+        full blocks are cached under it.
         """
         if num_new_tokens < 0:
             raise ValueError(f"num_new_tokens must be >= 0, got {num_new_tokens}")
@@ -225,7 +233,9 @@ class KVCacheManager:
             return None
         if req is None:
             self.pool.touch(computed.blocks)
-            req = _RequestBlocks(list(computed.blocks), start, list(computed.block_hashes))
+            req = _RequestBlocks(
+                list(computed.blocks), start, list(computed.block_hashes), extra_key=extra_key
+            )
             self._reqs[request_id] = req
             self.stats.requests += 1
             self.stats.query_tokens += (
@@ -251,7 +261,7 @@ class KVCacheManager:
         hashes = req.block_hashes
         for i in range(len(hashes), full):
             parent = hashes[i - 1] if i else None
-            h = hash_block_tokens(parent, token_ids[i * bs : (i + 1) * bs])
+            h = hash_block_tokens(parent, token_ids[i * bs : (i + 1) * bs], req.extra_key)
             hashes.append(h)
             self.pool.cache_block(req.blocks[i], h)
 
