@@ -42,7 +42,7 @@ from core.model.base import CausalLM
 from .adapter import AdapterFormatError, LoRAAdapter, load_adapter
 from .request import LoRARequest
 
-__all__ = ["LoRAPoolError", "LoRARuntime", "LoRAStats"]
+__all__ = ["LinearSlice", "LoRAPoolError", "LoRARuntime", "LoRAStats", "adaptable_linears"]
 
 
 class LoRAPoolError(RuntimeError):
@@ -50,11 +50,35 @@ class LoRAPoolError(RuntimeError):
     fit the slots (rank above ``max_lora_rank``)."""
 
 
-@dataclass
-class _Slice:
+@dataclass(frozen=True)
+class LinearSlice:
+    """The rows ``offset .. offset + size`` of one of our linears' outputs, which are the Hugging
+    Face module ``hf_module`` (a fused ``qkv_proj`` has three: ``q_proj``, ``k_proj``,
+    ``v_proj``)."""
+
     hf_module: str
     offset: int
     size: int
+
+
+def adaptable_linears(model: CausalLM) -> list[tuple[str, Linear, list[LinearSlice]]]:
+    """Every linear layer of ``model`` a LoRA adapter may adapt (all the checkpoint names but
+    the LM head), as ``(our module name, module, its HF slices)``."""
+    out = []
+    for ours, parts in model.hf_weight_map().items():
+        if not ours.endswith(".weight") or ours.startswith("lm_head"):
+            continue
+        name = ours.removesuffix(".weight")
+        module = model.get_submodule(name)
+        if not isinstance(module, Linear):
+            continue
+        slices, offset = [], 0
+        for hf, rows in parts:
+            size = module.out_features - offset if rows is None else rows
+            slices.append(LinearSlice(hf.removesuffix(".weight"), offset, size))
+            offset += size
+        out.append((name, module, slices))
+    return out
 
 
 @dataclass
@@ -64,7 +88,7 @@ class _Target:
 
     name: str
     module: Linear
-    slices: list[_Slice]
+    slices: list[LinearSlice]
     a: torch.Tensor  # [S, n_slices * R, in]
     b: list[torch.Tensor]  # per slice [S, size, R]
     backup: torch.Tensor | None = None  # base weight while merged (exact unmerge)
@@ -130,18 +154,7 @@ class LoRARuntime:
     def _build_targets(self) -> None:
         model, R, S = self.model, self.max_lora_rank, self.max_loras
         dtype, device = model.dtype, model.device
-        for ours, parts in model.hf_weight_map().items():
-            if not ours.endswith(".weight") or ours.startswith("lm_head"):
-                continue
-            name = ours.removesuffix(".weight")
-            module = model.get_submodule(name)
-            if not isinstance(module, Linear):
-                continue
-            slices, offset = [], 0
-            for hf, rows in parts:
-                size = module.out_features - offset if rows is None else rows
-                slices.append(_Slice(hf.removesuffix(".weight"), offset, size))
-                offset += size
+        for name, module, slices in adaptable_linears(model):
             a = torch.zeros(S, len(slices) * R, module.in_features, dtype=dtype, device=device)
             b = [torch.zeros(S, s.size, R, dtype=dtype, device=device) for s in slices]
             target = _Target(name, module, slices, a, b)
