@@ -13,9 +13,8 @@ import seaborn as sns
 
 from core.artifact import RunContext, color_map
 
-from .systems import BASELINES, NETWORKS, SYSTEMS
+from .systems import BASELINES, NETWORKS, ORDERINGS, SPEED_KEYS, SYSTEMS, speedups
 
-ORDERINGS = ("rotation", "random order", "fair share", "Aurora")
 ORDER_COLORS = color_map(ORDERINGS)
 SYSTEM_NAMES = [s.name for s in SYSTEMS]
 SYSTEM_COLORS = color_map(SYSTEM_NAMES)
@@ -54,13 +53,10 @@ def plot_alltoall(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figu
 
 
 def _speedups(frame: pd.DataFrame) -> pd.DataFrame:
-    keys = [k for k in ("cluster", "network", "skew", "popularity", "rep") if k in frame]
-    t = frame.pivot_table(index=keys, columns="system", values="time_ms")
-    rows = []
-    for base in BASELINES:
-        s = (t[base] / t["Aurora"]).rename("speedup").reset_index()
-        rows.append(s.assign(baseline=base))
-    return pd.concat(rows, ignore_index=True)
+    return pd.concat(
+        [speedups(frame, b).rename("speedup").reset_index().assign(baseline=b) for b in BASELINES],
+        ignore_index=True,
+    )
 
 
 def plot_speedup(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
@@ -90,7 +86,7 @@ def plot_speedup(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figur
     figs = {"speedup": fig}
 
     t = frame.pivot_table(
-        index=[*(k for k in ("cluster", "network", "skew", "popularity", "rep") if k in frame)],
+        index=[k for k in SPEED_KEYS if k in frame],
         columns="system",
         values=["time_ms", "utilization"],
     )

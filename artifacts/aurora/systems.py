@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from core.alltoall import (
     Cluster,
@@ -57,6 +58,9 @@ def layer(routing: np.ndarray) -> MoELayer:
 
 
 Ordering = Callable[[np.ndarray, np.ndarray], float]
+
+
+ORDERINGS = ("rotation", "random order", "fair share", "Aurora")
 
 
 def orderings(seed: int) -> dict[str, Ordering]:
@@ -135,3 +139,14 @@ def evaluate(a: MoELayer, b: MoELayer, cluster: Cluster, seed: int) -> list[dict
             }
         )
     return rows
+
+
+SPEED_KEYS = ("cluster", "network", "skew", "popularity", "rep")
+"""What identifies one setting of the speedup sweep (those present in a frame)."""
+
+
+def speedups(frame: pd.DataFrame, baseline: str) -> pd.Series:
+    """Aurora's speedup over ``baseline`` (its layer time over Aurora's) per setting."""
+    keys = [k for k in SPEED_KEYS if k in frame]
+    t = frame.pivot_table(index=keys, columns="system", values="time_ms")
+    return t[baseline] / t["Aurora"]
