@@ -68,8 +68,10 @@ class ExpertParallelMoE(nn.Module):
         if self.tokens == "local":
             return self._dispatch_combine(x)
         world, rank, n = self.comm.world_size, self.comm.rank, x.shape[0]
-        mine = self._dispatch_combine(x[rank * n // world : (rank + 1) * n // world])
-        return self.comm.all_gather_uneven(mine)
+        bounds = [r * n // world for r in range(world + 1)]
+        mine = self._dispatch_combine(x[bounds[rank] : bounds[rank + 1]])
+        sizes = [bounds[r + 1] - bounds[r] for r in range(world)]
+        return self.comm.all_gather_uneven(mine, sizes)
 
     def _dispatch_combine(self, x: torch.Tensor) -> torch.Tensor:
         comm, k = self.comm, self.top_k

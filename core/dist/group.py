@@ -119,12 +119,16 @@ class Comm:
         )
         return out
 
-    def all_gather_uneven(self, t: torch.Tensor) -> torch.Tensor:
+    def all_gather_uneven(
+        self, t: torch.Tensor, counts: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """Every rank's ``t`` (same trailing shape, any number of rows) concatenated along
-        dim 0, in rank order."""
+        dim 0, in rank order. ``counts``: every rank's number of rows, when all ranks know
+        them (saves one all-gather)."""
         if not self.is_distributed:
             return t
-        counts = self.all_gather(torch.tensor([t.shape[0]], device=t.device)).tolist()
+        if counts is None:
+            counts = self.all_gather(torch.tensor([t.shape[0]], device=t.device)).tolist()
         pad = max(counts)
         padded = t.new_zeros((pad, *t.shape[1:]))
         padded[: t.shape[0]] = t
