@@ -2,10 +2,12 @@
 greedy step writing (:class:`EngineModel`) and the large model's step likelihood read from the
 judge's one prefill (:class:`StepScorer`).
 
-The engine has no prompt log-probabilities (vLLM's ``prompt_logprobs``), so
-:class:`StepScorer` taps the runner: it keeps the hidden states of the chunks of the requests it
-scores and turns only their rows into log-probabilities. The judge request is an ordinary
-one-token request, so its history is read from (and its step written to) the prefix cache.
+The engine's prompt log-probabilities (``SamplingParams(prompt_logprobs=...)``) recompute the
+whole prompt, as vLLM's do: such a request gets no prefix-cache hit, which would make every
+judge prefill recompute the history. So :class:`StepScorer` taps the runner instead: it keeps
+the hidden states of the chunks of the requests it scores and turns only their rows into
+log-probabilities. The judge request is an ordinary one-token request, so its history is read
+from (and its step written to) the prefix cache.
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ from .clock import CpuClock
 from .engine import Engine, RequestOutput, StepStats
 from .llm import LLM
 from .runner import ModelRunner
-from .sampling import Sampler, SamplingParams
+from .sampling import Logprob, Sampler, SamplingParams
 from .serve import greedy_for, replay, serve_sessions
 
 __all__ = [
     "LLM",
     "LoRARequest",
+    "Logprob",
     "CpuClock",
     "Engine",
     "ModelRunner",

@@ -17,13 +17,17 @@ from core.sched.request import EngineRequest, PauseMode
 from core.sched.runner import Runner
 from core.sched.scheduler import Scheduler
 
+from .sampling import PromptLogprobs
+
 
 @dataclass
 class RequestOutput:
     """A request's result: vLLM's shape, with our per-request timeline.
 
     ``token_ids`` are the generated tokens; ``finished`` with ``finish_reason`` one of
-    ``stop``, ``length``, ``abort``, ``error`` (then ``error`` says why). ``metrics`` holds the
+    ``stop``, ``length``, ``abort``, ``error`` (then ``error`` says why). ``prompt_logprobs``
+    (when the sampling params ask for them): one entry per prompt token, None for the first,
+    see :data:`~core.engine.sampling.PromptLogprobs`. ``metrics`` holds the
     timeline as absolute readings of the engine's clock (``time.perf_counter()`` unless the
     engine was given another; ``arrival_time``, ``first_token_time``, ``token_times``,
     ``finish_time``), plus recomputed tokens, preemptions and pauses. The latencies people
@@ -38,6 +42,7 @@ class RequestOutput:
     error: str | None = None
     text: str | None = None
     logprobs: list[Any] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
     num_cached_tokens: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -70,9 +75,18 @@ class RequestOutput:
             finish_reason=req.status.finish_reason,
             error=req.error,
             logprobs=list(req.logprobs) if req.logprobs else None,
+            prompt_logprobs=_prompt_logprobs(req),
             num_cached_tokens=req.num_cached_tokens,
             metrics=req.timeline.to_dict(),
         )
+
+
+def _prompt_logprobs(req: EngineRequest) -> PromptLogprobs | None:
+    if getattr(req.sampling, "prompt_logprobs", None) is None or req.error is not None:
+        return None
+    if req.prompt_logprobs is None:  # a one-token prompt, or not computed yet
+        return [None] * req.num_prompt_tokens
+    return list(req.prompt_logprobs)
 
 
 @dataclass
@@ -173,6 +187,7 @@ class Engine:
         t0 = time.perf_counter()
         out = self.scheduler.schedule(self.clock())
         result = self.runner.execute(out)
+        self._keep_prompt_logprobs(result.prompt_logprobs)
         finished = self.scheduler.update(
             out, result.sampled, self.clock(), result.logprobs, spec=result.spec
         )
@@ -184,6 +199,17 @@ class Engine:
             time.perf_counter() - t0, result.forward_s, out.num_tokens, len(out.chunks)
         )
         return finished
+
+    def _keep_prompt_logprobs(self, got: dict[str, tuple[int, list[Any]]]) -> None:
+        """Store each request's prompt logprobs by position: a chunk adds its positions, and
+        positions computed again (after a preemption) are replaced."""
+        for rid, (first, entries) in got.items():
+            req = self.scheduler.requests.get(rid)
+            if req is None:
+                continue
+            if req.prompt_logprobs is None:
+                req.prompt_logprobs = [None] * req.num_prompt_tokens
+            req.prompt_logprobs[first : first + len(entries)] = entries
 
     def run(self, *, idle_sleep: Callable[[float], None] = time.sleep) -> None:
         """Step until every request finished, waiting while only paused requests remain."""

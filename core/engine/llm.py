@@ -24,7 +24,7 @@ from core.spec.config import SpeculativeConfig
 
 from .engine import Engine, RequestOutput
 from .runner import ModelRunner
-from .sampling import Sampler, SamplingParams
+from .sampling import PromptLogprobs, Sampler, SamplingParams
 
 _DTYPES = {
     "float32": torch.float32,
@@ -324,6 +324,16 @@ class LLM:
                 self.lora.adapter(lr)  # read (and check) it now, before anything runs
         return llist
 
+    def _decode_logprobs(self, entries: PromptLogprobs | None) -> None:
+        """Fill in each :class:`Logprob`'s ``decoded_token`` (the model has a tokenizer)."""
+        assert self.tokenizer is not None
+        texts: dict[int, str] = {}
+        for entry in entries or ():
+            for tid, lp in (entry or {}).items():
+                if tid not in texts:
+                    texts[tid] = self.tokenizer.decode([tid])
+                lp.decoded_token = texts[tid]
+
     def generate(
         self,
         prompts: Sequence[str | Sequence[int]],
@@ -363,6 +373,7 @@ class LLM:
             out = RequestOutput.from_request(self.engine.request(rid))
             if self.tokenizer is not None:
                 out.text = self.tokenizer.decode(out.token_ids)
+                self._decode_logprobs(out.prompt_logprobs)
             outputs.append(out)
             self.engine.drop(rid)
         return outputs

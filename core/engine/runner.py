@@ -21,7 +21,10 @@ from core.model.cache import KVCache, StatePool
 from core.sched.runner import StepResult
 from core.sched.scheduler import SchedulerOutput
 
-from .sampling import Sampler
+from .sampling import Sampler, prompt_logprob_entries
+
+# rows of prompt logits turned into logprobs at once: bounds the [rows, vocab] temporaries
+_PROMPT_LOGPROB_ROWS = 256
 
 
 class ModelRunner:
@@ -32,7 +35,9 @@ class ModelRunner:
     by the backend are applied in a safe order: device->host swaps, host->device swaps, state
     forks, the forward, then state checkpoints. With ``lora`` (a
     :class:`~core.lora.runtime.LoRARuntime`) each request's adapter applies to its rows, in the
-    mode the step's ``lora_step`` says (unmerged when it says nothing).
+    mode the step's ``lora_step`` says (unmerged when it says nothing). Requests whose
+    sampling asks for ``prompt_logprobs`` get the logits of every prompt row their chunk
+    computes (:meth:`collect_prompt_logprobs`).
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class ModelRunner:
             batch = self.build_batch(out)
             self._prepare_lora(out)
             hidden = self.model(batch, self.kv_cache, self.state_pool)
+            self.collect_prompt_logprobs(out, batch, hidden, result)
             rows = [i for i, c in enumerate(out.chunks) if c.sample]
             if rows:
                 last = batch.last_token_rows()[torch.tensor(rows, device=hidden.device)]
@@ -120,6 +126,30 @@ class ModelRunner:
             result.forward_s = time.perf_counter() - t0
         self.apply_copies(out.copies, after=True)
         return result
+
+    def collect_prompt_logprobs(
+        self, out: SchedulerOutput, batch: ForwardBatch, hidden: torch.Tensor, result: StepResult
+    ) -> None:
+        """Prompt logprobs of the chunks whose requests ask for them: the row at position
+        ``p`` predicts prompt token ``p + 1``, so a chunk over ``[start, end)`` gives the
+        entries of positions ``start + 1 ..`` up to its end or the prompt's last token."""
+        row = 0
+        for c, n in zip(out.chunks, batch.query_lens(), strict=True):
+            req = c.request
+            k = getattr(req.sampling, "prompt_logprobs", None)
+            count = min(c.end, req.num_prompt_tokens - 1) - c.start
+            if k is not None and count > 0:
+                first = c.start + 1
+                targets = torch.tensor(
+                    req.prompt_token_ids[first : first + count], device=hidden.device
+                )
+                entries = []
+                for lo in range(0, count, _PROMPT_LOGPROB_ROWS):
+                    hi = min(count, lo + _PROMPT_LOGPROB_ROWS)
+                    logits = self.model.compute_logits(hidden[row + lo : row + hi])
+                    entries.extend(prompt_logprob_entries(logits, targets[lo:hi], k))
+                result.prompt_logprobs[req.request_id] = (first, entries)
+            row += n
 
     def sample_into(self, result: StepResult, reqs: list[Any], logits: torch.Tensor) -> None:
         """Sample one token per request from its row of ``logits`` into ``result``."""

@@ -41,6 +41,8 @@ import torch
 
 __all__ = [
     "SAMPLING_EPS",
+    "Logprob",
+    "PromptLogprobs",
     "SampleLogprobs",
     "Sampler",
     "SamplerOutput",
@@ -48,6 +50,7 @@ __all__ = [
     "SamplingType",
     "apply_min_tokens",
     "apply_top_k_top_p",
+    "prompt_logprob_entries",
 ]
 
 SAMPLING_EPS = 1e-5
@@ -97,6 +100,11 @@ class SamplingParams:
             and the ``k`` most likely tokens with theirs (from the raw model distribution).
         min_tokens: EOS and ``stop_token_ids`` cannot be sampled before this many output tokens
             exist. In ``[0, max_tokens]``.
+        prompt_logprobs: ``None`` returns none; ``k >= 0`` returns, per prompt token after the
+            first, its logprob under the model given the tokens before it and the ``k`` most
+            likely tokens there (``-1``: the whole vocabulary), as vLLM does
+            (:class:`PromptLogprobs`). Such a request gets no prefix-cache hit: every prompt
+            position's logits are computed (vLLM's rule).
 
     Instances are immutable (validated once, safe to share between requests); derive variants
     with :func:`dataclasses.replace`, which validates again. Bad values raise ``ValueError``
@@ -112,6 +120,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     min_tokens: int = 0
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if not _is_real(self.temperature) or not math.isfinite(self.temperature):
@@ -132,6 +141,13 @@ class SamplingParams:
             )
         if self.logprobs is not None and (not _is_int(self.logprobs) or self.logprobs < 0):
             raise ValueError(f"logprobs must be None or an int >= 0, got {self.logprobs!r}")
+        if self.prompt_logprobs is not None and (
+            not _is_int(self.prompt_logprobs) or self.prompt_logprobs < -1
+        ):
+            raise ValueError(
+                "prompt_logprobs must be None, -1 (the whole vocabulary) or an int >= 0, "
+                f"got {self.prompt_logprobs!r}"
+            )
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < _MAX_SEED):
             raise ValueError(f"seed must be None or an int in [0, 2**64), got {self.seed!r}")
         if self.ignore_eos not in (True, False):
@@ -209,6 +225,54 @@ class SampleLogprobs:
     logprob: float
     rank: int
     top: tuple[tuple[int, float], ...]
+
+
+@dataclass
+class Logprob:
+    """One token's log-probability at one position (vLLM's ``Logprob``): ``logprob``, its
+    ``rank`` (1 = the most likely; vLLM's count of tokens at least as likely, itself included)
+    and ``decoded_token`` (its text, filled in by :class:`~core.engine.LLM` when the model
+    has a tokenizer, else None)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[int, Logprob] | None]
+"""``RequestOutput.prompt_logprobs``: one entry per prompt token, None for the first (nothing
+predicts it); entry ``i`` maps token ids to their :class:`Logprob` under the distribution
+after tokens ``0 .. i - 1``: the prompt token ``i`` first, then the top-k (vLLM's shape; a
+prompt token among the top-k appears once)."""
+
+
+def prompt_logprob_entries(
+    logits: torch.Tensor, token_ids: torch.Tensor, num_top: int
+) -> list[dict[int, Logprob]]:
+    """For each row of ``logits`` (``[n, vocab]``, the model's output at a prompt position),
+    the :class:`PromptLogprobs` entry of the token that follows there (``token_ids`` ``[n]``):
+    its raw ``log_softmax`` logprob and rank, then the ``num_top`` most likely tokens
+    (``-1``: all of them)."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    vocab = logprobs.shape[-1]
+    chosen = logprobs.gather(1, token_ids.view(-1, 1))
+    ranks = (logprobs >= chosen).sum(dim=-1).tolist()
+    k = vocab if num_top < 0 else min(num_top, vocab)
+    n = token_ids.shape[0]
+    if k:
+        top_vals, top_ids = logprobs.topk(k, dim=-1)
+        tops = zip(top_ids.tolist(), top_vals.tolist(), strict=True)
+    else:
+        tops = zip([[]] * n, [[]] * n, strict=True)
+    entries = []
+    mine = zip(token_ids.tolist(), chosen.squeeze(1).tolist(), ranks, strict=True)
+    for (tid, lp, rank), (ids, vals) in zip(mine, tops, strict=True):
+        entry = {tid: Logprob(lp, rank)}
+        for r, (t, v) in enumerate(zip(ids, vals, strict=True), start=1):
+            if t != tid:
+                entry[t] = Logprob(v, r)
+        entries.append(entry)
+    return entries
 
 
 @dataclass(frozen=True)

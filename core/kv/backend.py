@@ -45,6 +45,13 @@ class KVRequest(Protocol):
     def num_computed_tokens(self) -> int: ...
 
 
+def needs_every_logit(req: KVRequest) -> bool:
+    """Whether ``req`` asks for prompt logprobs (``sampling.prompt_logprobs``): such a request
+    gets no prefix-cache hit, so every prompt position's logits are computed (vLLM's rule);
+    its blocks are still offered to the cache for others."""
+    return getattr(getattr(req, "sampling", None), "prompt_logprobs", None) is not None
+
+
 def cache_extra_key(req: KVRequest) -> bytes | None:
     """What a request's KV depends on besides its tokens, mixed into its block hashes (vLLM's
     extra keys): its LoRA adapter (``req.lora``, by int id and name), so requests of one
@@ -236,6 +243,8 @@ class PagedKVBackend(KVBackend):
         )
 
     def lookup(self, req: KVRequest, now: float) -> Lookup:
+        if needs_every_logit(req):
+            return Lookup(0, ComputedBlocks(num_query_tokens=req.num_tokens))
         hit = self.manager.get_computed_blocks(req.token_ids, cache_extra_key(req))
         return Lookup(hit.num_tokens, hit)
 
@@ -409,7 +418,7 @@ class RadixKVBackend(KVBackend):
 
     def lookup(self, req: KVRequest, now: float) -> Lookup:
         ids = req.token_ids
-        if self.enable_prefix_caching:
+        if self.enable_prefix_caching and not needs_every_logit(req):
             m = self.cache.match_prefix(ids[:-1], now)  # leave >= 1 token to compute
         else:
             m = self.cache.match_prefix([], now, record=False)

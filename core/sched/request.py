@@ -124,6 +124,8 @@ class EngineRequest:
     max_computed_tokens: int = 0  # high-water mark, to count recomputed tokens
     error: str | None = None
     logprobs: list[Any] = field(default_factory=list)
+    # per prompt position when its sampling asks for prompt logprobs (None: not computed yet)
+    prompt_logprobs: list[Any] | None = None
     resume_time: float | None = None  # paused: when the external call returns
     pause_mode: PauseMode | None = None
     pause_time: float | None = None  # paused: when it paused

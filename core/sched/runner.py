@@ -19,10 +19,13 @@ class StepResult:
     """What executing one step produced: a sampled token per request that needed one,
     optional logprobs, and how long the model part took (seconds: measured for a real
     forward, the cost model's answer for a simulated one). ``spec``: draft tokens accepted
-    and proposed, when the runner speculates (:mod:`core.spec`)."""
+    and proposed, when the runner speculates (:mod:`core.spec`). ``prompt_logprobs``: per
+    request that asks for them, ``(first position, entries)`` for the prompt positions its
+    chunk computed (the engine keeps them in ``EngineRequest.prompt_logprobs``)."""
 
     sampled: dict[str, int] = field(default_factory=dict)
     logprobs: dict[str, Any] = field(default_factory=dict)
+    prompt_logprobs: dict[str, tuple[int, list[Any]]] = field(default_factory=dict)
     forward_s: float = 0.0
     spec: SpecOutcome | None = None
 

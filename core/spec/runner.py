@@ -99,6 +99,7 @@ class SpecModelRunner(ModelRunner):
             batch = self.build_batch(out)
             self._prepare_lora(out)
             hidden = self.model(batch, self.kv_cache, self.state_pool)
+            self.collect_prompt_logprobs(out, batch, hidden, result)
             ends = batch.last_token_rows().tolist()
             plain = [i for i, c in enumerate(out.chunks) if c.sample and not c.num_spec_tokens]
             verify = [i for i, c in enumerate(out.chunks) if c.sample and c.num_spec_tokens]
