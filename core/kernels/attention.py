@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, ClassVar
@@ -34,6 +34,7 @@ __all__ = [
     "AttentionBackend",
     "DecodeGroup",
     "GatherWorkspace",
+    "InPlaceGroup",
     "PagedAttentionMetadata",
     "TorchPagedAttention",
     "attention_backends",
@@ -96,6 +97,24 @@ class DecodeGroup:
     offset: int
 
 
+@dataclass
+class InPlaceGroup:
+    """Sequences with a few new tokens each (a speculative verify's ``k + 1``) that a
+    multi-query decode kernel attends in place through the block table, causal among the new
+    tokens, instead of one SDPA call each over a gathered context.
+
+    ``members`` index :attr:`PagedAttentionMetadata.prefills` (the reference still attends
+    them there); per member its first row, its number of new tokens, its blocks (padded with
+    block 0 to the group's widest, never read past ``seq_lens``) and its length.
+    """
+
+    members: list[int]
+    starts: torch.Tensor  # [n] long
+    query_lens: torch.Tensor  # [n] long
+    blocks: torch.Tensor  # [n, nb] long
+    seq_lens: torch.Tensor  # [n] long
+
+
 class GatherWorkspace:
     """Reusable K and V buffers that decode contexts are gathered into.
 
@@ -141,6 +160,8 @@ class PagedAttentionMetadata:
     # prefill group: (first row, end row, cache blocks of the context, context length)
     prefills: list[tuple[int, int, torch.Tensor, int]]
     workspace: GatherWorkspace = field(default_factory=GatherWorkspace)
+    # prefills short enough for a multi-query decode kernel (None: none, or not asked for)
+    in_place: InPlaceGroup | None = None
     # (group, sliding window) -> boolean masks, built on first use and shared by the layers
     _decode_masks: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
     _prefill_masks: dict[tuple[int, int | None], torch.Tensor] = field(default_factory=dict)
@@ -158,6 +179,7 @@ class PagedAttentionMetadata:
         seq_lens_host: Sequence[int] | None = None,
         workspace: GatherWorkspace | None = None,
         group_cost: float = DECODE_GROUP_COST_BLOCKS,
+        max_in_place_query_len: int = 1,
     ) -> PagedAttentionMetadata:
         """Split the batch into decode groups and prefill sequences and map positions to slots.
 
@@ -165,6 +187,8 @@ class PagedAttentionMetadata:
         does), which saves a device-to-host copy. ``workspace`` is the caller's reusable gather
         buffer (a fresh one if None); ``group_cost`` is passed to :func:`group_by_length`
         (``math.inf``: one group for all decode sequences; 0: one group per context length).
+        Prefill sequences of at most ``max_in_place_query_len`` new tokens are also listed in
+        :attr:`in_place` for a backend with a multi-query decode kernel.
         """
         device = block_tables.device
         if query_lens_host is None:
@@ -208,6 +232,21 @@ class PagedAttentionMetadata:
         if not bool(keep.all()):  # padding rows: one host sync per batch
             write_rows = keep.nonzero().squeeze(1)
             write_slots = write_slots[write_rows]
+        in_place = None
+        short = [b for b, n in enumerate(query_lens_host) if 1 < n <= max_in_place_query_len]
+        if short:
+            nb = max(nblocks(seq_lens_host[b]) for b in short)
+            idx = torch.tensor(short, device=device)
+            prefill_of = {
+                b: i for i, b in enumerate(b for b, n in enumerate(query_lens_host) if n > 1)
+            }
+            in_place = InPlaceGroup(
+                members=[prefill_of[b] for b in short],
+                starts=torch.tensor([starts[b] for b in short], device=device),
+                query_lens=torch.tensor([query_lens_host[b] for b in short], device=device),
+                blocks=tables[idx][:, :nb].clamp(min=0).contiguous(),
+                seq_lens=torch.tensor([seq_lens_host[b] for b in short], device=device),
+            )
         return cls(
             block_size,
             write_slots,
@@ -215,6 +254,7 @@ class PagedAttentionMetadata:
             groups,
             prefills,
             workspace if workspace is not None else GatherWorkspace(),
+            in_place,
         )
 
     def decode_mask(self, group: int, sliding_window: int | None) -> torch.Tensor:
@@ -281,6 +321,11 @@ class AttentionBackend(ABC):
 
     name: ClassVar[str]
     priority: ClassVar[int] = 0
+    max_decode_query_len: int = 1
+    """The most new tokens a sequence may have for the backend's decode path to attend it in
+    place (a multi-query decode kernel); longer ones take its prefill path. A runner raises it
+    for a step whose non-prefill sequences carry several query tokens (a speculative verify's
+    ``k + 1``); a backend without such a kernel ignores it."""
 
     @classmethod
     def is_available(cls, device: torch.device) -> bool:
@@ -457,13 +502,17 @@ class TorchPagedAttention(AttentionBackend):
         metadata: PagedAttentionMetadata,
         scale: float,
         sliding_window: int | None,
+        skip: Collection[int] = (),
     ) -> None:
         """Write the attention of every prefill sequence of the batch into ``out``: one SDPA
-        call each over its gathered context."""
+        call each over its gathered context (except those ``skip`` lists, by index into
+        ``metadata.prefills``: a kernel attended them)."""
         num_heads, head_dim = q.shape[1], q.shape[2]
         num_kv_heads = k_cache.shape[2]
         group = num_heads // num_kv_heads
         for i, (start, end, ctx_blocks, n_ctx) in enumerate(metadata.prefills):
+            if i in skip:
+                continue
             n_q = end - start
             # [1, H, Tq, D] against [1, Hkv, L, D]: batched 4-d inputs take torch's fused CPU
             # kernel (3-d ones fell back to the unfused math path, 1.8-3.3x slower), and

@@ -4,8 +4,12 @@ The torch reference gathers each decode sequence's context blocks into a padded 
 calls SDPA with a mask (a dozen ops a layer, and a copy of every context); this backend hands
 the block table to one C++ kernel (:mod:`core.kernels.cpu_ext`, ``paged_decode_attention``)
 that reads each position's K/V row where it lives, one task per (sequence, kv head) across
-torch's intra-op threads. The K/V write is one C++ call too. Prefill sequences keep the
-reference's SDPA path. Same layouts and semantics as :mod:`core.kernels.attention`; tested
+torch's intra-op threads. Sequences with a few new tokens (at most
+:attr:`~core.kernels.attention.AttentionBackend.max_decode_query_len`, which a speculating
+runner raises to ``k + 1`` for its verify steps) go through the same kernel as multi-query
+decodes (``paged_multi_query_attention``: the new tokens' query rows scored together against
+each K/V row, causal among themselves). The K/V write is one C++ call too. Longer prefills keep
+the reference's SDPA path. Same layouts and semantics as :mod:`core.kernels.attention`; tested
 against the reference in tests/kernels/.
 
 Runs on CPU for fp32 and bf16 (q and caches in one dtype) when the extension builds; any
@@ -15,6 +19,7 @@ other call goes to the reference.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -28,7 +33,8 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 @register_attention_backend
 class CppPagedAttention(TorchPagedAttention):
-    """Decode attention by the C++ kernel over the block table; prefills as the reference."""
+    """Decode attention (one new token, or up to ``max_decode_query_len``) by the C++ kernel
+    over the block table; longer prefills as the reference."""
 
     name = "cpp"
     priority = 5
@@ -47,6 +53,30 @@ class CppPagedAttention(TorchPagedAttention):
             and first.dtype in _DTYPES
             and all(t.dtype == first.dtype for t in tensors)
             and all(t.stride(-1) == 1 for t in tensors)
+        )
+
+    def build_metadata(
+        self,
+        query_start_loc: torch.Tensor,
+        seq_lens: torch.Tensor,
+        block_tables: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        block_size: int,
+        *,
+        query_lens_host: Sequence[int] | None = None,
+        seq_lens_host: Sequence[int] | None = None,
+    ) -> PagedAttentionMetadata:
+        return PagedAttentionMetadata.build(
+            query_start_loc,
+            seq_lens,
+            block_tables,
+            slot_mapping,
+            block_size,
+            query_lens_host=query_lens_host,
+            seq_lens_host=seq_lens_host,
+            workspace=self.workspace,
+            group_cost=self.decode_group_cost,
+            max_in_place_query_len=self.max_decode_query_len,
         )
 
     def write_kv(
@@ -87,14 +117,32 @@ class CppPagedAttention(TorchPagedAttention):
             return super().forward(
                 q, k_cache, v_cache, metadata, scale=scale, sliding_window=sliding_window
             )
+        mq = metadata.in_place
         decoded = sum(g.rows.numel() for g in metadata.decode_groups)
+        if mq is not None:
+            decoded += int(mq.query_lens.sum())
         # padding rows stay zero rather than uninitialized (as in the reference)
         out = torch.empty_like(q) if decoded == q.shape[0] else torch.zeros_like(q)
+        window = sliding_window or 0
         for g in metadata.decode_groups:
             if not g.blocks.is_contiguous():  # the kernel takes a dense table; once per batch
                 g.blocks = g.blocks.contiguous()
             ext.paged_decode_attention(
-                out, q, k_cache, v_cache, g.rows, g.blocks, g.seq_lens, scale, sliding_window or 0
+                out, q, k_cache, v_cache, g.rows, g.blocks, g.seq_lens, scale, window
             )
-        self.attend_prefills(out, q, k_cache, v_cache, metadata, scale, sliding_window)
+        if mq is not None:
+            ext.paged_multi_query_attention(
+                out,
+                q,
+                k_cache,
+                v_cache,
+                mq.starts,
+                mq.query_lens,
+                mq.blocks,
+                mq.seq_lens,
+                scale,
+                window,
+            )
+        skip = frozenset(mq.members) if mq is not None else frozenset()
+        self.attend_prefills(out, q, k_cache, v_cache, metadata, scale, sliding_window, skip)
         return out

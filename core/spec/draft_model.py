@@ -16,6 +16,10 @@ from core.model.cache import KVCache
 from .drafter import Draft, Drafter, DraftRequest
 from .verify import block_stop_tokens, blocks_stop_tokens, is_greedy, target_probs
 
+# Feeds up to this long (after a cache hit on the request's earlier tokens) take the attention
+# backend's multi-query decode path; a longer one is a prefill.
+_MAX_FEED = 8
+
 
 class DraftModelDrafter(Drafter):
     """Drafts with ``model``: per step, one forward over each request's tokens the draft cache
@@ -27,8 +31,12 @@ class DraftModelDrafter(Drafter):
     keeps the part that still prefixes the request's tokens (rejected drafts' slots are freed)
     and computes the rest. A request whose KV does not fit (after dropping the caches of
     requests not drafted now) gets no drafts this step. Attention-only draft models (an SSM
-    state cannot be rolled back here); the vocabulary must be the target's.
+    state cannot be rolled back here); the vocabulary must be the target's. The first forward
+    of a step (one or two tokens per cached request) takes the attention backend's multi-query
+    decode path unless ``in_place_feeds`` is False (for A/B measurements).
     """
+
+    in_place_feeds: bool = True
 
     name = "draft_model"
 
@@ -110,6 +118,15 @@ class DraftModelDrafter(Drafter):
         feeds = [list(requests[i].token_ids[s:]) for i, s in zip(active, starts, strict=True)]
         cached = list(starts)
         probs: list[list[torch.Tensor]] = [[] for _ in active]
+        # the first forward feeds each cached request the one or two tokens its KV lacks: a
+        # multi-query decode the attention backend may attend in place
+        backend = self.model.attention_backend()
+        backend.max_decode_query_len = max(
+            (len(f) for f, c in zip(feeds, cached, strict=True) if c and len(f) <= _MAX_FEED),
+            default=1,
+        )
+        if not self.in_place_feeds:
+            backend.max_decode_query_len = 1
         for _ in range(steps):
             rows = [j for j, i in enumerate(active) if len(out[i].token_ids) < self._k(requests[i])]
             if not rows:

@@ -23,6 +23,10 @@ from .verify import (
     verify_sampled,
 )
 
+# Longest verify chunk sent down the multi-query decode path: k + 1 for any k in use, and
+# more after a hybrid rollback; longer chunks are prefills in all but name.
+_MAX_IN_PLACE = 32
+
 
 class SpecModelRunner(ModelRunner):
     """A :class:`~core.engine.runner.ModelRunner` that speculates with ``drafter``.
@@ -38,7 +42,15 @@ class SpecModelRunner(ModelRunner):
     scratch pool; after a rejection it is copied back, and the request is reported in
     ``SpecOutcome.rolled_back`` so the scheduler recomputes the accepted tokens from the
     chunk's start in the next step (with the next drafts).
+
+    Attention path: when a step's non-prefill sequences carry several query tokens (a verify
+    chunk: the known tokens and the drafts), the attention backend is told to attend chunks
+    that short in place as multi-query decodes (``max_decode_query_len``; the ``"cpp"``
+    backend's kernel reads the paged KV where it lives) rather than down its prefill path;
+    ``verify_in_place = False`` keeps the prefill path (for A/B measurements).
     """
+
+    verify_in_place: bool = True
 
     def __init__(
         self,
@@ -96,6 +108,7 @@ class SpecModelRunner(ModelRunner):
                     "scratch state slots (max_num_seqs)"
                 )
             snap = self._snapshot(spec_chunks)
+            self._select_attention(spec_chunks)
             batch = self.build_batch(out)
             self._prepare_lora(out)
             hidden = self.model(batch, self.kv_cache, self.state_pool)
@@ -136,6 +149,13 @@ class SpecModelRunner(ModelRunner):
             result.forward_s = time.perf_counter() - t0
         self.apply_copies(out.copies, after=True)
         return result
+
+    def _select_attention(self, spec_chunks: list[ScheduledChunk]) -> None:
+        """Verify chunks (at most ``_MAX_IN_PLACE`` tokens) take the backend's multi-query
+        decode path in this step; without them only one-token decodes do."""
+        longest = max((c.num_tokens for c in spec_chunks), default=1)
+        in_place = longest if self.verify_in_place and longest <= _MAX_IN_PLACE else 1
+        self.model.attention_backend().max_decode_query_len = in_place
 
     def _verify(
         self, c: ScheduledChunk, logits: torch.Tensor, argmax: list[int]

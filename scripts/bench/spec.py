@@ -128,7 +128,9 @@ def _step_times(
     times: dict[str, list[float]] = {name: [] for name in shapes}
     with torch.inference_mode():
         for _ in range(reps + 1):
-            for name, (model, kv_cache, _) in shapes.items():
+            for name, (model, kv_cache, q) in shapes.items():
+                # as a speculating runner does for its verify steps: q new tokens in place
+                model.attention_backend().max_decode_query_len = q
                 t0 = time.perf_counter()
                 model(batches[name], kv_cache)
                 times[name].append(time.perf_counter() - t0)

@@ -6,8 +6,9 @@ of each kernel. The module offers (layouts and semantics in the C++ sources, ``o
 
 - ``pack_linear_weight(w)`` / ``packed_linear(x, packed, out_features, bias)``: small-M linear
   layers over a weight packed into groups of ``linear_group_width()`` output rows;
-- ``write_kv`` and ``paged_decode_attention``: the paged-KV write and one-token attention read
-  in place through the block table;
+- ``write_kv``, ``paged_decode_attention`` and ``paged_multi_query_attention``: the paged-KV
+  write, and attention read in place through the block table for one new token per sequence
+  or a few (a speculative verify's k + 1, causal among themselves);
 - ``rms_norm``, ``add_rms_norm``, ``rotary_``, ``silu_mul``: a decoder layer's small ops;
 - ``isa``: the vector ISA it was compiled for (``"avx512"``, ``"avx2"`` or ``"generic"``).
 

@@ -1,5 +1,6 @@
 // Decode attention over the paged KV cache, read in place through the block table (no gather
-// into a padded copy), and the K/V write. Layouts: core/kernels/attention.py.
+// into a padded copy): one new token per sequence, or a few (a speculative verify's k + 1,
+// causal among themselves); and the K/V write. Layouts: core/kernels/attention.py.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -76,23 +77,31 @@ void axpy(float a, const T* v, float* acc, int64_t D) {
   for (; d < D; ++d) acc[d] += a * static_cast<float>(v[d]);
 }
 
-// One task: sequence s, kv head h, and the `group` query heads that share it.
+// One task: sequence s, kv head h, its `qlen` new tokens (rows row .. row + qlen - 1; 1 for a
+// decode step, k + 1 for a speculative verify) and the `group` query heads that share the kv
+// head. The qlen * group query rows are scored together, so each K/V row is read once for all
+// of them; query j (position len - qlen + j) sees keys up to its own position (causal among
+// the new tokens) and, with a window W, only those past position - W.
 template <typename T>
 void attend(T* out, const T* q, int64_t q_row_stride, int64_t q_head_stride, int64_t o_row_stride,
             int64_t o_head_stride, const T* kc, const T* vc, int64_t block_size, int64_t kv_heads,
-            int64_t D, int64_t group, int64_t h, int64_t row, const int64_t* blocks, int64_t len,
-            float scale, int64_t window, std::vector<float>& scratch,
+            int64_t D, int64_t group, int64_t h, int64_t row, int64_t qlen, const int64_t* blocks,
+            int64_t len, float scale, int64_t window, std::vector<float>& scratch,
             std::pair<std::vector<const T*>, std::vector<const T*>>& rows) {
-  const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - lo;
-  scratch.resize(group * (n + 2 * D + 1));
-  float* qs = scratch.data();       // [group, D] queries in fp32
-  float* acc = qs + group * D;      // [group, D] weighted sums of V
-  float* denom = acc + group * D;   // [group] softmax denominators
-  float* scores = denom + group;    // [group, n]
-  for (int64_t g = 0; g < group; ++g) {
-    const T* qg = q + row * q_row_stride + (h * group + g) * q_head_stride;
-    for (int64_t d = 0; d < D; ++d) qs[g * D + d] = static_cast<float>(qg[d]);
-  }
+  const int64_t first_pos = len - qlen;  // position of query 0
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, first_pos + 1 - window) : 0, n = len - lo;
+  const int64_t R = qlen * group;  // query rows: j * group + g
+  scratch.resize(R * (n + 2 * D + 1));
+  float* qs = scratch.data();   // [R, D] queries in fp32
+  float* acc = qs + R * D;      // [R, D] weighted sums of V
+  float* denom = acc + R * D;   // [R] softmax denominators
+  float* scores = denom + R;    // [R, n]
+  for (int64_t j = 0; j < qlen; ++j)
+    for (int64_t g = 0; g < group; ++g) {
+      const T* qg = q + (row + j) * q_row_stride + (h * group + g) * q_head_stride;
+      float* to = qs + (j * group + g) * D;
+      for (int64_t d = 0; d < D; ++d) to[d] = static_cast<float>(qg[d]);
+    }
   // where each position's K and V rows of kv head h live
   std::vector<const T*>& krow = rows.first;
   std::vector<const T*>& vrow = rows.second;
@@ -105,39 +114,46 @@ void attend(T* out, const T* q, int64_t q_row_stride, int64_t q_head_stride, int
     vrow[t] = vc + off;
   }
   const int64_t n4 = D == 64 || D == 128 ? n / 4 * 4 : 0;  // positions the blocked path takes
-  if (D == 64) scores_block<T, 4>(qs, krow.data(), n4, n, group, scale, scores);
-  if (D == 128) scores_block<T, 8>(qs, krow.data(), n4, n, group, scale, scores);
+  if (D == 64) scores_block<T, 4>(qs, krow.data(), n4, n, R, scale, scores);
+  if (D == 128) scores_block<T, 8>(qs, krow.data(), n4, n, R, scale, scores);
   for (int64_t t = n4; t < n; ++t)
-    for (int64_t g = 0; g < group; ++g) scores[g * n + t] = dot(qs + g * D, krow[t], D) * scale;
-  for (int64_t g = 0; g < group; ++g) {  // softmax numerators in place; denominators at the end
-    float* s = scores + g * n;
+    for (int64_t r = 0; r < R; ++r) scores[r * n + t] = dot(qs + r * D, krow[t], D) * scale;
+  for (int64_t r = 0; r < R; ++r) {  // softmax numerators in place; denominators at the end
+    const int64_t pos = first_pos + r / group;
+    // the keys this query sees, as indices into the n scored positions: [a, b)
+    const int64_t a = window > 0 ? std::max<int64_t>(0, pos + 1 - window) - lo : 0;
+    const int64_t b = pos + 1 - lo;
+    float* s = scores + r * n;
+    std::fill(s, s + a, 0.f);
+    std::fill(s + b, s + n, 0.f);
     float m = -INFINITY;
-    for (int64_t t = 0; t < n; ++t) m = std::max(m, s[t]);
+    for (int64_t t = a; t < b; ++t) m = std::max(m, s[t]);
     const Vec16 mv = Vec16::broadcast(m);
     Vec16 sums = Vec16::zero();
-    int64_t t = 0;
-    for (; t + 16 <= n; t += 16) {
+    int64_t t = a;
+    for (; t + 16 <= b; t += 16) {
       const Vec16 e = exp(Vec16::load(s + t) - mv);
       e.store(s + t);
       sums = sums + e;
     }
     float sum = sums.sum();
-    for (; t < n; ++t) sum += (s[t] = std::exp(s[t] - m));
-    denom[g] = sum;
+    for (; t < b; ++t) sum += (s[t] = std::exp(s[t] - m));
+    denom[r] = sum;
   }
   if (D == 64) {
-    weighted_values<T, 4>(scores, vrow.data(), n, group, acc);
+    weighted_values<T, 4>(scores, vrow.data(), n, R, acc);
   } else if (D == 128) {
-    weighted_values<T, 8>(scores, vrow.data(), n, group, acc);
+    weighted_values<T, 8>(scores, vrow.data(), n, R, acc);
   } else {
-    std::fill(acc, acc + group * D, 0.f);
+    std::fill(acc, acc + R * D, 0.f);
     for (int64_t t = 0; t < n; ++t)
-      for (int64_t g = 0; g < group; ++g) axpy(scores[g * n + t], vrow[t], acc + g * D, D);
+      for (int64_t r = 0; r < R; ++r) axpy(scores[r * n + t], vrow[t], acc + r * D, D);
   }
-  for (int64_t g = 0; g < group; ++g) {
-    T* og = out + row * o_row_stride + (h * group + g) * o_head_stride;
-    const float inv = 1.f / denom[g];
-    for (int64_t d = 0; d < D; ++d) og[d] = static_cast<T>(acc[g * D + d] * inv);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t j = r / group, g = r % group;
+    T* og = out + (row + j) * o_row_stride + (h * group + g) * o_head_stride;
+    const float inv = 1.f / denom[r];
+    for (int64_t d = 0; d < D; ++d) og[d] = static_cast<T>(acc[r * D + d] * inv);
   }
 }
 
@@ -192,37 +208,44 @@ void write_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
   }
 }
 
-void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
-                            const at::Tensor& v_cache, const at::Tensor& rows,
-                            const at::Tensor& blocks, const at::Tensor& seq_lens, double scale,
-                            int64_t window) {
+namespace {
+
+// Shared by both entry points: sequence i has query_lens[i] new tokens from row starts[i]
+// (query_lens == nullptr: one each).
+void run_paged_attention(const char* op, at::Tensor& out, const at::Tensor& q,
+                         const at::Tensor& k_cache, const at::Tensor& v_cache,
+                         const at::Tensor& starts, const int64_t* query_lens,
+                         const at::Tensor& blocks, const at::Tensor& seq_lens, double scale,
+                         int64_t window) {
   check_cache(k_cache, "k_cache");
   check_cache(v_cache, "v_cache");
   TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && out.dim() == 3 && out.stride(2) == 1 &&
                   out.sizes() == q.sizes(),
-              "paged_decode_attention: q and out must be [T, heads, head_dim], last axis dense");
+              op, ": q and out must be [T, heads, head_dim], last axis dense");
   TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && out.scalar_type() == q.scalar_type() &&
                   v_cache.scalar_type() == q.scalar_type(),
-              "paged_decode_attention: q, out and the caches must share one dtype");
-  const int64_t n = rows.numel(), heads = q.size(1), D = q.size(2);
+              op, ": q, out and the caches must share one dtype");
+  const int64_t n = starts.numel(), heads = q.size(1), D = q.size(2);
   const int64_t kv_heads = k_cache.size(2), block_size = k_cache.size(1);
-  TORCH_CHECK(heads % kv_heads == 0 && k_cache.size(3) == D, "paged_decode_attention: head shapes");
-  TORCH_CHECK(rows.scalar_type() == at::kLong && blocks.scalar_type() == at::kLong &&
-                  seq_lens.scalar_type() == at::kLong && rows.is_contiguous() &&
+  TORCH_CHECK(heads % kv_heads == 0 && k_cache.size(3) == D, op, ": head shapes");
+  TORCH_CHECK(starts.scalar_type() == at::kLong && blocks.scalar_type() == at::kLong &&
+                  seq_lens.scalar_type() == at::kLong && starts.is_contiguous() &&
                   blocks.is_contiguous() && seq_lens.is_contiguous() && blocks.dim() == 2 &&
                   blocks.size(0) == n && seq_lens.numel() == n,
-              "paged_decode_attention: rows [n], blocks [n, max_blocks], seq_lens [n], int64");
-  const int64_t* r = rows.data_ptr<int64_t>();
+              op, ": rows [n], blocks [n, max_blocks], seq_lens [n], int64");
+  const int64_t* r = starts.data_ptr<int64_t>();
   const int64_t* b = blocks.data_ptr<int64_t>();
   const int64_t* lens = seq_lens.data_ptr<int64_t>();
   const int64_t nb = blocks.size(1), num_blocks = k_cache.size(0);
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(lens[i] >= 1 && lens[i] <= nb * block_size && r[i] >= 0 && r[i] < q.size(0),
-                "paged_decode_attention: sequence ", i, " has length ", lens[i], " for ", nb,
-                " blocks of ", block_size, " (row ", r[i], ")");
+    const int64_t ql = query_lens ? query_lens[i] : 1;
+    TORCH_CHECK(ql >= 1 && lens[i] >= ql && lens[i] <= nb * block_size && r[i] >= 0 &&
+                    r[i] + ql <= q.size(0),
+                op, ": sequence ", i, " has length ", lens[i], " for ", nb, " blocks of ",
+                block_size, " (row ", r[i], ", ", ql, " new tokens)");
     for (int64_t j = 0; j < (lens[i] + block_size - 1) / block_size; ++j)
-      TORCH_CHECK(b[i * nb + j] >= 0 && b[i * nb + j] < num_blocks,
-                  "paged_decode_attention: block ", b[i * nb + j], " out of range");
+      TORCH_CHECK(b[i * nb + j] >= 0 && b[i * nb + j] < num_blocks, op, ": block ",
+                  b[i * nb + j], " out of range");
   }
   const int64_t group = heads / kv_heads;
   auto run = [&](auto* tag) {
@@ -234,17 +257,38 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
         const int64_t i = task / kv_heads, h = task % kv_heads;
         attend<T>(out.data_ptr<T>(), q.data_ptr<T>(), q.stride(0), q.stride(1), out.stride(0),
                   out.stride(1), k_cache.data_ptr<T>(), v_cache.data_ptr<T>(), block_size,
-                  kv_heads, D, group, h, r[i], b + i * nb, lens[i], static_cast<float>(scale),
-                  window, scratch, kv_rows);
+                  kv_heads, D, group, h, r[i], query_lens ? query_lens[i] : 1, b + i * nb,
+                  lens[i], static_cast<float>(scale), window, scratch, kv_rows);
       }
     });
   };
   if (q.scalar_type() == at::kFloat) {
     run(static_cast<float*>(nullptr));
   } else {
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_decode_attention: fp32 or bf16 only");
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, op, ": fp32 or bf16 only");
     run(static_cast<c10::BFloat16*>(nullptr));
   }
+}
+
+}  // namespace
+
+void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                            const at::Tensor& v_cache, const at::Tensor& rows,
+                            const at::Tensor& blocks, const at::Tensor& seq_lens, double scale,
+                            int64_t window) {
+  run_paged_attention("paged_decode_attention", out, q, k_cache, v_cache, rows, nullptr, blocks,
+                      seq_lens, scale, window);
+}
+
+void paged_multi_query_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                                 const at::Tensor& v_cache, const at::Tensor& starts,
+                                 const at::Tensor& query_lens, const at::Tensor& blocks,
+                                 const at::Tensor& seq_lens, double scale, int64_t window) {
+  TORCH_CHECK(query_lens.scalar_type() == at::kLong && query_lens.is_contiguous() &&
+                  query_lens.numel() == starts.numel(),
+              "paged_multi_query_attention: query_lens must be [n] int64");
+  run_paged_attention("paged_multi_query_attention", out, q, k_cache, v_cache, starts,
+                      query_lens.data_ptr<int64_t>(), blocks, seq_lens, scale, window);
 }
 
 }  // namespace servelab

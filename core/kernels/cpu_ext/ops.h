@@ -21,6 +21,10 @@ void paged_decode_attention(at::Tensor& out, const at::Tensor& q, const at::Tens
                             const at::Tensor& v_cache, const at::Tensor& rows,
                             const at::Tensor& blocks, const at::Tensor& seq_lens, double scale,
                             int64_t window);
+void paged_multi_query_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                                 const at::Tensor& v_cache, const at::Tensor& starts,
+                                 const at::Tensor& query_lens, const at::Tensor& blocks,
+                                 const at::Tensor& seq_lens, double scale, int64_t window);
 
 // layer_ops.cpp
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
