@@ -438,6 +438,9 @@ class TorchPagedAttention(AttentionBackend):
     name = "torch"
     priority = 0
     decode_group_cost: float = DECODE_GROUP_COST_BLOCKS
+    # whether a subclass attends PagedAttentionMetadata.in_place with a multi-query decode
+    # kernel (the reference attends those sequences as prefills: it never lists them)
+    in_place_kernel: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.workspace = GatherWorkspace()
@@ -463,6 +466,7 @@ class TorchPagedAttention(AttentionBackend):
             seq_lens_host=seq_lens_host,
             workspace=self.workspace,
             group_cost=self.decode_group_cost,
+            max_in_place_query_len=self.max_decode_query_len if self.in_place_kernel else 1,
         )
 
     def forward(

@@ -19,7 +19,6 @@ other call goes to the reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
@@ -40,6 +39,7 @@ class CppPagedAttention(TorchPagedAttention):
     priority = 5
     # the kernel reads only each sequence's own blocks: no padding to trade against calls
     decode_group_cost = math.inf
+    in_place_kernel = True
 
     @classmethod
     def is_available(cls, device: torch.device) -> bool:
@@ -53,30 +53,6 @@ class CppPagedAttention(TorchPagedAttention):
             and first.dtype in _DTYPES
             and all(t.dtype == first.dtype for t in tensors)
             and all(t.stride(-1) == 1 for t in tensors)
-        )
-
-    def build_metadata(
-        self,
-        query_start_loc: torch.Tensor,
-        seq_lens: torch.Tensor,
-        block_tables: torch.Tensor,
-        slot_mapping: torch.Tensor,
-        block_size: int,
-        *,
-        query_lens_host: Sequence[int] | None = None,
-        seq_lens_host: Sequence[int] | None = None,
-    ) -> PagedAttentionMetadata:
-        return PagedAttentionMetadata.build(
-            query_start_loc,
-            seq_lens,
-            block_tables,
-            slot_mapping,
-            block_size,
-            query_lens_host=query_lens_host,
-            seq_lens_host=seq_lens_host,
-            workspace=self.workspace,
-            group_cost=self.decode_group_cost,
-            max_in_place_query_len=self.max_decode_query_len,
         )
 
     def write_kv(
