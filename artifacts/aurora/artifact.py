@@ -26,7 +26,6 @@ from core.alltoall import (
     colocated_time,
     dispatch_bytes,
     fair_share_time,
-    identity_placement,
     load_speed_placement,
     lower_bound,
     matching_schedule,
@@ -139,21 +138,27 @@ def _ordering_rows(d: np.ndarray, bw: np.ndarray, rng: np.random.Generator) -> l
     ]
 
 
+def _zipf(config: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """The point's Zipf routing: every GPU a source and one expert per GPU."""
+    n = int(config["gpus"])
+    return zipf_routing(
+        n,
+        n,
+        int(config["tokens"]),
+        skew=float(config["skew"]),
+        rng=rng,
+        shared_popularity=config["popularity"] == "shared",
+    )
+
+
 def run_alltoall(config: dict[str, Any]) -> list[dict[str, Any]]:
     n = int(config["gpus"])
     rng = np.random.default_rng(int(config["seed"]))
     bw = _bandwidths(config["bandwidth"], n)
     rows = []
     for rep in range(int(config["reps"])):
-        r = zipf_routing(
-            n,
-            n,
-            int(config["tokens"]),
-            skew=float(config["skew"]),
-            rng=rng,
-            shared_popularity=config["popularity"] == "shared",
-        )
-        d = dispatch_bytes(r, identity_placement(n, Cluster((1.0,) * n, tuple(bw))), n, 8192)
+        r = _zipf(config, rng)
+        d = dispatch_bytes(r, np.arange(n), n, 8192)  # expert e on GPU e
         rows += [{"rep": rep, **row} for row in _ordering_rows(d, bw, rng)]
     return rows
 
@@ -183,19 +188,7 @@ def run_speedup(config: dict[str, Any]) -> list[dict[str, Any]]:
     cluster = make_cluster(config["cluster"], n, config["network"])
     rows = []
     for rep in range(int(config["reps"])):
-        a, b = (
-            layer(
-                zipf_routing(
-                    n,
-                    n,
-                    int(config["tokens"]),
-                    skew=float(config["skew"]),
-                    rng=rng,
-                    shared_popularity=config["popularity"] == "shared",
-                )
-            )
-            for _ in range(2)
-        )
+        a, b = layer(_zipf(config, rng)), layer(_zipf(config, rng))
         rows += [{"rep": rep, **row} for row in evaluate(a, b, cluster, seed=rep)]
     return rows
 
