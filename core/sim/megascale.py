@@ -229,8 +229,25 @@ class Deployment:
                 raise ValueError(f"Deployment.{name} must be a positive integer, got {v!r}")
 
 
+class _Rates:
+    """Throughput per GPU and per dollar of a priced deployment."""
+
+    tokens_per_s: float
+    gpus: int
+    dollars_per_hour: float
+
+    @property
+    def per_gpu(self) -> float:
+        return self.tokens_per_s / self.gpus
+
+    @property
+    def per_dollar(self) -> float:
+        """Tokens per second per dollar per hour (0 when no price is known)."""
+        return self.tokens_per_s / self.dollars_per_hour if self.dollars_per_hour else 0.0
+
+
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(_Rates):
     """A deployment priced: per-layer micro-batch times, the iteration, throughput, cost, and
     whether it fits (``why`` says what does not)."""
 
@@ -244,15 +261,6 @@ class Evaluation:
     dollars_per_hour: float
     feasible: bool
     why: str = ""
-
-    @property
-    def per_gpu(self) -> float:
-        return self.tokens_per_s / self.gpus
-
-    @property
-    def per_dollar(self) -> float:
-        """Tokens per second per dollar per hour (0 when no price is known)."""
-        return self.tokens_per_s / self.dollars_per_hour if self.dollars_per_hour else 0.0
 
     def row(self) -> dict[str, Any]:
         d = self.deployment
@@ -564,7 +572,7 @@ def _shapes(*axes: Iterable[int]) -> list[tuple[int, int, int, int]]:
 
 
 @dataclass(frozen=True)
-class ColocatedResult:
+class ColocatedResult(_Rates):
     """The best batch of a colocated deployment on ``gpus`` devices (``feasible`` False when no
     batch fits memory and the SLO)."""
 
@@ -576,14 +584,6 @@ class ColocatedResult:
     gpus: int
     dollars_per_hour: float
     feasible: bool
-
-    @property
-    def per_gpu(self) -> float:
-        return self.tokens_per_s / self.gpus
-
-    @property
-    def per_dollar(self) -> float:
-        return self.tokens_per_s / self.dollars_per_hour if self.dollars_per_hour else 0.0
 
 
 def _best_batch(
