@@ -26,12 +26,13 @@ TORCH_FREE = [
     "core.artifact",
     "core.model",
     "core.jobsim",
+    "core.alltoall",
 ]
 # Submodules of those packages that are the engine side on purpose: real serving on engine
 # replicas (core.cluster's docstring says it is not imported by the package) and the torch
 # models and checkpoint I/O of core.model (core.model loads them on first use).
 ENGINE_SIDE = re.compile(
-    r"core\.cluster\.serving|core\.model\.(base|batch|cache|checkpoint|hybrid|layers|llama|"
+    r"core\.cluster\.serving|core\.alltoall\.record|core\.model\.(base|batch|cache|checkpoint|hybrid|layers|llama|"
     r"mixtral|registry|training)$"
 )
 ENGINE_PACKAGES = ("torch", "transformers", "safetensors", "accelerate", "triton")
