@@ -287,6 +287,21 @@ def make_workload(
     return reqs, info
 
 
+def warmup_requests(reqs: Sequence[Any], prefix: str) -> list[Any]:
+    """The first :data:`WARMUP_REQUESTS` of ``reqs`` under new ids, all arriving at once: a
+    warm-up pass (lazy initialisation, the allocator's growth) before anything is timed."""
+    return [
+        type(r)(
+            f"{prefix}-{i}",
+            0.0,
+            r.prompt_len,
+            r.output_len,
+            prompt_token_ids=list(r.prompt_token_ids),
+        )
+        for i, r in enumerate(reqs[:WARMUP_REQUESTS])
+    ]
+
+
 def with_arrivals(reqs: Sequence[Any], times: Sequence[float]) -> list[Any]:
     from dataclasses import replace
 
@@ -510,16 +525,7 @@ def run_engine_levels(
     cal = Calibrator(llm, settings, Grid(**cost.grid), args.seed + 7)
     probe = DriftProbe(linear_probe(llm.model))
     recorder = StepRecorder(engine, probe, max_gap=args.probe_gap)
-    warm = [
-        type(r)(
-            f"warmup-{i}",
-            0.0,
-            r.prompt_len,
-            r.output_len,
-            prompt_token_ids=list(r.prompt_token_ids),
-        )
-        for i, r in enumerate(reqs[:WARMUP_REQUESTS])
-    ]
+    warm = warmup_requests(reqs, "warmup")
     replay_engine(engine, warm, recorder, "warm-up")  # lazy initialisation, allocator growth
     probe.measure()  # the probe's own first-call costs
     recorder.run = "anchor"
@@ -731,16 +737,7 @@ def run_vllm_level(
         reqs, workload_info = make_workload(
             n, args.length_scale, settings.max_model_len, vocab, args.seed
         )
-        warm = [
-            type(r)(
-                f"vwarm-{i}",
-                0.0,
-                r.prompt_len,
-                r.output_len,
-                prompt_token_ids=list(r.prompt_token_ids),
-            )
-            for i, r in enumerate(reqs[:WARMUP_REQUESTS])
-        ]
+        warm = warmup_requests(reqs, "vwarm")
         _, _, warm_reply = _vllm_stream(worker.call, warm, "warm-up")
         blocks = int(loaded.get("num_kv_blocks") or settings.num_kv_blocks)
         all_steps, later_probes = [], []
@@ -869,18 +866,6 @@ def simulate(
     starts = [r.arrival for r in records]
     ends = [r.finish for r in records if r.finish is not None]
     return records, (max(ends) - min(starts)) if ends else math.nan, res
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ---- the benchmark -----------------------------------------------------------------------------
