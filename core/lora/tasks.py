@@ -5,7 +5,7 @@ the answer looks like, so an adapter trained on it answers measurably differentl
 base model (which keeps the zoo's format) and from the other adapters:
 
 - ``arith-total``: arith (1-3 steps), the answer line ``Total: 51``;
-- ``arith-units``: arith (1-3 steps), the answer with its unit (``Answer: 51 cards``);
+- ``arith-sentence``: arith (1-3 steps), the answer as a sentence (``Now there are 51.``);
 - ``classify-words``: classify, the label spelled out (``positive`` / ``negative``);
 - ``classify-score``: classify, the label and the vote margin, how many more words of the
   majority there are (``neg 5``).
@@ -14,7 +14,9 @@ The first three keep the base model's skill and change the format; ``classify-sc
 for a number the base model was never trained to say (it only learned the vote's sign).
 Formats use only tokens the base model was trained on: a token it never saw (``#``) has a
 tied embedding that training pushed where every unseen token sits, so no adapter of the
-hidden states can make the model say it rather than its twins.
+hidden states can make the model say it rather than its twins. Numbers keep the form the base
+model writes them in (after a space: ``51 in all`` at the start of a line, a digit token the
+base never wrote there, reached 14% after 150 steps).
 :func:`check_final` compares the part after the last step separator exactly.
 """
 
@@ -25,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from core.zoo.tasks import (
-    ANSWER_PREFIX,
     EOS,
     STEP_SEPARATOR,
     Example,
@@ -82,11 +83,6 @@ def _new_label(label: Callable[[Example], str]) -> Callable[[Example], Example]:
     return restyle
 
 
-def _unit(ex: Example) -> str:
-    item = ex.prompt.rsplit("How many ", 1)[1].split(" ", 1)[0]
-    return f"{ANSWER_PREFIX}{ex.answer} {item}"
-
-
 def _score(ex: Example) -> str:
     return f"{ex.answer} {ex.difficulty}"
 
@@ -102,14 +98,11 @@ ADAPTER_TASKS: dict[str, AdapterTask] = {
             64,
         ),
         AdapterTask(
-            "arith-units",
-            "arith of 1-3 steps, the answer with its unit: 'Answer: 51 cards'",
+            "arith-sentence",
+            "arith of 1-3 steps, the answer as a sentence: 'Now there are 51.'",
             _arith,
-            _new_answer_line(_unit),
+            _new_answer_line(lambda ex: f"Now there are {ex.answer}."),
             64,
-            # the unit is copied from the question (the token after 'How many'), a new
-            # attention pattern: 150 steps reached 9%
-            steps=600,
         ),
         AdapterTask(
             "classify-words",

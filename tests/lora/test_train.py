@@ -36,9 +36,8 @@ def test_task_answers():
     _, total = ADAPTER_TASKS["arith-total"].example(rng)
     assert final_answer(total.completion) == total.answer
     assert total.answer.startswith("Total: ") and total.completion.endswith(EOS)
-    _, units = ADAPTER_TASKS["arith-units"].example(random.Random(3))
-    item = units.prompt.rsplit("How many ", 1)[1].split()[0]
-    assert units.answer.endswith(f" {item}")
+    original, sentence = ADAPTER_TASKS["arith-sentence"].example(random.Random(3))
+    assert sentence.answer == f"Now there are {original.answer}."
     pairs = task_examples(ADAPTER_TASKS["classify-score"], 0, 40)
     for original, styled in pairs:
         words = original.prompt.removeprefix("Review: ").split("\n")[0].split()
