@@ -8,26 +8,27 @@ full: scripts/bench/README.md, section ``fidelity``).
    contexts the scheduler chose, the wall and CPU time of the whole ``Engine.step()``); the
    profiled cost model predicts the same steps. A drift probe (the model's linear layers on a
    few rows: :func:`~scripts.bench.fidelity_steps.linear_probe`) is timed in the replay's idle
-   waits and at least every ``--probe-gap`` steps; an *anchor* at the start (reference steps
-   against the profile, alternating with the probe) ties the probe's time to the profile's
-   speed. Each prediction is multiplied by the drift factor at its step. Reported: MAPE, bias
-   and the worst step per kind (prefill, decode, mixed), raw and drift-corrected.
+   waits and at least every ``--probe-gap`` steps. *Anchors* before and after every stream
+   (reference steps timed against the profile) give the machine's speed relative to the
+   profile; a step is scaled by the mean of the two anchors around it (``corrected``; the
+   probe, tied to the first anchor, gives ``probe_corrected`` beside it). Reported: MAPE, bias
+   and the worst step per kind (prefill, decode, mixed), raw and corrected.
 2. **Requests.** ``--requests`` rows of the Azure LLM inference trace 2023 (conversation), their
    lengths divided by ``--length-scale``, served at Poisson loads of ``--loads`` (30/50/70/90%)
    of the capacity the engine measured on the same requests all at once. Each stream runs
    through the engine twice, back to back, and through the simulator once (with the profile
-   scaled by the drift measured during the two engine runs). Each statistic (mean, p50, p90,
+   scaled by the anchors around the two engine runs). Each statistic (mean, p50, p90,
    p99 of TTFT, TPOT, E2E) is compared with the mean of the two engine runs, beside the
    engine-vs-engine spread of those minutes; target: ``|error| <= max(5%, spread)`` for mean
    and p90 at every load up to 70%, reported at 90%.
-3. **vLLM** (``--vllm``, default on when its cached venv exists or can be built; see
-   :mod:`scripts.bench.fidelity_vllm`): the profiled cost model calibrated on vLLM's own step
-   times, our scheduler configured as vLLM's, vLLM's TTFT/TPOT/E2E percentiles predicted on
-   Poisson streams it serves. Target: within 10% on mean and p90 at loads up to 70%.
+3. **vLLM** (in ``--levels`` by default; its cached venv is built on first use; a vLLM that
+   cannot run is reported, not fatal; :mod:`scripts.bench.fidelity_vllm`): the profiled cost
+   model calibrated on vLLM's own step times, our scheduler configured as vLLM's, vLLM's
+   TTFT/TPOT/E2E percentiles predicted on Poisson streams it serves. Target: within 10% on mean and p90 at loads up to 70%.
 
 Writes ``<out>/fidelity.json`` and ``<out>/fig-fidelity.png`` (predicted vs measured per step
 and per request percentile). ``--quick``: the smoke model, a tiny calibration, a few
-requests, one load, vLLM only with ``--vllm``: seconds to a few minutes, for tests.
+requests, one load, vLLM only with ``--levels engine,vllm``: seconds to minutes, for tests.
 """
 
 from __future__ import annotations

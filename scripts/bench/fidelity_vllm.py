@@ -15,11 +15,11 @@
    noise floor. The worker times every step and probes the machine's speed in idle waits.
 3. **The prediction.** Our simulator with our scheduler configured as vLLM's (token budget,
    sequence limit, chunked prefill, prefix caching, block size, the KV blocks vLLM allocated)
-   and the vLLM profile, scaled by the drift the probes measured during the runs.
+   and the vLLM profile, scaled by the anchors (reference steps through vLLM against the
+   profile) taken right after the calibration and after every stream.
 
-A calibration probe (the worker's reference computation) runs every :data:`PROBE_EVERY`
-calibration steps: the speed the profile was measured at, which the replays' probes compare
-with.
+The worker's probe (a fixed matmul) runs every :data:`PROBE_EVERY` calibration steps and in
+the replays' idle waits; it gives the probe-corrected step errors reported beside.
 """
 
 from __future__ import annotations
