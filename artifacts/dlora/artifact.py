@@ -11,7 +11,9 @@ Experiments:
 - ``cluster`` (Fig. 11a): replicas behind round-robin dispatch among an adapter's hosts,
   proactive placement with least-load dispatch, and dLoRA (plus ILP co-migration);
 - ``real``: our engine on this CPU serving four PEFT adapters under each policy, outputs checked
-  against each request run alone; ``profile``: LoRA's costs measured on this CPU.
+  against each request run alone; ``profile``: LoRA's costs measured on this CPU;
+- ``zoo``: the same on a trained model (the zoo's small Llama with adapters fine-tuned on
+  sub-tasks, :mod:`.zoo`): a real-time request stream per policy, accuracy and latency.
 
 The policies live in :mod:`.batching`, :mod:`.placement` and :mod:`.migration`; LoRA serving
 itself (adapters, merged/unmerged forward, cost model, baseline schedulers) in :mod:`core.lora`.
@@ -37,8 +39,8 @@ from core.artifact import (
     at_most,
 )
 
-from . import real, sim
-from .plots import plot_batching, plot_cluster, plot_real, plot_skew
+from . import real, sim, zoo
+from .plots import plot_batching, plot_cluster, plot_real, plot_skew, plot_zoo
 
 SCALES: dict[Scale, dict[str, Any]] = {
     Scale.SMOKE: dict(
@@ -55,6 +57,9 @@ SCALES: dict[Scale, dict[str, Any]] = {
         real_requests=8,
         real_tokens=6,
         profile_rounds=1,
+        zoo_requests=12,
+        zoo_rate=4.0,
+        zoo_rounds=1,
     ),
     Scale.DEFAULT: dict(
         models=["llama-2-7b"],
@@ -70,6 +75,9 @@ SCALES: dict[Scale, dict[str, Any]] = {
         real_requests=24,
         real_tokens=16,
         profile_rounds=3,
+        zoo_requests=48,
+        zoo_rate=8.0,
+        zoo_rounds=2,
     ),
     Scale.FULL: dict(
         models=["llama-2-7b", "llama-2-70b"],
@@ -85,6 +93,9 @@ SCALES: dict[Scale, dict[str, Any]] = {
         real_requests=24,
         real_tokens=16,
         profile_rounds=5,
+        zoo_requests=96,
+        zoo_rate=8.0,
+        zoo_rounds=3,
     ),
 }
 COMMON = dict(profile="paper", rank=16, cv=1.0)
@@ -173,6 +184,11 @@ def real_points(ctx: RunContext) -> list[dict[str, Any]]:
     ]
 
 
+def zoo_points(ctx: RunContext) -> list[dict[str, Any]]:
+    s = SCALES[ctx.scale]
+    return zoo.zoo_config(s["zoo_requests"], s["zoo_rate"], s["zoo_rounds"], ctx.seed)
+
+
 def profile_points(ctx: RunContext) -> list[dict[str, Any]]:
     return [dict(rank=8, rounds=SCALES[ctx.scale]["profile_rounds"], threads=1, seed=ctx.seed)]
 
@@ -250,6 +266,23 @@ def real_identical(r: Results) -> float:
     return float(r["real"]["identical_fraction"].min())
 
 
+def zoo_adapters_help(r: Results) -> float:
+    """The smallest gain of an adapter over the base model on its own sub-task (accuracy)."""
+    f = r["zoo"].iloc[0]
+    names = [c.removeprefix("acc_") for c in r["zoo"].columns if c.startswith("acc_")]
+    return float(min(f[f"acc_{n}"] - f[f"base_acc_{n}"] for n in names))
+
+
+def zoo_identical(r: Results) -> float:
+    return float(r["zoo"]["identical_fraction"].min())
+
+
+def zoo_latency_vs_best(r: Results) -> float:
+    """dLoRA's mean request latency over the best baseline's (means over rounds)."""
+    f = r["zoo"].groupby("policy")["latency_s"].mean()
+    return float(f["dlora"] / f.drop("dlora").min())
+
+
 def real_rho(r: Results) -> float:
     return float(r["profile"]["rho_b32"].iloc[0])
 
@@ -307,6 +340,15 @@ ARTIFACT = Artifact(
             real_points,
             real.run_policies,
             plot_real,
+            exclusive=True,
+        ),
+        Experiment(
+            "zoo",
+            "a trained zoo model with fine-tuned adapters in our engine on this CPU: a "
+            "real-time request stream per policy, accuracy, exactness and latency",
+            zoo_points,
+            zoo.run_zoo,
+            plot_zoo,
             exclusive=True,
         ),
         Experiment(
@@ -432,6 +474,36 @@ ARTIFACT = Artifact(
             at_least(1.0),
             ("real",),
             unit="of requests (worst policy)",
+        ),
+        Claim(
+            "zoo-adapters-help",
+            "Adapters fine-tuned on sub-tasks change what their requests get (real mode on a "
+            "trained model).",
+            "(setup)",
+            zoo_adapters_help,
+            at_least(0.5),
+            ("zoo",),
+            unit="accuracy gain over the base model on the adapter's own sub-task (worst adapter)",
+        ),
+        Claim(
+            "zoo-identical",
+            "Every policy gives each request of a real stream the output it gets alone with its "
+            "trained adapter (greedy).",
+            "(correctness)",
+            zoo_identical,
+            at_least(1.0),
+            ("zoo",),
+            unit="of requests (worst policy and round)",
+        ),
+        Claim(
+            "zoo-latency",
+            "dLoRA is at least as fast as every baseline (Fig. 10), on our engine with trained "
+            "adapters.",
+            "(ordering)",
+            zoo_latency_vs_best,
+            at_most(1.05),
+            ("zoo",),
+            unit="x (dLoRA / best baseline mean latency, this CPU)",
         ),
         Claim(
             "real-rho",

@@ -127,3 +127,37 @@ def plot_real(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
         axes[1].set_ylim(0, 1.05)
         fig.suptitle("Real engine on this CPU: tiny Llama, 4 PEFT adapters")
     return {"real-mode": fig}
+
+
+def plot_zoo(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
+    """Accuracy of the base model and of each adapter on its sub-task, and the request
+    latency of each policy on the real stream."""
+    first = frame.iloc[0]
+    names = [c.removeprefix("acc_") for c in frame.columns if c.startswith("acc_")]
+    acc = pd.DataFrame(
+        [
+            {"sub-task": n, "model": who, "accuracy": first[f"{col}{n}"]}
+            for n in names
+            for who, col in (("base model", "base_acc_"), ("its adapter", "acc_"))
+        ]
+    )
+    with figure_style():
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
+        sns.barplot(data=acc, x="sub-task", y="accuracy", hue="model", ax=axes[0])
+        axes[0].set_ylim(0, 1.05)
+        axes[0].tick_params(axis="x", labelrotation=20)
+        axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2, frameon=False)
+        order = [s for s in SYSTEMS if s in set(frame["policy"])]
+        sns.barplot(
+            data=frame,
+            x="policy",
+            y="latency_s",
+            order=order,
+            hue="policy",
+            palette=COLORS,
+            ax=axes[1],
+            legend=False,
+        )
+        axes[1].set_ylabel("mean request latency (s)")
+        fig.suptitle("Real engine on this CPU: zoo-small with trained LoRA adapters")
+    return {"zoo": fig}

@@ -20,7 +20,7 @@ import torch
 from core.engine import LLM, LoRARequest, SamplingParams
 from core.lora.adapter import save_adapter
 from core.lora.profile import measure_lora
-from core.lora.runtime import LoRARuntime
+from core.lora.runtime import adaptable_linears
 from core.model import load_model
 from core.workload.generators import zipf_weights
 
@@ -51,15 +51,11 @@ POLICIES: dict[str, Any] = {
 def write_adapters(folder: Path, n: int, rank: int, seed: int) -> list[LoRARequest]:
     """``n`` random PEFT adapters of ``rank`` for :data:`TINY` under ``folder``."""
     net, _ = load_model(TINY, dtype=torch.float32, device="cpu", seed=seed)
-    modules = LoRARuntime(net, max_loras=1, max_lora_rank=rank).target_modules
-    shapes: dict[str, tuple[int, int]] = {}
-    for ours, parts in net.hf_weight_map().items():
-        name = ours.removesuffix(".weight")
-        module = net.get_submodule(name) if ours.endswith(".weight") else None
-        for hf, rows in parts:
-            hf_module = hf.removesuffix(".weight")
-            if module is not None and hf_module in modules:
-                shapes[hf_module] = (module.in_features, rows or module.out_features)
+    shapes = {
+        s.hf_module: (module.in_features, s.size)
+        for _, module, slices in adaptable_linears(net)
+        for s in slices
+    }
     out = []
     for k in range(n):
         g = torch.Generator().manual_seed(seed * 1000 + k)

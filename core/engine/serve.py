@@ -43,8 +43,9 @@ def replay(
     """Serve ``requests`` (each with ``prompt_token_ids``) in arrival order on ``engine``;
     returns their engine requests, finished, with timelines in ``engine.clock`` seconds.
 
-    Arrival times are offsets from the moment replay starts. Raises ValueError naming a request
-    without token ids.
+    Arrival times are offsets from the moment replay starts; a request's LoRA adapter is
+    ``metadata["lora"]``, as in the simulator. Raises ValueError naming a request without
+    token ids.
     """
     pending = sorted(requests, key=lambda r: r.arrival_time)
     prompts = [_prompt_ids(r) for r in pending]  # every request checked before one is served
@@ -62,6 +63,7 @@ def replay(
                     sampling(r),
                     arrival_time=t0 + r.arrival_time,
                     interceptions=r.interceptions,
+                    lora_request=r.metadata.get("lora"),
                 )
             )
             if out[-1].is_finished and progress is not None:

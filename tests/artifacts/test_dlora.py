@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from artifacts.dlora import artifact as dl
+from artifacts.dlora import zoo
 from artifacts.dlora.artifact import ARTIFACT
 from core.artifact import NotApplicable, Results, RunContext, RunOptions, Scale, run_artifact
 
@@ -36,6 +37,10 @@ def test_smoke_scale_end_to_end(tmp_path):
     claims = {c["id"]: c for c in s.claims}
     assert claims["real-identical"]["passed"] is True
     assert claims["skew-crossover"]["passed"] is True
+    if not zoo.missing():  # the trained model and adapters are shipped: real mode on them
+        assert (tmp_path / "fig-zoo.png").is_file()
+        assert claims["zoo-identical"]["passed"] is True
+        assert claims["zoo-adapters-help"]["passed"] is True
     assert json.loads((tmp_path / "claims.json").read_text())
 
 
