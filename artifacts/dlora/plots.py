@@ -98,32 +98,27 @@ def plot_cluster(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figur
     return {"fig11a-queueing": fig, "fig11a-ilp": fig2}
 
 
+def _policy_bars(frame: pd.DataFrame, metric: str, label: str, ax) -> None:
+    """One bar per policy (mean over rounds, with its spread) in the paper's system order."""
+    order = [s for s in SYSTEMS if s in set(frame["policy"])]
+    sns.barplot(
+        data=frame,
+        x="policy",
+        y=metric,
+        order=order,
+        hue="policy",
+        palette=COLORS,
+        ax=ax,
+        legend=False,
+    )
+    ax.set_ylabel(label)
+
+
 def plot_real(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
     with figure_style():
         fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
-        order = [s for s in SYSTEMS if s in set(frame["policy"])]
-        sns.barplot(
-            data=frame,
-            x="policy",
-            y="cpu_s",
-            order=order,
-            hue="policy",
-            palette=COLORS,
-            ax=axes[0],
-            legend=False,
-        )
-        axes[0].set_ylabel("engine CPU seconds")
-        sns.barplot(
-            data=frame,
-            x="policy",
-            y="identical_fraction",
-            order=order,
-            hue="policy",
-            palette=COLORS,
-            ax=axes[1],
-            legend=False,
-        )
-        axes[1].set_ylabel("outputs equal to alone runs")
+        _policy_bars(frame, "cpu_s", "engine CPU seconds", axes[0])
+        _policy_bars(frame, "identical_fraction", "outputs equal to alone runs", axes[1])
         axes[1].set_ylim(0, 1.05)
         fig.suptitle("Real engine on this CPU: tiny Llama, 4 PEFT adapters")
     return {"real-mode": fig}
@@ -147,17 +142,6 @@ def plot_zoo(frame: pd.DataFrame, ctx: RunContext) -> Mapping[str, plt.Figure]:
         axes[0].set_ylim(0, 1.05)
         axes[0].tick_params(axis="x", labelrotation=20)
         axes[0].legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2, frameon=False)
-        order = [s for s in SYSTEMS if s in set(frame["policy"])]
-        sns.barplot(
-            data=frame,
-            x="policy",
-            y="latency_s",
-            order=order,
-            hue="policy",
-            palette=COLORS,
-            ax=axes[1],
-            legend=False,
-        )
-        axes[1].set_ylabel("mean request latency (s)")
+        _policy_bars(frame, "latency_s", "mean request latency (s)", axes[1])
         fig.suptitle("Real engine on this CPU: zoo-small with trained LoRA adapters")
     return {"zoo": fig}
