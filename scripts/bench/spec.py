@@ -1,14 +1,17 @@
 """Speculative decoding: tokens/s with and without drafting, greedy, in one process.
 
-``python -m scripts.bench spec [--quick] [--target DIR --draft DIR] [--rounds R] [--out DIR]``
+``python -m scripts.bench spec [--quick] [--zoo | --target DIR --draft DIR] [--prompts KIND]
+[--rounds R] [--out DIR]``
 
 Systems, all on the same target weights and the same prompts, their order rotating from round
 to round (interleaved A/B/C/D): the target alone; n-gram prompt lookup; the suffix drafter;
 a draft model. Greedy with EOS ignored, so every system must produce the very same tokens
 (checked: ``lossless``).
 
-Models. ``--target``/``--draft`` take checkpoint directories (the zoo's trained pair plugs in
-here). Without them this is a *mechanism* benchmark on random weights: the target is the
+Models. ``--zoo`` runs the shipped trained pair (``data/models/zoo-large`` drafted by
+``zoo-small``) on held-out ``arith`` problems of 1-8 steps (``--prompts arith``, the default
+with trained models) or passages of the held-out LooGLE document (``--prompts text``), EOS
+honoured; ``--target``/``--draft`` take any other pair of checkpoint directories. Without them this is a *mechanism* benchmark on random weights: the target is the
 ``tiny-llama-125m`` preset (12 layers, seed 0) whose layers from ``--draft-layers`` on have their
 output projections (attention ``o_proj``, MLP ``down_proj``) scaled by ``--damp``, and the
 draft is that target truncated to its first ``--draft-layers`` layers (same embeddings, norm and
@@ -101,6 +104,25 @@ def _prompts(n: int, length: int, vocab: int) -> list[list[int]]:
     return [torch.randint(3, vocab, (length,), generator=g).tolist() for _ in range(n)]
 
 
+def _task_prompts(kind: str, n: int, encode: Any) -> list[list[int]]:
+    """``n`` held-out prompts of the zoo's tasks, token ids: ``arith`` spread evenly over the
+    card's problems of 1-8 steps; ``text`` the first words of passages of the document no zoo
+    model trained on."""
+    import random
+
+    from core.zoo.build import final_eval_set, heldout_documents
+    from core.zoo.tasks import text_examples
+
+    if kind == "arith":
+        pool = [e for e in final_eval_set() if e.task == "arith" and e.difficulty <= 8]
+        chosen = [pool[i * len(pool) // n] for i in range(n)]
+    elif kind == "text":
+        chosen = text_examples(random.Random(0), heldout_documents(), n)
+    else:
+        raise ValueError(f"--prompts {kind!r}: trained models take 'arith' or 'text'")
+    return [list(encode(e.prompt)) for e in chosen]
+
+
 def _systems(draft: Path, k: int) -> dict[str, dict[str, Any] | None]:
     return {
         "target": None,
@@ -158,8 +180,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.zoo:
+            if args.target is not None or args.draft is not None:
+                raise SystemExit("--zoo names the pair: leave out --target and --draft")
+            from core.data import data_path
+
+            args.target = str(data_path("models", "zoo-large"))
+            args.draft = str(data_path("models", "zoo-small"))
         if (args.target is None) != (args.draft is None):
             raise SystemExit("give both --target and --draft, or neither")
+        kind = args.prompts or ("random" if args.target is None else "arith")
         if args.target is None:
             target, draft = _damped_pair(Path(tmp), args.quick, args.draft_layers, args.damp)
             models = f"random {PRESET} (upper layers damped x{args.damp}) and its first {args.draft_layers} layers"
@@ -176,8 +206,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         systems = _systems(draft, scale.k)
         llms = {name: LLM(target, speculative_config=sc, **opts) for name, sc in systems.items()}
         vocab = llms["target"].config.vocab_size
-        prompts = _prompts(scale.prompts, scale.prompt_len, vocab)
-        sp = SamplingParams(temperature=0, max_tokens=scale.max_tokens, ignore_eos=True)
+        if kind == "random":
+            prompts = _prompts(scale.prompts, scale.prompt_len, vocab)
+        else:
+            tok = llms["target"].tokenizer
+            if tok is None:
+                raise SystemExit(f"--prompts {kind} needs a tokenizer.json in {target}")
+            prompts = _task_prompts(kind, scale.prompts, lambda text: tok.encode(text).ids)
+        # random prompts have no natural end; task prompts stop where the model's answer does
+        sp = SamplingParams(temperature=0, max_tokens=scale.max_tokens, ignore_eos=kind == "random")
         names = list(llms)
         for name in names:  # warm-up, untimed: first passes over new shapes
             llms[name].generate(
@@ -206,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         base = llms["target"]
         runner = base.engine.runner
         drafter = llms["draft-model"].engine.runner.drafter  # type: ignore[attr-defined]
-        ctx = scale.prompt_len + scale.max_tokens // 2
+        ctx = sum(map(len, prompts)) // len(prompts) + scale.max_tokens // 2
         qs = list(range(1, scale.k + 2))
         shapes = {f"q{q}": (base.model, runner.kv_cache, q) for q in qs}
         shapes["draft"] = (drafter.model, drafter.kv_cache, 1)
@@ -216,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "models": models,
+        "prompts": kind,
         "lossless": lossless,
         "cost": {
             "step_s": t,
@@ -267,6 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scale": asdict(scale),
         "rounds": rounds,
         "threads": torch.get_num_threads(),
+        "prompts": kind,
         "damp": args.damp,
         "draft_layers": args.draft_layers,
     }
@@ -296,7 +335,8 @@ def render(report: dict[str, Any]) -> str:
         ["system", "tok/s", "speedup", "expected", "acceptance", "tokens/step"],
         rows,
         title=(
-            f"Speculative decoding, greedy ({res['models']}); lossless: {res['lossless']}; "
+            f"Speculative decoding, greedy ({res['models']}; {res.get('prompts', 'random')} "
+            f"prompts); lossless: {res['lossless']}; "
             f"draft/target step c = {c['c']:.3f}, verify (k+1 tokens)/decode "
             f"v = {max(c['v_by_tokens_per_seq'].values()):.2f}"
         ),
@@ -310,6 +350,16 @@ def build_parser(prog: str = "python -m scripts.bench spec") -> argparse.Argumen
     p.add_argument("--quick", action="store_true", help="tiny models, 2 prompts, one round")
     p.add_argument("--target", default=None, help="target checkpoint directory")
     p.add_argument("--draft", default=None, help="draft checkpoint directory")
+    p.add_argument(
+        "--zoo", action="store_true", help="the shipped pair: zoo-large drafted by zoo-small"
+    )
+    p.add_argument(
+        "--prompts",
+        choices=("random", "arith", "text"),
+        default=None,
+        help="random token ids (default for the random pair) or held-out zoo prompts: arith "
+        "(default with trained models) or text",
+    )
     p.add_argument("--draft-layers", type=int, default=2, help="layers of the truncated draft")
     p.add_argument("--damp", type=float, default=0.05, help="scale of the target's upper layers")
     p.add_argument("--rounds", type=rep.positive_int, default=None, help="interleaved rounds")
