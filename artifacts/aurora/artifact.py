@@ -15,7 +15,6 @@ The mechanisms live in :mod:`core.alltoall`; see ``docs/core/alltoall.md``.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -252,9 +251,6 @@ def run_recorded(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Serve random prompts on a random-initialized tiny Mixtral (8 experts, top-2, 2 layers),
     one batch of requests per source GPU, record the router's choices, and use layer 0 and
     layer 1 as the routing of two models."""
-    # routing only: the torch kernels give the same choices; building the C++ extension (on a
-    # fresh checkout) would take minutes of this point's time
-    os.environ.setdefault("SERVELAB_CPU_EXT", "0")
     from core.alltoall.record import record_tiny_moe_routing
 
     n = int(config["gpus"])
