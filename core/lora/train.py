@@ -36,7 +36,7 @@ from core.data import DATA_DIR
 from core.model import load_model
 from core.model.base import CausalLM
 from core.zoo.tasks import EOS, Example, check_answer
-from core.zoo.train import Batch, _batch, encode_example, lm_loss, pad_token_id
+from core.zoo.train import Batch, collate, encode_example, lm_loss, pad_token_id
 
 from .adapter import save_adapter
 from .request import LoRARequest
@@ -188,7 +188,7 @@ def step_batch(recipe: LoRARecipe, tok: Tokenizer, step: int, exclude: frozenset
     task = ADAPTER_TASKS[recipe.task]
     pairs = task_examples(task, f"train:{recipe.seed}:{step}", recipe.batch_examples, exclude)
     rows = sorted((encode_example(tok, styled) for _, styled in pairs), key=lambda r: len(r[0]))
-    return _batch(rows, pad_token_id(tok))
+    return collate(rows, pad_token_id(tok))
 
 
 def _load_base(base_dir: Path) -> tuple[CausalLM, Tokenizer]:

@@ -36,7 +36,15 @@ from core.model.training import dense_forward, dense_logits, train_mode
 from .tasks import EOS, Example, make_examples
 from .tokenizer import PAD
 
-__all__ = ["Batch", "Recipe", "TrainState", "encode_example", "round_batches", "train"]
+__all__ = [
+    "Batch",
+    "Recipe",
+    "TrainState",
+    "collate",
+    "encode_example",
+    "round_batches",
+    "train",
+]
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,9 @@ def _groups(
     return groups
 
 
-def _batch(rows: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
+def collate(rows: Sequence[tuple[list[int], int]], pad_id: int) -> Batch:
+    """Right-pad ``(token ids, completion start)`` rows into one :class:`Batch`; the loss
+    targets are the next tokens from each row's completion start on (-100 elsewhere)."""
     width = max(len(ids) for ids, _ in rows)
     inp = torch.full((len(rows), width), pad_id, dtype=torch.long)
     tgt = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -170,7 +180,7 @@ def round_batches(
                 rows.append((ids[: recipe.max_len], plen))
     rows.sort(key=lambda row: len(row[0]))
     pad_id = pad_token_id(tok)
-    batches = [_batch(group, pad_id) for group in _groups(rows, recipe.batch_tokens)]
+    batches = [collate(group, pad_id) for group in _groups(rows, recipe.batch_tokens)]
     rng.shuffle(batches)
     return batches
 
@@ -340,7 +350,7 @@ def heldout_loss(model: CausalLM, tok: Tokenizer, examples: Sequence[Example]) -
     pad_id = pad_token_id(tok)
     total, count = 0.0, 0
     for group in _groups(rows, 8192):
-        batch = _batch(group, pad_id)
+        batch = collate(group, pad_id)
         total += lm_loss(model, batch, reduction="sum").item()
         count += batch.loss_tokens
     return total / max(count, 1)
