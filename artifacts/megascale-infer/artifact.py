@@ -1,6 +1,6 @@
 """MegaScale-Infer: attention/expert disaggregation with ping-pong micro-batches.
 
-Simulator: the planner of :mod:`core.sim.megascale` (iteration time of the ping-pong pipeline
+Simulator: the planner of :mod:`.cost` (iteration time of the ping-pong pipeline
 from roofline per-side times and the M2N cost of :mod:`core.sim.network`) for Mixtral-8x22B,
 DBRX and a ~0.3T scaled MoE on A100/H100/L40S, against colocated TP and EP. Real: a small
 Mixtral-family model split over 2 processes of this CPU (:mod:`core.dist.disagg`).

@@ -1,22 +1,20 @@
-"""The paper-scale experiments, in the simulator (:mod:`core.sim.megascale`)."""
+"""The paper-scale experiments, in the simulator (:mod:`.cost` on :mod:`core.sim.pingpong`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from core.sim.megascale import (
-    EXPERT,
+from core.sim.pingpong import EXPERT, pingpong_timeline, timeline_iteration_s
+
+from .cost import (
     DisaggCostModel,
     Evaluation,
     closed_form_iteration_s,
     colocated_ep,
     colocated_tp,
     hides_communication,
-    pingpong_timeline,
     plan,
-    timeline_iteration_s,
 )
-
 from .models import PRICES, spec
 
 # Search grids of the planner, by name (point configs hold scalars only).

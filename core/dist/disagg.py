@@ -14,7 +14,7 @@ the attention side computes micro-batch ``i + 1``.
 - They talk through a :class:`SideLink`: :class:`DistLink` (torch.distributed messages between
   the 2 ranks of a :class:`~core.dist.group.Comm`'s group: gloo on CPU, NCCL on GPUs) or
   :class:`QueueLink` (two threads of one process, for tests).
-- Each side records a timeline of :class:`~core.sim.megascale.Slot` (which side computed which
+- Each side records a timeline of :class:`~core.sim.pingpong.Slot` (which side computed which
   micro-batch of which layer, when; ``time.perf_counter``, one clock for all processes of a
   Linux machine).
 - :func:`colocated_generate` is the single-process reference the outputs must equal.
@@ -40,7 +40,7 @@ from core.model.base import CausalLM
 from core.model.batch import ForwardBatch, ForwardContext
 from core.model.cache import KVCache
 from core.model.mixtral import MixtralDecoderLayer, SparseMoE
-from core.sim.megascale import ATTENTION, EXPERT, Slot
+from core.sim.pingpong import ATTENTION, EXPERT, Slot
 
 from .ep import route
 from .group import CollectiveError, Comm
@@ -415,7 +415,7 @@ class ExpertSide:
     """The expert side of a disaggregated Mixtral-family ``model``: holds every layer's
     experts and answers the attention side's requests in arrival order until it sends stop.
 
-    ``timeline[run]`` lists the :class:`~core.sim.megascale.Slot` of each expert computation
+    ``timeline[run]`` lists the :class:`~core.sim.pingpong.Slot` of each expert computation
     of the attention side's ``run``-th generation. Only the experts of ``model`` are used.
     """
 

@@ -13,25 +13,26 @@ import pytest
 
 from core.artifact import Results, RunContext, RunOptions, Scale, run_artifact
 from core.model.spec import ModelSpec
-from core.sim.megascale import (
+from core.sim.pingpong import (
     ATTENTION,
     EXPERT,
-    Deployment,
-    DisaggCostModel,
-    brute_force,
-    closed_form_iteration_s,
-    colocated_ep,
-    colocated_tp,
-    hides_communication,
-    min_microbatches,
     pingpong_iteration_s,
     pingpong_timeline,
-    plan,
     timeline_iteration_s,
 )
 
 artifact = importlib.import_module("artifacts.megascale-infer.artifact")
 models = importlib.import_module("artifacts.megascale-infer.models")
+cost = importlib.import_module("artifacts.megascale-infer.cost")
+Deployment = cost.Deployment
+DisaggCostModel = cost.DisaggCostModel
+brute_force = cost.brute_force
+closed_form_iteration_s = cost.closed_form_iteration_s
+colocated_ep = cost.colocated_ep
+colocated_tp = cost.colocated_tp
+hides_communication = cost.hides_communication
+min_microbatches = cost.min_microbatches
+plan = cost.plan
 
 
 def _spans(slots, side):

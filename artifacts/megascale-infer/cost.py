@@ -1,15 +1,12 @@
-"""Attention/expert disaggregation (MegaScale-Infer): the ping-pong schedule, the iteration-time
+"""MegaScale-Infer's cost side: the paper's closed-form iteration time, the iteration-time
 model of each side, and the deployment planner.
 
 A disaggregated MoE deployment runs ``n_a`` attention nodes (data parallel, ``tp_a`` GPUs each,
 holding the KV cache) and one node per expert (``tp_e`` GPUs each). A decode iteration of a
 global batch ``B`` splits each attention node's share into ``m`` micro-batches of
-``b_a = B / (m n_a)`` sequences; every layer sends each micro-batch attention -> experts ->
-attention, and the micro-batches alternate so both sides stay busy.
+``b_a = B / (m n_a)`` sequences, scheduled by :func:`core.sim.pingpong.pingpong_timeline`.
 
-- :func:`pingpong_timeline` is the exact schedule (both sides process ``(layer, micro-batch)``
-  in the same order, each op starting when its side is free and its input has arrived);
-  :func:`closed_form_iteration_s` is the paper's ``(T_a + T_e + 2 T_c) + T_f (m L - 1)``, equal
+- :func:`closed_form_iteration_s` is the paper's ``(T_a + T_e + 2 T_c) + T_f (m L - 1)``, equal
   to the schedule exactly when :func:`hides_communication` holds
   (``m T_f >= T_a + T_e + 2 T_c``).
 - :class:`DisaggCostModel` prices ``T_a``, ``T_e`` and ``T_c`` of a micro-batch from the
@@ -20,13 +17,13 @@ attention, and the micro-batches alternate so both sides stay busy.
   (largest feasible batch per shape, found by bisection: iteration time and memory grow with
   the batch); :func:`brute_force` tries every batch of a grid, for checking it.
 
-Torch-free. Which formulas come from the paper and which are ours: docs/core/disagg.md.
+Torch-free. Which formulas come from the paper and which are ours: this folder's README.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -35,105 +32,22 @@ from core.model.spec import ModelSpec, Operator, OpKind, dtype_bytes
 from core.sim.cost import Efficiency, combine, load_efficiency, op_ceilings, ring_seconds
 from core.sim.hardware import Hardware, get_hardware
 from core.sim.network import Link, NetworkModel, network_for
-
-__all__ = [
-    "ATTENTION",
-    "EXPERT",
-    "ColocatedResult",
-    "Deployment",
-    "DisaggCostModel",
-    "Evaluation",
-    "Slot",
-    "brute_force",
-    "closed_form_iteration_s",
-    "colocated_ep",
-    "colocated_tp",
-    "hides_communication",
-    "min_microbatches",
-    "network_of",
-    "pingpong_iteration_s",
-    "pingpong_timeline",
-    "plan",
-    "timeline_iteration_s",
-]
-
-ATTENTION = "attention"
-EXPERT = "expert"
+from core.sim.pingpong import check_times, pingpong_iteration_s
 
 
-# --------------------------------------------------------------------------------------------
-# The ping-pong schedule
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One side working on one micro-batch of one layer, from ``start`` to ``end`` seconds."""
-
-    side: str
-    layer: int
-    micro_batch: int
-    start: float
-    end: float
-
-
-def _check_times(t_a: float, t_e: float, t_c: float, m: int, layers: int) -> None:
-    if min(t_a, t_e, t_c) < 0 or not all(math.isfinite(x) for x in (t_a, t_e, t_c)):
-        raise ValueError(f"times must be finite and >= 0, got T_a={t_a}, T_e={t_e}, T_c={t_c}")
-    if m < 1 or layers < 1:
-        raise ValueError(f"m and layers must be >= 1, got m={m}, layers={layers}")
-
-
-def pingpong_timeline(t_a: float, t_e: float, t_c: float, m: int, layers: int) -> list[Slot]:
-    """The exact schedule of one decode iteration: ``m`` micro-batches through ``layers``
-    layers, attention ``t_a`` and experts ``t_e`` seconds per micro-batch and layer, ``t_c``
-    seconds each way between the sides. Both sides take ``(layer, micro-batch)`` in
-    lexicographic order; an op starts when its side is free and its input has arrived.
-    Micro-batch ``i`` starts layer 0 at time 0; the iteration ends ``t_c`` after the last
-    expert op (:func:`timeline_iteration_s`)."""
-    slots: list[Slot] = []
-    _schedule(t_a, t_e, t_c, m, layers, slots)
-    return slots
-
-
-def _schedule(
-    t_a: float, t_e: float, t_c: float, m: int, layers: int, record: list[Slot] | None
-) -> float:
-    """Run the schedule of :func:`pingpong_timeline` (appending its slots to ``record`` when
-    given); returns when the last expert op ends."""
-    _check_times(t_a, t_e, t_c, m, layers)
-    back = [0.0] * m  # when micro-batch i's input for its next attention op is there
-    free_a = free_e = 0.0
-    for layer in range(layers):
-        for i in range(m):
-            start_a = max(free_a, back[i])
-            free_a = start_a + t_a
-            start_e = max(free_e, free_a + t_c)
-            free_e = start_e + t_e
-            back[i] = free_e + t_c
-            if record is not None:
-                record.append(Slot(ATTENTION, layer, i, start_a, free_a))
-                record.append(Slot(EXPERT, layer, i, start_e, free_e))
-    return free_e
-
-
-def timeline_iteration_s(slots: Sequence[Slot], t_c: float) -> float:
-    """When the last micro-batch's expert output is back on the attention side."""
-    return max(s.end for s in slots if s.side == EXPERT) + t_c
-
-
-def pingpong_iteration_s(t_a: float, t_e: float, t_c: float, m: int, layers: int) -> float:
-    """The iteration time of :func:`pingpong_timeline` (the closed form when it is exact)."""
+def iteration_s(t_a: float, t_e: float, t_c: float, m: int, layers: int) -> float:
+    """The ping-pong iteration time: the paper's closed form where it is exact, else the
+    schedule itself (:func:`core.sim.pingpong.pingpong_iteration_s`)."""
     if hides_communication(t_a, t_e, t_c, m):
         return closed_form_iteration_s(t_a, t_e, t_c, m, layers)
-    return _schedule(t_a, t_e, t_c, m, layers, None) + t_c
+    return pingpong_iteration_s(t_a, t_e, t_c, m, layers)
 
 
 def closed_form_iteration_s(t_a: float, t_e: float, t_c: float, m: int, layers: int) -> float:
     """The paper's iteration time ``(T_a + T_e + 2 T_c) + T_f (m L - 1)`` with
     ``T_f = max(T_a, T_e)``: the bottleneck side never idles after its first op. Exact when
     :func:`hides_communication` holds; below that it is a lower bound."""
-    _check_times(t_a, t_e, t_c, m, layers)
+    check_times(t_a, t_e, t_c, m, layers)
     return (t_a + t_e + 2 * t_c) + max(t_a, t_e) * (m * layers - 1)
 
 
@@ -459,7 +373,7 @@ class DisaggCostModel:
         t_a = self.attention_s(b_a, d.tp_a)
         t_e = self.expert_s(b_a * d.n_a * self.top_k / self.experts, d.tp_e)
         t_c = self.comm_s(b_a, d.n_a, d.tp_a, d.tp_e)
-        pipeline = pingpong_iteration_s(t_a, t_e, t_c, d.m, self.layers)
+        pipeline = iteration_s(t_a, t_e, t_c, d.m, self.layers)
         iteration = pipeline + d.m * self.head_s(b_a, d.tp_a) + self.eff_a.step_overhead_s
         why = self.memory_problem(d)
         if not why and iteration > slo_s:
