@@ -20,18 +20,12 @@ from typing import Any
 import numpy as np
 
 from core.alltoall import (
-    Cluster,
-    colocated_placement,
-    colocated_time,
     dispatch_bytes,
     fair_share_time,
-    load_speed_placement,
     lower_bound,
     matching_schedule,
-    phases,
     random_order_time,
     rotation_schedule,
-    solve_placement,
     zipf_routing,
 )
 from core.artifact import (
@@ -47,6 +41,8 @@ from core.artifact import (
     at_most,
 )
 
+from .ilp import solve_placement
+from .placement import Cluster, colocated_placement, colocated_time, load_speed_placement, phases
 from .plots import plot_alltoall, plot_optimality, plot_recorded, plot_speedup
 from .systems import GPUS, NETWORKS, SPEED_KEYS, evaluate, layer, make_cluster, speedups
 

@@ -16,17 +16,20 @@ import numpy as np
 import pandas as pd
 
 from core.alltoall import (
+    fair_share_time,
+    matching_schedule,
+    random_order_time,
+    rotation_schedule,
+)
+
+from .placement import (
     Cluster,
     MoELayer,
     colocated_placement,
     colocated_time,
-    fair_share_time,
     identity_placement,
     load_speed_placement,
-    matching_schedule,
     phases,
-    random_order_time,
-    rotation_schedule,
 )
 
 HIDDEN, FFN = 4096, 14336

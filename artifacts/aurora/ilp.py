@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
+from core.alltoall.rounds import pair_rates
+
 from .placement import Cluster, MoELayer, check_layer
-from .rounds import pair_rates
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rounds import lower_bound
-from .traffic import Placement, check_placement, check_routing, dispatch_bytes, expert_loads
+from core.alltoall.rounds import lower_bound
+from core.alltoall.traffic import (
+    Placement,
+    check_placement,
+    check_routing,
+    dispatch_bytes,
+    expert_loads,
+)
 
 Ordering = Callable[[np.ndarray, np.ndarray], float]
 """An all-to-all ordering's completion time given (traffic bytes, bandwidths)."""

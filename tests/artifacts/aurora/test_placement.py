@@ -11,18 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from core.alltoall import (
+from artifacts.aurora.ilp import solve_placement
+from artifacts.aurora.placement import (
     Cluster,
     MoELayer,
     Phases,
     colocated_placement,
     colocated_time,
     compute_time,
-    dispatch_bytes,
     identity_placement,
     load_speed_placement,
     phases,
-    solve_placement,
+)
+from core.alltoall import (
+    dispatch_bytes,
     zipf_routing,
 )
 
