@@ -322,20 +322,7 @@ def calibrate_vllm(
     # no re-measuring of steps that waited for a core: on a loaded machine most do, and the
     # fit then uses them all; the worker's CPU time per step is kept with each sample
     cal = VllmCalibrator(llm, settings, grid, seed, bar, cpu_filter=False)
-    phases = {}
-    for name, run in (
-        ("warmup", cal.warm_up),
-        ("prefill", cal.measure_prefill),
-        ("decode", cal.measure_decode),
-        ("decode-mix", cal.measure_decode_mix),
-        ("mixed", cal.measure_mixed),
-        ("chunks", cal.measure_chunks),
-        ("checks", cal.measure_checks if grid.checks else lambda: None),
-    ):
-        t0 = time.perf_counter()
-        bar.set_postfix_str(name)
-        run()
-        phases[name] = round(time.perf_counter() - t0, 3)
+    phases = cal.run_phases()
     engine.probe()
     bar.close()
     tables, notes = fit_tables([s for s in cal.samples if s["cell"][0] != "check"], grid.axes())

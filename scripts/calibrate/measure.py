@@ -426,6 +426,26 @@ class Calibrator:
             self.bar.update(2 * g.repeats)
         self.abort_all(reqs)
 
+    def run_phases(self) -> dict[str, float]:
+        """Warm up, then measure every phase of the grid in order; returns each phase's
+        seconds (the progress bar, if any, names the running phase)."""
+        phases: dict[str, float] = {}
+        for name, run in (
+            ("warmup", self.warm_up),
+            ("prefill", self.measure_prefill),
+            ("decode", self.measure_decode),
+            ("decode-mix", self.measure_decode_mix),
+            ("mixed", self.measure_mixed),
+            ("chunks", self.measure_chunks),
+            ("checks", self.measure_checks if self.grid.checks else lambda: None),
+        ):
+            t0 = time.perf_counter()
+            if self.bar is not None:
+                self.bar.set_postfix_str(name)
+            run()
+            phases[name] = round(time.perf_counter() - t0, 3)
+        return phases
+
     def warm_up(self) -> None:
         """A few unrecorded steps of every kind, so lazy initialisation and the allocator's
         first growth happen before anything is recorded."""
@@ -526,20 +546,7 @@ def run_calibration(
     )
     cpu_filter = dev.type == "cpu" and torch.get_num_threads() == 1
     cal = Calibrator(llm, settings, grid, seed, bar, cpu_filter=cpu_filter)
-    phases = {}
-    for name, run in (
-        ("warmup", cal.warm_up),
-        ("prefill", cal.measure_prefill),
-        ("decode", cal.measure_decode),
-        ("decode-mix", cal.measure_decode_mix),
-        ("mixed", cal.measure_mixed),
-        ("chunks", cal.measure_chunks),
-        ("checks", cal.measure_checks if grid.checks else lambda: None),
-    ):
-        t0 = time.perf_counter()
-        bar.set_postfix_str(name)
-        run()
-        phases[name] = round(time.perf_counter() - t0, 3)
+    phases = cal.run_phases()
     bar.close()
     grid_samples = [s for s in cal.samples if s["cell"][0] != "check"]
     tables, notes = fit_tables(grid_samples, grid.axes())
