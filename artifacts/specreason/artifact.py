@@ -243,8 +243,8 @@ ARTIFACT = Artifact(
             expect=at_least(1.0),
             unit="x (best tau with accuracy >= the large model's; thread CPU clock)",
             experiments=("real",),
-            note="The zoo models are tiny, so per-token time on a CPU is largely engine "
-            "overhead, not weights: the small model's CPU cost relative to the large one's (see "
+            note="The zoo models are tiny, so per-token time on a CPU does not scale with their "
+            "weights: the small model's CPU cost relative to the large one's (see "
             "the small run's CPU speedup) is far from the 1.5B/32B ratio (~0.08), and a "
             "judgement costs about as much as writing a step.",
         ),
