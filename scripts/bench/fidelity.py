@@ -26,9 +26,11 @@ full: scripts/bench/README.md, section ``fidelity``).
    model calibrated on vLLM's own step times, our scheduler configured as vLLM's, vLLM's
    TTFT/TPOT/E2E percentiles predicted on Poisson streams it serves. Target: within 10% on mean and p90 at loads up to 70%.
 
-Writes ``<out>/fidelity.json`` and ``<out>/fig-fidelity.png`` (predicted vs measured per step
-and per request percentile). ``--quick``: the smoke model, a tiny calibration, a few
-requests, one load, vLLM only with ``--levels engine,vllm``: seconds to minutes, for tests.
+Writes ``<out>/fidelity.json``, ``<out>/fig-fidelity.png`` (predicted vs measured per step
+and per request percentile) and ``<out>/fidelity-steps.csv`` (every step: run, kind,
+composition, the idle gap before it, measured and predicted seconds, CPU share). ``--quick``:
+the smoke model, a tiny calibration, a few requests, one load, vLLM only with ``--levels
+engine,vllm``: seconds to minutes, for tests.
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ def build_parser(prog: str = "python -m scripts.bench fidelity") -> argparse.Arg
             "model (drift-corrected by probes in the same minutes); request latencies at "
             "Poisson loads of 30/50/70/90%% of capacity, each stream twice through the engine "
             "(the noise floor) and once through the simulator; and vLLM's CPU build predicted "
-            f"by a profile calibrated on its own steps. Writes <out>/{BENCHMARK}.json and "
-            "<out>/fig-fidelity.png."
+            f"by a profile calibrated on its own steps. Writes <out>/{BENCHMARK}.json, "
+            "<out>/fig-fidelity.png and <out>/fidelity-steps.csv."
         ),
     )
     p.add_argument(
@@ -913,6 +915,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     rep.write_json(out_dir / f"{BENCHMARK}.json", report)
     if pairs:
+        import pandas as pd
+
+        steps_csv = out_dir / f"{BENCHMARK}-steps.csv"
+        pd.concat(
+            [pd.DataFrame(rows).assign(system=name) for name, rows in pairs.items() if rows]
+        ).to_csv(steps_csv, index=False)
+        report["steps_csv"] = str(steps_csv)
         from .fidelity_plot import figure
 
         report["figure"] = str(figure(report, pairs, out_dir / f"fig-{BENCHMARK}.png"))
@@ -929,6 +938,7 @@ def _step_table(name: str, steps: dict[str, Any]) -> str:
         raw = steps["raw"]["by_kind"].get(kind, {})
         probe = (steps.get("probe_corrected") or {}).get("by_kind", {}).get(kind, {})
         quiet = (steps.get("quiet_corrected") or {}).get("by_kind", {}).get(kind, {})
+        floor = (steps.get("noise_floor") or {}).get(kind)
         rows.append(
             [
                 kind,
@@ -939,9 +949,10 @@ def _step_table(name: str, steps: dict[str, Any]) -> str:
                 _pct(s["bias"]),
                 _pct(s["worst_error"]),
                 "-" if not quiet else f"{100 * quiet['mape']:.1f} ({quiet['steps']})",
+                "-" if not floor else f"{100 * floor['mape']:.1f}",
             ]
         )
-    return rep.format_table(
+    table = rep.format_table(
         [
             "kind",
             "steps",
@@ -951,11 +962,21 @@ def _step_table(name: str, steps: dict[str, Any]) -> str:
             "bias %",
             "worst %",
             "quiet MAPE %",
+            "noise floor %",
         ],
         rows,
         title=f"{name}: profiled step time vs every measured step (target MAPE <= "
-        f"{100 * STEP_TARGET:.0f}%)",
+        f"{100 * STEP_TARGET:.0f}%; noise floor: the MAPE of each step against its "
+        "composition's median measured time)",
     )
+    trend = steps.get("after_change") or []
+    if trend:
+        table += "\ndecode steps, median error % by steps of unchanged composition before them: "
+        table += ", ".join(
+            f"{t['steps_unchanged_before']}: {_pct(t['median_error'])} ({t['steps']})"
+            for t in trend
+        )
+    return table
 
 
 def _request_table(name: str, points: Sequence[dict[str, Any]]) -> str:

@@ -30,6 +30,8 @@ from core.sim.cost import CostModel, chunks_of
 STEP_KINDS = ("prefill", "decode", "mixed")
 QUIET_CPU_SHARE = 0.9  # as scripts.calibrate.measure.DISTURBED_CPU_SHARE
 PROBE_WINDOW = 5  # probes whose median gives the speed at a moment (the nearest ones in time)
+NOISE_CELL_MIN = 5  # steps a composition cell needs to count towards the noise floor
+AFTER_CHANGE_BINS = (("0", 0, 0), ("1-3", 1, 3), ("4-7", 4, 7), ("8-15", 8, 15), ("16+", 16, 10**9))
 
 
 def step_kind(prefill: Sequence[Any], decode: Sequence[int]) -> str:
@@ -106,8 +108,11 @@ class StepRecorder:
     """Records every step of ``engine`` while installed (see the module doc).
 
     ``probe`` (optional): measured by :meth:`idle_sleep` in waits long enough for it, and before
-    a step when ``max_gap`` steps ran since the last probe (the time it takes then delays that
-    step, so keep the probe short). :attr:`run` labels the records that follow;
+    a step when ``max_gap`` steps ran since the last probe. A probe between steps is the bench's
+    instrumentation, not serving: the engine's clock is paused while it runs (the engine's
+    ``clock`` becomes its old clock minus :attr:`paused_s`), so request timelines and arrival
+    pacing do not contain it (it was ~7% of every inter-token time when it was not paused).
+    :attr:`run` labels the records that follow;
     :attr:`update_s` holds how long ``Scheduler.update`` took after each step's tokens were
     stamped (the simulator stamps them at the step's end)."""
 
@@ -126,6 +131,7 @@ class StepRecorder:
         self.records: list[StepRecord] = []
         self.update_s: list[float] = []
         self.forced_probes = 0
+        self.paused_s = 0.0
         self.run = ""
         self._since_probe = 0
         self._out: Any = None
@@ -139,7 +145,9 @@ class StepRecorder:
 
         def timed_step() -> Any:
             if self.probe is not None and self._since_probe >= self.max_gap:
+                p0 = engine_clock()
                 self.probe.measure()
+                self.paused_s += engine_clock() - p0
                 self.forced_probes += 1
                 self._since_probe = 0
             self._out = None
@@ -167,6 +175,8 @@ class StepRecorder:
             sched.update = timed_update
         runner.execute = recording_execute
         engine.step = timed_step
+        engine_clock = engine.clock
+        engine.clock = lambda: engine_clock() - self.paused_s
 
     def idle_sleep(self, seconds: float) -> None:
         """Wait ``seconds`` (a replay waiting for the next arrival), measuring the probe while
@@ -261,6 +271,66 @@ def _summary(pairs: Sequence[tuple[float, float, StepRecord]]) -> dict[str, Any]
     }
 
 
+def composition_cell(r: StepRecord) -> tuple[str, int, int, int]:
+    """Steps a composition-only cost model cannot tell apart at the grain used here: kind,
+    decode count, prefill tokens to 16 and the longest context to 64."""
+    longest = max([c + n for n, c in r.prefill] + list(r.decode), default=0)
+    return r.kind, len(r.decode), sum(n for n, _ in r.prefill) // 16, longest // 64
+
+
+def noise_floor(records: Sequence[StepRecord], min_steps: int = NOISE_CELL_MIN) -> dict[str, Any]:
+    """The MAPE of every step against the median measured time of its composition cell
+    (:func:`composition_cell`; cells of at least ``min_steps`` steps of one kind): what a cost
+    model that knows each cell's true median would score, i.e. the step-to-step jitter that no
+    model of the composition alone can predict. Per kind: ``mape``, ``steps`` counted, ``cells``."""
+    cells: dict[tuple[str, int, int, int], list[float]] = {}
+    for r in records:
+        if r.seconds > 0:
+            cells.setdefault(composition_cell(r), []).append(r.seconds)
+    out: dict[str, Any] = {}
+    for kind in STEP_KINDS:
+        errs, n_cells = [], 0
+        for key, times in cells.items():
+            if key[0] != kind or len(times) < min_steps:
+                continue
+            med = statistics.median(times)
+            errs += [abs(t - med) / med for t in times]
+            n_cells += 1
+        if errs:
+            out[kind] = {"mape": statistics.fmean(errs), "steps": len(errs), "cells": n_cells}
+    return out
+
+
+def after_change(
+    records: Sequence[StepRecord], cost: Any, drift: Drift | None = None
+) -> list[dict[str, Any]]:
+    """Decode steps by how many steps of the same run had the same composition cell just
+    before them (0: the composition changed, e.g. a request joined or left, or a prefill ran):
+    the median of measured over predicted minus 1 per bin. A stateless cost model predicts all
+    bins alike; a trend says a step's time depends on the steps before it."""
+    bins: dict[str, list[float]] = {label: [] for label, _, _ in AFTER_CHANGE_BINS}
+    prev: StepRecord | None = None
+    same = 0
+    for r in records:
+        if prev is not None and prev.run == r.run and composition_cell(prev) == composition_cell(r):
+            same += 1
+        else:
+            same = 0
+        prev = r
+        if r.kind != "decode" or r.seconds <= 0:
+            continue
+        p = cost.step_time(r.prefill, r.decode) * (drift.factor(r.mid) if drift else 1.0)
+        for label, lo, hi in AFTER_CHANGE_BINS:
+            if lo <= same <= hi:
+                bins[label].append(r.seconds / p - 1)
+                break
+    return [
+        {"steps_unchanged_before": label, "steps": len(v), "median_error": statistics.median(v)}
+        for label, v in bins.items()
+        if v
+    ]
+
+
 def step_errors(
     records: Sequence[StepRecord], cost: Any, drift: Drift | None = None
 ) -> dict[str, Any]:
@@ -291,6 +361,8 @@ def step_errors(
     if drift is not None:
         res["corrected"] = block(cor)
         res["quiet_corrected"] = block(quiet)
+    res["noise_floor"] = noise_floor(records)
+    res["after_change"] = after_change(records, cost, drift)
     return res
 
 
@@ -300,20 +372,29 @@ def step_pairs(
     """Per step: kind, run, measured and predicted seconds (corrected with ``drift``), for the
     figure and the JSON."""
     out = []
+    prev: StepRecord | None = None
     for r in records:
         p = cost.step_time(r.prefill, r.decode)
         f = drift.factor(r.mid) if drift is not None else 1.0
+        same_run = prev is not None and prev.run == r.run
         out.append(
             {
                 "run": r.run,
                 "kind": r.kind,
+                "start_s": r.start,
+                # idle time since the previous step of the same run ended (None for a run's first)
+                "gap_s": r.start - (prev.start + prev.seconds) if same_run and prev else None,
                 "tokens": sum(n for n, _ in r.prefill) + len(r.decode),
+                "prefill_tokens": sum(n for n, _ in r.prefill),
+                "decodes": len(r.decode),
+                "max_context": max([c + n for n, c in r.prefill] + list(r.decode), default=0),
                 "measured_s": r.seconds,
                 "predicted_s": p * f,
                 "predicted_raw_s": p,
                 "cpu_share": r.cpu_seconds / r.seconds if r.seconds > 0 else None,
             }
         )
+        prev = r
     return out
 
 

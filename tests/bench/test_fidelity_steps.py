@@ -13,7 +13,11 @@ from scripts.bench.fidelity_steps import (
     Drift,
     DriftProbe,
     ScaledCost,
+    StepRecord,
     StepRecorder,
+    after_change,
+    composition_cell,
+    noise_floor,
     step_errors,
     step_kind,
 )
@@ -101,7 +105,8 @@ class FakeEngine:
     """Steps whose true time is the profile's times the clock's slowdown."""
 
     def __init__(self, clock: FakeClock, cost: CostModel, plan: list) -> None:
-        self.clock, self.cost, self.plan = clock, cost, list(plan)
+        self.wall, self.cost, self.plan = clock, cost, list(plan)
+        self.clock = clock  # what the engine reads (the recorder pauses it during probes)
         self.runner = SimpleNamespace(execute=lambda out: None)
         self.scheduler = SimpleNamespace(update=lambda *a, **k: [])
 
@@ -109,8 +114,8 @@ class FakeEngine:
         out = SimpleNamespace(chunks=self.plan.pop(0))
         self.runner.execute(out)
         pre, dec = chunks_of(out)
-        self.clock.advance(self.cost.step_time(pre, dec) * speed(self.clock.t))
-        self.scheduler.update(out, {}, self.clock.t)
+        self.wall.advance(self.cost.step_time(pre, dec) * speed(self.wall.t))
+        self.scheduler.update(out, {}, self.clock())
         return []
 
 
@@ -194,3 +199,52 @@ def test_step_kind():
     assert step_kind([(3, 0)], []) == "prefill"
     assert step_kind([], [5]) == "decode"
     assert step_kind([(3, 0)], [5]) == "mixed"
+
+
+def _rec(seconds: float, decode: tuple[int, ...] = (), prefill=(), run: str = "s") -> StepRecord:
+    return StepRecord(0.0, seconds, seconds, tuple(prefill), tuple(decode), run)
+
+
+def test_noise_floor_is_the_jitter_around_each_compositions_median():
+    # two decode cells: +-10% around 1 ms and +-20% around 4 ms; a cell of 2 steps is too small
+    recs = [_rec(s, (100,)) for s in (0.9e-3, 1.0e-3, 1.1e-3, 1.0e-3, 1.0e-3)]
+    recs += [_rec(s, (100, 100, 100)) for s in (3.2e-3, 4.8e-3, 4.0e-3, 4.0e-3, 4.0e-3)]
+    recs += [_rec(5.0, (900,)), _rec(1.0, (900,))]
+    recs += [_rec(2e-3, prefill=((64, 0),))] * 5
+    floor = noise_floor(recs)
+    assert floor["decode"]["cells"] == 2 and floor["decode"]["steps"] == 10
+    assert floor["decode"]["mape"] == pytest.approx((0.1 + 0.1 + 0.2 + 0.2) / 10)
+    assert floor["prefill"] == {"mape": 0.0, "steps": 5, "cells": 1}
+    assert "mixed" not in floor
+
+
+def test_after_change_bins_decode_steps_by_the_unchanged_steps_before_them():
+    cost = LinearCost()
+    one, two = (100,), (100, 100)
+    # each composition change costs 50% on its first step, then the steps run as predicted
+    plan = [one] * 6 + [two] * 20 + [one] * 3
+    recs, prev = [], None
+    for dec in plan:
+        t = cost.step_time([], dec) * (1.5 if dec != prev else 1.0)
+        recs.append(_rec(t, dec))
+        prev = dec
+    recs.append(_rec(cost.step_time([], one) * 1.5, one, run="other"))  # a new run: changed
+    bins = {b["steps_unchanged_before"]: b for b in after_change(recs, cost)}
+    assert bins["0"]["steps"] == 4 and bins["0"]["median_error"] == pytest.approx(0.5)
+    assert bins["1-3"]["steps"] == 3 + 3 + 2
+    assert bins["16+"]["steps"] == 4 and bins["16+"]["median_error"] == pytest.approx(0.0)
+    assert composition_cell(recs[0]) != composition_cell(recs[6])
+
+
+def test_a_probe_between_steps_pauses_the_engines_clock():
+    clock = FakeClock()
+    engine = FakeEngine(clock, LinearCost(), [[chunk(1, 10)]] * 10)
+    probe = DriftProbe(lambda: clock.advance(0.01), clock=clock, repeats=1)
+    rec = StepRecorder(engine, probe, max_gap=3, clock=clock, cpu_clock=clock)
+    for _ in range(10):
+        engine.step()
+    assert rec.forced_probes == 3  # before steps 4, 7 and 10
+    assert rec.paused_s == pytest.approx(0.03)
+    steps_s = sum(r.seconds for r in rec.records)
+    assert clock.t == pytest.approx(steps_s + 0.03)  # the wall clock saw the probes
+    assert engine.clock() == pytest.approx(steps_s)  # the engine's timeline did not
