@@ -17,6 +17,7 @@ The layout in full and how to add a backend: docs/core/kernels.md.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from abc import ABC, abstractmethod
@@ -105,7 +106,9 @@ class InPlaceGroup:
 
     ``members`` index :attr:`PagedAttentionMetadata.prefills` (the reference still attends
     them there); per member its first row, its number of new tokens, its blocks (padded with
-    block 0 to the group's widest, never read past ``seq_lens``) and its length.
+    block 0 to the group's widest, never read past ``seq_lens``) and its length. The longer
+    prefills of a batch take the same form for a prefill kernel
+    (:attr:`PagedAttentionMetadata.kernel_prefills`).
     """
 
     members: list[int]
@@ -255,6 +258,24 @@ class PagedAttentionMetadata:
             prefills,
             workspace if workspace is not None else GatherWorkspace(),
             in_place,
+        )
+
+    @functools.cached_property
+    def kernel_prefills(self) -> InPlaceGroup | None:
+        """The prefills :attr:`in_place` does not list, as one group for a backend's prefill
+        kernel over the block table (None: none); built on first use, shared by the layers."""
+        skip = set(self.in_place.members) if self.in_place is not None else set()
+        members = [i for i in range(len(self.prefills)) if i not in skip]
+        if not members:
+            return None
+        rows = [self.prefills[i] for i in members]
+        device = rows[0][2].device
+        return InPlaceGroup(
+            members=members,
+            starts=torch.tensor([r[0] for r in rows], device=device),
+            query_lens=torch.tensor([r[1] - r[0] for r in rows], device=device),
+            blocks=torch.nn.utils.rnn.pad_sequence([r[2] for r in rows], batch_first=True),
+            seq_lens=torch.tensor([r[3] for r in rows], device=device),
         )
 
     def decode_mask(self, group: int, sliding_window: int | None) -> torch.Tensor:

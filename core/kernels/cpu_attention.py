@@ -1,19 +1,27 @@
-"""The ``"cpp"`` attention backend: decode attention read in place from the paged KV cache.
+"""The ``"cpp"`` attention backend: paged attention read in place from the KV cache.
 
-The torch reference gathers each decode sequence's context blocks into a padded buffer and
-calls SDPA with a mask (a dozen ops a layer, and a copy of every context); this backend hands
-the block table to one C++ kernel (:mod:`core.kernels.cpu_ext`, ``paged_decode_attention``)
-that reads each position's K/V row where it lives, one task per (sequence, kv head) across
-torch's intra-op threads. Sequences with a few new tokens (at most
-:attr:`~core.kernels.attention.AttentionBackend.max_decode_query_len`, which a speculating
-runner raises to ``k + 1`` for its verify steps) go through the same kernel as multi-query
-decodes (``paged_multi_query_attention``: the new tokens' query rows scored together against
-each K/V row, causal among themselves). The K/V write is one C++ call too. Longer prefills keep
-the reference's SDPA path. Same layouts and semantics as :mod:`core.kernels.attention`; tested
-against the reference in tests/kernels/.
+The torch reference gathers each sequence's context blocks into a padded buffer and calls SDPA
+(with a mask) per decode group and per prefill sequence; this backend hands the block tables to
+C++ kernels (:mod:`core.kernels.cpu_ext`) that read each position's K/V row where it lives,
+across torch's intra-op threads:
+
+- decodes (one new token): ``paged_decode_attention``, one task per (sequence, kv head);
+- sequences with a few new tokens (at most
+  :attr:`~core.kernels.attention.AttentionBackend.max_decode_query_len`, which a speculating
+  runner raises to ``k + 1`` for its verify steps): the same kernel as multi-query decodes
+  (``paged_multi_query_attention``: the new tokens' query rows scored together against each
+  K/V row, causal among themselves);
+- every other prefill (a prompt, a chunk of one, a prompt after a prefix-cache hit):
+  ``paged_prefill_attention``, a tiled FlashAttention-style kernel (tasks of a sequence, a kv
+  head and a block of query positions; S = Q K^T and O += P V as register-blocked outer
+  products, online softmax in fp32), from :attr:`PagedAttentionMetadata.kernel_prefills`.
+
+The K/V write is one C++ call too. Same layouts and semantics as :mod:`core.kernels.attention`;
+tested against the reference in tests/kernels/.
 
 Runs on CPU for fp32 and bf16 (q and caches in one dtype) when the extension builds; any
-other call goes to the reference.
+other call goes to the reference. ``prefill_kernel = False`` sends the prefills to the
+reference's SDPA path (for A/B measurements).
 """
 
 from __future__ import annotations
@@ -32,14 +40,16 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 @register_attention_backend
 class CppPagedAttention(TorchPagedAttention):
-    """Decode attention (one new token, or up to ``max_decode_query_len``) by the C++ kernel
-    over the block table; longer prefills as the reference."""
+    """Decode, multi-query and prefill attention by the C++ kernels over the block table;
+    the reference for inputs they do not take (another device or dtype, no extension)."""
 
     name = "cpp"
     priority = 5
     # the kernel reads only each sequence's own blocks: no padding to trade against calls
     decode_group_cost = math.inf
     in_place_kernel = True
+    # False: prefills take the reference's SDPA path (the old path, for A/B measurements)
+    prefill_kernel: bool = True
 
     @classmethod
     def is_available(cls, device: torch.device) -> bool:
@@ -94,11 +104,11 @@ class CppPagedAttention(TorchPagedAttention):
                 q, k_cache, v_cache, metadata, scale=scale, sliding_window=sliding_window
             )
         mq = metadata.in_place
-        decoded = sum(g.rows.numel() for g in metadata.decode_groups)
-        if mq is not None:
-            decoded += int(mq.query_lens.sum())
+        pf = metadata.kernel_prefills if self.prefill_kernel else None
+        covered = sum(g.rows.numel() for g in metadata.decode_groups)
+        covered += sum(end - start for start, end, _, _ in metadata.prefills)
         # padding rows stay zero rather than uninitialized (as in the reference)
-        out = torch.empty_like(q) if decoded == q.shape[0] else torch.zeros_like(q)
+        out = torch.empty_like(q) if covered == q.shape[0] else torch.zeros_like(q)
         window = sliding_window or 0
         for g in metadata.decode_groups:
             if not g.blocks.is_contiguous():  # the kernel takes a dense table; once per batch
@@ -106,19 +116,24 @@ class CppPagedAttention(TorchPagedAttention):
             ext.paged_decode_attention(
                 out, q, k_cache, v_cache, g.rows, g.blocks, g.seq_lens, scale, window
             )
-        if mq is not None:
-            ext.paged_multi_query_attention(
-                out,
-                q,
-                k_cache,
-                v_cache,
-                mq.starts,
-                mq.query_lens,
-                mq.blocks,
-                mq.seq_lens,
-                scale,
-                window,
-            )
-        skip = frozenset(mq.members) if mq is not None else frozenset()
-        self.attend_prefills(out, q, k_cache, v_cache, metadata, scale, sliding_window, skip)
+        for kernel, group in (
+            (ext.paged_multi_query_attention, mq),
+            (ext.paged_prefill_attention, pf),
+        ):
+            if group is not None:
+                kernel(
+                    out,
+                    q,
+                    k_cache,
+                    v_cache,
+                    group.starts,
+                    group.query_lens,
+                    group.blocks,
+                    group.seq_lens,
+                    scale,
+                    window,
+                )
+        if pf is None:
+            skip = frozenset(mq.members) if mq is not None else frozenset()
+            self.attend_prefills(out, q, k_cache, v_cache, metadata, scale, sliding_window, skip)
         return out

@@ -9,6 +9,8 @@ of each kernel. The module offers (layouts and semantics in the C++ sources, ``o
 - ``write_kv``, ``paged_decode_attention`` and ``paged_multi_query_attention``: the paged-KV
   write, and attention read in place through the block table for one new token per sequence
   or a few (a speculative verify's k + 1, causal among themselves);
+- ``paged_prefill_attention``: the same for prefill chunks of any length, a tiled
+  (FlashAttention-style) kernel;
 - ``rms_norm``, ``add_rms_norm``, ``rotary_``, ``silu_mul``: a decoder layer's small ops;
 - ``isa``: the vector ISA it was compiled for (``"avx512"``, ``"avx2"`` or ``"generic"``).
 
@@ -42,7 +44,7 @@ CPU_EXT_ENV = "SERVELAB_CPU_EXT"  # "0": never build or load the extension
 CPU_EXT_DIR_ENV = "SERVELAB_CPU_EXT_DIR"
 CPU_EXT_MARCH_ENV = "SERVELAB_CPU_EXT_MARCH"
 _HERE = Path(__file__).resolve().parent
-_SOURCES = ("bindings.cpp", "linear.cpp", "attention.cpp", "layer_ops.cpp")
+_SOURCES = ("bindings.cpp", "linear.cpp", "attention.cpp", "prefill_attention.cpp", "layer_ops.cpp")
 _HEADERS = ("ops.h", "vec.h")
 _CFLAGS = ("-O3", "-fopenmp", "-std=c++17", "-Wno-unused-function")
 _LDFLAGS = ("-fopenmp",)

@@ -15,6 +15,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "one-token attention over paged K/V, read in place through the block table");
   m.def("paged_multi_query_attention", &servelab::paged_multi_query_attention,
         "attention of a few new tokens per sequence (causal among them) over paged K/V, in place");
+  m.def("paged_prefill_attention", &servelab::paged_prefill_attention,
+        "tiled causal attention of prefill tokens over paged K/V, read in place");
   m.def("rms_norm", &servelab::rms_norm, "RMSNorm over the last axis");
   m.def("add_rms_norm", &servelab::add_rms_norm, "(x + residual, RMSNorm(x + residual))");
   m.def("rotary_", &servelab::rotary_, "rotate-half RoPE in place");

@@ -26,6 +26,12 @@ void paged_multi_query_attention(at::Tensor& out, const at::Tensor& q, const at:
                                  const at::Tensor& query_lens, const at::Tensor& blocks,
                                  const at::Tensor& seq_lens, double scale, int64_t window);
 
+// prefill_attention.cpp
+void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache,
+                             const at::Tensor& v_cache, const at::Tensor& starts,
+                             const at::Tensor& query_lens, const at::Tensor& blocks,
+                             const at::Tensor& seq_lens, double scale, int64_t window);
+
 // layer_ops.cpp
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x,
