@@ -129,42 +129,51 @@ struct Workspace {
   std::vector<float> alpha;  // [kRows] rescale of each row's O for the tile's new max
 };
 
+// 0/1 lanes for masking keys [lo, hi) of a tile in registers: the 16 floats at
+// from + kTile - lo + 16 j are 1 where 16 j + lane >= lo, at until + kTile - hi + 16 j where
+// 16 j + lane < hi. (Scalar stores into a row read back as vectors would stall the loads.)
+struct KeyMasks {
+  float from[2 * kTile], until[2 * kTile];
+  KeyMasks() {
+    for (int64_t i = 0; i < 2 * kTile; ++i) {
+      from[i] = i >= kTile ? 1.f : 0.f;
+      until[i] = i < kTile ? 1.f : 0.f;
+    }
+  }
+};
+const KeyMasks kKeyMasks;
+
 // One row's online-softmax step over keys [lo, hi) of the tile held in s: turns s into
 // probabilities against the updated max (zero outside [lo, hi)), updates m and l, and returns
 // the factor the row's O must be rescaled by.
 float softmax_step(float* s, int64_t lo, int64_t hi, float& m, float& l) {
   if (lo >= hi) {  // the row sees no key of this tile
-    std::fill(s, s + kTile, 0.f);
+    for (int j = 0; j < kPanels; ++j) Vec16::zero().store(s + 16 * j);
     return 1.f;
   }
-  float mt = -INFINITY;
-  if (lo == 0 && hi == kTile) {
-    Vec16 mv = Vec16::load(s);
-    for (int j = 1; j < kPanels; ++j) mv = max(mv, Vec16::load(s + 16 * j));
-    mt = mv.max();
-  } else {
-    for (int64_t t = lo; t < hi; ++t) mt = std::max(mt, s[t]);
+  const bool partial = lo > 0 || hi < kTile;
+  Vec16 v[kPanels], mask[kPanels];
+  for (int j = 0; j < kPanels; ++j) {
+    v[j] = Vec16::load(s + 16 * j);
+    if (partial) {  // masked keys: -3e38 for the max, zero after the exp
+      mask[j] = Vec16::load(kKeyMasks.from + kTile - lo + 16 * j) *
+                Vec16::load(kKeyMasks.until + kTile - hi + 16 * j);
+      v[j] = fma(mask[j] - Vec16::broadcast(1.f), Vec16::broadcast(3e38f), v[j]);
+    }
   }
-  const float m_new = std::max(m, mt);
+  Vec16 mv = v[0];
+  for (int j = 1; j < kPanels; ++j) mv = max(mv, v[j]);
+  const float m_new = std::max(m, mv.max());
   const float alpha = std::exp(m - m_new);  // 0 on the first tile (m = -inf)
-  const Vec16 mv = Vec16::broadcast(m_new);
+  const Vec16 mb = Vec16::broadcast(m_new);
   Vec16 sums = Vec16::zero();
-  const int64_t p_lo = lo / 16, p_hi = (hi + 15) / 16;  // the panels [lo, hi) touches
-  for (int64_t j = p_lo; j < p_hi; ++j) {
-    const Vec16 e = exp(Vec16::load(s + 16 * j) - mv);
+  for (int j = 0; j < kPanels; ++j) {
+    Vec16 e = exp(v[j] - mb);
+    if (partial) e = e * mask[j];
     e.store(s + 16 * j);
     sums = sums + e;
   }
-  float sum;
-  if (lo % 16 == 0 && hi % 16 == 0) {
-    sum = sums.sum();
-  } else {
-    sum = 0.f;
-    for (int64_t t = lo; t < hi; ++t) sum += s[t];
-  }
-  std::fill(s, s + lo, 0.f);
-  std::fill(s + hi, s + kTile, 0.f);
-  l = l * alpha + sum;
+  l = l * alpha + sums.sum();
   m = m_new;
   return alpha;
 }
