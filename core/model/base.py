@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from core.kernels.attention import AttentionBackend, get_attention_backend
+from core.kernels.fused_layer import decode_plan
 from core.kernels.layer_ops import UsesCpuKernels
 from core.kernels.linear import Linear, WeightPack, linear, pack_weight, resolve_linear_backend
 
@@ -63,6 +64,8 @@ class CausalLM(nn.Module):
             else Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.linear_backend = "torch"  # set_linear_backend packs the weights for another
+        # decode steps through one C++ call per layer where it can (core.kernels.fused_layer)
+        self.fused_decode = True
         self._tied_head_pack: WeightPack | None = None
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope)
         self.attention_backend_name: str | None = None  # None: $SERVELAB_ATTENTION_BACKEND or auto
@@ -125,6 +128,8 @@ class CausalLM(nn.Module):
             self.attention_backend(),
             rope=self.rotary_emb(batch.positions),
         )
+        if self.fused_decode and self.linear_backend == "cpp":
+            ctx.decode_plan = decode_plan(ctx, self.dtype)
         hidden = self.embed_tokens(batch.input_ids)
         for layer in self.layers:
             hidden = layer(hidden, ctx)

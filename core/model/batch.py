@@ -173,6 +173,8 @@ class ForwardContext:
     state_pool: StatePool | None
     attn_backend: AttentionBackend
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    # set by the model for a batch its decoder layers may run fused (core.kernels.fused_layer)
+    decode_plan: Any = None
 
     def kv(self) -> KVCache:
         """The paged KV cache the attention layers read and write; ValueError if absent."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.kernels.fused_layer import fused_llama_decode
+
 from .base import CausalLM
 from .batch import ForwardContext
 from .config import ModelConfig
@@ -34,6 +36,9 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.mlp_bias)
 
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        plan = ctx.decode_plan
+        if plan is not None and (out := fused_llama_decode(self, h, ctx, plan)) is not None:
+            return out
         attn = self.self_attn(self.input_layernorm(h), ctx)
         h, x = self.post_attention_layernorm.add_and_norm(h, attn)
         return h + self.mlp(x)

@@ -12,6 +12,8 @@ of each kernel. The module offers (layouts and semantics in the C++ sources, ``o
 - ``paged_prefill_attention``: the same for prefill chunks of any length, a tiled
   (FlashAttention-style) kernel;
 - ``rms_norm``, ``add_rms_norm``, ``rotary_``, ``silu_mul``: a decoder layer's small ops;
+- ``llama_decode_layer``: a whole Llama decoder layer for a decode step, the kernels above in
+  one call (:mod:`core.kernels.fused_layer`);
 - ``isa``: the vector ISA it was compiled for (``"avx512"``, ``"avx2"`` or ``"generic"``).
 
 Build: ``torch.utils.cpp_extension`` with ``-O3 -march=native -fopenmp`` (threads are torch's
@@ -44,7 +46,14 @@ CPU_EXT_ENV = "SERVELAB_CPU_EXT"  # "0": never build or load the extension
 CPU_EXT_DIR_ENV = "SERVELAB_CPU_EXT_DIR"
 CPU_EXT_MARCH_ENV = "SERVELAB_CPU_EXT_MARCH"
 _HERE = Path(__file__).resolve().parent
-_SOURCES = ("bindings.cpp", "linear.cpp", "attention.cpp", "prefill_attention.cpp", "layer_ops.cpp")
+_SOURCES = (
+    "bindings.cpp",
+    "linear.cpp",
+    "attention.cpp",
+    "prefill_attention.cpp",
+    "layer_ops.cpp",
+    "decode_layer.cpp",
+)
 _HEADERS = ("ops.h", "vec.h")
 _CFLAGS = ("-O3", "-fopenmp", "-std=c++17", "-Wno-unused-function")
 _LDFLAGS = ("-fopenmp",)

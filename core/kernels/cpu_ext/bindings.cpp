@@ -17,6 +17,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "attention of a few new tokens per sequence (causal among them) over paged K/V, in place");
   m.def("paged_prefill_attention", &servelab::paged_prefill_attention,
         "tiled causal attention of prefill tokens over paged K/V, read in place");
+  m.def("llama_decode_layer", &servelab::llama_decode_layer,
+        "a Llama decoder layer for a decode step: the kernels below, in one call");
   m.def("rms_norm", &servelab::rms_norm, "RMSNorm over the last axis");
   m.def("add_rms_norm", &servelab::add_rms_norm, "(x + residual, RMSNorm(x + residual))");
   m.def("rotary_", &servelab::rotary_, "rotate-half RoPE in place");

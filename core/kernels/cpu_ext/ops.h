@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace servelab {
 
@@ -31,6 +32,17 @@ void paged_prefill_attention(at::Tensor& out, const at::Tensor& q, const at::Ten
                              const at::Tensor& v_cache, const at::Tensor& starts,
                              const at::Tensor& query_lens, const at::Tensor& blocks,
                              const at::Tensor& seq_lens, double scale, int64_t window);
+
+// decode_layer.cpp
+at::Tensor llama_decode_layer(const at::Tensor& h, const at::Tensor& input_norm, double eps,
+                              const at::Tensor& qkv, const std::optional<at::Tensor>& qkv_bias,
+                              const at::Tensor& o, const std::optional<at::Tensor>& o_bias,
+                              const at::Tensor& post_norm, const at::Tensor& gate_up,
+                              const at::Tensor& down, const std::vector<int64_t>& sizes,
+                              const at::Tensor& cos, const at::Tensor& sin, at::Tensor& k_cache,
+                              at::Tensor& v_cache, const at::Tensor& slots,
+                              const at::Tensor& rows, const at::Tensor& blocks,
+                              const at::Tensor& seq_lens, double scale, int64_t window);
 
 // layer_ops.cpp
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
