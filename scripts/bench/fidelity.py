@@ -950,6 +950,7 @@ def _step_table(name: str, steps: dict[str, Any]) -> str:
                 _pct(s["worst_error"]),
                 "-" if not quiet else f"{100 * quiet['mape']:.1f} ({quiet['steps']})",
                 "-" if not floor else f"{100 * floor['mape']:.1f}",
+                "-" if not floor or "cell_mape" not in floor else f"{100 * floor['cell_mape']:.1f}",
             ]
         )
     table = rep.format_table(
@@ -963,11 +964,13 @@ def _step_table(name: str, steps: dict[str, Any]) -> str:
             "worst %",
             "quiet MAPE %",
             "noise floor %",
+            "MAPE of cell medians %",
         ],
         rows,
         title=f"{name}: profiled step time vs every measured step (target MAPE <= "
         f"{100 * STEP_TARGET:.0f}%; noise floor: the MAPE of each step against its "
-        "composition's median measured time)",
+        "composition's median measured time; cell medians: the model's median prediction per "
+        "composition against its median measurement)",
     )
     trend = steps.get("after_change") or []
     if trend:

@@ -278,26 +278,43 @@ def composition_cell(r: StepRecord) -> tuple[str, int, int, int]:
     return r.kind, len(r.decode), sum(n for n, _ in r.prefill) // 16, longest // 64
 
 
-def noise_floor(records: Sequence[StepRecord], min_steps: int = NOISE_CELL_MIN) -> dict[str, Any]:
-    """The MAPE of every step against the median measured time of its composition cell
-    (:func:`composition_cell`; cells of at least ``min_steps`` steps of one kind): what a cost
-    model that knows each cell's true median would score, i.e. the step-to-step jitter that no
-    model of the composition alone can predict. Per kind: ``mape``, ``steps`` counted, ``cells``."""
-    cells: dict[tuple[str, int, int, int], list[float]] = {}
+def noise_floor(
+    records: Sequence[StepRecord],
+    cost: Any = None,
+    drift: Drift | None = None,
+    min_steps: int = NOISE_CELL_MIN,
+) -> dict[str, Any]:
+    """Per kind, over the composition cells (:func:`composition_cell`) of at least ``min_steps``
+    steps: ``mape``, every step against its cell's median measured time (what a cost model that
+    knew each cell's true median would score: the step-to-step jitter no model of the
+    composition alone can predict), and with ``cost``, ``cell_mape``: each cell's median
+    prediction (times ``drift``) against its median measurement, weighted by steps (the model's
+    error once the jitter is averaged out). ``steps`` and ``cells`` counted."""
+    cells: dict[tuple[str, int, int, int], list[StepRecord]] = {}
     for r in records:
         if r.seconds > 0:
-            cells.setdefault(composition_cell(r), []).append(r.seconds)
+            cells.setdefault(composition_cell(r), []).append(r)
     out: dict[str, Any] = {}
     for kind in STEP_KINDS:
-        errs, n_cells = [], 0
-        for key, times in cells.items():
-            if key[0] != kind or len(times) < min_steps:
+        errs: list[float] = []
+        cell_errs: list[float] = []
+        n_cells = 0
+        for key, recs in cells.items():
+            if key[0] != kind or len(recs) < min_steps:
                 continue
-            med = statistics.median(times)
-            errs += [abs(t - med) / med for t in times]
+            med = statistics.median(r.seconds for r in recs)
+            errs += [abs(r.seconds - med) / med for r in recs]
+            if cost is not None:
+                pred = statistics.median(
+                    cost.step_time(r.prefill, r.decode) * (drift.factor(r.mid) if drift else 1.0)
+                    for r in recs
+                )
+                cell_errs += [abs(pred - med) / med] * len(recs)
             n_cells += 1
         if errs:
             out[kind] = {"mape": statistics.fmean(errs), "steps": len(errs), "cells": n_cells}
+            if cell_errs:
+                out[kind]["cell_mape"] = statistics.fmean(cell_errs)
     return out
 
 
@@ -361,7 +378,7 @@ def step_errors(
     if drift is not None:
         res["corrected"] = block(cor)
         res["quiet_corrected"] = block(quiet)
-    res["noise_floor"] = noise_floor(records)
+    res["noise_floor"] = noise_floor(records, cost, drift)
     res["after_change"] = after_change(records, cost, drift)
     return res
 

@@ -216,6 +216,12 @@ def test_noise_floor_is_the_jitter_around_each_compositions_median():
     assert floor["decode"]["mape"] == pytest.approx((0.1 + 0.1 + 0.2 + 0.2) / 10)
     assert floor["prefill"] == {"mape": 0.0, "steps": 5, "cells": 1}
     assert "mixed" not in floor
+    # with a cost model: each cell's median prediction against its median measurement
+    cost = LinearCost()  # 1.1 ms for one decode, 1.3 ms for three, 7.4 ms for the prefill
+    cells = noise_floor(recs, cost)
+    assert cells["decode"]["mape"] == floor["decode"]["mape"]
+    assert cells["decode"]["cell_mape"] == pytest.approx((0.1 + (4.0 - 1.3) / 4.0) / 2)
+    assert cells["prefill"]["cell_mape"] == pytest.approx((7.4 - 2.0) / 2.0)
 
 
 def test_after_change_bins_decode_steps_by_the_unchanged_steps_before_them():
