@@ -43,38 +43,27 @@ def _definition(q, k_cache, v_cache, table, start, qlen, seq_len, scale, window)
 def _prefill(ext, seqs, group, kv_heads, head_dim, block_size, window, dtype, seed, scale=0.3):
     """Run the kernel on ``seqs`` = [(new tokens, cached context)] and return, per sequence,
     its output rows and the definition's."""
-    qlens = [n for n, _ in seqs]
-    lens = [n + c for n, c in seqs]
-    heads = group * kv_heads
-    tables, k_cache, v_cache = _cache(lens, kv_heads, head_dim, block_size, dtype, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
+    (q, _, _), k_cache, v_cache, args = _mixed_batch(
+        seqs, group * kv_heads, kv_heads, head_dim, block_size, dtype, seed
+    )
+    query_start_loc, seq_lens, block_tables = (a.long() for a in args[:3])
     # q as a strided view of a fused projection, as a model makes it
-    qkv = torch.randn(sum(qlens), (heads + 2) * head_dim, generator=gen).to(dtype)
-    q = qkv[:, : heads * head_dim].view(-1, heads, head_dim)
-    starts = [0]
-    for n in qlens[:-1]:
-        starts.append(starts[-1] + n)
-    width = max(len(t) for t in tables)
-    blocks = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
+    fused = torch.cat([q, torch.zeros_like(q[:, :2])], dim=1).view(q.shape[0], -1)
+    q = fused[:, : q[0].numel()].view(q.shape)
     out = torch.full_like(q, float("nan"))
+    starts, qlens = query_start_loc[:-1], query_start_loc.diff()
+    blocks = block_tables.clamp(min=0)  # padded with block 0, never read past seq_lens
     ext.paged_prefill_attention(
-        out,
-        q,
-        k_cache,
-        v_cache,
-        torch.tensor(starts),
-        torch.tensor(qlens),
-        blocks,
-        torch.tensor(lens),
-        scale,
-        window or 0,
+        out, q, k_cache, v_cache, starts, qlens, blocks, seq_lens, scale, window or 0
     )
     return [
         (
             out[start : start + qlen].float(),
-            _definition(q, k_cache, v_cache, tables[i], start, qlen, n, scale, window),
+            _definition(q, k_cache, v_cache, table.tolist(), start, qlen, n, scale, window),
         )
-        for i, (start, qlen, n) in enumerate(zip(starts, qlens, lens, strict=True))
+        for start, qlen, n, table in zip(
+            starts.tolist(), qlens.tolist(), seq_lens.tolist(), blocks, strict=True
+        )
     ]
 
 
