@@ -1,11 +1,13 @@
 """CPU kernel benchmark: the engine's kernel backends against each other, interleaved in one
 process on the engine benchmark's 125M Llama (the ``tiny-llama-125m`` preset, random init).
 
-``python -m scripts.kernel_bench [--parts linears,decode,offline] [--threads 1,2] [--rounds 3]
-[--dtype fp32|bf16] [--variants onednn,cpp] [--quick] [--out results/kernel_bench.json]``
+``python -m scripts.kernel_bench [--parts linears,decode,offline,prefill] [--threads 1,2]
+[--rounds 3] [--dtype fp32|bf16] [--variants onednn,cpp] [--quick] [--out results/kernel_bench.json]``
 
 A variant is a (linear backend, attention backend) pair: ``torch`` = (torch, torch), ``onednn``
-= (onednn, torch), the engine's default before the C++ kernels, and ``cpp`` = (cpp, cpp). One
+= (onednn, torch), the engine's default before the C++ kernels, and ``cpp`` = (cpp, cpp);
+``cpp-sdpa`` is ``cpp`` with the prefills on the torch reference's SDPA path instead of the
+C++ prefill kernel (``CppPagedAttention.prefill_kernel = False``), the old path. One
 model serves every variant: it is switched with ``set_linear_backend`` /
 ``set_attention_backend`` between measurements (repacking is not timed). Each round measures
 every variant at every thread count, in ABBA order across rounds, so drift in the machine's load
@@ -22,6 +24,12 @@ Parts:
   equal requests with ~128 tokens of context, reported as decode tok/s per sequence and total.
 - ``offline``: generated tok/s of 64 requests (prompts uniform in 32..256 tokens, outputs in
   16..128, greedy, EOS ignored), as in the engine benchmark; ``--quick`` uses 16 shorter ones.
+- ``prefill``: the engine benchmark's first step, the offline batch's first 17 prompts (2495
+  tokens; fewer with ``--quick``) at once: the attention alone (the model's attention backend
+  over all its layers, on random q and caches of the model's shapes; ms) and the whole prefill
+  step (``generate`` with ``max_tokens=1``; ms). Lower is better here: the ratio column is
+  then the variant's time over the first's. ``--variants cpp-sdpa,cpp`` compares the prefill
+  kernel with the old path.
 """
 
 from __future__ import annotations
@@ -39,11 +47,19 @@ import numpy as np
 import torch
 
 from core.engine import LLM, SamplingParams
+from core.kernels.attention import AttentionBackend
+from core.kernels.cpu_attention import CppPagedAttention
 from core.kernels.linear import Linear
 from core.model.presets import preset_config
 
-VARIANTS = {"torch": ("torch", "torch"), "onednn": ("onednn", "torch"), "cpp": ("cpp", "cpp")}
+VARIANTS = {
+    "torch": ("torch", "torch"),
+    "onednn": ("onednn", "torch"),
+    "cpp": ("cpp", "cpp"),
+    "cpp-sdpa": ("cpp", "cpp"),  # prefills on the reference's SDPA path
+}
 FIRST_TOKEN_ID = 3
+PREFILL_PROMPTS = 17  # the offline batch's prompts in the engine benchmark's first step
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "kernel_bench.json"
 
 
@@ -51,6 +67,9 @@ def _use(llm: LLM, variant: str) -> None:
     linear, attention = VARIANTS[variant]
     llm.model.set_linear_backend(linear)
     llm.model.set_attention_backend(attention)
+    backend = llm.model.attention_backend()
+    if isinstance(backend, CppPagedAttention):
+        backend.prefill_kernel = variant != "cpp-sdpa"
 
 
 def _prompts(rng: np.random.Generator, lengths: list[int], vocab: int) -> list[list[int]]:
@@ -97,6 +116,57 @@ def measure_offline(llm: LLM, prompts: list[list[int]], output_lens: list[int]) 
     return sum(len(o.token_ids) for o in outs) / elapsed
 
 
+class PrefillAttention:
+    """The attention of one prefill step over every layer of the model: random q and paged
+    caches of the model's shapes for prompts of ``lengths`` tokens (shuffled blocks of 16),
+    attended by whatever backend the model uses when :meth:`ms` is called."""
+
+    def __init__(self, llm: LLM, lengths: list[int], block_size: int = 16) -> None:
+        config = llm.model.config
+        heads, kv_heads, head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.llm, self.layers, self.scale = llm, len(config.attention_layers), head_dim**-0.5
+        gen = torch.Generator().manual_seed(0)
+        nblocks = [-(-n // block_size) for n in lengths]
+        ids = torch.randperm(sum(nblocks), generator=gen).tolist()
+        tables = [[ids.pop() for _ in range(nb)] for nb in nblocks]
+        shape = (sum(nblocks), block_size, kv_heads, head_dim)
+        dtype = llm.model.dtype
+        self.k_cache = torch.randn(shape, generator=gen).to(dtype)
+        self.v_cache = torch.randn(shape, generator=gen).to(dtype)
+        self.q = torch.randn(sum(lengths), heads, head_dim, generator=gen).to(dtype)
+        width = max(nblocks)
+        starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        slots = [
+            t[p // block_size] * block_size + p % block_size
+            for t, n in zip(tables, lengths, strict=True)
+            for p in range(n)
+        ]
+        self.args = (
+            torch.tensor(starts, dtype=torch.int32),
+            torch.tensor(lengths, dtype=torch.int32),
+            torch.tensor([t + [-1] * (width - len(t)) for t in tables], dtype=torch.int32),
+            torch.tensor(slots),
+            block_size,
+        )
+
+    def ms(self) -> float:
+        backend: AttentionBackend = self.llm.model.attention_backend()
+        meta = backend.build_metadata(*self.args)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(self.layers):
+                backend.forward(self.q, self.k_cache, self.v_cache, meta, scale=self.scale)
+        return (time.perf_counter() - start) * 1e3
+
+
+def measure_prefill_step(llm: LLM, prompts: list[list[int]]) -> float:
+    """ms of one engine step that prefills all ``prompts`` (and samples one token each)."""
+    params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    start = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    return (time.perf_counter() - start) * 1e3
+
+
 def _measure(fn: Callable[[], float]) -> dict[str, float]:
     value = fn()
     return {"value": value, "load1": os.getloadavg()[0]}
@@ -136,6 +206,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         lambda b=batch: measure_decode(llm, b, vocab, steps, 128),
                     )
                 )
+        elif part == "prefill":
+            # the engine benchmark's first step: its first 17 prompts (2495 tokens) at once
+            step = offline_prompts[:PREFILL_PROMPTS]
+            attention = PrefillAttention(llm, [len(p) for p in step])
+            n_tok = sum(len(p) for p in step)
+            cases.append((part, f"attention ms ({len(step)} prompts, {n_tok} tok)", attention.ms))
+            cases.append(
+                (
+                    part,
+                    f"prefill step ms ({len(step)} prompts)",
+                    lambda s=step: measure_prefill_step(llm, s),
+                )
+            )
         elif part == "offline":
             cases.append(
                 (part, "generated tok/s", lambda: measure_offline(llm, offline_prompts, olens))
