@@ -231,7 +231,8 @@ void attend_task(const Task& task, const Batch<T>& b, Workspace& ws) {
       const int64_t p_lo = pos0 + r0 / group, p_hi = pos0 + (r0 + mr - 1) / group;
       if (p_hi < k0 || first_key(p_lo) >= k0 + nk) continue;  // no row sees this tile
       // the keys some row of the tile sees: [klo, khi) of this tile
-      const int64_t klo = std::max(first_key(p_lo), k0) - k0, khi = std::min(p_hi + 1, k0 + nk) - k0;
+      const int64_t klo = std::max(first_key(p_lo), k0) - k0;
+      const int64_t khi = std::min(p_hi + 1, k0 + nk) - k0;
       const int64_t plo = klo / 16, phi = (khi + 15) / 16;  // S panels to compute
       float* s = ws.s.data();
       tile_any<false>(static_cast<int>(phi - plo), mr, qs + r0 * D, D, kt + 16 * plo, kTile, D,
