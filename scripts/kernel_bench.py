@@ -7,8 +7,9 @@ process on the engine benchmark's 125M Llama (the ``tiny-llama-125m`` preset, ra
 A variant is a (linear backend, attention backend) pair: ``torch`` = (torch, torch), ``onednn``
 = (onednn, torch), the engine's default before the C++ kernels, and ``cpp`` = (cpp, cpp);
 ``cpp-sdpa`` is ``cpp`` with the prefills on the torch reference's SDPA path instead of the
-C++ prefill kernel (``CppPagedAttention.prefill_kernel = False``), the old path. One
-model serves every variant: it is switched with ``set_linear_backend`` /
+C++ prefill kernel (``CppPagedAttention.prefill_kernel = False``), the old path;
+``cpp-layers`` is ``cpp`` with decode steps layer by layer through Python instead of the fused
+decode layer (``model.fused_decode = False``). One model serves every variant: it is switched with ``set_linear_backend`` /
 ``set_attention_backend`` between measurements (repacking is not timed). Each round measures
 every variant at every thread count, in ABBA order across rounds, so drift in the machine's load
 hits all variants alike; the report gives per-round values, the median of each, the median of
@@ -29,7 +30,8 @@ Parts:
   over all its layers, on random q and caches of the model's shapes; ms) and the whole prefill
   step (``generate`` with ``max_tokens=1``; ms). Lower is better here: the ratio column is
   then the variant's time over the first's. ``--variants cpp-sdpa,cpp`` compares the prefill
-  kernel with the old path.
+  kernel with the old path (``--variants cpp-layers,cpp --parts decode`` the fused decode
+  layer with the layer-by-layer path).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ VARIANTS = {
     "onednn": ("onednn", "torch"),
     "cpp": ("cpp", "cpp"),
     "cpp-sdpa": ("cpp", "cpp"),  # prefills on the reference's SDPA path
+    "cpp-layers": ("cpp", "cpp"),  # decode layers through Python, not the fused C++ layer
 }
 FIRST_TOKEN_ID = 3
 PREFILL_PROMPTS = 17  # the offline batch's prompts in the engine benchmark's first step
@@ -67,6 +70,7 @@ def _use(llm: LLM, variant: str) -> None:
     linear, attention = VARIANTS[variant]
     llm.model.set_linear_backend(linear)
     llm.model.set_attention_backend(attention)
+    llm.model.fused_decode = variant != "cpp-layers"
     backend = llm.model.attention_backend()
     if isinstance(backend, CppPagedAttention):
         backend.prefill_kernel = variant != "cpp-sdpa"
