@@ -27,8 +27,9 @@ Backends, chosen per model by :func:`resolve_linear_backend`: ``"torch"`` (``F.l
 everywhere), ``"onednn"`` (packed weights where :func:`onednn_supported` says the device and
 dtype allow it: CPU fp32 on any x86 with AVX2; bf16 only on CPUs with AVX512-BF16 / AVX-NE-
 CONVERT) or ``"cpp"`` (:class:`CppPackedWeight`: the C++ kernel of :mod:`core.kernels.cpu_ext`
-for products of up to :data:`CPP_MAX_ROWS` rows, the decode sizes, where it streams the weights
-near the memory bandwidth; oneDNN above that where it runs; CPU fp32 and bf16; the model's small
+for products of up to :func:`cpp_max_rows` rows, the decode sizes, where it streams the weights
+near the memory bandwidth (bf16 on AVX512-BF16 CPUs: weights in k-pairs for its dot-product
+instructions); oneDNN above that where it runs; CPU fp32 and bf16; the model's small
 per-layer ops then run on C++ kernels too, see :mod:`core.kernels.layer_ops`). The name comes
 from the caller, else ``$SERVELAB_LINEAR_BACKEND``, else ``"auto"``: ``"cpp"`` where the
 extension builds, else oneDNN where supported, torch elsewhere. Asking for ``"cpp"`` where the
@@ -49,6 +50,7 @@ from . import cpu_ext
 
 __all__ = [
     "CPP_MAX_ROWS",
+    "CPP_MAX_ROWS_BF16_DOT",
     "LINEAR_BACKEND_ENV",
     "LINEAR_BACKENDS",
     "PACKED_MIN_MACS",
@@ -56,6 +58,7 @@ __all__ = [
     "Linear",
     "PackedWeight",
     "WeightPack",
+    "cpp_max_rows",
     "cpp_supported",
     "linear",
     "onednn_supported",
@@ -68,8 +71,10 @@ LINEAR_BACKENDS = ("auto", "torch", "onednn", "cpp")
 # below this many multiply-adds (rows x in x out) a product goes to F.linear (see above)
 PACKED_MIN_MACS = 1_500_000
 # the C++ kernel takes products of up to this many rows, per weight dtype; above, oneDNN
-# (docs/core/kernels.md has the measurements behind these)
+# (docs/core/kernels.md has the measurements behind these). bf16: 64 where the CPU has
+# AVX512-BF16 dot products (the kernel then uses them, as oneDNN does), else 4.
 CPP_MAX_ROWS = {torch.float32: 64, torch.bfloat16: 4}
+CPP_MAX_ROWS_BF16_DOT = 64
 
 
 @functools.cache
@@ -88,6 +93,13 @@ def onednn_supported(device_type: str, dtype: torch.dtype) -> bool:
     except (RuntimeError, NotImplementedError):
         return False  # e.g. bf16 without AVX512-BF16 / AVX-NE-CONVERT
     return bool(torch.all(y == 8))
+
+
+def cpp_max_rows(dtype: torch.dtype, ext: ModuleType) -> int:
+    """The most rows a product of ``dtype`` weights takes on the C++ kernel (see above)."""
+    if dtype == torch.bfloat16 and ext.linear_bf16_dot():
+        return CPP_MAX_ROWS_BF16_DOT
+    return CPP_MAX_ROWS.get(dtype, 0)
 
 
 def cpp_supported(device_type: str, dtype: torch.dtype) -> bool:
@@ -206,7 +218,7 @@ class CppPackedWeight(WeightPack):
             self.packed = ext.pack_linear_weight(weight.detach())
         self._ext = ext
         self.out_features = weight.shape[0]
-        self.max_rows = CPP_MAX_ROWS.get(weight.dtype, 0)
+        self.max_rows = cpp_max_rows(weight.dtype, ext)
         large = onednn_supported(weight.device.type, weight.dtype)
         self.large = PackedWeight(weight) if large else None
 

@@ -65,12 +65,29 @@ def test_packed_linear_matches_reference(
     _close(ext.packed_linear(x, packed, out_features, b), _reference(x, w, b))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [49, 97, 300])  # several row chunks per weight group
-def test_many_rows_in_the_kernel_itself(ext, rows):
+def test_many_rows_in_the_kernel_itself(ext, rows, dtype):
     g = torch.Generator().manual_seed(rows)
-    w, b = torch.randn(130, 70, generator=g), torch.randn(130, generator=g)
-    x = torch.randn(rows, 70, generator=g)
+    w, b = torch.randn(130, 70, generator=g).to(dtype), torch.randn(130, generator=g).to(dtype)
+    x = torch.randn(rows, 70, generator=g).to(dtype)
     _close(ext.packed_linear(x, ext.pack_linear_weight(w), 130, b), _reference(x, w, b))
+
+
+def test_bf16_weights_pack_in_k_pairs_where_the_cpu_has_bf16_dot_products(ext):
+    w = torch.randn(70, 6).bfloat16()
+    packed = ext.pack_linear_weight(w)
+    if not ext.linear_bf16_dot():
+        assert packed.shape[1] == 6  # k-major, widened to fp32 in the kernel
+        return
+    width = ext.linear_group_width()
+    assert packed.shape == (2, 3, 2 * width)  # [groups, K/2, outputs x 2]
+    # output row 1's first pair sits at positions 2, 3 of pair-row 0 of group 0
+    assert torch.equal(packed[0, 0, 2:4], w[1, 0:2])
+    assert torch.equal(packed[1, 2, 2 * 5 : 2 * 5 + 2], w[width + 5, 4:6])
+    assert torch.equal(packed[1, :, 2 * 6 :], torch.zeros_like(packed[1, :, 2 * 6 :]))  # padding
+    odd = ext.pack_linear_weight(torch.randn(70, 5).bfloat16())  # odd K: the k-major layout
+    assert odd.shape == (2, 5, width)
 
 
 class _Spy:
@@ -91,7 +108,7 @@ def test_layer_routes_by_row_count(ext, dtype):
     w = torch.randn(40, 24).to(dtype)
     pack = CppPackedWeight(w, ext)
     spy = pack._ext = _Spy(ext)
-    limit = linear_module.CPP_MAX_ROWS[dtype]
+    limit = linear_module.cpp_max_rows(dtype, ext)
     for shape in [(1, 24), (2, limit // 2, 48), (limit + 1, 24)]:
         x = torch.randn(*shape).to(dtype)
         if shape[-1] == 48:

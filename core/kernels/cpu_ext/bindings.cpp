@@ -8,6 +8,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("isa") = servelab::kIsa;
   m.def("linear_group_width", &servelab::linear_group_width,
         "output rows per packed weight group");
+  m.def("linear_bf16_dot", &servelab::linear_bf16_dot,
+        "whether bf16 weights are packed in k-pairs for AVX512-BF16 dot products");
   m.def("pack_linear_weight", &servelab::pack_linear_weight, "pack [out, in] for packed_linear");
   m.def("packed_linear", &servelab::packed_linear, "x @ W^T + b over a packed weight");
   m.def("write_kv", &servelab::write_kv, "store K/V rows at flat cache slots (-1: skip)");

@@ -11,6 +11,7 @@ namespace servelab {
 
 // linear.cpp
 int64_t linear_group_width();
+bool linear_bf16_dot();
 at::Tensor pack_linear_weight(const at::Tensor& weight);
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
                             const std::optional<at::Tensor>& bias);
