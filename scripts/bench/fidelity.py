@@ -27,7 +27,7 @@ full: scripts/bench/README.md, section ``fidelity``).
    TTFT/TPOT/E2E percentiles predicted on Poisson streams it serves. Target: within 10% on mean and p90 at loads up to 70%.
 
 Writes ``<out>/fidelity.json``, ``<out>/fig-fidelity.png`` (predicted vs measured per step
-and per request percentile) and ``<out>/fidelity-steps.csv`` (every step: run, kind,
+and per request percentile) and ``<out>/fidelity-steps.csv.gz`` (every step: run, kind,
 composition, the idle gap before it, measured and predicted seconds, CPU share). ``--quick``:
 the smoke model, a tiny calibration, a few requests, one load, vLLM only with ``--levels
 engine,vllm``: seconds to minutes, for tests.
@@ -87,7 +87,7 @@ def build_parser(prog: str = "python -m scripts.bench fidelity") -> argparse.Arg
             "Poisson loads of 30/50/70/90%% of capacity, each stream twice through the engine "
             "(the noise floor) and once through the simulator; and vLLM's CPU build predicted "
             f"by a profile calibrated on its own steps. Writes <out>/{BENCHMARK}.json, "
-            "<out>/fig-fidelity.png and <out>/fidelity-steps.csv."
+            "<out>/fig-fidelity.png and <out>/fidelity-steps.csv.gz."
         ),
     )
     p.add_argument(
@@ -917,7 +917,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if pairs:
         import pandas as pd
 
-        steps_csv = out_dir / f"{BENCHMARK}-steps.csv"
+        steps_csv = out_dir / f"{BENCHMARK}-steps.csv.gz"
         pd.concat(
             [pd.DataFrame(rows).assign(system=name) for name, rows in pairs.items() if rows]
         ).to_csv(steps_csv, index=False)
