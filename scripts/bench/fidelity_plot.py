@@ -35,6 +35,14 @@ def _diagonal(ax: Any, xs: Sequence[float], ys: Sequence[float]) -> None:
     ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8, ls="--", zorder=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+    # matplotlib's own minor labels overlap at this width; over 2+ decades label 3s only
+    subs = (2.0, 5.0) if hi / lo < 100 else (3.0,)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_locator(LogLocator(subs=subs))
+        axis.set_minor_formatter(FormatStrFormatter("%g"))
+        axis.set_major_formatter(FormatStrFormatter("%g"))
 
 
 def figure(report: dict[str, Any], pairs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
