@@ -21,16 +21,6 @@
 namespace servelab {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kPanels = 4;  // 64 lanes a row: 4 zmm loads feed kRows x 4 FMAs per step
-constexpr int kRows = 6;    // 24 accumulators + 4 loads + 1 broadcast <= 32 registers
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int kPanels = 2;  // 32 lanes: 4 ymm
-constexpr int kRows = 2;    // 8 ymm accumulators + 4 loads + 1 broadcast <= 16 registers
-#else
-constexpr int kPanels = 2;
-constexpr int kRows = 4;
-#endif
 // Keys per tile, and output columns per pass of O += P V (head_dim is padded to a multiple).
 constexpr int64_t kTile = 16 * kPanels;
 // Query rows (positions x query heads of a kv head) per task: enough rows that the transpose

@@ -23,6 +23,19 @@ inline constexpr const char* kIsa = "avx2";
 inline constexpr const char* kIsa = "generic";
 #endif
 
+// The register block of an outer-product kernel (linear.cpp, prefill_attention.cpp): kRows
+// broadcast rows times kPanels Vec16 columns of accumulators, sized to the register file.
+#if defined(__AVX512F__)
+inline constexpr int kPanels = 4;  // 64 columns: 4 zmm loads feed kRows x 4 FMAs per step
+inline constexpr int kRows = 6;    // 24 accumulators + 4 loads + 1 broadcast <= 32 registers
+#elif defined(__AVX2__) && defined(__FMA__)
+inline constexpr int kPanels = 2;  // 32 columns: 4 ymm
+inline constexpr int kRows = 2;    // 8 ymm accumulators + 4 loads + 1 broadcast <= 16 registers
+#else
+inline constexpr int kPanels = 2;
+inline constexpr int kRows = 4;
+#endif
+
 #if defined(__AVX512F__)
 
 struct Vec16 {
