@@ -62,6 +62,7 @@ __all__ = [
     "cpp_supported",
     "linear",
     "onednn_supported",
+    "pack_contiguously",
     "pack_weight",
     "resolve_linear_backend",
 ]
@@ -229,6 +230,27 @@ class CppPackedWeight(WeightPack):
             return self.large.matmul(x, bias)
         out = self._ext.packed_linear(rows, self.packed, self.out_features, bias)
         return out if flat else out.view(*x.shape[:-1], self.out_features)
+
+
+def pack_contiguously(packs: list[WeightPack | None]) -> None:
+    """Move the C++ packs among ``packs`` into one allocation per dtype, in the order given (a
+    model passes its linears in forward order, the order a decode step streams them).
+
+    Why: a decode step reads every pack once, front to back; packs made one by one at load
+    sit wherever the allocator put them, between the oneDNN packs and other buffers, and a
+    batch-1 decode step ran 13-15% faster with one thread once they were contiguous (fp32 and
+    bf16, 125M Llama, interleaved A/B in one process; no change with two threads). Peak memory
+    grows by one copy of the packs while they move."""
+    for dtype in {p.packed.dtype for p in packs if isinstance(p, CppPackedWeight)}:
+        group = [p for p in packs if isinstance(p, CppPackedWeight) and p.packed.dtype == dtype]
+        arena = torch.empty(sum(p.packed.numel() for p in group), dtype=dtype)
+        offset = 0
+        for p in group:
+            n = p.packed.numel()
+            view = arena[offset : offset + n].view(p.packed.shape)
+            view.copy_(p.packed)
+            p.packed = view
+            offset += n
 
 
 def pack_weight(weight: torch.Tensor, backend: str) -> WeightPack | None:

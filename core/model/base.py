@@ -11,7 +11,14 @@ from torch import nn
 from core.kernels.attention import AttentionBackend, get_attention_backend
 from core.kernels.fused_layer import decode_plan
 from core.kernels.layer_ops import UsesCpuKernels
-from core.kernels.linear import Linear, WeightPack, linear, pack_weight, resolve_linear_backend
+from core.kernels.linear import (
+    Linear,
+    WeightPack,
+    linear,
+    pack_contiguously,
+    pack_weight,
+    resolve_linear_backend,
+)
 
 from .batch import ForwardBatch, ForwardContext
 from .cache import KVCache, Slots, StatePool
@@ -95,13 +102,16 @@ class CausalLM(nn.Module):
         chosen. Packs the current weights, so call it after loading them. ``"cpp"`` also runs
         the layers' small ops (norms, RoPE, activation) on the C++ kernels."""
         backend = resolve_linear_backend(name, self.device, self.dtype)
-        for module in self.modules():
+        linears = []
+        for module in self.modules():  # forward order: layers, then the LM head
             if isinstance(module, Linear):
                 module.set_backend(backend)
+                linears.append(module)
             if isinstance(module, UsesCpuKernels):
                 module.cpu_kernels = backend == "cpp"
         tied = self.lm_head is None
         self._tied_head_pack = pack_weight(self.embed_tokens.weight, backend) if tied else None
+        pack_contiguously([m.packed for m in linears] + [self._tied_head_pack])
         self.linear_backend = backend
         return backend
 

@@ -226,3 +226,26 @@ def test_engine_on_cpp_generates_the_reference_tokens(ext, arch, monkeypatch):
     got = [o.token_ids for o in llm.generate(PROMPTS, params, use_tqdm=False)]
     assert len(PROMPTS) in spy.rows  # the decode steps of the three prompts ran on it
     assert got == _generate(arch, linear_backend="torch", attention_backend="torch")[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_models_packs_share_one_allocation_in_forward_order(ext, dtype):
+    from core.model import load_model
+    from tests.model.conftest import hf_config
+
+    model, _ = load_model(hf_config("llama"), seed=1)
+    model = model.to(dtype)
+    model.set_linear_backend("cpp")
+    packs = [m.packed for m in model.modules() if isinstance(m, Linear)]
+    assert all(isinstance(p, CppPackedWeight) for p in packs)
+    base = packs[0].packed.untyped_storage().data_ptr()
+    starts = [p.packed.data_ptr() for p in packs]
+    assert all(p.packed.untyped_storage().data_ptr() == base for p in packs)
+    assert starts == sorted(starts)  # layer by layer, the LM head last
+    for a, b in zip(packs, packs[1:]):  # back to back
+        assert (
+            a.packed.data_ptr() + a.packed.numel() * a.packed.element_size() == b.packed.data_ptr()
+        )
+    x = torch.randn(3, model.config.hidden_size).to(dtype)
+    head = model.lm_head
+    _close(head(x), _reference(x, head.weight, None))  # the moved pack still computes the product
