@@ -242,7 +242,7 @@ def test_a_models_packs_share_one_allocation_in_forward_order(ext, dtype):
     starts = [p.packed.data_ptr() for p in packs]
     assert all(p.packed.untyped_storage().data_ptr() == base for p in packs)
     assert starts == sorted(starts)  # layer by layer, the LM head last
-    for a, b in zip(packs, packs[1:]):  # back to back
+    for a, b in zip(packs[:-1], packs[1:], strict=True):  # back to back
         assert (
             a.packed.data_ptr() + a.packed.numel() * a.packed.element_size() == b.packed.data_ptr()
         )
