@@ -108,9 +108,7 @@ def _pack(linear: Linear, rows: int) -> CppPackedWeight | None:
     pack = linear.packed
     if not isinstance(pack, CppPackedWeight) or not pack.valid_for(linear.weight):
         return None
-    if pack.large is not None and rows > pack.max_rows:
-        return None
-    return pack
+    return pack if pack.in_kernel(rows) else None
 
 
 def fused_llama_decode(

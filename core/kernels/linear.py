@@ -223,10 +223,14 @@ class CppPackedWeight(WeightPack):
         large = onednn_supported(weight.device.type, weight.dtype)
         self.large = PackedWeight(weight) if large else None
 
+    def in_kernel(self, rows: int) -> bool:
+        """Whether a product of ``rows`` rows runs on the C++ kernel (else the oneDNN pack)."""
+        return self.large is None or rows <= self.max_rows
+
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         flat = x.dim() == 2  # the engine's case: skip the reshapes (a few us a call at batch 1)
         rows = x if flat else x.reshape(-1, x.shape[-1])
-        if self.large is not None and rows.shape[0] > self.max_rows:
+        if not self.in_kernel(rows.shape[0]):
             return self.large.matmul(x, bias)
         out = self._ext.packed_linear(rows, self.packed, self.out_features, bias)
         return out if flat else out.view(*x.shape[:-1], self.out_features)

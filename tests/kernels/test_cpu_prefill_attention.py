@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from core.kernels import TorchPagedAttention
 from core.kernels.cpu_attention import CppPagedAttention
 
-from .test_cpu_multi_query_attention import _cache, _mixed_batch, _run
+from .test_cpu_multi_query_attention import _cache, _mixed_batch, _run, backend_matches_reference
 
 # fp32: sums over up to ~600 keys and 128 dims in another order than the reference's
 TOL = {torch.float32: 5e-5, torch.bfloat16: 2e-2}
@@ -146,17 +146,12 @@ def test_backend_with_prefill_kernel_matches_reference(
     """Decodes, multi-query chunks, prompts (context 0) and chunked prefills (context > 0)
     in one batch: the backend attends the prefills with the tiled kernel and equals the
     reference on every row."""
-    views, k_cache, v_cache, args = _mixed_batch(
-        seqs, group * kv_heads, kv_heads, head_dim, block_size, dtype, seed
+    meta = backend_matches_reference(
+        seqs, max_query, group, kv_heads, head_dim, block_size, window, dtype, seed
     )
-    cpp = CppPagedAttention()
-    cpp.max_decode_query_len = max_query
-    got, meta = _run(cpp, views, k_cache, v_cache, args, window)
-    want, _ = _run(TorchPagedAttention(), views, k_cache, v_cache, args, window)
     long = [n for n, _ in seqs if n > max(max_query, 1)]
     group_of = meta.kernel_prefills
     assert (group_of.query_lens.tolist() if group_of is not None else []) == long
-    torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
 def test_backend_uses_the_kernel(ext, monkeypatch):
