@@ -231,6 +231,7 @@ class CppPackedWeight(WeightPack):
         flat = x.dim() == 2  # the engine's case: skip the reshapes (a few us a call at batch 1)
         rows = x if flat else x.reshape(-1, x.shape[-1])
         if not self.in_kernel(rows.shape[0]):
+            assert self.large is not None  # in_kernel says no only when a oneDNN pack exists
             return self.large.matmul(x, bias)
         out = self._ext.packed_linear(rows, self.packed, self.out_features, bias)
         return out if flat else out.view(*x.shape[:-1], self.out_features)
