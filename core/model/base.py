@@ -19,6 +19,7 @@ from core.kernels.linear import (
     pack_weight,
     resolve_linear_backend,
 )
+from core.kernels.memory import huge_page_zeros
 
 from .batch import ForwardBatch, ForwardContext
 from .cache import KVCache, Slots, StatePool
@@ -159,15 +160,14 @@ class CausalLM(nn.Module):
         device: torch.device | str | None = None,
     ) -> KVCache:
         """Zeroed K and V ``[num_blocks, block_size, num_kv_heads, head_dim]`` per attention
-        layer (model dtype and device unless given)."""
+        layer (model dtype and device unless given), views of one buffer on huge pages where
+        the system gives them (:mod:`core.kernels.memory`)."""
         c = self.config
         shape = (num_blocks, block_size, c.num_kv_heads, c.head_dim)
         dtype, device = dtype or self.dtype, device or self.device
         n = len(c.attention_layers)
-        return KVCache(
-            k=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
-            v=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(n)],
-        )
+        kv = huge_page_zeros((2, n, *shape), dtype, device)
+        return KVCache(k=list(kv[0].unbind(0)), v=list(kv[1].unbind(0)))
 
     def allocate_state_pool(
         self,

@@ -56,6 +56,12 @@ def test_kv_cache_layout():
     assert kv.nbytes() == 10 * model.kv_cache_bytes_per_block(16)
     half = model.allocate_kv_cache(2, 16, dtype=torch.bfloat16)
     assert half.k[0].dtype == torch.bfloat16
+    big = model.allocate_kv_cache(num_blocks=2048, block_size=16)  # one huge-page buffer
+    tensors = [*big.k, *big.v]
+    assert all(t.is_contiguous() and not t.any() for t in tensors)
+    for i, t in enumerate(tensors):  # layers are disjoint views: a write stays in its layer
+        t.fill_(i + 1)
+    assert [int(t.float().mean().item()) for t in tensors] == list(range(1, len(tensors) + 1))
     assert model.state_bytes_per_slot() == 0 and model.allocate_state_pool(4).num_slots == 0
 
 
