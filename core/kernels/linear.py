@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from types import ModuleType
 
 import torch
@@ -224,9 +225,14 @@ class CppPackedWeight(WeightPack):
         large = onednn_supported(weight.device.type, weight.dtype)
         self.large = PackedWeight(weight) if large else None
 
+    @property
+    def kernel_rows(self) -> int:
+        """The most rows a product runs on the C++ kernel with (above: the oneDNN pack)."""
+        return sys.maxsize if self.large is None else self.max_rows
+
     def in_kernel(self, rows: int) -> bool:
         """Whether a product of ``rows`` rows runs on the C++ kernel (else the oneDNN pack)."""
-        return self.large is None or rows <= self.max_rows
+        return rows <= self.kernel_rows
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         flat = x.dim() == 2  # the engine's case: skip the reshapes (a few us a call at batch 1)

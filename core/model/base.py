@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from core.kernels.attention import AttentionBackend, get_attention_backend
-from core.kernels.fused_layer import decode_plan
+from core.kernels.fused_layer import DecodeStack, bind_decode_stack, decode_plan
 from core.kernels.layer_ops import UsesCpuKernels
 from core.kernels.linear import (
     Linear,
@@ -75,6 +75,8 @@ class CausalLM(nn.Module):
         # decode steps through one C++ call per layer where it can (core.kernels.fused_layer)
         self.fused_decode = True
         self._tied_head_pack: WeightPack | None = None
+        # (the KV cache it was bound to, the bound layers or None: they cannot take it)
+        self._stack_binding: tuple[KVCache, DecodeStack | None] | None = None
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope)
         self.attention_backend_name: str | None = None  # None: $SERVELAB_ATTENTION_BACKEND or auto
         self._backends: dict[tuple[str | None, torch.device], AttentionBackend] = {}
@@ -113,6 +115,7 @@ class CausalLM(nn.Module):
         tied = self.lm_head is None
         self._tied_head_pack = pack_weight(self.embed_tokens.weight, backend) if tied else None
         pack_contiguously([m.packed for m in linears] + [self._tied_head_pack])
+        self._stack_binding = None  # bound to the packs just replaced
         self.linear_backend = backend
         return backend
 
@@ -142,9 +145,25 @@ class CausalLM(nn.Module):
         if self.fused_decode and self.linear_backend == "cpp":
             ctx.decode_plan = decode_plan(ctx, self.dtype)
         hidden = self.embed_tokens(batch.input_ids)
-        for layer in self.layers:
-            hidden = layer(hidden, ctx)
+        stack = self._decode_stack(ctx)
+        if stack is not None:
+            hidden = stack.run(hidden, ctx.decode_plan)
+        else:
+            for layer in self.layers:
+                hidden = layer(hidden, ctx)
         return self.norm(hidden)
+
+    def _decode_stack(self, ctx: ForwardContext) -> DecodeStack | None:
+        """The layers bound for one C++ call, when this step can take it (see
+        :class:`~core.kernels.fused_layer.DecodeStack`); bound once per KV cache."""
+        plan = ctx.decode_plan
+        if plan is None or ctx.kv_cache is None:
+            return None
+        if self._stack_binding is None or self._stack_binding[0] is not ctx.kv_cache:
+            stack = bind_decode_stack(self.layers, ctx.kv_cache, self.dtype)
+            self._stack_binding = (ctx.kv_cache, stack)
+        stack = self._stack_binding[1]
+        return stack if stack is not None and stack.usable(plan, ctx.kv_cache) else None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.skipif(cpu_ext.load() is None, reason="the C++ extensio
 
 
 class Counting:
-    """The extension with a counter on the fused layer."""
+    """The extension with counters: layers run fused (one by one or in a stack) and stacks."""
 
     def __init__(self, ext):
-        self.ext, self.calls = ext, 0
+        self.ext, self.calls, self.stacks = ext, 0, 0
 
     def __getattr__(self, name):
         return getattr(self.ext, name)
@@ -28,6 +28,11 @@ class Counting:
     def llama_decode_layer(self, *args):
         self.calls += 1
         return self.ext.llama_decode_layer(*args)
+
+    def llama_decode_stack(self, h, weights, k_caches, *args):
+        self.calls += len(k_caches)
+        self.stacks += 1
+        return self.ext.llama_decode_stack(h, weights, k_caches, *args)
 
 
 @pytest.fixture
@@ -73,6 +78,7 @@ def test_decode_steps_equal_the_python_layers_bit_for_bit(arch, dtype, counting)
     fused = _run(model, True, steps)
     layers = len(model.layers)
     assert counting.calls == 5 * layers  # every decode step, every layer; never the prompts
+    assert counting.stacks == 5  # all layers of a step in one call
     for ref, got in zip(reference, fused, strict=True):
         assert torch.equal(ref, got)
 
@@ -103,6 +109,7 @@ def test_a_hook_or_a_stale_pack_falls_back_to_the_python_layer(counting):
     hooked = _run(model, True, steps)
     handle.remove()
     assert len(seen) == 3 and counting.calls - calls == 2 * (len(model.layers) - 1)
+    assert counting.stacks == 2  # the first run's decode steps; the hooked run goes layer by layer
     assert all(torch.equal(a, b) for a, b in zip(reference, hooked, strict=True))
     # an in-place weight edit makes the pack stale: the Python path runs on the new weight
     with torch.no_grad():
@@ -113,3 +120,24 @@ def test_a_hook_or_a_stale_pack_falls_back_to_the_python_layer(counting):
     model.fused_decode = False
     assert not torch.equal(reference[-1], edited[-1])
     assert all(torch.equal(a, b) for a, b in zip(_run(model, False, steps), edited, strict=True))
+
+
+def test_the_stack_rebinds_after_repacking_and_checks_its_inputs(counting):
+    model = _model("llama", torch.float32)
+    steps = _steps(model.config.vocab_size, (5,), decodes=2)
+    runner = PagedRunner(model, num_blocks=64, block_size=4, seed=1)
+    first = [runner.step(work) for work in steps]
+    assert counting.stacks == 2
+    bound = model._stack_binding
+    model.set_linear_backend("cpp")  # new packs: the old binding must not be used
+    assert model._stack_binding is None
+    runner = PagedRunner(model, num_blocks=64, block_size=4, seed=1)
+    again = [runner.step(work) for work in steps]
+    assert counting.stacks == 4 and model._stack_binding is not bound
+    for a, b in zip(first, again, strict=True):
+        assert all(torch.equal(a[i], b[i]) for i in a)
+    h = torch.zeros(1, model.config.hidden_size)
+    with pytest.raises(RuntimeError, match="per layer expected"):
+        counting.ext.llama_decode_stack(
+            h, [None] * 7, [h], [h], [1e-6, 1.0], [0], [1] * 5, h, h, h, h, h, h
+        )

@@ -13,7 +13,8 @@ of each kernel. The module offers (layouts and semantics in the C++ sources, ``o
   (FlashAttention-style) kernel;
 - ``rms_norm``, ``add_rms_norm``, ``rotary_``, ``silu_mul``: a decoder layer's small ops;
 - ``llama_decode_layer``: a whole Llama decoder layer for a decode step, the kernels above in
-  one call (:mod:`core.kernels.fused_layer`);
+  one call, and ``llama_decode_stack``: every layer of a model in one call
+  (:mod:`core.kernels.fused_layer`);
 - ``isa``: the vector ISA it was compiled for (``"avx512"``, ``"avx2"`` or ``"generic"``).
 
 Build: ``torch.utils.cpp_extension`` with ``-O3 -march=native -fopenmp`` (threads are torch's

@@ -21,6 +21,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tiled causal attention of prefill tokens over paged K/V, read in place");
   m.def("llama_decode_layer", &servelab::llama_decode_layer,
         "a Llama decoder layer for a decode step: the kernels below, in one call");
+  m.def("llama_decode_stack", &servelab::llama_decode_stack,
+        "every Llama decoder layer of a decode step, llama_decode_layer in a loop");
   m.def("rms_norm", &servelab::rms_norm, "RMSNorm over the last axis");
   m.def("add_rms_norm", &servelab::add_rms_norm, "(x + residual, RMSNorm(x + residual))");
   m.def("rotary_", &servelab::rotary_, "rotate-half RoPE in place");

@@ -44,6 +44,15 @@ at::Tensor llama_decode_layer(const at::Tensor& h, const at::Tensor& input_norm,
                               at::Tensor& v_cache, const at::Tensor& slots,
                               const at::Tensor& rows, const at::Tensor& blocks,
                               const at::Tensor& seq_lens, double scale, int64_t window);
+at::Tensor llama_decode_stack(const at::Tensor& h,
+                              const std::vector<std::optional<at::Tensor>>& weights,
+                              std::vector<at::Tensor> k_caches, std::vector<at::Tensor> v_caches,
+                              const std::vector<double>& eps_scale,
+                              const std::vector<int64_t>& windows,
+                              const std::vector<int64_t>& sizes, const at::Tensor& cos,
+                              const at::Tensor& sin, const at::Tensor& slots,
+                              const at::Tensor& rows, const at::Tensor& blocks,
+                              const at::Tensor& seq_lens);
 
 // layer_ops.cpp
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
