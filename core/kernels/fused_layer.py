@@ -102,14 +102,40 @@ def _global_hooks() -> bool:
     return bool(m._global_forward_hooks or m._global_forward_pre_hooks)
 
 
-def _hooked(*modules: nn.Module) -> bool:
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+@dataclass(frozen=True)
+class _Conditions:
+    """What must hold at a step for bound arguments to stand for the layers' Python forwards:
+    no more rows than every pack's kernel takes, no forward hook (hook dicts are filled in
+    place, so holding them sees every new hook), the C++ small-op switches on, every pack
+    valid for its linear's current weight. Kept to flat tuples: checked every decode step."""
+
+    kernel_rows: int
+    hook_dicts: tuple[dict[Any, Any], ...]
+    switches: tuple[Any, ...]  # modules with a ``cpu_kernels`` flag
+    packs: tuple[tuple[dict[str, Any], CppPackedWeight], ...]  # (linear._parameters, its pack)
+
+    def hold(self, rows: int) -> bool:
+        return (
+            rows <= self.kernel_rows
+            and not any(self.hook_dicts)
+            and all(m.cpu_kernels for m in self.switches)
+            and all(p.valid_for(params["weight"]) for params, p in self.packs)
+        )
+
+    @staticmethod
+    def merge(parts: list[_Conditions]) -> _Conditions:
+        return _Conditions(
+            min(c.kernel_rows for c in parts),
+            tuple(d for c in parts for d in c.hook_dicts),
+            tuple(m for c in parts for m in c.switches),
+            tuple(p for c in parts for p in c.packs),
+        )
 
 
 @dataclass(frozen=True)
 class _LayerBinding:
     """One layer's arguments of ``llama_decode_layer`` that do not change between steps, and
-    what must still hold at each step for them to stand for the layer's Python forward."""
+    the conditions under which they stand for the layer's Python forward."""
 
     weights: tuple[torch.Tensor | None, ...]  # norm, qkv, qkv bias, o, o bias, norm, gate_up, down
     sizes: tuple[int, int, int, int, int]  # heads, kv heads, head dim, hidden, intermediate
@@ -117,18 +143,7 @@ class _LayerBinding:
     scale: float
     window: int
     cache_index: int
-    modules: tuple[nn.Module, ...]  # a forward hook on any of them runs the Python forward
-    packs: tuple[tuple[Linear, CppPackedWeight], ...]
-    kernel_rows: int  # the most rows all four packs run on the C++ kernel
-
-    def current(self, rows: int) -> bool:
-        """Whether the binding still holds for a step of ``rows`` rows."""
-        return (
-            rows <= self.kernel_rows
-            and not _hooked(*self.modules)
-            and all(m.cpu_kernels for m in self.modules[1:5])
-            and all(p.valid_for(lin.weight) for lin, p in self.packs)
-        )
+    conditions: _Conditions
 
 
 def _bind(layer: LlamaDecoderLayer, dtype: torch.dtype) -> _LayerBinding | None:
@@ -171,9 +186,16 @@ def _bind(layer: LlamaDecoderLayer, dtype: torch.dtype) -> _LayerBinding | None:
         scale=attn.scale,
         window=attn.sliding_window or 0,
         cache_index=attn.cache_index,
-        modules=(layer, attn, mlp, norm1, norm2, *linears),
-        packs=tuple(zip(linears, cpp, strict=True)),
-        kernel_rows=min(p.kernel_rows for p in cpp),
+        conditions=_Conditions(
+            kernel_rows=min(p.kernel_rows for p in cpp),
+            hook_dicts=tuple(
+                d
+                for m in (layer, attn, mlp, norm1, norm2, *linears)
+                for d in (m._forward_hooks, m._forward_pre_hooks)
+            ),
+            switches=(attn, mlp, norm1, norm2),
+            packs=tuple((lin._parameters, p) for lin, p in zip(linears, cpp, strict=True)),
+        ),
     )
 
 
@@ -183,7 +205,7 @@ def fused_llama_decode(
     """``layer(h, ctx)`` for a :class:`~core.model.llama.LlamaDecoderLayer` in one C++ call,
     or None when this layer cannot take it (see the module contract)."""
     b = _bind(layer, h.dtype)
-    if b is None or not h.is_contiguous() or not b.current(plan.rows):
+    if b is None or not h.is_contiguous() or not b.conditions.hold(plan.rows):
         return None
     kv = ctx.kv()
     out: torch.Tensor = plan.ext.llama_decode_layer(
@@ -215,22 +237,22 @@ class DecodeStack:
     layer could take the fused kernel; :meth:`run` returns what the layers' own forwards return
     for the step, bit for bit (the C++ side runs ``llama_decode_layer`` layer after layer), and
     may be called for a step whenever :meth:`usable` says so (same KV cache, every layer's
-    binding current: rows, hooks, the C++ small-op switches, packs valid for their weights).
+    conditions holding: rows, hooks, the C++ small-op switches, packs valid for their weights).
     Otherwise the caller runs the layers one by one (each may still fuse on its own).
     """
 
     def __init__(self, bindings: list[_LayerBinding], kv_cache: KVCache) -> None:
         self.kv_cache = kv_cache
-        self._bindings = bindings
         self._weights = [w for b in bindings for w in b.weights]
         self._k = [kv_cache.k[b.cache_index] for b in bindings]
         self._v = [kv_cache.v[b.cache_index] for b in bindings]
         self._eps_scale = [x for b in bindings for x in (b.eps, b.scale)]
         self._windows = [b.window for b in bindings]
         self._sizes = list(bindings[0].sizes)
+        self._conditions = _Conditions.merge([b.conditions for b in bindings])
 
     def usable(self, plan: DecodePlan, kv_cache: KVCache | None) -> bool:
-        return kv_cache is self.kv_cache and all(b.current(plan.rows) for b in self._bindings)
+        return kv_cache is self.kv_cache and self._conditions.hold(plan.rows)
 
     def run(self, h: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
         out: torch.Tensor = plan.ext.llama_decode_stack(
