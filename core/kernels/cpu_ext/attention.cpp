@@ -19,6 +19,21 @@
 namespace servelab {
 namespace {
 
+// Positions ahead whose K (V) row is prefetched: a sequence's blocks lie anywhere in the cache
+// (wherever the free queue handed them out; scattered once earlier requests have come and
+// gone), so the hardware prefetchers, which follow a stream within a block, stall at every
+// block boundary; the block table says where the next rows are. Offline workload, 125M Llama,
+// decode steps after a first run had scattered the blocks: 0.90x the time in bf16 with two
+// threads, 0.94x with one, fp32 unchanged; with the blocks in order, unchanged (0.99x).
+constexpr int64_t kPrefetchRows = 16;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t D) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < D * static_cast<int64_t>(sizeof(T)); b += 64)
+    __builtin_prefetch(p + b, 0, 3);
+}
+
 template <typename T>
 float dot(const float* q, const T* k, int64_t D) {
   Vec16 acc = Vec16::zero();
@@ -36,6 +51,8 @@ template <typename T, int DC>  // DC: head_dim / 16
 void scores_block(const float* qs, const T* const* k, int64_t n4, int64_t n, int64_t group,
                   float scale, float* scores) {
   for (int64_t t = 0; t + 4 <= n4; t += 4) {
+    for (int64_t j = t + kPrefetchRows; j < std::min(t + kPrefetchRows + 4, n); ++j)
+      prefetch_row(k[j], DC * 16);
     for (int64_t g = 0; g < group; ++g) {
       const float* q = qs + g * DC * 16;
       Vec16 p[4];
@@ -61,6 +78,7 @@ void weighted_values(const float* probs, const T* const* v, int64_t n, int64_t g
     for (int c = 0; c < DC; ++c) a[c] = Vec16::zero();
     const float* pg = probs + g * n;
     for (int64_t t = 0; t < n; ++t) {
+      if (g == 0 && t + kPrefetchRows < n) prefetch_row(v[t + kPrefetchRows], DC * 16);  // later heads re-read from cache
       const Vec16 w = Vec16::broadcast(pg[t]);
 #pragma GCC unroll 8
       for (int c = 0; c < DC; ++c) a[c] = fma(w, Vec16::load(v[t] + 16 * c), a[c]);
