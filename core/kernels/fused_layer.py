@@ -106,12 +106,14 @@ def _global_hooks() -> bool:
 class _Conditions:
     """What must hold at a step for bound arguments to stand for the layers' Python forwards:
     no more rows than every pack's kernel takes, no forward hook (hook dicts are filled in
-    place, so holding them sees every new hook), the C++ small-op switches on, every pack
-    valid for its linear's current weight. Kept to flat tuples: checked every decode step."""
+    place, so holding them sees every new hook), the C++ small-op switches on, the modules
+    still holding the bound parameters and packs, every pack valid for its linear's current
+    weight. Kept to flat tuples of the modules' own dicts: checked every decode step."""
 
     kernel_rows: int
     hook_dicts: tuple[dict[Any, Any], ...]
     switches: tuple[Any, ...]  # modules with a ``cpu_kernels`` flag
+    bound: tuple[tuple[dict[str, Any], str, Any], ...]  # (a module's dict, name, bound value)
     packs: tuple[tuple[dict[str, Any], CppPackedWeight], ...]  # (linear._parameters, its pack)
 
     def hold(self, rows: int) -> bool:
@@ -119,6 +121,7 @@ class _Conditions:
             rows <= self.kernel_rows
             and not any(self.hook_dicts)
             and all(m.cpu_kernels for m in self.switches)
+            and all(d.get(name) is value for d, name, value in self.bound)
             and all(p.valid_for(params["weight"]) for params, p in self.packs)
         )
 
@@ -128,6 +131,7 @@ class _Conditions:
             min(c.kernel_rows for c in parts),
             tuple(d for c in parts for d in c.hook_dicts),
             tuple(m for c in parts for m in c.switches),
+            tuple(b for c in parts for b in c.bound),
             tuple(p for c in parts for p in c.packs),
         )
 
@@ -194,6 +198,12 @@ def _bind(layer: LlamaDecoderLayer, dtype: torch.dtype) -> _LayerBinding | None:
                 for d in (m._forward_hooks, m._forward_pre_hooks)
             ),
             switches=(attn, mlp, norm1, norm2),
+            bound=(
+                (norm1._parameters, "weight", norm1.weight),
+                (norm2._parameters, "weight", norm2.weight),
+                *((lin.__dict__, "packed", p) for lin, p in zip(linears, cpp, strict=True)),
+                *((lin._parameters, "bias", lin.bias) for lin in linears[:2]),
+            ),
             packs=tuple((lin._parameters, p) for lin, p in zip(linears, cpp, strict=True)),
         ),
     )

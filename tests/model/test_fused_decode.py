@@ -136,6 +136,24 @@ def test_the_stack_rebinds_after_repacking_and_checks_its_inputs(counting):
     assert counting.stacks == 4 and model._stack_binding is not bound
     for a, b in zip(first, again, strict=True):
         assert all(torch.equal(a[i], b[i]) for i in a)
+
+    # one linear moved off its C++ pack mid-run (same KV cache, so the stack stays bound to
+    # the old pack): the stack must stand aside and that layer take its Python forward
+    def switch_after_first_decode(fused: bool) -> list[dict[int, torch.Tensor]]:
+        model.set_linear_backend("cpp")
+        model.fused_decode = fused
+        runner = PagedRunner(model, num_blocks=64, block_size=4, seed=1)
+        out = [runner.step(steps[0]), runner.step(steps[1])]
+        stacks, calls = counting.stacks, counting.calls
+        model.layers[0].self_attn.o_proj.set_backend("torch")
+        out.append(runner.step(steps[2]))
+        if fused:
+            assert counting.stacks == stacks
+            assert counting.calls - calls == len(model.layers) - 1  # the other layers fuse
+        return out
+
+    for a, b in zip(switch_after_first_decode(True), switch_after_first_decode(False), strict=True):
+        assert all(torch.equal(a[i], b[i]) for i in a)
     h = torch.zeros(1, model.config.hidden_size)
     with pytest.raises(RuntimeError, match="per layer expected"):
         counting.ext.llama_decode_stack(
