@@ -120,13 +120,8 @@ class ModelRunner:
             self.collect_prompt_logprobs(out, batch, hidden, result)
             rows = [i for i, c in enumerate(out.chunks) if c.sample]
             if rows:
-                if len(rows) == hidden.shape[0]:  # one token per sequence, all sampled (decode)
-                    picked = hidden
-                else:
-                    picked = hidden[
-                        batch.last_token_rows()[torch.tensor(rows, device=hidden.device)]
-                    ]
-                logits = self.model.compute_logits(picked)
+                last = batch.last_token_rows()[torch.tensor(rows, device=hidden.device)]
+                logits = self.model.compute_logits(hidden[last])
                 self.sample_into(result, [out.chunks[i].request for i in rows], logits)
             result.forward_s = time.perf_counter() - t0
         self.apply_copies(out.copies, after=True)

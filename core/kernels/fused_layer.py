@@ -244,15 +244,15 @@ class DecodeStack:
     layers in one C++ call, with their checks made once per step instead of per layer.
 
     Contract: built by :func:`bind_decode_stack` for one KV cache and dtype, only when every
-    layer could take the fused kernel; :meth:`run` returns what the layers' own forwards return
-    for the step, bit for bit (the C++ side runs ``llama_decode_layer`` layer after layer), and
-    may be called for a step whenever :meth:`usable` says so (same KV cache, every layer's
-    conditions holding: rows, hooks, the C++ small-op switches, packs valid for their weights).
-    Otherwise the caller runs the layers one by one (each may still fuse on its own).
+    layer could take the fused kernel, and used by its caller only with that cache (the model
+    keeps it keyed by the cache); :meth:`run` returns what the layers' own forwards return for
+    the step, bit for bit (the C++ side runs ``llama_decode_layer`` layer after layer), and may
+    be called for a step whenever :meth:`usable` says so (every layer's conditions holding:
+    rows, hooks, the C++ small-op switches, the bound parameters and packs, packs valid for
+    their weights). Otherwise the caller runs the layers one by one (each may still fuse).
     """
 
     def __init__(self, bindings: list[_LayerBinding], kv_cache: KVCache) -> None:
-        self.kv_cache = kv_cache
         self._weights = [w for b in bindings for w in b.weights]
         self._k = [kv_cache.k[b.cache_index] for b in bindings]
         self._v = [kv_cache.v[b.cache_index] for b in bindings]
@@ -261,8 +261,8 @@ class DecodeStack:
         self._sizes = list(bindings[0].sizes)
         self._conditions = _Conditions.merge([b.conditions for b in bindings])
 
-    def usable(self, plan: DecodePlan, kv_cache: KVCache | None) -> bool:
-        return kv_cache is self.kv_cache and self._conditions.hold(plan.rows)
+    def usable(self, plan: DecodePlan) -> bool:
+        return self._conditions.hold(plan.rows)
 
     def run(self, h: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
         out: torch.Tensor = plan.ext.llama_decode_stack(

@@ -163,7 +163,7 @@ class CausalLM(nn.Module):
             stack = bind_decode_stack(self.layers, ctx.kv_cache, self.dtype)
             self._stack_binding = (ctx.kv_cache, stack)
         stack = self._stack_binding[1]
-        return stack if stack is not None and stack.usable(plan, ctx.kv_cache) else None
+        return stack if stack is not None and stack.usable(plan) else None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is not None:

@@ -147,7 +147,7 @@ def test_backend_with_prefill_kernel_matches_reference(
     in one batch: the backend attends the prefills with the tiled kernel and equals the
     reference on every row."""
     meta = backend_matches_reference(
-        seqs, max_query, group, kv_heads, head_dim, block_size, window, dtype, seed
+        seqs, max_query, group, kv_heads, head_dim, block_size, window, dtype, seed, TOL[dtype]
     )
     long = [n for n, _ in seqs if n > max(max_query, 1)]
     group_of = meta.kernel_prefills

@@ -37,16 +37,16 @@ def test_large_buffer_is_aligned_writable_and_sized(dtype: torch.dtype) -> None:
         assert t.data_ptr() % HUGE_PAGE_BYTES == 0
 
 
-def test_small_buffer_is_plain_and_zeros_are_zero() -> None:
-    small = huge_page_empty((4, 5), torch.float32)
-    assert small.shape == (4, 5)
+def test_zeros_are_zero() -> None:
     z = huge_page_zeros((HUGE_PAGE_BYTES,), torch.float16)
-    assert z.shape == (HUGE_PAGE_BYTES,) and not z.any()
+    assert z.shape == (HUGE_PAGE_BYTES,) and z.dtype == torch.float16 and not z.any()
 
 
 @pytest.mark.skipif(not THP.exists(), reason="no transparent huge pages on this system")
-def test_large_buffer_is_advised_for_huge_pages() -> None:
+def test_large_buffers_are_advised_for_huge_pages_small_ones_not() -> None:
     t = huge_page_zeros((HUGE_PAGE_BYTES,), torch.float32)  # 8 MiB
     assert "hg" in vm_flags(t.data_ptr())
-    small = torch.empty(HUGE_PAGE_BYTES, dtype=torch.float32)
-    assert "hg" not in vm_flags(small.data_ptr())
+    plain = torch.empty(HUGE_PAGE_BYTES, dtype=torch.float32)  # the control: never advised
+    assert "hg" not in vm_flags(plain.data_ptr())
+    small = huge_page_empty((4, 5), torch.float32)  # under 2 MiB: a plain allocation
+    assert small.shape == (4, 5) and "hg" not in vm_flags(small.data_ptr())
